@@ -1,0 +1,301 @@
+//! The bridge from the shards to the logic tier. Shards hand calls over a bounded
+//! crossbeam channel; a dispatcher thread spawns each onto a tokio runtime, which makes
+//! the tonic call with a deadline and sends the answer back on a oneshot channel that
+//! wakes the calling shard's task.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures::channel::oneshot;
+use im_proto::device_int_service_client::DeviceIntServiceClient;
+use im_proto::{
+    ConnLoginRequest, ConnSignInReply, ConnSignInRequest, ErrorCode, LoginReply, OfflineRequest,
+    RegisterReply, RegisterRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+/// A failed call, as the device will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// The code sent to the device.
+    pub code: ErrorCode,
+    /// Text sent to the device; names what failed and what to do.
+    pub message: String,
+}
+
+impl CallError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a gRPC status from the logic tier. The logic tier puts the device-facing
+    /// code in the `im-error-code` metadata; transport failures carry none.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let carried = status
+            .metadata()
+            .get(im_proto::ERROR_CODE_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<i32>().ok())
+            .and_then(|number| ErrorCode::try_from(number).ok());
+        if let Some(code) = carried {
+            return Self::new(code, status.message());
+        }
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::new(
+                ErrorCode::Timeout,
+                "the logic tier did not answer in time; retry with back-off",
+            ),
+            tonic::Code::Unavailable | tonic::Code::Unknown => Self::new(
+                ErrorCode::Unavailable,
+                "the logic tier is unavailable; retry with back-off",
+            ),
+            _ => Self::new(ErrorCode::Internal, "internal error; retry later"),
+        }
+    }
+
+    fn timed_out() -> Self {
+        Self::new(
+            ErrorCode::Timeout,
+            "the logic tier did not answer in time; retry with back-off",
+        )
+    }
+
+    /// True for failures that a retry may fix.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.code, ErrorCode::Unavailable | ErrorCode::Timeout)
+    }
+}
+
+/// Result of a bridged call.
+pub(crate) type CallResult<T> = Result<T, CallError>;
+
+/// A call from a shard to the logic tier, with the channel for its answer.
+#[derive(Debug)]
+pub(crate) enum Call {
+    Register {
+        request: RegisterRequest,
+        reply: oneshot::Sender<CallResult<RegisterReply>>,
+    },
+    Login {
+        request: ConnLoginRequest,
+        reply: oneshot::Sender<CallResult<LoginReply>>,
+    },
+    SignIn {
+        request: ConnSignInRequest,
+        reply: oneshot::Sender<CallResult<ConnSignInReply>>,
+    },
+    /// Fire and forget; retried while the logic tier is unreachable.
+    Offline { request: OfflineRequest },
+}
+
+/// The shards' side of the bridge. Cloned into every shard.
+#[derive(Clone)]
+pub(crate) struct BridgeHandle {
+    calls: Sender<Call>,
+}
+
+impl BridgeHandle {
+    /// Queues a call without blocking.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the queue is full or the bridge has stopped; the call is
+    /// returned inside so the caller can answer its device.
+    pub(crate) fn submit(&self, call: Call) -> Result<(), CallError> {
+        match self.calls.try_send(call) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(CallError::new(
+                ErrorCode::Unavailable,
+                "the engine has too many calls in flight to the logic tier; retry with back-off",
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(CallError::new(
+                ErrorCode::Unavailable,
+                "the engine is shutting down; reconnect",
+            )),
+        }
+    }
+}
+
+/// Settings of the bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct BridgeConfig {
+    pub logic_url: String,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub queue: usize,
+    pub offline_retries: u32,
+}
+
+/// Creates the channel and the dispatcher thread. Calls run on `runtime`.
+///
+/// # Errors
+/// The logic URL does not parse, or the thread cannot start.
+pub(crate) fn start(
+    config: BridgeConfig,
+    runtime: tokio::runtime::Handle,
+    in_flight: Arc<AtomicUsize>,
+) -> Result<(BridgeHandle, std::thread::JoinHandle<()>), crate::EngineError> {
+    let endpoint = Endpoint::from_shared(config.logic_url.clone())
+        .map_err(|err| crate::EngineError::InvalidLogicUrl {
+            url: config.logic_url.clone(),
+            reason: err.to_string(),
+        })?
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.call_timeout)
+        .tcp_nodelay(true);
+    // Lazy: a logic tier that is down at start is noticed per call, within its deadline.
+    let client = DeviceIntServiceClient::new(endpoint.connect_lazy());
+    let (calls, receiver) = crossbeam_channel::bounded(config.queue);
+    let dispatcher = Dispatcher {
+        client,
+        call_timeout: config.call_timeout,
+        offline_retries: config.offline_retries,
+        runtime,
+        in_flight,
+    };
+    let thread = std::thread::Builder::new()
+        .name("bridge".to_owned())
+        .spawn(move || dispatcher.run(receiver))
+        .map_err(crate::EngineError::Thread)?;
+    info!(logic_url = %config.logic_url, queue = config.queue, "bridge to the logic tier started");
+    Ok((BridgeHandle { calls }, thread))
+}
+
+struct Dispatcher {
+    client: DeviceIntServiceClient<Channel>,
+    call_timeout: Duration,
+    offline_retries: u32,
+    runtime: tokio::runtime::Handle,
+    /// Calls spawned and not finished; shutdown waits for it to reach zero.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Dispatcher {
+    /// Spawns each call until every shard has dropped its sender.
+    fn run(self, receiver: Receiver<Call>) {
+        while let Ok(call) = receiver.recv() {
+            let client = self.client.clone();
+            let timeout = self.call_timeout;
+            let retries = self.offline_retries;
+            let in_flight = self.in_flight.clone();
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            self.runtime.spawn(async move {
+                execute(client, call, timeout, retries).await;
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        info!("bridge to the logic tier stopped");
+    }
+}
+
+async fn execute(
+    mut client: DeviceIntServiceClient<Channel>,
+    call: Call,
+    timeout: Duration,
+    offline_retries: u32,
+) {
+    match call {
+        Call::Register { request, reply } => {
+            let result = with_deadline(timeout, client.register(request)).await;
+            let _ = reply.send(result);
+        }
+        Call::Login { request, reply } => {
+            let result = with_deadline(timeout, client.conn_login(request)).await;
+            let _ = reply.send(result);
+        }
+        Call::SignIn { request, reply } => {
+            let result = with_deadline(timeout, client.conn_sign_in(request)).await;
+            let _ = reply.send(result);
+        }
+        Call::Offline { request } => send_offline(client, request, timeout, offline_retries).await,
+    }
+}
+
+/// Runs one call under `timeout`, whatever the channel's own state, so a logic tier
+/// that never answers still yields TIMEOUT.
+async fn with_deadline<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> CallResult<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(CallError::from_status(&status)),
+        Err(_) => Err(CallError::timed_out()),
+    }
+}
+
+async fn send_offline(
+    mut client: DeviceIntServiceClient<Channel>,
+    request: OfflineRequest,
+    timeout: Duration,
+    retries: u32,
+) {
+    let (user_id, device_id) = (request.user_id, request.device_id);
+    let conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 0..=retries {
+        match with_deadline(timeout, client.offline(request.clone())).await {
+            Ok(reply) => {
+                debug!(user_id, device_id, conn_id, removed = reply.removed, "offline sent");
+                return;
+            }
+            Err(err) if err.is_retryable() && attempt < retries => {
+                warn!(user_id, device_id, conn_id, attempt, error = %err.message, "offline failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(err) => {
+                // TODO: without a node lease the status stays until the device signs in again.
+                warn!(user_id, device_id, conn_id, code = ?err.code, error = %err.message, "offline failed, giving up");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carried_code_wins_over_grpc_code() {
+        let mut status = tonic::Status::unauthenticated("token expired");
+        status.metadata_mut().insert(
+            im_proto::ERROR_CODE_METADATA_KEY,
+            (ErrorCode::TokenExpired as i32).to_string().parse().unwrap(),
+        );
+        let err = CallError::from_status(&status);
+        assert_eq!(err.code, ErrorCode::TokenExpired);
+        assert_eq!(err.message, "token expired");
+    }
+
+    #[test]
+    fn transport_failure_is_unavailable() {
+        let err = CallError::from_status(&tonic::Status::unavailable("connection refused"));
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn deadline_is_timeout() {
+        let err = CallError::from_status(&tonic::Status::deadline_exceeded("late"));
+        assert_eq!(err.code, ErrorCode::Timeout);
+    }
+
+    #[test]
+    fn full_queue_is_rejected_at_once() {
+        let (calls, _receiver) = crossbeam_channel::bounded(1);
+        let bridge = BridgeHandle { calls };
+        let offline = || Call::Offline {
+            request: OfflineRequest::default(),
+        };
+        assert!(bridge.submit(offline()).is_ok());
+        let err = bridge.submit(offline()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable);
+    }
+}

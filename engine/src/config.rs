@@ -1,0 +1,262 @@
+//! Engine settings: defaults, then the `[engine]` table of the TOML file, then
+//! `IM_ENGINE_*` environment variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Every engine setting. Durations are in milliseconds, sizes in bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the WebSocket listener binds on every shard (SO_REUSEPORT). Port 0 picks a
+    /// free port, shared by all shards.
+    pub ws_addr: SocketAddr,
+    /// HTTP path of the WebSocket upgrade; any other path is answered 404.
+    pub ws_path: String,
+    /// Address of the engine's own gRPC server (ConnectIntService), called by the logic tier.
+    pub grpc_addr: SocketAddr,
+    /// Address the logic tier uses to reach this node, "host:port". Empty: the bound
+    /// `grpc_addr`. Set it when the engine binds 0.0.0.0 or sits behind NAT.
+    pub node_addr: String,
+    /// URL of the logic tier's DeviceIntService.
+    pub logic_url: String,
+    /// Number of shards (threads, each with its own io_uring). 0 means one per CPU.
+    pub shards: usize,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+    /// Time allowed from TCP accept to a complete HTTP upgrade request; then the socket
+    /// is closed.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed from the upgrade to a successful SIGN_IN or LOGIN; then close 4001.
+    pub sign_in_timeout_ms: u64,
+    /// Heartbeat period advertised to devices in the SIGN_IN and LOGIN replies.
+    pub heartbeat_interval_ms: u64,
+    /// A signed-in connection that sends nothing for this long is closed with 4002.
+    pub heartbeat_timeout_ms: u64,
+    /// Deadline of each call to the logic tier; past it the device gets TIMEOUT.
+    pub logic_call_timeout_ms: u64,
+    /// Deadline of the TCP connect to the logic tier inside a call.
+    pub logic_connect_timeout_ms: u64,
+    /// Largest frame payload accepted; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest message (all fragments together) accepted; a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// Largest HTTP upgrade request; a larger one is answered 431.
+    pub max_header_bytes: usize,
+    /// Calls waiting for the bridge to the logic tier; a call beyond it is answered
+    /// UNAVAILABLE at once instead of queueing.
+    pub bridge_queue: usize,
+    /// Bytes queued for one connection's socket; past it the connection is closed with
+    /// 4008 (slow consumer).
+    pub max_outbound_bytes: usize,
+    /// Time a write may wait for the socket to drain before the connection is closed.
+    pub write_timeout_ms: u64,
+    /// Origins allowed to open a WebSocket from a browser. A request without an Origin
+    /// header (not a browser) is always allowed; an empty list allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Times an Offline call is retried when the logic tier cannot be reached.
+    pub offline_retries: u32,
+    /// Time a shutdown waits for connections to finish their close handshake.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ws_addr: ([127, 0, 0, 1], 8080).into(),
+            ws_path: "/ws".to_owned(),
+            grpc_addr: ([127, 0, 0, 1], 50052).into(),
+            node_addr: String::new(),
+            logic_url: "http://127.0.0.1:50051".to_owned(),
+            shards: 0,
+            ring_entries: 1024,
+            handshake_timeout_ms: 5_000,
+            sign_in_timeout_ms: 10_000,
+            heartbeat_interval_ms: 30_000,
+            heartbeat_timeout_ms: 90_000,
+            logic_call_timeout_ms: 3_000,
+            logic_connect_timeout_ms: 1_000,
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_header_bytes: 8 * 1024,
+            bridge_queue: 65_536,
+            max_outbound_bytes: 1024 * 1024,
+            write_timeout_ms: 10_000,
+            allowed_origins: vec![
+                "http://127.0.0.1:8081".to_owned(),
+                "http://localhost:8081".to_owned(),
+            ],
+            offline_retries: 3,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// An invalid setting, named with its value and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment variable or a flag did not parse.
+    #[error("invalid engine configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is out of range.
+    #[error("invalid engine setting {field} = {value}: {fix}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        fix: &'static str,
+    },
+}
+
+/// Command-line flags of `im-engine`. Each one overrides the setting of the same name.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(name = "im-engine", version, about = "Sharded WebSocket gateway of the IM system")]
+pub struct Cli {
+    /// TOML file with an `[engine]` table (env IM_CONFIG). Default: ./im.toml if it exists.
+    #[arg(long, env = "IM_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// WebSocket listen address, for example 127.0.0.1:8080.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_addr: Option<SocketAddr>,
+    /// HTTP path of the WebSocket upgrade.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_path: Option<String>,
+    /// Listen address of the engine's gRPC server.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address the logic tier uses to reach this node.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_addr: Option<String>,
+    /// URL of the logic tier, for example http://127.0.0.1:50051.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logic_url: Option<String>,
+    /// Number of shards; 0 means one per CPU.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    /// Signed-in idle time before close 4002, in milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Time from upgrade to sign-in before close 4001, in milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sign_in_timeout_ms: Option<u64>,
+    /// Deadline of each logic-tier call, in milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logic_call_timeout_ms: Option<u64>,
+}
+
+impl Config {
+    /// Loads the settings from `cli.config` (or ./im.toml), `IM_ENGINE_*` variables and
+    /// the flags, in rising precedence, and checks them.
+    ///
+    /// # Errors
+    /// A file that does not parse, an unknown key, or a value out of range.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let path = cli.config.clone().or_else(|| {
+            let local = PathBuf::from("im.toml");
+            local.exists().then_some(local)
+        });
+        if let Some(path) = path {
+            figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("engine"));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("IM_ENGINE_"))
+            .merge(Serialized::defaults(cli))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that the types cannot express.
+    ///
+    /// # Errors
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, value: &dyn ToString, fix| {
+            Err(ConfigError::Invalid {
+                field,
+                value: value.to_string(),
+                fix,
+            })
+        };
+        if !self.ws_path.starts_with('/') {
+            return invalid("ws_path", &self.ws_path, "start the path with '/'");
+        }
+        if self.shards > 255 {
+            return invalid("shards", &self.shards, "use at most 255 shards");
+        }
+        if self.max_frame_bytes < 126 || self.max_message_bytes < self.max_frame_bytes {
+            return invalid(
+                "max_message_bytes",
+                &self.max_message_bytes,
+                "keep max_frame_bytes >= 126 and max_message_bytes >= max_frame_bytes",
+            );
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return invalid(
+                "heartbeat_timeout_ms",
+                &self.heartbeat_timeout_ms,
+                "set it above heartbeat_interval_ms, typically 3 intervals",
+            );
+        }
+        if self.bridge_queue == 0 {
+            return invalid("bridge_queue", &self.bridge_queue, "use at least 1");
+        }
+        if !self.logic_url.starts_with("http://") && !self.logic_url.starts_with("https://") {
+            return invalid("logic_url", &self.logic_url, "write it as http://host:port");
+        }
+        Ok(())
+    }
+
+    /// Number of shards to start: `shards`, or one per CPU when it is 0.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(255)),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn heartbeat_timeout_below_interval_is_rejected() {
+        let config = Config {
+            heartbeat_timeout_ms: 1_000,
+            heartbeat_interval_ms: 2_000,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::parse_from(["im-engine", "--shards", "3", "--ws-path", "/chat"]);
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(config.shards, 3);
+        assert_eq!(config.ws_path, "/chat");
+    }
+}

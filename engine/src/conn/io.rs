@@ -1,0 +1,100 @@
+//! Socket reads and writes without per-connection buffers: wait for readiness through
+//! io_uring (POLL_ADD), then move bytes with non-blocking syscalls into the shard's
+//! scratch buffer or out of the connection's queued frames.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use bytes::{Buf, BytesMut};
+
+/// What one non-blocking read pass found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadOutcome {
+    /// Bytes were appended; the socket may hold more.
+    Data,
+    /// Nothing to read now.
+    WouldBlock,
+    /// The peer closed its side.
+    Eof,
+}
+
+/// Reads what the socket holds, at most `max_bytes`, appending to `out` through
+/// `scratch`.
+pub(crate) fn read_available(
+    fd: RawFd,
+    scratch: &mut [u8],
+    out: &mut BytesMut,
+    max_bytes: usize,
+) -> io::Result<ReadOutcome> {
+    let mut outcome = ReadOutcome::WouldBlock;
+    let mut total = 0;
+    while total < max_bytes {
+        // SAFETY: `scratch` is a valid, writable buffer of `scratch.len()` bytes for the
+        // whole call, and `fd` is an open socket owned by the caller's TcpStream.
+        let read = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match read {
+            0 => return Ok(ReadOutcome::Eof),
+            n if n > 0 => {
+                let n = n as usize;
+                out.extend_from_slice(&scratch[..n]);
+                total += n;
+                outcome = ReadOutcome::Data;
+                if n < scratch.len() {
+                    break;
+                }
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(err),
+                }
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Writes as much of `data` as the socket takes now and drops the written bytes from
+/// its front. Returns true when everything was written.
+pub(crate) fn write_available(fd: RawFd, data: &mut BytesMut) -> io::Result<bool> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid buffer of `data.len()` readable bytes for the whole
+        // call, and `fd` is an open socket owned by the caller's TcpStream.
+        let written = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if written >= 0 {
+            data.advance(written as usize);
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(false),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+    Ok(true)
+}
+
+/// Shuts down the sending side, so the peer reads our close frame and then EOF.
+pub(crate) fn shutdown_write(fd: RawFd) {
+    // SAFETY: `fd` is an open socket owned by the caller; shutdown does not touch memory.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}

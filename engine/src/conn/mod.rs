@@ -1,0 +1,399 @@
+//! One device connection, run as a task on its shard in named steps: handshake,
+//! serve (frames, packets, queued pushes, deadlines), finish (close handshake) and
+//! teardown (a `Drop` guard, so it runs on every exit path exactly once).
+
+mod handshake;
+pub(crate) mod io;
+mod packets;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use im_proto::{ConnRef, OfflineRequest};
+use im_ws::{Decoder, Message};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use tracing::{debug, field, Instrument};
+
+use crate::bridge::Call;
+use crate::close;
+use crate::registry::{CloseRequest, ConnId, Outbox};
+use crate::shard::ShardContext;
+use io::ReadOutcome;
+
+/// Most bytes read from one socket before its frames are handled, so one busy
+/// connection cannot starve the others on its shard.
+const MAX_READ_PER_WAKE: usize = 256 * 1024;
+
+/// Time allowed for the close handshake after the engine sent or answered a close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The signed-in identity of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Session {
+    pub(crate) user_id: u64,
+    pub(crate) device_id: u64,
+}
+
+/// How the serve step ended.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// Send a close frame with this code and reason, then close.
+    Close(u16, Cow<'static, str>),
+    /// The device sent a close frame with this code: answer it, then close.
+    PeerClosed(u16),
+    /// The socket is gone (EOF, reset, write timeout): just close it.
+    Gone(&'static str),
+}
+
+enum Event {
+    Readable(std::io::Result<()>),
+    Outbox,
+    Deadline,
+}
+
+/// Accepts one TCP connection as a WebSocket and serves it until it closes.
+pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
+    let span = tracing::debug_span!(
+        "conn",
+        shard = ctx.index,
+        %peer,
+        conn_id = field::Empty,
+        user_id = field::Empty,
+        device_id = field::Empty
+    );
+    async move {
+        let _ = stream.set_nodelay(true);
+        let Some(leftover) = handshake::accept(&ctx, &stream, peer).await else {
+            return;
+        };
+        let outbox = Rc::new(Outbox::default());
+        let Some(id) = ctx.registry.insert(outbox.clone()) else {
+            debug!("shard is full; closing");
+            return;
+        };
+        ctx.stats.connection_opened();
+        tracing::Span::current().record("conn_id", id.0);
+        debug!("websocket open");
+        let mut conn = Connection {
+            fd: stream.as_raw_fd(),
+            deadline: Instant::now() + Duration::from_millis(ctx.config.sign_in_timeout_ms),
+            decoder: Decoder::new(ctx.decoder_limits),
+            ctx,
+            stream,
+            peer,
+            id,
+            outbox,
+            read_buf: leftover,
+            session: None,
+        };
+        let ending = conn.run().await;
+        debug!(?ending, "closing");
+        conn.finish(ending).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// A live WebSocket connection. Dropping it removes it from its shard and device map
+/// and reports the device offline.
+pub(crate) struct Connection {
+    ctx: Rc<ShardContext>,
+    stream: TcpStream,
+    fd: RawFd,
+    peer: SocketAddr,
+    id: ConnId,
+    outbox: Rc<Outbox>,
+    /// Bytes of a frame not yet complete. Empty, without an allocation, between frames.
+    read_buf: BytesMut,
+    decoder: Decoder,
+    session: Option<Session>,
+    /// Sign-in deadline before sign-in, idle deadline after it.
+    deadline: Instant,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Ending {
+        if !self.read_buf.is_empty() {
+            if let Some(ending) = self.handle_input().await {
+                return ending;
+            }
+        }
+        loop {
+            if let Some(ending) = self.flush_outbox().await {
+                return ending;
+            }
+            match self.next_event().await {
+                Event::Outbox => continue,
+                Event::Deadline => return self.deadline_passed(),
+                Event::Readable(Err(err)) => {
+                    debug!(error = %err, "wait for readability failed");
+                    return Ending::Gone("socket error");
+                }
+                Event::Readable(Ok(())) => {
+                    if let Some(ending) = self.read_and_handle().await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the first of: bytes to read, frames or a close request queued by
+    /// another task, or the deadline.
+    async fn next_event(&self) -> Event {
+        let mut readable = pin!(self.stream.readable(false));
+        let mut deadline = pin!(monoio::time::sleep_until(self.deadline));
+        std::future::poll_fn(|cx| {
+            if self.outbox.is_ready() {
+                return Poll::Ready(Event::Outbox);
+            }
+            self.outbox.register(cx.waker());
+            if let Poll::Ready(result) = readable.as_mut().poll(cx) {
+                return Poll::Ready(Event::Readable(result));
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn deadline_passed(&self) -> Ending {
+        match self.session {
+            None => Ending::Close(
+                close::SIGN_IN_TIMEOUT,
+                "sign-in timed out: send SIGN_IN or LOGIN right after connecting".into(),
+            ),
+            Some(_) => Ending::Close(
+                close::HEARTBEAT_TIMEOUT,
+                "heartbeat timed out: send HEARTBEAT at the advertised interval".into(),
+            ),
+        }
+    }
+
+    async fn read_and_handle(&mut self) -> Option<Ending> {
+        let outcome = {
+            let mut scratch = self.ctx.scratch.borrow_mut();
+            io::read_available(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
+        };
+        match outcome {
+            Ok(ReadOutcome::Data) => self.handle_input().await,
+            Ok(ReadOutcome::WouldBlock) => None,
+            Ok(ReadOutcome::Eof) => Some(Ending::Gone("peer closed the socket")),
+            Err(err) => {
+                debug!(error = %err, "read failed");
+                Some(Ending::Gone("read error"))
+            }
+        }
+    }
+
+    /// Decodes and handles every whole message in the read buffer.
+    async fn handle_input(&mut self) -> Option<Ending> {
+        loop {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(message)) => {
+                    self.touch();
+                    if let Some(ending) = self.handle_message(message).await {
+                        return Some(ending);
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    debug!(error = %err, "websocket protocol error");
+                    return Some(Ending::Close(err.close_code(), err.to_string().into()));
+                }
+            }
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
+        None
+    }
+
+    async fn handle_message(&mut self, message: Message) -> Option<Ending> {
+        match message {
+            Message::Binary(data) => self.handle_packet(data).await,
+            Message::Text(_) => Some(Ending::Close(
+                close::UNSUPPORTED_DATA,
+                "text frames are not supported: send each Packet as a binary message".into(),
+            )),
+            Message::Ping(payload) => self.queue(|buf| im_ws::encode_pong(&payload, buf)),
+            Message::Pong(_) => None,
+            Message::Close(frame) => Some(Ending::PeerClosed(
+                frame.map_or(close::NORMAL, |frame| frame.code),
+            )),
+        }
+    }
+
+    /// Pushes the idle deadline forward after any frame from a signed-in device.
+    fn touch(&mut self) {
+        if self.session.is_some() {
+            self.deadline =
+                Instant::now() + Duration::from_millis(self.ctx.config.heartbeat_timeout_ms);
+        }
+    }
+
+    /// Queues encoded frames; past the outbound limit the connection must close.
+    fn queue(&self, encode: impl FnOnce(&mut BytesMut)) -> Option<Ending> {
+        let queued = self.outbox.push(encode);
+        (queued > self.ctx.config.max_outbound_bytes).then(|| {
+            Ending::Close(
+                close::SLOW_CONSUMER,
+                "outbound queue full: read faster, then reconnect and sync".into(),
+            )
+        })
+    }
+
+    /// Writes queued frames, waiting for the socket while it is full. Returns an ending
+    /// when a close was requested or the socket failed.
+    async fn flush_outbox(&mut self) -> Option<Ending> {
+        if let Some(request) = self.outbox.close_request() {
+            return Some(self.requested_close(request));
+        }
+        let mut data = self.outbox.take();
+        if data.is_empty() {
+            return None;
+        }
+        if let Err(ending) = self.write_all(&mut data).await {
+            return Some(ending);
+        }
+        None
+    }
+
+    async fn write_all(&self, data: &mut BytesMut) -> Result<(), Ending> {
+        let timeout = Duration::from_millis(self.ctx.config.write_timeout_ms);
+        loop {
+            match io::write_available(self.fd, data) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(err) => {
+                    debug!(error = %err, "write failed");
+                    return Err(Ending::Gone("write error"));
+                }
+            }
+            match monoio::time::timeout(timeout, self.stream.writable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    debug!(error = %err, "wait for writability failed");
+                    return Err(Ending::Gone("write error"));
+                }
+                Err(_) => {
+                    debug!(queued = data.len(), "write timed out: the device stopped reading");
+                    return Err(Ending::Gone("write timed out"));
+                }
+            }
+        }
+    }
+
+    fn requested_close(&self, request: CloseRequest) -> Ending {
+        match request {
+            CloseRequest::Kicked(reason) => {
+                self.send_kicked(reason);
+                Ending::Close(close::KICKED, "kicked: this device signed in elsewhere".into())
+            }
+            CloseRequest::Shutdown => Ending::Close(
+                close::GOING_AWAY,
+                "server shutting down: reconnect to another node".into(),
+            ),
+        }
+    }
+
+    /// Runs the closing handshake for `ending`, then lets the socket close.
+    async fn finish(&mut self, ending: Ending) {
+        let code = match ending {
+            Ending::Gone(why) => {
+                debug!(why, "socket gone");
+                return;
+            }
+            Ending::Close(code, reason) => {
+                self.outbox
+                    .push(|buf| im_ws::encode_close(code, &reason, buf));
+                code
+            }
+            Ending::PeerClosed(code) => {
+                let echoed = if im_ws::close_code::is_valid_received(code) {
+                    code
+                } else {
+                    close::NORMAL
+                };
+                self.outbox.push(|buf| im_ws::encode_close(echoed, "", buf));
+                echoed
+            }
+        };
+        let mut data = self.outbox.take();
+        let linger = async {
+            if self.write_all(&mut data).await.is_err() {
+                return;
+            }
+            io::shutdown_write(self.fd);
+            self.drain_until_eof().await;
+        };
+        if monoio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
+            debug!(code, "close handshake timed out");
+        }
+    }
+
+    /// Reads and drops input until the device closes its side, so the kernel does not
+    /// answer unread bytes with a reset that could destroy our close frame.
+    async fn drain_until_eof(&self) {
+        let mut discard = BytesMut::new();
+        loop {
+            if self.stream.readable(false).await.is_err() {
+                return;
+            }
+            let outcome = {
+                let mut scratch = self.ctx.scratch.borrow_mut();
+                io::read_available(self.fd, &mut scratch, &mut discard, MAX_READ_PER_WAKE)
+            };
+            discard.clear();
+            if !matches!(outcome, Ok(ReadOutcome::Data | ReadOutcome::WouldBlock)) {
+                return;
+            }
+        }
+    }
+
+    fn conn_ref(&self) -> ConnRef {
+        ConnRef {
+            node: self.ctx.node.to_string(),
+            conn_id: self.id.0,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.ctx.registry.remove(self.id);
+        self.ctx.stats.connection_closed();
+        let Some(session) = self.session else {
+            return;
+        };
+        self.ctx
+            .devices
+            .remove_if(&session.device_id, |_, conn| *conn == self.id);
+        let offline = Call::Offline {
+            request: OfflineRequest {
+                user_id: session.user_id,
+                device_id: session.device_id,
+                conn: Some(self.conn_ref()),
+            },
+        };
+        if let Err(err) = self.ctx.bridge.submit(offline) {
+            tracing::warn!(
+                user_id = session.user_id,
+                device_id = session.device_id,
+                conn_id = self.id.0,
+                error = %err.message,
+                "offline not sent"
+            );
+        }
+    }
+}

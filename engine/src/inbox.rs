@@ -1,0 +1,89 @@
+//! Messages from other threads to a shard: a crossbeam channel plus a waker that the
+//! shard's inbox task registers, so a send from a tokio thread wakes the monoio thread.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use futures::channel::oneshot;
+use futures::task::AtomicWaker;
+use im_proto::KickReason;
+
+use crate::registry::ConnId;
+
+/// What another thread asks of a shard.
+#[derive(Debug)]
+pub(crate) enum ShardMessage {
+    /// Send KICKED to the connection and close it.
+    Kick {
+        conn_id: ConnId,
+        reason: KickReason,
+        /// Receives whether the connection was still open.
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// Stop accepting, close every connection with 1001 and stop the shard.
+    Shutdown,
+}
+
+/// The sending side; cheap to clone and usable from any thread.
+#[derive(Clone)]
+pub(crate) struct InboxSender {
+    sender: Sender<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl InboxSender {
+    /// Queues the message and wakes the shard. A stopped shard drops it.
+    pub(crate) fn send(&self, message: ShardMessage) {
+        if self.sender.send(message).is_ok() {
+            self.waker.wake();
+        }
+    }
+}
+
+/// The shard's receiving side.
+pub(crate) struct InboxReceiver {
+    receiver: Receiver<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl InboxReceiver {
+    /// Waits for the next message; `None` once every sender is gone.
+    pub(crate) async fn recv(&self) -> Option<ShardMessage> {
+        std::future::poll_fn(|cx| {
+            if let Some(ready) = self.try_recv() {
+                return Poll::Ready(ready);
+            }
+            self.waker.register(cx.waker());
+            // A message sent between the first check and the registration would
+            // otherwise wait for the next wake-up.
+            match self.try_recv() {
+                Some(ready) => Poll::Ready(ready),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn try_recv(&self) -> Option<Option<ShardMessage>> {
+        match self.receiver.try_recv() {
+            Ok(message) => Some(Some(message)),
+            Err(TryRecvError::Disconnected) => Some(None),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+}
+
+/// Creates a shard's inbox. Unbounded: messages are small and come from the engine's
+/// own gRPC server, which the logic tier calls with deadlines.
+pub(crate) fn inbox() -> (InboxSender, InboxReceiver) {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    let waker = Arc::new(AtomicWaker::new());
+    (
+        InboxSender {
+            sender,
+            waker: waker.clone(),
+        },
+        InboxReceiver { receiver, waker },
+    )
+}

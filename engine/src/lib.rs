@@ -1,0 +1,248 @@
+//! The connection engine of the IM system: WebSocket device connections on
+//! thread-per-core monoio shards, a bridge to the logic tier, and the gRPC server the
+//! logic tier calls back on.
+//!
+//! [`Engine::start`] runs a whole node inside the current process; `im-engine` is the
+//! binary around it.
+
+mod bridge;
+pub mod close;
+pub mod config;
+mod conn;
+mod inbox;
+mod push;
+mod registry;
+mod shard;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use im_proto::connect_int_service_server::ConnectIntServiceServer;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+pub use bridge::CallError;
+pub use config::{Cli, Config, ConfigError};
+pub use registry::ConnId;
+pub use shard::ShardStats;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The WebSocket or gRPC address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// `logic_url` is not a URL tonic accepts.
+    #[error("invalid logic_url {url:?}: {reason}")]
+    InvalidLogicUrl { url: String, reason: String },
+    /// A thread or runtime could not start.
+    #[error("cannot start engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running engine node.
+pub struct Engine {
+    ws_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    node: Arc<str>,
+    stats: Vec<Arc<ShardStats>>,
+    inboxes: Vec<inbox::InboxSender>,
+    shards: Vec<JoinHandle<()>>,
+    bridge_thread: Option<JoinHandle<()>>,
+    grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    /// Binds the listeners and starts the shards, the bridge and the gRPC server.
+    ///
+    /// # Errors
+    /// An address cannot be bound, the logic URL is invalid, or a thread cannot start.
+    pub fn start(config: Config) -> Result<Self, EngineError> {
+        let config = Arc::new(config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("engine-rpc")
+            .enable_all()
+            .build()
+            .map_err(EngineError::Thread)?;
+
+        let grpc_listener = StdListener::bind(config.grpc_addr)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .map_err(|source| EngineError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| EngineError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let node: Arc<str> = if config.node_addr.is_empty() {
+            grpc_addr.to_string().into()
+        } else {
+            config.node_addr.as_str().into()
+        };
+
+        let shard_count = config.shard_count();
+        let (listeners, ws_addr) = bind_reuseport(config.ws_addr, shard_count)?;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (bridge, bridge_thread) = bridge::start(
+            bridge::BridgeConfig {
+                logic_url: config.logic_url.clone(),
+                call_timeout: Duration::from_millis(config.logic_call_timeout_ms),
+                connect_timeout: Duration::from_millis(config.logic_connect_timeout_ms),
+                queue: config.bridge_queue,
+                offline_retries: config.offline_retries,
+            },
+            runtime.handle().clone(),
+            in_flight.clone(),
+        )?;
+
+        let devices = Arc::new(registry::DeviceMap::new());
+        let mut inboxes = Vec::with_capacity(shard_count);
+        let mut stats = Vec::with_capacity(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (sender, receiver) = inbox::inbox();
+            let shard_stats = Arc::new(ShardStats::default());
+            let setup = shard::ShardSetup {
+                index,
+                config: config.clone(),
+                node: node.clone(),
+                devices: devices.clone(),
+                bridge: bridge.clone(),
+                stats: shard_stats.clone(),
+                listener,
+                inbox: receiver,
+                shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            };
+            shards.push(shard::spawn(setup).map_err(EngineError::Thread)?);
+            inboxes.push(sender);
+            stats.push(shard_stats);
+        }
+        drop(bridge);
+
+        let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = ConnectIntServiceServer::new(push::PushService::new(inboxes.clone()));
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(grpc_listener) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    warn!(error = %err, "engine gRPC listener failed");
+                    return;
+                }
+            };
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(err) = served {
+                warn!(error = %err, "engine gRPC server failed");
+            }
+        });
+        info!(%ws_addr, path = %config.ws_path, %grpc_addr, %node, shards = shard_count, "engine started");
+        Ok(Self {
+            ws_addr,
+            grpc_addr,
+            node,
+            stats,
+            inboxes,
+            shards,
+            bridge_thread: Some(bridge_thread),
+            grpc_stop: Some(grpc_stop),
+            runtime: Some(runtime),
+            in_flight,
+        })
+    }
+
+    /// The bound WebSocket address (useful with port 0).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The bound address of the engine's gRPC server.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// This node's address as stored in device status.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// WebSocket connections open on all shards.
+    pub fn connections(&self) -> usize {
+        self.stats.iter().map(|stats| stats.connections()).sum()
+    }
+
+    /// Stops accepting, closes every connection with 1001, reports each signed-in
+    /// device offline, and waits up to `shutdown_grace_ms` for calls in flight.
+    pub fn shutdown(mut self) {
+        info!("engine stopping");
+        for inbox in &self.inboxes {
+            inbox.send(inbox::ShardMessage::Shutdown);
+        }
+        for shard in self.shards.drain(..) {
+            let _ = shard.join();
+        }
+        // Every shard has dropped its bridge handle, so the dispatcher ends.
+        if let Some(thread) = self.bridge_thread.take() {
+            let _ = thread.join();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(stop) = self.grpc_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Calls in flight are done or past their grace; the background form may
+            // also run inside another runtime, as in tests.
+            runtime.shutdown_background();
+        }
+        info!("engine stopped");
+    }
+}
+
+/// Binds one listener per shard on the same address with SO_REUSEPORT, so the kernel
+/// spreads new connections over the shards. Port 0 is resolved by the first bind.
+fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<StdListener>, SocketAddr), EngineError> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = bind_one(bound).map_err(|source| EngineError::Bind { addr, source })?;
+        if bound.port() == 0 {
+            bound = listener
+                .local_addr()
+                .map_err(|source| EngineError::Bind { addr, source })?;
+        }
+        listeners.push(listener);
+    }
+    Ok((listeners, bound))
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,238 @@
+//! Connection identity and lookup: the per-shard slab of live connections and the
+//! node-wide map from device id to connection.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use im_proto::KickReason;
+
+/// Identifies one connection on this node for the node's lifetime.
+///
+/// Layout: shard (8 bits) | generation (32 bits) | slot (24 bits). The generation of a
+/// slot rises each time the slot is reused, so a stale id never reaches a newer
+/// connection in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// Largest slot index a shard can hand out (2^24 - 1 connections per shard).
+const MAX_SLOT: usize = (1 << 24) - 1;
+
+impl ConnId {
+    pub(crate) fn new(shard: usize, generation: u32, slot: usize) -> Self {
+        debug_assert!(shard < 256 && slot <= MAX_SLOT);
+        Self(((shard as u64) << 56) | (u64::from(generation) << 24) | slot as u64)
+    }
+
+    /// Index of the shard that owns the connection.
+    pub fn shard(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        ((self.0 >> 24) & 0xffff_ffff) as u32
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        (self.0 & MAX_SLOT as u64) as usize
+    }
+}
+
+/// Where the signed-in connection of each device lives on this node. Written by the
+/// owning shard at sign-in and close, read by the gRPC server to route pushes.
+pub(crate) type DeviceMap = DashMap<u64, ConnId>;
+
+/// Why a connection must close, set from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseRequest {
+    /// The logic tier saw the device sign in elsewhere: send KICKED, then close 4003.
+    Kicked(KickReason),
+    /// The node is shutting down: close 1001.
+    Shutdown,
+}
+
+/// State shared between a connection's task and its shard: frames waiting to be
+/// written and requests to close. Lives in an `Rc`; never crosses threads.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// Encoded frames not yet written. Empty (no allocation) while the connection idles.
+    pending: RefCell<BytesMut>,
+    close: Cell<Option<CloseRequest>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Outbox {
+    /// Appends encoded frames and wakes the connection's task. Returns the bytes now
+    /// queued, so the caller can enforce the outbound limit.
+    pub(crate) fn push(&self, encode: impl FnOnce(&mut BytesMut)) -> usize {
+        let queued = {
+            let mut pending = self.pending.borrow_mut();
+            encode(&mut pending);
+            pending.len()
+        };
+        self.wake();
+        queued
+    }
+
+    /// Takes every queued byte, leaving the outbox without an allocation.
+    pub(crate) fn take(&self) -> BytesMut {
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+
+    /// Asks the connection to close; the first request wins.
+    pub(crate) fn request_close(&self, request: CloseRequest) {
+        if self.close.get().is_none() {
+            self.close.set(Some(request));
+        }
+        self.wake();
+    }
+
+    /// The pending close request, if any.
+    pub(crate) fn close_request(&self) -> Option<CloseRequest> {
+        self.close.get()
+    }
+
+    /// True when frames or a close request are waiting.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.close.get().is_some() || !self.pending.borrow().is_empty()
+    }
+
+    /// Registers the task to wake on the next push or close request.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        match slot.as_ref() {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct Entry {
+    generation: u32,
+    outbox: Option<Rc<Outbox>>,
+}
+
+/// One shard's live connections: a slab indexed by slot with a free list. Owned by the
+/// shard's thread; no lock.
+pub(crate) struct ShardRegistry {
+    shard: usize,
+    entries: RefCell<Vec<Entry>>,
+    free: RefCell<Vec<usize>>,
+    live: Cell<usize>,
+}
+
+impl ShardRegistry {
+    pub(crate) fn new(shard: usize) -> Self {
+        Self {
+            shard,
+            entries: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            live: Cell::new(0),
+        }
+    }
+
+    /// Stores a new connection's outbox and returns its id, or `None` when the shard
+    /// has no free slot left.
+    pub(crate) fn insert(&self, outbox: Rc<Outbox>) -> Option<ConnId> {
+        let mut entries = self.entries.borrow_mut();
+        let slot = match self.free.borrow_mut().pop() {
+            Some(slot) => slot,
+            None if entries.len() <= MAX_SLOT => {
+                entries.push(Entry {
+                    generation: 0,
+                    outbox: None,
+                });
+                entries.len() - 1
+            }
+            None => return None,
+        };
+        let entry = &mut entries[slot];
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.outbox = Some(outbox);
+        self.live.set(self.live.get() + 1);
+        Some(ConnId::new(self.shard, entry.generation, slot))
+    }
+
+    /// Removes the connection; a stale id (slot already reused) is ignored.
+    pub(crate) fn remove(&self, id: ConnId) {
+        let mut entries = self.entries.borrow_mut();
+        if let Some(entry) = entries.get_mut(id.slot()) {
+            if entry.generation == id.generation() && entry.outbox.take().is_some() {
+                self.free.borrow_mut().push(id.slot());
+                self.live.set(self.live.get() - 1);
+            }
+        }
+    }
+
+    /// The outbox of a live connection, or `None` when the id is stale.
+    pub(crate) fn get(&self, id: ConnId) -> Option<Rc<Outbox>> {
+        let entries = self.entries.borrow();
+        let entry = entries.get(id.slot())?;
+        if entry.generation != id.generation() {
+            return None;
+        }
+        entry.outbox.clone()
+    }
+
+    /// Asks every live connection to close with `request`.
+    pub(crate) fn close_all(&self, request: CloseRequest) {
+        for entry in self.entries.borrow().iter() {
+            if let Some(outbox) = &entry.outbox {
+                outbox.request_close(request);
+            }
+        }
+    }
+
+    /// Number of live connections.
+    pub(crate) fn len(&self) -> usize {
+        self.live.get()
+    }
+
+    /// True when no connection is live.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_id_round_trips_fields() {
+        let id = ConnId::new(7, 0xdead_beef, MAX_SLOT);
+        assert_eq!(id.shard(), 7);
+        assert_eq!(id.generation(), 0xdead_beef);
+        assert_eq!(id.slot(), MAX_SLOT);
+    }
+
+    #[test]
+    fn stale_id_does_not_reach_reused_slot() {
+        let registry = ShardRegistry::new(1);
+        let first = registry.insert(Rc::default()).unwrap();
+        registry.remove(first);
+        let second = registry.insert(Rc::default()).unwrap();
+        assert_eq!(first.slot(), second.slot());
+        assert!(registry.get(first).is_none());
+        assert!(registry.get(second).is_some());
+        registry.remove(first);
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn outbox_take_leaves_no_allocation() {
+        let outbox = Outbox::default();
+        let queued = outbox.push(|buf| buf.extend_from_slice(b"abc"));
+        assert_eq!(queued, 3);
+        assert_eq!(&outbox.take()[..], b"abc");
+        assert_eq!(outbox.pending.borrow().capacity(), 0);
+    }
+}

@@ -1,0 +1,219 @@
+//! Shards: one thread per core, each with its own monoio runtime (io_uring where the
+//! kernel allows it, epoll otherwise), its own SO_REUSEPORT listener and its own
+//! connections. Nothing on a shard's hot path takes a lock.
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_ws::{DecoderLimits, HandshakeLimits};
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+use monoio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::bridge::BridgeHandle;
+use crate::config::Config;
+use crate::inbox::{InboxReceiver, ShardMessage};
+use crate::registry::{CloseRequest, DeviceMap, ShardRegistry};
+
+/// Size of the buffer each shard reads sockets into before frames are decoded.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Counters a shard publishes for the rest of the node. Each has one writer, the shard.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    connections: AtomicUsize,
+}
+
+impl ShardStats {
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// WebSocket connections open on the shard.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything a connection task needs from its shard.
+pub(crate) struct ShardContext {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    /// This node's address as the logic tier calls it.
+    pub(crate) node: Arc<str>,
+    pub(crate) registry: ShardRegistry,
+    pub(crate) devices: Arc<DeviceMap>,
+    pub(crate) bridge: BridgeHandle,
+    pub(crate) stats: Arc<ShardStats>,
+    /// Shared read buffer; borrowed only between two awaits.
+    pub(crate) scratch: RefCell<Box<[u8]>>,
+    pub(crate) handshake_limits: HandshakeLimits,
+    pub(crate) decoder_limits: DecoderLimits,
+}
+
+/// What a shard thread is started with.
+pub(crate) struct ShardSetup {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) node: Arc<str>,
+    pub(crate) devices: Arc<DeviceMap>,
+    pub(crate) bridge: BridgeHandle,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) listener: StdListener,
+    pub(crate) inbox: InboxReceiver,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Starts the shard's thread.
+pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("shard-{}", setup.index))
+        .spawn(move || {
+            let index = setup.index;
+            let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .with_entries(setup.config.ring_entries)
+                .build();
+            match runtime {
+                Ok(mut runtime) => runtime.block_on(run(setup)),
+                Err(err) => error!(shard = index, error = %err, "shard runtime failed to start"),
+            }
+        })
+}
+
+async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        index,
+        config,
+        node,
+        devices,
+        bridge,
+        stats,
+        listener,
+        inbox,
+        shutdown_grace,
+    } = setup;
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            error!(shard = index, error = %err, "shard listener failed");
+            return;
+        }
+    };
+    let ctx = Rc::new(ShardContext {
+        index,
+        handshake_limits: HandshakeLimits {
+            max_header_bytes: config.max_header_bytes,
+            path: config.ws_path.clone(),
+        },
+        decoder_limits: DecoderLimits {
+            max_frame_payload: config.max_frame_bytes,
+            max_message_size: config.max_message_bytes,
+        },
+        config,
+        node,
+        registry: ShardRegistry::new(index),
+        devices,
+        bridge,
+        stats,
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+    });
+    let stopping = Rc::new(Cell::new(false));
+    let canceller = Rc::new(RefCell::new(Some(Canceller::new())));
+    monoio::spawn(serve_inbox(ctx.clone(), inbox, stopping.clone(), canceller.clone()));
+    info!(shard = index, "shard started");
+    accept_loop(&ctx, &listener, &stopping, &canceller).await;
+    drop(listener);
+    drain(&ctx, shutdown_grace).await;
+    info!(shard = index, "shard stopped");
+}
+
+async fn accept_loop(
+    ctx: &Rc<ShardContext>,
+    listener: &TcpListener,
+    stopping: &Cell<bool>,
+    canceller: &RefCell<Option<Canceller>>,
+) {
+    let mut last_warning: Option<Instant> = None;
+    while !stopping.get() {
+        let handle = match canceller.borrow().as_ref() {
+            Some(canceller) => canceller.handle(),
+            None => return,
+        };
+        match listener.cancelable_accept(handle).await {
+            Ok((stream, peer)) => {
+                monoio::spawn(crate::conn::serve(ctx.clone(), stream, peer));
+            }
+            Err(_) if stopping.get() => return,
+            Err(err) => {
+                // Out of descriptors or memory: back off instead of spinning, and warn
+                // at most once a second.
+                let now = Instant::now();
+                if last_warning.is_none_or(|at| now - at >= Duration::from_secs(1)) {
+                    warn!(shard = ctx.index, error = %err, "accept failed; backing off");
+                    last_warning = Some(now);
+                }
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Handles messages from other threads until the shard stops.
+async fn serve_inbox(
+    ctx: Rc<ShardContext>,
+    inbox: InboxReceiver,
+    stopping: Rc<Cell<bool>>,
+    canceller: Rc<RefCell<Option<Canceller>>>,
+) {
+    while let Some(message) = inbox.recv().await {
+        match message {
+            ShardMessage::Kick {
+                conn_id,
+                reason,
+                reply,
+            } => {
+                let outbox = ctx.registry.get(conn_id);
+                match &outbox {
+                    Some(outbox) => outbox.request_close(CloseRequest::Kicked(reason)),
+                    None => debug!(conn_id = conn_id.0, "kick for a connection already closed"),
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outbox.is_some());
+                }
+            }
+            ShardMessage::Shutdown => {
+                stopping.set(true);
+                if let Some(canceller) = canceller.borrow_mut().take() {
+                    canceller.cancel();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Asks every connection to close with 1001 and waits, at most `grace`, for them to go.
+async fn drain(ctx: &ShardContext, grace: Duration) {
+    ctx.registry.close_all(CloseRequest::Shutdown);
+    let deadline = Instant::now() + grace;
+    while !ctx.registry.is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !ctx.registry.is_empty() {
+        warn!(
+            shard = ctx.index,
+            left = ctx.registry.len(),
+            "shutdown grace passed with connections still open"
+        );
+    }
+}

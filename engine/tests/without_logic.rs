@@ -1,0 +1,209 @@
+//! Engine behaviour that needs no logic tier: the upgrade, frame rules, sign-in
+//! deadline, and sign-in while the logic tier is down. Real WebSocket over loopback.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use im_engine::{Config, Engine};
+use im_proto::{ErrorCode, Packet, PacketType, SignInRequest};
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A logic URL where nothing listens: a port just bound and released.
+fn dead_logic_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn start_engine(adjust: impl FnOnce(&mut Config)) -> Engine {
+    let mut config = Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        logic_url: dead_logic_url(),
+        shards: 2,
+        ..Config::default()
+    };
+    adjust(&mut config);
+    Engine::start(config).expect("engine starts")
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(engine: &Engine) -> Socket {
+    let url = format!("ws://{}/ws", engine.ws_addr());
+    let stream = tokio::net::TcpStream::connect(engine.ws_addr()).await.unwrap();
+    let (socket, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    socket
+}
+
+fn packet(kind: PacketType, request_id: u64, data: Vec<u8>) -> Message {
+    let packet = Packet {
+        r#type: kind as i32,
+        request_id,
+        data: data.into(),
+        ..Packet::default()
+    };
+    Message::Binary(packet.encode_to_vec().into())
+}
+
+/// Reads until a binary message arrives and decodes it as a Packet.
+async fn next_packet(socket: &mut Socket) -> Packet {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Message::Binary(data) = message {
+            return Packet::decode(data).expect("a Packet");
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code.
+async fn close_code(socket: &mut Socket) -> u16 {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a close within 10 s");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn heartbeat_before_sign_in_is_rejected() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    socket
+        .send(packet(PacketType::Heartbeat, 7, Vec::new()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(reply.r#type, PacketType::Heartbeat as i32);
+    assert_eq!(reply.request_id, 7);
+    assert_eq!(reply.code, ErrorCode::NotSignedIn as i32);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn undecodable_packet_gets_error_and_connection_stays() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    socket
+        .send(Message::Binary(vec![0xff, 0xff, 0xff].into()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(reply.r#type, PacketType::Error as i32);
+    assert_eq!(reply.code, ErrorCode::InvalidPacket as i32);
+    socket
+        .send(packet(PacketType::Heartbeat, 8, Vec::new()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(reply.request_id, 8);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn text_frame_is_closed_with_1003() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    socket.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, 1003);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn oversized_frame_is_closed_with_1009() {
+    let engine = start_engine(|config| {
+        config.max_frame_bytes = 1024;
+        config.max_message_bytes = 1024;
+    });
+    let mut socket = connect(&engine).await;
+    let _ = socket.send(Message::Binary(vec![0; 4096].into())).await;
+    assert_eq!(close_code(&mut socket).await, 1009);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn missing_sign_in_is_closed_with_4001() {
+    let engine = start_engine(|config| config.sign_in_timeout_ms = 300);
+    let mut socket = connect(&engine).await;
+    let started = Instant::now();
+    assert_eq!(close_code(&mut socket).await, 4001);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn sign_in_with_logic_down_fails_within_deadline() {
+    let engine = start_engine(|config| config.logic_call_timeout_ms = 500);
+    let mut socket = connect(&engine).await;
+    let sign_in = SignInRequest {
+        user_id: 1,
+        device_id: 1,
+        token: "00".repeat(32),
+    };
+    let started = Instant::now();
+    socket
+        .send(packet(PacketType::SignIn, 9, sign_in.encode_to_vec()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.request_id, 9);
+    assert!(
+        reply.code == ErrorCode::Unavailable as i32 || reply.code == ErrorCode::Timeout as i32,
+        "code {} message {}",
+        reply.code,
+        reply.message
+    );
+    // The call deadline is 500 ms; the shard's own grace adds 500 ms at most.
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn bad_upgrade_gets_http_error() {
+    let engine = start_engine(|_| {});
+    let cases: [(&str, &str); 3] = [
+        ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "426"),
+        ("GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "404"),
+        ("POST /ws HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+    ];
+    for (request, status) in cases {
+        let mut stream = tokio::net::TcpStream::connect(engine.ws_addr()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .expect("the engine answers and closes");
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "request {request:?} got {text:?}"
+        );
+    }
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_1001() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    let stopper = std::thread::spawn(move || engine.shutdown());
+    assert_eq!(close_code(&mut socket).await, u16::from(CloseCode::Away));
+    stopper.join().unwrap();
+}
