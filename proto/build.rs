@@ -1,7 +1,11 @@
 //! Compiles the .proto files with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["im/v1/packet.proto", "im/v1/internal.proto", "im/v1/logic.proto"];
+    let files = [
+        "im/v1/packet.proto",
+        "im/v1/internal.proto",
+        "im/v1/logic.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

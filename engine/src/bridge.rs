@@ -92,6 +92,8 @@ pub(crate) enum Call {
     },
     /// Fire and forget; retried while the logic tier is unreachable.
     Offline { request: OfflineRequest },
+    /// Ends the dispatcher once every call queued before it has been spawned.
+    Stop,
 }
 
 /// The shards' side of the bridge. Cloned into every shard.
@@ -118,6 +120,11 @@ impl BridgeHandle {
                 "the engine is shutting down; reconnect",
             )),
         }
+    }
+
+    /// Stops the dispatcher after the calls already queued, waiting for queue space.
+    pub(crate) fn stop(&self) {
+        let _ = self.calls.send(Call::Stop);
     }
 }
 
@@ -149,7 +156,11 @@ pub(crate) fn start(
         .timeout(config.call_timeout)
         .tcp_nodelay(true);
     // Lazy: a logic tier that is down at start is noticed per call, within its deadline.
-    let client = DeviceIntServiceClient::new(endpoint.connect_lazy());
+    // The channel's background task needs the runtime's context to be created.
+    let client = {
+        let _context = runtime.enter();
+        DeviceIntServiceClient::new(endpoint.connect_lazy())
+    };
     let (calls, receiver) = crossbeam_channel::bounded(config.queue);
     let dispatcher = Dispatcher {
         client,
@@ -176,9 +187,12 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Spawns each call until every shard has dropped its sender.
+    /// Spawns each call until `Call::Stop` arrives or every sender is gone.
     fn run(self, receiver: Receiver<Call>) {
         while let Ok(call) = receiver.recv() {
+            if matches!(call, Call::Stop) {
+                break;
+            }
             let client = self.client.clone();
             let timeout = self.call_timeout;
             let retries = self.offline_retries;
@@ -213,6 +227,7 @@ async fn execute(
             let _ = reply.send(result);
         }
         Call::Offline { request } => send_offline(client, request, timeout, offline_retries).await,
+        Call::Stop => {}
     }
 }
 
@@ -241,7 +256,13 @@ async fn send_offline(
     for attempt in 0..=retries {
         match with_deadline(timeout, client.offline(request.clone())).await {
             Ok(reply) => {
-                debug!(user_id, device_id, conn_id, removed = reply.removed, "offline sent");
+                debug!(
+                    user_id,
+                    device_id,
+                    conn_id,
+                    removed = reply.removed,
+                    "offline sent"
+                );
                 return;
             }
             Err(err) if err.is_retryable() && attempt < retries => {
@@ -267,7 +288,10 @@ mod tests {
         let mut status = tonic::Status::unauthenticated("token expired");
         status.metadata_mut().insert(
             im_proto::ERROR_CODE_METADATA_KEY,
-            (ErrorCode::TokenExpired as i32).to_string().parse().unwrap(),
+            (ErrorCode::TokenExpired as i32)
+                .to_string()
+                .parse()
+                .unwrap(),
         );
         let err = CallError::from_status(&status);
         assert_eq!(err.code, ErrorCode::TokenExpired);

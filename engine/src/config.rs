@@ -114,7 +114,11 @@ pub enum ConfigError {
 
 /// Command-line flags of `im-engine`. Each one overrides the setting of the same name.
 #[derive(Debug, Default, Parser, Serialize)]
-#[command(name = "im-engine", version, about = "Sharded WebSocket gateway of the IM system")]
+#[command(
+    name = "im-engine",
+    version,
+    about = "Sharded WebSocket gateway of the IM system"
+)]
 pub struct Cli {
     /// TOML file with an `[engine]` table (env IM_CONFIG). Default: ./im.toml if it exists.
     #[arg(long, env = "IM_CONFIG")]

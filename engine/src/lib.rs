@@ -54,6 +54,7 @@ pub struct Engine {
     stats: Vec<Arc<ShardStats>>,
     inboxes: Vec<inbox::InboxSender>,
     shards: Vec<JoinHandle<()>>,
+    bridge: bridge::BridgeHandle,
     bridge_thread: Option<JoinHandle<()>>,
     grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -129,7 +130,6 @@ impl Engine {
             inboxes.push(sender);
             stats.push(shard_stats);
         }
-        drop(bridge);
 
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = ConnectIntServiceServer::new(push::PushService::new(inboxes.clone()));
@@ -160,6 +160,7 @@ impl Engine {
             stats,
             inboxes,
             shards,
+            bridge,
             bridge_thread: Some(bridge_thread),
             grpc_stop: Some(grpc_stop),
             runtime: Some(runtime),
@@ -197,7 +198,8 @@ impl Engine {
         for shard in self.shards.drain(..) {
             let _ = shard.join();
         }
-        // Every shard has dropped its bridge handle, so the dispatcher ends.
+        // Offline calls of the closed connections are queued before this stop.
+        self.bridge.stop();
         if let Some(thread) = self.bridge_thread.take() {
             let _ = thread.join();
         }

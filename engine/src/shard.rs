@@ -129,7 +129,12 @@ async fn run(setup: ShardSetup) {
     });
     let stopping = Rc::new(Cell::new(false));
     let canceller = Rc::new(RefCell::new(Some(Canceller::new())));
-    monoio::spawn(serve_inbox(ctx.clone(), inbox, stopping.clone(), canceller.clone()));
+    monoio::spawn(serve_inbox(
+        ctx.clone(),
+        inbox,
+        stopping.clone(),
+        canceller.clone(),
+    ));
     info!(shard = index, "shard started");
     accept_loop(&ctx, &listener, &stopping, &canceller).await;
     drop(listener);

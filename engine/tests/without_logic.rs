@@ -35,7 +35,9 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn connect(engine: &Engine) -> Socket {
     let url = format!("ws://{}/ws", engine.ws_addr());
-    let stream = tokio::net::TcpStream::connect(engine.ws_addr()).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(engine.ws_addr())
+        .await
+        .unwrap();
     let (socket, _) = tokio_tungstenite::client_async(url, stream)
         .await
         .expect("upgrade");
@@ -184,7 +186,9 @@ async fn bad_upgrade_gets_http_error() {
         ("POST /ws HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
     ];
     for (request, status) in cases {
-        let mut stream = tokio::net::TcpStream::connect(engine.ws_addr()).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
+            .await
+            .unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))

@@ -1,1 +1,68 @@
-fn main() {}
+//! `im-logic`: loads the configuration, sets up logging, starts the logic server and stops it on
+//! Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use im_logic::error::ErrorChain;
+use im_logic::{Cli, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    let server = match im_logic::start(config).await {
+        Ok(server) => server,
+        Err(err) => return fail(&err),
+    };
+    tracing::info!(addr = %server.local_addr(), "logic listening");
+
+    wait_for_stop_signal().await;
+    tracing::info!("stop signal received; draining calls");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Logs to stderr with the filter in `RUST_LOG`, "info" when unset.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn fail(err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    tracing::error!(error = %ErrorChain(err), "logic failed to start");
+    ExitCode::FAILURE
+}
+
+async fn wait_for_stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -287,7 +287,10 @@ impl Connection {
                     return Err(Ending::Gone("write error"));
                 }
                 Err(_) => {
-                    debug!(queued = data.len(), "write timed out: the device stopped reading");
+                    debug!(
+                        queued = data.len(),
+                        "write timed out: the device stopped reading"
+                    );
                     return Err(Ending::Gone("write timed out"));
                 }
             }
@@ -298,7 +301,10 @@ impl Connection {
         match request {
             CloseRequest::Kicked(reason) => {
                 self.send_kicked(reason);
-                Ending::Close(close::KICKED, "kicked: this device signed in elsewhere".into())
+                Ending::Close(
+                    close::KICKED,
+                    "kicked: this device signed in elsewhere".into(),
+                )
             }
             CloseRequest::Shutdown => Ending::Close(
                 close::GOING_AWAY,
@@ -307,9 +313,9 @@ impl Connection {
         }
     }
 
-    /// Runs the closing handshake for `ending`, then lets the socket close.
+    /// Runs the closing handshake for `ending`; the socket closes when the connection drops.
     async fn finish(&mut self, ending: Ending) {
-        let code = match ending {
+        let (code, await_answer) = match ending {
             Ending::Gone(why) => {
                 debug!(why, "socket gone");
                 return;
@@ -317,7 +323,7 @@ impl Connection {
             Ending::Close(code, reason) => {
                 self.outbox
                     .push(|buf| im_ws::encode_close(code, &reason, buf));
-                code
+                (code, true)
             }
             Ending::PeerClosed(code) => {
                 let echoed = if im_ws::close_code::is_valid_received(code) {
@@ -326,7 +332,7 @@ impl Connection {
                     close::NORMAL
                 };
                 self.outbox.push(|buf| im_ws::encode_close(echoed, "", buf));
-                echoed
+                (echoed, false)
             }
         };
         let mut data = self.outbox.take();
@@ -334,27 +340,36 @@ impl Connection {
             if self.write_all(&mut data).await.is_err() {
                 return;
             }
+            // The device's close frame has arrived already when it started the close.
+            if await_answer {
+                self.drain_until_closed().await;
+            }
             io::shutdown_write(self.fd);
-            self.drain_until_eof().await;
         };
         if monoio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
             debug!(code, "close handshake timed out");
         }
     }
 
-    /// Reads and drops input until the device closes its side, so the kernel does not
-    /// answer unread bytes with a reset that could destroy our close frame.
-    async fn drain_until_eof(&self) {
-        let mut discard = BytesMut::new();
+    /// Reads until the device answers our close frame or closes its side. Other
+    /// messages are dropped. Reading on also keeps the kernel from answering unread
+    /// bytes with a reset that could destroy our close frame.
+    async fn drain_until_closed(&mut self) {
         loop {
+            loop {
+                match self.decoder.decode(&mut self.read_buf) {
+                    Ok(Some(Message::Close(_))) | Err(_) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                }
+            }
             if self.stream.readable(false).await.is_err() {
                 return;
             }
             let outcome = {
                 let mut scratch = self.ctx.scratch.borrow_mut();
-                io::read_available(self.fd, &mut scratch, &mut discard, MAX_READ_PER_WAKE)
+                io::read_available(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
             };
-            discard.clear();
             if !matches!(outcome, Ok(ReadOutcome::Data | ReadOutcome::WouldBlock)) {
                 return;
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use im_proto::{
-    ConnLoginRequest, ConnSignInRequest, ErrorCode, Kicked, KickReason, LoginRequest, Packet,
+    ConnLoginRequest, ConnSignInRequest, ErrorCode, KickReason, Kicked, LoginRequest, Packet,
     PacketType, RegisterRequest, SignInReply, SignInRequest,
 };
 use prost::Message as _;
@@ -66,9 +66,7 @@ impl Connection {
         let Some(request) = self.decode_data::<RegisterRequest>(&packet) else {
             return self.invalid_data(&packet);
         };
-        let result = self
-            .call(|reply| Call::Register { request, reply })
-            .await;
+        let result = self.call(|reply| Call::Register { request, reply }).await;
         self.reply_result(&packet, result)
     }
 

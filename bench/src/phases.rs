@@ -1,0 +1,343 @@
+//! The coordinator of one process's connections: the connect phase, which opens and signs in
+//! every connection with bounded concurrency, and the hold, which collects heartbeat round
+//! trips and errors until every connection has closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::session::{self, SessionEvent, SessionLinks, SessionPlan, SignInOutcome, Stage, Target};
+use crate::stats::{self, ErrorCounts};
+
+/// How long connections may take to close after the hold, before they are dropped.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(20);
+
+/// Progress of the connect phase, reported once a second.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectProgress {
+    /// Connections that have signed in or failed.
+    pub(crate) done: u64,
+    pub(crate) signed_in: u64,
+}
+
+/// Figures of the connect phase.
+#[derive(Debug)]
+pub(crate) struct ConnectFigures {
+    pub(crate) attempted: u64,
+    pub(crate) signed_in: u64,
+    pub(crate) elapsed: Duration,
+    /// Sign-in latency in microseconds.
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: ErrorCounts,
+}
+
+/// Figures collected after sign-in: the hold and the close.
+#[derive(Debug)]
+pub(crate) struct HoldFigures {
+    /// Heartbeat round trip in microseconds, during the hold only.
+    pub(crate) heartbeat_rtt: Histogram<u64>,
+    pub(crate) errors: ErrorCounts,
+}
+
+impl Default for HoldFigures {
+    fn default() -> Self {
+        Self {
+            heartbeat_rtt: stats::latency_histogram(),
+            errors: ErrorCounts::default(),
+        }
+    }
+}
+
+/// The signed-in connections of one process, between the connect phase and their close.
+pub(crate) struct Connections {
+    stage: watch::Sender<Stage>,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
+    tasks: JoinSet<()>,
+    figures: HoldFigures,
+}
+
+/// Opens a connection for each target with at most `concurrency` sign-ins in flight, and
+/// waits until each has signed in or failed, or until `limit` has passed.
+pub(crate) async fn connect_all(
+    plan: SessionPlan,
+    targets: Vec<Target>,
+    concurrency: usize,
+    limit: Duration,
+    progress: &mut dyn FnMut(ConnectProgress),
+) -> (ConnectFigures, Connections) {
+    let started = Instant::now();
+    let attempted = targets.len() as u64;
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+    let (stage, stage_rx) = watch::channel(Stage::Connecting);
+    let (event_tx, events) = mpsc::unbounded_channel();
+
+    let plan = Arc::new(plan);
+    let mut tasks = JoinSet::new();
+    for target in targets {
+        let links = SessionLinks {
+            permits: Arc::clone(&permits),
+            outcomes: outcome_tx.clone(),
+            stage: stage_rx.clone(),
+            events: event_tx.clone(),
+        };
+        tasks.spawn(session::run(Arc::clone(&plan), target, links));
+    }
+    // Only the tasks own senders now, so the channels close when the last task ends.
+    drop((outcome_tx, event_tx, stage_rx));
+
+    let mut figures = ConnectFigures {
+        attempted,
+        signed_in: 0,
+        elapsed: Duration::ZERO,
+        latency: stats::latency_histogram(),
+        errors: ErrorCounts::default(),
+    };
+    let deadline = started + limit;
+    let done = collect_outcomes(&mut outcomes, &mut figures, deadline, progress).await;
+
+    // Connections still waiting for a permit give up; those in flight find the outcome
+    // channel closed and close themselves.
+    permits.close();
+    drop(outcomes);
+    if done < attempted {
+        figures
+            .errors
+            .add("not_signed_in_by_deadline", attempted - done);
+    }
+    figures.elapsed = started.elapsed();
+    progress(ConnectProgress {
+        done: attempted,
+        signed_in: figures.signed_in,
+    });
+
+    let connections = Connections {
+        stage,
+        events,
+        tasks,
+        figures: HoldFigures::default(),
+    };
+    (figures, connections)
+}
+
+/// Records outcomes until every connection reported or `deadline` passed. Returns how many
+/// reported.
+async fn collect_outcomes(
+    outcomes: &mut mpsc::UnboundedReceiver<SignInOutcome>,
+    figures: &mut ConnectFigures,
+    deadline: Instant,
+    progress: &mut dyn FnMut(ConnectProgress),
+) -> u64 {
+    let mut done = 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    while done < figures.attempted {
+        tokio::select! {
+            outcome = outcomes.recv() => {
+                let Some(outcome) = outcome else { break };
+                done += 1;
+                match outcome {
+                    SignInOutcome::SignedIn(latency) => {
+                        figures.signed_in += 1;
+                        stats::record(&mut figures.latency, latency);
+                    }
+                    SignInOutcome::Failed(kind) => figures.errors.add(kind, 1),
+                }
+            }
+            _ = ticker.tick() => progress(ConnectProgress { done, signed_in: figures.signed_in }),
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    done
+}
+
+impl Connections {
+    /// Starts the hold: every connection records heartbeat round trips until `hold` has
+    /// passed, then closes. Returns the end of the hold.
+    pub(crate) fn start_hold(&self, hold: Duration) -> Instant {
+        let until = Instant::now() + hold;
+        self.stage.send_replace(Stage::Holding { until });
+        until
+    }
+
+    /// Records heartbeat round trips and errors until `deadline`.
+    pub(crate) async fn collect_until(&mut self, deadline: Instant) {
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.record(event),
+                    // Every connection has ended.
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Signals every connection to close, waits for them at most [`CLOSE_GRACE`], drops the
+    /// rest, and returns the figures of the hold. Connections also close by themselves at the
+    /// end of the hold, so the signal matters only when no hold was started.
+    pub(crate) async fn finish(mut self) -> HoldFigures {
+        self.stage.send_replace(Stage::Stopping);
+        let deadline = Instant::now() + CLOSE_GRACE;
+        self.collect_until(deadline).await;
+
+        // A task drops its event sender while it ends, a moment before the JoinSet reports it
+        // finished. The closed events channel is therefore not enough, so join the tasks too.
+        let tasks = &mut self.tasks;
+        let joined = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout_at(deadline, joined).await;
+        let unfinished = self.tasks.len() as u64;
+        if unfinished > 0 {
+            self.figures.errors.add("close_unfinished", unfinished);
+        }
+        self.tasks.shutdown().await;
+
+        while let Ok(event) = self.events.try_recv() {
+            self.record(event);
+        }
+        self.figures
+    }
+
+    fn record(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::HeartbeatRtt(rtt) => stats::record(&mut self.figures.heartbeat_rtt, rtt),
+            SessionEvent::Error(kind) => self.figures.errors.add(kind, 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::fake_engine::FakeEngine;
+
+    fn plan(url: &str, timeout: Duration) -> SessionPlan {
+        SessionPlan {
+            url: url.to_owned(),
+            timeout,
+            sources: 2,
+            heartbeat_interval: Duration::from_millis(50),
+        }
+    }
+
+    fn targets(tokens: &[&str]) -> Vec<Target> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(index, token)| Target {
+                index: index as u64,
+                user_id: index as u64 + 1,
+                device_id: index as u64 + 100,
+                token: (*token).to_owned(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn connect_hold_and_close_all() {
+        let engine = FakeEngine::start().await;
+        let mut progress_reports = Vec::new();
+
+        let (connect, mut connections) = connect_all(
+            plan(&engine.url, Duration::from_secs(5)),
+            targets(&["good"; 20]),
+            4,
+            Duration::from_secs(30),
+            &mut |progress| progress_reports.push(progress),
+        )
+        .await;
+        let until = connections.start_hold(Duration::from_millis(400));
+        connections.collect_until(until).await;
+        let hold = connections.finish().await;
+
+        assert_eq!(connect.attempted, 20);
+        assert_eq!(connect.signed_in, 20);
+        assert_eq!(connect.latency.len(), 20);
+        assert!(connect.errors.0.is_empty(), "{:?}", connect.errors);
+        assert!(
+            hold.heartbeat_rtt.len() >= 20,
+            "{}",
+            hold.heartbeat_rtt.len()
+        );
+        assert!(hold.errors.0.is_empty(), "{:?}", hold.errors);
+        assert_eq!(engine.closes.load(Ordering::SeqCst), 20);
+        let last = progress_reports.last().expect("final progress report");
+        assert_eq!(last.done, 20);
+        assert_eq!(last.signed_in, 20);
+    }
+
+    #[tokio::test]
+    async fn rejected_and_unanswered_sign_ins_counted() {
+        let engine = FakeEngine::start().await;
+
+        let (connect, connections) = connect_all(
+            plan(&engine.url, Duration::from_millis(300)),
+            targets(&["good", "bad", "silent", "bad"]),
+            4,
+            Duration::from_secs(30),
+            &mut |_| {},
+        )
+        .await;
+        let hold = connections.finish().await;
+
+        assert_eq!(connect.signed_in, 1);
+        assert_eq!(connect.errors.0["TOKEN_INVALID"], 2);
+        assert_eq!(connect.errors.0["sign_in_timeout"], 1);
+        assert_eq!(connect.errors.total(), 3);
+        assert!(hold.errors.0.is_empty(), "{:?}", hold.errors);
+    }
+
+    #[tokio::test]
+    async fn unreachable_engine_is_connect_failed() {
+        // Bind, then drop the listener, so the port is very likely closed.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        drop(listener);
+
+        let (connect, connections) = connect_all(
+            plan(&url, Duration::from_secs(5)),
+            targets(&["good"; 3]),
+            2,
+            Duration::from_secs(30),
+            &mut |_| {},
+        )
+        .await;
+        connections.finish().await;
+
+        assert_eq!(connect.signed_in, 0);
+        assert_eq!(connect.errors.0["connect_failed"], 3);
+    }
+
+    #[tokio::test]
+    async fn connect_deadline_counts_unfinished() {
+        let engine = FakeEngine::start().await;
+
+        // One permit and a silent engine: the first sign-in waits 2 s, the limit is 200 ms.
+        let (connect, connections) = connect_all(
+            plan(&engine.url, Duration::from_secs(2)),
+            targets(&["silent"; 3]),
+            1,
+            Duration::from_millis(200),
+            &mut |_| {},
+        )
+        .await;
+        connections.finish().await;
+
+        assert_eq!(connect.signed_in, 0);
+        assert_eq!(connect.errors.0["not_signed_in_by_deadline"], 3);
+        assert!(
+            connect.elapsed < Duration::from_secs(1),
+            "{:?}",
+            connect.elapsed
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The final report of a sign-in run, printed on stdout.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::phases::HoldFigures;
+use crate::stats::ErrorCounts;
+
+/// Resident memory of the engine around the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EngineMemory {
+    pub(crate) pid: Option<u32>,
+    /// Bytes before the first connection opened.
+    pub(crate) before: Option<u64>,
+    /// Bytes in the middle of the hold.
+    pub(crate) during: Option<u64>,
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) connections: u64,
+    pub(crate) signed_in: u64,
+    /// Duration of the connect phase.
+    pub(crate) connect_elapsed: Duration,
+    /// Sign-in latency in microseconds.
+    pub(crate) signin_latency: Histogram<u64>,
+    pub(crate) signin_errors: ErrorCounts,
+    pub(crate) hold: HoldFigures,
+    pub(crate) engine: EngineMemory,
+}
+
+impl Report {
+    /// Number of errors of every kind, in every phase.
+    pub(crate) fn error_total(&self) -> u64 {
+        self.signin_errors.total() + self.hold.errors.total()
+    }
+
+    /// Prints the report.
+    pub(crate) fn print(&self) {
+        println!("result");
+        println!(
+            "  connections           {} attempted, {} signed in",
+            self.connections, self.signed_in
+        );
+        println!(
+            "  sign-ins per second   {:.1} ({} connections in {:.3} s)",
+            rate(self.connections, self.connect_elapsed),
+            self.connections,
+            self.connect_elapsed.as_secs_f64()
+        );
+        println!(
+            "  sign-in latency ms    {}",
+            quantiles(&self.signin_latency, &SIGNIN_POINTS, true)
+        );
+        println!(
+            "  heartbeat rtt ms      {}",
+            quantiles(&self.hold.heartbeat_rtt, &HEARTBEAT_POINTS, false)
+        );
+        println!("  errors at sign-in     {}", errors(&self.signin_errors));
+        println!("  errors after sign-in  {}", errors(&self.hold.errors));
+        println!("  engine RSS            {}", self.memory_line());
+    }
+
+    fn memory_line(&self) -> String {
+        let EngineMemory {
+            pid: Some(pid),
+            before: Some(before),
+            during: Some(during),
+        } = self.engine
+        else {
+            return "unknown (engine process not found or not readable)".into();
+        };
+        let per_connection = bytes_per_connection(before, during, self.signed_in)
+            .map_or_else(|| "n/a".to_owned(), |bytes| format!("{bytes} B"));
+        format!(
+            "pid {pid}: before {}, during hold {}, per signed-in connection {per_connection}",
+            mebibytes(before),
+            mebibytes(during)
+        )
+    }
+}
+
+/// Returns `connections / elapsed`, or 0 for an empty duration.
+pub(crate) fn rate(connections: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        connections as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Returns (during - before) / connections in bytes, which can be negative when the engine
+/// released memory, or `None` without connections.
+pub(crate) fn bytes_per_connection(before: u64, during: u64, connections: u64) -> Option<i64> {
+    if connections == 0 {
+        return None;
+    }
+    let delta = i128::from(during) - i128::from(before);
+    i64::try_from(delta / i128::from(connections)).ok()
+}
+
+const SIGNIN_POINTS: [(&str, f64); 4] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+const HEARTBEAT_POINTS: [(&str, f64); 3] = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)];
+
+fn quantiles(histogram: &Histogram<u64>, points: &[(&str, f64)], with_max: bool) -> String {
+    if histogram.is_empty() {
+        return "no samples".into();
+    }
+    let mut parts: Vec<String> = points
+        .iter()
+        .map(|(label, quantile)| {
+            format!("{label} {}", millis(histogram.value_at_quantile(*quantile)))
+        })
+        .collect();
+    if with_max {
+        parts.push(format!("max {}", millis(histogram.max())));
+    }
+    parts.push(format!("({} samples)", histogram.len()));
+    parts.join("  ")
+}
+
+fn millis(micros: u64) -> String {
+    format!("{:.3}", micros as f64 / 1000.0)
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn errors(counts: &ErrorCounts) -> String {
+    if counts.0.is_empty() {
+        return "none".into();
+    }
+    counts
+        .0
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats;
+
+    #[test]
+    fn bytes_per_connection_divides_delta() {
+        assert_eq!(bytes_per_connection(1_000, 61_000, 10), Some(6_000));
+        assert_eq!(bytes_per_connection(5_000, 4_000, 10), Some(-100));
+        assert_eq!(bytes_per_connection(1_000, 2_000, 0), None);
+    }
+
+    #[test]
+    fn rate_of_zero_duration_is_zero() {
+        assert_eq!(rate(100, Duration::ZERO), 0.0);
+        assert_eq!(rate(100, Duration::from_millis(500)), 200.0);
+    }
+
+    #[test]
+    fn quantiles_print_milliseconds() {
+        let mut histogram = stats::latency_histogram();
+        stats::record(&mut histogram, Duration::from_micros(1500));
+
+        let line = quantiles(&histogram, &[("p50", 0.5), ("p99.9", 0.999)], true);
+
+        assert_eq!(line, "p50 1.500  p99.9 1.500  max 1.500  (1 samples)");
+    }
+
+    #[test]
+    fn errors_none_when_empty() {
+        assert_eq!(errors(&ErrorCounts::default()), "none");
+    }
+}

@@ -1,0 +1,282 @@
+//! One bench connection from start to end: connect from its source address, SIGN_IN, send
+//! heartbeats until the hold ends, then close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_client::{Client, ClientError, ConnectOptions, PacketType};
+use rand::Rng as _;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::sources;
+use crate::stats::{connect_error_kind, error_push_kind, request_error_kind};
+
+/// Settings shared by every connection of one process.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionPlan {
+    pub(crate) url: String,
+    /// Time limit for connect plus handshake, for each reply and for the close handshake.
+    pub(crate) timeout: Duration,
+    pub(crate) sources: usize,
+    pub(crate) heartbeat_interval: Duration,
+}
+
+/// A bench user's device and its token.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Index i of user `<prefix>-<i>`; selects the source address.
+    pub(crate) index: u64,
+    pub(crate) user_id: u64,
+    pub(crate) device_id: u64,
+    pub(crate) token: String,
+}
+
+/// Phase of the run, which the coordinator broadcasts to every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Other connections are still signing in: send heartbeats, record nothing.
+    Connecting,
+    /// Send heartbeats and record their round trips until `until`, then close.
+    Holding { until: Instant },
+    /// Close now.
+    Stopping,
+}
+
+/// Result of one connect plus SIGN_IN.
+#[derive(Debug)]
+pub(crate) enum SignInOutcome {
+    /// Time from the start of the TCP connect to the SIGN_IN reply.
+    SignedIn(Duration),
+    /// The error kind.
+    Failed(String),
+}
+
+/// Something that happened to a signed-in connection.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    HeartbeatRtt(Duration),
+    /// The error kind.
+    Error(String),
+}
+
+/// Channels between one connection task and the coordinator.
+pub(crate) struct SessionLinks {
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) outcomes: mpsc::UnboundedSender<SignInOutcome>,
+    pub(crate) stage: watch::Receiver<Stage>,
+    pub(crate) events: mpsc::UnboundedSender<SessionEvent>,
+}
+
+/// Runs one connection: waits for a sign-in permit, signs in, reports the outcome, then
+/// keeps the connection alive until the hold ends and closes it.
+pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, links: SessionLinks) {
+    // The coordinator closes the semaphore when the connect phase ends.
+    let Ok(permit) = links.permits.acquire_owned().await else {
+        return;
+    };
+    let started = Instant::now();
+    let result = sign_in(&plan, &target).await;
+    let latency = started.elapsed();
+    drop(permit);
+
+    let client = match result {
+        Ok(client) => client,
+        Err(kind) => {
+            let _ = links.outcomes.send(SignInOutcome::Failed(kind));
+            return;
+        }
+    };
+    if links
+        .outcomes
+        .send(SignInOutcome::SignedIn(latency))
+        .is_err()
+    {
+        // The connect phase ended before this sign-in finished, so it was counted as not
+        // signed in and does not join the hold.
+        let _ = client.close().await;
+        return;
+    }
+    keep_alive(client, &plan, links.stage, &links.events).await;
+}
+
+async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+    let index = usize::try_from(target.index).unwrap_or(usize::MAX);
+    let options = ConnectOptions {
+        local_addr: Some(sources::source_addr(index, plan.sources)),
+        origin: None,
+        timeout: plan.timeout,
+    };
+    let client = Client::connect(&plan.url, &options)
+        .await
+        .map_err(|error| connect_error_kind(&error))?;
+    client
+        .sign_in(target.user_id, target.device_id, &target.token)
+        .await
+        .map_err(|error| request_error_kind("sign_in", &error))?;
+    Ok(client)
+}
+
+/// Cause of a wake-up of the keep-alive loop.
+enum Wake {
+    Heartbeat,
+    Push(Option<im_client::Packet>),
+    StageChanged,
+    HoldOver,
+}
+
+/// Sends heartbeats until the hold ends, then closes. Reads pushes meanwhile, so that the
+/// client's push queue never fills and a KICKED or a server close is counted when it comes.
+async fn keep_alive(
+    mut client: Client,
+    plan: &SessionPlan,
+    mut stage: watch::Receiver<Stage>,
+    events: &mpsc::UnboundedSender<SessionEvent>,
+) {
+    let mut kicked = false;
+    let mut next_heartbeat = Instant::now() + jitter(plan.heartbeat_interval);
+    loop {
+        let current = *stage.borrow_and_update();
+        let until = match current {
+            Stage::Stopping => break,
+            Stage::Holding { until } if Instant::now() >= until => break,
+            Stage::Holding { until } => Some(until),
+            Stage::Connecting => None,
+        };
+        // A day stands for "no end yet": the stage changes long before.
+        let hold_end = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+
+        let wake = tokio::select! {
+            () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
+            push = client.next_push() => Wake::Push(push),
+            changed = stage.changed() => match changed {
+                Ok(()) => Wake::StageChanged,
+                // The coordinator is gone: stop like at the end of the hold.
+                Err(_) => Wake::HoldOver,
+            },
+            () = tokio::time::sleep_until(hold_end) => Wake::HoldOver,
+        };
+
+        match wake {
+            Wake::Heartbeat => {
+                next_heartbeat = next_after(next_heartbeat, plan.heartbeat_interval);
+                let record = until.is_some();
+                if !heartbeat(&client, record, kicked, events).await {
+                    return;
+                }
+            }
+            Wake::Push(Some(packet)) => kicked |= note_push(&packet, events),
+            Wake::Push(None) => {
+                if !kicked {
+                    let code = client.close_frame().map_or(1006, |(code, _)| code);
+                    send(events, format!("closed_{code}"));
+                }
+                return;
+            }
+            Wake::StageChanged => {}
+            Wake::HoldOver => break,
+        }
+    }
+    close(client, events).await;
+}
+
+/// Sends one heartbeat. Returns false when the connection has closed.
+async fn heartbeat(
+    client: &Client,
+    record: bool,
+    kicked: bool,
+    events: &mpsc::UnboundedSender<SessionEvent>,
+) -> bool {
+    match client.heartbeat().await {
+        Ok(rtt) => {
+            if record {
+                let _ = events.send(SessionEvent::HeartbeatRtt(rtt));
+            }
+            true
+        }
+        // After a KICKED the close is expected and already counted.
+        Err(ClientError::Closed { .. }) if kicked => false,
+        Err(error) => {
+            send(events, request_error_kind("heartbeat", &error));
+            !matches!(error, ClientError::Closed { .. })
+        }
+    }
+}
+
+/// Counts a push that a bench connection should not get. Returns true for KICKED.
+fn note_push(packet: &im_client::Packet, events: &mpsc::UnboundedSender<SessionEvent>) -> bool {
+    match PacketType::try_from(packet.r#type) {
+        Ok(PacketType::Kicked) => {
+            send(events, "kicked".to_owned());
+            true
+        }
+        Ok(PacketType::Error) => {
+            send(events, error_push_kind(packet.code));
+            false
+        }
+        _ => {
+            send(events, format!("unexpected_push_{}", packet.r#type));
+            false
+        }
+    }
+}
+
+async fn close(client: Client, events: &mpsc::UnboundedSender<SessionEvent>) {
+    match client.close().await {
+        Ok(()) => {}
+        Err(ClientError::Timeout) => send(events, "close_timeout".to_owned()),
+        Err(_) => send(events, "close_failed".to_owned()),
+    }
+}
+
+fn send(events: &mpsc::UnboundedSender<SessionEvent>, kind: String) {
+    // The coordinator stops reading only after the last connection ended or at the deadline.
+    let _ = events.send(SessionEvent::Error(kind));
+}
+
+/// Returns a random delay in [0, interval), so heartbeats of many connections spread out.
+fn jitter(interval: Duration) -> Duration {
+    let millis = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(rand::rng().random_range(0..millis))
+}
+
+/// Returns the next heartbeat time: one interval after `previous`, or one interval from now
+/// when the connection fell behind (a slow reply), so missed beats are not sent in a burst.
+fn next_after(previous: Instant, interval: Duration) -> Instant {
+    let next = previous + interval;
+    let now = Instant::now();
+    if next < now {
+        now + interval
+    } else {
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_interval() {
+        let interval = Duration::from_millis(50);
+
+        for _ in 0..1000 {
+            assert!(jitter(interval) < interval);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_after_skips_missed_beats() {
+        let interval = Duration::from_secs(5);
+        let start = Instant::now();
+
+        let on_time = next_after(start, interval);
+        tokio::time::advance(Duration::from_secs(12)).await;
+        let late = next_after(start, interval);
+
+        assert_eq!(on_time, start + interval);
+        assert_eq!(late, start + Duration::from_secs(17));
+    }
+}

@@ -1,0 +1,276 @@
+//! The `signin` scenario: prepare tokens, then open N connections, sign each in, hold them
+//! with heartbeats, and report rate, latency and engine memory.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cache;
+use crate::cli::SigninArgs;
+use crate::limits::{self, FileLimit};
+use crate::machine::{self, EngineProcess};
+use crate::phases;
+use crate::prepare::{self, PrepareConfig, PrepareError};
+use crate::report::{EngineMemory, Report};
+use crate::session::{SessionPlan, Target};
+use crate::sources;
+use crate::workers::{self, WorkersError};
+
+/// Time the overall deadline allows beyond the connect limit and the hold. It covers the
+/// close of all connections, which [`phases::CLOSE_GRACE`] bounds.
+const DEADLINE_SLACK: Duration = Duration::from_secs(30);
+
+/// Errors that end a run before it can report.
+#[derive(Debug, thiserror::Error)]
+enum SigninError {
+    #[error("raising the open-file limit failed")]
+    FileLimit(#[source] std::io::Error),
+    #[error(
+        "{per_process} connections per process exceed the open-file limit {soft} minus {reserved} \
+         reserved descriptors; pass --workers {suggested} or more"
+    )]
+    TooManyConnections {
+        per_process: u64,
+        soft: u64,
+        reserved: u64,
+        suggested: u64,
+    },
+    #[error("preparing tokens failed: {0}")]
+    Prepare(#[from] PrepareError),
+    #[error("preparing tokens took longer than --prepare-timeout-secs {0}")]
+    PrepareTimedOut(u64),
+    #[error("the run did not finish within its overall deadline of {0} s")]
+    DeadlinePassed(u64),
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
+}
+
+/// Runs the scenario and returns the exit code: success only when no error of any kind was
+/// counted.
+pub(crate) async fn run(args: SigninArgs) -> ExitCode {
+    match execute(&args).await {
+        Ok(report) => {
+            report.print();
+            if report.error_total() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("im-bench: {error}");
+            print_error_details(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
+    let file_limit = limits::raise_file_limit().map_err(SigninError::FileLimit)?;
+    let sources = args.sources.unwrap_or_else(|| {
+        sources::default_sources(
+            usize::try_from(args.connections).unwrap_or(usize::MAX),
+            sources::ports_per_source(),
+        ) as u64
+    });
+    print_parameters(args, sources, &file_limit);
+    check_capacity(args, &file_limit)?;
+
+    let targets = prepare_tokens(args).await?;
+
+    let engine = EngineWatch::find(args.engine_pid);
+    // Workers may report up to one allowance late after each of the two phases.
+    let worker_allowance = match args.workers {
+        1 => Duration::ZERO,
+        _ => 2 * workers::REPORT_ALLOWANCE,
+    };
+    let deadline_secs = args.run.connect_timeout_secs
+        + args.run.hold_secs
+        + (DEADLINE_SLACK + worker_allowance).as_secs();
+    let measure = async {
+        if args.workers > 1 {
+            Ok(workers::measure(args, sources, &engine).await?)
+        } else {
+            Ok(measure_local(args, targets, sources, &engine).await)
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(deadline_secs), measure)
+        .await
+        .map_err(|_| SigninError::DeadlinePassed(deadline_secs))?
+}
+
+fn check_capacity(args: &SigninArgs, file_limit: &FileLimit) -> Result<(), SigninError> {
+    let per_process = args.connections.div_ceil(args.workers);
+    let capacity = file_limit.connection_capacity();
+    if per_process <= capacity {
+        return Ok(());
+    }
+    Err(SigninError::TooManyConnections {
+        per_process,
+        soft: file_limit.soft,
+        reserved: limits::RESERVED_FILES,
+        suggested: limits::workers_needed(args.connections, capacity),
+    })
+}
+
+async fn prepare_tokens(args: &SigninArgs) -> Result<Vec<Target>, SigninError> {
+    let config = PrepareConfig {
+        url: args.run.url.clone(),
+        password: args.run.password.clone(),
+        user_prefix: args.run.user_prefix.clone(),
+        timeout: Duration::from_millis(args.run.timeout_ms),
+        concurrency: usize::try_from(args.prepare_concurrency).unwrap_or(usize::MAX),
+        cache_path: cache::cache_path(&args.run.cache_dir, &args.run.user_prefix),
+        refresh: args.refresh_tokens,
+    };
+    let limit = Duration::from_secs(args.prepare_timeout_secs);
+    let targets = tokio::time::timeout(limit, prepare::prepare(&config, args.connections))
+        .await
+        .map_err(|_| SigninError::PrepareTimedOut(args.prepare_timeout_secs))??;
+    Ok(targets)
+}
+
+async fn measure_local(
+    args: &SigninArgs,
+    targets: Vec<Target>,
+    sources: u64,
+    engine: &EngineWatch,
+) -> Report {
+    let mut memory = EngineMemory {
+        pid: engine.pid(),
+        before: engine.resident_bytes(),
+        during: None,
+    };
+    let total = args.connections;
+    let started = Instant::now();
+    let mut print_progress = |progress: phases::ConnectProgress| {
+        eprintln!(
+            "{}",
+            progress_line(progress.done, progress.signed_in, total, started.elapsed())
+        );
+    };
+    let (connect, mut connections) = phases::connect_all(
+        session_plan(&args.run, sources),
+        targets,
+        usize::try_from(args.run.concurrency).unwrap_or(usize::MAX),
+        Duration::from_secs(args.run.connect_timeout_secs),
+        &mut print_progress,
+    )
+    .await;
+
+    let hold = Duration::from_secs(args.run.hold_secs);
+    let until = connections.start_hold(hold);
+    connections.collect_until(Instant::now() + hold / 2).await;
+    memory.during = engine.resident_bytes();
+    connections.collect_until(until).await;
+    let hold = connections.finish().await;
+
+    Report {
+        connections: total,
+        signed_in: connect.signed_in,
+        connect_elapsed: connect.elapsed,
+        signin_latency: connect.latency,
+        signin_errors: connect.errors,
+        hold,
+        engine: memory,
+    }
+}
+
+/// Builds the per-connection settings from the flags.
+pub(crate) fn session_plan(run: &crate::cli::RunArgs, sources: u64) -> SessionPlan {
+    SessionPlan {
+        url: run.url.clone(),
+        timeout: Duration::from_millis(run.timeout_ms),
+        sources: usize::try_from(sources).unwrap_or(1),
+        heartbeat_interval: Duration::from_millis(run.heartbeat_ms),
+    }
+}
+
+/// Formats one progress line of the connect phase.
+pub(crate) fn progress_line(done: u64, signed_in: u64, total: u64, elapsed: Duration) -> String {
+    let failed = done.saturating_sub(signed_in);
+    let per_second = crate::report::rate(done, elapsed);
+    format!(
+        "signin: {done}/{total} done, {signed_in} signed in, {failed} failed, {per_second:.0}/s"
+    )
+}
+
+fn print_parameters(args: &SigninArgs, sources: u64, file_limit: &FileLimit) {
+    let run = &args.run;
+    println!("im-bench signin");
+    println!("  machine              {}", machine::describe());
+    println!("  url                  {}", run.url);
+    println!("  connections          {}", args.connections);
+    println!(
+        "  sources              {sources} (127.0.0.2 ..= {})",
+        sources::source_addr(usize::try_from(sources).unwrap_or(1) - 1, sources as usize)
+    );
+    println!("  workers              {}", args.workers);
+    println!("  concurrency          {}", run.concurrency);
+    println!("  hold                 {} s", run.hold_secs);
+    println!("  heartbeat interval   {} ms", run.heartbeat_ms);
+    println!(
+        "  timeout              {} ms per connect and per reply",
+        run.timeout_ms
+    );
+    println!("  connect phase limit  {} s", run.connect_timeout_secs);
+    println!(
+        "  users                {}-0 .. {}-{}",
+        run.user_prefix,
+        run.user_prefix,
+        args.connections - 1
+    );
+    println!(
+        "  open files           soft {} (was {}), hard {}",
+        file_limit.soft, file_limit.soft_before, file_limit.hard
+    );
+}
+
+fn print_error_details(error: &SigninError) {
+    let SigninError::Prepare(PrepareError::UsersFailed { errors, .. }) = error else {
+        return;
+    };
+    for (kind, count) in &errors.0 {
+        eprintln!("  {kind}: {count}");
+    }
+    if errors.0.contains_key("USERNAME_TAKEN") {
+        eprintln!("  USERNAME_TAKEN: the users exist with another password; pass the right --password or another --user-prefix");
+    }
+}
+
+/// The engine process whose memory the run reads, if it was found.
+pub(crate) struct EngineWatch {
+    pid: Option<u32>,
+}
+
+impl EngineWatch {
+    /// Finds the engine and prints which process it is, or why memory will not be reported.
+    fn find(pid: Option<u32>) -> EngineWatch {
+        let pid = match machine::find_engine(pid) {
+            EngineProcess::Found(pid) => {
+                println!("  engine pid           {pid}");
+                Some(pid)
+            }
+            EngineProcess::NotFound => {
+                println!("  engine pid           none found named im-engine; memory not reported");
+                None
+            }
+            EngineProcess::Ambiguous(pids) => {
+                println!(
+                    "  engine pid           several named im-engine ({pids:?}); pass --engine-pid"
+                );
+                None
+            }
+        };
+        EngineWatch { pid }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        self.pid.and_then(machine::resident_bytes)
+    }
+}

@@ -1,0 +1,261 @@
+//! A whole system for one test: the logic tier and an engine node in this process, on
+//! loopback ports chosen by the kernel, over the PostgreSQL and Redis that
+//! `scripts/test` starts. Tests may also start a Redis of their own to stop it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use im_client::{Client, ClientError, ConnectOptions};
+use im_engine::Engine;
+use im_logic::LogicServer;
+use im_proto::{DeviceInfo, ErrorCode, LoginReply};
+
+/// Password used by every test user.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Reads a URL that `scripts/test` exports.
+pub fn env_url(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the suite with scripts/test, which starts PostgreSQL and Redis"
+        )
+    })
+}
+
+/// Logic settings for tests: the suite's stores, a free port and cheap password hashing.
+pub fn logic_config() -> im_logic::Config {
+    im_logic::Config {
+        listen_addr: "127.0.0.1:0".to_owned(),
+        database_url: env_url("IM_LOGIC_DATABASE_URL"),
+        redis_url: env_url("IM_LOGIC_REDIS_URL"),
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        db_pool_size: 4,
+        startup_retry_ms: 0,
+        ..im_logic::Config::default()
+    }
+}
+
+/// Engine settings for tests: free ports, two shards, the given logic tier.
+pub fn engine_config(logic_addr: SocketAddr) -> im_engine::Config {
+    im_engine::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        logic_url: format!("http://{logic_addr}"),
+        shards: 2,
+        logic_call_timeout_ms: 1_000,
+        shutdown_grace_ms: 1_000,
+        ..im_engine::Config::default()
+    }
+}
+
+/// A running logic tier and engine node.
+pub struct Stack {
+    pub logic: Option<LogicServer>,
+    pub logic_config: im_logic::Config,
+    pub engine: Option<Engine>,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(logic_config(), |_| {}).await
+    }
+
+    pub async fn start_with(
+        logic_config: im_logic::Config,
+        adjust_engine: impl FnOnce(&mut im_engine::Config),
+    ) -> Self {
+        init_tracing();
+        let logic = im_logic::start(logic_config.clone())
+            .await
+            .expect("logic tier starts");
+        let mut engine_config = engine_config(logic.local_addr());
+        adjust_engine(&mut engine_config);
+        // The logic tier must be restartable on the same address.
+        let logic_config = im_logic::Config {
+            listen_addr: logic.local_addr().to_string(),
+            ..logic_config
+        };
+        let engine = Engine::start(engine_config).expect("engine starts");
+        Self {
+            logic: Some(logic),
+            logic_config,
+            engine: Some(engine),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("engine running")
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.engine().ws_addr())
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url(), &ConnectOptions::default())
+            .await
+            .expect("websocket connects")
+    }
+
+    pub async fn stop_logic(&mut self) {
+        if let Some(logic) = self.logic.take() {
+            logic.shutdown().await;
+        }
+    }
+
+    pub async fn restart_logic(&mut self) {
+        self.stop_logic().await;
+        let logic = im_logic::start(self.logic_config.clone())
+            .await
+            .expect("logic tier restarts on its address");
+        self.logic = Some(logic);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .unwrap();
+        }
+        self.stop_logic().await;
+    }
+}
+
+/// A username no other test or run uses.
+pub fn unique_username(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Registers a fresh user and logs in on `client`, which is then signed in.
+pub async fn register_and_login(client: &Client, prefix: &str) -> (String, LoginReply) {
+    let username = unique_username(prefix);
+    client
+        .register(&username, PASSWORD)
+        .await
+        .expect("register");
+    let reply = client
+        .login(&username, PASSWORD, 0, test_device())
+        .await
+        .expect("login");
+    (username, reply)
+}
+
+pub fn test_device() -> DeviceInfo {
+    DeviceInfo {
+        platform: "test".to_owned(),
+        model: "e2e".to_owned(),
+        app_version: "1".to_owned(),
+    }
+}
+
+/// The error code of a failed call; panics on success or on a non-server error.
+pub fn server_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Server { code, .. }) => code,
+        other => panic!("expected a server error code, got {other:?}"),
+    }
+}
+
+/// Online status of a user's devices, straight from Redis: device id -> "node|conn_id".
+pub async fn online_status(user_id: u64) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(env_url("IM_LOGIC_REDIS_URL")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(format!("online:{user_id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A throw-away redis-server on a free loopback port, killed on drop.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut redis = Self { port, child: None };
+        redis.resume();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers.
+    pub fn resume(&mut self) {
+        let binary = std::env::var("IM_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {binary}: {err}; run scripts/test"));
+        self.child = Some(child);
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not start within 5 s",
+            self.port
+        );
+    }
+
+    /// Kills the server, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Sends logs to the test's output when RUST_LOG is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}

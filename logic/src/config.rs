@@ -1,0 +1,565 @@
+//! Configuration of the logic tier: the `[logic]` table of the TOML file that the engine shares,
+//! environment variables `IM_LOGIC_<FIELD>` and command-line flags `--field-name`.
+//!
+//! Precedence, highest first: flag, environment variable, file, built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// File read when neither `--config` nor `IM_CONFIG` names one, if it exists in the working
+/// directory.
+pub const DEFAULT_CONFIG_FILE: &str = "im.toml";
+
+/// Prefix of the environment variables that override single fields.
+pub const ENV_PREFIX: &str = "IM_LOGIC_";
+
+/// Names of the `[logic]` fields; an environment variable is read only for these.
+pub const FIELDS: &[&str] = &[
+    "listen_addr",
+    "database_url",
+    "redis_url",
+    "db_pool_size",
+    "db_timeout_ms",
+    "redis_timeout_ms",
+    "token_ttl_secs",
+    "argon2_memory_kib",
+    "argon2_iterations",
+    "argon2_parallelism",
+    "engine_call_timeout_ms",
+    "redis_batch_max",
+    "startup_retry_ms",
+];
+
+/// Settings of one logic process. `Debug` hides the passwords in the store URLs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC server (`DeviceIntService` and `LogicExtService`), "host:port".
+    /// Default "127.0.0.1:50051". Port 0 picks a free port; `LogicServer::local_addr` returns it.
+    pub listen_addr: String,
+    /// PostgreSQL URL, for example "postgres://user:password@host:5432/im".
+    /// Default "postgres://postgres@127.0.0.1:55432/im".
+    pub database_url: String,
+    /// Redis URL, for example "redis://:password@host:6379/0". Default "redis://127.0.0.1:56379/".
+    pub redis_url: String,
+    /// Maximum number of pooled PostgreSQL connections. Default 16, range 1 to 1024. When all are
+    /// busy, a request waits up to `db_timeout_ms` for one and then fails with TIMEOUT.
+    pub db_pool_size: u32,
+    /// Deadline of one PostgreSQL statement, waiting for a pooled connection and connecting
+    /// included, in milliseconds. Default 3000, range 1 to 600000. A statement past it fails
+    /// with TIMEOUT.
+    pub db_timeout_ms: u64,
+    /// Deadline of one Redis command, queueing in the pipeline included, in milliseconds.
+    /// Default 1000, range 1 to 600000. A command past it fails with TIMEOUT.
+    pub redis_timeout_ms: u64,
+    /// Lifetime of a token issued at LOGIN, in seconds. Default 2592000 (30 days), range 1 to
+    /// 315360000 (10 years). SIGN_IN with an older token fails with TOKEN_EXPIRED.
+    pub token_ttl_secs: u64,
+    /// Argon2id memory cost of new password hashes, in KiB. Default 19456 (19 MiB), range
+    /// 8 × `argon2_parallelism` to 4194304. Each hash in progress uses this much memory. At most one
+    /// hash per CPU runs at a time, and further LOGIN and REGISTER calls wait.
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes over memory for new password hashes. Default 2, range 1 to 100.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes for new password hashes. Default 1, range 1 to 64. The hash is computed
+    /// on one thread whatever this value is.
+    pub argon2_parallelism: u32,
+    /// Deadline of a call to an engine node (connecting included), in milliseconds.
+    /// Default 2000, range 1 to 600000. A kick past it is logged and dropped.
+    pub engine_call_timeout_ms: u64,
+    /// Maximum number of queued Redis commands sent in one pipeline. Default 512, range 1 to
+    /// 65536. Commands beyond it go in the next pipeline; 1 turns pipelining off.
+    pub redis_batch_max: u32,
+    /// How long start-up keeps retrying an unreachable PostgreSQL or Redis, in milliseconds.
+    /// Default 30000, range 0 to 3600000. 0 tries once; start-up fails after the last try.
+    pub startup_retry_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_addr: "127.0.0.1:50051".to_owned(),
+            database_url: "postgres://postgres@127.0.0.1:55432/im".to_owned(),
+            redis_url: "redis://127.0.0.1:56379/".to_owned(),
+            db_pool_size: 16,
+            db_timeout_ms: 3_000,
+            redis_timeout_ms: 1_000,
+            token_ttl_secs: 30 * 24 * 3600,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            engine_call_timeout_ms: 2_000,
+            redis_batch_max: 512,
+            startup_retry_ms: 30_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_timeout_ms", &self.db_timeout_ms)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("argon2_memory_kib", &self.argon2_memory_kib)
+            .field("argon2_iterations", &self.argon2_iterations)
+            .field("argon2_parallelism", &self.argon2_parallelism)
+            .field("engine_call_timeout_ms", &self.engine_call_timeout_ms)
+            .field("redis_batch_max", &self.redis_batch_max)
+            .field("startup_retry_ms", &self.startup_retry_ms)
+            .finish()
+    }
+}
+
+/// Command line of `im-logic`. Each field flag overrides the file and the environment.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(name = "im-logic", version, about = "Logic tier of the IM system")]
+pub struct Cli {
+    /// TOML file with a [logic] table; without it, im.toml in the working directory if present.
+    #[arg(long, env = "IM_CONFIG", value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address, host:port.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_addr: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Redis URL.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Maximum pooled PostgreSQL connections.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_pool_size: Option<u32>,
+    /// PostgreSQL statement deadline, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_timeout_ms: Option<u64>,
+    /// Redis command deadline, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Token lifetime, in seconds.
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ttl_secs: Option<u64>,
+    /// Argon2id memory cost, in KiB.
+    #[arg(long, value_name = "KIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_memory_kib: Option<u32>,
+    /// Argon2id passes.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_iterations: Option<u32>,
+    /// Argon2id lanes.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_parallelism: Option<u32>,
+    /// Engine call deadline, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_call_timeout_ms: Option<u64>,
+    /// Maximum Redis commands per pipeline.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_batch_max: Option<u32>,
+    /// How long start-up retries unreachable stores, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_retry_ms: Option<u64>,
+}
+
+/// Error from loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` or `IM_CONFIG` names a file that does not exist.
+    #[error(
+        "config file {} not found: pass an existing file with --config or IM_CONFIG, \
+         or set neither to use the defaults",
+        .0.display()
+    )]
+    FileNotFound(PathBuf),
+    /// The file does not parse, or a value has the wrong type or an unknown field name.
+    #[error("cannot read the [logic] configuration (each field is described in logic/logic.toml)")]
+    Parse(#[source] Box<figment::Error>),
+    /// A value has the right type but is out of range.
+    #[error("invalid logic.{field} = {value}: {fix}")]
+    Invalid {
+        /// Field name in the `[logic]` table.
+        field: &'static str,
+        /// The rejected value, with any password hidden.
+        value: String,
+        /// A description of accepted values.
+        fix: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from the file the command line names, the environment and the
+    /// command line, then validates it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] names the file, or the field, the value and an accepted range.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = config_file(cli.config.as_deref())?;
+        Config::load_from(file.as_deref(), cli)
+    }
+
+    /// Loads defaults, then `file`'s `[logic]` table if given, then `IM_LOGIC_*` variables, then
+    /// the flags in `cli` (its `config` field is ignored), and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn load_from(file: Option<&Path>, cli: &Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("logic"));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed(ENV_PREFIX).only(FIELDS))
+            .merge(Serialized::defaults(cli))
+            .extract()
+            .map_err(|err| ConfigError::Parse(Box::new(err)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field against its documented range.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for the first field out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_socket_addr()?;
+        validate_database_url(&self.database_url)?;
+        validate_redis_url(&self.redis_url)?;
+        check_range("db_pool_size", self.db_pool_size.into(), 1, 1024)?;
+        check_range("db_timeout_ms", self.db_timeout_ms, 1, 600_000)?;
+        check_range("redis_timeout_ms", self.redis_timeout_ms, 1, 600_000)?;
+        check_range("token_ttl_secs", self.token_ttl_secs, 1, 315_360_000)?;
+        self.validate_argon2()?;
+        check_range(
+            "engine_call_timeout_ms",
+            self.engine_call_timeout_ms,
+            1,
+            600_000,
+        )?;
+        check_range("redis_batch_max", self.redis_batch_max.into(), 1, 65_536)?;
+        check_range("startup_retry_ms", self.startup_retry_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+
+    /// Returns `listen_addr` as a socket address.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is not "ip:port".
+    pub fn listen_socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen_addr.parse().map_err(|_| ConfigError::Invalid {
+            field: "listen_addr",
+            value: self.listen_addr.clone(),
+            fix: "use IP:PORT, for example 127.0.0.1:50051 (port 0 picks a free port)".to_owned(),
+        })
+    }
+
+    /// Returns the Argon2id parameters for new password hashes.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when the argon2 crate rejects the combination.
+    pub fn argon2_params(&self) -> Result<argon2::Params, ConfigError> {
+        argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+        .map_err(|err| ConfigError::Invalid {
+            field: "argon2_memory_kib",
+            value: format!(
+                "{} (iterations {}, parallelism {})",
+                self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism
+            ),
+            fix: format!("the argon2 crate rejects these parameters: {err}"),
+        })
+    }
+
+    fn validate_argon2(&self) -> Result<(), ConfigError> {
+        check_range("argon2_parallelism", self.argon2_parallelism.into(), 1, 64)?;
+        check_range("argon2_iterations", self.argon2_iterations.into(), 1, 100)?;
+        let min_memory = 8 * u64::from(self.argon2_parallelism);
+        check_range(
+            "argon2_memory_kib",
+            self.argon2_memory_kib.into(),
+            min_memory,
+            4_194_304,
+        )?;
+        self.argon2_params().map(|_| ())
+    }
+}
+
+/// Returns the file to read: `explicit` if given (it must exist), else [`DEFAULT_CONFIG_FILE`] if
+/// it exists in the working directory, else none.
+fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match explicit {
+        Some(path) if path.is_file() => Ok(Some(path.to_path_buf())),
+        Some(path) => Err(ConfigError::FileNotFound(path.to_path_buf())),
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_FILE);
+            Ok(default.is_file().then(|| default.to_path_buf()))
+        }
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        fix: format!("use a value from {min} to {max}"),
+    })
+}
+
+fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|err| ConfigError::Invalid {
+            field: "database_url",
+            value: redact_url(url),
+            fix: format!("use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE ({err})"),
+        })
+}
+
+fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|err| ConfigError::Invalid {
+            field: "redis_url",
+            value: redact_url(url),
+            fix: format!("use redis://[:PASSWORD@]HOST:PORT/[DB] ({err})"),
+        })
+}
+
+/// Returns `url` with the password of its user-info part, or of a `password=` key, replaced by
+/// "***", so that the URL can go into logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let user_end = scheme_end + 3 + colon;
+                return format!("{}:***{}", &url[..user_end], &rest[at..]);
+            }
+        }
+        return url.to_owned();
+    }
+    redact_key_value(url)
+}
+
+/// Redacts `password=...` in a libpq key-value string such as "host=db password=secret".
+fn redact_key_value(conninfo: &str) -> String {
+    conninfo
+        .split(' ')
+        .map(|part| match part.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => "password=***".to_owned(),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return `figment::Error`, which is large.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(file: Option<&str>, cli: &Cli) -> Result<Config, ConfigError> {
+        Config::load_from(file.map(Path::new), cli)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "im.toml",
+                "[engine]\nlisten_addr = \"0.0.0.0:9\"\n\n[logic]\ndb_pool_size = 3\n\
+                 db_timeout_ms = 40\nredis_timeout_ms = 50\n",
+            )?;
+            jail.set_env("IM_LOGIC_DB_TIMEOUT_MS", "41");
+            jail.set_env("IM_LOGIC_REDIS_TIMEOUT_MS", "51");
+            let cli = Cli {
+                redis_timeout_ms: Some(52),
+                ..Cli::default()
+            };
+            let config = load_in_jail(Some("im.toml"), &cli).expect("loads");
+            assert_eq!(config.db_pool_size, 3, "file beats default");
+            assert_eq!(config.db_timeout_ms, 41, "env beats file");
+            assert_eq!(config.redis_timeout_ms, 52, "flag beats env");
+            assert_eq!(config.listen_addr, "127.0.0.1:50051", "[engine] is ignored");
+            assert_eq!(config.token_ttl_secs, 2_592_000, "default stays");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_field_in_file_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[logic]\ndb_pool_sise = 3\n")?;
+            let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("typo rejected");
+            let chain = format!("{err}: {}", std::error::Error::source(&err).expect("cause"));
+            assert!(chain.contains("db_pool_sise"), "{chain}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_value_is_explained() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_DB_POOL_SIZE", "0");
+            let err = load_in_jail(None, &Cli::default()).expect_err("0 rejected");
+            assert_eq!(
+                err.to_string(),
+                "invalid logic.db_pool_size = 0: use a value from 1 to 1024"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_REDIS_BATCH_MAX", "many");
+            let err = load_in_jail(None, &Cli::default()).expect_err("text rejected");
+            let cause = std::error::Error::source(&err).expect("cause").to_string();
+            // figment names the variable's suffix in upper case, as it was set.
+            assert!(cause.contains("REDIS_BATCH_MAX"), "{cause}");
+            assert!(cause.contains("many"), "{cause}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_listen_addr_is_rejected() {
+        let config = Config {
+            listen_addr: "localhost".to_owned(),
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("no port");
+        assert!(err
+            .to_string()
+            .starts_with("invalid logic.listen_addr = localhost: use IP:PORT"));
+    }
+
+    #[test]
+    fn argon2_memory_below_lanes_minimum_is_rejected() {
+        let config = Config {
+            argon2_memory_kib: 8,
+            argon2_parallelism: 2,
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("8 KiB for 2 lanes");
+        assert_eq!(
+            err.to_string(),
+            "invalid logic.argon2_memory_kib = 8: use a value from 16 to 4194304"
+        );
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = config_file(Some(Path::new("/nonexistent/im.toml"))).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/im.toml not found"));
+    }
+
+    #[test]
+    fn env_var_for_every_field_is_read() {
+        let defaults = figment::value::Value::serialize(Config::default()).expect("serializes");
+        let dict = defaults.into_dict().expect("a table");
+        let mut keys: Vec<&str> = dict.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut fields = FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn example_file_lists_every_field_with_its_default() {
+        let example = include_str!("../logic.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if FIELDS.iter().any(|f| rest.starts_with(&format!("{f} = "))) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let listed = FIELDS
+            .iter()
+            .filter(|f| {
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{f} = ")))
+            })
+            .count();
+        assert_eq!(listed, FIELDS.len(), "every field appears in logic.toml");
+        let config: Config = Figment::from(Toml::string(&uncommented))
+            .focus("logic")
+            .extract()
+            .expect("logic.toml parses");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn redact_url_hides_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/im"),
+            "postgres://app:***@db:5432/im"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379/"),
+            "redis://:***@127.0.0.1:6379/"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redact_url("postgres://app@db/im"), "postgres://app@db/im");
+        assert_eq!(
+            redact_url("host=db password=x user=u"),
+            "host=db password=*** user=u"
+        );
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let config = Config {
+            database_url: "postgres://app:s3cret@db/im".to_owned(),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,330 @@
+//! Errors of the logic tier and their mapping to gRPC statuses, in one place.
+//!
+//! Each failed call returns a `tonic::Status` whose metadata key
+//! [`im_proto::ERROR_CODE_METADATA_KEY`] contains the [`ErrorCode`] number that the engine forwards
+//! to the device.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use im_proto::v1::ErrorCode;
+use redis::{ErrorKind as RedisErrorKind, ServerErrorKind};
+use tonic::metadata::MetadataValue;
+use tonic::Code;
+
+/// A store or engine node the logic tier depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// The PostgreSQL database.
+    Postgres,
+    /// The Redis server.
+    Redis,
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Store::Postgres => "PostgreSQL",
+            Store::Redis => "Redis",
+        })
+    }
+}
+
+/// Side that caused a failure, which picks the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The request was wrong or not allowed: debug.
+    Client,
+    /// A store is down, slow or refusing: warn.
+    Dependency,
+    /// The logic tier itself is broken: error.
+    Internal,
+}
+
+/// Error of a call to the logic tier.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicError {
+    /// A request field is missing or out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the .proto file.
+        field: &'static str,
+        /// The rule the value breaks.
+        reason: &'static str,
+    },
+    /// The username does not exist or the password does not match.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// The token does not match the device's current token.
+    #[error("token does not match the device's current token; log in again")]
+    TokenInvalid,
+    /// The token is past its expiry.
+    #[error("token expired; log in again")]
+    TokenExpired,
+    /// The token was revoked by a logout or a kick.
+    #[error("token revoked; log in again")]
+    TokenRevoked,
+    /// No token is stored for this user and device.
+    #[error("no token stored for this user and device; log in again")]
+    DeviceUnknown,
+    /// The device id belongs to another user.
+    #[error("device belongs to another user")]
+    DeviceNotOwned,
+    /// The username is already registered.
+    #[error("username already taken")]
+    UsernameTaken,
+    /// A PostgreSQL request failed.
+    #[error("PostgreSQL request failed")]
+    Database(#[source] tokio_postgres::Error),
+    /// A Redis request failed.
+    #[error("Redis request failed")]
+    Redis(#[source] redis::RedisError),
+    /// A store did not reply within its deadline.
+    #[error("{store} did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// The store that timed out.
+        store: Store,
+        /// The deadline that passed, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// A store cannot be reached at all, for example because its pool is closed.
+    #[error("{0} is unavailable")]
+    Unavailable(Store),
+    /// The logic tier broke one of its own invariants.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl LogicError {
+    /// Returns the code the device receives.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LogicError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            LogicError::TokenInvalid => ErrorCode::TokenInvalid,
+            LogicError::TokenExpired => ErrorCode::TokenExpired,
+            LogicError::TokenRevoked => ErrorCode::TokenRevoked,
+            LogicError::DeviceUnknown => ErrorCode::DeviceUnknown,
+            LogicError::DeviceNotOwned => ErrorCode::DeviceNotOwned,
+            LogicError::UsernameTaken => ErrorCode::UsernameTaken,
+            LogicError::Database(err) => postgres_code(err),
+            LogicError::Redis(err) => redis_code(err),
+            LogicError::Timeout { .. } => ErrorCode::Timeout,
+            LogicError::Unavailable(_) => ErrorCode::Unavailable,
+            LogicError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Returns the side that caused the failure.
+    pub fn side(&self) -> Side {
+        match self.code() {
+            ErrorCode::Unavailable | ErrorCode::Timeout => Side::Dependency,
+            ErrorCode::Internal => Side::Internal,
+            _ => Side::Client,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for LogicError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        LogicError::Database(err)
+    }
+}
+
+impl From<redis::RedisError> for LogicError {
+    fn from(err: redis::RedisError) -> Self {
+        LogicError::Redis(err)
+    }
+}
+
+/// Classifies a PostgreSQL error: lost or refused connections and server shutdowns are outages,
+/// a cancelled statement is a timeout, anything else (a constraint or a bad statement) is ours.
+fn postgres_code(err: &tokio_postgres::Error) -> ErrorCode {
+    if err.is_closed() {
+        return ErrorCode::Unavailable;
+    }
+    let Some(db_error) = err.as_db_error() else {
+        let is_io = err
+            .source()
+            .is_some_and(|cause| cause.is::<std::io::Error>());
+        return if is_io {
+            ErrorCode::Unavailable
+        } else {
+            ErrorCode::Internal
+        };
+    };
+    let sqlstate = db_error.code().code();
+    match sqlstate {
+        "57014" => ErrorCode::Timeout,
+        _ if sqlstate.starts_with("08") || sqlstate.starts_with("53") => ErrorCode::Unavailable,
+        "57P01" | "57P02" | "57P03" => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Classifies a Redis error: I/O failures and a server that is loading, read-only or without a
+/// cluster quorum are outages, a response deadline is a timeout, anything else is ours.
+fn redis_code(err: &redis::RedisError) -> ErrorCode {
+    if err.is_timeout() {
+        return ErrorCode::Timeout;
+    }
+    if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+        return ErrorCode::Unavailable;
+    }
+    match err.kind() {
+        RedisErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Returns the gRPC code that matches an [`ErrorCode`].
+fn grpc_code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::InvalidCredentials
+        | ErrorCode::TokenInvalid
+        | ErrorCode::TokenExpired
+        | ErrorCode::TokenRevoked
+        | ErrorCode::DeviceUnknown => Code::Unauthenticated,
+        ErrorCode::DeviceNotOwned => Code::PermissionDenied,
+        ErrorCode::UsernameTaken => Code::AlreadyExists,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Timeout => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+impl From<LogicError> for tonic::Status {
+    fn from(err: LogicError) -> Self {
+        let code = err.code();
+        let mut status = tonic::Status::new(grpc_code(code), err.to_string());
+        status.metadata_mut().insert(
+            im_proto::ERROR_CODE_METADATA_KEY,
+            MetadataValue::from(code as i32),
+        );
+        status
+    }
+}
+
+/// Displays an error followed by each of its causes, separated by ": ". A cause whose text
+/// repeats the one before it is skipped, since some wrappers display their source's text.
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if text != previous {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_code_number(status: &tonic::Status) -> Option<i32> {
+        let value = status.metadata().get(im_proto::ERROR_CODE_METADATA_KEY)?;
+        value.to_str().ok()?.parse().ok()
+    }
+
+    #[test]
+    fn status_carries_error_code_and_grpc_code() {
+        let cases = [
+            (
+                LogicError::InvalidCredentials,
+                Code::Unauthenticated,
+                ErrorCode::InvalidCredentials,
+            ),
+            (
+                LogicError::TokenExpired,
+                Code::Unauthenticated,
+                ErrorCode::TokenExpired,
+            ),
+            (
+                LogicError::DeviceNotOwned,
+                Code::PermissionDenied,
+                ErrorCode::DeviceNotOwned,
+            ),
+            (
+                LogicError::UsernameTaken,
+                Code::AlreadyExists,
+                ErrorCode::UsernameTaken,
+            ),
+            (
+                LogicError::Unavailable(Store::Redis),
+                Code::Unavailable,
+                ErrorCode::Unavailable,
+            ),
+            (
+                LogicError::Timeout {
+                    store: Store::Postgres,
+                    timeout_ms: 5,
+                },
+                Code::DeadlineExceeded,
+                ErrorCode::Timeout,
+            ),
+            (
+                LogicError::Internal("x"),
+                Code::Internal,
+                ErrorCode::Internal,
+            ),
+        ];
+        for (err, grpc, code) in cases {
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), grpc);
+            assert_eq!(status_code_number(&status), Some(code as i32));
+        }
+    }
+
+    #[test]
+    fn redis_io_error_is_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = LogicError::from(redis::RedisError::from(io));
+        assert_eq!(err.code(), ErrorCode::Unavailable);
+        assert_eq!(err.side(), Side::Dependency);
+    }
+
+    #[test]
+    fn redis_timeout_is_timeout() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        let err = LogicError::from(redis::RedisError::from(io));
+        assert_eq!(err.code(), ErrorCode::Timeout);
+    }
+
+    #[test]
+    fn error_chain_skips_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply");
+        let err = LogicError::from(redis::RedisError::from(io));
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "Redis request failed: no reply"
+        );
+    }
+
+    #[test]
+    fn invalid_argument_message_names_the_field() {
+        let err = LogicError::InvalidArgument {
+            field: "username",
+            reason: "too short",
+        };
+        assert_eq!(
+            tonic::Status::from(err).message(),
+            "invalid username: too short"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! Start-up and shutdown of a logic server: migrations, store connections, the listener and the
+//! tonic server task.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use im_proto::v1::device_int_service_server::DeviceIntServiceServer;
+use im_proto::v1::logic_ext_service_server::LogicExtServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::config::{redact_url, Config, ConfigError};
+use crate::engine::EngineClients;
+use crate::error::{ErrorChain, LogicError, Side, Store};
+use crate::migrate::{self, MigrationError};
+use crate::password::PasswordHasher;
+use crate::service::{DeviceService, ExtService, Logic, WarnLimiter};
+use crate::store::pg::{PgBuildError, PgStore};
+use crate::store::redis::{connection_manager, RedisStore};
+use crate::store::redis_batch::RedisBatcher;
+
+/// First and longest pause between connection attempts at start-up.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// At most one warning per this interval about failed store requests, and one about failed
+/// kicks; the others go to debug.
+const WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Error from starting a logic server. Store URLs in messages have their passwords hidden.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The PostgreSQL pool could not be built.
+    #[error("cannot set up the PostgreSQL pool")]
+    PgSetup(#[source] PgBuildError),
+    /// PostgreSQL did not accept a connection before `startup_retry_ms` ran out.
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Postgres {
+        /// `database_url` with its password hidden.
+        url: String,
+        /// The last attempt's error.
+        #[source]
+        source: LogicError,
+    },
+    /// A migration failed; the message names its file and the SQL error.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    /// `redis_url` does not parse.
+    #[error("invalid Redis URL {url}")]
+    RedisUrl {
+        /// `redis_url` with its password hidden.
+        url: String,
+        /// The parser's complaint.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not reply to PING before `startup_retry_ms` ran out.
+    #[error("cannot reach Redis at {url}")]
+    Redis {
+        /// `redis_url` with its password hidden.
+        url: String,
+        /// The last attempt's error.
+        #[source]
+        source: LogicError,
+    },
+    /// The dummy password hash could not be computed.
+    #[error("cannot set up password hashing")]
+    Password(#[source] LogicError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// `listen_addr`.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running logic server. Dropping it leaves the server running until the runtime stops; call
+/// [`LogicServer::shutdown`] to stop it.
+pub struct LogicServer {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl LogicServer {
+    /// Returns the address the server listens on, with the port chosen when `listen_addr` had
+    /// port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, lets calls in progress finish, and returns once the server
+    /// task has ended.
+    pub async fn shutdown(self) {
+        // The task may have ended already, dropping the receiver: nothing left to stop.
+        let _ = self.stop.send(());
+        if self.task.await.is_err() {
+            tracing::error!("logic server task panicked");
+        }
+        tracing::info!(addr = %self.local_addr, "logic stopped");
+    }
+}
+
+/// Applies migrations, connects the stores, binds `listen_addr` and serves `DeviceIntService`
+/// and `LogicExtService` on it in a spawned task.
+///
+/// An unreachable store is retried with back-off for up to `startup_retry_ms`.
+///
+/// # Errors
+///
+/// [`StartError`] names the step that failed. A migration failure names the migration file.
+pub async fn start(config: Config) -> Result<LogicServer, StartError> {
+    config.validate()?;
+    let listen_addr = config.listen_socket_addr()?;
+    tracing::info!(
+        %listen_addr,
+        database_url = %redact_url(&config.database_url),
+        redis_url = %redact_url(&config.redis_url),
+        "logic starting"
+    );
+
+    let pg = connect_postgres(&config).await?;
+    let redis = connect_redis(&config).await?;
+    let passwords = password_hasher(&config).await?;
+    let logic = Arc::new(Logic {
+        pg,
+        redis,
+        passwords,
+        engines: EngineClients::new(Duration::from_millis(config.engine_call_timeout_ms)),
+        token_ttl: Duration::from_secs(config.token_ttl_secs),
+        store_warnings: WarnLimiter::new(WARNING_INTERVAL),
+        kick_warnings: Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
+    });
+
+    let listener = TcpListener::bind(listen_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen_addr,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen_addr,
+        source,
+    })?;
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(serve(listener, logic, stopped));
+    Ok(LogicServer {
+        local_addr,
+        stop,
+        task,
+    })
+}
+
+async fn serve(listener: TcpListener, logic: Arc<Logic>, stopped: oneshot::Receiver<()>) {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let router = Server::builder()
+        .add_service(DeviceIntServiceServer::new(DeviceService::new(
+            logic.clone(),
+        )))
+        .add_service(LogicExtServiceServer::new(ExtService::new(logic)));
+    let shutdown = async {
+        // A dropped sender also stops the server, because no other handle could stop it.
+        let _ = stopped.await;
+    };
+    if let Err(err) = router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+    {
+        tracing::error!(error = %ErrorChain(&err), "logic server failed");
+    }
+}
+
+/// Builds the pool, waits for PostgreSQL and applies the embedded migrations.
+async fn connect_postgres(config: &Config) -> Result<PgStore, StartError> {
+    let url = redact_url(&config.database_url);
+    let pg = PgStore::new(config).map_err(StartError::PgSetup)?;
+    let budget = Duration::from_millis(config.startup_retry_ms);
+    let mut client = retry(Store::Postgres, &url, budget, || pg.client())
+        .await
+        .map_err(|source| StartError::Postgres {
+            url: url.clone(),
+            source,
+        })?;
+    let applied = migrate::apply(&mut client, &migrate::embedded_runner()).await?;
+    tracing::info!(applied, "migrations applied");
+    Ok(pg)
+}
+
+/// Starts the pipelining task and waits until Redis replies to PING.
+async fn connect_redis(config: &Config) -> Result<RedisStore, StartError> {
+    let url = redact_url(&config.redis_url);
+    let manager = connection_manager(config).map_err(|source| StartError::RedisUrl {
+        url: url.clone(),
+        source,
+    })?;
+    let batcher = RedisBatcher::spawn(
+        manager,
+        config.redis_batch_max as usize,
+        Duration::from_millis(config.redis_timeout_ms),
+    );
+    let store = RedisStore::new(batcher);
+    let budget = Duration::from_millis(config.startup_retry_ms);
+    retry(Store::Redis, &url, budget, || store.ping())
+        .await
+        .map_err(|source| StartError::Redis { url, source })?;
+    tracing::info!("Redis connected");
+    Ok(store)
+}
+
+/// Builds the password hasher, whose dummy hash takes one full hash to compute.
+async fn password_hasher(config: &Config) -> Result<PasswordHasher, StartError> {
+    let params = config.argon2_params()?;
+    tokio::task::spawn_blocking(move || PasswordHasher::new(params))
+        .await
+        .map_err(|_| StartError::Password(LogicError::Internal("password set-up panicked")))?
+        .map_err(StartError::Password)
+}
+
+/// Runs `attempt` until it succeeds, fails with an error that is not an outage, or `budget`
+/// runs out. The pause between attempts doubles from 100 ms up to 2 s.
+async fn retry<T, F, Fut>(
+    store: Store,
+    url: &str,
+    budget: Duration,
+    mut attempt: F,
+) -> Result<T, LogicError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LogicError>>,
+{
+    let started = Instant::now();
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt_number = 1u32;
+    loop {
+        let err = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        if err.side() != Side::Dependency || started.elapsed() + delay > budget {
+            return Err(err);
+        }
+        tracing::warn!(
+            store = %store,
+            url,
+            attempt = attempt_number,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %ErrorChain(&err),
+            "store not reachable; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        attempt_number = attempt_number.saturating_add(1);
+    }
+}

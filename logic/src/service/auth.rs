@@ -1,0 +1,219 @@
+//! LOGIN and SIGN_IN: checking credentials, keeping or creating the device, issuing and checking
+//! tokens, then marking the device online.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use im_proto::v1::{ConnLoginRequest, ConnSignInReply, ConnSignInRequest, DeviceInfo, LoginReply};
+
+use super::register::{validate_password, validate_username};
+use super::{presence, CallIds, Logic};
+use crate::error::LogicError;
+use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
+use crate::store::pg::{devices, users};
+use crate::store::redis::TokenRecord;
+use crate::token;
+
+/// Tokens longer than this are rejected without hashing them, in bytes. Issued tokens have
+/// [`token::TOKEN_LEN`] bytes.
+const TOKEN_MAX_BYTES: usize = 256;
+
+/// Maximum lengths of the device info fields, in bytes, as the `devices` table checks them.
+const PLATFORM_MAX_BYTES: usize = 32;
+const MODEL_MAX_BYTES: usize = 64;
+const APP_VERSION_MAX_BYTES: usize = 32;
+
+/// Checks the password, keeps or creates the device, issues a token and marks the device online
+/// at the request's connection.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`], [`LogicError::InvalidCredentials`] for an unknown user or a
+/// wrong password, [`LogicError::DeviceUnknown`] or [`LogicError::DeviceNotOwned`] for a device
+/// id that is not the user's, store errors.
+pub async fn login(
+    logic: &Logic,
+    request: ConnLoginRequest,
+    ids: &CallIds,
+) -> Result<LoginReply, LogicError> {
+    let conn = ConnRef::from_proto(request.conn.as_ref())?;
+    let login = request.login.ok_or(LogicError::InvalidArgument {
+        field: "login",
+        reason: "missing",
+    })?;
+    validate_username(&login.username)?;
+    validate_password(&login.password)?;
+    let info = login.device.unwrap_or_default();
+    validate_device_info(&info)?;
+
+    let user = authenticate(logic, &login.username, login.password).await?;
+    ids.set_user_id(user.0);
+    let device = claim_device(logic, user, DeviceId(login.device_id), &info).await?;
+
+    let token = token::generate();
+    let expires_at_ms = issue_token(logic, user, device, &token).await?;
+    presence::mark_online(logic, user, device, &conn).await?;
+    tracing::debug!(
+        user_id = user.0,
+        device_id = device.0,
+        conn_id = conn.conn_id.0,
+        "logged in"
+    );
+    Ok(LoginReply {
+        user_id: user.0,
+        device_id: device.0,
+        token,
+        token_expires_at_ms: expires_at_ms,
+        // The engine fills in its own heartbeat interval.
+        heartbeat_interval_ms: 0,
+    })
+}
+
+/// Checks the device's token and marks the device online at the request's connection.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for zero ids, [`LogicError::DeviceUnknown`] when no token is
+/// stored, [`LogicError::TokenInvalid`], [`LogicError::TokenExpired`], store errors.
+pub async fn sign_in(
+    logic: &Logic,
+    request: ConnSignInRequest,
+) -> Result<ConnSignInReply, LogicError> {
+    let conn = ConnRef::from_proto(request.conn.as_ref())?;
+    let sign_in = request.sign_in.ok_or(LogicError::InvalidArgument {
+        field: "sign_in",
+        reason: "missing",
+    })?;
+    let (user, device) = require_ids(sign_in.user_id, sign_in.device_id)?;
+
+    check_token(logic, user, device, &sign_in.token).await?;
+    presence::mark_online(logic, user, device, &conn).await?;
+    tracing::debug!(
+        user_id = user.0,
+        device_id = device.0,
+        conn_id = conn.conn_id.0,
+        "signed in"
+    );
+    Ok(ConnSignInReply {})
+}
+
+/// Returns the user whose name and password match. An unknown user costs one hash
+/// verification too, so response times do not tell which usernames exist.
+async fn authenticate(
+    logic: &Logic,
+    username: &str,
+    password: String,
+) -> Result<UserId, LogicError> {
+    let found = users::find_by_username(&logic.pg, username).await?;
+    let (user, stored_hash) = match found {
+        Some(credentials) => (Some(credentials.id), Some(credentials.password_hash)),
+        None => (None, None),
+    };
+    let verified = logic.passwords.verify(password, stored_hash).await?;
+    match user {
+        Some(user) if verified => Ok(user),
+        _ => Err(LogicError::InvalidCredentials),
+    }
+}
+
+/// Returns the device to log in: a new one for id 0, else the given one if it is the user's.
+async fn claim_device(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+    info: &DeviceInfo,
+) -> Result<DeviceId, LogicError> {
+    if device.0 == 0 {
+        return devices::insert(&logic.pg, user, info).await;
+    }
+    if devices::touch_login(&logic.pg, device, user, info).await? {
+        return Ok(device);
+    }
+    match devices::find_owner(&logic.pg, device).await? {
+        None => Err(LogicError::DeviceUnknown),
+        Some(owner) if owner != user => Err(LogicError::DeviceNotOwned),
+        Some(_) => Err(LogicError::Internal(
+            "device row matched its owner but the login update changed nothing",
+        )),
+    }
+}
+
+/// Stores `token` as the device's current token and returns its expiry, in milliseconds since
+/// the Unix epoch.
+async fn issue_token(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+    token: &str,
+) -> Result<i64, LogicError> {
+    let ttl_ms = i64::try_from(logic.token_ttl.as_millis()).unwrap_or(i64::MAX);
+    let record = TokenRecord {
+        hash: token::digest(token),
+        expires_at_ms: now_ms().saturating_add(ttl_ms),
+    };
+    let key_ttl = logic.token_ttl.max(Duration::from_millis(1));
+    logic
+        .redis
+        .store_token(user, device, &record, key_ttl)
+        .await?;
+    Ok(record.expires_at_ms)
+}
+
+/// Compares the presented token with the stored record: first the hash, so an expiry is only
+/// reported to the holder of the right token.
+async fn check_token(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+    presented: &str,
+) -> Result<(), LogicError> {
+    let record = logic
+        .redis
+        .load_token(user, device)
+        .await?
+        .ok_or(LogicError::DeviceUnknown)?;
+    if presented.len() > TOKEN_MAX_BYTES || !token::matches(presented, &record.hash) {
+        return Err(LogicError::TokenInvalid);
+    }
+    if now_ms() >= record.expires_at_ms {
+        return Err(LogicError::TokenExpired);
+    }
+    Ok(())
+}
+
+fn validate_device_info(info: &DeviceInfo) -> Result<(), LogicError> {
+    let fields = [
+        (
+            "device.platform",
+            &info.platform,
+            PLATFORM_MAX_BYTES,
+            "at most 32 bytes",
+        ),
+        (
+            "device.model",
+            &info.model,
+            MODEL_MAX_BYTES,
+            "at most 64 bytes",
+        ),
+        (
+            "device.app_version",
+            &info.app_version,
+            APP_VERSION_MAX_BYTES,
+            "at most 32 bytes",
+        ),
+    ];
+    for (field, value, max, reason) in fields {
+        if value.len() > max {
+            return Err(LogicError::InvalidArgument { field, reason });
+        }
+    }
+    Ok(())
+}
+
+/// Returns the wall-clock time in milliseconds since the Unix epoch; 0 if the clock is set
+/// before 1970.
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,165 @@
+//! PostgreSQL connection pool and the deadline every statement runs under. Each table's SQL
+//! lives in a submodule named after the table.
+
+pub mod devices;
+pub mod users;
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::config::{redact_url, Config};
+use crate::error::{LogicError, Store};
+
+/// Returns every statement of every table module, for a test that prepares each against the
+/// schema.
+pub fn all_statements() -> Vec<&'static str> {
+    users::all_statements()
+        .iter()
+        .chain(devices::all_statements())
+        .copied()
+        .collect()
+}
+
+/// A pool of PostgreSQL connections. Each statement is prepared once per pooled connection.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+/// Error from building the PostgreSQL pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PgBuildError {
+    /// `database_url` does not parse.
+    #[error("invalid database URL {url}")]
+    Url {
+        /// The URL with its password hidden.
+        url: String,
+        /// The parser's complaint.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// deadpool rejected the pool settings.
+    #[error("cannot build the PostgreSQL pool")]
+    Pool(#[source] deadpool_postgres::BuildError),
+}
+
+impl PgStore {
+    /// Builds the pool; connections are opened on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`PgBuildError`] when the URL does not parse or the settings are rejected.
+    pub fn new(config: &Config) -> Result<PgStore, PgBuildError> {
+        let timeout = Duration::from_millis(config.db_timeout_ms);
+        let mut pg_config: tokio_postgres::Config =
+            config
+                .database_url
+                .parse()
+                .map_err(|source| PgBuildError::Url {
+                    url: redact_url(&config.database_url),
+                    source,
+                })?;
+        pg_config.connect_timeout(timeout);
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = Manager::from_config(pg_config, NoTls, manager_config);
+        let pool = Pool::builder(manager)
+            .max_size(config.db_pool_size as usize)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(PgBuildError::Pool)?;
+        Ok(PgStore { pool, timeout })
+    }
+
+    /// Takes a connection from the pool, opening one if none is idle.
+    ///
+    /// # Errors
+    ///
+    /// [`LogicError::Timeout`] when none frees up or connects within `db_timeout_ms`,
+    /// [`LogicError::Database`] when connecting fails.
+    pub async fn client(&self) -> Result<Object, LogicError> {
+        self.pool.get().await.map_err(|err| self.pool_error(err))
+    }
+
+    /// Runs `sql` and returns its only row, or `None`.
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, LogicError> {
+        self.with_deadline(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_opt(&statement, params).await?)
+        })
+        .await
+    }
+
+    /// Runs `sql` and returns its only row.
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, LogicError> {
+        self.with_deadline(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_one(&statement, params).await?)
+        })
+        .await
+    }
+
+    /// Runs `sql` and returns the number of rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, LogicError> {
+        self.with_deadline(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.execute(&statement, params).await?)
+        })
+        .await
+    }
+
+    /// Fails `work` with [`LogicError::Timeout`] when it runs past `db_timeout_ms`. A statement
+    /// cut off this way may still complete on the server.
+    async fn with_deadline<T>(
+        &self,
+        work: impl Future<Output = Result<T, LogicError>>,
+    ) -> Result<T, LogicError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout_error()))
+    }
+
+    fn timeout_error(&self) -> LogicError {
+        LogicError::Timeout {
+            store: Store::Postgres,
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn pool_error(&self, err: PoolError) -> LogicError {
+        match err {
+            PoolError::Timeout(_) => self.timeout_error(),
+            PoolError::Backend(err) => LogicError::Database(err),
+            PoolError::Closed => LogicError::Unavailable(Store::Postgres),
+            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                LogicError::Internal("PostgreSQL pool misconfigured")
+            }
+        }
+    }
+}

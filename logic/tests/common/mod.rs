@@ -1,0 +1,297 @@
+//! Helpers shared by the integration tests: store URLs from the environment, a logic server on
+//! 127.0.0.1:0 with a real tonic client, unique names, and a recording engine node.
+//!
+//! Each test file uses a different subset, so unused helpers are expected.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use im_logic::{start, Config, LogicServer};
+use im_proto::v1::connect_int_service_server::{ConnectIntService, ConnectIntServiceServer};
+use im_proto::v1::device_int_service_client::DeviceIntServiceClient;
+use im_proto::v1::{
+    ConnLoginRequest, ConnRef, ConnSignInRequest, DeviceInfo, ErrorCode, KickReply, KickRequest,
+    LoginReply, LoginRequest, OfflineRequest, RegisterRequest, SignInRequest,
+};
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+pub(crate) type Client = DeviceIntServiceClient<Channel>;
+
+/// Password used by every test user; long enough for the 8-byte minimum.
+pub(crate) const PASSWORD: &str = "correct horse battery";
+
+/// Node address for connection references whose node is never called, or whose kick may fail.
+pub(crate) const NODE: &str = "127.0.0.1:1";
+
+fn env_url(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run scripts/test, which starts PostgreSQL and Redis and sets \
+             IM_LOGIC_DATABASE_URL and IM_LOGIC_REDIS_URL"
+        )
+    })
+}
+
+/// Returns the test PostgreSQL URL.
+pub(crate) fn database_url() -> String {
+    env_url("IM_LOGIC_DATABASE_URL")
+}
+
+/// Returns the test Redis URL.
+pub(crate) fn redis_url() -> String {
+    env_url("IM_LOGIC_REDIS_URL")
+}
+
+/// Returns a configuration for the test stores, a free port and cheap Argon2id parameters.
+pub(crate) fn test_config() -> Config {
+    Config {
+        listen_addr: "127.0.0.1:0".to_owned(),
+        database_url: database_url(),
+        redis_url: redis_url(),
+        db_pool_size: 4,
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        argon2_parallelism: 1,
+        engine_call_timeout_ms: 1000,
+        startup_retry_ms: 0,
+        ..Config::default()
+    }
+}
+
+/// A running logic server and a client connected to it.
+pub(crate) struct TestLogic {
+    pub(crate) server: LogicServer,
+    pub(crate) client: Client,
+}
+
+impl TestLogic {
+    /// Starts a server with `config` and connects a client.
+    pub(crate) async fn start(config: Config) -> TestLogic {
+        let server = start(config).await.expect("logic server starts");
+        let client = Client::connect(format!("http://{}", server.local_addr()))
+            .await
+            .expect("client connects");
+        TestLogic { server, client }
+    }
+
+    /// Starts a server with [`test_config`].
+    pub(crate) async fn start_default() -> TestLogic {
+        TestLogic::start(test_config()).await
+    }
+}
+
+/// Returns `prefix` with a random suffix, so parallel tests never share a username.
+pub(crate) fn unique_name(prefix: &str) -> String {
+    let suffix: u64 = rand::rng().random();
+    format!("{prefix}_{suffix:016x}")
+}
+
+/// Returns the ErrorCode a failed call carries in its metadata.
+pub(crate) fn error_code(status: &Status) -> ErrorCode {
+    let value = status
+        .metadata()
+        .get(im_proto::ERROR_CODE_METADATA_KEY)
+        .unwrap_or_else(|| panic!("status without error code: {status:?}"));
+    let number: i32 = value.to_str().expect("ascii").parse().expect("a number");
+    ErrorCode::try_from(number).expect("a known ErrorCode")
+}
+
+/// Returns a connection reference on `node`.
+pub(crate) fn conn(node: &str, conn_id: u64) -> ConnRef {
+    ConnRef {
+        node: node.to_owned(),
+        conn_id,
+    }
+}
+
+/// Registers `username` with [`PASSWORD`] and returns the user id.
+pub(crate) async fn register(client: &mut Client, username: &str) -> u64 {
+    let request = RegisterRequest {
+        username: username.to_owned(),
+        password: PASSWORD.to_owned(),
+    };
+    client
+        .register(request)
+        .await
+        .expect("registration succeeds")
+        .into_inner()
+        .user_id
+}
+
+/// Sends ConnLogin for `username` and `password` on `conn`.
+pub(crate) async fn login_with(
+    client: &mut Client,
+    username: &str,
+    password: &str,
+    device_id: u64,
+    conn: ConnRef,
+) -> Result<LoginReply, Status> {
+    let request = ConnLoginRequest {
+        login: Some(LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_id,
+            device: Some(DeviceInfo {
+                platform: "test".to_owned(),
+                model: "integration".to_owned(),
+                app_version: "0.1.0".to_owned(),
+            }),
+        }),
+        conn: Some(conn),
+        client_addr: "127.0.0.1:40000".to_owned(),
+    };
+    client.conn_login(request).await.map(Response::into_inner)
+}
+
+/// Sends ConnLogin with [`PASSWORD`].
+pub(crate) async fn login(
+    client: &mut Client,
+    username: &str,
+    device_id: u64,
+    conn: ConnRef,
+) -> Result<LoginReply, Status> {
+    login_with(client, username, PASSWORD, device_id, conn).await
+}
+
+/// Registers a fresh user and logs in a new device on `conn`.
+pub(crate) async fn new_device(client: &mut Client, prefix: &str, conn: ConnRef) -> LoginReply {
+    let username = unique_name(prefix);
+    register(client, &username).await;
+    login(client, &username, 0, conn)
+        .await
+        .expect("login succeeds")
+}
+
+/// Sends ConnSignIn.
+pub(crate) async fn sign_in(
+    client: &mut Client,
+    user_id: u64,
+    device_id: u64,
+    token: &str,
+    conn: ConnRef,
+) -> Result<(), Status> {
+    let request = ConnSignInRequest {
+        sign_in: Some(SignInRequest {
+            user_id,
+            device_id,
+            token: token.to_owned(),
+        }),
+        conn: Some(conn),
+        client_addr: "127.0.0.1:40001".to_owned(),
+    };
+    client.conn_sign_in(request).await.map(|_| ())
+}
+
+/// Sends Offline and returns `removed`.
+pub(crate) async fn offline(
+    client: &mut Client,
+    user_id: u64,
+    device_id: u64,
+    conn: ConnRef,
+) -> bool {
+    let request = OfflineRequest {
+        user_id,
+        device_id,
+        conn: Some(conn),
+    };
+    client
+        .offline(request)
+        .await
+        .expect("offline succeeds")
+        .into_inner()
+        .removed
+}
+
+/// Opens a Redis connection to the test Redis for direct checks.
+pub(crate) async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("valid Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable")
+}
+
+/// Returns a field of a Redis hash.
+pub(crate) async fn hget(key: &str, field: u64) -> Option<String> {
+    let mut redis = redis_connection().await;
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(&mut redis)
+        .await
+        .expect("HGET succeeds")
+}
+
+/// Returns a loopback port that was free a moment ago.
+pub(crate) async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A `ConnectIntService` endpoint on loopback that records the kicks it receives, standing in
+/// for an engine node.
+pub(crate) struct KickRecorder {
+    pub(crate) addr: SocketAddr,
+    pub(crate) kicks: mpsc::UnboundedReceiver<KickRequest>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+struct Recorder {
+    kicks: mpsc::UnboundedSender<KickRequest>,
+}
+
+#[tonic::async_trait]
+impl ConnectIntService for Recorder {
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
+        let _ = self.kicks.send(request.into_inner());
+        Ok(Response::new(KickReply { found: true }))
+    }
+}
+
+impl KickRecorder {
+    /// Starts the endpoint on 127.0.0.1:0.
+    pub(crate) async fn start() -> KickRecorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, kicks) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = ConnectIntServiceServer::new(Recorder { kicks: tx });
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("recorder serves");
+        });
+        KickRecorder {
+            addr,
+            kicks,
+            stop: Some(stop),
+        }
+    }
+
+    /// Returns the next kick, waiting up to 5 s: the kick is sent from a spawned task after the
+    /// sign-in reply, over a channel that connects on first use.
+    pub(crate) async fn next_kick(&mut self) -> KickRequest {
+        tokio::time::timeout(Duration::from_secs(5), self.kicks.recv())
+            .await
+            .expect("a kick arrives within 5 s")
+            .expect("recorder running")
+    }
+}
+
+impl Drop for KickRecorder {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

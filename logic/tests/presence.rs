@@ -1,0 +1,160 @@
+//! Online status across connections: replacement, kicks and the conditional Offline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{conn, hget, new_device, offline, sign_in, KickRecorder, TestLogic, NODE};
+use im_proto::v1::KickReason;
+
+#[tokio::test]
+async fn second_sign_in_kicks_old_conn() {
+    let mut logic = TestLogic::start_default().await;
+    let mut engine = KickRecorder::start().await;
+    let node = engine.addr.to_string();
+    let device = new_device(&mut logic.client, "kick", conn(&node, 1)).await;
+
+    sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(&node, 2),
+    )
+    .await
+    .expect("second sign-in succeeds");
+
+    let status = hget(&format!("online:{}", device.user_id), device.device_id).await;
+    assert_eq!(status, Some(format!("{node}|2")));
+    let kick = engine.next_kick().await;
+    assert_eq!(kick.device_id, device.device_id);
+    assert_eq!(kick.conn_id, 1);
+    assert_eq!(kick.reason, KickReason::SignedInElsewhere as i32);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_on_same_conn_kicks_nobody() {
+    let mut logic = TestLogic::start_default().await;
+    let mut engine = KickRecorder::start().await;
+    let node = engine.addr.to_string();
+    let device = new_device(&mut logic.client, "same", conn(&node, 5)).await;
+
+    sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(&node, 5),
+    )
+    .await
+    .expect("sign-in succeeds");
+
+    // Nothing is sent, so only a bounded wait can show it: 300 ms is far above a loopback call.
+    let kick = tokio::time::timeout(Duration::from_millis(300), engine.kicks.recv()).await;
+    assert!(kick.is_err(), "unexpected kick {kick:?}");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_offline_of_old_conn_keeps_new_status() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "late", conn(NODE, 1)).await;
+    sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect("second sign-in succeeds");
+    let key = format!("online:{}", device.user_id);
+
+    let stale = offline(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        conn(NODE, 1),
+    )
+    .await;
+
+    assert!(!stale, "old connection's Offline removes nothing");
+    assert_eq!(
+        hget(&key, device.device_id).await.as_deref(),
+        Some("127.0.0.1:1|2")
+    );
+
+    let current = offline(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        conn(NODE, 2),
+    )
+    .await;
+
+    assert!(current, "current connection's Offline removes the status");
+    assert_eq!(hget(&key, device.device_id).await, None);
+    let again = offline(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        conn(NODE, 2),
+    )
+    .await;
+    assert!(!again, "a repeated Offline finds nothing");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_from_other_node_removes_nothing() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "othernode", conn(NODE, 7)).await;
+
+    let removed = offline(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        conn("127.0.0.1:2", 7),
+    )
+    .await;
+
+    assert!(!removed);
+    let status = hget(&format!("online:{}", device.user_id), device.device_id).await;
+    assert_eq!(status.as_deref(), Some("127.0.0.1:1|7"));
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn hanging_old_node_does_not_delay_sign_in() {
+    let config = im_logic::Config {
+        engine_call_timeout_ms: 3000,
+        ..common::test_config()
+    };
+    let mut logic = TestLogic::start(config).await;
+    // The kernel completes TCP handshakes on this listener, but nothing ever replies, so the
+    // kick hangs until its 3 s deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let node = silent.local_addr().expect("local addr").to_string();
+    let device = new_device(&mut logic.client, "hang", conn(&node, 1)).await;
+
+    let started = Instant::now();
+    sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect("sign-in succeeds");
+
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    logic.server.shutdown().await;
+}

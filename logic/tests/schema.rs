@@ -1,0 +1,112 @@
+//! Migrations and prepared statements against the test PostgreSQL.
+
+mod common;
+
+use deadpool_postgres::{Manager, Pool};
+use im_logic::migrate::{self, MigrationError};
+use im_logic::store::pg;
+use refinery::{Migration, Runner};
+use tokio_postgres::NoTls;
+
+async fn connect(url: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("PostgreSQL reachable");
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, task)
+}
+
+fn pool(url: &str) -> Pool {
+    let config: tokio_postgres::Config = url.parse().expect("valid URL");
+    Pool::builder(Manager::new(config, NoTls))
+        .max_size(1)
+        .build()
+        .expect("pool builds")
+}
+
+#[tokio::test]
+async fn migrations_run_twice_without_error() {
+    let pool = pool(&common::database_url());
+    let mut client = pool.get().await.expect("pooled client");
+    let runner = migrate::embedded_runner();
+
+    migrate::apply(&mut client, &runner)
+        .await
+        .expect("first run");
+    let second = migrate::apply(&mut client, &runner)
+        .await
+        .expect("second run");
+
+    assert_eq!(second, 0, "nothing left to apply");
+}
+
+#[tokio::test]
+async fn every_statement_prepares_against_schema() {
+    let pool = pool(&common::database_url());
+    let mut client = pool.get().await.expect("pooled client");
+    migrate::apply(&mut client, &migrate::embedded_runner())
+        .await
+        .expect("migrations apply");
+
+    let statements = pg::all_statements();
+    assert!(statements.len() >= 5, "{} statements", statements.len());
+    for sql in statements {
+        if let Err(err) = client.prepare(sql).await {
+            let detail = err.as_db_error().map(|db| db.message().to_owned());
+            panic!("{sql} does not prepare: {err} {detail:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failed_migration_names_file_and_sql_error() {
+    let admin_url = common::database_url();
+    let (admin, admin_task) = connect(&admin_url).await;
+    let database = common::unique_name("im_migration").to_lowercase();
+    admin
+        .execute(&format!("CREATE DATABASE {database}"), &[])
+        .await
+        .expect("scratch database created");
+    let mut scratch_config: tokio_postgres::Config = admin_url.parse().expect("valid URL");
+    scratch_config.dbname(&database);
+    let (mut scratch, scratch_task) = {
+        let (client, connection) = scratch_config
+            .connect(NoTls)
+            .await
+            .expect("scratch reachable");
+        (
+            client,
+            tokio::spawn(async move {
+                let _ = connection.await;
+            }),
+        )
+    };
+    let runner = Runner::new(&[
+        Migration::unapplied("V1__good", "CREATE TABLE good (id int)").expect("valid name"),
+        Migration::unapplied("V2__broken", "CREATE TABLE broken (").expect("valid name"),
+    ]);
+
+    let outcome = migrate::apply(&mut scratch, &runner).await;
+    let good_exists: bool = scratch
+        .query_one("SELECT to_regclass('good') IS NOT NULL", &[])
+        .await
+        .expect("query")
+        .get(0);
+    drop(scratch);
+    let _ = scratch_task.await;
+    admin
+        .execute(&format!("DROP DATABASE {database}"), &[])
+        .await
+        .expect("scratch database dropped");
+    drop(admin);
+    let _ = admin_task.await;
+
+    let err = outcome.expect_err("broken migration fails");
+    let message = err.to_string();
+    assert!(matches!(err, MigrationError::Failed { .. }), "{err:?}");
+    assert!(message.contains("V2__broken.sql"), "{message}");
+    assert!(message.contains("syntax error"), "{message}");
+    assert!(good_exists, "migrations before the broken one stay applied");
+}

@@ -1,0 +1,168 @@
+//! ConnSignIn: token checks against the record that LOGIN stored.
+
+mod common;
+
+use common::{conn, error_code, new_device, redis_connection, sign_in, TestLogic, NODE};
+use im_proto::v1::ErrorCode;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+#[tokio::test]
+async fn sign_in_marks_new_conn_online() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "signin", conn(NODE, 1)).await;
+
+    sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect("sign-in succeeds");
+
+    let status = common::hget(&format!("online:{}", device.user_id), device.device_id).await;
+    assert_eq!(status.as_deref(), Some("127.0.0.1:1|2"));
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_wrong_token_is_token_invalid() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "badtoken", conn(NODE, 1)).await;
+    let wrong = "0".repeat(64);
+
+    for token in [wrong.as_str(), "", &"f".repeat(10_000)] {
+        let status = sign_in(
+            &mut logic.client,
+            device.user_id,
+            device.device_id,
+            token,
+            conn(NODE, 2),
+        )
+        .await
+        .expect_err("wrong token rejected");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(
+            error_code(&status),
+            ErrorCode::TokenInvalid,
+            "{} bytes",
+            token.len()
+        );
+    }
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_expired_token_is_token_expired() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "expired", conn(NODE, 1)).await;
+    let digest = hex::encode(Sha256::digest(device.token.as_bytes()));
+    let mut redis = redis_connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("auth:{}", device.user_id))
+        .arg(device.device_id)
+        .arg(format!("v1:{digest}:1000"))
+        .query_async(&mut redis)
+        .await
+        .expect("HSET succeeds");
+
+    let status = sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect_err("expired token rejected");
+
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_code(&status), ErrorCode::TokenExpired);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_after_token_ttl_is_token_expired() {
+    let config = im_logic::Config {
+        token_ttl_secs: 1,
+        ..common::test_config()
+    };
+    let mut logic = TestLogic::start(config).await;
+    let device = new_device(&mut logic.client, "ttl", conn(NODE, 1)).await;
+
+    // The token lives 1 s; wait a little longer so the expiry has surely passed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let status = sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect_err("expired token rejected");
+
+    // The key expires with its token, so Redis may already have dropped the record.
+    let code = error_code(&status);
+    assert!(
+        code == ErrorCode::TokenExpired || code == ErrorCode::DeviceUnknown,
+        "{code:?}"
+    );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_unknown_device_is_device_unknown() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "nodev", conn(NODE, 1)).await;
+
+    let status = sign_in(
+        &mut logic.client,
+        device.user_id,
+        device.device_id + 1_000_000,
+        &device.token,
+        conn(NODE, 2),
+    )
+    .await
+    .expect_err("unknown device rejected");
+
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_code(&status), ErrorCode::DeviceUnknown);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_zero_ids_are_invalid_argument() {
+    let mut logic = TestLogic::start_default().await;
+
+    for (user_id, device_id) in [(0, 1), (1, 0)] {
+        let status = sign_in(&mut logic.client, user_id, device_id, "x", conn(NODE, 1))
+            .await
+            .expect_err("zero id rejected");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument);
+    }
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_in_invalid_node_is_invalid_argument() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "badnode", conn(NODE, 1)).await;
+
+    for node in ["", "a|b", "has space"] {
+        let status = sign_in(
+            &mut logic.client,
+            device.user_id,
+            device.device_id,
+            &device.token,
+            conn(node, 2),
+        )
+        .await
+        .expect_err("invalid node rejected");
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument, "{node:?}");
+    }
+    logic.server.shutdown().await;
+}

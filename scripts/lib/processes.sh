@@ -1,0 +1,117 @@
+# shellcheck shell=bash
+# Start, readiness wait and stop for the im-logic and im-engine processes of scripts/run and
+# scripts/test.
+#
+# Each process runs in a session of its own (setsid), so a Ctrl-C in the terminal reaches only
+# the script, which then stops the processes in order. Functions return non-zero with a message
+# on stderr on failure.
+
+_im_proc_log() {
+    printf '[%s] %s\n' "$1" "$2" >&2
+}
+
+# Prints the last lines of a log file to stderr, indented, if the file exists.
+im_show_log_tail() {
+    local file=$1 lines=${2:-30}
+    if [[ -f $file ]]; then
+        printf 'last %s lines of %s:\n' "$lines" "$file" >&2
+        tail -n "$lines" "$file" | sed 's/^/    /' >&2
+    fi
+}
+
+# Turns a listen address into one to connect to: 0.0.0.0 becomes 127.0.0.1 and [::] becomes
+# [::1]. An address without a host part (":8080") also becomes 127.0.0.1.
+im_connect_addr() {
+    local addr=$1 host port
+    host=${addr%:*}
+    port=${addr##*:}
+    case $host in
+    "" | 0.0.0.0) host=127.0.0.1 ;;
+    "[::]") host="[::1]" ;;
+    esac
+    printf '%s:%s' "$host" "$port"
+}
+
+# Succeeds when HOST:PORT accepts a TCP connection within 1 s. HOST may be [v6].
+im_tcp_accepts() {
+    local addr=$1 host port
+    host=${addr%:*}
+    host=${host#[}
+    host=${host%]}
+    port=${addr##*:}
+    timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
+}
+
+# Fails with a message when something already listens on ADDR, because a readiness wait on that
+# address would then succeed for the wrong process.
+im_require_free_addr() {
+    local name=$1 addr=$2 variable=$3
+    if im_tcp_accepts "$addr"; then
+        _im_proc_log "$name" "error: $addr is already in use by another program: stop it or set $variable"
+        return 1
+    fi
+}
+
+# Starts COMMAND... in the background with stdout and stderr written to LOG (truncated first),
+# and stores its process id in IM_STARTED_PID. NO_COLOR=1 keeps ANSI colour codes out of the
+# log of programs that honour it, such as tracing-subscriber's fmt layer.
+im_start_process() {
+    local name=$1 log=$2
+    shift 2
+    if [[ ! -x $1 ]]; then
+        _im_proc_log "$name" "error: $1 is not an executable file: build it first"
+        return 1
+    fi
+    : >"$log"
+    NO_COLOR=1 setsid "$@" >>"$log" 2>&1 </dev/null &
+    IM_STARTED_PID=$!
+    _im_proc_log "$name" "started (pid $IM_STARTED_PID, log: $log)"
+}
+
+# Waits up to TIMEOUT_S seconds until ADDR accepts TCP connections. Fails early, with the last
+# lines of LOG, when process PID exits first.
+im_wait_for_addr() {
+    local name=$1 pid=$2 addr=$3 timeout_s=$4 log=$5
+    local deadline=$((SECONDS + timeout_s))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            local status=0
+            wait "$pid" 2>/dev/null || status=$?
+            _im_proc_log "$name" "error: exited with status $status before accepting connections on $addr"
+            im_show_log_tail "$log"
+            return 1
+        fi
+        if im_tcp_accepts "$addr"; then
+            _im_proc_log "$name" "ready on $addr"
+            return 0
+        fi
+        sleep 0.2
+    done
+    _im_proc_log "$name" "error: not accepting connections on $addr after $timeout_s s"
+    im_show_log_tail "$log"
+    return 1
+}
+
+# Sends SIGTERM to PID and waits up to TIMEOUT_S seconds for it to exit, then sends SIGKILL.
+# Does nothing when PID is empty or already gone.
+im_stop_process() {
+    local name=$1 pid=$2 timeout_s=${3:-10}
+    if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
+        return 0
+    fi
+
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + timeout_s))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            _im_proc_log "$name" "stopped"
+            return 0
+        fi
+        sleep 0.1
+    done
+
+    _im_proc_log "$name" "warning: still running $timeout_s s after SIGTERM, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}

@@ -1,0 +1,450 @@
+# shellcheck shell=bash
+# Private PostgreSQL and Redis instances for development and tests.
+#
+# Source this file, then call:
+#   ensure_packages   install the PostgreSQL and Redis server packages with apt-get if missing
+#   start_services    start (or reuse) our own instances and export their URLs
+#   stop_services     stop the instances that start_services started in this shell
+#
+# The instances live in $REPO/.data and listen on loopback only, on their own ports, so the
+# clusters and services that the Debian packages set up are never used or touched.
+#
+# Settings (environment):
+#   IM_LOGIC_DATABASE_URL  use this PostgreSQL instead of starting one (checked with pg_isready and psql)
+#   IM_LOGIC_REDIS_URL     use this Redis instead of starting one (checked with redis-cli ping)
+#   IM_PG_PORT             port of our PostgreSQL on 127.0.0.1, default 55432
+#   IM_REDIS_PORT          port of our Redis on 127.0.0.1, default 56379
+#   IM_DATA_DIR            directory for data, sockets and logs, default $REPO/.data
+#   IM_PG_BIN_DIR          PostgreSQL bin directory, default the newest /usr/lib/postgresql/*/bin
+#
+# Exported by start_services: IM_LOGIC_DATABASE_URL, IM_LOGIC_REDIS_URL, IM_PG_BIN_DIR,
+# IM_REDIS_SERVER_BIN (for tests that start throw-away instances of their own) and IM_DATA_DIR.
+#
+# Every function returns non-zero with a message on stderr on failure, so it works under
+# `set -euo pipefail` and in an `if`.
+
+IM_REPO_ROOT=${IM_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+IM_DATA_DIR=${IM_DATA_DIR:-$IM_REPO_ROOT/.data}
+
+# Set to 1 by start_services for each instance that it started in this shell.
+_IM_PG_STARTED=0
+_IM_REDIS_STARTED=0
+_IM_PG_DATA=""
+_IM_REDIS_PORT=""
+_IM_REDIS_PIDFILE=""
+
+_im_log() {
+    printf '[services] %s\n' "$*" >&2
+}
+
+_im_error() {
+    printf '[services] error: %s\n' "$*" >&2
+}
+
+# Prints the last lines of a log file to stderr, indented, if the file exists.
+_im_show_log_tail() {
+    local file=$1
+    if [[ -f $file ]]; then
+        printf '[services] last lines of %s:\n' "$file" >&2
+        tail -n 20 "$file" | sed 's/^/    /' >&2
+    fi
+}
+
+# Succeeds when something accepts TCP connections on 127.0.0.1:PORT.
+_im_port_in_use() {
+    local port=$1
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
+}
+
+# Runs a command as the account that owns the PostgreSQL data: `postgres` when we are root,
+# because the server refuses to run as root, and the current user otherwise.
+_im_as_pg_owner() {
+    if [[ $EUID -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+_im_pg_owner() {
+    if [[ $EUID -eq 0 ]]; then
+        printf 'postgres'
+    else
+        id -un
+    fi
+}
+
+_im_find_pg_bin_dir() {
+    local newest
+    newest=$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1 || true)
+    if [[ -z $newest ]]; then
+        return 1
+    fi
+    dirname "$newest"
+}
+
+# Installs the postgresql and redis-server packages with apt-get, each only if its server is missing.
+ensure_packages() {
+    local missing=()
+    if ! _im_find_pg_bin_dir >/dev/null; then
+        missing+=(postgresql)
+    fi
+    if ! command -v redis-server >/dev/null; then
+        missing+=(redis-server)
+    fi
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return 0
+    fi
+
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        if ! command -v sudo >/dev/null; then
+            _im_error "${missing[*]} missing and installing needs root: run as root or install sudo"
+            return 1
+        fi
+        sudo=(sudo)
+    fi
+
+    _im_log "installing ${missing[*]} with apt-get"
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q; then
+        _im_error "apt-get update failed"
+        return 1
+    fi
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        _im_error "apt-get install ${missing[*]} failed"
+        return 1
+    fi
+
+    if ! _im_find_pg_bin_dir >/dev/null || ! command -v redis-server >/dev/null; then
+        _im_error "postgres or redis-server is still missing after apt-get install"
+        return 1
+    fi
+}
+
+# Sets IM_PG_BIN_DIR and IM_REDIS_SERVER_BIN unless the caller set them.
+_im_locate_binaries() {
+    if [[ -z ${IM_PG_BIN_DIR:-} ]]; then
+        if ! IM_PG_BIN_DIR=$(_im_find_pg_bin_dir); then
+            _im_error "no /usr/lib/postgresql/*/bin/postgres found: run ensure_packages or set IM_PG_BIN_DIR"
+            return 1
+        fi
+    fi
+    if [[ ! -x $IM_PG_BIN_DIR/postgres ]]; then
+        _im_error "IM_PG_BIN_DIR=$IM_PG_BIN_DIR contains no postgres executable"
+        return 1
+    fi
+
+    if [[ -z ${IM_REDIS_SERVER_BIN:-} ]]; then
+        if ! IM_REDIS_SERVER_BIN=$(command -v redis-server); then
+            _im_error "redis-server not found in PATH: run ensure_packages or set IM_REDIS_SERVER_BIN"
+            return 1
+        fi
+    fi
+    export IM_PG_BIN_DIR IM_REDIS_SERVER_BIN
+}
+
+# Starts our PostgreSQL and Redis unless their URLs are given, and exports the URLs.
+start_services() {
+    _im_locate_binaries || return 1
+    mkdir -p "$IM_DATA_DIR" || return 1
+    export IM_DATA_DIR
+
+    if [[ -n ${IM_LOGIC_DATABASE_URL:-} ]]; then
+        _im_check_given_postgres || return 1
+    else
+        _im_start_postgres || return 1
+    fi
+
+    if [[ -n ${IM_LOGIC_REDIS_URL:-} ]]; then
+        _im_check_given_redis || return 1
+    else
+        _im_start_redis || return 1
+    fi
+}
+
+# Stops the instances that start_services started in this shell; reused or given ones stay up.
+stop_services() {
+    local status=0
+    if [[ $_IM_REDIS_STARTED -eq 1 ]]; then
+        _im_stop_redis || status=1
+        _IM_REDIS_STARTED=0
+    fi
+    if [[ $_IM_PG_STARTED -eq 1 ]]; then
+        _im_stop_postgres || status=1
+        _IM_PG_STARTED=0
+    fi
+    return "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+_im_check_given_postgres() {
+    if ! "$IM_PG_BIN_DIR/pg_isready" -q -t 5 -d "$IM_LOGIC_DATABASE_URL"; then
+        _im_error "PostgreSQL at IM_LOGIC_DATABASE_URL does not accept connections (pg_isready failed)"
+        return 1
+    fi
+    if ! PGCONNECT_TIMEOUT=5 "$IM_PG_BIN_DIR/psql" -q -X -tA -c 'SELECT 1' "$IM_LOGIC_DATABASE_URL" >/dev/null; then
+        _im_error "cannot run a query on IM_LOGIC_DATABASE_URL (psql failed, see above)"
+        return 1
+    fi
+    _im_log "using the PostgreSQL given in IM_LOGIC_DATABASE_URL"
+}
+
+# Picks the directory for the cluster and its socket. It is $IM_DATA_DIR unless the data owner
+# cannot reach it (a checkout under a private home directory when we are root) or a socket path
+# in it would pass the 107-byte limit of Unix socket paths; then a directory under /var/tmp.
+_im_pg_base_dir() {
+    local port=$1 base=$IM_DATA_DIR
+    local socket_path="$base/pg-run/.s.PGSQL.$port"
+    if _im_as_pg_owner test -x "$base" 2>/dev/null && ((${#socket_path} <= 100)); then
+        printf '%s' "$base"
+        return 0
+    fi
+
+    local key
+    key=$(printf '%s' "$IM_DATA_DIR" | cksum | cut -d ' ' -f 1)
+    base=/var/tmp/im-pg-$key
+    _im_log "$(_im_pg_owner) cannot use $IM_DATA_DIR (no access or socket path too long): keeping PostgreSQL in $base"
+    printf '%s' "$base"
+}
+
+_im_start_postgres() {
+    local port=${IM_PG_PORT:-55432}
+    local base data socket_dir log
+    base=$(_im_pg_base_dir "$port") || return 1
+    data=$base/pg
+    socket_dir=$base/pg-run
+    log=$base/pg.log
+    _IM_PG_DATA=$data
+
+    _im_prepare_pg_dirs "$base" "$data" "$socket_dir" "$log" || return 1
+    if [[ ! -f $data/PG_VERSION ]]; then
+        _im_init_pg_cluster "$data" "$log" || return 1
+    fi
+    _im_check_pg_version "$data" || return 1
+
+    if _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" status -D "$data" >/dev/null 2>&1; then
+        _im_reuse_postgres "$data" "$port" || return 1
+    else
+        _im_launch_postgres "$data" "$socket_dir" "$port" "$log" || return 1
+        _IM_PG_STARTED=1
+    fi
+
+    _im_create_pg_database "$port" im "$log" || return 1
+    export IM_LOGIC_DATABASE_URL="postgres://postgres@127.0.0.1:$port/im"
+}
+
+_im_prepare_pg_dirs() {
+    local base=$1 data=$2 socket_dir=$3 log=$4 owner
+    owner=$(_im_pg_owner)
+    if ! mkdir -p "$data" "$socket_dir" || ! touch "$log"; then
+        _im_error "cannot create $data, $socket_dir or $log"
+        return 1
+    fi
+    if [[ $EUID -eq 0 ]]; then
+        chown "$owner:" "$data" "$socket_dir" "$log" || return 1
+    fi
+    chmod 700 "$data" || return 1
+    if ! _im_as_pg_owner test -w "$data" || ! _im_as_pg_owner test -w "$log"; then
+        _im_error "user $owner cannot write $data or $log (base directory $base)"
+        return 1
+    fi
+}
+
+# Creates the cluster: trust authentication, reachable only through its socket and 127.0.0.1.
+_im_init_pg_cluster() {
+    local data=$1 log=$2
+    _im_log "creating a PostgreSQL cluster in $data"
+    if ! _im_as_pg_owner "$IM_PG_BIN_DIR/initdb" -D "$data" -U postgres --auth=trust \
+        --encoding=UTF8 --no-locale >>"$log" 2>&1; then
+        _im_error "initdb failed, see $log"
+        _im_show_log_tail "$log"
+        return 1
+    fi
+
+    # Replaces the default pg_hba.conf, which also trusts ::1 and replication connections.
+    _im_as_pg_owner tee "$data/pg_hba.conf" >/dev/null <<'EOF'
+# Written by scripts/lib/services.sh: local development and tests only.
+local all all              trust
+host  all all 127.0.0.1/32 trust
+EOF
+    # Port, addresses and socket directory are rewritten into im.conf at every start.
+    printf "\ninclude_if_exists = 'im.conf'\n" | _im_as_pg_owner tee -a "$data/postgresql.conf" >/dev/null
+}
+
+_im_check_pg_version() {
+    local data=$1 cluster_version bin_version
+    cluster_version=$(<"$data/PG_VERSION")
+    bin_version=$(basename "$(dirname "$IM_PG_BIN_DIR")")
+    if [[ $cluster_version != "$bin_version" ]]; then
+        _im_error "$data was created by PostgreSQL $cluster_version but $IM_PG_BIN_DIR is $bin_version: delete $data or set IM_PG_BIN_DIR"
+        return 1
+    fi
+}
+
+_im_reuse_postgres() {
+    local data=$1 port=$2 running_port
+    running_port=$(sed -n 4p "$data/postmaster.pid" 2>/dev/null || true)
+    if [[ $running_port != "$port" ]]; then
+        _im_error "our PostgreSQL in $data already runs on port ${running_port:-unknown}, not $port: set IM_PG_PORT=${running_port:-PORT} or stop it with: $(_im_stop_pg_hint "$data")"
+        return 1
+    fi
+    _im_log "reusing our PostgreSQL already running on 127.0.0.1:$port ($data)"
+}
+
+_im_stop_pg_hint() {
+    local data=$1
+    if [[ $EUID -eq 0 ]]; then
+        printf 'runuser -u postgres -- %s/pg_ctl stop -D %s -m fast' "$IM_PG_BIN_DIR" "$data"
+    else
+        printf '%s/pg_ctl stop -D %s -m fast' "$IM_PG_BIN_DIR" "$data"
+    fi
+}
+
+_im_launch_postgres() {
+    local data=$1 socket_dir=$2 port=$3 log=$4
+    if _im_port_in_use "$port"; then
+        _im_error "port $port on 127.0.0.1 is taken by another program: set IM_PG_PORT to a free port, or IM_LOGIC_DATABASE_URL to use that server"
+        return 1
+    fi
+
+    _im_as_pg_owner tee "$data/im.conf" >/dev/null <<EOF
+# Rewritten by scripts/lib/services.sh at every start.
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$socket_dir'
+max_connections = 300
+EOF
+
+    _im_log "starting PostgreSQL on 127.0.0.1:$port (log: $log)"
+    if ! _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null; then
+        _im_error "PostgreSQL did not start within 60 s, see $log"
+        _im_show_log_tail "$log"
+        return 1
+    fi
+    _im_wait_pg_ready "$port" "$log"
+}
+
+_im_wait_pg_ready() {
+    local port=$1 log=$2 attempt
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        if "$IM_PG_BIN_DIR/pg_isready" -q -h 127.0.0.1 -p "$port" -t 1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    _im_error "PostgreSQL on 127.0.0.1:$port is not ready after 20 s, see $log"
+    _im_show_log_tail "$log"
+    return 1
+}
+
+_im_create_pg_database() {
+    local port=$1 name=$2 log=$3 exists
+    local psql=("$IM_PG_BIN_DIR/psql" -q -X -tA -h 127.0.0.1 -p "$port" -U postgres -d postgres)
+    if ! exists=$(PGCONNECT_TIMEOUT=5 "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$name'"); then
+        _im_error "cannot query PostgreSQL on 127.0.0.1:$port, see $log"
+        return 1
+    fi
+    if [[ $exists == 1 ]]; then
+        return 0
+    fi
+    if ! PGCONNECT_TIMEOUT=5 "${psql[@]}" -c "CREATE DATABASE $name"; then
+        _im_error "cannot create database $name on 127.0.0.1:$port, see $log"
+        return 1
+    fi
+    _im_log "created database $name"
+}
+
+_im_stop_postgres() {
+    _im_log "stopping PostgreSQL ($_IM_PG_DATA)"
+    if ! _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" stop -D "$_IM_PG_DATA" -m fast -w -t 30 >/dev/null; then
+        _im_error "PostgreSQL in $_IM_PG_DATA did not stop within 30 s"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+_im_check_given_redis() {
+    local reply
+    reply=$(timeout 10 redis-cli -u "$IM_LOGIC_REDIS_URL" --no-auth-warning ping 2>&1 || true)
+    if [[ $reply != PONG ]]; then
+        _im_error "Redis at IM_LOGIC_REDIS_URL does not answer PING (reply: ${reply:-none})"
+        return 1
+    fi
+    _im_log "using the Redis given in IM_LOGIC_REDIS_URL"
+}
+
+_im_start_redis() {
+    local port=${IM_REDIS_PORT:-56379}
+    local dir=$IM_DATA_DIR/redis
+    local log=$IM_DATA_DIR/redis.log
+    _IM_REDIS_PORT=$port
+    _IM_REDIS_PIDFILE=$dir/redis.pid
+    mkdir -p "$dir" || return 1
+    dir=$(cd "$dir" && pwd -P)
+
+    if _im_port_in_use "$port"; then
+        _im_reuse_redis "$port" "$dir" || return 1
+    else
+        _im_launch_redis "$port" "$dir" "$log" || return 1
+        _IM_REDIS_STARTED=1
+    fi
+    export IM_LOGIC_REDIS_URL="redis://127.0.0.1:$port/"
+}
+
+# Reuses the Redis on PORT only when its working directory is ours, so it is our instance.
+_im_reuse_redis() {
+    local port=$1 dir=$2 running_dir
+    running_dir=$(timeout 5 redis-cli -h 127.0.0.1 -p "$port" config get dir 2>/dev/null | sed -n 2p || true)
+    if [[ $running_dir != "$dir" ]]; then
+        _im_error "port $port on 127.0.0.1 is taken by another program (not our Redis in $dir): set IM_REDIS_PORT to a free port, or IM_LOGIC_REDIS_URL to use that server"
+        return 1
+    fi
+    _im_log "reusing our Redis already running on 127.0.0.1:$port ($dir)"
+}
+
+_im_launch_redis() {
+    local port=$1 dir=$2 log=$3
+    _im_log "starting Redis on 127.0.0.1:$port (log: $log)"
+    if ! "$IM_REDIS_SERVER_BIN" --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+        --save "" --appendonly no --protected-mode yes \
+        --pidfile "$dir/redis.pid" --logfile "$log"; then
+        _im_error "redis-server failed to start, see $log"
+        _im_show_log_tail "$log"
+        return 1
+    fi
+
+    local attempt
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        if [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    _im_error "Redis on 127.0.0.1:$port does not answer PING after 10 s, see $log"
+    _im_show_log_tail "$log"
+    return 1
+}
+
+_im_stop_redis() {
+    local pid=""
+    if [[ -f $_IM_REDIS_PIDFILE ]]; then
+        pid=$(<"$_IM_REDIS_PIDFILE")
+    fi
+    _im_log "stopping Redis on 127.0.0.1:$_IM_REDIS_PORT"
+    timeout 10 redis-cli -h 127.0.0.1 -p "$_IM_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+
+    local attempt
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    _im_error "Redis (pid $pid) did not stop within 10 s"
+    return 1
+}
