@@ -257,6 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn im_toml_lists_every_field_with_its_default() {
+        let file = include_str!("../../im.toml");
+        let uncommented: String = file
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = "))
+                    .unwrap_or(line)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file = Figment::from(Toml::string(&uncommented));
+        let config: Config = file.focus("engine").extract().expect("[engine] parses");
+        assert_eq!(config, Config::default());
+        let defaults = figment::value::Value::serialize(Config::default()).unwrap();
+        let fields = defaults.into_dict().unwrap();
+        let listed = file.find_value("engine").unwrap().into_dict().unwrap();
+        assert_eq!(listed.len(), fields.len(), "every field appears in im.toml");
+    }
+
+    #[test]
     fn flags_override_defaults() {
         let cli = Cli::parse_from(["im-engine", "--shards", "3", "--ws-path", "/chat"]);
         let config = Config::load(&cli).unwrap();

@@ -193,7 +193,7 @@ pub enum ConfigError {
     )]
     FileNotFound(PathBuf),
     /// The file does not parse, or a value has the wrong type or an unknown field name.
-    #[error("cannot read the [logic] configuration (each field is described in logic/logic.toml)")]
+    #[error("cannot read the [logic] configuration (each field is described in im.toml)")]
     Parse(#[source] Box<figment::Error>),
     /// A value has the right type but is out of range.
     #[error("invalid logic.{field} = {value}: {fix}")]
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn example_file_lists_every_field_with_its_default() {
-        let example = include_str!("../logic.toml");
+        let example = include_str!("../../im.toml");
         let uncommented: String = example
             .lines()
             .map(|line| match line.strip_prefix("# ") {
@@ -525,11 +525,11 @@ mod tests {
                     .any(|l| l.starts_with(&format!("{f} = ")))
             })
             .count();
-        assert_eq!(listed, FIELDS.len(), "every field appears in logic.toml");
+        assert_eq!(listed, FIELDS.len(), "every field appears in im.toml");
         let config: Config = Figment::from(Toml::string(&uncommented))
             .focus("logic")
             .extract()
-            .expect("logic.toml parses");
+            .expect("im.toml parses");
         assert_eq!(config, Config::default());
     }
 
