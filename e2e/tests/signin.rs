@@ -329,3 +329,41 @@ async fn engine_shutdown_marks_devices_offline() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_device_is_closed_with_4002_and_marked_offline() {
+    let stack = Stack::start_with(logic_config(), |engine| {
+        engine.heartbeat_interval_ms = 100;
+        engine.heartbeat_timeout_ms = 400;
+    })
+    .await;
+    let mut silent = stack.connect().await;
+    let (_, login) = register_and_login(&silent, "silent").await;
+    assert_eq!(login.heartbeat_interval_ms, 100);
+
+    let (code, _) = silent.wait_closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(code, im_engine::close::HEARTBEAT_TIMEOUT);
+    let offline = eventually(Duration::from_secs(5), || async {
+        online_status(login.user_id).await.is_empty()
+    })
+    .await;
+    assert!(offline, "status still present after the idle close");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_device_connected() {
+    let stack = Stack::start_with(logic_config(), |engine| {
+        engine.heartbeat_interval_ms = 100;
+        engine.heartbeat_timeout_ms = 400;
+    })
+    .await;
+    let client = stack.connect().await;
+    register_and_login(&client, "alive").await;
+    // Ten heartbeats 150 ms apart span 1.5 s, well past the 400 ms idle timeout.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        client.heartbeat().await.expect("connection stays open");
+    }
+    stack.stop().await;
+}

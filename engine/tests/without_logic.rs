@@ -118,12 +118,24 @@ async fn undecodable_packet_gets_error_and_connection_stays() {
     engine.shutdown();
 }
 
+/// Checks that a bystander connection on the same engine still gets answers.
+async fn assert_still_serving(bystander: &mut Socket) {
+    bystander
+        .send(packet(PacketType::Heartbeat, 99, Vec::new()))
+        .await
+        .unwrap();
+    let reply = next_packet(bystander).await;
+    assert_eq!(reply.request_id, 99);
+}
+
 #[tokio::test]
 async fn text_frame_is_closed_with_1003() {
     let engine = start_engine(|_| {});
+    let mut bystander = connect(&engine).await;
     let mut socket = connect(&engine).await;
     socket.send(Message::Text("hello".into())).await.unwrap();
     assert_eq!(close_code(&mut socket).await, 1003);
+    assert_still_serving(&mut bystander).await;
     engine.shutdown();
 }
 
@@ -133,9 +145,11 @@ async fn oversized_frame_is_closed_with_1009() {
         config.max_frame_bytes = 1024;
         config.max_message_bytes = 1024;
     });
+    let mut bystander = connect(&engine).await;
     let mut socket = connect(&engine).await;
     let _ = socket.send(Message::Binary(vec![0; 4096].into())).await;
     assert_eq!(close_code(&mut socket).await, 1009);
+    assert_still_serving(&mut bystander).await;
     engine.shutdown();
 }
 
