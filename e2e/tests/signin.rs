@@ -367,3 +367,47 @@ async fn heartbeats_keep_a_device_connected() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kick_naming_another_device_is_ignored() {
+    use im_proto::connect_int_service_client::ConnectIntServiceClient;
+    use im_proto::KickRequest;
+
+    let stack = Stack::start().await;
+    let client = stack.connect().await;
+    let (_, login) = register_and_login(&client, "stale").await;
+    let status = online_status(login.user_id).await[&login.device_id.to_string()].clone();
+    let conn_id: u64 = status.rsplit('|').next().unwrap().parse().unwrap();
+
+    // A kick left over from an earlier run of a node at this address names a connection
+    // id that a different device may hold now.
+    let mut engine = ConnectIntServiceClient::connect(format!("http://{}", stack.engine().node()))
+        .await
+        .unwrap();
+    let reply = engine
+        .kick(KickRequest {
+            device_id: login.device_id + 1,
+            conn_id,
+            reason: KickReason::SignedInElsewhere as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.found);
+    client
+        .heartbeat()
+        .await
+        .expect("the connection was not kicked");
+
+    let reply = engine
+        .kick(KickRequest {
+            device_id: login.device_id,
+            conn_id,
+            reason: KickReason::SignedInElsewhere as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.found);
+    stack.stop().await;
+}

@@ -14,6 +14,7 @@ use im_proto::{
     ConnLoginRequest, ConnSignInReply, ConnSignInRequest, ErrorCode, LoginReply, OfflineRequest,
     RegisterReply, RegisterRequest,
 };
+use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
@@ -136,6 +137,7 @@ pub(crate) struct BridgeConfig {
     pub connect_timeout: Duration,
     pub queue: usize,
     pub offline_retries: u32,
+    pub max_in_flight: usize,
 }
 
 /// Creates the channel and the dispatcher thread. Calls run on `runtime`.
@@ -168,6 +170,7 @@ pub(crate) fn start(
         offline_retries: config.offline_retries,
         runtime,
         in_flight,
+        limit: Arc::new(Semaphore::new(config.max_in_flight)),
     };
     let thread = std::thread::Builder::new()
         .name("bridge".to_owned())
@@ -184,6 +187,8 @@ struct Dispatcher {
     runtime: tokio::runtime::Handle,
     /// Calls spawned and not finished; shutdown waits for it to reach zero.
     in_flight: Arc<AtomicUsize>,
+    /// Places for calls on the wire at once.
+    limit: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -197,9 +202,10 @@ impl Dispatcher {
             let timeout = self.call_timeout;
             let retries = self.offline_retries;
             let in_flight = self.in_flight.clone();
+            let limit = self.limit.clone();
             in_flight.fetch_add(1, Ordering::AcqRel);
             self.runtime.spawn(async move {
-                execute(client, call, timeout, retries).await;
+                execute(client, call, limit, timeout, retries).await;
                 in_flight.fetch_sub(1, Ordering::AcqRel);
             });
         }
@@ -210,36 +216,49 @@ impl Dispatcher {
 async fn execute(
     mut client: DeviceIntServiceClient<Channel>,
     call: Call,
+    limit: Arc<Semaphore>,
     timeout: Duration,
     offline_retries: u32,
 ) {
+    let limit = &*limit;
     match call {
         Call::Register { request, reply } => {
-            let result = with_deadline(timeout, client.register(request)).await;
+            let result = with_deadline(limit, timeout, client.register(request)).await;
             let _ = reply.send(result);
         }
         Call::Login { request, reply } => {
-            let result = with_deadline(timeout, client.conn_login(request)).await;
+            let result = with_deadline(limit, timeout, client.conn_login(request)).await;
             let _ = reply.send(result);
         }
         Call::SignIn { request, reply } => {
-            let result = with_deadline(timeout, client.conn_sign_in(request)).await;
+            let result = with_deadline(limit, timeout, client.conn_sign_in(request)).await;
             let _ = reply.send(result);
         }
-        Call::Offline { request } => send_offline(client, request, timeout, offline_retries).await,
+        Call::Offline { request } => {
+            send_offline(client, request, limit, timeout, offline_retries).await
+        }
         Call::Stop => {}
     }
 }
 
-/// Runs one call under `timeout`, whatever the channel's own state, so a logic tier
-/// that never answers still yields TIMEOUT.
+/// Runs one call under `timeout`, waiting for a place among the calls in flight first,
+/// so a burst (every device of a node closing at once) queues here instead of failing
+/// in the transport, and a logic tier that never answers still yields TIMEOUT.
 async fn with_deadline<T>(
+    limit: &Semaphore,
     timeout: Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> CallResult<T> {
-    match tokio::time::timeout(timeout, call).await {
+    let limited = async {
+        let _permit = limit.acquire().await;
+        call.await
+    };
+    match tokio::time::timeout(timeout, limited).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(CallError::from_status(&status)),
+        Ok(Err(status)) => {
+            debug!(code = ?status.code(), status = %status.message(), "logic call failed");
+            Err(CallError::from_status(&status))
+        }
         Err(_) => Err(CallError::timed_out()),
     }
 }
@@ -247,6 +266,7 @@ async fn with_deadline<T>(
 async fn send_offline(
     mut client: DeviceIntServiceClient<Channel>,
     request: OfflineRequest,
+    limit: &Semaphore,
     timeout: Duration,
     retries: u32,
 ) {
@@ -254,7 +274,7 @@ async fn send_offline(
     let conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
-        match with_deadline(timeout, client.offline(request.clone())).await {
+        match with_deadline(limit, timeout, client.offline(request.clone())).await {
             Ok(reply) => {
                 debug!(
                     user_id,

@@ -48,6 +48,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Largest HTTP upgrade request; a larger one is answered 431.
     pub max_header_bytes: usize,
+    /// Calls to the logic tier on the wire at once; more wait for a place, within their
+    /// deadline.
+    pub logic_max_in_flight: usize,
     /// Calls waiting for the bridge to the logic tier; a call beyond it is answered
     /// UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
@@ -84,6 +87,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024,
             max_header_bytes: 8 * 1024,
+            logic_max_in_flight: 512,
             bridge_queue: 65_536,
             max_outbound_bytes: 1024 * 1024,
             write_timeout_ms: 10_000,
@@ -216,6 +220,13 @@ impl Config {
                 "heartbeat_timeout_ms",
                 &self.heartbeat_timeout_ms,
                 "set it above heartbeat_interval_ms, typically 3 intervals",
+            );
+        }
+        if self.logic_max_in_flight == 0 {
+            return invalid(
+                "logic_max_in_flight",
+                &self.logic_max_in_flight,
+                "use at least 1",
             );
         }
         if self.bridge_queue == 0 {

@@ -17,6 +17,8 @@ pub(crate) enum ShardMessage {
     /// Send KICKED to the connection and close it.
     Kick {
         conn_id: ConnId,
+        /// The device the connection must be signed in as; guards against stale ids.
+        device_id: u64,
         reason: KickReason,
         /// Receives whether the connection was still open.
         reply: Option<oneshot::Sender<bool>>,

@@ -103,6 +103,7 @@ impl Engine {
                 connect_timeout: Duration::from_millis(config.logic_connect_timeout_ms),
                 queue: config.bridge_queue,
                 offline_retries: config.offline_retries,
+                max_in_flight: config.logic_max_in_flight,
             },
             runtime.handle().clone(),
             in_flight.clone(),

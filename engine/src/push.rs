@@ -37,6 +37,7 @@ impl ConnectIntService for PushService {
         let (reply, found) = futures::channel::oneshot::channel();
         inbox.send(ShardMessage::Kick {
             conn_id,
+            device_id: request.device_id,
             reason,
             reply: Some(reply),
         });

@@ -59,6 +59,8 @@ pub(crate) enum CloseRequest {
 pub(crate) struct Outbox {
     /// Encoded frames not yet written. Empty (no allocation) while the connection idles.
     pending: RefCell<BytesMut>,
+    /// The signed-in device, 0 before sign-in. Requests naming another device are stale.
+    device_id: Cell<u64>,
     close: Cell<Option<CloseRequest>>,
     waker: RefCell<Option<Waker>>,
 }
@@ -74,6 +76,16 @@ impl Outbox {
         };
         self.wake();
         queued
+    }
+
+    /// Records the device the connection signed in as.
+    pub(crate) fn set_device(&self, device_id: u64) {
+        self.device_id.set(device_id);
+    }
+
+    /// The signed-in device, 0 before sign-in.
+    pub(crate) fn device(&self) -> u64 {
+        self.device_id.get()
     }
 
     /// Takes every queued byte, leaving the outbox without an allocation.
@@ -124,6 +136,9 @@ struct Entry {
 /// shard's thread; no lock.
 pub(crate) struct ShardRegistry {
     shard: usize,
+    /// Random first generation of every slot, so ids from an earlier run of a node at the
+    /// same address (still named in the online status) do not match new connections.
+    first_generation: u32,
     entries: RefCell<Vec<Entry>>,
     free: RefCell<Vec<usize>>,
     live: Cell<usize>,
@@ -133,6 +148,7 @@ impl ShardRegistry {
     pub(crate) fn new(shard: usize) -> Self {
         Self {
             shard,
+            first_generation: rand::random(),
             entries: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
@@ -147,7 +163,7 @@ impl ShardRegistry {
             Some(slot) => slot,
             None if entries.len() <= MAX_SLOT => {
                 entries.push(Entry {
-                    generation: 0,
+                    generation: self.first_generation,
                     outbox: None,
                 });
                 entries.len() - 1

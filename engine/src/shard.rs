@@ -184,13 +184,20 @@ async fn serve_inbox(
         match message {
             ShardMessage::Kick {
                 conn_id,
+                device_id,
                 reason,
                 reply,
             } => {
-                let outbox = ctx.registry.get(conn_id);
+                let outbox = ctx
+                    .registry
+                    .get(conn_id)
+                    .filter(|outbox| outbox.device() == device_id);
                 match &outbox {
                     Some(outbox) => outbox.request_close(CloseRequest::Kicked(reason)),
-                    None => debug!(conn_id = conn_id.0, "kick for a connection already closed"),
+                    None => debug!(
+                        conn_id = conn_id.0,
+                        device_id, "kick for a connection already closed"
+                    ),
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(outbox.is_some());

@@ -120,6 +120,7 @@ impl Connection {
     fn signed_in(&mut self, user_id: u64, device_id: u64) {
         self.session = Some(Session { user_id, device_id });
         self.ctx.devices.insert(device_id, self.id);
+        self.outbox.set_device(device_id);
         let span = tracing::Span::current();
         span.record("user_id", user_id);
         span.record("device_id", device_id);
