@@ -156,7 +156,12 @@ async fn accept_loop(
         };
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
-                monoio::spawn(crate::conn::serve(ctx.clone(), stream, peer));
+                let connection = crate::conn::serve(ctx.clone(), stream, peer);
+                tracing::trace!(
+                    future_bytes = std::mem::size_of_val(&connection),
+                    "connection task"
+                );
+                monoio::spawn(connection);
             }
             Err(_) if stopping.get() => return,
             Err(err) => {

@@ -71,7 +71,9 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
     );
     async move {
         let _ = stream.set_nodelay(true);
-        let Some(leftover) = handshake::accept(&ctx, &stream, peer).await else {
+        // Rarely running steps are boxed so that their state does not enlarge every idle
+        // connection's task: the task is as large as its largest step.
+        let Some(leftover) = Box::pin(handshake::accept(&ctx, &stream, peer)).await else {
             return;
         };
         let outbox = Rc::new(Outbox::default());
@@ -96,7 +98,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
         };
         let ending = conn.run().await;
         debug!(?ending, "closing");
-        conn.finish(ending).await;
+        Box::pin(conn.finish(ending)).await;
     }
     .instrument(span)
     .await
@@ -122,13 +124,15 @@ pub(crate) struct Connection {
 impl Connection {
     async fn run(&mut self) -> Ending {
         if !self.read_buf.is_empty() {
-            if let Some(ending) = self.handle_input().await {
+            if let Some(ending) = Box::pin(self.handle_input()).await {
                 return ending;
             }
         }
         loop {
-            if let Some(ending) = self.flush_outbox().await {
-                return ending;
+            if self.outbox.is_ready() {
+                if let Some(ending) = Box::pin(self.flush_outbox()).await {
+                    return ending;
+                }
             }
             match self.next_event().await {
                 Event::Outbox => continue,
@@ -138,7 +142,7 @@ impl Connection {
                     return Ending::Gone("socket error");
                 }
                 Event::Readable(Ok(())) => {
-                    if let Some(ending) = self.read_and_handle().await {
+                    if let Some(ending) = Box::pin(self.read_and_handle()).await {
                         return ending;
                     }
                 }
