@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::payload::HEADER_BYTES;
 use crate::sources::MAX_SOURCES;
 
 /// Load generator for the IM engine.
@@ -25,6 +26,12 @@ pub(crate) enum Command {
     /// One worker process of `signin --workers K`; started by the bench itself.
     #[command(hide = true)]
     SigninWorker(WorkerArgs),
+    /// Send direct messages between pairs of friends at a fixed total rate and report delivery
+    /// latency, stored messages per second and lost messages.
+    Chat(ChatArgs),
+    /// Send messages from one member to a group at a fixed rate and report latency per
+    /// delivered copy and messages received per member.
+    Group(GroupArgs),
 }
 
 /// Flags that the parent passes on to its worker processes unchanged.
@@ -114,6 +121,102 @@ pub(crate) struct WorkerArgs {
     pub(crate) sources: u64,
 }
 
+/// Flags shared by the messaging scenarios `chat` and `group`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MessagingArgs {
+    /// WebSocket URL of the engine.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub(crate) url: String,
+    /// URL of the logic tier's gRPC server, whose LogicExtService sets up friends and groups.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub(crate) logic_url: String,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) duration_secs: u64,
+    /// Bytes of content per message, at least 32 for the bench's own header.
+    #[arg(
+        long,
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(HEADER_BYTES as u64..)
+    )]
+    pub(crate) content_bytes: u64,
+    /// Seconds to wait after the last SEND reply for deliveries still on their way.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) drain_secs: u64,
+    /// Most SENDs in flight on one connection. Further sends wait for a reply; their latency
+    /// still counts from their intended send time.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_in_flight: u64,
+    /// Milliseconds without any packet sent after which a connection sends a heartbeat.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) heartbeat_ms: u64,
+    /// Bench users are named `<prefix>-chat-<i>` or `<prefix>-group-<i>`.
+    #[arg(long, default_value = "bench")]
+    pub(crate) user_prefix: String,
+    /// Password of every bench user (8 to 128 bytes).
+    #[arg(
+        long,
+        env = "IM_BENCH_PASSWORD",
+        default_value = "bench-password",
+        hide_env_values = true
+    )]
+    pub(crate) password: String,
+    /// Time limit in milliseconds for one connect plus handshake, for each reply and for each
+    /// logic tier call.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout_ms: u64,
+    /// Sign-ins in flight at once, from TCP connect to SIGN_IN reply.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) concurrency: u64,
+    /// Seconds allowed for opening and signing in all connections.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) connect_timeout_secs: u64,
+    /// Seconds allowed for setting up friends or the group through the logic tier.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) setup_timeout_secs: u64,
+    /// Loopback source addresses 127.0.0.2 ..= 127.0.0.(1 + sources), as for `signin`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
+    pub(crate) sources: Option<u64>,
+    /// Directory of the token cache (`<prefix>-chat-tokens.tsv`, `<prefix>-group-tokens.tsv`)
+    /// and the group cache (`<prefix>-groups.tsv`).
+    #[arg(long, default_value = DEFAULT_CACHE_DIR)]
+    pub(crate) cache_dir: PathBuf,
+    /// LOGIN and REGISTER calls in flight while preparing tokens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) prepare_concurrency: u64,
+    /// Seconds allowed for preparing tokens.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) prepare_timeout_secs: u64,
+    /// Log in again for every user even when the cache contains a valid token.
+    #[arg(long)]
+    pub(crate) refresh_tokens: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ChatArgs {
+    #[command(flatten)]
+    pub(crate) messaging: MessagingArgs,
+    /// Pairs of users P. User 2k sends to user 2k + 1, so the run holds 2P connections.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) pairs: u64,
+    /// Messages per second R over all pairs, spread evenly over the pairs.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GroupArgs {
+    #[command(flatten)]
+    pub(crate) messaging: MessagingArgs,
+    /// Members G of the group, the sender included, so each message has G - 1 recipients.
+    /// The logic tier caps groups at its max_group_members (default 500).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(2..))]
+    pub(crate) members: u64,
+    /// Messages per second R from the sender.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: u64,
+}
+
 /// The bench crate's `.cache` directory, fixed at build time so runs from any directory
 /// share one cache.
 const DEFAULT_CACHE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache");
@@ -168,6 +271,59 @@ mod tests {
     #[test]
     fn too_many_sources_rejected() {
         let result = Cli::try_parse_from(["im-bench", "--sources", "255"]);
+
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn chat_defaults() {
+        let cli = Cli::try_parse_from(["im-bench", "chat"]).expect("parse");
+
+        let Some(Command::Chat(args)) = cli.command else {
+            panic!("chat expected");
+        };
+        assert_eq!(args.pairs, 100);
+        assert_eq!(args.rate, 1000);
+        assert_eq!(args.messaging.logic_url, "http://127.0.0.1:50051");
+        assert_eq!(args.messaging.duration_secs, 10);
+        assert_eq!(args.messaging.content_bytes, 64);
+    }
+
+    #[test]
+    fn group_takes_flags() {
+        let cli = Cli::try_parse_from([
+            "im-bench",
+            "group",
+            "--members",
+            "50",
+            "--rate",
+            "20",
+            "--duration-secs",
+            "3",
+            "--logic-url",
+            "http://127.0.0.1:7000",
+        ])
+        .expect("parse");
+
+        let Some(Command::Group(args)) = cli.command else {
+            panic!("group expected");
+        };
+        assert_eq!(args.members, 50);
+        assert_eq!(args.rate, 20);
+        assert_eq!(args.messaging.duration_secs, 3);
+        assert_eq!(args.messaging.logic_url, "http://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn content_smaller_than_header_rejected() {
+        let result = Cli::try_parse_from(["im-bench", "chat", "--content-bytes", "31"]);
+
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn group_of_one_rejected() {
+        let result = Cli::try_parse_from(["im-bench", "group", "--members", "1"]);
 
         assert!(result.is_err());
     }

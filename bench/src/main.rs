@@ -1,18 +1,25 @@
 //! `im-bench`: the load generator of the IM engine. See `im-bench --help`.
 
 mod cache;
+mod chat;
 mod cli;
 #[cfg(test)]
 mod fake_engine;
+mod group;
+mod group_cache;
 mod limits;
 mod machine;
+mod messaging;
+mod payload;
 mod phases;
 mod prepare;
 mod report;
+mod schedule;
 mod session;
 mod signin;
 mod sources;
 mod stats;
+mod traffic;
 mod worker;
 mod worker_protocol;
 mod workers;
@@ -36,5 +43,7 @@ async fn main() -> ExitCode {
         None => signin::run(cli.signin).await,
         Some(Command::Signin(args)) => signin::run(args).await,
         Some(Command::SigninWorker(args)) => worker::run(args).await,
+        Some(Command::Chat(args)) => chat::run(args).await,
+        Some(Command::Group(args)) => group::run(args).await,
     }
 }

@@ -82,11 +82,11 @@ impl Report {
     }
 }
 
-/// Returns `connections / elapsed`, or 0 for an empty duration.
-pub(crate) fn rate(connections: u64, elapsed: Duration) -> f64 {
+/// Returns `count / elapsed`, or 0 for an empty duration.
+pub(crate) fn rate(count: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
     if seconds > 0.0 {
-        connections as f64 / seconds
+        count as f64 / seconds
     } else {
         0.0
     }
@@ -106,7 +106,11 @@ const SIGNIN_POINTS: [(&str, f64); 4] =
     [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
 const HEARTBEAT_POINTS: [(&str, f64); 3] = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)];
 
-fn quantiles(histogram: &Histogram<u64>, points: &[(&str, f64)], with_max: bool) -> String {
+pub(crate) fn quantiles(
+    histogram: &Histogram<u64>,
+    points: &[(&str, f64)],
+    with_max: bool,
+) -> String {
     if histogram.is_empty() {
         return "no samples".into();
     }
@@ -131,7 +135,7 @@ fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn errors(counts: &ErrorCounts) -> String {
+pub(crate) fn errors(counts: &ErrorCounts) -> String {
     if counts.0.is_empty() {
         return "none".into();
     }

@@ -100,7 +100,8 @@ pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, links: SessionLi
     keep_alive(client, &plan, links.stage, &links.events).await;
 }
 
-async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+/// Connects from the target's source address and signs in. Returns the error kind on failure.
+pub(crate) async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
     let index = usize::try_from(target.index).unwrap_or(usize::MAX);
     let options = ConnectOptions {
         local_addr: Some(sources::source_addr(index, plan.sources)),
@@ -128,7 +129,7 @@ enum Wake {
 /// Sends heartbeats until the hold ends, then closes. Reads pushes meanwhile, so that the
 /// client's push queue never fills and a KICKED or a server close is counted when it comes.
 async fn keep_alive(
-    mut client: Client,
+    client: Client,
     plan: &SessionPlan,
     mut stage: watch::Receiver<Stage>,
     events: &mpsc::UnboundedSender<SessionEvent>,

@@ -29,14 +29,15 @@ const PUSH_QUEUE_CAPACITY: usize = 64;
 /// One WebSocket connection to the engine.
 ///
 /// A reader task owns the receiving half. It hands each reply to the request with the same
-/// `request_id` and queues every other packet (KICKED, ERROR, later MESSAGE) for
-/// [`next_push`](Self::next_push). Requests may run concurrently from several tasks through
-/// `&Client`. Dropping the client stops the reader and closes the socket without a close
+/// `request_id` and queues every other packet (MESSAGE, KICKED, ERROR) for
+/// [`next_push`](Self::next_push). Requests and push reads may run concurrently from several
+/// tasks through `&Client`. Dropping the client stops the reader and closes the socket without a close
 /// handshake. Call [`close`](Self::close) for an orderly close.
 pub struct Client {
     writer: Mutex<SplitSink<Socket, Message>>,
     pending: Arc<Pending>,
-    pushes: mpsc::Receiver<Packet>,
+    /// Behind a lock so that pushes can be read through `&Client` while requests wait.
+    pushes: Mutex<mpsc::Receiver<Packet>>,
     close: watch::Receiver<Option<CloseInfo>>,
     /// `None` once [`close`](Self::close) has waited for the reader to end.
     reader: Option<JoinHandle<()>>,
@@ -81,7 +82,7 @@ impl Client {
         Client {
             writer: Mutex::new(writer),
             pending,
-            pushes,
+            pushes: Mutex::new(pushes),
             close,
             reader: Some(tokio::spawn(reader.run())),
             next_request_id: AtomicU64::new(1),
@@ -109,6 +110,25 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout)??;
         check_reply(ty, reply)
+    }
+
+    /// Sends a packet of type `ty` that gets no reply, such as MESSAGE_ACK. It carries a fresh
+    /// `request_id`, so an error reply, should the server send one, arrives as a push that
+    /// names this request.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_raw`](Self::send_raw).
+    pub(crate) async fn notify(&self, ty: PacketType, data: Vec<u8>) -> Result<(), ClientError> {
+        let packet = Packet {
+            r#type: ty as i32,
+            request_id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            code: ErrorCode::Ok as i32,
+            message: String::new(),
+            data: data.into(),
+        };
+        self.send_raw(Message::Binary(packet.encode_to_vec().into()))
+            .await
     }
 
     async fn exchange(
@@ -143,6 +163,7 @@ impl Client {
         let body = RegisterRequest {
             username: username.to_owned(),
             password: password.to_owned(),
+            open: false,
         };
         let reply = self
             .request(PacketType::Register, body.encode_to_vec())
@@ -214,9 +235,18 @@ impl Client {
     /// `None` once the connection has ended and every queued push has been read.
     ///
     /// Unread pushes are queued up to a small limit. When the queue is full, the reader stops
-    /// reading, so replies to requests wait as well until pushes are read.
-    pub async fn next_push(&mut self) -> Option<Packet> {
-        self.pushes.recv().await
+    /// reading, so replies to requests wait as well until pushes are read. A caller that waits
+    /// for a reply while many pushes may arrive should therefore read pushes at the same time,
+    /// as [`Inbox`](crate::inbox::Inbox) does. When several tasks read pushes, each push goes to
+    /// one of them.
+    pub async fn next_push(&self) -> Option<Packet> {
+        self.pushes.lock().await.recv().await
+    }
+
+    /// Returns a push that has already arrived, without waiting. Returns `None` when no push is
+    /// queued or another task is reading pushes at this moment.
+    pub fn try_next_push(&self) -> Option<Packet> {
+        self.pushes.try_lock().ok()?.try_recv().ok()
     }
 
     /// Returns the close code and reason the server sent, once a close frame has arrived or
@@ -309,7 +339,9 @@ impl Client {
         }
     }
 
-    fn closed_error(&self) -> ClientError {
+    /// Returns [`ClientError::Closed`] with the close code and reason the server sent, or 1006
+    /// when none arrived.
+    pub(crate) fn closed_error(&self) -> ClientError {
         let (code, reason) = self.close_frame().unwrap_or_else(abnormal_close);
         ClientError::Closed { code, reason }
     }

@@ -59,3 +59,93 @@ impl From<tungstenite::Error> for ClientError {
         Self::WebSocket(Box::new(error))
     }
 }
+
+/// Why an [`Inbox`](crate::inbox::Inbox) call failed. The inbox keeps its cursor and every
+/// message it has taken in, so the caller may reconnect and carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// A request failed or the connection closed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The server sent KICKED: the device signed in on another connection.
+    #[error("kicked (reason {reason}): {message}")]
+    Kicked {
+        /// The `KickReason` number.
+        reason: i32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server sent ERROR, which names no request.
+    #[error("server sent ERROR with code {code}: {message}")]
+    ErrorPush {
+        /// The `ErrorCode` number.
+        code: i32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A MESSAGE push's `data` does not decode as a `Message`.
+    #[error("MESSAGE push does not decode")]
+    Decode(#[source] prost::DecodeError),
+}
+
+/// Why a [`LogicApi`](crate::business::LogicApi) call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicApiError {
+    /// The logic tier rejected the call with an `ErrorCode`.
+    #[error("logic tier replied {code:?}: {message}")]
+    Server {
+        /// The code from the status metadata.
+        code: ErrorCode,
+        /// The status message.
+        message: String,
+    },
+    /// The call failed without an `ErrorCode`: a transport failure, a timeout or a status the
+    /// logic tier did not produce.
+    #[error("logic call failed with gRPC status {code:?}: {message}")]
+    Status {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The URL is invalid or the connection to the logic tier failed.
+    #[error("connecting to the logic tier failed")]
+    Transport(#[from] tonic::transport::Error),
+    /// A credential cannot be sent as a gRPC metadata value.
+    #[error("{key} is not a valid metadata value")]
+    InvalidMetadata {
+        /// The metadata key.
+        key: &'static str,
+    },
+}
+
+impl LogicApiError {
+    /// The logic tier's `ErrorCode`, when it sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<tonic::Status> for LogicApiError {
+    fn from(status: tonic::Status) -> Self {
+        let code = status
+            .metadata()
+            .get(im_proto::ERROR_CODE_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<i32>().ok())
+            .and_then(|number| ErrorCode::try_from(number).ok());
+        match code {
+            Some(code) => Self::Server {
+                code,
+                message: status.message().to_owned(),
+            },
+            None => Self::Status {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+        }
+    }
+}

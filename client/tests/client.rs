@@ -272,7 +272,7 @@ async fn close_after_server_close_succeeds() {
 #[tokio::test]
 async fn undecodable_message_gets_error_push() {
     let server = TestServer::start().await;
-    let mut client = connect(&server).await;
+    let client = connect(&server).await;
 
     // 0xff 0xff starts a varint that never ends, so it cannot decode as a Packet.
     client

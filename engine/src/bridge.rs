@@ -5,18 +5,21 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
-    ConnLoginRequest, ConnSignInReply, ConnSignInRequest, ErrorCode, LoginReply, OfflineRequest,
-    RegisterReply, RegisterRequest,
+    ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest,
+    ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest, RegisterReply, RegisterRequest,
+    SendReply, SyncReply,
 };
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
+
+use crate::metrics::BridgeMetrics;
 
 /// A failed call, as the device will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,16 @@ pub(crate) enum Call {
     },
     /// Fire and forget; retried while the logic tier is unreachable.
     Offline { request: OfflineRequest },
+    Send {
+        request: ConnSendRequest,
+        reply: oneshot::Sender<CallResult<SendReply>>,
+    },
+    Sync {
+        request: ConnSyncRequest,
+        reply: oneshot::Sender<CallResult<SyncReply>>,
+    },
+    /// Fire and forget: a lost ack only makes the next one cover more.
+    Ack { request: ConnAckRequest },
     /// Ends the dispatcher once every call queued before it has been spawned.
     Stop,
 }
@@ -101,6 +114,7 @@ pub(crate) enum Call {
 #[derive(Clone)]
 pub(crate) struct BridgeHandle {
     calls: Sender<Call>,
+    metrics: Arc<BridgeMetrics>,
 }
 
 impl BridgeHandle {
@@ -112,10 +126,13 @@ impl BridgeHandle {
     pub(crate) fn submit(&self, call: Call) -> Result<(), CallError> {
         match self.calls.try_send(call) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(CallError::new(
+            Err(TrySendError::Full(_)) => {
+                self.metrics.queue_rejected.fetch_add(1, Ordering::Relaxed);
+                Err(CallError::new(
                 ErrorCode::Unavailable,
-                "the engine has too many calls in flight to the logic tier; retry with back-off",
-            )),
+                    "the engine has too many calls in flight to the logic tier; retry with back-off",
+                ))
+            }
             Err(TrySendError::Disconnected(_)) => Err(CallError::new(
                 ErrorCode::Unavailable,
                 "the engine is shutting down; reconnect",
@@ -138,6 +155,7 @@ pub(crate) struct BridgeConfig {
     pub queue: usize,
     pub offline_retries: u32,
     pub max_in_flight: usize,
+    pub max_password_calls: usize,
 }
 
 /// Creates the channel and the dispatcher thread. Calls run on `runtime`.
@@ -148,6 +166,7 @@ pub(crate) fn start(
     config: BridgeConfig,
     runtime: tokio::runtime::Handle,
     in_flight: Arc<AtomicUsize>,
+    metrics: Arc<BridgeMetrics>,
 ) -> Result<(BridgeHandle, std::thread::JoinHandle<()>), crate::EngineError> {
     let endpoint = Endpoint::from_shared(config.logic_url.clone())
         .map_err(|err| crate::EngineError::InvalidLogicUrl {
@@ -171,13 +190,15 @@ pub(crate) fn start(
         runtime,
         in_flight,
         limit: Arc::new(Semaphore::new(config.max_in_flight)),
+        password_limit: Arc::new(Semaphore::new(config.max_password_calls)),
+        metrics: metrics.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("bridge".to_owned())
         .spawn(move || dispatcher.run(receiver))
         .map_err(crate::EngineError::Thread)?;
     info!(logic_url = %config.logic_url, queue = config.queue, "bridge to the logic tier started");
-    Ok((BridgeHandle { calls }, thread))
+    Ok((BridgeHandle { calls, metrics }, thread))
 }
 
 struct Dispatcher {
@@ -189,6 +210,8 @@ struct Dispatcher {
     in_flight: Arc<AtomicUsize>,
     /// Places for calls on the wire at once.
     limit: Arc<Semaphore>,
+    password_limit: Arc<Semaphore>,
+    metrics: Arc<BridgeMetrics>,
 }
 
 impl Dispatcher {
@@ -202,10 +225,17 @@ impl Dispatcher {
             let timeout = self.call_timeout;
             let retries = self.offline_retries;
             let in_flight = self.in_flight.clone();
-            let limit = self.limit.clone();
+            let context = CallContext {
+                limit: self.limit.clone(),
+                password_limit: self.password_limit.clone(),
+                metrics: self.metrics.clone(),
+                timeout,
+            };
             in_flight.fetch_add(1, Ordering::AcqRel);
+            context.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             self.runtime.spawn(async move {
-                execute(client, call, limit, timeout, retries).await;
+                execute(client, call, &context, retries).await;
+                context.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 in_flight.fetch_sub(1, Ordering::AcqRel);
             });
         }
@@ -213,29 +243,81 @@ impl Dispatcher {
     }
 }
 
+/// What every call needs besides its request: the in-flight limit, the metrics and the
+/// deadline.
+struct CallContext {
+    limit: Arc<Semaphore>,
+    /// Places for REGISTER and LOGIN, which hash a password in the logic tier and are far
+    /// slower than the rest, so a flood of them cannot take every place.
+    password_limit: Arc<Semaphore>,
+    metrics: Arc<BridgeMetrics>,
+    timeout: Duration,
+}
+
+impl CallContext {
+    /// Runs `call` as method number `method` of `BRIDGE_METHODS`, timing it.
+    async fn run<T>(
+        &self,
+        method: usize,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> CallResult<T> {
+        let started = Instant::now();
+        let result = with_deadline(&self.limit, self.timeout, call).await;
+        self.record(method, started, result)
+    }
+
+    /// Runs a call that hashes a password: it waits for a password place first, within the
+    /// same deadline, so calls that never got one are dropped before they reach the wire.
+    async fn run_password<T>(
+        &self,
+        method: usize,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> CallResult<T> {
+        let started = Instant::now();
+        let limited = async {
+            let _permit = self.password_limit.acquire().await;
+            call.await
+        };
+        let result = with_deadline(&self.limit, self.timeout, limited).await;
+        self.record(method, started, result)
+    }
+
+    fn record<T>(&self, method: usize, started: Instant, result: CallResult<T>) -> CallResult<T> {
+        self.metrics.call_seconds[method].observe(started.elapsed());
+        if result.is_err() {
+            self.metrics.call_errors[method].fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
 async fn execute(
     mut client: DeviceIntServiceClient<Channel>,
     call: Call,
-    limit: Arc<Semaphore>,
-    timeout: Duration,
+    context: &CallContext,
     offline_retries: u32,
 ) {
-    let limit = &*limit;
     match call {
         Call::Register { request, reply } => {
-            let result = with_deadline(limit, timeout, client.register(request)).await;
-            let _ = reply.send(result);
+            let _ = reply.send(context.run_password(0, client.register(request)).await);
         }
         Call::Login { request, reply } => {
-            let result = with_deadline(limit, timeout, client.conn_login(request)).await;
-            let _ = reply.send(result);
+            let _ = reply.send(context.run_password(1, client.conn_login(request)).await);
         }
         Call::SignIn { request, reply } => {
-            let result = with_deadline(limit, timeout, client.conn_sign_in(request)).await;
-            let _ = reply.send(result);
+            let _ = reply.send(context.run(2, client.conn_sign_in(request)).await);
         }
-        Call::Offline { request } => {
-            send_offline(client, request, limit, timeout, offline_retries).await
+        Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
+        Call::Send { request, reply } => {
+            let _ = reply.send(context.run(4, client.send(request)).await);
+        }
+        Call::Sync { request, reply } => {
+            let _ = reply.send(context.run(5, client.sync(request)).await);
+        }
+        Call::Ack { request } => {
+            if let Err(err) = context.run(6, client.ack(request)).await {
+                debug!(code = ?err.code, "ack failed");
+            }
         }
         Call::Stop => {}
     }
@@ -266,15 +348,14 @@ async fn with_deadline<T>(
 async fn send_offline(
     mut client: DeviceIntServiceClient<Channel>,
     request: OfflineRequest,
-    limit: &Semaphore,
-    timeout: Duration,
+    context: &CallContext,
     retries: u32,
 ) {
     let (user_id, device_id) = (request.user_id, request.device_id);
     let conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
-        match with_deadline(limit, timeout, client.offline(request.clone())).await {
+        match context.run(3, client.offline(request.clone())).await {
             Ok(reply) => {
                 debug!(
                     user_id,
@@ -334,7 +415,10 @@ mod tests {
     #[test]
     fn full_queue_is_rejected_at_once() {
         let (calls, _receiver) = crossbeam_channel::bounded(1);
-        let bridge = BridgeHandle { calls };
+        let bridge = BridgeHandle {
+            calls,
+            metrics: Arc::default(),
+        };
         let offline = || Call::Offline {
             request: OfflineRequest::default(),
         };

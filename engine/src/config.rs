@@ -20,6 +20,8 @@ pub struct Config {
     pub ws_path: String,
     /// Address of the engine's own gRPC server (ConnectIntService), called by the logic tier.
     pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus endpoint, `GET /metrics`. Empty turns it off.
+    pub metrics_addr: String,
     /// Address the logic tier uses to reach this node, "host:port". Empty: the bound
     /// `grpc_addr`. Set it when the engine binds 0.0.0.0 or sits behind NAT.
     pub node_addr: String,
@@ -51,6 +53,9 @@ pub struct Config {
     /// Calls to the logic tier on the wire at once; more wait for a place, within their
     /// deadline.
     pub logic_max_in_flight: usize,
+    /// REGISTER and LOGIN calls in flight at once, within `logic_max_in_flight`. They hash
+    /// a password in the logic tier; more wait for a place within their deadline.
+    pub logic_max_password_calls: usize,
     /// Calls waiting for the bridge to the logic tier; a call beyond it is answered
     /// UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
@@ -74,6 +79,7 @@ impl Default for Config {
             ws_addr: ([127, 0, 0, 1], 8080).into(),
             ws_path: "/ws".to_owned(),
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
+            metrics_addr: "127.0.0.1:9101".to_owned(),
             node_addr: String::new(),
             logic_url: "http://127.0.0.1:50051".to_owned(),
             shards: 0,
@@ -88,6 +94,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_header_bytes: 8 * 1024,
             logic_max_in_flight: 512,
+            logic_max_password_calls: 32,
             bridge_queue: 65_536,
             max_outbound_bytes: 1024 * 1024,
             write_timeout_ms: 10_000,
@@ -205,6 +212,13 @@ impl Config {
         if !self.ws_path.starts_with('/') {
             return invalid("ws_path", &self.ws_path, "start the path with '/'");
         }
+        if !self.metrics_addr.is_empty() && self.metrics_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "metrics_addr",
+                &self.metrics_addr,
+                "write it as ip:port, for example 127.0.0.1:9101, or empty to turn metrics off",
+            );
+        }
         if self.shards > 255 {
             return invalid("shards", &self.shards, "use at most 255 shards");
         }
@@ -220,6 +234,13 @@ impl Config {
                 "heartbeat_timeout_ms",
                 &self.heartbeat_timeout_ms,
                 "set it above heartbeat_interval_ms, typically 3 intervals",
+            );
+        }
+        if self.logic_max_password_calls == 0 {
+            return invalid(
+                "logic_max_password_calls",
+                &self.logic_max_password_calls,
+                "use at least 1",
             );
         }
         if self.logic_max_in_flight == 0 {

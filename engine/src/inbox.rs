@@ -7,7 +7,7 @@ use std::task::Poll;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use futures::channel::oneshot;
 use futures::task::AtomicWaker;
-use im_proto::KickReason;
+use im_proto::{DeliveryTarget, KickReason, Message};
 
 use crate::registry::ConnId;
 
@@ -23,8 +23,22 @@ pub(crate) enum ShardMessage {
         /// Receives whether the connection was still open.
         reply: Option<oneshot::Sender<bool>>,
     },
+    /// Write MESSAGE packets to connections of this shard.
+    Deliver {
+        items: Vec<TargetedMessage>,
+        /// Receives (delivered, missed) counts.
+        reply: oneshot::Sender<(u32, u32)>,
+    },
     /// Stop accepting, close every connection with 1001 and stop the shard.
     Shutdown,
+}
+
+/// One message for one device, with the seq of its user's copy.
+#[derive(Debug)]
+pub(crate) struct TargetedMessage {
+    /// Shared by every target of the message; the shard sets the seq when encoding.
+    pub(crate) message: Arc<Message>,
+    pub(crate) target: DeliveryTarget,
 }
 
 /// The sending side; cheap to clone and usable from any thread.

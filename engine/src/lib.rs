@@ -10,6 +10,8 @@ pub mod close;
 pub mod config;
 mod conn;
 mod inbox;
+pub mod metrics;
+mod metrics_http;
 mod push;
 mod registry;
 mod shard;
@@ -26,8 +28,8 @@ use tracing::{info, warn};
 
 pub use bridge::CallError;
 pub use config::{Cli, Config, ConfigError};
+pub use metrics::EngineMetrics;
 pub use registry::ConnId;
-pub use shard::ShardStats;
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,8 @@ pub struct Engine {
     ws_addr: SocketAddr,
     grpc_addr: SocketAddr,
     node: Arc<str>,
-    stats: Vec<Arc<ShardStats>>,
+    metrics: EngineMetrics,
+    metrics_addr: Option<SocketAddr>,
     inboxes: Vec<inbox::InboxSender>,
     shards: Vec<JoinHandle<()>>,
     bridge: bridge::BridgeHandle,
@@ -96,6 +99,18 @@ impl Engine {
         let shard_count = config.shard_count();
         let (listeners, ws_addr) = bind_reuseport(config.ws_addr, shard_count)?;
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut metrics = EngineMetrics::default();
+        let metrics_addr = (!config.metrics_addr.is_empty())
+            .then(|| config.metrics_addr.parse::<SocketAddr>().ok())
+            .flatten();
+        let metrics_listener =
+            metrics_http::bind(metrics_addr).map_err(|source| EngineError::Bind {
+                addr: metrics_addr.unwrap_or(config.ws_addr),
+                source,
+            })?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         let (bridge, bridge_thread) = bridge::start(
             bridge::BridgeConfig {
                 logic_url: config.logic_url.clone(),
@@ -104,36 +119,49 @@ impl Engine {
                 queue: config.bridge_queue,
                 offline_retries: config.offline_retries,
                 max_in_flight: config.logic_max_in_flight,
+                max_password_calls: config.logic_max_password_calls,
             },
             runtime.handle().clone(),
             in_flight.clone(),
+            metrics.bridge.clone(),
         )?;
 
         let devices = Arc::new(registry::DeviceMap::new());
         let mut inboxes = Vec::with_capacity(shard_count);
-        let mut stats = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (sender, receiver) = inbox::inbox();
-            let shard_stats = Arc::new(ShardStats::default());
+            let shard_metrics = Arc::new(metrics::ShardMetrics::default());
             let setup = shard::ShardSetup {
                 index,
                 config: config.clone(),
                 node: node.clone(),
                 devices: devices.clone(),
                 bridge: bridge.clone(),
-                stats: shard_stats.clone(),
+                metrics: shard_metrics.clone(),
                 listener,
                 inbox: receiver,
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             };
             shards.push(shard::spawn(setup).map_err(EngineError::Thread)?);
             inboxes.push(sender);
-            stats.push(shard_stats);
+            metrics.shards.push(shard_metrics);
         }
 
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = ConnectIntServiceServer::new(push::PushService::new(inboxes.clone()));
+        let service = ConnectIntServiceServer::new(push::PushService::new(
+            inboxes.clone(),
+            metrics.deliver_seconds.clone(),
+        ));
+        if let Some(listener) = metrics_listener {
+            let metrics = metrics.clone();
+            runtime.spawn(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => metrics_http::serve(listener, metrics).await,
+                    Err(err) => warn!(error = %err, "metrics listener failed"),
+                }
+            });
+        }
         runtime.spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(grpc_listener) {
                 Ok(listener) => listener,
@@ -153,12 +181,13 @@ impl Engine {
                 warn!(error = %err, "engine gRPC server failed");
             }
         });
-        info!(%ws_addr, path = %config.ws_path, %grpc_addr, %node, shards = shard_count, "engine started");
+        info!(%ws_addr, path = %config.ws_path, %grpc_addr, %node, ?metrics_addr, shards = shard_count, "engine started");
         Ok(Self {
             ws_addr,
             grpc_addr,
             node,
-            stats,
+            metrics,
+            metrics_addr,
             inboxes,
             shards,
             bridge,
@@ -186,7 +215,23 @@ impl Engine {
 
     /// WebSocket connections open on all shards.
     pub fn connections(&self) -> usize {
-        self.stats.iter().map(|stats| stats.connections()).sum()
+        self.metrics
+            .shards
+            .iter()
+            .map(|shard| shard.connections.load(Ordering::Relaxed))
+            .sum::<i64>()
+            .try_into()
+            .unwrap_or(0)
+    }
+
+    /// The bound address of the metrics endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The node's metrics, as `/metrics` renders them.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// Stops accepting, closes every connection with 1001, reports each signed-in

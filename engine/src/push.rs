@@ -1,22 +1,29 @@
 //! The engine's gRPC server, ConnectIntService: the logic tier's way to act on
 //! connections of this node. Calls are routed to the owning shard's inbox.
 
+use std::sync::Arc;
+
 use im_proto::connect_int_service_server::ConnectIntService;
-use im_proto::{KickReason, KickReply, KickRequest};
+use im_proto::{DeliverReply, DeliverRequest, KickReason, KickReply, KickRequest};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::inbox::{InboxSender, ShardMessage};
+use crate::inbox::{InboxSender, ShardMessage, TargetedMessage};
+use crate::metrics::Histogram;
 use crate::registry::ConnId;
 
 /// Serves ConnectIntService for one node.
 pub(crate) struct PushService {
     inboxes: Vec<InboxSender>,
+    deliver_seconds: Arc<Histogram>,
 }
 
 impl PushService {
-    pub(crate) fn new(inboxes: Vec<InboxSender>) -> Self {
-        Self { inboxes }
+    pub(crate) fn new(inboxes: Vec<InboxSender>, deliver_seconds: Arc<Histogram>) -> Self {
+        Self {
+            inboxes,
+            deliver_seconds,
+        }
     }
 }
 
@@ -50,5 +57,48 @@ impl ConnectIntService for PushService {
             "kick handled"
         );
         Ok(Response::new(KickReply { found }))
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        let started = std::time::Instant::now();
+        let mut per_shard: Vec<Vec<TargetedMessage>> =
+            (0..self.inboxes.len()).map(|_| Vec::new()).collect();
+        let mut missed = 0u32;
+        for delivery in request.into_inner().deliveries {
+            let Some(message) = delivery.message else {
+                return Err(Status::invalid_argument("a delivery has no message"));
+            };
+            let message = Arc::new(message);
+            for target in delivery.targets {
+                match per_shard.get_mut(ConnId(target.conn_id).shard()) {
+                    Some(items) => items.push(TargetedMessage {
+                        message: message.clone(),
+                        target,
+                    }),
+                    None => missed += 1,
+                }
+            }
+        }
+        let mut replies = Vec::new();
+        for (inbox, items) in self.inboxes.iter().zip(per_shard) {
+            if items.is_empty() {
+                continue;
+            }
+            let (reply, counts) = futures::channel::oneshot::channel();
+            inbox.send(ShardMessage::Deliver { items, reply });
+            replies.push(counts);
+        }
+        let mut delivered = 0u32;
+        for counts in replies {
+            // A stopped shard drops the reply: its devices sync later.
+            let (shard_delivered, shard_missed) = counts.await.unwrap_or((0, 0));
+            delivered += shard_delivered;
+            missed += shard_missed;
+        }
+        self.deliver_seconds.observe(started.elapsed());
+        Ok(Response::new(DeliverReply { delivered, missed }))
     }
 }

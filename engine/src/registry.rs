@@ -51,6 +51,8 @@ pub(crate) enum CloseRequest {
     Kicked(KickReason),
     /// The node is shutting down: close 1001.
     Shutdown,
+    /// Pushes queued past `max_outbound_bytes`: close 4008.
+    SlowConsumer,
 }
 
 /// State shared between a connection's task and its shard: frames waiting to be

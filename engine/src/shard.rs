@@ -5,44 +5,25 @@
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use im_proto::{Message, Packet, PacketType};
 use im_ws::{DecoderLimits, HandshakeLimits};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use monoio::time::Instant;
+use prost::Message as _;
 use tracing::{debug, error, info, warn};
 
 use crate::bridge::BridgeHandle;
 use crate::config::Config;
-use crate::inbox::{InboxReceiver, ShardMessage};
-use crate::registry::{CloseRequest, DeviceMap, ShardRegistry};
+use crate::inbox::{InboxReceiver, ShardMessage, TargetedMessage};
+use crate::metrics::ShardMetrics;
+use crate::registry::{CloseRequest, ConnId, DeviceMap, ShardRegistry};
 
 /// Size of the buffer each shard reads sockets into before frames are decoded.
 const SCRATCH_BYTES: usize = 64 * 1024;
-
-/// Counters a shard publishes for the rest of the node. Each has one writer, the shard.
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    connections: AtomicUsize,
-}
-
-impl ShardStats {
-    pub(crate) fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// WebSocket connections open on the shard.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-}
 
 /// Everything a connection task needs from its shard.
 pub(crate) struct ShardContext {
@@ -53,7 +34,7 @@ pub(crate) struct ShardContext {
     pub(crate) registry: ShardRegistry,
     pub(crate) devices: Arc<DeviceMap>,
     pub(crate) bridge: BridgeHandle,
-    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) metrics: Arc<ShardMetrics>,
     /// Shared read buffer; borrowed only between two awaits.
     pub(crate) scratch: RefCell<Box<[u8]>>,
     pub(crate) handshake_limits: HandshakeLimits,
@@ -67,7 +48,7 @@ pub(crate) struct ShardSetup {
     pub(crate) node: Arc<str>,
     pub(crate) devices: Arc<DeviceMap>,
     pub(crate) bridge: BridgeHandle,
-    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) metrics: Arc<ShardMetrics>,
     pub(crate) listener: StdListener,
     pub(crate) inbox: InboxReceiver,
     pub(crate) shutdown_grace: Duration,
@@ -97,7 +78,7 @@ async fn run(setup: ShardSetup) {
         node,
         devices,
         bridge,
-        stats,
+        metrics,
         listener,
         inbox,
         shutdown_grace,
@@ -124,7 +105,7 @@ async fn run(setup: ShardSetup) {
         registry: ShardRegistry::new(index),
         devices,
         bridge,
-        stats,
+        metrics,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
     });
     let stopping = Rc::new(Cell::new(false));
@@ -156,6 +137,7 @@ async fn accept_loop(
         };
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
+                ShardMetrics::add(&ctx.metrics.accepted, 1);
                 let connection = crate::conn::serve(ctx.clone(), stream, peer);
                 tracing::trace!(
                     future_bytes = std::mem::size_of_val(&connection),
@@ -208,6 +190,9 @@ async fn serve_inbox(
                     let _ = reply.send(outbox.is_some());
                 }
             }
+            ShardMessage::Deliver { items, reply } => {
+                let _ = reply.send(deliver(&ctx, items));
+            }
             ShardMessage::Shutdown => {
                 stopping.set(true);
                 if let Some(canceller) = canceller.borrow_mut().take() {
@@ -217,6 +202,46 @@ async fn serve_inbox(
             }
         }
     }
+}
+
+/// Queues a MESSAGE packet on each target's connection. Returns (delivered, missed);
+/// a target is missed when its connection closed, changed device or is closing.
+fn deliver(ctx: &ShardContext, items: Vec<TargetedMessage>) -> (u32, u32) {
+    let (mut delivered, mut missed) = (0, 0);
+    for item in items {
+        let outbox = ctx
+            .registry
+            .get(ConnId(item.target.conn_id))
+            .filter(|outbox| outbox.device() == item.target.device_id)
+            .filter(|outbox| outbox.close_request().is_none());
+        let Some(outbox) = outbox else {
+            missed += 1;
+            continue;
+        };
+        let mut message = Message::clone(&item.message);
+        message.seq = item.target.seq;
+        let packet = Packet {
+            r#type: PacketType::Message as i32,
+            data: message.encode_to_vec().into(),
+            ..Packet::default()
+        };
+        let encoded = packet.encode_to_vec();
+        let queued = outbox.push(|buf| im_ws::encode_binary(&encoded, buf));
+        if queued > ctx.config.max_outbound_bytes {
+            debug!(
+                conn_id = item.target.conn_id,
+                queued, "outbound queue full; closing"
+            );
+            outbox.request_close(CloseRequest::SlowConsumer);
+            ctx.metrics.count_limit("outbound_queue");
+            missed += 1;
+        } else {
+            delivered += 1;
+        }
+    }
+    ShardMetrics::add(&ctx.metrics.messages_out, u64::from(delivered));
+    ShardMetrics::add(&ctx.metrics.messages_missed, u64::from(missed));
+    (delivered, missed)
 }
 
 /// Asks every connection to close with 1001 and waits, at most `grace`, for them to go.

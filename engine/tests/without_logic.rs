@@ -23,6 +23,7 @@ fn start_engine(adjust: impl FnOnce(&mut Config)) -> Engine {
     let mut config = Config {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".to_owned(),
         logic_url: dead_logic_url(),
         shards: 2,
         ..Config::default()
@@ -224,4 +225,26 @@ async fn shutdown_closes_connections_with_1001() {
     let stopper = std::thread::spawn(move || engine.shutdown());
     assert_eq!(close_code(&mut socket).await, u16::from(CloseCode::Away));
     stopper.join().unwrap();
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_prometheus_text() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    socket.send(Message::Text("x".into())).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, 1003);
+
+    let addr = engine.metrics_addr().expect("metrics on");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("im_engine_connections{shard=\"0\"}"));
+    assert!(response.contains("im_engine_closes_total{code=\"1003\"} 1"));
+    assert!(response.contains("im_engine_accepted_total{shard=\"1\"}"));
+    engine.shutdown();
 }

@@ -33,9 +33,17 @@ pub const FIELDS: &[&str] = &[
     "engine_call_timeout_ms",
     "redis_batch_max",
     "startup_retry_ms",
+    "max_content_bytes",
+    "max_group_members",
+    "server_secret",
+    "sync_max_page",
 ];
 
-/// Settings of one logic process. `Debug` hides the passwords in the store URLs.
+/// Shortest and longest accepted `server_secret`, in bytes, when it is set.
+const SERVER_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
+
+/// Settings of one logic process. `Debug` hides the passwords in the store URLs and the server
+/// secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -78,6 +86,20 @@ pub struct Config {
     /// How long start-up keeps retrying an unreachable PostgreSQL or Redis, in milliseconds.
     /// Default 30000, range 0 to 3600000. 0 tries once; start-up fails after the last try.
     pub startup_retry_ms: u64,
+    /// Largest message content accepted by SEND and ServerSend, in bytes. Default 16384, range 1
+    /// to 1048576. Larger content fails with CONTENT_TOO_LARGE.
+    pub max_content_bytes: u32,
+    /// Maximum members of a group, its owner included. Default 500, range 1 to 10000. A message
+    /// to a group is stored once per member in one transaction, so this bounds the work of one
+    /// send. Creating or growing a group past it fails with GROUP_FULL.
+    pub max_group_members: u32,
+    /// Secret that back ends present in the "im-server-secret" metadata of ServerSend. Default
+    /// empty, which rejects every ServerSend with PERMISSION_DENIED; otherwise 16 to 1024 bytes.
+    /// Never logged.
+    pub server_secret: String,
+    /// Largest page a SYNC may ask for, in messages. Default 500, range 1 to 10000. A larger
+    /// `limit` fails with INVALID_ARGUMENT; `limit` 0 means 100, or this value if it is smaller.
+    pub sync_max_page: u32,
 }
 
 impl Default for Config {
@@ -96,6 +118,10 @@ impl Default for Config {
             engine_call_timeout_ms: 2_000,
             redis_batch_max: 512,
             startup_retry_ms: 30_000,
+            max_content_bytes: 16_384,
+            max_group_members: 500,
+            server_secret: String::new(),
+            sync_max_page: 500,
         }
     }
 }
@@ -116,6 +142,10 @@ impl std::fmt::Debug for Config {
             .field("engine_call_timeout_ms", &self.engine_call_timeout_ms)
             .field("redis_batch_max", &self.redis_batch_max)
             .field("startup_retry_ms", &self.startup_retry_ms)
+            .field("max_content_bytes", &self.max_content_bytes)
+            .field("max_group_members", &self.max_group_members)
+            .field("server_secret", &redact_secret(&self.server_secret))
+            .field("sync_max_page", &self.sync_max_page)
             .finish()
     }
 }
@@ -180,6 +210,20 @@ pub struct Cli {
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup_retry_ms: Option<u64>,
+    /// Largest message content, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_content_bytes: Option<u32>,
+    /// Maximum members of a group.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_group_members: Option<u32>,
+    /// Largest SYNC page, in messages.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_max_page: Option<u32>,
+    // server_secret has no flag, because a command line is visible to every local user: set it
+    // in the file or in IM_LOGIC_SERVER_SECRET.
 }
 
 /// Error from loading the configuration.
@@ -261,7 +305,7 @@ impl Config {
         )?;
         check_range("redis_batch_max", self.redis_batch_max.into(), 1, 65_536)?;
         check_range("startup_retry_ms", self.startup_retry_ms, 0, 3_600_000)?;
-        Ok(())
+        self.validate_messaging()
     }
 
     /// Returns `listen_addr` as a socket address.
@@ -296,6 +340,31 @@ impl Config {
                 self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism
             ),
             fix: format!("the argon2 crate rejects these parameters: {err}"),
+        })
+    }
+
+    fn validate_messaging(&self) -> Result<(), ConfigError> {
+        check_range(
+            "max_content_bytes",
+            self.max_content_bytes.into(),
+            1,
+            1_048_576,
+        )?;
+        check_range(
+            "max_group_members",
+            self.max_group_members.into(),
+            1,
+            10_000,
+        )?;
+        check_range("sync_max_page", self.sync_max_page.into(), 1, 10_000)?;
+        let secret_len = self.server_secret.len();
+        if secret_len == 0 || SERVER_SECRET_LEN.contains(&secret_len) {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            field: "server_secret",
+            value: format!("<{secret_len} bytes>"),
+            fix: "use 16 to 1024 bytes, or leave it empty to disable ServerSend".to_owned(),
         })
     }
 
@@ -372,6 +441,15 @@ pub fn redact_url(url: &str) -> String {
         return url.to_owned();
     }
     redact_key_value(url)
+}
+
+/// Returns "***" for a set secret and "" for an empty one, so logs show whether it is set.
+fn redact_secret(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "***"
+    }
 }
 
 /// Redacts `password=...` in a libpq key-value string such as "host=db password=secret".
@@ -552,6 +630,38 @@ mod tests {
             redact_url("host=db password=x user=u"),
             "host=db password=*** user=u"
         );
+    }
+
+    #[test]
+    fn server_secret_length_is_checked() {
+        for (secret, valid) in [
+            ("", true),
+            ("s".repeat(15).as_str(), false),
+            ("s".repeat(16).as_str(), true),
+        ] {
+            let config = Config {
+                server_secret: secret.to_owned(),
+                ..Config::default()
+            };
+            assert_eq!(config.validate().is_ok(), valid, "{} bytes", secret.len());
+        }
+        let config = Config {
+            server_secret: "short".to_owned(),
+            ..Config::default()
+        };
+        let message = config.validate().expect_err("5 bytes").to_string();
+        assert!(!message.contains("short"), "{message}");
+    }
+
+    #[test]
+    fn debug_hides_server_secret() {
+        let config = Config {
+            server_secret: "a back end's shared secret".to_owned(),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("shared secret"), "{debug}");
+        assert!(debug.contains(r#"server_secret: "***""#), "{debug}");
     }
 
     #[test]

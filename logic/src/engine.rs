@@ -1,12 +1,12 @@
-//! Calls from the logic tier to engine nodes (`ConnectIntService`), over one lazily connected
-//! channel per node address.
+//! Calls from the logic tier to engine nodes (`ConnectIntService`): kicks and message pushes,
+//! over one lazily connected channel per node address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use im_proto::v1::connect_int_service_client::ConnectIntServiceClient;
-use im_proto::v1::{KickReason, KickRequest};
+use im_proto::v1::{DeliverReply, DeliverRequest, KickReason, KickRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ids::{ConnId, DeviceId};
@@ -70,6 +70,27 @@ impl EngineClients {
         request.set_timeout(self.call_timeout);
         let reply = client.kick(request).await.map_err(EngineCallError::Call)?;
         Ok(reply.into_inner().found)
+    }
+
+    /// Asks `node` to push the messages in `request` to its connections, and returns how many
+    /// targets it reached and missed.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineCallError`] when the address is invalid or the call fails or times out.
+    pub async fn deliver(
+        &self,
+        node: &str,
+        request: DeliverRequest,
+    ) -> Result<DeliverReply, EngineCallError> {
+        let mut client = ConnectIntServiceClient::new(self.channel(node)?);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.call_timeout);
+        let reply = client
+            .deliver(request)
+            .await
+            .map_err(EngineCallError::Call)?;
+        Ok(reply.into_inner())
     }
 
     fn channel(&self, node: &str) -> Result<Channel, EngineCallError> {

@@ -73,6 +73,44 @@ pub enum LogicError {
     /// The username is already registered.
     #[error("username already taken")]
     UsernameTaken,
+    /// The request metadata lacks a credential of the caller, or it does not parse.
+    #[error("missing or malformed {0} metadata")]
+    MissingCredentials(&'static str),
+    /// A message with empty content.
+    #[error("content is empty")]
+    ContentEmpty,
+    /// A message with content over `max_content_bytes`.
+    #[error("content has {size} bytes, more than the maximum of {max}")]
+    ContentTooLarge {
+        /// The content's size, in bytes.
+        size: usize,
+        /// `max_content_bytes`.
+        max: u32,
+    },
+    /// The receiving user or group does not exist.
+    #[error("receiving {0} not found")]
+    ReceiverNotFound(&'static str),
+    /// A direct message to a user who is neither a friend nor open to strangers.
+    #[error("the receiver accepts direct messages only from friends")]
+    NotFriend,
+    /// The caller is not a member of the group.
+    #[error("not a member of the group")]
+    NotGroupMember,
+    /// The group would have more than `max_group_members` members.
+    #[error("a group has at most {max} members")]
+    GroupFull {
+        /// `max_group_members`.
+        max: u32,
+    },
+    /// The caller is not allowed to do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// The friend request, friendship or group member already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// The named user, friend request, group or group member does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// A PostgreSQL request failed.
     #[error("PostgreSQL request failed")]
     Database(#[source] tokio_postgres::Error),
@@ -107,6 +145,17 @@ impl LogicError {
             LogicError::DeviceUnknown => ErrorCode::DeviceUnknown,
             LogicError::DeviceNotOwned => ErrorCode::DeviceNotOwned,
             LogicError::UsernameTaken => ErrorCode::UsernameTaken,
+            // The token check's own code: the device must present its identity and token.
+            LogicError::MissingCredentials(_) => ErrorCode::TokenInvalid,
+            LogicError::ContentEmpty => ErrorCode::ContentEmpty,
+            LogicError::ContentTooLarge { .. } => ErrorCode::ContentTooLarge,
+            LogicError::ReceiverNotFound(_) => ErrorCode::ReceiverNotFound,
+            LogicError::NotFriend => ErrorCode::NotFriend,
+            LogicError::NotGroupMember => ErrorCode::NotGroupMember,
+            LogicError::GroupFull { .. } => ErrorCode::GroupFull,
+            LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            LogicError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            LogicError::NotFound(_) => ErrorCode::NotFound,
             LogicError::Database(err) => postgres_code(err),
             LogicError::Redis(err) => redis_code(err),
             LogicError::Timeout { .. } => ErrorCode::Timeout,
@@ -186,14 +235,21 @@ fn redis_code(err: &redis::RedisError) -> ErrorCode {
 /// Returns the gRPC code that matches an [`ErrorCode`].
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::InvalidArgument | ErrorCode::ContentEmpty | ErrorCode::ContentTooLarge => {
+            Code::InvalidArgument
+        }
         ErrorCode::InvalidCredentials
         | ErrorCode::TokenInvalid
         | ErrorCode::TokenExpired
         | ErrorCode::TokenRevoked
         | ErrorCode::DeviceUnknown => Code::Unauthenticated,
-        ErrorCode::DeviceNotOwned => Code::PermissionDenied,
-        ErrorCode::UsernameTaken => Code::AlreadyExists,
+        ErrorCode::DeviceNotOwned
+        | ErrorCode::NotFriend
+        | ErrorCode::NotGroupMember
+        | ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::UsernameTaken | ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::ReceiverNotFound | ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::GroupFull => Code::FailedPrecondition,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Timeout => Code::DeadlineExceeded,
         _ => Code::Internal,
@@ -282,6 +338,41 @@ mod tests {
                 LogicError::Internal("x"),
                 Code::Internal,
                 ErrorCode::Internal,
+            ),
+            (
+                LogicError::MissingCredentials("im-token"),
+                Code::Unauthenticated,
+                ErrorCode::TokenInvalid,
+            ),
+            (
+                LogicError::ContentTooLarge { size: 9, max: 8 },
+                Code::InvalidArgument,
+                ErrorCode::ContentTooLarge,
+            ),
+            (
+                LogicError::ReceiverNotFound("group"),
+                Code::NotFound,
+                ErrorCode::ReceiverNotFound,
+            ),
+            (
+                LogicError::NotFriend,
+                Code::PermissionDenied,
+                ErrorCode::NotFriend,
+            ),
+            (
+                LogicError::GroupFull { max: 5 },
+                Code::FailedPrecondition,
+                ErrorCode::GroupFull,
+            ),
+            (
+                LogicError::AlreadyExists("friend request"),
+                Code::AlreadyExists,
+                ErrorCode::AlreadyExists,
+            ),
+            (
+                LogicError::NotFound("group"),
+                Code::NotFound,
+                ErrorCode::NotFound,
             ),
         ];
         for (err, grpc, code) in cases {

@@ -56,6 +56,14 @@ id_type!(
     /// Id of a connection, unique on its engine node for the node's lifetime.
     ConnId
 );
+id_type!(
+    /// Id of a group, `groups.id`.
+    GroupId
+);
+id_type!(
+    /// Id of a message, shared by every recipient's copy, from the `message_ids` sequence.
+    MessageId
+);
 
 /// Location of a device's connection: an engine node's `ConnectIntService` address and the
 /// connection id on that node. Stored in Redis as "node|conn_id".

@@ -1,5 +1,8 @@
-//! Logic tier of the IM system: the tonic services that engine nodes call for REGISTER, LOGIN,
-//! SIGN_IN and Offline, over PostgreSQL (users, devices) and Redis (tokens, online status).
+//! Logic tier of the IM system. Engine nodes call its tonic services for REGISTER, LOGIN,
+//! SIGN_IN, Offline, SEND, SYNC and MESSAGE_ACK; back ends call its business API for users,
+//! friends, groups and ServerSend. PostgreSQL stores users, devices, messages, friends and
+//! groups, and Redis stores tokens and online status. Stored messages are pushed to the engine
+//! nodes of the recipients' connections.
 //!
 //! [`start`] runs the migrations, connects the stores and serves on `listen_addr`; the
 //! `im-logic` binary wraps it with configuration and signal handling.
@@ -10,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod migrate;
 pub mod password;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -19,7 +19,10 @@ use crate::engine::EngineClients;
 use crate::error::{ErrorChain, LogicError, Side, Store};
 use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
-use crate::service::{DeviceService, ExtService, Logic, WarnLimiter};
+use crate::retention;
+use crate::service::caller::ServerSecret;
+use crate::service::push::Pusher;
+use crate::service::{DeviceService, ExtService, Limits, Logic, WarnLimiter};
 use crate::store::pg::{PgBuildError, PgStore};
 use crate::store::redis::{connection_manager, RedisStore};
 use crate::store::redis_batch::RedisBatcher;
@@ -28,8 +31,8 @@ use crate::store::redis_batch::RedisBatcher;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// At most one warning per this interval about failed store requests, and one about failed
-/// kicks; the others go to debug.
+/// At most one warning per this interval about failed store requests, one about failed kicks
+/// and one about failed pushes; the others go to debug.
 const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Error from starting a logic server. Store URLs in messages have their passwords hidden.
@@ -85,12 +88,16 @@ pub enum StartError {
     },
 }
 
+/// Streams reset before the server accepted them that one connection may have pending.
+const PENDING_RESET_STREAMS: usize = 4096;
+
 /// A running logic server. Dropping it leaves the server running until the runtime stops; call
 /// [`LogicServer::shutdown`] to stop it.
 pub struct LogicServer {
     local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 impl LogicServer {
@@ -105,6 +112,7 @@ impl LogicServer {
     pub async fn shutdown(self) {
         // The task may have ended already, dropping the receiver: nothing left to stop.
         let _ = self.stop.send(());
+        self.retention.abort();
         if self.task.await.is_err() {
             tracing::error!("logic server task panicked");
         }
@@ -133,15 +141,7 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
     let pg = connect_postgres(&config).await?;
     let redis = connect_redis(&config).await?;
     let passwords = password_hasher(&config).await?;
-    let logic = Arc::new(Logic {
-        pg,
-        redis,
-        passwords,
-        engines: EngineClients::new(Duration::from_millis(config.engine_call_timeout_ms)),
-        token_ttl: Duration::from_secs(config.token_ttl_secs),
-        store_warnings: WarnLimiter::new(WARNING_INTERVAL),
-        kick_warnings: Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
-    });
+    let logic = Arc::new(build_logic(&config, pg, redis, passwords));
 
     let listener = TcpListener::bind(listen_addr)
         .await
@@ -153,18 +153,52 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         addr: listen_addr,
         source,
     })?;
+    let retention = retention::spawn(logic.pg.clone());
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(serve(listener, logic, stopped));
     Ok(LogicServer {
         local_addr,
         stop,
         task,
+        retention,
     })
+}
+
+fn build_logic(
+    config: &Config,
+    pg: PgStore,
+    redis: RedisStore,
+    passwords: PasswordHasher,
+) -> Logic {
+    let engines = EngineClients::new(Duration::from_millis(config.engine_call_timeout_ms));
+    let push_warnings = Arc::new(WarnLimiter::new(WARNING_INTERVAL));
+    Logic {
+        pusher: Pusher::new(redis.clone(), engines.clone(), push_warnings),
+        pg,
+        redis,
+        passwords,
+        engines,
+        token_ttl: Duration::from_secs(config.token_ttl_secs),
+        store_warnings: WarnLimiter::new(WARNING_INTERVAL),
+        kick_warnings: Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
+        limits: Limits {
+            max_content_bytes: config.max_content_bytes,
+            max_group_members: config.max_group_members,
+            sync_max_page: config.sync_max_page,
+        },
+        server_secret: ServerSecret::new(&config.server_secret),
+    }
 }
 
 async fn serve(listener: TcpListener, logic: Arc<Logic>, stopped: oneshot::Receiver<()>) {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Engine nodes cancel calls that pass their deadline, which resets HTTP/2 streams the
+    // server may not have accepted yet. h2's default allows 20 such streams before it
+    // drops the whole connection (its defence against rapid-reset floods), and one
+    // dropped connection fails every call of the node on it. The callers here are our
+    // own engine nodes, so the allowance is sized for a node's bursts.
     let router = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
         .add_service(DeviceIntServiceServer::new(DeviceService::new(
             logic.clone(),
         )))

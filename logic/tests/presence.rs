@@ -4,13 +4,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{conn, hget, new_device, offline, sign_in, KickRecorder, TestLogic, NODE};
+use common::{conn, hget, new_device, offline, sign_in, EngineRecorder, TestLogic, NODE};
 use im_proto::v1::KickReason;
 
 #[tokio::test]
 async fn second_sign_in_kicks_old_conn() {
     let mut logic = TestLogic::start_default().await;
-    let mut engine = KickRecorder::start().await;
+    let mut engine = EngineRecorder::start().await;
     let node = engine.addr.to_string();
     let device = new_device(&mut logic.client, "kick", conn(&node, 1)).await;
 
@@ -36,7 +36,7 @@ async fn second_sign_in_kicks_old_conn() {
 #[tokio::test]
 async fn sign_in_on_same_conn_kicks_nobody() {
     let mut logic = TestLogic::start_default().await;
-    let mut engine = KickRecorder::start().await;
+    let mut engine = EngineRecorder::start().await;
     let node = engine.addr.to_string();
     let device = new_device(&mut logic.client, "same", conn(&node, 5)).await;
 

@@ -3,79 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis_child::RedisChild;
 use common::{conn, error_code, login, register, sign_in, unique_name, TestLogic, NODE};
 use im_logic::{start, StartError};
 use im_proto::v1::ErrorCode;
-
-/// A redis-server child process, killed when dropped.
-struct RedisChild {
-    child: Child,
-    port: u16,
-}
-
-impl RedisChild {
-    async fn start(port: u16) -> RedisChild {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("cannot start redis-server ({err}): run scripts/test, which installs it")
-            });
-        let redis = RedisChild { child, port };
-        redis.wait_ready().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Polls PING until the server replies. Start-up takes a few milliseconds, and 5 s covers a
-    /// loaded machine.
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let client = redis::Client::open(self.url()).expect("valid URL");
-        loop {
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-                let pong: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut connection).await;
-                if pong.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start within 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends SIGSTOP or SIGCONT: a stopped server keeps its connections open but never replies.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test]
 async fn redis_outage_fails_fast_and_recovers() {

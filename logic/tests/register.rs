@@ -11,6 +11,7 @@ fn request(username: &str, password: &str) -> RegisterRequest {
     RegisterRequest {
         username: username.to_owned(),
         password: password.to_owned(),
+        open: false,
     }
 }
 

@@ -11,6 +11,17 @@
 //!   Other tokens get TOKEN_INVALID.
 //! - KICKED sent by the client gets no reply, so a request can time out.
 //! - A binary message that is not a Packet gets an ERROR push with INVALID_PACKET.
+//!
+//! Messaging works on one message sequence shared by every connection, `Observed::messages`,
+//! which tests fill with [`TestServer::store_messages`]:
+//! - SEND appends a message from user 7, device 99 and returns its seq; empty content gets
+//!   CONTENT_EMPTY.
+//! - SYNC returns the page after `after_seq` (100 messages for limit 0) and records the request.
+//! - MESSAGE_ACK records its seq and gets no reply.
+//! - HEARTBEAT with `data` "push:N" first pushes the stored message with seq N as MESSAGE.
+
+// Each test binary uses only part of this module.
+#![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -22,8 +33,9 @@ use im_client::tungstenite::protocol::frame::coding::CloseCode;
 use im_client::tungstenite::protocol::CloseFrame;
 use im_client::tungstenite::Message;
 use im_proto::v1::{
-    ErrorCode, KickReason, Kicked, LoginReply, LoginRequest, Packet, PacketType, RegisterReply,
-    RegisterRequest, SignInReply, SignInRequest,
+    ConversationType, ErrorCode, KickReason, Kicked, LoginReply, LoginRequest,
+    Message as ProtoMessage, MessageAck, Packet, PacketType, RegisterReply, RegisterRequest,
+    SendReply, SendRequest, SignInReply, SignInRequest, SyncReply, SyncRequest,
 };
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +50,13 @@ pub(crate) struct Observed {
     pub(crate) origins: Vec<Option<String>>,
     /// Close code of each close frame received from a client.
     pub(crate) close_codes: Vec<u16>,
+    /// The message sequence that SYNC pages through and SEND appends to; message i has seq
+    /// i + 1.
+    pub(crate) messages: Vec<ProtoMessage>,
+    /// `after_seq` and `limit` of each SYNC.
+    pub(crate) syncs: Vec<(u64, u32)>,
+    /// Seq of each MESSAGE_ACK.
+    pub(crate) acks: Vec<u64>,
 }
 
 /// A running test server.
@@ -61,6 +80,36 @@ impl TestServer {
 
     pub(crate) fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
         self.observed.lock().expect("observed lock")
+    }
+
+    /// Appends `count` messages from user 8 to the message sequence.
+    pub(crate) fn store_messages(&self, count: u64) {
+        let mut observed = self.observed();
+        for _ in 0..count {
+            let seq = observed.messages.len() as u64 + 1;
+            let message = stored_message(seq, 8, 1, format!("message {seq}").into_bytes());
+            observed.messages.push(message);
+        }
+    }
+}
+
+fn stored_message(
+    seq: u64,
+    sender_user_id: u64,
+    sender_device_id: u64,
+    content: Vec<u8>,
+) -> ProtoMessage {
+    ProtoMessage {
+        seq,
+        message_id: 1000 + seq,
+        sender_user_id,
+        sender_device_id,
+        conversation_type: ConversationType::User as i32,
+        receiver_id: 7,
+        content: content.into(),
+        content_type: "text/plain".into(),
+        client_msg_id: format!("c{seq}"),
+        sent_at_ms: 1_800_000_000_000 + seq as i64,
     }
 }
 
@@ -110,7 +159,7 @@ async fn serve(tcp: TcpStream, observed: Arc<Mutex<Observed>>) {
     while let Some(Ok(message)) = stream.next().await {
         match message {
             Message::Binary(bytes) => {
-                if let Next::Drop = handle_packet(&bytes, &tx) {
+                if let Next::Drop = handle_packet(&bytes, &tx, &observed) {
                     // Dropping both halves ends TCP with no close frame.
                     writer.abort();
                     return;
@@ -131,7 +180,11 @@ async fn serve(tcp: TcpStream, observed: Arc<Mutex<Observed>>) {
     let _ = writer.await;
 }
 
-fn handle_packet(bytes: &[u8], tx: &mpsc::UnboundedSender<Message>) -> Next {
+fn handle_packet(
+    bytes: &[u8],
+    tx: &mpsc::UnboundedSender<Message>,
+    observed: &Mutex<Observed>,
+) -> Next {
     let Ok(packet) = Packet::decode(bytes) else {
         let error = Packet {
             r#type: PacketType::Error as i32,
@@ -143,17 +196,36 @@ fn handle_packet(bytes: &[u8], tx: &mpsc::UnboundedSender<Message>) -> Next {
         return Next::Continue;
     };
     match PacketType::try_from(packet.r#type) {
-        Ok(PacketType::Heartbeat) => heartbeat(packet, tx),
+        Ok(PacketType::Heartbeat) => heartbeat(packet, tx, observed),
         Ok(PacketType::Register) => register(packet, tx),
         Ok(PacketType::Login) => login(packet, tx),
         Ok(PacketType::SignIn) => return sign_in(packet, tx),
+        Ok(PacketType::Send) => send_message(packet, tx, observed),
+        Ok(PacketType::Sync) => sync(packet, tx, observed),
+        Ok(PacketType::MessageAck) => {
+            let ack = MessageAck::decode(packet.data.as_ref()).expect("MessageAck");
+            lock(observed).acks.push(ack.seq);
+        }
         _ => {}
     }
     Next::Continue
 }
 
-fn heartbeat(packet: Packet, tx: &mpsc::UnboundedSender<Message>) {
+fn heartbeat(packet: Packet, tx: &mpsc::UnboundedSender<Message>, observed: &Mutex<Observed>) {
     let mut reply = ok_reply(&packet, packet.data.clone());
+    if let Some(seq) = packet.data.strip_prefix(b"push:") {
+        let seq: usize = std::str::from_utf8(seq)
+            .expect("utf-8")
+            .parse()
+            .expect("seq");
+        let message = lock(observed).messages[seq - 1].clone();
+        let push = Packet {
+            r#type: PacketType::Message as i32,
+            data: message.encode_to_vec().into(),
+            ..Packet::default()
+        };
+        send(tx, push);
+    }
     match packet.data.as_ref() {
         b"slow" => {
             let tx = tx.clone();
@@ -219,6 +291,49 @@ fn sign_in(packet: Packet, tx: &mpsc::UnboundedSender<Message>) -> Next {
         _ => send(tx, error_reply(&packet, ErrorCode::TokenInvalid)),
     }
     Next::Continue
+}
+
+fn send_message(packet: Packet, tx: &mpsc::UnboundedSender<Message>, observed: &Mutex<Observed>) {
+    let request = SendRequest::decode(packet.data.as_ref()).expect("SendRequest");
+    if request.content.is_empty() {
+        send(tx, error_reply(&packet, ErrorCode::ContentEmpty));
+        return;
+    }
+    let mut observed = lock(observed);
+    let seq = observed.messages.len() as u64 + 1;
+    let message = stored_message(seq, 7, 99, request.content.to_vec());
+    let reply = SendReply {
+        message_id: message.message_id,
+        seq,
+        sent_at_ms: message.sent_at_ms,
+    };
+    observed.messages.push(message);
+    send(tx, ok_reply(&packet, reply.encode_to_vec()));
+}
+
+fn sync(packet: Packet, tx: &mpsc::UnboundedSender<Message>, observed: &Mutex<Observed>) {
+    let request = SyncRequest::decode(packet.data.as_ref()).expect("SyncRequest");
+    let mut observed = lock(observed);
+    observed.syncs.push((request.after_seq, request.limit));
+    let limit = match request.limit {
+        0 => 100,
+        limit => limit as usize,
+    };
+    let after: Vec<ProtoMessage> = observed
+        .messages
+        .iter()
+        .filter(|message| message.seq > request.after_seq)
+        .cloned()
+        .collect();
+    let reply = SyncReply {
+        has_more: after.len() > limit,
+        messages: after.into_iter().take(limit).collect(),
+    };
+    send(tx, ok_reply(&packet, reply.encode_to_vec()));
+}
+
+fn lock(observed: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
+    observed.lock().expect("observed lock")
 }
 
 fn kick(tx: &mpsc::UnboundedSender<Message>) {

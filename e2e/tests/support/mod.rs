@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use im_client::{Client, ClientError, ConnectOptions};
+use im_client::business::LogicApi;
+use im_client::inbox::Inbox;
+use im_client::{Client, ClientError, ConnectOptions, InboxError, Packet, Push};
 use im_engine::Engine;
 use im_logic::LogicServer;
-use im_proto::{DeviceInfo, ErrorCode, LoginReply};
+use im_proto::{DeviceInfo, ErrorCode, LoginReply, Message};
 
 /// Password used by every test user.
 pub const PASSWORD: &str = "correct horse battery";
@@ -44,6 +46,7 @@ pub fn engine_config(logic_addr: SocketAddr) -> im_engine::Config {
     im_engine::Config {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".to_owned(),
         logic_url: format!("http://{logic_addr}"),
         shards: 2,
         logic_call_timeout_ms: 1_000,
@@ -101,6 +104,56 @@ impl Stack {
             .expect("websocket connects")
     }
 
+    /// URL of the logic tier's gRPC server, for [`LogicApi`].
+    pub fn logic_url(&self) -> String {
+        let logic = self.logic.as_ref().expect("logic running");
+        format!("http://{}", logic.local_addr())
+    }
+
+    /// An anonymous handle on the logic tier's business API.
+    pub async fn logic_api(&self) -> LogicApi {
+        LogicApi::connect(&self.logic_url(), Duration::from_secs(5))
+            .await
+            .expect("logic tier accepts gRPC connections")
+    }
+
+    /// Registers a fresh user and logs its first device in on a new connection.
+    pub async fn new_user(&self, prefix: &str) -> (TestUser, Client) {
+        let client = self.connect().await;
+        let (username, login) = register_and_login(&client, prefix).await;
+        let api = self
+            .logic_api()
+            .await
+            .as_user(login.user_id, login.device_id, &login.token)
+            .expect("token is a valid header value");
+        let user = TestUser {
+            username,
+            login,
+            api,
+        };
+        (user, client)
+    }
+
+    /// Logs another device of `user` in on a new connection.
+    pub async fn another_device(&self, user: &TestUser) -> (LoginReply, Client) {
+        let client = self.connect().await;
+        let login = client
+            .login(&user.username, PASSWORD, 0, test_device())
+            .await
+            .expect("login of another device");
+        (login, client)
+    }
+
+    /// Signs a device in again with its token on a new connection.
+    pub async fn sign_in(&self, login: &LoginReply) -> Client {
+        let client = self.connect().await;
+        client
+            .sign_in(login.user_id, login.device_id, &login.token)
+            .await
+            .expect("sign-in with the device token");
+        client
+    }
+
     pub async fn stop_logic(&mut self) {
         if let Some(logic) = self.logic.take() {
             logic.shutdown().await;
@@ -123,6 +176,108 @@ impl Stack {
         }
         self.stop_logic().await;
     }
+}
+
+/// A registered user, its first device, and the business API acting as that device.
+pub struct TestUser {
+    pub username: String,
+    pub login: LoginReply,
+    pub api: LogicApi,
+}
+
+impl TestUser {
+    pub fn id(&self) -> u64 {
+        self.login.user_id
+    }
+}
+
+/// Makes `a` and `b` friends through the business API.
+pub async fn make_friends(a: &TestUser, b: &TestUser) {
+    a.api.request_friend(b.id()).await.expect("friend request");
+    b.api.accept_friend(a.id()).await.expect("friend accept");
+}
+
+/// Pages SYNC from `after_seq` until the server has no more. Returns every message and the
+/// number of pages, and checks that each page is in seq order without gaps.
+pub async fn sync_all(client: &Client, after_seq: u64, limit: u32) -> (Vec<Message>, usize) {
+    let mut messages: Vec<Message> = Vec::new();
+    let mut after = after_seq;
+    let mut pages = 0;
+    loop {
+        let page = client.sync(after, limit).await.expect("sync");
+        pages += 1;
+        for (offset, message) in page.messages.iter().enumerate() {
+            assert_eq!(message.seq, after + 1 + offset as u64, "page after {after}");
+        }
+        let Some(last) = page.messages.last() else {
+            assert!(!page.has_more, "an empty page claims more");
+            return (messages, pages);
+        };
+        after = last.seq;
+        messages.extend(page.messages);
+        if !page.has_more {
+            return (messages, pages);
+        }
+    }
+}
+
+/// Waits for the next push and returns it decoded as a MESSAGE; panics on any other push or
+/// after `timeout`.
+pub async fn next_message(client: &Client, timeout: Duration) -> Message {
+    let packet = tokio::time::timeout(timeout, client.next_push())
+        .await
+        .expect("a MESSAGE push in time")
+        .expect("connection open");
+    match Push::decode(packet) {
+        Ok(Push::Message(message)) => message,
+        other => panic!("expected a MESSAGE push, got {other:?}"),
+    }
+}
+
+/// Returns the first push that arrives within `wait`, if any.
+pub async fn push_within(client: &Client, wait: Duration) -> Option<Packet> {
+    tokio::time::timeout(wait, client.next_push())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Runs `inbox.recv` until the inbox has delivered up to `last_seq`. Returns every message
+/// delivered meanwhile; panics after `timeout`.
+pub async fn recv_until(
+    inbox: &mut Inbox,
+    client: &Client,
+    last_seq: u64,
+    timeout: Duration,
+) -> Result<Vec<Message>, InboxError> {
+    let mut delivered = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while inbox.last_seq() < last_seq {
+        let batch = tokio::time::timeout_at(deadline, inbox.recv(client))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "inbox reached seq {} of {last_seq}, {} held",
+                    inbox.last_seq(),
+                    inbox.held()
+                )
+            })?;
+        delivered.extend(batch);
+    }
+    Ok(delivered)
+}
+
+/// Seqs of `messages`, in their order.
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|message| message.seq).collect()
+}
+
+/// Content of each message as text, in order.
+pub fn texts(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| String::from_utf8_lossy(&message.content).into_owned())
+        .collect()
 }
 
 /// A username no other test or run uses.

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -79,9 +80,10 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
         let outbox = Rc::new(Outbox::default());
         let Some(id) = ctx.registry.insert(outbox.clone()) else {
             debug!("shard is full; closing");
+            ctx.metrics.count_limit("shard_full");
             return;
         };
-        ctx.stats.connection_opened();
+        ctx.metrics.connections.fetch_add(1, Ordering::Relaxed);
         tracing::Span::current().record("conn_id", id.0);
         debug!("websocket open");
         let mut conn = Connection {
@@ -250,6 +252,7 @@ impl Connection {
     fn queue(&self, encode: impl FnOnce(&mut BytesMut)) -> Option<Ending> {
         let queued = self.outbox.push(encode);
         (queued > self.ctx.config.max_outbound_bytes).then(|| {
+            self.ctx.metrics.count_limit("outbound_queue");
             Ending::Close(
                 close::SLOW_CONSUMER,
                 "outbound queue full: read faster, then reconnect and sync".into(),
@@ -314,6 +317,14 @@ impl Connection {
                 close::GOING_AWAY,
                 "server shutting down: reconnect to another node".into(),
             ),
+            CloseRequest::SlowConsumer => {
+                // What is queued would only delay the close; the device syncs it later.
+                drop(self.outbox.take());
+                Ending::Close(
+                    close::SLOW_CONSUMER,
+                    "outbound queue full: read faster, then reconnect and sync".into(),
+                )
+            }
         }
     }
 
@@ -322,6 +333,7 @@ impl Connection {
         let (code, await_answer) = match ending {
             Ending::Gone(why) => {
                 debug!(why, "socket gone");
+                self.ctx.metrics.count_close(None);
                 return;
             }
             Ending::Close(code, reason) => {
@@ -339,6 +351,7 @@ impl Connection {
                 (echoed, false)
             }
         };
+        self.ctx.metrics.count_close(Some(code));
         let mut data = self.outbox.take();
         let linger = async {
             if self.write_all(&mut data).await.is_err() {
@@ -391,7 +404,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.ctx.registry.remove(self.id);
-        self.ctx.stats.connection_closed();
+        self.ctx.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         let Some(session) = self.session else {
             return;
         };

@@ -1,19 +1,21 @@
 //! Client packets on a connection: decode, check the connection's state, call the
 //! logic tier through the bridge, and queue the reply.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use im_proto::{
-    ConnLoginRequest, ConnSignInRequest, ErrorCode, KickReason, Kicked, LoginRequest, Packet,
-    PacketType, RegisterRequest, SignInReply, SignInRequest,
+    ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInRequest, ConnSyncRequest,
+    DeviceRef, ErrorCode, KickReason, Kicked, LoginRequest, MessageAck, Packet, PacketType,
+    RegisterRequest, SendRequest, SignInReply, SignInRequest, SyncRequest,
 };
 use prost::Message as _;
 use tracing::debug;
 
 use super::{Connection, Ending, Session};
 use crate::bridge::{Call, CallError, CallResult};
+use crate::metrics::ShardMetrics;
 
 /// Time a shard waits for the bridge beyond the call's own deadline before it gives
 /// up on an answer that should already have come.
@@ -30,6 +32,7 @@ impl Connection {
             }
         };
         let request_id = packet.request_id;
+        ShardMetrics::add(&self.ctx.metrics.packets_in, 1);
         match PacketType::try_from(packet.r#type) {
             Ok(PacketType::Heartbeat) if self.session.is_some() => {
                 self.reply(PacketType::Heartbeat, request_id, Vec::new())
@@ -44,6 +47,19 @@ impl Connection {
                 ),
             Ok(PacketType::Login) => self.login(packet).await,
             Ok(PacketType::SignIn) => self.sign_in(packet).await,
+            Ok(kind @ (PacketType::Send | PacketType::Sync | PacketType::MessageAck))
+                if self.session.is_none() =>
+            {
+                self.reply_error(
+                    kind,
+                    request_id,
+                    ErrorCode::NotSignedIn,
+                    "sign in first: send SIGN_IN or LOGIN",
+                )
+            }
+            Ok(PacketType::Send) => self.send(packet).await,
+            Ok(PacketType::Sync) => self.sync(packet).await,
+            Ok(PacketType::MessageAck) => self.ack(packet),
             Ok(PacketType::Heartbeat) => self.reply_error(
                 PacketType::Heartbeat,
                 request_id,
@@ -51,9 +67,11 @@ impl Connection {
                 "sign in first: send SIGN_IN or LOGIN",
             ),
             _ => {
+                // Typed ERROR, never the request's own type: a KICKED or MESSAGE sent up must
+                // not come back looking like a push.
                 let message = format!("packet type {} is not accepted from devices", packet.r#type);
                 self.reply_error(
-                    packet_type(&packet),
+                    PacketType::Error,
                     request_id,
                     ErrorCode::UnknownType,
                     message,
@@ -79,7 +97,9 @@ impl Connection {
             conn: Some(self.conn_ref()),
             client_addr: self.peer.to_string(),
         };
+        let started = Instant::now();
         let result = self.call(|reply| Call::Login { request, reply }).await;
+        self.record_sign_in(started, &result);
         let result = result.map(|mut reply| {
             self.signed_in(reply.user_id, reply.device_id);
             reply.heartbeat_interval_ms = self.heartbeat_interval_ms();
@@ -106,7 +126,9 @@ impl Connection {
             conn: Some(self.conn_ref()),
             client_addr: self.peer.to_string(),
         };
+        let started = Instant::now();
         let result = self.call(|reply| Call::SignIn { request, reply }).await;
+        self.record_sign_in(started, &result);
         let result = result.map(|_| {
             self.signed_in(user_id, device_id);
             SignInReply {
@@ -114,6 +136,62 @@ impl Connection {
             }
         });
         self.reply_result(&packet, result)
+    }
+
+    async fn send(&mut self, packet: Packet) -> Option<Ending> {
+        let Some(send) = self.decode_data::<SendRequest>(&packet) else {
+            return self.invalid_data(&packet);
+        };
+        let request = ConnSendRequest {
+            device: self.device_ref(),
+            send: Some(send),
+        };
+        let started = Instant::now();
+        let result = self.call(|reply| Call::Send { request, reply }).await;
+        self.ctx.metrics.send_seconds.observe(started.elapsed());
+        self.reply_result(&packet, result)
+    }
+
+    async fn sync(&mut self, packet: Packet) -> Option<Ending> {
+        let Some(sync) = self.decode_data::<SyncRequest>(&packet) else {
+            return self.invalid_data(&packet);
+        };
+        let request = ConnSyncRequest {
+            device: self.device_ref(),
+            sync: Some(sync),
+        };
+        let result = self.call(|reply| Call::Sync { request, reply }).await;
+        self.reply_result(&packet, result)
+    }
+
+    /// Forwards the ack without a reply; a full bridge drops it, and the next ack covers it.
+    fn ack(&mut self, packet: Packet) -> Option<Ending> {
+        let Some(ack) = self.decode_data::<MessageAck>(&packet) else {
+            return self.invalid_data(&packet);
+        };
+        let request = ConnAckRequest {
+            device: self.device_ref(),
+            seq: ack.seq,
+        };
+        if let Err(err) = self.ctx.bridge.submit(Call::Ack { request }) {
+            debug!(error = %err.message, "ack dropped");
+        }
+        None
+    }
+
+    fn record_sign_in<T>(&self, started: Instant, result: &CallResult<T>) {
+        let code = result
+            .as_ref()
+            .map_or_else(|err| err.code, |_| ErrorCode::Ok);
+        self.ctx.metrics.count_sign_in(code);
+        self.ctx.metrics.sign_in_seconds.observe(started.elapsed());
+    }
+
+    fn device_ref(&self) -> Option<DeviceRef> {
+        self.session.map(|session| DeviceRef {
+            user_id: session.user_id,
+            device_id: session.device_id,
+        })
     }
 
     /// Marks the connection signed in and routable by device id.

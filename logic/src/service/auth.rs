@@ -160,7 +160,7 @@ async fn issue_token(
 
 /// Compares the presented token with the stored record: first the hash, so an expiry is only
 /// reported to the holder of the right token.
-async fn check_token(
+pub(crate) async fn check_token(
     logic: &Logic,
     user: UserId,
     device: DeviceId,

@@ -1,23 +1,29 @@
 //! gRPC services of the logic tier: `DeviceIntService` for engine nodes and `LogicExtService`
-//! for back ends. Each RPC group lives in its own module. This one turns requests into calls and
-//! errors into statuses, logging each failure once.
+//! for back ends. Each RPC group lives in its own module, and `device_rpc` and `ext_rpc` map the
+//! RPCs onto them. This module contains what they share, turns results into replies and errors
+//! into statuses, and logs each failure once.
 
 pub mod auth;
+pub mod caller;
+pub mod device_rpc;
+pub mod ext_rpc;
+pub mod friends;
+pub mod groups;
+pub mod messages;
 pub mod presence;
+pub mod push;
 pub mod register;
+pub mod users;
+
+pub use device_rpc::DeviceService;
+pub use ext_rpc::ExtService;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use im_proto::v1::device_int_service_server::DeviceIntService;
-use im_proto::v1::logic_ext_service_server::LogicExtService;
-use im_proto::v1::{
-    ConnLoginRequest, ConnSignInReply, ConnSignInRequest, LoginReply, OfflineReply, OfflineRequest,
-    RegisterReply, RegisterRequest,
-};
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 use tracing::Instrument;
 
 use crate::engine::EngineClients;
@@ -25,10 +31,12 @@ use crate::error::{ErrorChain, LogicError, Side};
 use crate::password::PasswordHasher;
 use crate::store::pg::PgStore;
 use crate::store::redis::RedisStore;
+use caller::ServerSecret;
+use push::Pusher;
 
 /// Everything the RPC handlers share.
 pub struct Logic {
-    /// Users and devices.
+    /// Users, devices, messages, friends and groups.
     pub pg: PgStore,
     /// Tokens and online status.
     pub redis: RedisStore,
@@ -42,6 +50,23 @@ pub struct Logic {
     pub store_warnings: WarnLimiter,
     /// Rate limit of the warnings about failed kicks, shared with the kick tasks.
     pub kick_warnings: Arc<WarnLimiter>,
+    /// Limits on messages, groups and SYNC pages.
+    pub limits: Limits,
+    /// The secret that ServerSend requires.
+    pub server_secret: ServerSecret,
+    /// Pushes stored messages to the engine nodes of their recipients.
+    pub pusher: Pusher,
+}
+
+/// Limits from the configuration that requests are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message content, in bytes.
+    pub max_content_bytes: u32,
+    /// Maximum members of a group, its owner included.
+    pub max_group_members: u32,
+    /// Largest SYNC page, in messages.
+    pub sync_max_page: u32,
 }
 
 /// Lets one warning through per interval and counts the ones it holds back, so that an outage
@@ -87,32 +112,6 @@ impl WarnLimiter {
     }
 }
 
-/// The `DeviceIntService` server: calls from engine nodes on behalf of devices.
-#[derive(Clone)]
-pub struct DeviceService {
-    logic: Arc<Logic>,
-}
-
-impl DeviceService {
-    /// Serves calls with `logic`.
-    pub fn new(logic: Arc<Logic>) -> DeviceService {
-        DeviceService { logic }
-    }
-}
-
-/// The `LogicExtService` server: the business API for back ends.
-#[derive(Clone)]
-pub struct ExtService {
-    logic: Arc<Logic>,
-}
-
-impl ExtService {
-    /// Serves calls with `logic`.
-    pub fn new(logic: Arc<Logic>) -> ExtService {
-        ExtService { logic }
-    }
-}
-
 /// Ids of one call, for its span and its failure log. The user id of a LOGIN is learnt from the
 /// database, so a handler may set it while the call runs.
 #[derive(Debug, Default)]
@@ -138,88 +137,6 @@ impl CallIds {
 
     fn user_id(&self) -> u64 {
         self.user_id.load(Ordering::Relaxed)
-    }
-}
-
-#[tonic::async_trait]
-impl DeviceIntService for DeviceService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterReply>, Status> {
-        let ids = CallIds::default();
-        let call = register::register(&self.logic, request.into_inner());
-        respond(&self.logic, "Register", &ids, call).await
-    }
-
-    async fn conn_login(
-        &self,
-        request: Request<ConnLoginRequest>,
-    ) -> Result<Response<LoginReply>, Status> {
-        let request = request.into_inner();
-        let ids = CallIds::new(
-            0,
-            request.login.as_ref().map_or(0, |login| login.device_id),
-            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
-        );
-        respond(
-            &self.logic,
-            "ConnLogin",
-            &ids,
-            auth::login(&self.logic, request, &ids),
-        )
-        .await
-    }
-
-    async fn conn_sign_in(
-        &self,
-        request: Request<ConnSignInRequest>,
-    ) -> Result<Response<ConnSignInReply>, Status> {
-        let request = request.into_inner();
-        let sign_in = request.sign_in.as_ref();
-        let ids = CallIds::new(
-            sign_in.map_or(0, |s| s.user_id),
-            sign_in.map_or(0, |s| s.device_id),
-            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
-        );
-        respond(
-            &self.logic,
-            "ConnSignIn",
-            &ids,
-            auth::sign_in(&self.logic, request),
-        )
-        .await
-    }
-
-    async fn offline(
-        &self,
-        request: Request<OfflineRequest>,
-    ) -> Result<Response<OfflineReply>, Status> {
-        let request = request.into_inner();
-        let ids = CallIds::new(
-            request.user_id,
-            request.device_id,
-            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
-        );
-        respond(
-            &self.logic,
-            "Offline",
-            &ids,
-            presence::offline(&self.logic, request),
-        )
-        .await
-    }
-}
-
-#[tonic::async_trait]
-impl LogicExtService for ExtService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterReply>, Status> {
-        let ids = CallIds::default();
-        let call = register::register(&self.logic, request.into_inner());
-        respond(&self.logic, "Register", &ids, call).await
     }
 }
 

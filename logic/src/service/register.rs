@@ -12,7 +12,8 @@ const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 /// Minimum and maximum password length, in bytes of UTF-8.
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
 
-/// Registers a user and returns the new user id.
+/// Registers a user and returns the new user id. `request.open` lets anyone send the user
+/// direct messages.
 ///
 /// # Errors
 ///
@@ -26,8 +27,8 @@ pub async fn register(
     validate_password(&request.password)?;
 
     let hash = logic.passwords.hash(request.password).await?;
-    let user = users::insert(&logic.pg, &request.username, &hash).await?;
-    tracing::debug!(user_id = user.0, "user registered");
+    let user = users::insert(&logic.pg, &request.username, &hash, request.open).await?;
+    tracing::debug!(user_id = user.0, open = request.open, "user registered");
     Ok(RegisterReply { user_id: user.0 })
 }
 

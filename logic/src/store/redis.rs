@@ -92,6 +92,25 @@ impl TokenRecord {
     }
 }
 
+/// A device with an online status: where its connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineDevice {
+    /// The device.
+    pub device: DeviceId,
+    /// Its connection.
+    pub conn: ConnRef,
+}
+
+impl OnlineDevice {
+    /// Parses one field and value of an `online:` hash.
+    fn parse(device: &str, status: &str) -> Option<OnlineDevice> {
+        Some(OnlineDevice {
+            device: DeviceId(device.parse().ok()?),
+            conn: ConnRef::parse_status(status)?,
+        })
+    }
+}
+
 /// Returns the key of a user's token hash.
 pub fn auth_key(user: UserId) -> String {
     format!("auth:{user}")
@@ -236,6 +255,25 @@ impl RedisStore {
         Ok(parse::<i64>(removed)? == 1)
     }
 
+    /// Returns the devices of each of `users` that have an online status, in the order of
+    /// `users`. The HGETALL commands are queued at once, so they travel in shared pipelines.
+    /// A field or value that does not parse is left out.
+    pub async fn online_devices(
+        &self,
+        users: &[UserId],
+    ) -> Vec<Result<Vec<OnlineDevice>, LogicError>> {
+        let queries = users.iter().map(|&user| async move {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(online_key(user));
+            let fields: Vec<(String, String)> = parse(self.batcher.query(cmd).await?)?;
+            Ok(fields
+                .iter()
+                .filter_map(|(device, status)| OnlineDevice::parse(device, status))
+                .collect())
+        });
+        futures::future::join_all(queries).await
+    }
+
     /// Returns the online status of `device`, "node|conn_id", or `None`.
     ///
     /// # Errors
@@ -330,6 +368,16 @@ mod tests {
         ] {
             assert_eq!(TokenRecord::decode(&value), None, "{value}");
         }
+    }
+
+    #[test]
+    fn online_device_fields_parse() {
+        let parsed = OnlineDevice::parse("12", "127.0.0.1:7100|5").expect("valid");
+        assert_eq!(parsed.device, DeviceId(12));
+        assert_eq!(parsed.conn.node, "127.0.0.1:7100");
+        assert_eq!(parsed.conn.conn_id.0, 5);
+        assert_eq!(OnlineDevice::parse("x", "127.0.0.1:7100|5"), None);
+        assert_eq!(OnlineDevice::parse("12", "no-conn-id"), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: store URLs from the environment, a logic server on
-//! 127.0.0.1:0 with a real tonic client, unique names, and a recording engine node.
+//! 127.0.0.1:0 with real tonic clients, unique names, and a recording engine node.
 //!
 //! Each test file uses a different subset, so unused helpers are expected.
 #![allow(dead_code)]
+
+pub(crate) mod redis_child;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +12,12 @@ use std::time::Duration;
 use im_logic::{start, Config, LogicServer};
 use im_proto::v1::connect_int_service_server::{ConnectIntService, ConnectIntServiceServer};
 use im_proto::v1::device_int_service_client::DeviceIntServiceClient;
+use im_proto::v1::logic_ext_service_client::LogicExtServiceClient;
 use im_proto::v1::{
-    ConnLoginRequest, ConnRef, ConnSignInRequest, DeviceInfo, ErrorCode, KickReply, KickRequest,
-    LoginReply, LoginRequest, OfflineRequest, RegisterRequest, SignInRequest,
+    ConnLoginRequest, ConnRef, ConnSendRequest, ConnSignInRequest, ConnSyncRequest,
+    ConversationType, CreateGroupRequest, DeliverReply, DeliverRequest, DeviceInfo, DeviceRef,
+    ErrorCode, FriendRequest, GroupInfo, KickReply, KickRequest, LoginReply, LoginRequest,
+    OfflineRequest, RegisterRequest, SendReply, SendRequest, SignInRequest, SyncReply, SyncRequest,
 };
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -22,6 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub(crate) type Client = DeviceIntServiceClient<Channel>;
+pub(crate) type ExtClient = LogicExtServiceClient<Channel>;
 
 /// Password used by every test user; long enough for the 8-byte minimum.
 pub(crate) const PASSWORD: &str = "correct horse battery";
@@ -84,6 +90,24 @@ impl TestLogic {
     pub(crate) async fn start_default() -> TestLogic {
         TestLogic::start(test_config()).await
     }
+
+    /// Connects a `LogicExtService` client to the server.
+    pub(crate) async fn ext_client(&self) -> ExtClient {
+        ExtClient::connect(format!("http://{}", self.server.local_addr()))
+            .await
+            .expect("ext client connects")
+    }
+}
+
+/// Wraps `message` in a request whose metadata carries the credentials of `device`, as
+/// `LogicExtService` calls require.
+pub(crate) fn as_device<T>(device: &LoginReply, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("im-user-id", device.user_id.into());
+    metadata.insert("im-device-id", device.device_id.into());
+    metadata.insert("im-token", device.token.parse().expect("token is ASCII"));
+    request
 }
 
 /// Returns `prefix` with a random suffix, so parallel tests never share a username.
@@ -112,9 +136,15 @@ pub(crate) fn conn(node: &str, conn_id: u64) -> ConnRef {
 
 /// Registers `username` with [`PASSWORD`] and returns the user id.
 pub(crate) async fn register(client: &mut Client, username: &str) -> u64 {
+    register_with(client, username, false).await
+}
+
+/// Registers `username` with [`PASSWORD`], open to direct messages from anyone when `open`.
+pub(crate) async fn register_with(client: &mut Client, username: &str, open: bool) -> u64 {
     let request = RegisterRequest {
         username: username.to_owned(),
         password: PASSWORD.to_owned(),
+        open,
     };
     client
         .register(request)
@@ -161,11 +191,23 @@ pub(crate) async fn login(
 
 /// Registers a fresh user and logs in a new device on `conn`.
 pub(crate) async fn new_device(client: &mut Client, prefix: &str, conn: ConnRef) -> LoginReply {
+    new_user_device(client, prefix, false, conn).await.1
+}
+
+/// Registers a fresh user, open to strangers when `open`, and logs in a new device on `conn`.
+/// Returns the username and the login reply.
+pub(crate) async fn new_user_device(
+    client: &mut Client,
+    prefix: &str,
+    open: bool,
+    conn: ConnRef,
+) -> (String, LoginReply) {
     let username = unique_name(prefix);
-    register(client, &username).await;
-    login(client, &username, 0, conn)
+    register_with(client, &username, open).await;
+    let device = login(client, &username, 0, conn)
         .await
-        .expect("login succeeds")
+        .expect("login succeeds");
+    (username, device)
 }
 
 /// Sends ConnSignIn.
@@ -208,6 +250,98 @@ pub(crate) async fn offline(
         .removed
 }
 
+/// Returns the engine's view of a signed-in device.
+pub(crate) fn device_ref(device: &LoginReply) -> Option<DeviceRef> {
+    Some(DeviceRef {
+        user_id: device.user_id,
+        device_id: device.device_id,
+    })
+}
+
+/// Returns a text message to `receiver_id` with a random client message id.
+pub(crate) fn text_to(conversation: ConversationType, receiver_id: u64, text: &str) -> SendRequest {
+    SendRequest {
+        conversation_type: conversation as i32,
+        receiver_id,
+        content: bytes::Bytes::copy_from_slice(text.as_bytes()),
+        content_type: "text/plain".to_owned(),
+        client_msg_id: unique_name("msg"),
+    }
+}
+
+/// Sends `send` from `device` through DeviceIntService.Send.
+pub(crate) async fn send(
+    client: &mut Client,
+    device: &LoginReply,
+    send: SendRequest,
+) -> Result<SendReply, Status> {
+    let request = ConnSendRequest {
+        device: device_ref(device),
+        send: Some(send),
+    };
+    client.send(request).await.map(Response::into_inner)
+}
+
+/// Sends a direct text message from `device` to user `receiver_id`.
+pub(crate) async fn send_text(
+    client: &mut Client,
+    device: &LoginReply,
+    receiver_id: u64,
+    text: &str,
+) -> Result<SendReply, Status> {
+    let message = text_to(ConversationType::User, receiver_id, text);
+    send(client, device, message).await
+}
+
+/// Sends SYNC for `device`'s user.
+pub(crate) async fn sync(
+    client: &mut Client,
+    device: &LoginReply,
+    after_seq: u64,
+    limit: u32,
+) -> Result<SyncReply, Status> {
+    let request = ConnSyncRequest {
+        device: device_ref(device),
+        sync: Some(SyncRequest { after_seq, limit }),
+    };
+    client.sync(request).await.map(Response::into_inner)
+}
+
+/// Makes the users of `a` and `b` friends: `a` requests, `b` accepts.
+pub(crate) async fn make_friends(ext: &mut ExtClient, a: &LoginReply, b: &LoginReply) {
+    ext.request_friend(as_device(a, FriendRequest { user_id: b.user_id }))
+        .await
+        .expect("friend request succeeds");
+    ext.accept_friend(as_device(b, FriendRequest { user_id: a.user_id }))
+        .await
+        .expect("accept succeeds");
+}
+
+/// Creates a group owned by `owner`'s user with `members` besides the owner.
+pub(crate) async fn create_group(
+    ext: &mut ExtClient,
+    owner: &LoginReply,
+    members: &[&LoginReply],
+) -> GroupInfo {
+    let request = CreateGroupRequest {
+        name: "test group".to_owned(),
+        member_ids: members.iter().map(|member| member.user_id).collect(),
+    };
+    ext.create_group(as_device(owner, request))
+        .await
+        .expect("group created")
+        .into_inner()
+}
+
+/// Opens a PostgreSQL connection to the test database for direct checks.
+pub(crate) async fn postgres() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL reachable");
+    tokio::spawn(connection);
+    client
+}
+
 /// Opens a Redis connection to the test Redis for direct checks.
 pub(crate) async fn redis_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
@@ -234,16 +368,18 @@ pub(crate) async fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// A `ConnectIntService` endpoint on loopback that records the kicks it receives, standing in
-/// for an engine node.
-pub(crate) struct KickRecorder {
+/// A `ConnectIntService` endpoint on loopback that records the kicks and deliveries it
+/// receives, standing in for an engine node.
+pub(crate) struct EngineRecorder {
     pub(crate) addr: SocketAddr,
     pub(crate) kicks: mpsc::UnboundedReceiver<KickRequest>,
+    pub(crate) deliveries: mpsc::UnboundedReceiver<DeliverRequest>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 struct Recorder {
     kicks: mpsc::UnboundedSender<KickRequest>,
+    deliveries: mpsc::UnboundedSender<DeliverRequest>,
 }
 
 #[tonic::async_trait]
@@ -252,16 +388,33 @@ impl ConnectIntService for Recorder {
         let _ = self.kicks.send(request.into_inner());
         Ok(Response::new(KickReply { found: true }))
     }
+
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        let request = request.into_inner();
+        let targets: usize = request.deliveries.iter().map(|d| d.targets.len()).sum();
+        let _ = self.deliveries.send(request);
+        Ok(Response::new(DeliverReply {
+            delivered: u32::try_from(targets).expect("few targets"),
+            missed: 0,
+        }))
+    }
 }
 
-impl KickRecorder {
+impl EngineRecorder {
     /// Starts the endpoint on 127.0.0.1:0.
-    pub(crate) async fn start() -> KickRecorder {
+    pub(crate) async fn start() -> EngineRecorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let (tx, kicks) = mpsc::unbounded_channel();
+        let (kicks_tx, kicks) = mpsc::unbounded_channel();
+        let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = ConnectIntServiceServer::new(Recorder { kicks: tx });
+        let service = ConnectIntServiceServer::new(Recorder {
+            kicks: kicks_tx,
+            deliveries: deliveries_tx,
+        });
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -271,11 +424,17 @@ impl KickRecorder {
                 .await
                 .expect("recorder serves");
         });
-        KickRecorder {
+        EngineRecorder {
             addr,
             kicks,
+            deliveries,
             stop: Some(stop),
         }
+    }
+
+    /// Returns the node address to put in connection references.
+    pub(crate) fn node(&self) -> String {
+        self.addr.to_string()
     }
 
     /// Returns the next kick, waiting up to 5 s: the kick is sent from a spawned task after the
@@ -286,9 +445,25 @@ impl KickRecorder {
             .expect("a kick arrives within 5 s")
             .expect("recorder running")
     }
+
+    /// Returns the next Deliver call, waiting up to 5 s: the push runs in a spawned task after
+    /// the send reply, over a channel that connects on first use.
+    pub(crate) async fn next_delivery(&mut self) -> DeliverRequest {
+        tokio::time::timeout(Duration::from_secs(5), self.deliveries.recv())
+            .await
+            .expect("a delivery arrives within 5 s")
+            .expect("recorder running")
+    }
+
+    /// Waits 300 ms and asserts that no further Deliver call arrived. Nothing is sent, so only
+    /// a bounded wait can show it; 300 ms is far above a loopback call.
+    pub(crate) async fn assert_no_more_deliveries(&mut self) {
+        let extra = tokio::time::timeout(Duration::from_millis(300), self.deliveries.recv()).await;
+        assert!(extra.is_err(), "unexpected delivery {extra:?}");
+    }
 }
 
-impl Drop for KickRecorder {
+impl Drop for EngineRecorder {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -1,14 +1,25 @@
 //! PostgreSQL connection pool and the deadline every statement runs under. Each table's SQL
 //! lives in a submodule named after the table.
+//!
+//! Functions that take a `&PgStore` run one statement on a pooled connection. Functions that
+//! take a `db: &impl GenericClient` run on a connection or transaction the caller holds, so that
+//! several of them share one transaction.
 
+pub mod device_acks;
 pub mod devices;
+pub mod friendships;
+pub mod group_members;
+pub mod groups;
+pub mod messages;
+pub mod sent_messages;
+pub mod user_seq;
 pub mod users;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -19,11 +30,18 @@ use crate::error::{LogicError, Store};
 /// Returns every statement of every table module, for a test that prepares each against the
 /// schema.
 pub fn all_statements() -> Vec<&'static str> {
-    users::all_statements()
-        .iter()
-        .chain(devices::all_statements())
-        .copied()
-        .collect()
+    [
+        users::all_statements(),
+        devices::all_statements(),
+        user_seq::all_statements(),
+        messages::all_statements(),
+        sent_messages::all_statements(),
+        friendships::all_statements(),
+        groups::all_statements(),
+        group_members::all_statements(),
+        device_acks::all_statements(),
+    ]
+    .concat()
 }
 
 /// A pool of PostgreSQL connections. Each statement is prepared once per pooled connection.
@@ -120,6 +138,19 @@ impl PgStore {
         .await
     }
 
+    /// Runs `sql` and returns its rows.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, LogicError> {
+        self.with_deadline(async {
+            let client = self.client().await?;
+            rows(&client, sql, params).await
+        })
+        .await
+    }
+
     /// Runs `sql` and returns the number of rows it changed.
     pub(crate) async fn execute(
         &self,
@@ -135,8 +166,9 @@ impl PgStore {
     }
 
     /// Fails `work` with [`LogicError::Timeout`] when it runs past `db_timeout_ms`. A statement
-    /// cut off this way may still complete on the server.
-    async fn with_deadline<T>(
+    /// cut off this way may still complete on the server; a transaction cut off this way is
+    /// rolled back when its handle is dropped.
+    pub(crate) async fn with_deadline<T>(
         &self,
         work: impl Future<Output = Result<T, LogicError>>,
     ) -> Result<T, LogicError> {
@@ -161,5 +193,54 @@ impl PgStore {
                 LogicError::Internal("PostgreSQL pool misconfigured")
             }
         }
+    }
+}
+
+/// Runs `sql`, prepared once per connection, on `db` and returns its rows.
+pub(crate) async fn rows(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, LogicError> {
+    let statement = db.prepare_cached(sql).await?;
+    Ok(db.query(&statement, params).await?)
+}
+
+/// Runs `sql` on `db` and returns its only row, or `None`.
+pub(crate) async fn row_opt(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, LogicError> {
+    let statement = db.prepare_cached(sql).await?;
+    Ok(db.query_opt(&statement, params).await?)
+}
+
+/// Runs `sql` on `db` and returns its only row.
+pub(crate) async fn row(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, LogicError> {
+    let statement = db.prepare_cached(sql).await?;
+    Ok(db.query_one(&statement, params).await?)
+}
+
+/// Runs `sql` on `db` and returns the number of rows it changed.
+pub(crate) async fn execute(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, LogicError> {
+    let statement = db.prepare_cached(sql).await?;
+    Ok(db.execute(&statement, params).await?)
+}
+
+/// Returns a `timestamptz` read from PostgreSQL in milliseconds since the Unix epoch; times
+/// before 1970 come out negative.
+pub fn epoch_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }

@@ -1,18 +1,40 @@
-//! The `users` table: accounts and their password hashes.
+//! The `users` table: accounts, their password hashes and whether strangers may message them.
+
+use std::time::SystemTime;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
 
-use super::PgStore;
+use super::{epoch_ms, PgStore};
 use crate::error::LogicError;
 use crate::ids::UserId;
 
-const INSERT: &str = "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id";
+const INSERT: &str =
+    "INSERT INTO users (username, password_hash, open) VALUES ($1, $2, $3) RETURNING id";
 
 const FIND_BY_USERNAME: &str = "SELECT id, password_hash FROM users WHERE username = $1";
 
+const PROFILE_BY_ID: &str = "SELECT id, username, open, created_at FROM users WHERE id = $1";
+
+const PROFILE_BY_USERNAME: &str =
+    "SELECT id, username, open, created_at FROM users WHERE username = $1";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[INSERT, FIND_BY_USERNAME]
+    &[INSERT, FIND_BY_USERNAME, PROFILE_BY_ID, PROFILE_BY_USERNAME]
+}
+
+/// What anyone may see of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The user.
+    pub id: UserId,
+    /// The unique username.
+    pub username: String,
+    /// True when anyone may send the user direct messages.
+    pub open: bool,
+    /// When the user registered, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
 }
 
 /// A user's id and stored password hash.
@@ -23,7 +45,7 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
-/// Inserts a user and returns the new id.
+/// Inserts a user and returns the new id. `open` lets anyone send the user direct messages.
 ///
 /// # Errors
 ///
@@ -32,9 +54,10 @@ pub async fn insert(
     pg: &PgStore,
     username: &str,
     password_hash: &str,
+    open: bool,
 ) -> Result<UserId, LogicError> {
     let row = pg
-        .query_one(INSERT, &[&username, &password_hash])
+        .query_one(INSERT, &[&username, &password_hash, &open])
         .await
         .map_err(username_taken)?;
     UserId::from_sql(row.try_get(0)?)
@@ -56,6 +79,46 @@ pub async fn find_by_username(
         id: UserId::from_sql(row.try_get(0)?)?,
         password_hash: row.try_get(1)?,
     }))
+}
+
+/// Returns the profile of `user`, or `None` when no such user exists.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn profile(pg: &PgStore, user: UserId) -> Result<Option<Profile>, LogicError> {
+    let Some(user) = user.to_sql() else {
+        return Ok(None);
+    };
+    match pg.query_opt(PROFILE_BY_ID, &[&user]).await? {
+        Some(row) => Ok(Some(profile_from_row(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Returns the profile of `username`, or `None` when no such user exists.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn profile_by_username(
+    pg: &PgStore,
+    username: &str,
+) -> Result<Option<Profile>, LogicError> {
+    match pg.query_opt(PROFILE_BY_USERNAME, &[&username]).await? {
+        Some(row) => Ok(Some(profile_from_row(&row)?)),
+        None => Ok(None),
+    }
+}
+
+fn profile_from_row(row: &Row) -> Result<Profile, LogicError> {
+    let created_at: SystemTime = row.try_get(3)?;
+    Ok(Profile {
+        id: UserId::from_sql(row.try_get(0)?)?,
+        username: row.try_get(1)?,
+        open: row.try_get(2)?,
+        created_at_ms: epoch_ms(created_at),
+    })
 }
 
 fn username_taken(err: LogicError) -> LogicError {

@@ -1,0 +1,219 @@
+//! The `group` scenario: member 0 of a group of G members sends to the group at a fixed rate,
+//! and each of the other G - 1 members measures the latency of every copy it receives. The
+//! group is created once and found again by name through the group cache.
+
+use std::process::ExitCode;
+
+use im_client::business::LogicApi;
+use im_client::{Client, ConversationType, ErrorCode};
+use im_proto::v1::GroupInfo;
+
+use crate::cli::{GroupArgs, MessagingArgs};
+use crate::group_cache::{group_cache_path, GroupCache};
+use crate::messaging::{self, ScenarioError};
+use crate::schedule::Schedule;
+use crate::session::Target;
+use crate::traffic::{Destination, SenderSpec, TrafficFigures};
+
+/// Members added by one AddGroupMembers call.
+const ADD_CHUNK: usize = 100;
+
+/// Runs the scenario and returns the exit code: success only when no error was counted and
+/// every member received every message exactly once.
+pub(crate) async fn run(args: GroupArgs) -> ExitCode {
+    let prefix = messaging::scenario_prefix(&args.messaging, "group");
+    // Receiver i is member i + 1, because member 0 sends.
+    let name_receiver = |index: usize| format!("{prefix}-{}", index + 1);
+    messaging::finish(execute(&args).await, &name_receiver)
+}
+
+async fn execute(args: &GroupArgs) -> Result<TrafficFigures, ScenarioError> {
+    let common = &args.messaging;
+    let schedule = Schedule::new(args.rate, 1, common.duration_secs);
+    let sources = messaging::source_count(common, args.members);
+    let file_limit = messaging::raise_file_limit()?;
+    messaging::print_header("group", common);
+    print_parameters(args, &schedule);
+    messaging::print_common_parameters(common, &schedule, sources, &file_limit);
+    messaging::check_capacity(args.members, &file_limit)?;
+
+    let targets = messaging::prepare_users(common, "group", args.members).await?;
+    let api = messaging::connect_logic(common).await?;
+    let name = group_name(common, args.members);
+    let group_id =
+        messaging::within_setup(common, ensure_group(common, &api, &targets, &name)).await?;
+    eprintln!("setup: group {name} has id {group_id}");
+    let clients = messaging::sign_in_all(common, &targets, sources).await?;
+
+    let (sender, receivers) = split_sender(clients, group_id);
+    let plan = messaging::traffic_plan(common, schedule);
+    messaging::run_traffic(common, plan, sender, receivers).await
+}
+
+fn print_parameters(args: &GroupArgs, schedule: &Schedule) {
+    let prefix = messaging::scenario_prefix(&args.messaging, "group");
+    println!(
+        "  members              {} ({} recipients per message)",
+        args.members,
+        args.members - 1
+    );
+    println!(
+        "  users                {prefix}-0 (sender, owner) .. {prefix}-{}",
+        args.members - 1
+    );
+    println!(
+        "  group                {}",
+        group_name(&args.messaging, args.members)
+    );
+    println!(
+        "  rate                 {} messages/s, {} deliveries/s",
+        schedule.rate,
+        schedule.rate * (args.members - 1)
+    );
+}
+
+/// Names the group of a run with `members` members, so runs of other sizes use other groups.
+fn group_name(args: &MessagingArgs, members: u64) -> String {
+    format!("{}-{members}", messaging::scenario_prefix(args, "group"))
+}
+
+/// Returns the id of the group `name` owned by the first target with every target as member:
+/// the cached group, else the owner's group of that name, else a new one. Adds members that
+/// are missing and saves the id in the group cache.
+async fn ensure_group(
+    args: &MessagingArgs,
+    api: &LogicApi,
+    targets: &[Target],
+    name: &str,
+) -> Result<u64, ScenarioError> {
+    let (owner, members) = targets
+        .split_first()
+        .expect("the command line requires 2 or more members");
+    let owner_api = messaging::api_as(api, owner)?;
+    let member_ids: Vec<u64> = members.iter().map(|member| member.user_id).collect();
+    let path = group_cache_path(&args.cache_dir, &args.user_prefix);
+    let cache_error = |source| ScenarioError::GroupCache {
+        path: path.clone(),
+        source,
+    };
+    let mut cache = GroupCache::load(&path).map_err(cache_error)?;
+
+    let cached = match cache.groups.get(name) {
+        Some(id) => cached_group(&owner_api, *id, name, owner.user_id).await?,
+        None => None,
+    };
+    let found = match cached {
+        Some(group) => Some(group),
+        None => group_named(&owner_api, name, owner.user_id).await?,
+    };
+    let group = match found {
+        Some(group) => group,
+        None => owner_api
+            .create_group(name, &member_ids)
+            .await
+            .map_err(messaging::setup_error("CreateGroup", owner.user_id))?,
+    };
+    add_missing_members(&owner_api, &group, &member_ids, owner.user_id).await?;
+
+    cache.groups.insert(name.to_owned(), group.group_id);
+    cache.save(&path).map_err(cache_error)?;
+    Ok(group.group_id)
+}
+
+/// Returns the cached group when it still exists as the owner's group of that name. A
+/// database reset can drop it or give its id to another group.
+async fn cached_group(
+    owner_api: &LogicApi,
+    group_id: u64,
+    name: &str,
+    owner_id: u64,
+) -> Result<Option<GroupInfo>, ScenarioError> {
+    match owner_api.get_group(group_id).await {
+        Ok(group) if group.name == name && group.owner_id == owner_id => Ok(Some(group)),
+        Ok(_) => Ok(None),
+        Err(error)
+            if matches!(
+                error.code(),
+                Some(ErrorCode::NotFound | ErrorCode::NotGroupMember | ErrorCode::PermissionDenied)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(messaging::setup_error("GetGroup", owner_id)(source)),
+    }
+}
+
+/// Returns the owner's group called `name`, if there is one.
+async fn group_named(
+    owner_api: &LogicApi,
+    name: &str,
+    owner_id: u64,
+) -> Result<Option<GroupInfo>, ScenarioError> {
+    let groups = owner_api
+        .list_groups()
+        .await
+        .map_err(messaging::setup_error("ListGroups", owner_id))?;
+    Ok(groups
+        .into_iter()
+        .find(|group| group.name == name && group.owner_id == owner_id))
+}
+
+/// Adds the members the group lacks, then checks that it has them all.
+async fn add_missing_members(
+    owner_api: &LogicApi,
+    group: &GroupInfo,
+    member_ids: &[u64],
+    owner_id: u64,
+) -> Result<(), ScenarioError> {
+    let missing: Vec<u64> = member_ids
+        .iter()
+        .copied()
+        .filter(|id| !group.member_ids.contains(id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: adding {} members to group {}",
+        missing.len(),
+        group.group_id
+    );
+    for chunk in missing.chunks(ADD_CHUNK) {
+        let added = owner_api.add_group_members(group.group_id, chunk).await;
+        messaging::made_unless_exists(added, "AddGroupMembers", owner_id)?;
+    }
+    let updated = owner_api
+        .get_group(group.group_id)
+        .await
+        .map_err(messaging::setup_error("GetGroup", owner_id))?;
+    let still_missing = missing
+        .iter()
+        .filter(|id| !updated.member_ids.contains(id))
+        .count();
+    if still_missing > 0 {
+        return Err(ScenarioError::GroupIncomplete {
+            group_id: group.group_id,
+            missing: still_missing,
+        });
+    }
+    Ok(())
+}
+
+/// Makes the first connection the sender to the group and the rest its receivers.
+fn split_sender(clients: Vec<Client>, group_id: u64) -> (Vec<SenderSpec>, Vec<Client>) {
+    let mut clients = clients.into_iter();
+    let Some(sender) = clients.next() else {
+        return (Vec::new(), Vec::new());
+    };
+    let receivers: Vec<Client> = clients.collect();
+    let spec = SenderSpec {
+        client: sender,
+        destination: Destination {
+            stream: 0,
+            conversation_type: ConversationType::Group,
+            receiver_id: group_id,
+        },
+        recipients: (0..receivers.len()).collect(),
+    };
+    (vec![spec], receivers)
+}

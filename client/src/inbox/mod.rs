@@ -1,0 +1,294 @@
+//! An inbox presents a user's messages to one device exactly once and in seq order.
+//!
+//! It combines the three ways a message reaches a device: MESSAGE pushes, SYNC pages and the
+//! device's own SEND replies (the engine pushes a device's own messages only to the user's
+//! other devices). A push that skips ahead of the cursor is held back, and a SYNC from the
+//! cursor fills the hole. After each batch the inbox acknowledges the highest contiguous seq
+//! with MESSAGE_ACK.
+//!
+//! The inbox does not own the connection. Each call takes the [`Client`] to use, so after a
+//! reconnect and SIGN_IN the caller passes the new connection to [`Inbox::resync`] and keeps
+//! the inbox's cursor.
+
+mod tracker;
+
+use std::future::Future;
+use std::time::Duration;
+
+use im_proto::v1::{ConversationType, Message, SendReply};
+use prost::bytes::Bytes;
+use tokio::time::Instant;
+
+pub use tracker::{Arrival, SeqTracker};
+
+use crate::push::Push;
+use crate::{Client, ClientError, InboxError};
+
+/// SYNC page size an inbox asks for unless told otherwise; the server allows 1 to 500.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// Wait before the first repeated SYNC when a hole is still open after a complete SYNC.
+const FIRST_HOLE_RETRY: Duration = Duration::from_millis(50);
+/// Longest wait between repeated SYNCs for a hole that stays open.
+const MAX_HOLE_RETRY: Duration = Duration::from_secs(2);
+
+/// One device's view of its user's message sequence. See the module documentation.
+#[derive(Debug)]
+pub struct Inbox {
+    tracker: SeqTracker,
+    /// Messages delivered in order but not yet returned to the caller.
+    ready: Vec<Message>,
+    user_id: u64,
+    device_id: u64,
+    page_limit: u32,
+    /// Set while a hole stays open after a complete SYNC: repeated SYNCs back off.
+    hole_retry: Option<HoleRetry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HoleRetry {
+    at: Instant,
+    delay: Duration,
+}
+
+impl Inbox {
+    /// Creates the inbox of a device that holds none of its user's messages yet.
+    pub fn new(user_id: u64, device_id: u64) -> Inbox {
+        Inbox::resume(user_id, device_id, 0)
+    }
+
+    /// Creates the inbox of a device that already holds every message up to `last_seq`.
+    pub fn resume(user_id: u64, device_id: u64, last_seq: u64) -> Inbox {
+        Inbox {
+            tracker: SeqTracker::new(last_seq),
+            ready: Vec::new(),
+            user_id,
+            device_id,
+            page_limit: DEFAULT_PAGE_LIMIT,
+            hole_retry: None,
+        }
+    }
+
+    /// Sets the SYNC page size, 1 to 500 ([`DEFAULT_PAGE_LIMIT`] by default).
+    pub fn with_page_limit(mut self, page_limit: u32) -> Inbox {
+        self.page_limit = page_limit;
+        self
+    }
+
+    /// Highest seq returned by [`recv`](Self::recv) or [`resync`](Self::resync), with every
+    /// lower seq returned too. Messages taken in but not yet returned, such as the own copy
+    /// from [`send`](Self::send), do not count until a call returns them.
+    pub fn last_seq(&self) -> u64 {
+        // `ready` is contiguous and ends at the tracker's cursor.
+        match self.ready.first() {
+            Some(first) => first.seq - 1,
+            None => self.tracker.last_seq(),
+        }
+    }
+
+    /// Number of messages held back behind a hole.
+    pub fn held(&self) -> usize {
+        self.tracker.held()
+    }
+
+    /// Sends a message as [`Client::send`] does, and places the device's own copy in the
+    /// inbox at the seq of the reply. Pushes that arrive while the reply is awaited are taken
+    /// in as well. The own copy, like every message, is returned by a later
+    /// [`recv`](Self::recv) or [`resync`](Self::resync).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::send`], and as [`recv`](Self::recv) for pushes that arrive meanwhile.
+    pub async fn send(
+        &mut self,
+        client: &Client,
+        conversation_type: ConversationType,
+        receiver_id: u64,
+        content: impl Into<Bytes>,
+        content_type: &str,
+        client_msg_id: &str,
+    ) -> Result<SendReply, InboxError> {
+        let content = content.into();
+        let request = client.send(
+            conversation_type,
+            receiver_id,
+            content.clone(),
+            content_type,
+            client_msg_id,
+        );
+        let reply = self.reading_pushes(client, request).await?;
+        let own = Message {
+            seq: reply.seq,
+            message_id: reply.message_id,
+            sender_user_id: self.user_id,
+            sender_device_id: self.device_id,
+            conversation_type: conversation_type as i32,
+            receiver_id,
+            content,
+            content_type: content_type.to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+            sent_at_ms: reply.sent_at_ms,
+        };
+        self.tracker.accept(own, &mut self.ready);
+        Ok(reply)
+    }
+
+    /// Waits for the next messages in seq order and returns them, after acknowledging the
+    /// highest contiguous seq. Holes are filled by SYNC before the messages behind them are
+    /// returned. Returns at once when earlier calls left messages undelivered.
+    ///
+    /// Cancelling the call loses nothing: messages taken in stay in the inbox for the next call.
+    ///
+    /// # Errors
+    ///
+    /// [`InboxError::Client`] when the connection closes or a SYNC or MESSAGE_ACK fails,
+    /// [`InboxError::Kicked`] on KICKED, [`InboxError::ErrorPush`] on ERROR, and
+    /// [`InboxError::Decode`] for a MESSAGE push that does not decode. The inbox stays
+    /// consistent after every error.
+    pub async fn recv(&mut self, client: &Client) -> Result<Vec<Message>, InboxError> {
+        loop {
+            if self.sync_due() {
+                self.sync_all(client).await?;
+            }
+            if !self.ready.is_empty() {
+                return self.finish_batch(client).await;
+            }
+            self.wait_for_pushes(client).await?;
+        }
+    }
+
+    /// Pages SYNC from the cursor until the server has no more, then returns every message
+    /// delivered meanwhile, after acknowledging the highest contiguous seq. Call it after each
+    /// connect and SIGN_IN.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn resync(&mut self, client: &Client) -> Result<Vec<Message>, InboxError> {
+        self.hole_retry = None;
+        self.sync_all(client).await?;
+        self.finish_batch(client).await
+    }
+
+    /// Tells whether a hole should be synced now: at once when it is new, and after the
+    /// back-off delay when a complete SYNC left it open.
+    fn sync_due(&mut self) -> bool {
+        if !self.tracker.has_hole() {
+            self.hole_retry = None;
+            return false;
+        }
+        self.hole_retry
+            .is_none_or(|retry| Instant::now() >= retry.at)
+    }
+
+    async fn sync_all(&mut self, client: &Client) -> Result<(), InboxError> {
+        let mut after_seq = self.tracker.last_seq();
+        loop {
+            let request = client.sync(after_seq, self.page_limit);
+            let page = self.reading_pushes(client, request).await?;
+            match self.tracker.accept_page(page, &mut self.ready) {
+                Some(next) => after_seq = next,
+                None => break,
+            }
+        }
+        self.schedule_hole_retry();
+        Ok(())
+    }
+
+    /// Backs off repeated SYNCs while a hole stays open. The server stores a message before it
+    /// pushes it, so a hole should close with the next SYNC; one that does not points at a
+    /// message stored after the SYNC began or at a server fault.
+    fn schedule_hole_retry(&mut self) {
+        if !self.tracker.has_hole() {
+            self.hole_retry = None;
+            return;
+        }
+        let delay = match self.hole_retry {
+            None => FIRST_HOLE_RETRY,
+            Some(retry) => (retry.delay * 2).min(MAX_HOLE_RETRY),
+        };
+        tracing::debug!(
+            user_id = self.user_id,
+            last_seq = self.tracker.last_seq(),
+            held = self.tracker.held(),
+            "hole still open after SYNC"
+        );
+        self.hole_retry = Some(HoleRetry {
+            at: Instant::now() + delay,
+            delay,
+        });
+    }
+
+    async fn finish_batch(&mut self, client: &Client) -> Result<Vec<Message>, InboxError> {
+        if let Some(seq) = self.tracker.ack_due() {
+            client.ack(seq).await?;
+            self.tracker.mark_acked(seq);
+        }
+        Ok(std::mem::take(&mut self.ready))
+    }
+
+    /// Waits for at least one push and takes in every push already queued. Returns early
+    /// without a push when a held-back hole is due for another SYNC.
+    async fn wait_for_pushes(&mut self, client: &Client) -> Result<(), InboxError> {
+        let retry_at = self.hole_retry.map(|retry| retry.at);
+        let push = match retry_at {
+            Some(at) => tokio::select! {
+                push = client.next_push() => push,
+                () = tokio::time::sleep_until(at) => return Ok(()),
+            },
+            None => client.next_push().await,
+        };
+        self.take_push(client, push)?;
+        while let Some(packet) = client.try_next_push() {
+            self.take_push(client, Some(packet))?;
+        }
+        Ok(())
+    }
+
+    /// Awaits `request` while taking in pushes, so that a full push queue cannot hold back
+    /// the reply.
+    async fn reading_pushes<T>(
+        &mut self,
+        client: &Client,
+        request: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, InboxError> {
+        let mut request = std::pin::pin!(request);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut request => return Ok(result?),
+                push = client.next_push() => self.take_push(client, push)?,
+            }
+        }
+    }
+
+    fn take_push(
+        &mut self,
+        client: &Client,
+        packet: Option<im_proto::v1::Packet>,
+    ) -> Result<(), InboxError> {
+        let Some(packet) = packet else {
+            return Err(client.closed_error().into());
+        };
+        match Push::decode(packet).map_err(InboxError::Decode)? {
+            Push::Message(message) => {
+                self.tracker.accept(message, &mut self.ready);
+                Ok(())
+            }
+            Push::Kicked(kicked) => Err(InboxError::Kicked {
+                reason: kicked.reason,
+                message: kicked.message,
+            }),
+            Push::Error { code, message } => Err(InboxError::ErrorPush { code, message }),
+            Push::Other(packet) => {
+                tracing::debug!(
+                    packet_type = packet.r#type,
+                    request_id = packet.request_id,
+                    code = packet.code,
+                    "push ignored"
+                );
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! Messaging end to end: SEND, MESSAGE pushes, SYNC and MESSAGE_ACK through the engine, the
+//! logic tier, PostgreSQL and Redis, and the client's inbox on top.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use im_client::inbox::Inbox;
+use im_client::tungstenite::Message as WsMessage;
+use im_client::{Client, InboxError};
+use im_proto::{
+    ConversationType, ErrorCode, LoginReply, Message, Packet, PacketType, SendReply, SendRequest,
+};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use support::*;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a push may take on a loaded machine.
+const PUSH_WAIT: Duration = Duration::from_secs(5);
+/// How long to watch for a push that must not come. Pushes arrive within milliseconds on
+/// loopback, so a quiet half second shows that none was sent.
+const QUIET: Duration = Duration::from_millis(500);
+
+const TEXT: &str = "text/plain";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_message_pushed_to_online_receiver() {
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("dm-a").await;
+    let (bob, bob_client) = stack.new_user("dm-b").await;
+    make_friends(&alice, &bob).await;
+
+    let reply = alice_client
+        .send(ConversationType::User, bob.id(), "hello bob", TEXT, "m-1")
+        .await
+        .expect("send");
+    let pushed = next_message(&bob_client, PUSH_WAIT).await;
+
+    assert_eq!(reply.seq, 1, "first message in alice's sequence");
+    assert!(reply.message_id > 0);
+    assert!(reply.sent_at_ms > 0);
+    assert_eq!(pushed.seq, 1, "first message in bob's sequence");
+    assert_eq!(pushed.message_id, reply.message_id);
+    assert_eq!(pushed.sender_user_id, alice.id());
+    assert_eq!(pushed.sender_device_id, alice.login.device_id);
+    assert_eq!(pushed.conversation_type, ConversationType::User as i32);
+    assert_eq!(pushed.receiver_id, bob.id());
+    assert_eq!(&pushed.content[..], b"hello bob");
+    assert_eq!(pushed.content_type, TEXT);
+    assert_eq!(pushed.client_msg_id, "m-1");
+    assert_eq!(pushed.sent_at_ms, reply.sent_at_ms);
+    let echo = push_within(&alice_client, QUIET).await;
+    assert!(echo.is_none(), "the sending device got {echo:?}");
+    bob_client.ack(pushed.seq).await.expect("ack");
+    bob_client
+        .heartbeat()
+        .await
+        .expect("connection alive after ack");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_receiver_syncs_missed_messages() {
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("off-a").await;
+    let (bob, bob_client) = stack.new_user("off-b").await;
+    make_friends(&alice, &bob).await;
+    bob_client.close().await.expect("bob goes offline");
+
+    for index in 0..3 {
+        alice_client
+            .send(
+                ConversationType::User,
+                bob.id(),
+                format!("m{index}"),
+                TEXT,
+                &format!("off-{index}"),
+            )
+            .await
+            .expect("send while bob is offline");
+    }
+    let bob_client = stack.sign_in(&bob.login).await;
+    let page = bob_client.sync(0, 0).await.expect("sync");
+    let mut inbox = Inbox::new(bob.id(), bob.login.device_id);
+    let synced = inbox.resync(&bob_client).await.expect("inbox resync");
+
+    assert_eq!(seqs(&page.messages), vec![1, 2, 3]);
+    assert!(!page.has_more);
+    assert_eq!(texts(&page.messages), vec!["m0", "m1", "m2"]);
+    assert!(page
+        .messages
+        .iter()
+        .all(|message| message.sender_user_id == alice.id()));
+    assert_eq!(synced, page.messages);
+    assert_eq!(inbox.last_seq(), 3);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_second_device_gets_copy() {
+    let stack = Stack::start().await;
+    let (alice, first) = stack.new_user("dev-a").await;
+    let (second_login, second) = stack.another_device(&alice).await;
+    let (bob, bob_client) = stack.new_user("dev-b").await;
+    make_friends(&alice, &bob).await;
+    assert_ne!(second_login.device_id, alice.login.device_id);
+
+    let reply = first
+        .send(
+            ConversationType::User,
+            bob.id(),
+            "from device 1",
+            TEXT,
+            "d-1",
+        )
+        .await
+        .expect("send");
+    let copy = next_message(&second, PUSH_WAIT).await;
+    let received = next_message(&bob_client, PUSH_WAIT).await;
+
+    assert_eq!(
+        copy.seq, reply.seq,
+        "the copy has the seq of alice's sequence"
+    );
+    assert_eq!(copy.message_id, reply.message_id);
+    assert_eq!(copy.sender_user_id, alice.id());
+    assert_eq!(copy.sender_device_id, alice.login.device_id);
+    assert_eq!(copy.receiver_id, bob.id());
+    assert_eq!(received.message_id, reply.message_id);
+    let echo = push_within(&first, QUIET).await;
+    assert!(echo.is_none(), "the sending device got {echo:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_message_reaches_online_and_offline_members() {
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("grp-a").await;
+    let (bob, bob_client) = stack.new_user("grp-b").await;
+    let (carol, carol_client) = stack.new_user("grp-c").await;
+    let group = alice
+        .api
+        .create_group("team", &[bob.id(), carol.id()])
+        .await
+        .expect("create group");
+    carol_client.close().await.expect("carol goes offline");
+
+    let reply = alice_client
+        .send(
+            ConversationType::Group,
+            group.group_id,
+            "hi team",
+            TEXT,
+            "g-1",
+        )
+        .await
+        .expect("send to group");
+    let pushed = next_message(&bob_client, PUSH_WAIT).await;
+    let carol_client = stack.sign_in(&carol.login).await;
+    let page = carol_client.sync(0, 0).await.expect("carol syncs");
+
+    assert_eq!(group.owner_id, alice.id());
+    assert_eq!(reply.seq, 1);
+    assert_eq!(pushed.seq, 1);
+    assert_eq!(pushed.message_id, reply.message_id);
+    assert_eq!(pushed.conversation_type, ConversationType::Group as i32);
+    assert_eq!(pushed.receiver_id, group.group_id);
+    assert_eq!(pushed.sender_user_id, alice.id());
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].message_id, reply.message_id);
+    assert_eq!(page.messages[0].seq, 1);
+    assert_eq!(page.messages[0].receiver_id, group.group_id);
+    let echo = push_within(&alice_client, QUIET).await;
+    assert!(echo.is_none(), "the sending device got {echo:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_of_1000_missed_messages_during_live_sends() {
+    const MISSED: u64 = 1000;
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("many-a").await;
+    let (bob, bob_client) = stack.new_user("many-b").await;
+    let (carol, carol_client) = stack.new_user("many-c").await;
+    make_friends(&alice, &bob).await;
+    make_friends(&carol, &bob).await;
+    bob_client.close().await.expect("bob goes offline");
+    for index in 0..MISSED {
+        alice_client
+            .send(
+                ConversationType::User,
+                bob.id(),
+                format!("a{index}"),
+                TEXT,
+                &format!("a-{index}"),
+            )
+            .await
+            .expect("send while bob is offline");
+    }
+
+    // Carol sends 5 messages a second to bob from before his sign-in until after his SYNC.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let bob_id = bob.id();
+    let live = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return sent,
+            }
+            carol_client
+                .send(
+                    ConversationType::User,
+                    bob_id,
+                    format!("c{sent}"),
+                    TEXT,
+                    &format!("c-{sent}"),
+                )
+                .await
+                .expect("live send");
+            sent += 1;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bob_client = stack.sign_in(&bob.login).await;
+    let mut inbox = Inbox::new(bob.id(), bob.login.device_id).with_page_limit(100);
+    let mut delivered = inbox.resync(&bob_client).await.expect("resync");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send_replace(true);
+    let live_sent = live.await.expect("live sender");
+    let total = MISSED + live_sent;
+    let rest = recv_until(&mut inbox, &bob_client, total, PUSH_WAIT)
+        .await
+        .expect("live messages");
+    delivered.extend(rest);
+    let (stored, pages) = sync_all(&bob_client, 0, 100).await;
+
+    assert!(live_sent >= 5, "carol sent {live_sent}");
+    assert_eq!(seqs(&delivered), (1..=total).collect::<Vec<_>>());
+    let ids: HashSet<u64> = delivered.iter().map(|message| message.message_id).collect();
+    assert_eq!(ids.len() as u64, total, "a message id was delivered twice");
+    let from_alice: Vec<String> = texts(&delivered)
+        .into_iter()
+        .filter(|text| text.starts_with('a'))
+        .collect();
+    let expected_alice: Vec<String> = (0..MISSED).map(|index| format!("a{index}")).collect();
+    assert_eq!(from_alice, expected_alice);
+    let from_carol: Vec<String> = texts(&delivered)
+        .into_iter()
+        .filter(|text| text.starts_with('c'))
+        .collect();
+    let expected_carol: Vec<String> = (0..live_sent).map(|index| format!("c{index}")).collect();
+    assert_eq!(from_carol, expected_carol);
+    assert_eq!(
+        stored, delivered,
+        "the database holds what the inbox delivered"
+    );
+    assert_eq!(pages as u64, total.div_ceil(100));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_retried_after_lost_reply_is_stored_once() {
+    let stack = Stack::start().await;
+    let (alice, first) = stack.new_user("retry-a").await;
+    let (bob, bob_client) = stack.new_user("retry-b").await;
+    make_friends(&alice, &bob).await;
+
+    // Write the SEND and drop the connection at once, so its reply cannot arrive.
+    let request = SendRequest {
+        conversation_type: ConversationType::User as i32,
+        receiver_id: bob.id(),
+        content: "once".into(),
+        content_type: TEXT.into(),
+        client_msg_id: "retry-1".into(),
+    };
+    let packet = Packet {
+        r#type: PacketType::Send as i32,
+        request_id: 1,
+        data: request.encode_to_vec().into(),
+        ..Packet::default()
+    };
+    first
+        .send_raw(WsMessage::Binary(packet.encode_to_vec().into()))
+        .await
+        .expect("write SEND");
+    drop(first);
+    // The engine may store the message before it notices the close, or drop the request.
+    let first_push = push_within(&bob_client, Duration::from_secs(2)).await;
+
+    let second = stack.sign_in(&alice.login).await;
+    let retried = second
+        .send(ConversationType::User, bob.id(), "once", TEXT, "retry-1")
+        .await
+        .expect("retry");
+    let again = second
+        .send(ConversationType::User, bob.id(), "once", TEXT, "retry-1")
+        .await
+        .expect("second retry");
+    let later_push = push_within(&bob_client, QUIET).await;
+    let bob_copies = bob_client.sync(0, 0).await.expect("bob syncs");
+    let alice_copies = second.sync(0, 0).await.expect("alice syncs");
+
+    assert_eq!(again, retried, "a repeated send returns the first reply");
+    assert_eq!(bob_copies.messages.len(), 1, "stored once for bob");
+    assert_eq!(alice_copies.messages.len(), 1, "stored once for alice");
+    assert_eq!(bob_copies.messages[0].message_id, retried.message_id);
+    assert_eq!(alice_copies.messages[0].seq, retried.seq);
+    match first_push {
+        Some(packet) => {
+            // The first attempt was stored: the retries return it and push nothing new.
+            let pushed = im_client::Push::decode(packet).expect("push decodes");
+            let im_client::Push::Message(pushed) = pushed else {
+                panic!("expected a MESSAGE push, got {pushed:?}");
+            };
+            assert_eq!(pushed.message_id, retried.message_id);
+            assert!(later_push.is_none(), "a retry pushed again: {later_push:?}");
+        }
+        None => {
+            // The first attempt was dropped: the retry stored and pushed the message.
+            let later = later_push.expect("the retry pushes the message");
+            let im_client::Push::Message(pushed) = im_client::Push::decode(later).expect("decodes")
+            else {
+                panic!("expected a MESSAGE push");
+            };
+            assert_eq!(pushed.message_id, retried.message_id);
+            eprintln!("the engine dropped the SEND of the closed connection");
+        }
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_sends_store_nothing() {
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("rej-a").await;
+    let (bob, bob_client) = stack.new_user("rej-b").await;
+    let (carol, carol_client) = stack.new_user("rej-c").await;
+    make_friends(&alice, &bob).await;
+    let foreign_group = bob
+        .api
+        .create_group("without alice", &[carol.id()])
+        .await
+        .expect("create group");
+    let oversized = vec![b'x'; 16 * 1024 + 1];
+    let cases = [
+        (
+            ConversationType::Group,
+            foreign_group.group_id,
+            b"hi".to_vec(),
+            ErrorCode::NotGroupMember,
+        ),
+        (
+            ConversationType::User,
+            carol.id(),
+            b"hi".to_vec(),
+            ErrorCode::NotFriend,
+        ),
+        (
+            ConversationType::User,
+            bob.id(),
+            Vec::new(),
+            ErrorCode::ContentEmpty,
+        ),
+        (
+            ConversationType::User,
+            bob.id(),
+            oversized,
+            ErrorCode::ContentTooLarge,
+        ),
+        (
+            ConversationType::User,
+            1 << 62,
+            b"hi".to_vec(),
+            ErrorCode::ReceiverNotFound,
+        ),
+        (
+            ConversationType::Group,
+            1 << 62,
+            b"hi".to_vec(),
+            ErrorCode::ReceiverNotFound,
+        ),
+    ];
+
+    for (index, (conversation, receiver_id, content, expected)) in cases.into_iter().enumerate() {
+        let result = alice_client
+            .send(
+                conversation,
+                receiver_id,
+                content,
+                TEXT,
+                &format!("rej-{index}"),
+            )
+            .await;
+        assert_eq!(server_code(result), expected, "case {index}");
+    }
+
+    alice_client
+        .heartbeat()
+        .await
+        .expect("connection survives rejections");
+    for (name, client) in [
+        ("alice", &alice_client),
+        ("bob", &bob_client),
+        ("carol", &carol_client),
+    ] {
+        let page = client.sync(0, 0).await.expect("sync");
+        assert!(page.messages.is_empty(), "{name} has {:?}", page.messages);
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_push_racing_sync_delivers_each_once() {
+    let stack = Stack::start().await;
+    let (alice, alice_client) = stack.new_user("race-a").await;
+    let (bob, bob_client) = stack.new_user("race-b").await;
+    make_friends(&alice, &bob).await;
+    alice_client.close().await.expect("alice goes offline");
+    for index in 0..20 {
+        bob_client
+            .send(
+                ConversationType::User,
+                alice.id(),
+                format!("b{index}"),
+                TEXT,
+                &format!("race-{index}"),
+            )
+            .await
+            .expect("send while alice is offline");
+    }
+
+    let alice_client = stack.sign_in(&alice.login).await;
+    let mut inbox = Inbox::new(alice.id(), alice.login.device_id).with_page_limit(5);
+    let live_sends = async {
+        for index in 20..23 {
+            bob_client
+                .send(
+                    ConversationType::User,
+                    alice.id(),
+                    format!("b{index}"),
+                    TEXT,
+                    &format!("race-{index}"),
+                )
+                .await
+                .expect("live send");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (synced, ()) = tokio::join!(inbox.resync(&alice_client), live_sends);
+    let mut delivered = synced.expect("resync");
+    let rest = recv_until(&mut inbox, &alice_client, 23, PUSH_WAIT)
+        .await
+        .expect("live pushes");
+    delivered.extend(rest);
+    // Late pushes of seqs the SYNC already returned must be dropped, not delivered again.
+    let extra = tokio::time::timeout(QUIET, inbox.recv(&alice_client)).await;
+
+    assert_eq!(seqs(&delivered), (1..=23).collect::<Vec<_>>());
+    let expected: Vec<String> = (0..23).map(|index| format!("b{index}")).collect();
+    assert_eq!(texts(&delivered), expected);
+    assert_eq!(inbox.held(), 0);
+    assert!(extra.is_err(), "delivered after seq 23: {extra:?}");
+    stack.stop().await;
+}
+
+/// Users of the property test, each with two devices.
+const USERS: usize = 4;
+/// Messages the property test sends in total.
+const SENDS: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inboxes_exact_under_random_disconnects() {
+    let seed = std::env::var("IM_E2E_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("inboxes_exact_under_random_disconnects seed = {seed} (set IM_E2E_SEED to repeat)");
+    let run = run_random_disconnects(seed);
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}: the run took longer than 60 s"));
+}
+
+async fn run_random_disconnects(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let stack = Stack::start().await;
+    let mut users = Vec::new();
+    let mut devices = Vec::new();
+    for index in 0..USERS {
+        let (user, first) = stack.new_user(&format!("prop{index}")).await;
+        let (second_login, second) = stack.another_device(&user).await;
+        devices.push(Device::spawn(&stack, index, user.login.clone(), first));
+        devices.push(Device::spawn(&stack, index, second_login, second));
+        users.push(user);
+    }
+    for (index, user) in users.iter().enumerate() {
+        for other in &users[index + 1..] {
+            make_friends(user, other).await;
+        }
+    }
+    let member_ids: Vec<u64> = users[1..].iter().map(TestUser::id).collect();
+    let group = users[0]
+        .api
+        .create_group("everyone", &member_ids)
+        .await
+        .expect("create group");
+
+    // Message ids each user must hold, whoever sent them.
+    let mut expected: Vec<HashSet<u64>> = vec![HashSet::new(); USERS];
+    for step in 0..SENDS {
+        shake_connections(&mut rng, &devices).await;
+        let sender = rng.random_range(0..devices.len());
+        let sender_user = devices[sender].user;
+        let (conversation, receiver_id, recipients) = if rng.random_bool(0.3) {
+            (
+                ConversationType::Group,
+                group.group_id,
+                (0..USERS).collect(),
+            )
+        } else {
+            let mut other = rng.random_range(0..USERS - 1);
+            if other >= sender_user {
+                other += 1;
+            }
+            (
+                ConversationType::User,
+                users[other].id(),
+                vec![sender_user, other],
+            )
+        };
+        let reply = devices[sender]
+            .send(
+                conversation,
+                receiver_id,
+                format!("step {step}"),
+                format!("p-{step}"),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("seed {seed}, step {step}: send failed: {error}"));
+        for user in recipients {
+            expected[user].insert(reply.message_id);
+        }
+    }
+
+    for device in &devices {
+        let held = device.finish(expected[device.user].len() as u64).await;
+        check_inbox(seed, device.user, &held, &expected[device.user]);
+    }
+    for (index, user) in users.iter().enumerate() {
+        let client = stack.sign_in(&user.login).await;
+        let (stored, _) = sync_all(&client, 0, 100).await;
+        check_inbox(seed, index, &stored, &expected[index]);
+    }
+    stack.stop().await;
+}
+
+/// Disconnects or reconnects a random device now and then.
+async fn shake_connections(rng: &mut StdRng, devices: &[Device]) {
+    let roll: f64 = rng.random();
+    let device = &devices[rng.random_range(0..devices.len())];
+    if roll < 0.1 {
+        let graceful = rng.random_bool(0.5);
+        device
+            .command(|done| Command::Disconnect { graceful, done })
+            .await;
+    } else if roll < 0.2 {
+        device.command(|done| Command::Reconnect { done }).await;
+    }
+}
+
+/// Asserts that `messages` holds each expected message once, in seq order 1, 2, 3, ...
+fn check_inbox(seed: u64, user: usize, messages: &[Message], expected: &HashSet<u64>) {
+    let count = expected.len() as u64;
+    assert_eq!(
+        seqs(messages),
+        (1..=count).collect::<Vec<_>>(),
+        "seed {seed}: user {user} seqs"
+    );
+    let ids: HashSet<u64> = messages.iter().map(|message| message.message_id).collect();
+    assert_eq!(
+        ids.len(),
+        messages.len(),
+        "seed {seed}: user {user} holds a message twice"
+    );
+    assert_eq!(&ids, expected, "seed {seed}: user {user} message ids");
+}
+
+/// A request to a device task.
+enum Command {
+    Send {
+        conversation: ConversationType,
+        receiver_id: u64,
+        content: String,
+        client_msg_id: String,
+        reply: oneshot::Sender<Result<SendReply, InboxError>>,
+    },
+    Disconnect {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
+    Reconnect {
+        done: oneshot::Sender<()>,
+    },
+    /// Reconnect if needed, receive up to `last_seq`, close, and return every message held.
+    Finish {
+        last_seq: u64,
+        reply: oneshot::Sender<Vec<Message>>,
+    },
+}
+
+/// A handle on one device's task, which owns its connection and its inbox.
+struct Device {
+    user: usize,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Device {
+    fn spawn(stack: &Stack, user: usize, login: LoginReply, client: Client) -> Device {
+        let (commands, receiver) = mpsc::channel(4);
+        let task = DeviceTask {
+            url: stack.ws_url(),
+            inbox: Inbox::new(login.user_id, login.device_id).with_page_limit(7),
+            login,
+            client: Some(client),
+            held: Vec::new(),
+        };
+        tokio::spawn(task.run(receiver));
+        Device { user, commands }
+    }
+
+    async fn send(
+        &self,
+        conversation: ConversationType,
+        receiver_id: u64,
+        content: String,
+        client_msg_id: String,
+    ) -> Result<SendReply, InboxError> {
+        let (reply, result) = oneshot::channel();
+        let command = Command::Send {
+            conversation,
+            receiver_id,
+            content,
+            client_msg_id,
+            reply,
+        };
+        self.commands.send(command).await.expect("device task runs");
+        result.await.expect("device task replies")
+    }
+
+    async fn command(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) {
+        let (done, finished) = oneshot::channel();
+        self.commands
+            .send(make(done))
+            .await
+            .expect("device task runs");
+        finished.await.expect("device task replies");
+    }
+
+    async fn finish(&self, last_seq: u64) -> Vec<Message> {
+        let (reply, held) = oneshot::channel();
+        let command = Command::Finish { last_seq, reply };
+        self.commands.send(command).await.expect("device task runs");
+        held.await.expect("device task replies")
+    }
+}
+
+/// What woke a device task.
+enum Wake {
+    Command(Option<Command>),
+    Received(Result<Vec<Message>, InboxError>),
+}
+
+struct DeviceTask {
+    url: String,
+    login: LoginReply,
+    client: Option<Client>,
+    inbox: Inbox,
+    /// Every message the inbox delivered, in delivery order.
+    held: Vec<Message>,
+}
+
+impl DeviceTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let wake = match &self.client {
+                Some(client) => tokio::select! {
+                    command = commands.recv() => Wake::Command(command),
+                    received = self.inbox.recv(client) => Wake::Received(received),
+                },
+                None => Wake::Command(commands.recv().await),
+            };
+            match wake {
+                Wake::Command(None) => return,
+                Wake::Command(Some(command)) => self.handle(command).await,
+                Wake::Received(Ok(messages)) => self.held.extend(messages),
+                Wake::Received(Err(error)) => {
+                    panic!(
+                        "device {} lost its connection: {error}",
+                        self.login.device_id
+                    )
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                conversation,
+                receiver_id,
+                content,
+                client_msg_id,
+                reply,
+            } => {
+                self.go_online().await;
+                let client = self.client.as_ref().expect("online");
+                let result = self
+                    .inbox
+                    .send(
+                        client,
+                        conversation,
+                        receiver_id,
+                        content,
+                        "text/plain",
+                        &client_msg_id,
+                    )
+                    .await;
+                let _ = reply.send(result);
+            }
+            Command::Disconnect { graceful, done } => {
+                if let Some(client) = self.client.take() {
+                    if graceful {
+                        client.close().await.expect("close handshake");
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::Reconnect { done } => {
+                self.go_online().await;
+                let _ = done.send(());
+            }
+            Command::Finish { last_seq, reply } => {
+                self.go_online().await;
+                let client = self.client.as_ref().expect("online");
+                let rest = recv_until(&mut self.inbox, client, last_seq, Duration::from_secs(10))
+                    .await
+                    .expect("messages up to the last seq");
+                self.held.extend(rest);
+                if let Some(client) = self.client.take() {
+                    client.close().await.expect("close handshake");
+                }
+                let _ = reply.send(std::mem::take(&mut self.held));
+            }
+        }
+    }
+
+    /// Connects, signs in and syncs when offline.
+    async fn go_online(&mut self) {
+        if self.client.is_some() {
+            return;
+        }
+        let client = Client::connect(&self.url, &im_client::ConnectOptions::default())
+            .await
+            .expect("reconnect");
+        client
+            .sign_in(self.login.user_id, self.login.device_id, &self.login.token)
+            .await
+            .expect("sign-in after reconnect");
+        let synced = self
+            .inbox
+            .resync(&client)
+            .await
+            .expect("resync after reconnect");
+        self.held.extend(synced);
+        self.client = Some(client);
+    }
+}

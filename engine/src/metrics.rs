@@ -1,0 +1,410 @@
+//! Engine metrics in the Prometheus text format. Each shard writes its own counters and
+//! histograms (relaxed atomics on memory only that shard writes, so no lock and no
+//! allocation per event); a scrape sums the shards.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket of `LATENCY_BUCKETS`, plus one for larger values.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn add_to(&self, counts: &mut [u64], sum_nanos: &mut u64) {
+        for (total, bucket) in counts.iter_mut().zip(&self.buckets) {
+            *total += bucket.load(Ordering::Relaxed);
+        }
+        *sum_nanos += self.sum_nanos.load(Ordering::Relaxed);
+    }
+}
+
+/// Results of SIGN_IN and LOGIN, as the `result` label.
+pub const SIGN_IN_RESULTS: [&str; 5] = ["ok", "rejected", "unavailable", "timeout", "internal"];
+
+/// Close codes counted by code; any other code counts as "other", and a socket lost without
+/// a close handshake as "none".
+pub const CLOSE_CODES: [&str; 14] = [
+    "1000", "1001", "1002", "1003", "1007", "1008", "1009", "1011", "4001", "4002", "4003", "4008",
+    "other", "none",
+];
+
+/// Limits that reject or close, as the `kind` label.
+pub const LIMITS: [&str; 3] = ["outbound_queue", "bridge_queue", "shard_full"];
+
+/// Counters and histograms of one shard; only that shard writes them.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub(crate) connections: AtomicI64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) sign_ins: [AtomicU64; SIGN_IN_RESULTS.len()],
+    pub(crate) closes: [AtomicU64; CLOSE_CODES.len()],
+    pub(crate) limits: [AtomicU64; LIMITS.len()],
+    pub(crate) packets_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) messages_missed: AtomicU64,
+    pub(crate) sign_in_seconds: Histogram,
+    pub(crate) send_seconds: Histogram,
+}
+
+impl ShardMetrics {
+    pub(crate) fn count_sign_in(&self, code: im_proto::ErrorCode) {
+        use im_proto::ErrorCode;
+        let index = match code {
+            ErrorCode::Ok => 0,
+            ErrorCode::Unavailable => 2,
+            ErrorCode::Timeout => 3,
+            ErrorCode::Internal => 4,
+            _ => 1,
+        };
+        self.sign_ins[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_close(&self, code: Option<u16>) {
+        let label = match code {
+            None => "none".to_owned(),
+            Some(code) => code.to_string(),
+        };
+        let index = CLOSE_CODES
+            .iter()
+            .position(|known| *known == label)
+            .unwrap_or(CLOSE_CODES.len() - 2);
+        self.closes[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_limit(&self, kind: &str) {
+        if let Some(index) = LIMITS.iter().position(|known| *known == kind) {
+            self.limits[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the bridge to the logic tier, written from its tokio tasks.
+#[derive(Debug, Default)]
+pub struct BridgeMetrics {
+    pub(crate) in_flight: AtomicI64,
+    pub(crate) queue_rejected: AtomicU64,
+    pub(crate) call_seconds: [Histogram; BRIDGE_METHODS.len()],
+    pub(crate) call_errors: [AtomicU64; BRIDGE_METHODS.len()],
+}
+
+/// Logic-tier methods the bridge calls, as the `method` label.
+pub const BRIDGE_METHODS: [&str; 7] = [
+    "Register",
+    "ConnLogin",
+    "ConnSignIn",
+    "Offline",
+    "Send",
+    "Sync",
+    "Ack",
+];
+
+/// Every metric source of a node, for rendering.
+#[derive(Debug, Default, Clone)]
+pub struct EngineMetrics {
+    pub(crate) shards: Vec<Arc<ShardMetrics>>,
+    pub(crate) bridge: Arc<BridgeMetrics>,
+    pub(crate) deliver_seconds: Arc<Histogram>,
+}
+
+impl EngineMetrics {
+    /// Renders every metric in the Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let shards = &self.shards;
+        gauge_per_shard(
+            &mut out,
+            "im_engine_connections",
+            "Open WebSocket connections.",
+            shards,
+            |m| m.connections.load(Ordering::Relaxed),
+        );
+        counter_per_shard(
+            &mut out,
+            "im_engine_accepted_total",
+            "TCP connections accepted.",
+            shards,
+            |m| m.accepted.load(Ordering::Relaxed),
+        );
+        labelled_sum(
+            &mut out,
+            "im_engine_sign_ins_total",
+            "SIGN_IN and LOGIN requests by result.",
+            "result",
+            &SIGN_IN_RESULTS,
+            |i| {
+                shards
+                    .iter()
+                    .map(|m| m.sign_ins[i].load(Ordering::Relaxed))
+                    .sum()
+            },
+        );
+        labelled_sum(
+            &mut out,
+            "im_engine_closes_total",
+            "Connections closed, by the close code sent or echoed.",
+            "code",
+            &CLOSE_CODES,
+            |i| {
+                shards
+                    .iter()
+                    .map(|m| m.closes[i].load(Ordering::Relaxed))
+                    .sum()
+            },
+        );
+        labelled_sum(
+            &mut out,
+            "im_engine_limits_hit_total",
+            "Requests rejected or connections closed by a limit.",
+            "kind",
+            &LIMITS,
+            |i| {
+                let shard_hits: u64 = shards
+                    .iter()
+                    .map(|m| m.limits[i].load(Ordering::Relaxed))
+                    .sum();
+                if LIMITS[i] == "bridge_queue" {
+                    shard_hits + self.bridge.queue_rejected.load(Ordering::Relaxed)
+                } else {
+                    shard_hits
+                }
+            },
+        );
+        total(
+            &mut out,
+            "im_engine_packets_in_total",
+            "Packets received from devices.",
+            shards
+                .iter()
+                .map(|m| m.packets_in.load(Ordering::Relaxed))
+                .sum(),
+        );
+        total(
+            &mut out,
+            "im_engine_messages_out_total",
+            "MESSAGE packets queued to devices.",
+            shards
+                .iter()
+                .map(|m| m.messages_out.load(Ordering::Relaxed))
+                .sum(),
+        );
+        total(
+            &mut out,
+            "im_engine_messages_missed_total",
+            "Pushed messages whose connection had closed; the device syncs them.",
+            shards
+                .iter()
+                .map(|m| m.messages_missed.load(Ordering::Relaxed))
+                .sum(),
+        );
+        let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Calls to the logic tier in flight.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));
+        histogram(
+            &mut out,
+            "im_engine_sign_in_seconds",
+            "Time from a SIGN_IN or LOGIN packet to its reply.",
+            "",
+            shards.iter().map(|m| &m.sign_in_seconds),
+        );
+        histogram(
+            &mut out,
+            "im_engine_send_seconds",
+            "Time from a SEND packet to its reply (stored for every recipient).",
+            "",
+            shards.iter().map(|m| &m.send_seconds),
+        );
+        histogram(
+            &mut out,
+            "im_engine_deliver_seconds",
+            "Time to route one Deliver call from the logic tier to the shards.",
+            "",
+            std::iter::once(&*self.deliver_seconds),
+        );
+        let _ = writeln!(out, "# HELP im_engine_logic_call_seconds Calls from the bridge to the logic tier, by method.\n# TYPE im_engine_logic_call_seconds histogram");
+        for (index, method) in BRIDGE_METHODS.iter().enumerate() {
+            histogram_series(
+                &mut out,
+                "im_engine_logic_call_seconds",
+                &format!("method=\"{method}\""),
+                std::iter::once(&self.bridge.call_seconds[index]),
+            );
+        }
+        labelled_sum(
+            &mut out,
+            "im_engine_logic_call_errors_total",
+            "Failed calls to the logic tier, by method.",
+            "method",
+            &BRIDGE_METHODS,
+            |i| self.bridge.call_errors[i].load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+fn gauge_per_shard(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[Arc<ShardMetrics>],
+    value: impl Fn(&ShardMetrics) -> i64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (index, shard) in shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{index}\"}} {}", value(shard));
+    }
+}
+
+fn counter_per_shard(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[Arc<ShardMetrics>],
+    value: impl Fn(&ShardMetrics) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (index, shard) in shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{index}\"}} {}", value(shard));
+    }
+}
+
+fn labelled_sum(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    value: impl Fn(usize) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (index, label_value) in values.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{{label}=\"{label_value}\"}} {}", value(index));
+    }
+}
+
+fn total(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &str,
+    parts: impl Iterator<Item = &'a Histogram>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    histogram_series(out, name, labels, parts);
+}
+
+fn histogram_series<'a>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    parts: impl Iterator<Item = &'a Histogram>,
+) {
+    let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
+    let mut sum_nanos = 0u64;
+    for part in parts {
+        part.add_to(&mut counts, &mut sum_nanos);
+    }
+    let separator = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bound, count) in LATENCY_BUCKETS.iter().zip(&counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{separator}le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += counts[LATENCY_BUCKETS.len()];
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {cumulative}"
+    );
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", sum_nanos as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = EngineMetrics {
+            shards: vec![Arc::default(), Arc::default()],
+            ..EngineMetrics::default()
+        };
+        metrics.shards[0]
+            .sign_in_seconds
+            .observe(Duration::from_micros(50));
+        metrics.shards[1]
+            .sign_in_seconds
+            .observe(Duration::from_millis(3));
+        metrics.shards[1]
+            .sign_in_seconds
+            .observe(Duration::from_secs(60));
+        let text = metrics.render();
+        assert!(
+            text.contains("im_engine_sign_in_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("im_engine_sign_in_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn shard_counters_are_summed() {
+        let metrics = EngineMetrics {
+            shards: vec![Arc::default(), Arc::default()],
+            ..EngineMetrics::default()
+        };
+        metrics.shards[0].count_close(Some(4003));
+        metrics.shards[1].count_close(Some(4003));
+        metrics.shards[1].count_close(Some(3999));
+        metrics.shards[0].count_sign_in(im_proto::ErrorCode::TokenInvalid);
+        let text = metrics.render();
+        assert!(
+            text.contains("im_engine_closes_total{code=\"4003\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("im_engine_closes_total{code=\"other\"} 1\n"));
+        assert!(text.contains("im_engine_sign_ins_total{result=\"rejected\"} 1\n"));
+    }
+}

@@ -1,0 +1,126 @@
+//! The `DeviceIntService` server: calls from engine nodes on behalf of devices, mapped onto the
+//! RPC group modules.
+
+use std::sync::Arc;
+
+use im_proto::v1::device_int_service_server::DeviceIntService;
+use im_proto::v1::{
+    AckReply, ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInReply,
+    ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply, OfflineReply, OfflineRequest,
+    RegisterReply, RegisterRequest, SendReply, SyncReply,
+};
+use tonic::{Request, Response, Status};
+
+use super::{auth, messages, presence, register, respond, CallIds, Logic};
+
+/// The `DeviceIntService` server: calls from engine nodes on behalf of devices.
+#[derive(Clone)]
+pub struct DeviceService {
+    logic: Arc<Logic>,
+}
+
+impl DeviceService {
+    /// Serves calls with `logic`.
+    pub fn new(logic: Arc<Logic>) -> DeviceService {
+        DeviceService { logic }
+    }
+}
+
+#[tonic::async_trait]
+impl DeviceIntService for DeviceService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let ids = CallIds::default();
+        let call = register::register(&self.logic, request.into_inner());
+        respond(&self.logic, "Register", &ids, call).await
+    }
+
+    async fn conn_login(
+        &self,
+        request: Request<ConnLoginRequest>,
+    ) -> Result<Response<LoginReply>, Status> {
+        let request = request.into_inner();
+        let ids = CallIds::new(
+            0,
+            request.login.as_ref().map_or(0, |login| login.device_id),
+            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+        );
+        respond(
+            &self.logic,
+            "ConnLogin",
+            &ids,
+            auth::login(&self.logic, request, &ids),
+        )
+        .await
+    }
+
+    async fn conn_sign_in(
+        &self,
+        request: Request<ConnSignInRequest>,
+    ) -> Result<Response<ConnSignInReply>, Status> {
+        let request = request.into_inner();
+        let sign_in = request.sign_in.as_ref();
+        let ids = CallIds::new(
+            sign_in.map_or(0, |s| s.user_id),
+            sign_in.map_or(0, |s| s.device_id),
+            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+        );
+        respond(
+            &self.logic,
+            "ConnSignIn",
+            &ids,
+            auth::sign_in(&self.logic, request),
+        )
+        .await
+    }
+
+    async fn offline(
+        &self,
+        request: Request<OfflineRequest>,
+    ) -> Result<Response<OfflineReply>, Status> {
+        let request = request.into_inner();
+        let ids = CallIds::new(
+            request.user_id,
+            request.device_id,
+            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+        );
+        respond(
+            &self.logic,
+            "Offline",
+            &ids,
+            presence::offline(&self.logic, request),
+        )
+        .await
+    }
+
+    async fn send(&self, request: Request<ConnSendRequest>) -> Result<Response<SendReply>, Status> {
+        let request = request.into_inner();
+        let ids = device_call_ids(request.device.as_ref());
+        let call = messages::send_from_device(&self.logic, request);
+        respond(&self.logic, "Send", &ids, call).await
+    }
+
+    async fn sync(&self, request: Request<ConnSyncRequest>) -> Result<Response<SyncReply>, Status> {
+        let request = request.into_inner();
+        let ids = device_call_ids(request.device.as_ref());
+        let call = messages::sync(&self.logic, request);
+        respond(&self.logic, "Sync", &ids, call).await
+    }
+
+    async fn ack(&self, request: Request<ConnAckRequest>) -> Result<Response<AckReply>, Status> {
+        let request = request.into_inner();
+        let ids = device_call_ids(request.device.as_ref());
+        let call = messages::ack(&self.logic, request);
+        respond(&self.logic, "Ack", &ids, call).await
+    }
+}
+
+fn device_call_ids(device: Option<&DeviceRef>) -> CallIds {
+    CallIds::new(
+        device.map_or(0, |device| device.user_id),
+        device.map_or(0, |device| device.device_id),
+        0,
+    )
+}

@@ -1,0 +1,165 @@
+//! The `LogicExtService` server: the business API for back ends and tools. Every call except
+//! Register and ServerSend first authenticates the calling user from the request metadata.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use im_proto::v1::logic_ext_service_server::LogicExtService;
+use im_proto::v1::{
+    CreateGroupRequest, FindUserRequest, FriendReply, FriendRequest, GetGroupRequest,
+    GetUserRequest, GroupInfo, GroupMembersRequest, ListFriendsReply, ListFriendsRequest,
+    ListGroupsReply, ListGroupsRequest, RegisterReply, RegisterRequest, SendReply,
+    ServerSendRequest, UserInfo,
+};
+use tonic::{Request, Response, Status};
+
+use super::caller::{self, Caller, Credentials};
+use super::{friends, groups, messages, register, respond, users, CallIds, Logic};
+use crate::error::LogicError;
+
+/// The `LogicExtService` server: the business API for back ends.
+#[derive(Clone)]
+pub struct ExtService {
+    logic: Arc<Logic>,
+}
+
+impl ExtService {
+    /// Serves calls with `logic`.
+    pub fn new(logic: Arc<Logic>) -> ExtService {
+        ExtService { logic }
+    }
+
+    /// Authenticates the calling user from the metadata of `request`, then runs `handler` as
+    /// that user. A failed check ends the call with UNAUTHENTICATED.
+    async fn as_user<'a, T, R, F>(
+        &'a self,
+        rpc: &'static str,
+        request: Request<T>,
+        handler: impl FnOnce(&'a Logic, Caller, T) -> F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: Future<Output = Result<R, LogicError>>,
+    {
+        let credentials = Credentials::from_metadata(request.metadata());
+        let ids = CallIds::new(
+            credentials.claimed_user_id(),
+            credentials.claimed_device_id(),
+            0,
+        );
+        let body = request.into_inner();
+        let logic = &*self.logic;
+        let call = async move {
+            let caller = caller::authenticate(logic, &credentials).await?;
+            handler(logic, caller, body).await
+        };
+        respond(logic, rpc, &ids, call).await
+    }
+}
+
+#[tonic::async_trait]
+impl LogicExtService for ExtService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let ids = CallIds::default();
+        let call = register::register(&self.logic, request.into_inner());
+        respond(&self.logic, "Register", &ids, call).await
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<UserInfo>, Status> {
+        self.as_user("GetUser", request, users::get_user).await
+    }
+
+    async fn find_user(
+        &self,
+        request: Request<FindUserRequest>,
+    ) -> Result<Response<UserInfo>, Status> {
+        self.as_user("FindUser", request, users::find_user).await
+    }
+
+    async fn request_friend(
+        &self,
+        request: Request<FriendRequest>,
+    ) -> Result<Response<FriendReply>, Status> {
+        self.as_user("RequestFriend", request, friends::request_friend)
+            .await
+    }
+
+    async fn accept_friend(
+        &self,
+        request: Request<FriendRequest>,
+    ) -> Result<Response<FriendReply>, Status> {
+        self.as_user("AcceptFriend", request, friends::accept_friend)
+            .await
+    }
+
+    async fn list_friends(
+        &self,
+        request: Request<ListFriendsRequest>,
+    ) -> Result<Response<ListFriendsReply>, Status> {
+        self.as_user("ListFriends", request, friends::list_friends)
+            .await
+    }
+
+    async fn remove_friend(
+        &self,
+        request: Request<FriendRequest>,
+    ) -> Result<Response<FriendReply>, Status> {
+        self.as_user("RemoveFriend", request, friends::remove_friend)
+            .await
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<CreateGroupRequest>,
+    ) -> Result<Response<GroupInfo>, Status> {
+        self.as_user("CreateGroup", request, groups::create_group)
+            .await
+    }
+
+    async fn add_group_members(
+        &self,
+        request: Request<GroupMembersRequest>,
+    ) -> Result<Response<GroupInfo>, Status> {
+        self.as_user("AddGroupMembers", request, groups::add_group_members)
+            .await
+    }
+
+    async fn remove_group_members(
+        &self,
+        request: Request<GroupMembersRequest>,
+    ) -> Result<Response<GroupInfo>, Status> {
+        self.as_user("RemoveGroupMembers", request, groups::remove_group_members)
+            .await
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsReply>, Status> {
+        self.as_user("ListGroups", request, groups::list_groups)
+            .await
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<GetGroupRequest>,
+    ) -> Result<Response<GroupInfo>, Status> {
+        self.as_user("GetGroup", request, groups::get_group).await
+    }
+
+    async fn server_send(
+        &self,
+        request: Request<ServerSendRequest>,
+    ) -> Result<Response<SendReply>, Status> {
+        let credentials = Credentials::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let ids = CallIds::new(request.sender_user_id, 0, 0);
+        let call = messages::server_send(&self.logic, &credentials, request);
+        respond(&self.logic, "ServerSend", &ids, call).await
+    }
+}

@@ -1,0 +1,170 @@
+//! Friends: a request, then the other user's accept, makes two users friends. Friends may send
+//! each other direct messages; users who registered as open accept them from anyone.
+
+use im_proto::v1::{
+    Friend, FriendReply, FriendRequest, FriendState, ListFriendsReply, ListFriendsRequest,
+};
+
+use super::caller::Caller;
+use super::Logic;
+use crate::error::LogicError;
+use crate::ids::UserId;
+use crate::store::pg::friendships::{self, FriendEntry, PairState};
+
+/// Attempts at a friend request when the pair changes between its insert and its lock.
+const REQUEST_ATTEMPTS: usize = 3;
+
+/// Sends a friend request to `request.user_id`, or accepts the one that user already sent.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for a request to oneself or to user 0,
+/// [`LogicError::NotFound`] for an unknown user, [`LogicError::AlreadyExists`] when the two are
+/// friends already or the caller's request is pending; store errors.
+pub async fn request_friend(
+    logic: &Logic,
+    caller: Caller,
+    request: FriendRequest,
+) -> Result<FriendReply, LogicError> {
+    let other = other_user(caller, &request)?;
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            request_or_accept(&tx, caller.user, other).await?;
+            tx.commit().await?;
+            Ok(FriendReply {})
+        })
+        .await
+}
+
+/// Accepts the pending friend request that `request.user_id` sent to the caller.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for oneself or user 0, [`LogicError::NotFound`] when that
+/// user sent the caller no pending request; store errors.
+pub async fn accept_friend(
+    logic: &Logic,
+    caller: Caller,
+    request: FriendRequest,
+) -> Result<FriendReply, LogicError> {
+    let other = other_user(caller, &request)?;
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            let state = friendships::lock_pair(&tx, caller.user, other).await?;
+            if state != Some(PairState::Requested { by: other }) {
+                return Err(LogicError::NotFound("friend request"));
+            }
+            friendships::accept_pair(&tx, caller.user, other).await?;
+            tx.commit().await?;
+            Ok(FriendReply {})
+        })
+        .await
+}
+
+/// Ends a friendship, or withdraws or declines a pending request, in either direction.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for oneself or user 0, [`LogicError::NotFound`] when the two
+/// users are neither friends nor have a pending request; store errors.
+pub async fn remove_friend(
+    logic: &Logic,
+    caller: Caller,
+    request: FriendRequest,
+) -> Result<FriendReply, LogicError> {
+    let other = other_user(caller, &request)?;
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            if friendships::lock_pair(&tx, caller.user, other)
+                .await?
+                .is_none()
+            {
+                return Err(LogicError::NotFound("friend"));
+            }
+            friendships::delete_pair(&tx, caller.user, other).await?;
+            tx.commit().await?;
+            Ok(FriendReply {})
+        })
+        .await
+}
+
+/// Lists the caller's friends and pending requests in both directions, by user id.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn list_friends(
+    logic: &Logic,
+    caller: Caller,
+    _request: ListFriendsRequest,
+) -> Result<ListFriendsReply, LogicError> {
+    let entries = friendships::list(&logic.pg, caller.user).await?;
+    let friends = entries
+        .into_iter()
+        .map(|entry| friend_from_entry(caller.user, entry))
+        .collect();
+    Ok(ListFriendsReply { friends })
+}
+
+fn other_user(caller: Caller, request: &FriendRequest) -> Result<UserId, LogicError> {
+    let reason = match request.user_id {
+        0 => "must not be 0",
+        id if id == caller.user.0 => "must name another user",
+        id => return Ok(UserId(id)),
+    };
+    Err(LogicError::InvalidArgument {
+        field: "user_id",
+        reason,
+    })
+}
+
+/// Inserts the request, or handles the pair that exists. The insert waits for a concurrent
+/// transaction on the same pair, so the following lock finds its rows. When that transaction
+/// deleted them instead, the insert is tried again.
+async fn request_or_accept(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user: UserId,
+    other: UserId,
+) -> Result<(), LogicError> {
+    for _ in 0..REQUEST_ATTEMPTS {
+        if friendships::insert_request(tx, user, other).await? {
+            return Ok(());
+        }
+        match friendships::lock_pair(tx, user, other).await? {
+            Some(PairState::Accepted) => return Err(LogicError::AlreadyExists("friendship")),
+            Some(PairState::Requested { by }) if by == user => {
+                return Err(LogicError::AlreadyExists("friend request"))
+            }
+            // The other user asked first: this request accepts theirs.
+            Some(PairState::Requested { .. }) => {
+                return friendships::accept_pair(tx, user, other).await
+            }
+            None => continue,
+        }
+    }
+    Err(LogicError::Internal(
+        "friendship rows kept changing during a friend request",
+    ))
+}
+
+fn friend_from_entry(caller: UserId, entry: FriendEntry) -> Friend {
+    let state = match entry.state {
+        PairState::Accepted => FriendState::Accepted,
+        PairState::Requested { by } if by == caller => FriendState::RequestSent,
+        PairState::Requested { .. } => FriendState::RequestReceived,
+    };
+    Friend {
+        user_id: entry.user.0,
+        username: entry.username,
+        state: state as i32,
+    }
+}

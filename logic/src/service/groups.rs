@@ -1,0 +1,290 @@
+//! Groups: the creator is the owner and a member; members add members; the owner removes
+//! anyone and other members only themselves. When the owner leaves, the member who joined first
+//! becomes the owner; when the last member leaves, the group is deleted.
+
+use im_proto::v1::{
+    CreateGroupRequest, GetGroupRequest, GroupInfo, GroupMembersRequest, ListGroupsReply,
+    ListGroupsRequest,
+};
+
+use super::caller::Caller;
+use super::Logic;
+use crate::error::LogicError;
+use crate::ids::{GroupId, UserId};
+use crate::store::pg::group_members;
+use crate::store::pg::groups::{self, Group, GroupHead};
+
+/// Length of a group name, in characters.
+const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
+
+/// Creates a group owned by the caller, with the caller and `member_ids` as members.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for a name outside 1 to 64 characters,
+/// [`LogicError::GroupFull`] for more than `max_group_members` members,
+/// [`LogicError::NotFound`] when a member does not exist; store errors.
+pub async fn create_group(
+    logic: &Logic,
+    caller: Caller,
+    request: CreateGroupRequest,
+) -> Result<GroupInfo, LogicError> {
+    validate_name(&request.name)?;
+    let mut members = distinct_users(&request.member_ids);
+    if let Err(at) = members.binary_search(&caller.user) {
+        members.insert(at, caller.user);
+    }
+    check_size(logic, members.len())?;
+
+    let id = logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            let id = groups::insert(&tx, &request.name, caller.user).await?;
+            group_members::insert_many(&tx, id, &members).await?;
+            tx.commit().await?;
+            Ok(id)
+        })
+        .await?;
+    tracing::debug!(user_id = caller.user.0, room_id = id.0, "group created");
+    let head = GroupHead {
+        name: request.name,
+        owner: caller.user,
+    };
+    Ok(group_info(id, head, &members))
+}
+
+/// Adds `user_ids` to the group; the caller must be a member.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for an empty list, [`LogicError::NotFound`] for an unknown
+/// group or user, [`LogicError::NotGroupMember`] when the caller is not a member,
+/// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
+/// [`LogicError::GroupFull`]; store errors.
+pub async fn add_group_members(
+    logic: &Logic,
+    caller: Caller,
+    request: GroupMembersRequest,
+) -> Result<GroupInfo, LogicError> {
+    let added = requested_users(&request)?;
+    let group = GroupId(request.group_id);
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            let (head, mut members) = lock_as_member(&tx, group, caller).await?;
+            if added.iter().any(|user| members.binary_search(user).is_ok()) {
+                return Err(LogicError::AlreadyExists("group member"));
+            }
+            check_size(logic, members.len() + added.len())?;
+            group_members::insert_many(&tx, group, &added).await?;
+            tx.commit().await?;
+
+            members.extend_from_slice(&added);
+            members.sort_unstable();
+            Ok(group_info(group, head, &members))
+        })
+        .await
+}
+
+/// Removes `user_ids` from the group. The owner may remove anyone, itself included; another
+/// member only itself. The reply shows the group afterwards: with owner 0 and no members when
+/// the last member left and the group was deleted.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for an empty list, [`LogicError::NotFound`] for an unknown
+/// group or a user who is not a member, [`LogicError::NotGroupMember`] when the caller is not
+/// a member, [`LogicError::PermissionDenied`] when a member who is not the owner removes
+/// someone else; store errors.
+pub async fn remove_group_members(
+    logic: &Logic,
+    caller: Caller,
+    request: GroupMembersRequest,
+) -> Result<GroupInfo, LogicError> {
+    let removed = requested_users(&request)?;
+    let group = GroupId(request.group_id);
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+            let (mut head, members) = lock_as_member(&tx, group, caller).await?;
+            if head.owner != caller.user && removed != [caller.user] {
+                return Err(LogicError::PermissionDenied(
+                    "only the group owner removes other members",
+                ));
+            }
+            if removed
+                .iter()
+                .any(|user| members.binary_search(user).is_err())
+            {
+                return Err(LogicError::NotFound("group member"));
+            }
+            group_members::delete_many(&tx, group, &removed).await?;
+            let remaining: Vec<UserId> = members
+                .into_iter()
+                .filter(|user| removed.binary_search(user).is_err())
+                .collect();
+            head.owner = settle_owner(&tx, group, head.owner, &remaining).await?;
+            tx.commit().await?;
+            Ok(group_info(group, head, &remaining))
+        })
+        .await
+}
+
+/// Lists the groups the caller is a member of, by group id.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn list_groups(
+    logic: &Logic,
+    caller: Caller,
+    _request: ListGroupsRequest,
+) -> Result<ListGroupsReply, LogicError> {
+    let groups = groups::list_for_member(&logic.pg, caller.user).await?;
+    let groups = groups
+        .into_iter()
+        .map(|group| group_info(group.id, group.head, &group.members))
+        .collect();
+    Ok(ListGroupsReply { groups })
+}
+
+/// Returns a group the caller is a member of.
+///
+/// # Errors
+///
+/// [`LogicError::NotFound`] for an unknown group, [`LogicError::NotGroupMember`] when the caller
+/// is not a member; store errors.
+pub async fn get_group(
+    logic: &Logic,
+    caller: Caller,
+    request: GetGroupRequest,
+) -> Result<GroupInfo, LogicError> {
+    let Group { id, head, members } = groups::find(&logic.pg, GroupId(request.group_id))
+        .await?
+        .ok_or(LogicError::NotFound("group"))?;
+    if members.binary_search(&caller.user).is_err() {
+        return Err(LogicError::NotGroupMember);
+    }
+    Ok(group_info(id, head, &members))
+}
+
+/// Locks the group and returns its head and members, checking that the caller is a member.
+async fn lock_as_member(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: GroupId,
+    caller: Caller,
+) -> Result<(GroupHead, Vec<UserId>), LogicError> {
+    let head = groups::lock(tx, group)
+        .await?
+        .ok_or(LogicError::NotFound("group"))?;
+    let members = group_members::members(tx, group).await?;
+    if members.binary_search(&caller.user).is_err() {
+        return Err(LogicError::NotGroupMember);
+    }
+    Ok((head, members))
+}
+
+/// Returns the owner after a removal: the same owner if still a member, else the member who
+/// joined first, or 0 after deleting the group when nobody is left.
+async fn settle_owner(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: GroupId,
+    owner: UserId,
+    remaining: &[UserId],
+) -> Result<UserId, LogicError> {
+    if remaining.is_empty() {
+        groups::delete(tx, group).await?;
+        return Ok(UserId(0));
+    }
+    if remaining.binary_search(&owner).is_ok() {
+        return Ok(owner);
+    }
+    let successor = group_members::longest_member(tx, group)
+        .await?
+        .ok_or(LogicError::Internal("group without members kept its row"))?;
+    groups::set_owner(tx, group, successor).await?;
+    Ok(successor)
+}
+
+fn validate_name(name: &str) -> Result<(), LogicError> {
+    if NAME_CHARS.contains(&name.chars().count()) {
+        return Ok(());
+    }
+    Err(LogicError::InvalidArgument {
+        field: "name",
+        reason: "must have 1 to 64 characters",
+    })
+}
+
+/// Returns the request's users, sorted and without repeats.
+fn requested_users(request: &GroupMembersRequest) -> Result<Vec<UserId>, LogicError> {
+    if request.user_ids.is_empty() {
+        return Err(LogicError::InvalidArgument {
+            field: "user_ids",
+            reason: "must name at least one user",
+        });
+    }
+    Ok(distinct_users(&request.user_ids))
+}
+
+fn distinct_users(ids: &[u64]) -> Vec<UserId> {
+    let mut users: Vec<UserId> = ids.iter().map(|&id| UserId(id)).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+fn check_size(logic: &Logic, members: usize) -> Result<(), LogicError> {
+    let max = logic.limits.max_group_members;
+    if members > max as usize {
+        return Err(LogicError::GroupFull { max });
+    }
+    Ok(())
+}
+
+fn group_info(id: GroupId, head: GroupHead, members: &[UserId]) -> GroupInfo {
+    GroupInfo {
+        group_id: id.0,
+        name: head.name,
+        owner_id: head.owner.0,
+        member_ids: members.iter().map(|user| user.0).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rules() {
+        assert!(validate_name("a").is_ok());
+        assert!(
+            validate_name(&"é".repeat(64)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn requested_users_are_sorted_and_distinct() {
+        let request = GroupMembersRequest {
+            group_id: 1,
+            user_ids: vec![5, 3, 5, 1],
+        };
+        let users = requested_users(&request).expect("not empty");
+        assert_eq!(users, vec![UserId(1), UserId(3), UserId(5)]);
+
+        let empty = GroupMembersRequest {
+            group_id: 1,
+            user_ids: Vec::new(),
+        };
+        assert!(requested_users(&empty).is_err());
+    }
+}

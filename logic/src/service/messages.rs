@@ -1,0 +1,520 @@
+//! SEND, SYNC and MESSAGE_ACK: storing a message once per recipient in one transaction, paging
+//! through a user's messages, and recording what a device has stored.
+//!
+//! A send runs in one PostgreSQL transaction whose number of round trips does not depend on the
+//! number of recipients. It claims the idempotency key and reads the recipients (pipelined),
+//! takes every recipient's next seq in one statement, stores every copy and the sender's seq
+//! (pipelined), and commits. The push to online devices runs afterwards in a task of its own.
+
+use im_proto::v1::{
+    AckReply, ConnAckRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef,
+    Message, SendReply, SendRequest, ServerSendRequest, SyncReply,
+};
+
+use super::caller::{self, Credentials};
+use super::{Limits, Logic};
+use crate::error::LogicError;
+use crate::ids::{require_ids, DeviceId, GroupId, UserId};
+use crate::store::pg::messages::{self, NewMessage};
+use crate::store::pg::sent_messages::{self, Claim, SendKey, SentReply};
+use crate::store::pg::user_seq::{self, Copy};
+use crate::store::pg::{device_acks, devices, friendships, group_members, users};
+
+/// Maximum length of `content_type` and `client_msg_id`, in bytes.
+const CONTENT_TYPE_MAX_BYTES: usize = 64;
+const CLIENT_MSG_ID_MAX_BYTES: usize = 64;
+
+/// SYNC page size when the request's limit is 0, unless `sync_max_page` is smaller.
+const DEFAULT_SYNC_PAGE: u32 = 100;
+
+/// The author of a message: a signed-in device, or a back end posting as a user with device 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// The sending user.
+    pub user: UserId,
+    /// The sending device; 0 for ServerSend.
+    pub device: DeviceId,
+}
+
+/// A send request that passed validation.
+struct Draft {
+    conversation: ConversationType,
+    receiver_id: u64,
+    request: SendRequest,
+}
+
+/// Result of the storing transaction.
+enum Stored {
+    /// The message was stored with these copies.
+    New { reply: SendReply, copies: Vec<Copy> },
+    /// A send with the same key was stored earlier; nothing was stored now.
+    Repeated(SendReply),
+}
+
+/// Handles SEND from a signed-in device.
+///
+/// # Errors
+///
+/// As [`send`], and [`LogicError::InvalidArgument`] for a missing device or zero ids.
+pub async fn send_from_device(
+    logic: &Logic,
+    request: ConnSendRequest,
+) -> Result<SendReply, LogicError> {
+    let (user, device) = device_ids(request.device.as_ref())?;
+    let send = request.send.ok_or(LogicError::InvalidArgument {
+        field: "send",
+        reason: "missing",
+    })?;
+    send_message(logic, Sender { user, device }, send).await
+}
+
+/// Checks and stores a message for every recipient, replies, and pushes it to the recipients'
+/// online devices in a spawned task. A send whose key (sender user, sender device,
+/// `client_msg_id`) was stored within the last day returns that send's reply and stores and
+/// pushes nothing.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`], [`LogicError::ContentEmpty`] or
+/// [`LogicError::ContentTooLarge`] for a bad request, [`LogicError::ReceiverNotFound`],
+/// [`LogicError::NotFriend`], [`LogicError::NotGroupMember`], store errors.
+pub async fn send_message(
+    logic: &Logic,
+    sender: Sender,
+    request: SendRequest,
+) -> Result<SendReply, LogicError> {
+    let draft = validate(&logic.limits, request)?;
+    store_and_push(logic, sender, draft).await
+}
+
+async fn store_and_push(
+    logic: &Logic,
+    sender: Sender,
+    draft: Draft,
+) -> Result<SendReply, LogicError> {
+    match store(logic, sender, &draft).await? {
+        Stored::New { reply, copies } => {
+            tracing::debug!(
+                user_id = sender.user.0,
+                device_id = sender.device.0,
+                msg_id = reply.message_id,
+                recipients = copies.len(),
+                "message stored"
+            );
+            let message = pushed_message(sender, &draft, &reply);
+            logic.pusher.spawn(message, copies, sender);
+            Ok(reply)
+        }
+        Stored::Repeated(reply) => {
+            tracing::debug!(
+                user_id = sender.user.0,
+                device_id = sender.device.0,
+                msg_id = reply.message_id,
+                "repeated send returned its first reply"
+            );
+            Ok(reply)
+        }
+    }
+}
+
+/// Handles ServerSend: a back end holding the server secret posts a message as
+/// `request.sender_user_id` with device 0, under the same checks as SEND. Every device of the
+/// sender gets the message too.
+///
+/// # Errors
+///
+/// [`LogicError::PermissionDenied`] for a missing or wrong secret or when none is configured,
+/// [`LogicError::InvalidArgument`] for sender 0 or a missing `send`, [`LogicError::NotFound`]
+/// for an unknown sender, and the errors of [`send_message`].
+pub async fn server_send(
+    logic: &Logic,
+    credentials: &Credentials,
+    request: ServerSendRequest,
+) -> Result<SendReply, LogicError> {
+    caller::check_server_secret(logic, credentials)?;
+    if request.sender_user_id == 0 {
+        return Err(LogicError::InvalidArgument {
+            field: "sender_user_id",
+            reason: "must not be 0",
+        });
+    }
+    let send = request.send.ok_or(LogicError::InvalidArgument {
+        field: "send",
+        reason: "missing",
+    })?;
+    let draft = validate(&logic.limits, send)?;
+    let sender = Sender {
+        user: UserId(request.sender_user_id),
+        device: DeviceId(0),
+    };
+    // A device's user exists because it signed in; a back end may name anyone.
+    if users::profile(&logic.pg, sender.user).await?.is_none() {
+        return Err(LogicError::NotFound("sender"));
+    }
+    store_and_push(logic, sender, draft).await
+}
+
+/// Handles SYNC: returns the user's messages after `after_seq`, in seq order.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for zero ids, a limit above `sync_max_page` or an
+/// `after_seq` above the bigint range; store errors.
+pub async fn sync(logic: &Logic, request: ConnSyncRequest) -> Result<SyncReply, LogicError> {
+    let (user, _) = device_ids(request.device.as_ref())?;
+    let sync = request.sync.unwrap_or_default();
+    let limit = page_size(sync.limit, logic.limits.sync_max_page)?;
+    let after_seq = i64::try_from(sync.after_seq).map_err(|_| LogicError::InvalidArgument {
+        field: "after_seq",
+        reason: "above 2^63 - 1",
+    })?;
+
+    // One row past the page shows whether more follow.
+    let mut messages = messages::page(&logic.pg, user, after_seq, i64::from(limit) + 1).await?;
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    Ok(SyncReply { messages, has_more })
+}
+
+/// Handles MESSAGE_ACK: raises the device's acked seq, never lowering it.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for zero ids or a seq above the bigint range,
+/// [`LogicError::DeviceUnknown`] or [`LogicError::DeviceNotOwned`] for a device that is not the
+/// user's; store errors.
+pub async fn ack(logic: &Logic, request: ConnAckRequest) -> Result<AckReply, LogicError> {
+    let (user, device) = device_ids(request.device.as_ref())?;
+    let seq = i64::try_from(request.seq).map_err(|_| LogicError::InvalidArgument {
+        field: "seq",
+        reason: "above 2^63 - 1",
+    })?;
+    if device_acks::record(&logic.pg, device, user, seq).await? {
+        return Ok(AckReply {});
+    }
+    match devices::find_owner(&logic.pg, device).await? {
+        None => Err(LogicError::DeviceUnknown),
+        Some(owner) if owner != user => Err(LogicError::DeviceNotOwned),
+        Some(_) => Err(LogicError::Internal(
+            "device row matched its owner but the ack stored nothing",
+        )),
+    }
+}
+
+fn device_ids(device: Option<&DeviceRef>) -> Result<(UserId, DeviceId), LogicError> {
+    let device = device.ok_or(LogicError::InvalidArgument {
+        field: "device",
+        reason: "missing",
+    })?;
+    require_ids(device.user_id, device.device_id)
+}
+
+/// Returns the page size for a SYNC limit: 0 means [`DEFAULT_SYNC_PAGE`] capped at `max`.
+fn page_size(limit: u32, max: u32) -> Result<u32, LogicError> {
+    match limit {
+        0 => Ok(DEFAULT_SYNC_PAGE.min(max)),
+        limit if limit <= max => Ok(limit),
+        _ => Err(LogicError::InvalidArgument {
+            field: "limit",
+            reason: "above the server's sync_max_page",
+        }),
+    }
+}
+
+fn validate(limits: &Limits, request: SendRequest) -> Result<Draft, LogicError> {
+    let conversation = match ConversationType::try_from(request.conversation_type) {
+        Ok(ConversationType::User) => ConversationType::User,
+        Ok(ConversationType::Group) => ConversationType::Group,
+        _ => {
+            return Err(LogicError::InvalidArgument {
+                field: "conversation_type",
+                reason: "must be USER or GROUP",
+            })
+        }
+    };
+    if request.receiver_id == 0 {
+        return Err(LogicError::InvalidArgument {
+            field: "receiver_id",
+            reason: "must not be 0",
+        });
+    }
+    validate_content(limits, &request)?;
+    Ok(Draft {
+        conversation,
+        receiver_id: request.receiver_id,
+        request,
+    })
+}
+
+fn validate_content(limits: &Limits, request: &SendRequest) -> Result<(), LogicError> {
+    if request.content.is_empty() {
+        return Err(LogicError::ContentEmpty);
+    }
+    if request.content.len() > limits.max_content_bytes as usize {
+        return Err(LogicError::ContentTooLarge {
+            size: request.content.len(),
+            max: limits.max_content_bytes,
+        });
+    }
+    if request.content_type.len() > CONTENT_TYPE_MAX_BYTES {
+        return Err(LogicError::InvalidArgument {
+            field: "content_type",
+            reason: "longer than 64 bytes",
+        });
+    }
+    let id_len = request.client_msg_id.len();
+    if id_len == 0 || id_len > CLIENT_MSG_ID_MAX_BYTES {
+        return Err(LogicError::InvalidArgument {
+            field: "client_msg_id",
+            reason: "must have 1 to 64 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Runs the storing transaction under the PostgreSQL deadline. An error drops the transaction,
+/// which rolls it back, seq increments included.
+async fn store(logic: &Logic, sender: Sender, draft: &Draft) -> Result<Stored, LogicError> {
+    let key = SendKey {
+        sender_user: sender.user,
+        sender_device: sender.device,
+        client_msg_id: &draft.request.client_msg_id,
+    };
+    logic
+        .pg
+        .with_deadline(async {
+            let mut client = logic.pg.client().await?;
+            let tx = client.transaction().await?;
+
+            // Both are sent before either reply is read. A repeated send returns its first
+            // reply even when the sender may no longer send to the receiver.
+            let (claim, recipients) = tokio::join!(
+                sent_messages::claim(&tx, key),
+                recipients(&tx, sender.user, draft)
+            );
+            let (message_id, sent_at_ms) = match claim? {
+                Claim::New {
+                    message_id,
+                    sent_at_ms,
+                } => (message_id, sent_at_ms),
+                Claim::Repeated => return repeated_reply(&tx, key).await,
+            };
+            let copies = user_seq::assign(&tx, &recipients?).await?;
+            let sender_seq = sender_copy_seq(&copies, sender.user)?;
+
+            let message = NewMessage {
+                message_id,
+                sender_user: sender.user,
+                sender_device: sender.device,
+                conversation_type: draft.conversation as i16,
+                receiver_id: draft.receiver_id,
+                content: &draft.request.content[..],
+                content_type: &draft.request.content_type,
+                client_msg_id: &draft.request.client_msg_id,
+            };
+            tokio::try_join!(
+                messages::insert_copies(&tx, &message, &copies),
+                sent_messages::set_sender_seq(&tx, key, sender_seq)
+            )?;
+            tx.commit().await?;
+            let reply = SendReply {
+                message_id: message_id.0,
+                seq: sender_seq,
+                sent_at_ms,
+            };
+            Ok(Stored::New { reply, copies })
+        })
+        .await
+}
+
+async fn repeated_reply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: SendKey<'_>,
+) -> Result<Stored, LogicError> {
+    let stored: SentReply = sent_messages::find(tx, key)
+        .await?
+        .ok_or(LogicError::Internal("conflicting send key not found"))?;
+    Ok(Stored::Repeated(SendReply {
+        message_id: stored.message_id.0,
+        seq: stored.sender_seq,
+        sent_at_ms: stored.sent_at_ms,
+    }))
+}
+
+/// Returns the users who get a copy, in ascending id order, after checking that the sender may
+/// send: a direct message goes to the receiver and the sender (once, for a message to
+/// oneself), a group message to every member, the sender included.
+async fn recipients(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sender: UserId,
+    draft: &Draft,
+) -> Result<Vec<UserId>, LogicError> {
+    match draft.conversation {
+        ConversationType::Group => {
+            let members = group_members::recipients(tx, GroupId(draft.receiver_id))
+                .await?
+                .ok_or(LogicError::ReceiverNotFound("group"))?;
+            if members.binary_search(&sender).is_err() {
+                return Err(LogicError::NotGroupMember);
+            }
+            Ok(members)
+        }
+        _ => {
+            let receiver = UserId(draft.receiver_id);
+            if receiver == sender {
+                return Ok(vec![sender]);
+            }
+            let access = friendships::direct_access(tx, sender, receiver)
+                .await?
+                .ok_or(LogicError::ReceiverNotFound("user"))?;
+            if !access.open && !access.friends {
+                return Err(LogicError::NotFriend);
+            }
+            let mut users = vec![sender, receiver];
+            users.sort_unstable();
+            Ok(users)
+        }
+    }
+}
+
+fn sender_copy_seq(copies: &[Copy], sender: UserId) -> Result<u64, LogicError> {
+    copies
+        .iter()
+        .find(|copy| copy.user == sender)
+        .map(|copy| copy.seq)
+        .ok_or(LogicError::Internal(
+            "the sender has no copy of its message",
+        ))
+}
+
+/// Returns the message as pushed; each delivery target carries its own seq.
+fn pushed_message(sender: Sender, draft: &Draft, reply: &SendReply) -> Message {
+    Message {
+        seq: 0,
+        message_id: reply.message_id,
+        sender_user_id: sender.user.0,
+        sender_device_id: sender.device.0,
+        conversation_type: draft.conversation as i32,
+        receiver_id: draft.receiver_id,
+        content: draft.request.content.clone(),
+        content_type: draft.request.content_type.clone(),
+        client_msg_id: draft.request.client_msg_id.clone(),
+        sent_at_ms: reply.sent_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits() -> Limits {
+        Limits {
+            max_content_bytes: 8,
+            max_group_members: 5,
+            sync_max_page: 500,
+        }
+    }
+
+    fn request() -> SendRequest {
+        SendRequest {
+            conversation_type: ConversationType::User as i32,
+            receiver_id: 7,
+            content: Bytes::from_static(b"hi"),
+            content_type: "text/plain".to_owned(),
+            client_msg_id: "c1".to_owned(),
+        }
+    }
+
+    fn rejection(request: SendRequest) -> LogicError {
+        match validate(&limits(), request) {
+            Ok(_) => panic!("request passed validation"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn valid_request_passes() {
+        assert!(validate(&limits(), request()).is_ok());
+    }
+
+    #[test]
+    fn content_checks_name_their_code() {
+        let empty = SendRequest {
+            content: Bytes::new(),
+            ..request()
+        };
+        assert!(matches!(rejection(empty), LogicError::ContentEmpty));
+
+        let large = SendRequest {
+            content: Bytes::from_static(b"123456789"),
+            ..request()
+        };
+        assert!(matches!(
+            rejection(large),
+            LogicError::ContentTooLarge { size: 9, max: 8 }
+        ));
+    }
+
+    #[test]
+    fn field_checks_are_invalid_argument() {
+        let cases = [
+            (
+                SendRequest {
+                    conversation_type: 0,
+                    ..request()
+                },
+                "conversation_type",
+            ),
+            (
+                SendRequest {
+                    conversation_type: 9,
+                    ..request()
+                },
+                "conversation_type",
+            ),
+            (
+                SendRequest {
+                    receiver_id: 0,
+                    ..request()
+                },
+                "receiver_id",
+            ),
+            (
+                SendRequest {
+                    content_type: "t".repeat(65),
+                    ..request()
+                },
+                "content_type",
+            ),
+            (
+                SendRequest {
+                    client_msg_id: String::new(),
+                    ..request()
+                },
+                "client_msg_id",
+            ),
+            (
+                SendRequest {
+                    client_msg_id: "c".repeat(65),
+                    ..request()
+                },
+                "client_msg_id",
+            ),
+        ];
+        for (request, expected) in cases {
+            match rejection(request) {
+                LogicError::InvalidArgument { field, .. } => assert_eq!(field, expected),
+                other => panic!("{expected}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(page_size(0, 500).expect("default"), 100);
+        assert_eq!(page_size(0, 20).expect("default capped"), 20);
+        assert_eq!(page_size(500, 500).expect("maximum"), 500);
+        assert!(page_size(501, 500).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! The `friendships` table: two rows per pair of users, one from each side, with the state of
+//! the pair and who asked. Both rows are written, changed and deleted together.
+//!
+//! Statements that change a pair first lock its rows with [`lock_pair`], in ascending user id
+//! order, so that two users acting on the same pair at once cannot deadlock.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+use super::{execute, row_opt, rows, PgStore};
+use crate::error::LogicError;
+use crate::ids::UserId;
+
+/// Whether `$1` may send `$2` a direct message: one row when `$2` exists.
+const DIRECT_ACCESS: &str = "SELECT receiver.open, COALESCE(pair.state = 'accepted', false) \
+                             FROM users AS receiver \
+                             LEFT JOIN friendships AS pair \
+                             ON pair.user_id = $1 AND pair.friend_id = receiver.id \
+                             WHERE receiver.id = $2";
+
+const LOCK_PAIR: &str = "SELECT user_id, state, requested_by FROM friendships \
+                         WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2) \
+                         ORDER BY user_id FOR UPDATE";
+
+/// $1 is the lower user id, so both rows are inserted in the order [`lock_pair`] locks them.
+const INSERT_REQUEST: &str = "INSERT INTO friendships (user_id, friend_id, state, requested_by) \
+                              VALUES ($1, $2, 'requested', $3), ($2, $1, 'requested', $3) \
+                              ON CONFLICT DO NOTHING";
+
+const ACCEPT_PAIR: &str = "UPDATE friendships SET state = 'accepted' \
+                           WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2)";
+
+const DELETE_PAIR: &str =
+    "DELETE FROM friendships WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2)";
+
+const LIST: &str = "SELECT pair.friend_id, friend.username, pair.state, pair.requested_by \
+                    FROM friendships AS pair JOIN users AS friend ON friend.id = pair.friend_id \
+                    WHERE pair.user_id = $1 ORDER BY pair.friend_id";
+
+/// Returns every statement of this module.
+pub fn all_statements() -> &'static [&'static str] {
+    &[
+        DIRECT_ACCESS,
+        LOCK_PAIR,
+        INSERT_REQUEST,
+        ACCEPT_PAIR,
+        DELETE_PAIR,
+        LIST,
+    ]
+}
+
+/// The state of a pair of users as one of them sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairState {
+    /// Both are friends.
+    Accepted,
+    /// A request waits for the other user's accept; `by` sent it.
+    Requested {
+        /// The user who sent the request.
+        by: UserId,
+    },
+}
+
+/// What decides whether a sender may message a user directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectAccess {
+    /// The receiver accepts direct messages from anyone.
+    pub open: bool,
+    /// The sender and the receiver are friends.
+    pub friends: bool,
+}
+
+/// One entry of a user's friend list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendEntry {
+    /// The other user.
+    pub user: UserId,
+    /// The other user's name.
+    pub username: String,
+    /// The pair's state.
+    pub state: PairState,
+}
+
+/// Returns whether `receiver` is open and whether it is `sender`'s friend, or `None` when the
+/// receiver does not exist.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn direct_access(
+    db: &impl GenericClient,
+    sender: UserId,
+    receiver: UserId,
+) -> Result<Option<DirectAccess>, LogicError> {
+    let (Some(sender), Some(receiver)) = (sender.to_sql(), receiver.to_sql()) else {
+        return Ok(None);
+    };
+    let Some(row) = row_opt(db, DIRECT_ACCESS, &[&sender, &receiver]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(DirectAccess {
+        open: row.try_get(0)?,
+        friends: row.try_get(1)?,
+    }))
+}
+
+/// Locks both rows of the pair for the rest of the transaction and returns its state as `user`
+/// sees it, or `None` when the pair has no rows.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] when only one of the two rows exists; store errors.
+pub async fn lock_pair(
+    db: &impl GenericClient,
+    user: UserId,
+    other: UserId,
+) -> Result<Option<PairState>, LogicError> {
+    let (a, b) = pair_to_sql(user, other)?;
+    let found = rows(db, LOCK_PAIR, &[&a, &b]).await?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    if found.len() != 2 {
+        return Err(LogicError::Internal("friendship pair has one row"));
+    }
+    let state: String = found[0].try_get(1)?;
+    let requested_by = UserId::from_sql(found[0].try_get(2)?)?;
+    pair_state(&state, requested_by).map(Some)
+}
+
+/// Inserts a request from `from` to `to` and returns whether it did; false when the pair
+/// already has rows.
+///
+/// # Errors
+///
+/// [`LogicError::NotFound`] when `to` does not exist; store errors.
+pub async fn insert_request(
+    db: &impl GenericClient,
+    from: UserId,
+    to: UserId,
+) -> Result<bool, LogicError> {
+    let (Some(from_sql), Some(to_sql)) = (from.to_sql(), to.to_sql()) else {
+        return Err(LogicError::NotFound("user"));
+    };
+    let (low, high) = (from_sql.min(to_sql), from_sql.max(to_sql));
+    match execute(db, INSERT_REQUEST, &[&low, &high, &from_sql]).await {
+        Ok(2) => Ok(true),
+        Ok(0) => Ok(false),
+        Ok(_) => Err(LogicError::Internal("friendship pair has one row")),
+        Err(LogicError::Database(err)) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+            Err(LogicError::NotFound("user"))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Marks the pair as friends. Lock it with [`lock_pair`] first.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn accept_pair(
+    db: &impl GenericClient,
+    user: UserId,
+    other: UserId,
+) -> Result<(), LogicError> {
+    let (a, b) = pair_to_sql(user, other)?;
+    execute(db, ACCEPT_PAIR, &[&a, &b]).await.map(|_| ())
+}
+
+/// Deletes both rows of the pair. Lock it with [`lock_pair`] first.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn delete_pair(
+    db: &impl GenericClient,
+    user: UserId,
+    other: UserId,
+) -> Result<(), LogicError> {
+    let (a, b) = pair_to_sql(user, other)?;
+    execute(db, DELETE_PAIR, &[&a, &b]).await.map(|_| ())
+}
+
+/// Returns `user`'s friends and pending requests in both directions, by user id.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn list(pg: &PgStore, user: UserId) -> Result<Vec<FriendEntry>, LogicError> {
+    let Some(user) = user.to_sql() else {
+        return Ok(Vec::new());
+    };
+    let mut entries = Vec::new();
+    for row in pg.query(LIST, &[&user]).await? {
+        let state: String = row.try_get(2)?;
+        entries.push(FriendEntry {
+            user: UserId::from_sql(row.try_get(0)?)?,
+            username: row.try_get(1)?,
+            state: pair_state(&state, UserId::from_sql(row.try_get(3)?)?)?,
+        });
+    }
+    Ok(entries)
+}
+
+fn pair_state(state: &str, requested_by: UserId) -> Result<PairState, LogicError> {
+    match state {
+        "accepted" => Ok(PairState::Accepted),
+        "requested" => Ok(PairState::Requested { by: requested_by }),
+        _ => Err(LogicError::Internal("unknown friendship state")),
+    }
+}
+
+fn pair_to_sql(user: UserId, other: UserId) -> Result<(i64, i64), LogicError> {
+    match (user.to_sql(), other.to_sql()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(LogicError::NotFound("user")),
+    }
+}

@@ -1,0 +1,135 @@
+//! The `group_members` table: who belongs to each group, and since when.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+use super::groups::user_ids;
+use super::{execute, row, rows};
+use crate::error::LogicError;
+use crate::ids::{GroupId, UserId};
+
+const INSERT_MANY: &str =
+    "INSERT INTO group_members (group_id, user_id) SELECT $1, unnest($2::bigint[])";
+
+const DELETE_MANY: &str = "DELETE FROM group_members WHERE group_id = $1 AND user_id = ANY($2)";
+
+const MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id";
+
+/// The member who joined first; the owner's successor when the owner leaves.
+const LONGEST_MEMBER: &str = "SELECT user_id FROM group_members WHERE group_id = $1 \
+                              ORDER BY joined_at, user_id LIMIT 1";
+
+/// Whether the group exists, and its members: always one row.
+const RECIPIENTS: &str = "SELECT EXISTS (SELECT 1 FROM groups WHERE id = $1), \
+                          array_agg(user_id ORDER BY user_id) \
+                          FROM group_members WHERE group_id = $1";
+
+/// Returns every statement of this module.
+pub fn all_statements() -> &'static [&'static str] {
+    &[
+        INSERT_MANY,
+        DELETE_MANY,
+        MEMBERS,
+        LONGEST_MEMBER,
+        RECIPIENTS,
+    ]
+}
+
+/// Adds `users` to the group.
+///
+/// # Errors
+///
+/// [`LogicError::NotFound`] when one of them does not exist, [`LogicError::AlreadyExists`]
+/// when one is a member already; store errors.
+pub async fn insert_many(
+    db: &impl GenericClient,
+    group: GroupId,
+    users: &[UserId],
+) -> Result<(), LogicError> {
+    let group = group_to_sql(group)?;
+    let users: Option<Vec<i64>> = users.iter().map(|user| user.to_sql()).collect();
+    let users = users.ok_or(LogicError::NotFound("user"))?;
+    match execute(db, INSERT_MANY, &[&group, &users]).await {
+        Ok(_) => Ok(()),
+        Err(LogicError::Database(err)) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+            Err(LogicError::NotFound("user"))
+        }
+        Err(LogicError::Database(err)) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(LogicError::AlreadyExists("group member"))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Removes `users` from the group and returns how many were members.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn delete_many(
+    db: &impl GenericClient,
+    group: GroupId,
+    users: &[UserId],
+) -> Result<u64, LogicError> {
+    let group = group_to_sql(group)?;
+    let users: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
+    execute(db, DELETE_MANY, &[&group, &users]).await
+}
+
+/// Returns the group's members in ascending user id order.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn members(db: &impl GenericClient, group: GroupId) -> Result<Vec<UserId>, LogicError> {
+    let group = group_to_sql(group)?;
+    rows(db, MEMBERS, &[&group])
+        .await?
+        .iter()
+        .map(|found| UserId::from_sql(found.try_get(0)?))
+        .collect()
+}
+
+/// Returns the member who joined first, or `None` for a group without members.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn longest_member(
+    db: &impl GenericClient,
+    group: GroupId,
+) -> Result<Option<UserId>, LogicError> {
+    let group = group_to_sql(group)?;
+    match rows(db, LONGEST_MEMBER, &[&group]).await?.first() {
+        Some(found) => Ok(Some(UserId::from_sql(found.try_get(0)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Returns the group's members in ascending user id order, the order in which a send locks
+/// their seqs, or `None` when the group does not exist.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn recipients(
+    db: &impl GenericClient,
+    group: GroupId,
+) -> Result<Option<Vec<UserId>>, LogicError> {
+    let Some(group) = group.to_sql() else {
+        return Ok(None);
+    };
+    let found = row(db, RECIPIENTS, &[&group]).await?;
+    let exists: bool = found.try_get(0)?;
+    if !exists {
+        return Ok(None);
+    }
+    let members: Option<Vec<i64>> = found.try_get(1)?;
+    user_ids(members.unwrap_or_default()).map(Some)
+}
+
+fn group_to_sql(group: GroupId) -> Result<i64, LogicError> {
+    group
+        .to_sql()
+        .ok_or(LogicError::Internal("group id above the bigint range"))
+}

@@ -1,0 +1,168 @@
+//! The `sent_messages` table: the reply to each stored send, keyed by sender user, sender device
+//! and the client's message id, so that a repeated send returns the first reply and stores
+//! nothing.
+//!
+//! A row counts for a day ([`IDEMPOTENCY_WINDOW`]); after that the key may be used again and
+//! [`delete_expired`] removes the row.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+
+use super::{epoch_ms, execute, row_opt, PgStore};
+use crate::error::LogicError;
+use crate::ids::{DeviceId, MessageId, UserId};
+
+/// How long a sent message's key keeps returning its first reply.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Inserts the key with a new message id, or takes over a row older than a day. Returns no row
+/// when a live row has the key: ON CONFLICT first waits for the transaction that wrote it, so
+/// that row is committed by then. sender_seq stays 0 until [`set_sender_seq`].
+const CLAIM: &str = "INSERT INTO sent_messages AS sent \
+                     (sender_user_id, sender_device_id, client_msg_id, message_id, sender_seq, sent_at) \
+                     VALUES ($1, $2, $3, nextval('message_ids'), 0, now()) \
+                     ON CONFLICT (sender_user_id, sender_device_id, client_msg_id) DO UPDATE \
+                     SET message_id = EXCLUDED.message_id, sender_seq = 0, sent_at = EXCLUDED.sent_at \
+                     WHERE sent.sent_at < EXCLUDED.sent_at - interval '1 day' \
+                     RETURNING message_id, sent_at";
+
+const FIND: &str = "SELECT message_id, sender_seq, sent_at FROM sent_messages \
+                    WHERE sender_user_id = $1 AND sender_device_id = $2 AND client_msg_id = $3 \
+                    AND sent_at >= now() - interval '1 day'";
+
+const SET_SENDER_SEQ: &str = "UPDATE sent_messages SET sender_seq = $4 \
+                              WHERE sender_user_id = $1 AND sender_device_id = $2 \
+                              AND client_msg_id = $3";
+
+/// Deletes up to $1 expired rows; the inner query uses the sent_at index.
+const DELETE_EXPIRED: &str = "DELETE FROM sent_messages \
+                              WHERE (sender_user_id, sender_device_id, client_msg_id) IN ( \
+                                  SELECT sender_user_id, sender_device_id, client_msg_id \
+                                  FROM sent_messages \
+                                  WHERE sent_at < now() - interval '1 day' LIMIT $1) \
+                              AND sent_at < now() - interval '1 day'";
+
+/// Returns every statement of this module.
+pub fn all_statements() -> &'static [&'static str] {
+    &[CLAIM, FIND, SET_SENDER_SEQ, DELETE_EXPIRED]
+}
+
+/// The idempotency key of a send.
+#[derive(Debug, Clone, Copy)]
+pub struct SendKey<'a> {
+    /// The sending user.
+    pub sender_user: UserId,
+    /// The sending device, 0 for a back end.
+    pub sender_device: DeviceId,
+    /// The id the client chose, 1 to 64 bytes.
+    pub client_msg_id: &'a str,
+}
+
+/// Outcome of [`claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is new (or its old row had expired): store the message with this id and time.
+    New {
+        /// Id for the new message.
+        message_id: MessageId,
+        /// Time of the send, in milliseconds since the Unix epoch.
+        sent_at_ms: i64,
+    },
+    /// A send with this key was stored within the last day.
+    Repeated,
+}
+
+/// The reply a stored send returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentReply {
+    /// The message's id.
+    pub message_id: MessageId,
+    /// Seq of the sender's own copy.
+    pub sender_seq: u64,
+    /// Time of the send, in milliseconds since the Unix epoch.
+    pub sent_at_ms: i64,
+}
+
+/// Claims `key` for a new message inside the caller's transaction. While the transaction runs,
+/// a concurrent claim of the same key waits for it.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn claim(db: &impl GenericClient, key: SendKey<'_>) -> Result<Claim, LogicError> {
+    let (user, device) = key_to_sql(key)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&user, &device, &key.client_msg_id];
+    let Some(row) = row_opt(db, CLAIM, &params).await? else {
+        return Ok(Claim::Repeated);
+    };
+    let sent_at: SystemTime = row.try_get(1)?;
+    Ok(Claim::New {
+        message_id: MessageId::from_sql(row.try_get(0)?)?,
+        sent_at_ms: epoch_ms(sent_at),
+    })
+}
+
+/// Returns the reply stored for `key` within the last day, or `None`.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn find(
+    db: &impl GenericClient,
+    key: SendKey<'_>,
+) -> Result<Option<SentReply>, LogicError> {
+    let (user, device) = key_to_sql(key)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&user, &device, &key.client_msg_id];
+    let Some(row) = row_opt(db, FIND, &params).await? else {
+        return Ok(None);
+    };
+    let sender_seq: i64 = row.try_get(1)?;
+    let sent_at: SystemTime = row.try_get(2)?;
+    Ok(Some(SentReply {
+        message_id: MessageId::from_sql(row.try_get(0)?)?,
+        sender_seq: u64::try_from(sender_seq)
+            .map_err(|_| LogicError::Internal("negative sender_seq"))?,
+        sent_at_ms: epoch_ms(sent_at),
+    }))
+}
+
+/// Records the seq of the sender's copy for the key claimed in this transaction.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] when the key was not claimed; store errors.
+pub async fn set_sender_seq(
+    db: &impl GenericClient,
+    key: SendKey<'_>,
+    sender_seq: u64,
+) -> Result<(), LogicError> {
+    let (user, device) = key_to_sql(key)?;
+    let seq =
+        i64::try_from(sender_seq).map_err(|_| LogicError::Internal("seq above bigint range"))?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&user, &device, &key.client_msg_id, &seq];
+    match execute(db, SET_SENDER_SEQ, &params).await? {
+        1 => Ok(()),
+        _ => Err(LogicError::Internal("claimed send key vanished")),
+    }
+}
+
+/// Deletes up to `limit` rows older than [`IDEMPOTENCY_WINDOW`] and returns how many it
+/// deleted.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn delete_expired(pg: &PgStore, limit: i64) -> Result<u64, LogicError> {
+    pg.execute(DELETE_EXPIRED, &[&limit]).await
+}
+
+fn key_to_sql(key: SendKey<'_>) -> Result<(i64, i64), LogicError> {
+    match (key.sender_user.to_sql(), key.sender_device.to_sql()) {
+        (Some(user), Some(device)) => Ok((user, device)),
+        _ => Err(LogicError::Internal("sender id above the bigint range")),
+    }
+}

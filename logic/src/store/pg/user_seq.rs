@@ -1,0 +1,67 @@
+//! The `user_seq` table: the last seq given to a message of each user.
+//!
+//! Seqs live only in PostgreSQL, so they survive a loss of Redis. They are assigned inside the
+//! transaction that stores the message copies: the row lock serialises senders to one user, and
+//! a rollback returns the increment, so each user's seqs run 1, 2, 3, ... without gaps.
+
+use deadpool_postgres::GenericClient;
+
+use super::rows;
+use crate::error::LogicError;
+use crate::ids::UserId;
+
+/// Takes the next seq of every listed user. Rows are locked in ascending user id order, which
+/// every send follows, so concurrent sends to overlapping users cannot deadlock.
+const ASSIGN: &str = "INSERT INTO user_seq (user_id, last_seq) \
+                      SELECT recipient, 1 FROM unnest($1::bigint[]) AS recipient \
+                      ORDER BY recipient \
+                      ON CONFLICT (user_id) DO UPDATE SET last_seq = user_seq.last_seq + 1 \
+                      RETURNING user_id, last_seq";
+
+/// Returns every statement of this module.
+pub fn all_statements() -> &'static [&'static str] {
+    &[ASSIGN]
+}
+
+/// One recipient's copy of a message: the user and the seq the copy has in that user's
+/// sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copy {
+    /// The recipient.
+    pub user: UserId,
+    /// Position in the recipient's sequence, from 1.
+    pub seq: u64,
+}
+
+/// Gives each of `users` its next seq, in one statement, and returns the copies in ascending
+/// user id order. Call it inside the transaction that stores the copies, and hold no other
+/// user_seq lock.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] when `users` is not strictly ascending or contains an id above the
+/// bigint range; store errors, among them a foreign-key violation for a user that does not
+/// exist.
+pub async fn assign(db: &impl GenericClient, users: &[UserId]) -> Result<Vec<Copy>, LogicError> {
+    if !users.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(LogicError::Internal(
+            "seq recipients must be sorted and distinct",
+        ));
+    }
+    let ids: Option<Vec<i64>> = users.iter().map(|user| user.to_sql()).collect();
+    let ids = ids.ok_or(LogicError::Internal("recipient id above the bigint range"))?;
+
+    let mut copies = Vec::with_capacity(users.len());
+    for row in rows(db, ASSIGN, &[&ids]).await? {
+        let seq: i64 = row.try_get(1)?;
+        copies.push(Copy {
+            user: UserId::from_sql(row.try_get(0)?)?,
+            seq: u64::try_from(seq).map_err(|_| LogicError::Internal("negative seq"))?,
+        });
+    }
+    copies.sort_unstable_by_key(|copy| copy.user);
+    if copies.len() != users.len() {
+        return Err(LogicError::Internal("seq assignment missed a recipient"));
+    }
+    Ok(copies)
+}

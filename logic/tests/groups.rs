@@ -1,0 +1,304 @@
+//! Group creation, membership changes and look-ups through `LogicExtService`.
+
+mod common;
+
+use common::{as_device, conn, create_group, error_code, new_device, TestLogic, NODE};
+use im_proto::v1::{
+    CreateGroupRequest, ErrorCode, GetGroupRequest, GroupMembersRequest, ListGroupsRequest,
+    LoginReply,
+};
+use tonic::Code;
+
+/// Maximum group size in these tests, small enough to reach.
+const MAX_MEMBERS: u32 = 4;
+
+async fn start() -> TestLogic {
+    TestLogic::start(im_logic::Config {
+        max_group_members: MAX_MEMBERS,
+        ..common::test_config()
+    })
+    .await
+}
+
+fn members(group_id: u64, users: &[&LoginReply]) -> GroupMembersRequest {
+    GroupMembersRequest {
+        group_id,
+        user_ids: users.iter().map(|user| user.user_id).collect(),
+    }
+}
+
+fn sorted_ids(users: &[&LoginReply]) -> Vec<u64> {
+    let mut ids: Vec<u64> = users.iter().map(|user| user.user_id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn create_group_makes_creator_owner_and_member() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "g_owner", conn(NODE, 1)).await;
+    let member = new_device(&mut logic.client, "g_member", conn(NODE, 2)).await;
+
+    let request = CreateGroupRequest {
+        name: "weekend plans".to_owned(),
+        member_ids: vec![member.user_id, member.user_id, owner.user_id],
+    };
+    let group = ext
+        .create_group(as_device(&owner, request))
+        .await
+        .expect("create")
+        .into_inner();
+
+    assert!(group.group_id > 0);
+    assert_eq!(group.name, "weekend plans");
+    assert_eq!(group.owner_id, owner.user_id);
+    assert_eq!(group.member_ids, sorted_ids(&[&owner, &member]));
+    let fetched = ext
+        .get_group(as_device(
+            &member,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect("member reads the group")
+        .into_inner();
+    assert_eq!(fetched, group);
+    let listed = ext
+        .list_groups(as_device(&member, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.groups, vec![group]);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_group_creations_are_rejected() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "bad_group", conn(NODE, 1)).await;
+    let mut others = Vec::new();
+    for i in 0..MAX_MEMBERS {
+        others.push(new_device(&mut logic.client, "crowd", conn(NODE, 10 + u64::from(i))).await);
+    }
+    let request = |name: &str, member_ids: Vec<u64>| CreateGroupRequest {
+        name: name.to_owned(),
+        member_ids,
+    };
+    let all_others: Vec<u64> = others.iter().map(|user| user.user_id).collect();
+    let cases = [
+        (
+            request("", vec![]),
+            ErrorCode::InvalidArgument,
+            "empty name",
+        ),
+        (
+            request(&"n".repeat(65), vec![]),
+            ErrorCode::InvalidArgument,
+            "long name",
+        ),
+        (
+            request("ghosts", vec![i64::MAX as u64]),
+            ErrorCode::NotFound,
+            "unknown member",
+        ),
+        (
+            request("crowd", all_others.clone()),
+            ErrorCode::GroupFull,
+            "one over the maximum",
+        ),
+    ];
+
+    for (request, expected, case) in cases {
+        let status = ext
+            .create_group(as_device(&owner, request))
+            .await
+            .expect_err(case);
+        assert_eq!(error_code(&status), expected, "{case}");
+    }
+    let full = ext
+        .create_group(as_device(&owner, request("full", all_others[1..].to_vec())))
+        .await
+        .expect("exactly the maximum")
+        .into_inner();
+    assert_eq!(full.member_ids.len(), MAX_MEMBERS as usize);
+    let listed = ext
+        .list_groups(as_device(&owner, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.groups.len(), 1, "failed creations left nothing");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn members_add_members_within_the_limit() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "add_owner", conn(NODE, 1)).await;
+    let member = new_device(&mut logic.client, "add_member", conn(NODE, 2)).await;
+    let newcomer = new_device(&mut logic.client, "add_new", conn(NODE, 3)).await;
+    let outsider = new_device(&mut logic.client, "add_out", conn(NODE, 4)).await;
+    let extra = new_device(&mut logic.client, "add_extra", conn(NODE, 5)).await;
+    let group = create_group(&mut ext, &owner, &[&member]).await;
+
+    let grown = ext
+        .add_group_members(as_device(&member, members(group.group_id, &[&newcomer])))
+        .await
+        .expect("a member adds")
+        .into_inner();
+    assert_eq!(grown.member_ids, sorted_ids(&[&owner, &member, &newcomer]));
+
+    let cases = [
+        (
+            &outsider,
+            members(group.group_id, &[&extra]),
+            ErrorCode::NotGroupMember,
+            "caller outside the group",
+        ),
+        (
+            &member,
+            members(group.group_id, &[&newcomer]),
+            ErrorCode::AlreadyExists,
+            "already a member",
+        ),
+        (
+            &member,
+            members(group.group_id, &[&outsider, &extra]),
+            ErrorCode::GroupFull,
+            "over the maximum",
+        ),
+        (
+            &member,
+            members(i64::MAX as u64, &[&extra]),
+            ErrorCode::NotFound,
+            "unknown group",
+        ),
+        (
+            &member,
+            GroupMembersRequest {
+                group_id: group.group_id,
+                user_ids: vec![i64::MAX as u64],
+            },
+            ErrorCode::NotFound,
+            "unknown user",
+        ),
+        (
+            &member,
+            members(group.group_id, &[]),
+            ErrorCode::InvalidArgument,
+            "empty list",
+        ),
+    ];
+    for (caller, request, expected, case) in cases {
+        let status = ext
+            .add_group_members(as_device(caller, request))
+            .await
+            .expect_err(case);
+        assert_eq!(error_code(&status), expected, "{case}");
+    }
+    let fourth = ext
+        .add_group_members(as_device(&owner, members(group.group_id, &[&extra])))
+        .await
+        .expect("up to the maximum")
+        .into_inner();
+    assert_eq!(fourth.member_ids.len(), MAX_MEMBERS as usize);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_owner_removes_others() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "rm_owner", conn(NODE, 1)).await;
+    let a = new_device(&mut logic.client, "rm_a", conn(NODE, 2)).await;
+    let b = new_device(&mut logic.client, "rm_b", conn(NODE, 3)).await;
+    let outsider = new_device(&mut logic.client, "rm_out", conn(NODE, 4)).await;
+    let group = create_group(&mut ext, &owner, &[&a, &b]).await;
+
+    let denied = ext
+        .remove_group_members(as_device(&a, members(group.group_id, &[&b])))
+        .await
+        .expect_err("a member removes another");
+    let outside = ext
+        .remove_group_members(as_device(&outsider, members(group.group_id, &[&outsider])))
+        .await
+        .expect_err("not a member");
+    let not_member = ext
+        .remove_group_members(as_device(&owner, members(group.group_id, &[&outsider])))
+        .await
+        .expect_err("removing a non-member");
+    let left = ext
+        .remove_group_members(as_device(&a, members(group.group_id, &[&a])))
+        .await
+        .expect("a member leaves")
+        .into_inner();
+    let removed = ext
+        .remove_group_members(as_device(&owner, members(group.group_id, &[&b])))
+        .await
+        .expect("the owner removes b")
+        .into_inner();
+
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(error_code(&denied), ErrorCode::PermissionDenied);
+    assert_eq!(error_code(&outside), ErrorCode::NotGroupMember);
+    assert_eq!(error_code(&not_member), ErrorCode::NotFound);
+    assert_eq!(left.member_ids, sorted_ids(&[&owner, &b]));
+    assert_eq!(removed.member_ids, vec![owner.user_id]);
+    let status = ext
+        .get_group(as_device(
+            &b,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect_err("b is out");
+    assert_eq!(error_code(&status), ErrorCode::NotGroupMember);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn group_outlives_owner_until_empty() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "ho_owner", conn(NODE, 1)).await;
+    let first = new_device(&mut logic.client, "ho_first", conn(NODE, 2)).await;
+    let group = create_group(&mut ext, &owner, &[&first]).await;
+    let later = new_device(&mut logic.client, "ho_later", conn(NODE, 3)).await;
+    ext.add_group_members(as_device(&owner, members(group.group_id, &[&later])))
+        .await
+        .expect("add later");
+
+    let handed_over = ext
+        .remove_group_members(as_device(&owner, members(group.group_id, &[&owner])))
+        .await
+        .expect("owner leaves")
+        .into_inner();
+
+    assert_eq!(handed_over.owner_id, first.user_id, "the longest member");
+    assert_eq!(handed_over.member_ids, sorted_ids(&[&first, &later]));
+    let emptied = ext
+        .remove_group_members(as_device(
+            &first,
+            members(group.group_id, &[&first, &later]),
+        ))
+        .await
+        .expect("the new owner removes everyone")
+        .into_inner();
+    assert!(emptied.member_ids.is_empty());
+    assert_eq!(emptied.owner_id, 0);
+    let status = ext
+        .get_group(as_device(
+            &first,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect_err("deleted");
+    assert_eq!(error_code(&status), ErrorCode::NotFound);
+    logic.server.shutdown().await;
+}
