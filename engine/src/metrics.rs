@@ -53,7 +53,12 @@ pub const CLOSE_CODES: [&str; 14] = [
 ];
 
 /// Limits that reject or close, as the `kind` label.
-pub const LIMITS: [&str; 3] = ["outbound_queue", "bridge_queue", "shard_full"];
+pub const LIMITS: [&str; 4] = [
+    "outbound_queue",
+    "write_timeout",
+    "bridge_queue",
+    "shard_full",
+];
 
 /// Counters and histograms of one shard; only that shard writes them.
 #[derive(Debug, Default)]

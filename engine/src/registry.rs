@@ -64,6 +64,8 @@ pub(crate) struct Outbox {
     /// The signed-in device, 0 before sign-in. Requests naming another device are stale.
     device_id: Cell<u64>,
     close: Cell<Option<CloseRequest>>,
+    /// Set by every push and close request, cleared by the connection when it acts.
+    notified: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -76,8 +78,27 @@ impl Outbox {
             encode(&mut pending);
             pending.len()
         };
-        self.wake();
+        self.notify();
         queued
+    }
+
+    /// Writes what the socket takes now from the front of the queue. Returns true when
+    /// the queue is empty, which then holds no allocation.
+    pub(crate) fn write_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        let all_written = crate::conn::io::write_available(fd, &mut pending)?;
+        if all_written {
+            *pending = BytesMut::new();
+        }
+        Ok(all_written)
+    }
+
+    /// Clears the notification and returns whether one was pending.
+    pub(crate) fn take_notified(&self) -> bool {
+        self.notified.replace(false)
     }
 
     /// Records the device the connection signed in as.
@@ -100,17 +121,12 @@ impl Outbox {
         if self.close.get().is_none() {
             self.close.set(Some(request));
         }
-        self.wake();
+        self.notify();
     }
 
     /// The pending close request, if any.
     pub(crate) fn close_request(&self) -> Option<CloseRequest> {
         self.close.get()
-    }
-
-    /// True when frames or a close request are waiting.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.close.get().is_some() || !self.pending.borrow().is_empty()
     }
 
     /// Registers the task to wake on the next push or close request.
@@ -122,7 +138,8 @@ impl Outbox {
         }
     }
 
-    fn wake(&self) {
+    fn notify(&self) {
+        self.notified.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }

@@ -248,3 +248,55 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(response.contains("im_engine_accepted_total{shard=\"1\"}"));
     engine.shutdown();
 }
+
+/// Encodes a masked client ping frame with a 125-byte payload.
+fn masked_ping() -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x89, 0x80 | 125];
+    frame.extend_from_slice(&mask);
+    frame.extend((0..125).map(|i| b'p' ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn reader_that_stops_reading_is_closed_with_4008() {
+    let engine = start_engine(|config| {
+        config.max_outbound_bytes = 64 * 1024;
+        config.write_timeout_ms = 30_000;
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(engine.ws_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Pings whose pongs are never read: the pongs fill the socket, then the engine's queue.
+    // 20,000 pings carry 2.6 MB of pongs, far past the 64 KiB queue limit.
+    let pings: Vec<u8> = (0..100).flat_map(|_| masked_ping()).collect();
+    for _ in 0..200 {
+        let sent = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&pings)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
+        }
+    }
+
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
+    let close_4008 = [0x88u8, 2 + 60, 0x0f, 0xa8];
+    let found = received
+        .windows(4)
+        .any(|window| window[0] == close_4008[0] && window[2..] == close_4008[2..]);
+    assert!(
+        found,
+        "no close frame with 4008 among {} bytes",
+        received.len()
+    );
+    let metrics = engine.metrics().render();
+    assert!(
+        metrics.contains("im_engine_limits_hit_total{kind=\"outbound_queue\"} 1"),
+        "{metrics}"
+    );
+    engine.shutdown();
+}

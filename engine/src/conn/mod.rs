@@ -56,6 +56,7 @@ pub(crate) enum Ending {
 
 enum Event {
     Readable(std::io::Result<()>),
+    Writable,
     Outbox,
     Deadline,
 }
@@ -97,6 +98,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
             outbox,
             read_buf: leftover,
             session: None,
+            write_stalled_since: None,
         };
         let ending = conn.run().await;
         debug!(?ending, "closing");
@@ -121,6 +123,9 @@ pub(crate) struct Connection {
     session: Option<Session>,
     /// Sign-in deadline before sign-in, idle deadline after it.
     deadline: Instant,
+    /// When queued frames first stopped fitting into the socket; `None` while writes keep
+    /// up. The connection goes on reading meanwhile.
+    write_stalled_since: Option<Instant>,
 }
 
 impl Connection {
@@ -131,14 +136,16 @@ impl Connection {
             }
         }
         loop {
-            if self.outbox.is_ready() {
-                if let Some(ending) = Box::pin(self.flush_outbox()).await {
-                    return ending;
-                }
+            if let Some(ending) = self.flush() {
+                return ending;
             }
             match self.next_event().await {
-                Event::Outbox => continue,
-                Event::Deadline => return self.deadline_passed(),
+                Event::Outbox | Event::Writable => continue,
+                Event::Deadline => {
+                    if let Some(ending) = self.deadline_passed() {
+                        return ending;
+                    }
+                }
                 Event::Readable(Err(err)) => {
                     debug!(error = %err, "wait for readability failed");
                     return Ending::Gone("socket error");
@@ -152,18 +159,24 @@ impl Connection {
         }
     }
 
-    /// Waits for the first of: bytes to read, frames or a close request queued by
-    /// another task, or the deadline.
+    /// Waits for the first of: bytes to read, room to write while frames are stalled,
+    /// frames or a close request queued by another task, or a deadline.
     async fn next_event(&self) -> Event {
+        let stalled = self.write_stalled_since.is_some();
         let mut readable = pin!(self.stream.readable(false));
-        let mut deadline = pin!(monoio::time::sleep_until(self.deadline));
+        // Created always, polled (and so submitted) only while writes are stalled.
+        let mut writable = pin!(self.stream.writable(false));
+        let mut deadline = pin!(monoio::time::sleep_until(self.next_deadline()));
         std::future::poll_fn(|cx| {
-            if self.outbox.is_ready() {
+            if self.outbox.take_notified() {
                 return Poll::Ready(Event::Outbox);
             }
             self.outbox.register(cx.waker());
             if let Poll::Ready(result) = readable.as_mut().poll(cx) {
                 return Poll::Ready(Event::Readable(result));
+            }
+            if stalled && writable.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Writable);
             }
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Deadline);
@@ -173,8 +186,32 @@ impl Connection {
         .await
     }
 
-    fn deadline_passed(&self) -> Ending {
-        match self.session {
+    /// The earlier of the sign-in or idle deadline and the stalled-write deadline.
+    fn next_deadline(&self) -> Instant {
+        match self.write_stalled_since {
+            Some(since) => self.deadline.min(since + self.write_timeout()),
+            None => self.deadline,
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.ctx.config.write_timeout_ms)
+    }
+
+    /// The ending for a passed deadline, or `None` when the timer fired early.
+    fn deadline_passed(&self) -> Option<Ending> {
+        let now = Instant::now();
+        if let Some(since) = self.write_stalled_since {
+            if now >= since + self.write_timeout() {
+                debug!("write timed out: the device stopped reading");
+                self.ctx.metrics.count_limit("write_timeout");
+                return Some(Ending::Gone("write timed out"));
+            }
+        }
+        if now < self.deadline {
+            return None;
+        }
+        Some(match self.session {
             None => Ending::Close(
                 close::SIGN_IN_TIMEOUT,
                 "sign-in timed out: send SIGN_IN or LOGIN right after connecting".into(),
@@ -183,7 +220,7 @@ impl Connection {
                 close::HEARTBEAT_TIMEOUT,
                 "heartbeat timed out: send HEARTBEAT at the advertised interval".into(),
             ),
-        }
+        })
     }
 
     async fn read_and_handle(&mut self) -> Option<Ending> {
@@ -260,20 +297,27 @@ impl Connection {
         })
     }
 
-    /// Writes queued frames, waiting for the socket while it is full. Returns an ending
-    /// when a close was requested or the socket failed.
-    async fn flush_outbox(&mut self) -> Option<Ending> {
+    /// Writes what the socket takes of the queued frames without waiting, and notes when
+    /// the rest stalls. Returns an ending when a close was requested or the socket failed.
+    fn flush(&mut self) -> Option<Ending> {
+        self.outbox.take_notified();
         if let Some(request) = self.outbox.close_request() {
             return Some(self.requested_close(request));
         }
-        let mut data = self.outbox.take();
-        if data.is_empty() {
-            return None;
+        match self.outbox.write_to(self.fd) {
+            Ok(true) => {
+                self.write_stalled_since = None;
+                None
+            }
+            Ok(false) => {
+                self.write_stalled_since.get_or_insert_with(Instant::now);
+                None
+            }
+            Err(err) => {
+                debug!(error = %err, "write failed");
+                Some(Ending::Gone("write error"))
+            }
         }
-        if let Err(ending) = self.write_all(&mut data).await {
-            return Some(ending);
-        }
-        None
     }
 
     async fn write_all(&self, data: &mut BytesMut) -> Result<(), Ending> {
