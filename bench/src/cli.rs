@@ -196,7 +196,7 @@ pub(crate) struct MessagingArgs {
 pub(crate) struct ChatArgs {
     #[command(flatten)]
     pub(crate) messaging: MessagingArgs,
-    /// Pairs of users P. User 2k sends to user 2k + 1, so the run holds 2P connections.
+    /// Pairs of users P. User 2k sends to user 2k + 1, so the run opens 2P connections.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) pairs: u64,
     /// Messages per second R over all pairs, spread evenly over the pairs.

@@ -102,9 +102,15 @@ pub(crate) fn finish(
 
 fn print_error(error: &ScenarioError) {
     eprintln!("im-bench: {error}");
+    let mut previous = error.to_string();
     let mut cause = std::error::Error::source(error);
     while let Some(inner) = cause {
-        eprintln!("  caused by: {inner}");
+        // Some wrappers repeat their source's text; print each text once.
+        let text = inner.to_string();
+        if text != previous {
+            eprintln!("  caused by: {text}");
+        }
+        previous = text;
         cause = inner.source();
     }
     let errors = match error {

@@ -1,6 +1,6 @@
-//! The content of bench messages. A fixed header says which run, stream and message it is and
-//! when it was due, so the receiving connection can measure latency and find duplicates; the
-//! rest is padding up to the requested size.
+//! The content of bench messages. A fixed header names the run, the stream and the message and
+//! gives the message's intended send time, so the receiving connection can measure latency and
+//! find duplicates. Padding fills the rest up to the requested size.
 
 /// Bytes of the header, the smallest content size.
 pub(crate) const HEADER_BYTES: usize = 32;

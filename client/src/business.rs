@@ -81,7 +81,7 @@ impl LogicApi {
     ///
     /// # Errors
     ///
-    /// [`LogicApiError::InvalidMetadata`] when the token holds characters that HTTP/2 header
+    /// [`LogicApiError::InvalidMetadata`] when the token contains characters that HTTP/2 header
     /// values cannot carry.
     pub fn as_user(
         &self,
@@ -101,7 +101,7 @@ impl LogicApi {
         })
     }
 
-    /// The user this handle acts as, if any.
+    /// Returns the user this handle acts as, if any.
     pub fn user_id(&self) -> Option<u64> {
         self.credentials
             .as_ref()
@@ -152,8 +152,9 @@ impl LogicApi {
         Ok(self.client.clone().find_user(request).await?.into_inner())
     }
 
-    /// Asks `user_id` to become a friend; the other user's [`accept_friend`](Self::accept_friend)
-    /// completes it.
+    /// Sends `user_id` a friend request, which that user's
+    /// [`accept_friend`](Self::accept_friend) completes. When `user_id` has already sent the
+    /// caller a request, this accepts it.
     ///
     /// # Errors
     ///

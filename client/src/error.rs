@@ -60,7 +60,7 @@ impl From<tungstenite::Error> for ClientError {
     }
 }
 
-/// Why an [`Inbox`](crate::inbox::Inbox) call failed. The inbox keeps its cursor and every
+/// Error of an [`Inbox`](crate::inbox::Inbox) call. The inbox keeps its cursor and every
 /// message it has taken in, so the caller may reconnect and carry on.
 #[derive(Debug, thiserror::Error)]
 pub enum InboxError {
@@ -88,7 +88,7 @@ pub enum InboxError {
     Decode(#[source] prost::DecodeError),
 }
 
-/// Why a [`LogicApi`](crate::business::LogicApi) call failed.
+/// Error of a [`LogicApi`](crate::business::LogicApi) call.
 #[derive(Debug, thiserror::Error)]
 pub enum LogicApiError {
     /// The logic tier rejected the call with an `ErrorCode`.
@@ -120,7 +120,7 @@ pub enum LogicApiError {
 }
 
 impl LogicApiError {
-    /// The logic tier's `ErrorCode`, when it sent one.
+    /// Returns the logic tier's `ErrorCode`, when it sent one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Server { code, .. } => Some(*code),

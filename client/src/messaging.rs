@@ -40,7 +40,7 @@ impl Client {
     }
 
     /// Returns up to `limit` of the user's messages with a seq above `after_seq`, in seq order
-    /// (`limit` 0 asks for the server's default page of 100). When the reply's `has_more` is
+    /// (`limit` 0 requests the server's default page of 100). When the reply's `has_more` is
     /// set, more messages follow the last one returned.
     ///
     /// # Errors

@@ -16,7 +16,7 @@ use super::{close, unexpected_push_kind, TrafficPlan};
 use crate::payload::Payload;
 use crate::stats::{self, request_error_kind, ErrorCounts};
 
-/// What one receiving connection counted.
+/// Counts and latencies of one receiving connection.
 #[derive(Debug)]
 pub(crate) struct ReceiverTally {
     /// Messages of this run, each counted once.

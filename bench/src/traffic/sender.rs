@@ -17,7 +17,7 @@ use crate::stats::{self, request_error_kind, ErrorCounts};
 /// Content type of bench messages.
 const CONTENT_TYPE: &str = "application/x-im-bench";
 
-/// Where one sending connection sends its stream.
+/// Destination of one sending connection's stream.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Destination {
     pub(crate) stream: u32,
@@ -26,7 +26,7 @@ pub(crate) struct Destination {
     pub(crate) receiver_id: u64,
 }
 
-/// What one sending connection counted.
+/// Counts and latencies of one sending connection.
 #[derive(Debug)]
 pub(crate) struct SenderTally {
     /// SEND requests written.

@@ -24,12 +24,13 @@ pub use tracker::{Arrival, SeqTracker};
 use crate::push::Push;
 use crate::{Client, ClientError, InboxError};
 
-/// SYNC page size an inbox asks for unless told otherwise; the server allows 1 to 500.
+/// SYNC page size of an inbox unless [`Inbox::with_page_limit`] sets another. The server's
+/// default maximum is 500.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
 
 /// Wait before the first repeated SYNC when a hole is still open after a complete SYNC.
 const FIRST_HOLE_RETRY: Duration = Duration::from_millis(50);
-/// Longest wait between repeated SYNCs for a hole that stays open.
+/// Maximum wait between repeated SYNCs for a hole that stays open.
 const MAX_HOLE_RETRY: Duration = Duration::from_secs(2);
 
 /// One device's view of its user's message sequence. See the module documentation.
@@ -52,12 +53,12 @@ struct HoleRetry {
 }
 
 impl Inbox {
-    /// Creates the inbox of a device that holds none of its user's messages yet.
+    /// Creates the inbox of a device that has stored none of its user's messages yet.
     pub fn new(user_id: u64, device_id: u64) -> Inbox {
         Inbox::resume(user_id, device_id, 0)
     }
 
-    /// Creates the inbox of a device that already holds every message up to `last_seq`.
+    /// Creates the inbox of a device that has already stored every message up to `last_seq`.
     pub fn resume(user_id: u64, device_id: u64, last_seq: u64) -> Inbox {
         Inbox {
             tracker: SeqTracker::new(last_seq),
@@ -69,7 +70,8 @@ impl Inbox {
         }
     }
 
-    /// Sets the SYNC page size, 1 to 500 ([`DEFAULT_PAGE_LIMIT`] by default).
+    /// Sets the SYNC page size ([`DEFAULT_PAGE_LIMIT`] by default). The server rejects sizes
+    /// above its `sync_max_page` setting (500 by default) with INVALID_ARGUMENT.
     pub fn with_page_limit(mut self, page_limit: u32) -> Inbox {
         self.page_limit = page_limit;
         self

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use im_proto::v1::{Message, SyncReply};
 
-/// What happened to one message given to [`SeqTracker::accept`].
+/// Outcome of one message given to [`SeqTracker::accept`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
     /// The message was next in line. It was delivered, followed by any held messages that
@@ -34,8 +34,8 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
-    /// Starts after `last_seq`, the highest seq the device already holds (0 for none). That
-    /// seq counts as not yet acknowledged.
+    /// Starts after `last_seq`, the highest seq the device has already stored (0 for none).
+    /// That seq counts as not yet acknowledged.
     pub fn new(last_seq: u64) -> SeqTracker {
         SeqTracker {
             last_seq,
@@ -82,7 +82,7 @@ impl SeqTracker {
     /// SYNC is complete.
     ///
     /// The next page starts after the page's last seq, or after [`last_seq`](Self::last_seq)
-    /// when pushes have already delivered further. A page that claims more but holds no
+    /// when pushes have already delivered further. A page that claims more but contains no
     /// message ends the SYNC, because paging from the same seq would repeat it forever.
     pub fn accept_page(&mut self, page: SyncReply, out: &mut Vec<Message>) -> Option<u64> {
         let page_end = page.messages.last().map(|message| message.seq);
@@ -305,7 +305,7 @@ mod tests {
         let mut tracker = SeqTracker::new(5);
         let mut out = Vec::new();
 
-        // The SEND reply says seq 7 while the push of seq 6 is still on its way.
+        // The SEND reply returns seq 7 while the push of seq 6 is still on its way.
         let own = tracker.accept(message(7), &mut out);
         let push = tracker.accept(message(6), &mut out);
 
