@@ -1,6 +1,6 @@
 //! The bridge from the shards to the logic tier. Shards hand calls over a bounded
 //! crossbeam channel; a dispatcher thread spawns each onto a tokio runtime, which makes
-//! the tonic call with a deadline and sends the answer back on a oneshot channel that
+//! the tonic call with a deadline and sends the reply back on a oneshot channel that
 //! wakes the calling shard's task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,7 +53,7 @@ impl CallError {
         match status.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::new(
                 ErrorCode::Timeout,
-                "the logic tier did not answer in time; retry with back-off",
+                "the logic tier did not reply in time; retry with back-off",
             ),
             tonic::Code::Unavailable | tonic::Code::Unknown => Self::new(
                 ErrorCode::Unavailable,
@@ -66,7 +66,7 @@ impl CallError {
     fn timed_out() -> Self {
         Self::new(
             ErrorCode::Timeout,
-            "the logic tier did not answer in time; retry with back-off",
+            "the logic tier did not reply in time; retry with back-off",
         )
     }
 
@@ -79,7 +79,7 @@ impl CallError {
 /// Result of a bridged call.
 pub(crate) type CallResult<T> = Result<T, CallError>;
 
-/// A call from a shard to the logic tier, with the channel for its answer.
+/// A call from a shard to the logic tier, with the channel for its reply.
 #[derive(Debug)]
 pub(crate) enum Call {
     Register {
@@ -122,7 +122,7 @@ impl BridgeHandle {
     ///
     /// # Errors
     /// UNAVAILABLE when the queue is full or the bridge has stopped; the call is
-    /// returned inside so the caller can answer its device.
+    /// returned inside so the caller can reply to its device.
     pub(crate) fn submit(&self, call: Call) -> Result<(), CallError> {
         match self.calls.try_send(call) {
             Ok(()) => Ok(()),
@@ -243,8 +243,8 @@ impl Dispatcher {
     }
 }
 
-/// What every call needs besides its request: the in-flight limit, the metrics and the
-/// deadline.
+/// Shared state of every call besides its request: the in-flight limit, the metrics and
+/// the deadline.
 struct CallContext {
     limit: Arc<Semaphore>,
     /// Places for REGISTER and LOGIN, which hash a password in the logic tier and are far

@@ -16,7 +16,7 @@ pub struct Config {
     /// Address the WebSocket listener binds on every shard (SO_REUSEPORT). Port 0 picks a
     /// free port, shared by all shards.
     pub ws_addr: SocketAddr,
-    /// HTTP path of the WebSocket upgrade; any other path is answered 404.
+    /// HTTP path of the WebSocket upgrade; any other path is rejected with 404.
     pub ws_path: String,
     /// Address of the engine's own gRPC server (ConnectIntService), called by the logic tier.
     pub grpc_addr: SocketAddr,
@@ -48,7 +48,7 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest message (all fragments together) accepted; a larger one closes with 1009.
     pub max_message_bytes: usize,
-    /// Largest HTTP upgrade request; a larger one is answered 431.
+    /// Largest HTTP upgrade request; a larger one is rejected with 431.
     pub max_header_bytes: usize,
     /// Calls to the logic tier on the wire at once; more wait for a place, within their
     /// deadline.
@@ -56,8 +56,8 @@ pub struct Config {
     /// REGISTER and LOGIN calls in flight at once, within `logic_max_in_flight`. They hash
     /// a password in the logic tier; more wait for a place within their deadline.
     pub logic_max_password_calls: usize,
-    /// Calls waiting for the bridge to the logic tier; a call beyond it is answered
-    /// UNAVAILABLE at once instead of queueing.
+    /// Calls waiting for the bridge to the logic tier; a call beyond it is rejected
+    /// with UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
     /// Bytes queued for one connection's socket; past it the connection is closed with
     /// 4008 (slow consumer).

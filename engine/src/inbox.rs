@@ -11,7 +11,7 @@ use im_proto::{DeliveryTarget, KickReason, Message};
 
 use crate::registry::ConnId;
 
-/// What another thread asks of a shard.
+/// Request from another thread to a shard.
 #[derive(Debug)]
 pub(crate) enum ShardMessage {
     /// Send KICKED to the connection and close it.

@@ -31,7 +31,7 @@ pub use config::{Cli, Config, ConfigError};
 pub use metrics::EngineMetrics;
 pub use registry::ConnId;
 
-/// Why the engine could not start.
+/// Error that stops the engine from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The WebSocket or gRPC address could not be bound.
@@ -198,12 +198,12 @@ impl Engine {
         })
     }
 
-    /// The bound WebSocket address (useful with port 0).
+    /// Returns the bound WebSocket address (useful with port 0).
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
     }
 
-    /// The bound address of the engine's gRPC server.
+    /// Returns the bound address of the engine's gRPC server.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
     }
@@ -224,12 +224,12 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// The bound address of the metrics endpoint, when it is on.
+    /// Returns the bound address of the metrics endpoint, when it is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
 
-    /// The node's metrics, as `/metrics` renders them.
+    /// Returns the node's metrics, as `/metrics` renders them.
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
     }

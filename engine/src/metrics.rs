@@ -1,6 +1,6 @@
 //! Engine metrics in the Prometheus text format. Each shard writes its own counters and
-//! histograms (relaxed atomics on memory only that shard writes, so no lock and no
-//! allocation per event); a scrape sums the shards.
+//! histograms with relaxed atomics that no other shard writes, so an event costs no lock
+//! and no allocation. A scrape sums the shards.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

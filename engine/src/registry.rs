@@ -40,11 +40,11 @@ impl ConnId {
     }
 }
 
-/// Where the signed-in connection of each device lives on this node. Written by the
+/// Map from each device to its signed-in connection on this node. Written by the
 /// owning shard at sign-in and close, read by the gRPC server to route pushes.
 pub(crate) type DeviceMap = DashMap<u64, ConnId>;
 
-/// Why a connection must close, set from outside its task.
+/// Reason a connection must close, set from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseRequest {
     /// The logic tier saw the device sign in elsewhere: send KICKED, then close 4003.
@@ -83,7 +83,7 @@ impl Outbox {
     }
 
     /// Writes what the socket takes now from the front of the queue. Returns true when
-    /// the queue is empty, which then holds no allocation.
+    /// the queue is empty, which then has no allocation.
     pub(crate) fn write_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
         let mut pending = self.pending.borrow_mut();
         if pending.is_empty() {
@@ -106,7 +106,7 @@ impl Outbox {
         self.device_id.set(device_id);
     }
 
-    /// The signed-in device, 0 before sign-in.
+    /// Returns the signed-in device, 0 before sign-in.
     pub(crate) fn device(&self) -> u64 {
         self.device_id.get()
     }
@@ -124,7 +124,7 @@ impl Outbox {
         self.notify();
     }
 
-    /// The pending close request, if any.
+    /// Returns the pending close request, if any.
     pub(crate) fn close_request(&self) -> Option<CloseRequest> {
         self.close.get()
     }
@@ -207,7 +207,7 @@ impl ShardRegistry {
         }
     }
 
-    /// The outbox of a live connection, or `None` when the id is stale.
+    /// Returns the outbox of a live connection, or `None` when the id is stale.
     pub(crate) fn get(&self, id: ConnId) -> Option<Rc<Outbox>> {
         let entries = self.entries.borrow();
         let entry = entries.get(id.slot())?;

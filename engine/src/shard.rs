@@ -41,7 +41,7 @@ pub(crate) struct ShardContext {
     pub(crate) decoder_limits: DecoderLimits,
 }
 
-/// What a shard thread is started with.
+/// Settings and handles a shard thread starts with.
 pub(crate) struct ShardSetup {
     pub(crate) index: usize,
     pub(crate) config: Arc<Config>,

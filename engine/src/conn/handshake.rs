@@ -1,5 +1,5 @@
 //! The HTTP/1.1 upgrade step of a connection: read the request within the handshake
-//! deadline, check path, headers and Origin, and answer 101 or an error status.
+//! deadline, check path, headers and Origin, and reply 101 or an error status.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -13,7 +13,7 @@ use tracing::debug;
 use super::io::{self, ReadOutcome};
 use crate::shard::ShardContext;
 
-/// Reads and answers the upgrade request. Returns the bytes that followed the request
+/// Reads the upgrade request and replies to it. Returns the bytes that followed the request
 /// (the start of the first frame, if the device sent it early), or `None` when the
 /// connection was rejected or lost.
 pub(super) async fn accept(

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 use bytes::{Buf, BytesMut};
 
-/// What one non-blocking read pass found.
+/// Result of one non-blocking read pass.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ReadOutcome {
     /// Bytes were appended; the socket may hold more.

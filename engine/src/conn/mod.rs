@@ -33,7 +33,7 @@ use io::ReadOutcome;
 /// connection cannot starve the others on its shard.
 const MAX_READ_PER_WAKE: usize = 256 * 1024;
 
-/// Time allowed for the close handshake after the engine sent or answered a close.
+/// Time allowed for the close handshake after the engine sent or echoed a close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The signed-in identity of a connection.
@@ -43,12 +43,12 @@ pub(crate) struct Session {
     pub(crate) device_id: u64,
 }
 
-/// How the serve step ended.
+/// Outcome of the serve step.
 #[derive(Debug)]
 pub(crate) enum Ending {
     /// Send a close frame with this code and reason, then close.
     Close(u16, Cow<'static, str>),
-    /// The device sent a close frame with this code: answer it, then close.
+    /// The device sent a close frame with this code: echo it, then close.
     PeerClosed(u16),
     /// The socket is gone (EOF, reset, write timeout): just close it.
     Gone(&'static str),
@@ -186,7 +186,7 @@ impl Connection {
         .await
     }
 
-    /// The earlier of the sign-in or idle deadline and the stalled-write deadline.
+    /// Returns the earlier of the sign-in or idle deadline and the stalled-write deadline.
     fn next_deadline(&self) -> Instant {
         match self.write_stalled_since {
             Some(since) => self.deadline.min(since + self.write_timeout()),
@@ -198,7 +198,7 @@ impl Connection {
         Duration::from_millis(self.ctx.config.write_timeout_ms)
     }
 
-    /// The ending for a passed deadline, or `None` when the timer fired early.
+    /// Returns the ending for a passed deadline, or `None` when the timer fired early.
     fn deadline_passed(&self) -> Option<Ending> {
         let now = Instant::now();
         if let Some(since) = self.write_stalled_since {
@@ -412,8 +412,8 @@ impl Connection {
         }
     }
 
-    /// Reads until the device answers our close frame or closes its side. Other
-    /// messages are dropped. Reading on also keeps the kernel from answering unread
+    /// Reads until the device echoes our close frame or closes its side. Other
+    /// messages are dropped. Reading on also keeps the kernel from replying to unread
     /// bytes with a reset that could destroy our close frame.
     async fn drain_until_closed(&mut self) {
         loop {

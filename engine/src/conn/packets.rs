@@ -18,7 +18,7 @@ use crate::bridge::{Call, CallError, CallResult};
 use crate::metrics::ShardMetrics;
 
 /// Time a shard waits for the bridge beyond the call's own deadline before it gives
-/// up on an answer that should already have come.
+/// up on a reply that should already have come.
 const BRIDGE_GRACE: Duration = Duration::from_millis(500);
 
 impl Connection {
@@ -206,7 +206,7 @@ impl Connection {
         debug!("signed in");
     }
 
-    /// Sends `call` over the bridge and waits for its answer.
+    /// Sends `call` over the bridge and waits for its reply.
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<CallResult<T>>) -> Call,
@@ -222,7 +222,7 @@ impl Connection {
             )),
             Err(_) => Err(CallError::new(
                 ErrorCode::Timeout,
-                "the logic tier did not answer in time; retry with back-off",
+                "the logic tier did not reply in time; retry with back-off",
             )),
         }
     }
@@ -310,7 +310,7 @@ impl Connection {
     }
 }
 
-/// The packet's type, or ERROR when the number is not a known type.
+/// Returns the packet's type, or ERROR when the number is not a known type.
 fn packet_type(packet: &Packet) -> PacketType {
     PacketType::try_from(packet.r#type).unwrap_or(PacketType::Error)
 }
