@@ -313,21 +313,13 @@ async fn send_retried_after_lost_reply_is_stored_once() {
     match first_push {
         Some(packet) => {
             // The first attempt was stored: the retries return it and push nothing new.
-            let pushed = im_client::Push::decode(packet).expect("push decodes");
-            let im_client::Push::Message(pushed) = pushed else {
-                panic!("expected a MESSAGE push, got {pushed:?}");
-            };
-            assert_eq!(pushed.message_id, retried.message_id);
+            assert_eq!(message_of(packet).message_id, retried.message_id);
             assert!(later_push.is_none(), "a retry pushed again: {later_push:?}");
         }
         None => {
             // The first attempt was dropped: the retry stored and pushed the message.
             let later = later_push.expect("the retry pushes the message");
-            let im_client::Push::Message(pushed) = im_client::Push::decode(later).expect("decodes")
-            else {
-                panic!("expected a MESSAGE push");
-            };
-            assert_eq!(pushed.message_id, retried.message_id);
+            assert_eq!(message_of(later).message_id, retried.message_id);
             eprintln!("the engine dropped the SEND of the closed connection");
         }
     }
@@ -573,7 +565,7 @@ async fn shake_connections(rng: &mut StdRng, devices: &[Device]) {
     }
 }
 
-/// Asserts that `messages` holds each expected message once, in seq order 1, 2, 3, ...
+/// Asserts that `messages` contains each expected message once, in seq order 1, 2, 3, ...
 fn check_inbox(seed: u64, user: usize, messages: &[Message], expected: &HashSet<u64>) {
     let count = expected.len() as u64;
     assert_eq!(

@@ -21,6 +21,7 @@ pub const ENV_PREFIX: &str = "IM_LOGIC_";
 /// Names of the `[logic]` fields; an environment variable is read only for these.
 pub const FIELDS: &[&str] = &[
     "listen_addr",
+    "metrics_addr",
     "database_url",
     "redis_url",
     "db_pool_size",
@@ -32,6 +33,7 @@ pub const FIELDS: &[&str] = &[
     "argon2_parallelism",
     "engine_call_timeout_ms",
     "redis_batch_max",
+    "send_batch_max",
     "startup_retry_ms",
     "max_content_bytes",
     "max_group_members",
@@ -50,6 +52,10 @@ pub struct Config {
     /// Address of the gRPC server (`DeviceIntService` and `LogicExtService`), "host:port".
     /// Default "127.0.0.1:50051". Port 0 picks a free port; `LogicServer::local_addr` returns it.
     pub listen_addr: String,
+    /// Address of the Prometheus endpoint, `GET /metrics`, "ip:port". Default "127.0.0.1:9102".
+    /// Empty turns the endpoint off. Port 0 picks a free port; `LogicServer::metrics_addr`
+    /// returns it.
+    pub metrics_addr: String,
     /// PostgreSQL URL, for example "postgres://user:password@host:5432/im".
     /// Default "postgres://postgres@127.0.0.1:55432/im".
     pub database_url: String,
@@ -83,6 +89,9 @@ pub struct Config {
     /// Maximum number of queued Redis commands sent in one pipeline. Default 512, range 1 to
     /// 65536. Commands beyond it go in the next pipeline; 1 turns pipelining off.
     pub redis_batch_max: u32,
+    /// Maximum number of queued sends stored in one PostgreSQL transaction. Default 256, range 1
+    /// to 65536. Sends beyond it go in the next transaction; 1 stores every send on its own.
+    pub send_batch_max: u32,
     /// How long start-up keeps retrying an unreachable PostgreSQL or Redis, in milliseconds.
     /// Default 30000, range 0 to 3600000. 0 tries once; start-up fails after the last try.
     pub startup_retry_ms: u64,
@@ -106,6 +115,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen_addr: "127.0.0.1:50051".to_owned(),
+            metrics_addr: "127.0.0.1:9102".to_owned(),
             database_url: "postgres://postgres@127.0.0.1:55432/im".to_owned(),
             redis_url: "redis://127.0.0.1:56379/".to_owned(),
             db_pool_size: 16,
@@ -117,6 +127,7 @@ impl Default for Config {
             argon2_parallelism: 1,
             engine_call_timeout_ms: 2_000,
             redis_batch_max: 512,
+            send_batch_max: 256,
             startup_retry_ms: 30_000,
             max_content_bytes: 16_384,
             max_group_members: 500,
@@ -130,6 +141,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .field("database_url", &redact_url(&self.database_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("db_pool_size", &self.db_pool_size)
@@ -141,6 +153,7 @@ impl std::fmt::Debug for Config {
             .field("argon2_parallelism", &self.argon2_parallelism)
             .field("engine_call_timeout_ms", &self.engine_call_timeout_ms)
             .field("redis_batch_max", &self.redis_batch_max)
+            .field("send_batch_max", &self.send_batch_max)
             .field("startup_retry_ms", &self.startup_retry_ms)
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_group_members", &self.max_group_members)
@@ -162,6 +175,10 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_addr: Option<String>,
+    /// Prometheus endpoint address, ip:port; empty turns it off.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     /// PostgreSQL URL.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,6 +223,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_batch_max: Option<u32>,
+    /// Maximum sends per PostgreSQL transaction.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_batch_max: Option<u32>,
     /// How long start-up retries unreachable stores, in milliseconds.
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,6 +311,7 @@ impl Config {
     /// [`ConfigError::Invalid`] for the first field out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_socket_addr()?;
+        self.metrics_socket_addr()?;
         validate_database_url(&self.database_url)?;
         validate_redis_url(&self.redis_url)?;
         check_range("db_pool_size", self.db_pool_size.into(), 1, 1024)?;
@@ -304,6 +326,7 @@ impl Config {
             600_000,
         )?;
         check_range("redis_batch_max", self.redis_batch_max.into(), 1, 65_536)?;
+        check_range("send_batch_max", self.send_batch_max.into(), 1, 65_536)?;
         check_range("startup_retry_ms", self.startup_retry_ms, 0, 3_600_000)?;
         self.validate_messaging()
     }
@@ -319,6 +342,27 @@ impl Config {
             value: self.listen_addr.clone(),
             fix: "use IP:PORT, for example 127.0.0.1:50051 (port 0 picks a free port)".to_owned(),
         })
+    }
+
+    /// Returns `metrics_addr` as a socket address, or `None` when it is empty (metrics off).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is neither empty nor "ip:port".
+    pub fn metrics_socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_addr.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_addr
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                field: "metrics_addr",
+                value: self.metrics_addr.clone(),
+                fix: "use IP:PORT, for example 127.0.0.1:9102 (port 0 picks a free port), or \
+                      empty to turn metrics off"
+                    .to_owned(),
+            })
     }
 
     /// Returns the Argon2id parameters for new password hashes.
@@ -551,6 +595,44 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid logic.listen_addr = localhost: use IP:PORT"));
+    }
+
+    #[test]
+    fn metrics_addr_may_be_empty_but_not_malformed() {
+        let off = Config {
+            metrics_addr: String::new(),
+            ..Config::default()
+        };
+        assert_eq!(off.metrics_socket_addr().expect("empty is valid"), None);
+
+        let default_addr = Config::default().metrics_socket_addr().expect("default");
+        assert_eq!(default_addr, Some("127.0.0.1:9102".parse().expect("addr")));
+
+        let malformed = Config {
+            metrics_addr: "localhost:9102".to_owned(),
+            ..Config::default()
+        };
+        let err = malformed.validate().expect_err("host name rejected");
+        assert!(err
+            .to_string()
+            .starts_with("invalid logic.metrics_addr = localhost:9102: use IP:PORT"));
+    }
+
+    #[test]
+    fn metrics_addr_flag_beats_env() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_METRICS_ADDR", "");
+            let from_env = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(from_env.metrics_addr, "", "env turns metrics off");
+
+            let cli = Cli {
+                metrics_addr: Some("127.0.0.1:0".to_owned()),
+                ..Cli::default()
+            };
+            let from_flag = load_in_jail(None, &cli).expect("loads");
+            assert_eq!(from_flag.metrics_addr, "127.0.0.1:0");
+            Ok(())
+        });
     }
 
     #[test]

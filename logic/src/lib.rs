@@ -4,13 +4,15 @@
 //! groups, and Redis stores tokens and online status. Stored messages are pushed to the engine
 //! nodes of the recipients' connections.
 //!
-//! [`start`] runs the migrations, connects the stores and serves on `listen_addr`; the
-//! `im-logic` binary wraps it with configuration and signal handling.
+//! [`start`] runs the migrations, connects the stores and serves on `listen_addr`, with
+//! Prometheus metrics on `metrics_addr`; the `im-logic` binary wraps it with configuration and
+//! signal handling.
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod metrics;
 pub mod migrate;
 pub mod password;
 pub mod retention;

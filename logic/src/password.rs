@@ -1,5 +1,6 @@
 //! Argon2id password hashing off the async threads, at most one hash per CPU at a time.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
@@ -13,11 +14,14 @@ use crate::error::LogicError;
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
-    /// Bounds the hashes in progress, so memory stays at CPUs × `argon2_memory_kib`.
+    /// Bounds the hashes in progress, so memory stays at CPUs × `argon2_memory_kib`. Each
+    /// permit is held until its hash ends, even when the caller stopped waiting.
     permits: Arc<Semaphore>,
     /// Hash of a random password, verified when the user does not exist, so that an unknown
     /// username takes about as long as a wrong password.
     dummy_hash: Arc<str>,
+    /// Hashes and verifications waiting for a permit or running, for metrics.
+    in_flight: Arc<AtomicI64>,
 }
 
 impl PasswordHasher {
@@ -35,6 +39,7 @@ impl PasswordHasher {
             argon2,
             permits: Arc::new(Semaphore::new(cpus)),
             dummy_hash: dummy_hash.into(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -69,18 +74,47 @@ impl PasswordHasher {
         Ok(known && matched)
     }
 
+    /// Returns how many hashes and verifications are waiting for a CPU or running.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free. The permit and the in-flight
+    /// count move into the blocking task, so a caller that gives up while the hash runs does
+    /// not free the permit before the hash ends.
     async fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, LogicError> + Send + 'static,
     ) -> Result<T, LogicError> {
-        let _permit = self
+        let counted = InFlight::enter(&self.in_flight);
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| LogicError::Internal("password hashing semaphore closed"))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| LogicError::Internal("password hashing task panicked"))?
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, counted);
+            work()
+        })
+        .await
+        .map_err(|_| LogicError::Internal("password hashing task panicked"))?
+    }
+}
+
+/// One unit of the in-flight gauge, given back on drop.
+struct InFlight(Arc<AtomicI64>);
+
+impl InFlight {
+    fn enter(gauge: &Arc<AtomicI64>) -> InFlight {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -133,6 +167,30 @@ mod tests {
         let hasher = fast_hasher();
         let outcome = hasher.verify("anything".to_owned(), None).await;
         assert!(!outcome.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn in_flight_returns_to_zero() {
+        let hasher = fast_hasher();
+        let hashes = (0..4).map(|i| hasher.hash(format!("password {i}")));
+        let results = futures::future::join_all(hashes).await;
+
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(hasher.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_hash_counts_as_in_flight() {
+        let hasher = fast_hasher();
+        let cpus = u32::try_from(hasher.permits.available_permits()).expect("few CPUs");
+        let all_permits = hasher.permits.clone().acquire_many_owned(cpus).await;
+        let mut waiting = Box::pin(hasher.hash("password".to_owned()));
+
+        assert!(futures::poll!(&mut waiting).is_pending());
+        assert_eq!(hasher.in_flight(), 1);
+        drop(waiting);
+        assert_eq!(hasher.in_flight(), 0);
+        drop(all_permits);
     }
 
     #[tokio::test]

@@ -17,11 +17,13 @@ use tonic::transport::Server;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::engine::EngineClients;
 use crate::error::{ErrorChain, LogicError, Side, Store};
+use crate::metrics::{self, LogicMetrics, Recorder};
 use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
 use crate::retention;
 use crate::service::caller::ServerSecret;
 use crate::service::push::Pusher;
+use crate::service::send_batch::{SendBatchCounters, SendBatcher};
 use crate::service::{DeviceService, ExtService, Limits, Logic, WarnLimiter};
 use crate::store::pg::{PgBuildError, PgStore};
 use crate::store::redis::{connection_manager, RedisStore};
@@ -77,10 +79,10 @@ pub enum StartError {
     /// The dummy password hash could not be computed.
     #[error("cannot set up password hashing")]
     Password(#[source] LogicError),
-    /// The listen address could not be bound.
+    /// The listen address or the metrics address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
-        /// `listen_addr`.
+        /// `listen_addr` or `metrics_addr`.
         addr: SocketAddr,
         /// The operating system's error.
         #[source]
@@ -98,6 +100,10 @@ pub struct LogicServer {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
+    metrics: LogicMetrics,
+    send_batches: Arc<SendBatchCounters>,
+    /// The bound metrics address and the task serving it, when metrics are on.
+    metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl LogicServer {
@@ -107,12 +113,31 @@ impl LogicServer {
         self.local_addr
     }
 
+    /// Returns the bound address of the metrics endpoint, with the port chosen when
+    /// `metrics_addr` had port 0; `None` when `metrics_addr` is empty.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Returns the server's metrics, as `GET /metrics` renders them.
+    pub fn metrics(&self) -> &LogicMetrics {
+        &self.metrics
+    }
+
+    /// Returns the counters of the send batching task: transactions run and sends stored.
+    pub fn send_batches(&self) -> &SendBatchCounters {
+        &self.send_batches
+    }
+
     /// Stops accepting connections, lets calls in progress finish, and returns once the server
-    /// task has ended.
+    /// task has ended. The metrics endpoint stops at once.
     pub async fn shutdown(self) {
         // The task may have ended already, dropping the receiver: nothing left to stop.
         let _ = self.stop.send(());
         self.retention.abort();
+        if let Some((_, task)) = &self.metrics_endpoint {
+            task.abort();
+        }
         if self.task.await.is_err() {
             tracing::error!("logic server task panicked");
         }
@@ -121,7 +146,8 @@ impl LogicServer {
 }
 
 /// Applies migrations, connects the stores, binds `listen_addr` and serves `DeviceIntService`
-/// and `LogicExtService` on it in a spawned task.
+/// and `LogicExtService` on it in a spawned task, and serves `GET /metrics` on `metrics_addr`
+/// unless it is empty.
 ///
 /// An unreachable store is retried with back-off for up to `startup_retry_ms`.
 ///
@@ -142,18 +168,24 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
     let redis = connect_redis(&config).await?;
     let passwords = password_hasher(&config).await?;
     let logic = Arc::new(build_logic(&config, pg, redis, passwords));
+    let metrics = LogicMetrics::new(
+        logic.metrics.clone(),
+        logic.redis.batcher().counters(),
+        logic.pg.clone(),
+        logic.passwords.clone(),
+    );
 
-    let listener = TcpListener::bind(listen_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: listen_addr,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: listen_addr,
-        source,
-    })?;
+    let (listener, local_addr) = bind(listen_addr).await?;
+    let metrics_endpoint = match config.metrics_socket_addr()? {
+        Some(addr) => {
+            let (metrics_listener, bound) = bind(addr).await?;
+            let task = tokio::spawn(metrics::http::serve(metrics_listener, metrics.clone()));
+            Some((bound, task))
+        }
+        None => None,
+    };
     let retention = retention::spawn(logic.pg.clone());
+    let send_batches = logic.sends.counters();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(serve(listener, logic, stopped));
     Ok(LogicServer {
@@ -161,7 +193,18 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         stop,
         task,
         retention,
+        metrics,
+        send_batches,
+        metrics_endpoint,
     })
+}
+
+/// Binds `addr` and returns the listener with its bound address.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
 }
 
 fn build_logic(
@@ -172,8 +215,23 @@ fn build_logic(
 ) -> Logic {
     let engines = EngineClients::new(Duration::from_millis(config.engine_call_timeout_ms));
     let push_warnings = Arc::new(WarnLimiter::new(WARNING_INTERVAL));
+    let metrics = Arc::new(Recorder::default());
+    let pusher = Pusher::new(
+        redis.clone(),
+        engines.clone(),
+        push_warnings,
+        metrics.clone(),
+    );
+    let sends = SendBatcher::spawn(
+        pg.clone(),
+        pusher.clone(),
+        config.send_batch_max as usize,
+        Duration::from_millis(config.db_timeout_ms),
+    );
     Logic {
-        pusher: Pusher::new(redis.clone(), engines.clone(), push_warnings),
+        pusher,
+        sends,
+        metrics,
         pg,
         redis,
         passwords,

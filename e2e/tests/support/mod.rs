@@ -27,10 +27,11 @@ pub fn env_url(name: &str) -> String {
     })
 }
 
-/// Logic settings for tests: the suite's stores, a free port and cheap password hashing.
+/// Logic settings for tests: the suite's stores, free ports and cheap password hashing.
 pub fn logic_config() -> im_logic::Config {
     im_logic::Config {
         listen_addr: "127.0.0.1:0".to_owned(),
+        metrics_addr: "127.0.0.1:0".to_owned(),
         database_url: env_url("IM_LOGIC_DATABASE_URL"),
         redis_url: env_url("IM_LOGIC_REDIS_URL"),
         argon2_memory_kib: 1024,
@@ -104,13 +105,13 @@ impl Stack {
             .expect("websocket connects")
     }
 
-    /// URL of the logic tier's gRPC server, for [`LogicApi`].
+    /// Returns the URL of the logic tier's gRPC server, for [`LogicApi`].
     pub fn logic_url(&self) -> String {
         let logic = self.logic.as_ref().expect("logic running");
         format!("http://{}", logic.local_addr())
     }
 
-    /// An anonymous handle on the logic tier's business API.
+    /// Returns an anonymous handle on the logic tier's business API.
     pub async fn logic_api(&self) -> LogicApi {
         LogicApi::connect(&self.logic_url(), Duration::from_secs(5))
             .await
@@ -228,6 +229,11 @@ pub async fn next_message(client: &Client, timeout: Duration) -> Message {
         .await
         .expect("a MESSAGE push in time")
         .expect("connection open");
+    message_of(packet)
+}
+
+/// Decodes a MESSAGE push; panics on any other packet.
+pub fn message_of(packet: Packet) -> Message {
     match Push::decode(packet) {
         Ok(Push::Message(message)) => message,
         other => panic!("expected a MESSAGE push, got {other:?}"),

@@ -12,6 +12,7 @@ use im_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{auth, messages, presence, register, respond, CallIds, Logic};
+use crate::metrics::Method;
 
 /// The `DeviceIntService` server: calls from engine nodes on behalf of devices.
 #[derive(Clone)]
@@ -34,7 +35,7 @@ impl DeviceIntService for DeviceService {
     ) -> Result<Response<RegisterReply>, Status> {
         let ids = CallIds::default();
         let call = register::register(&self.logic, request.into_inner());
-        respond(&self.logic, "Register", &ids, call).await
+        respond(&self.logic, Method::Register, &ids, call).await
     }
 
     async fn conn_login(
@@ -49,7 +50,7 @@ impl DeviceIntService for DeviceService {
         );
         respond(
             &self.logic,
-            "ConnLogin",
+            Method::ConnLogin,
             &ids,
             auth::login(&self.logic, request, &ids),
         )
@@ -69,7 +70,7 @@ impl DeviceIntService for DeviceService {
         );
         respond(
             &self.logic,
-            "ConnSignIn",
+            Method::ConnSignIn,
             &ids,
             auth::sign_in(&self.logic, request),
         )
@@ -88,7 +89,7 @@ impl DeviceIntService for DeviceService {
         );
         respond(
             &self.logic,
-            "Offline",
+            Method::Offline,
             &ids,
             presence::offline(&self.logic, request),
         )
@@ -99,21 +100,21 @@ impl DeviceIntService for DeviceService {
         let request = request.into_inner();
         let ids = device_call_ids(request.device.as_ref());
         let call = messages::send_from_device(&self.logic, request);
-        respond(&self.logic, "Send", &ids, call).await
+        respond(&self.logic, Method::Send, &ids, call).await
     }
 
     async fn sync(&self, request: Request<ConnSyncRequest>) -> Result<Response<SyncReply>, Status> {
         let request = request.into_inner();
         let ids = device_call_ids(request.device.as_ref());
         let call = messages::sync(&self.logic, request);
-        respond(&self.logic, "Sync", &ids, call).await
+        respond(&self.logic, Method::Sync, &ids, call).await
     }
 
     async fn ack(&self, request: Request<ConnAckRequest>) -> Result<Response<AckReply>, Status> {
         let request = request.into_inner();
         let ids = device_call_ids(request.device.as_ref());
         let call = messages::ack(&self.logic, request);
-        respond(&self.logic, "Ack", &ids, call).await
+        respond(&self.logic, Method::Ack, &ids, call).await
     }
 }
 

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::caller::{self, Caller, Credentials};
 use super::{friends, groups, messages, register, respond, users, CallIds, Logic};
 use crate::error::LogicError;
+use crate::metrics::Method;
 
 /// The `LogicExtService` server: the business API for back ends.
 #[derive(Clone)]
@@ -33,7 +34,7 @@ impl ExtService {
     /// that user. A failed check ends the call with UNAUTHENTICATED.
     async fn as_user<'a, T, R, F>(
         &'a self,
-        rpc: &'static str,
+        method: Method,
         request: Request<T>,
         handler: impl FnOnce(&'a Logic, Caller, T) -> F,
     ) -> Result<Response<R>, Status>
@@ -52,7 +53,7 @@ impl ExtService {
             let caller = caller::authenticate(logic, &credentials).await?;
             handler(logic, caller, body).await
         };
-        respond(logic, rpc, &ids, call).await
+        respond(logic, method, &ids, call).await
     }
 }
 
@@ -64,28 +65,30 @@ impl LogicExtService for ExtService {
     ) -> Result<Response<RegisterReply>, Status> {
         let ids = CallIds::default();
         let call = register::register(&self.logic, request.into_inner());
-        respond(&self.logic, "Register", &ids, call).await
+        respond(&self.logic, Method::Register, &ids, call).await
     }
 
     async fn get_user(
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<UserInfo>, Status> {
-        self.as_user("GetUser", request, users::get_user).await
+        self.as_user(Method::GetUser, request, users::get_user)
+            .await
     }
 
     async fn find_user(
         &self,
         request: Request<FindUserRequest>,
     ) -> Result<Response<UserInfo>, Status> {
-        self.as_user("FindUser", request, users::find_user).await
+        self.as_user(Method::FindUser, request, users::find_user)
+            .await
     }
 
     async fn request_friend(
         &self,
         request: Request<FriendRequest>,
     ) -> Result<Response<FriendReply>, Status> {
-        self.as_user("RequestFriend", request, friends::request_friend)
+        self.as_user(Method::RequestFriend, request, friends::request_friend)
             .await
     }
 
@@ -93,7 +96,7 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<FriendRequest>,
     ) -> Result<Response<FriendReply>, Status> {
-        self.as_user("AcceptFriend", request, friends::accept_friend)
+        self.as_user(Method::AcceptFriend, request, friends::accept_friend)
             .await
     }
 
@@ -101,7 +104,7 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<ListFriendsRequest>,
     ) -> Result<Response<ListFriendsReply>, Status> {
-        self.as_user("ListFriends", request, friends::list_friends)
+        self.as_user(Method::ListFriends, request, friends::list_friends)
             .await
     }
 
@@ -109,7 +112,7 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<FriendRequest>,
     ) -> Result<Response<FriendReply>, Status> {
-        self.as_user("RemoveFriend", request, friends::remove_friend)
+        self.as_user(Method::RemoveFriend, request, friends::remove_friend)
             .await
     }
 
@@ -117,7 +120,7 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<CreateGroupRequest>,
     ) -> Result<Response<GroupInfo>, Status> {
-        self.as_user("CreateGroup", request, groups::create_group)
+        self.as_user(Method::CreateGroup, request, groups::create_group)
             .await
     }
 
@@ -125,7 +128,7 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<GroupMembersRequest>,
     ) -> Result<Response<GroupInfo>, Status> {
-        self.as_user("AddGroupMembers", request, groups::add_group_members)
+        self.as_user(Method::AddGroupMembers, request, groups::add_group_members)
             .await
     }
 
@@ -133,15 +136,19 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<GroupMembersRequest>,
     ) -> Result<Response<GroupInfo>, Status> {
-        self.as_user("RemoveGroupMembers", request, groups::remove_group_members)
-            .await
+        self.as_user(
+            Method::RemoveGroupMembers,
+            request,
+            groups::remove_group_members,
+        )
+        .await
     }
 
     async fn list_groups(
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsReply>, Status> {
-        self.as_user("ListGroups", request, groups::list_groups)
+        self.as_user(Method::ListGroups, request, groups::list_groups)
             .await
     }
 
@@ -149,7 +156,8 @@ impl LogicExtService for ExtService {
         &self,
         request: Request<GetGroupRequest>,
     ) -> Result<Response<GroupInfo>, Status> {
-        self.as_user("GetGroup", request, groups::get_group).await
+        self.as_user(Method::GetGroup, request, groups::get_group)
+            .await
     }
 
     async fn server_send(
@@ -160,6 +168,6 @@ impl LogicExtService for ExtService {
         let request = request.into_inner();
         let ids = CallIds::new(request.sender_user_id, 0, 0);
         let call = messages::server_send(&self.logic, &credentials, request);
-        respond(&self.logic, "ServerSend", &ids, call).await
+        respond(&self.logic, Method::ServerSend, &ids, call).await
     }
 }

@@ -1,10 +1,10 @@
 //! SEND, SYNC and MESSAGE_ACK: storing a message once per recipient in one transaction, paging
 //! through a user's messages, and recording what a device has stored.
 //!
-//! A send runs in one PostgreSQL transaction whose number of round trips does not depend on the
-//! number of recipients. It claims the idempotency key and reads the recipients (pipelined),
-//! takes every recipient's next seq in one statement, stores every copy and the sender's seq
-//! (pipelined), and commits. The push to online devices runs afterwards in a task of its own.
+//! A checked send goes to the batching task of `send_batch`, which stores many concurrent sends
+//! in one PostgreSQL transaction whose number of round trips depends neither on the number of
+//! sends nor on the number of recipients. The push to online devices runs afterwards in a task
+//! of its own.
 
 use im_proto::v1::{
     AckReply, ConnAckRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef,
@@ -14,11 +14,10 @@ use im_proto::v1::{
 use super::caller::{self, Credentials};
 use super::{Limits, Logic};
 use crate::error::LogicError;
-use crate::ids::{require_ids, DeviceId, GroupId, UserId};
-use crate::store::pg::messages::{self, NewMessage};
-use crate::store::pg::sent_messages::{self, Claim, SendKey, SentReply};
-use crate::store::pg::user_seq::{self, Copy};
-use crate::store::pg::{device_acks, devices, friendships, group_members, users};
+use crate::ids::{require_ids, DeviceId, UserId};
+use crate::store::pg::messages;
+use crate::store::pg::user_seq::Copy;
+use crate::store::pg::{device_acks, devices, users};
 
 /// Maximum length of `content_type` and `client_msg_id`, in bytes.
 const CONTENT_TYPE_MAX_BYTES: usize = 64;
@@ -37,14 +36,14 @@ pub struct Sender {
 }
 
 /// A send request that passed validation.
-struct Draft {
-    conversation: ConversationType,
-    receiver_id: u64,
-    request: SendRequest,
+pub(super) struct Draft {
+    pub(super) conversation: ConversationType,
+    pub(super) receiver_id: u64,
+    pub(super) request: SendRequest,
 }
 
 /// Result of the storing transaction.
-enum Stored {
+pub(super) enum Stored {
     /// The message was stored with these copies.
     New { reply: SendReply, copies: Vec<Copy> },
     /// A send with the same key was stored earlier; nothing was stored now.
@@ -92,7 +91,8 @@ async fn store_and_push(
     sender: Sender,
     draft: Draft,
 ) -> Result<SendReply, LogicError> {
-    match store(logic, sender, &draft).await? {
+    // The batching task pushes a new message once its transaction has committed.
+    match logic.sends.store(sender, draft).await? {
         Stored::New { reply, copies } => {
             tracing::debug!(
                 user_id = sender.user.0,
@@ -101,8 +101,7 @@ async fn store_and_push(
                 recipients = copies.len(),
                 "message stored"
             );
-            let message = pushed_message(sender, &draft, &reply);
-            logic.pusher.spawn(message, copies, sender);
+            logic.metrics.record_message_stored(copies.len());
             Ok(reply)
         }
         Stored::Repeated(reply) => {
@@ -272,123 +271,8 @@ fn validate_content(limits: &Limits, request: &SendRequest) -> Result<(), LogicE
     Ok(())
 }
 
-/// Runs the storing transaction under the PostgreSQL deadline. An error drops the transaction,
-/// which rolls it back, seq increments included.
-async fn store(logic: &Logic, sender: Sender, draft: &Draft) -> Result<Stored, LogicError> {
-    let key = SendKey {
-        sender_user: sender.user,
-        sender_device: sender.device,
-        client_msg_id: &draft.request.client_msg_id,
-    };
-    logic
-        .pg
-        .with_deadline(async {
-            let mut client = logic.pg.client().await?;
-            let tx = client.transaction().await?;
-
-            // Both are sent before either reply is read. A repeated send returns its first
-            // reply even when the sender may no longer send to the receiver.
-            let (claim, recipients) = tokio::join!(
-                sent_messages::claim(&tx, key),
-                recipients(&tx, sender.user, draft)
-            );
-            let (message_id, sent_at_ms) = match claim? {
-                Claim::New {
-                    message_id,
-                    sent_at_ms,
-                } => (message_id, sent_at_ms),
-                Claim::Repeated => return repeated_reply(&tx, key).await,
-            };
-            let copies = user_seq::assign(&tx, &recipients?).await?;
-            let sender_seq = sender_copy_seq(&copies, sender.user)?;
-
-            let message = NewMessage {
-                message_id,
-                sender_user: sender.user,
-                sender_device: sender.device,
-                conversation_type: draft.conversation as i16,
-                receiver_id: draft.receiver_id,
-                content: &draft.request.content[..],
-                content_type: &draft.request.content_type,
-                client_msg_id: &draft.request.client_msg_id,
-            };
-            tokio::try_join!(
-                messages::insert_copies(&tx, &message, &copies),
-                sent_messages::set_sender_seq(&tx, key, sender_seq)
-            )?;
-            tx.commit().await?;
-            let reply = SendReply {
-                message_id: message_id.0,
-                seq: sender_seq,
-                sent_at_ms,
-            };
-            Ok(Stored::New { reply, copies })
-        })
-        .await
-}
-
-async fn repeated_reply(
-    tx: &deadpool_postgres::Transaction<'_>,
-    key: SendKey<'_>,
-) -> Result<Stored, LogicError> {
-    let stored: SentReply = sent_messages::find(tx, key)
-        .await?
-        .ok_or(LogicError::Internal("conflicting send key not found"))?;
-    Ok(Stored::Repeated(SendReply {
-        message_id: stored.message_id.0,
-        seq: stored.sender_seq,
-        sent_at_ms: stored.sent_at_ms,
-    }))
-}
-
-/// Returns the users who get a copy, in ascending id order, after checking that the sender may
-/// send: a direct message goes to the receiver and the sender (once, for a message to
-/// oneself), a group message to every member, the sender included.
-async fn recipients(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sender: UserId,
-    draft: &Draft,
-) -> Result<Vec<UserId>, LogicError> {
-    match draft.conversation {
-        ConversationType::Group => {
-            let members = group_members::recipients(tx, GroupId(draft.receiver_id))
-                .await?
-                .ok_or(LogicError::ReceiverNotFound("group"))?;
-            if members.binary_search(&sender).is_err() {
-                return Err(LogicError::NotGroupMember);
-            }
-            Ok(members)
-        }
-        _ => {
-            let receiver = UserId(draft.receiver_id);
-            if receiver == sender {
-                return Ok(vec![sender]);
-            }
-            let access = friendships::direct_access(tx, sender, receiver)
-                .await?
-                .ok_or(LogicError::ReceiverNotFound("user"))?;
-            if !access.open && !access.friends {
-                return Err(LogicError::NotFriend);
-            }
-            let mut users = vec![sender, receiver];
-            users.sort_unstable();
-            Ok(users)
-        }
-    }
-}
-
-fn sender_copy_seq(copies: &[Copy], sender: UserId) -> Result<u64, LogicError> {
-    copies
-        .iter()
-        .find(|copy| copy.user == sender)
-        .map(|copy| copy.seq)
-        .ok_or(LogicError::Internal(
-            "the sender has no copy of its message",
-        ))
-}
-
 /// Returns the message as pushed; each delivery target carries its own seq.
-fn pushed_message(sender: Sender, draft: &Draft, reply: &SendReply) -> Message {
+pub(super) fn pushed_message(sender: Sender, draft: &Draft, reply: &SendReply) -> Message {
     Message {
         seq: 0,
         message_id: reply.message_id,

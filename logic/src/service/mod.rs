@@ -13,6 +13,7 @@ pub mod messages;
 pub mod presence;
 pub mod push;
 pub mod register;
+pub mod send_batch;
 pub mod users;
 
 pub use device_rpc::DeviceService;
@@ -23,16 +24,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use im_proto::v1::ErrorCode;
 use tonic::{Response, Status};
 use tracing::Instrument;
 
 use crate::engine::EngineClients;
 use crate::error::{ErrorChain, LogicError, Side};
+use crate::metrics::{Method, Recorder};
 use crate::password::PasswordHasher;
 use crate::store::pg::PgStore;
 use crate::store::redis::RedisStore;
 use caller::ServerSecret;
 use push::Pusher;
+use send_batch::SendBatcher;
 
 /// Everything the RPC handlers share.
 pub struct Logic {
@@ -56,6 +60,10 @@ pub struct Logic {
     pub server_secret: ServerSecret,
     /// Pushes stored messages to the engine nodes of their recipients.
     pub pusher: Pusher,
+    /// Stores concurrent sends in shared transactions and pushes them.
+    pub sends: SendBatcher,
+    /// Counters and histograms of calls and messages, shared with the push tasks.
+    pub metrics: Arc<Recorder>,
 }
 
 /// Limits from the configuration that requests are checked against.
@@ -140,14 +148,17 @@ impl CallIds {
     }
 }
 
-/// Runs one RPC in a span with its ids. On failure it logs the error once, at the level of the
-/// side that caused it, and converts the error to a status.
+/// Runs one RPC in a span with its ids and counts it in the metrics. On failure it logs the
+/// error once, at the level of the side that caused it, and converts the error to a status.
+///
+/// A call that the client cancels is dropped before it finishes, so it is not counted.
 async fn respond<T>(
     logic: &Logic,
-    rpc: &'static str,
+    method: Method,
     ids: &CallIds,
     call: impl Future<Output = Result<T, LogicError>>,
 ) -> Result<Response<T>, Status> {
+    let rpc = method.name();
     let span = tracing::debug_span!(
         "rpc",
         rpc,
@@ -155,7 +166,15 @@ async fn respond<T>(
         device_id = ids.device_id,
         conn_id = ids.conn_id
     );
-    match call.instrument(span).await {
+    let started = Instant::now();
+    let result = call.instrument(span).await;
+    let code = result
+        .as_ref()
+        .map_or_else(LogicError::code, |_| ErrorCode::Ok);
+    logic
+        .metrics
+        .record_request(method, code, started.elapsed());
+    match result {
         Ok(reply) => Ok(Response::new(reply)),
         Err(err) => {
             report(logic, rpc, ids, &err);

@@ -7,13 +7,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message};
 
 use super::messages::Sender;
 use super::WarnLimiter;
-use crate::engine::EngineClients;
+use crate::engine::{EngineCallError, EngineClients};
 use crate::error::{ErrorChain, LogicError};
+use crate::metrics::{DeliverResult, Recorder};
 use crate::store::pg::user_seq::Copy;
 use crate::store::redis::{OnlineDevice, RedisStore};
 
@@ -24,39 +26,54 @@ pub struct Pusher {
     engines: EngineClients,
     /// Rate limit of the warnings about failed status reads and Deliver calls.
     warnings: Arc<WarnLimiter>,
+    /// Push latency and Deliver call outcomes.
+    metrics: Arc<Recorder>,
 }
 
 /// Deliver calls of one push, grouped by engine node address.
 type TargetsByNode = HashMap<String, Vec<DeliveryTarget>>;
 
 impl Pusher {
-    /// Creates a pusher that reads online status from `redis` and calls nodes through
-    /// `engines`.
-    pub fn new(redis: RedisStore, engines: EngineClients, warnings: Arc<WarnLimiter>) -> Pusher {
+    /// Creates a pusher that reads online status from `redis`, calls nodes through `engines`
+    /// and records its outcomes in `metrics`.
+    pub fn new(
+        redis: RedisStore,
+        engines: EngineClients,
+        warnings: Arc<WarnLimiter>,
+        metrics: Arc<Recorder>,
+    ) -> Pusher {
         Pusher {
             redis,
             engines,
             warnings,
+            metrics,
         }
     }
 
     /// Starts pushing `message` to every online device of the users in `copies`, except the
     /// sending device. The push runs in a spawned task, so the caller does not wait for it.
+    /// `replied_at` is when the send's reply was ready; push latency is measured from it.
     ///
     /// NOTE: pushes in flight are not capped. Each one ends within the Redis deadline plus
     /// `engine_call_timeout_ms`, so their number is bounded by the send rate times that time.
-    pub fn spawn(&self, message: Message, copies: Vec<Copy>, sender: Sender) {
-        tokio::spawn(self.clone().push(message, copies, sender));
+    pub fn spawn(&self, message: Message, copies: Vec<Copy>, sender: Sender, replied_at: Instant) {
+        tokio::spawn(self.clone().push(message, copies, sender, replied_at));
     }
 
     /// Pushes `message` and returns once every node has replied or failed.
-    pub async fn push(self, message: Message, copies: Vec<Copy>, sender: Sender) {
+    pub async fn push(
+        self,
+        message: Message,
+        copies: Vec<Copy>,
+        sender: Sender,
+        replied_at: Instant,
+    ) {
         let users: Vec<_> = copies.iter().map(|copy| copy.user).collect();
         let statuses = self.redis.online_devices(&users).await;
         let by_node = self.group_targets(&copies, statuses, sender, message.message_id);
         let calls = by_node
             .into_iter()
-            .map(|(node, targets)| self.deliver(node, message.clone(), targets));
+            .map(|(node, targets)| self.deliver(node, message.clone(), targets, replied_at));
         futures::future::join_all(calls).await;
     }
 
@@ -77,7 +94,13 @@ impl Pusher {
         group_by_node(readable, sender)
     }
 
-    async fn deliver(&self, node: String, message: Message, targets: Vec<DeliveryTarget>) {
+    async fn deliver(
+        &self,
+        node: String,
+        message: Message,
+        targets: Vec<DeliveryTarget>,
+        replied_at: Instant,
+    ) {
         let message_id = message.message_id;
         let target_count = targets.len();
         let request = DeliverRequest {
@@ -86,7 +109,9 @@ impl Pusher {
                 targets,
             }],
         };
-        match self.engines.deliver(&node, request).await {
+        let outcome = self.engines.deliver(&node, request).await;
+        self.record_deliver(&outcome, replied_at);
+        match outcome {
             Ok(reply) => tracing::debug!(
                 msg_id = message_id,
                 node = %node,
@@ -117,6 +142,16 @@ impl Pusher {
         }
     }
 
+    fn record_deliver<T>(&self, outcome: &Result<T, EngineCallError>, replied_at: Instant) {
+        match outcome {
+            Ok(_) => {
+                self.metrics.observe_push(replied_at.elapsed());
+                self.metrics.record_deliver(DeliverResult::Ok);
+            }
+            Err(err) => self.metrics.record_deliver(deliver_failure(err)),
+        }
+    }
+
     fn warn_status_failed(&self, copy: &Copy, message_id: u64, err: &LogicError) {
         let error = ErrorChain(err);
         match self.warnings.admit() {
@@ -134,6 +169,18 @@ impl Pusher {
                 "cannot read online status"
             ),
         }
+    }
+}
+
+/// Classifies a failed Deliver call. tonic reports its own client deadline as CANCELLED.
+fn deliver_failure(err: &EngineCallError) -> DeliverResult {
+    match err {
+        EngineCallError::InvalidAddress { .. } => DeliverResult::InvalidAddress,
+        EngineCallError::Call(status) => match status.code() {
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => DeliverResult::Timeout,
+            tonic::Code::Unavailable => DeliverResult::Unavailable,
+            _ => DeliverResult::Failed,
+        },
     }
 }
 
@@ -218,6 +265,30 @@ mod tests {
         assert_eq!(by_node.len(), 2);
         assert_eq!(by_node["a:1"], vec![target(20, 200, 9)]);
         assert_eq!(by_node["b:1"], vec![target(11, 101, 4), target(21, 201, 9)]);
+    }
+
+    #[test]
+    fn deliver_failures_are_classified() {
+        let cases = [
+            (
+                tonic::Status::cancelled("Timeout expired"),
+                DeliverResult::Timeout,
+            ),
+            (
+                tonic::Status::deadline_exceeded("late"),
+                DeliverResult::Timeout,
+            ),
+            (
+                tonic::Status::unavailable("refused"),
+                DeliverResult::Unavailable,
+            ),
+            (tonic::Status::internal("broken"), DeliverResult::Failed),
+        ];
+        for (status, expected) in cases {
+            let code = status.code();
+            let result = deliver_failure(&EngineCallError::Call(status));
+            assert_eq!(result, expected, "{code:?}");
+        }
     }
 
     #[test]

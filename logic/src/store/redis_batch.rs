@@ -25,7 +25,7 @@ const QUEUE_FACTOR: usize = 8;
 pub struct RedisBatcher {
     tx: mpsc::Sender<Job>,
     timeout: Duration,
-    counters: Arc<Counters>,
+    counters: Arc<PipelineCounters>,
 }
 
 struct Job {
@@ -33,10 +33,23 @@ struct Job {
     reply: oneshot::Sender<RedisResult<Value>>,
 }
 
-#[derive(Default)]
-struct Counters {
+/// Pipelines and commands sent by one pipelining task, for metrics.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
     pipelines: AtomicU64,
     commands: AtomicU64,
+}
+
+impl PipelineCounters {
+    /// Returns how many pipelines the task has sent so far.
+    pub fn pipelines_sent(&self) -> u64 {
+        self.pipelines.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many commands the task has sent so far, over all pipelines.
+    pub fn commands_sent(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
 }
 
 impl RedisBatcher {
@@ -47,7 +60,7 @@ impl RedisBatcher {
     pub fn spawn(conn: ConnectionManager, batch_max: usize, timeout: Duration) -> RedisBatcher {
         let batch_max = batch_max.max(1);
         let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(PipelineCounters::default());
         let worker = Worker {
             conn,
             batch_max,
@@ -81,12 +94,17 @@ impl RedisBatcher {
 
     /// Returns how many pipelines the task has sent so far.
     pub fn pipelines_sent(&self) -> u64 {
-        self.counters.pipelines.load(Ordering::Relaxed)
+        self.counters.pipelines_sent()
     }
 
     /// Returns how many commands the task has sent so far, over all pipelines.
     pub fn commands_sent(&self) -> u64 {
-        self.counters.commands.load(Ordering::Relaxed)
+        self.counters.commands_sent()
+    }
+
+    /// Returns the task's counters, which stay readable after the task stops.
+    pub fn counters(&self) -> Arc<PipelineCounters> {
+        self.counters.clone()
     }
 
     async fn queue_and_wait(&self, cmd: Cmd) -> Result<Value, LogicError> {
@@ -106,7 +124,7 @@ struct Worker {
     conn: ConnectionManager,
     batch_max: usize,
     timeout: Duration,
-    counters: Arc<Counters>,
+    counters: Arc<PipelineCounters>,
 }
 
 impl Worker {

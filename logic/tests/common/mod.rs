@@ -54,10 +54,11 @@ pub(crate) fn redis_url() -> String {
     env_url("IM_LOGIC_REDIS_URL")
 }
 
-/// Returns a configuration for the test stores, a free port and cheap Argon2id parameters.
+/// Returns a configuration for the test stores, free ports and cheap Argon2id parameters.
 pub(crate) fn test_config() -> Config {
     Config {
         listen_addr: "127.0.0.1:0".to_owned(),
+        metrics_addr: "127.0.0.1:0".to_owned(),
         database_url: database_url(),
         redis_url: redis_url(),
         db_pool_size: 4,

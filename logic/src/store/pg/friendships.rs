@@ -18,6 +18,16 @@ const DIRECT_ACCESS: &str = "SELECT receiver.open, COALESCE(pair.state = 'accept
                              ON pair.user_id = $1 AND pair.friend_id = receiver.id \
                              WHERE receiver.id = $2";
 
+/// [`DIRECT_ACCESS`] for many (sender, receiver) pairs; a pair whose receiver does not exist has
+/// no row. $3 holds each pair's position, returned with its row.
+const DIRECT_ACCESS_MANY: &str = "SELECT pairs.position, receiver.open, \
+                                  COALESCE(pair.state = 'accepted', false) \
+                                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
+                                  AS pairs (sender, receiver, position) \
+                                  JOIN users AS receiver ON receiver.id = pairs.receiver \
+                                  LEFT JOIN friendships AS pair \
+                                  ON pair.user_id = pairs.sender AND pair.friend_id = receiver.id";
+
 const LOCK_PAIR: &str = "SELECT user_id, state, requested_by FROM friendships \
                          WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2) \
                          ORDER BY user_id FOR UPDATE";
@@ -41,6 +51,7 @@ const LIST: &str = "SELECT pair.friend_id, friend.username, pair.state, pair.req
 pub fn all_statements() -> &'static [&'static str] {
     &[
         DIRECT_ACCESS,
+        DIRECT_ACCESS_MANY,
         LOCK_PAIR,
         INSERT_REQUEST,
         ACCEPT_PAIR,
@@ -102,6 +113,45 @@ pub async fn direct_access(
         open: row.try_get(0)?,
         friends: row.try_get(1)?,
     }))
+}
+
+/// [`direct_access`] for many (sender, receiver) pairs in one statement; returns one entry per
+/// pair, `None` when the receiver does not exist.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn direct_access_many(
+    db: &impl GenericClient,
+    pairs: &[(UserId, UserId)],
+) -> Result<Vec<Option<DirectAccess>>, LogicError> {
+    let mut access = vec![None; pairs.len()];
+    // An id above the bigint range names no user: its pair keeps `None` and is not sent.
+    let mut senders = Vec::with_capacity(pairs.len());
+    let mut receivers = Vec::with_capacity(pairs.len());
+    let mut positions = Vec::with_capacity(pairs.len());
+    for (index, (sender, receiver)) in pairs.iter().enumerate() {
+        if let (Some(sender), Some(receiver)) = (sender.to_sql(), receiver.to_sql()) {
+            senders.push(sender);
+            receivers.push(receiver);
+            positions.push(index as i64);
+        }
+    }
+    if positions.is_empty() {
+        return Ok(access);
+    }
+    for row in rows(db, DIRECT_ACCESS_MANY, &[&senders, &receivers, &positions]).await? {
+        let position: i64 = row.try_get(0)?;
+        let slot = usize::try_from(position)
+            .ok()
+            .and_then(|index| access.get_mut(index))
+            .ok_or(LogicError::Internal("direct access row out of range"))?;
+        *slot = Some(DirectAccess {
+            open: row.try_get(1)?,
+            friends: row.try_get(2)?,
+        });
+    }
+    Ok(access)
 }
 
 /// Locks both rows of the pair for the rest of the transaction and returns its state as `user`

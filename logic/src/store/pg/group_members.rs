@@ -1,5 +1,7 @@
 //! The `group_members` table: who belongs to each group, and since when.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
@@ -24,6 +26,13 @@ const RECIPIENTS: &str = "SELECT EXISTS (SELECT 1 FROM groups WHERE id = $1), \
                           array_agg(user_id ORDER BY user_id) \
                           FROM group_members WHERE group_id = $1";
 
+/// Every listed group that exists, with its members in ascending order.
+const RECIPIENTS_MANY: &str = "SELECT g.id, array_agg(member.user_id ORDER BY member.user_id) \
+                               FILTER (WHERE member.user_id IS NOT NULL) \
+                               FROM groups AS g \
+                               LEFT JOIN group_members AS member ON member.group_id = g.id \
+                               WHERE g.id = ANY($1::bigint[]) GROUP BY g.id";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
     &[
@@ -32,6 +41,7 @@ pub fn all_statements() -> &'static [&'static str] {
         MEMBERS,
         LONGEST_MEMBER,
         RECIPIENTS,
+        RECIPIENTS_MANY,
     ]
 }
 
@@ -126,6 +136,35 @@ pub async fn recipients(
     }
     let members: Option<Vec<i64>> = found.try_get(1)?;
     user_ids(members.unwrap_or_default()).map(Some)
+}
+
+/// [`recipients`] for many groups in one statement: the members of each listed group that
+/// exists, in ascending user id order. A missing group has no entry.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn recipients_many(
+    db: &impl GenericClient,
+    groups: &[GroupId],
+) -> Result<HashMap<GroupId, Vec<UserId>>, LogicError> {
+    let mut found = HashMap::with_capacity(groups.len());
+    if groups.is_empty() {
+        return Ok(found);
+    }
+    // An id above the bigint range names no group: it gets no entry.
+    let ids: Vec<i64> = groups.iter().filter_map(|group| group.to_sql()).collect();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    for row in rows(db, RECIPIENTS_MANY, &[&ids]).await? {
+        let members: Option<Vec<i64>> = row.try_get(1)?;
+        found.insert(
+            GroupId::from_sql(row.try_get(0)?)?,
+            user_ids(members.unwrap_or_default())?,
+        );
+    }
+    Ok(found)
 }
 
 fn group_to_sql(group: GroupId) -> Result<i64, LogicError> {

@@ -26,9 +26,25 @@ const PAGE: &str = "SELECT seq, message_id, sender_user_id, sender_device_id, co
                     receiver_id, content, content_type, client_msg_id, sent_at \
                     FROM messages WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
+/// Stores the copies of many messages in one statement: each message's fields are passed once,
+/// and each copy names its message by position ($3, from 1).
+const INSERT_BATCH: &str = "INSERT INTO messages (user_id, seq, message_id, sender_user_id, \
+                            sender_device_id, conversation_type, receiver_id, content, \
+                            content_type, client_msg_id, sent_at) \
+                            SELECT copy.user_id, copy.seq, msg.message_id, msg.sender_user_id, \
+                            msg.sender_device_id, msg.conversation_type, msg.receiver_id, \
+                            msg.content, msg.content_type, msg.client_msg_id, now() \
+                            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
+                            AS copy (user_id, seq, position) \
+                            JOIN unnest($4::bigint[], $5::bigint[], $6::bigint[], $7::smallint[], \
+                            $8::bigint[], $9::bytea[], $10::text[], $11::text[]) WITH ORDINALITY \
+                            AS msg (message_id, sender_user_id, sender_device_id, \
+                            conversation_type, receiver_id, content, content_type, client_msg_id, \
+                            position) ON msg.position = copy.position";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[INSERT_COPIES, PAGE]
+    &[INSERT_COPIES, PAGE, INSERT_BATCH]
 }
 
 /// A message as its sender wrote it, before it has per-recipient seqs.
@@ -98,6 +114,106 @@ pub async fn insert_copies(
         ));
     }
     Ok(())
+}
+
+/// Stores the copies of several messages in one statement. Each entry of `copies` is the index
+/// in `messages` of the copy's message, and the copy.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] for ids above the bigint range, an index outside `messages` or a
+/// row count that differs from `copies`; store errors.
+pub async fn insert_batch(
+    db: &impl GenericClient,
+    messages: &[NewMessage<'_>],
+    copies: &[(usize, Copy)],
+) -> Result<(), LogicError> {
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let mut users = Vec::with_capacity(copies.len());
+    let mut seqs = Vec::with_capacity(copies.len());
+    let mut positions = Vec::with_capacity(copies.len());
+    for (index, copy) in copies {
+        let (Some(user), Ok(seq), Ok(position), true) = (
+            copy.user.to_sql(),
+            i64::try_from(copy.seq),
+            i64::try_from(index + 1),
+            *index < messages.len(),
+        ) else {
+            return Err(LogicError::Internal("message copy out of range"));
+        };
+        users.push(user);
+        seqs.push(seq);
+        positions.push(position);
+    }
+    let columns = MessageColumns::new(messages)?;
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &users,
+        &seqs,
+        &positions,
+        &columns.message_ids,
+        &columns.sender_users,
+        &columns.sender_devices,
+        &columns.conversation_types,
+        &columns.receivers,
+        &columns.contents,
+        &columns.content_types,
+        &columns.client_msg_ids,
+    ];
+    let stored = execute(db, INSERT_BATCH, &params).await?;
+    if stored != copies.len() as u64 {
+        return Err(LogicError::Internal(
+            "message copy count differs from recipients",
+        ));
+    }
+    Ok(())
+}
+
+/// The fields of several messages, one array per column.
+struct MessageColumns<'a> {
+    message_ids: Vec<i64>,
+    sender_users: Vec<i64>,
+    sender_devices: Vec<i64>,
+    conversation_types: Vec<i16>,
+    receivers: Vec<i64>,
+    contents: Vec<&'a [u8]>,
+    content_types: Vec<&'a str>,
+    client_msg_ids: Vec<&'a str>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn new(messages: &[NewMessage<'a>]) -> Result<MessageColumns<'a>, LogicError> {
+        let mut columns = MessageColumns {
+            message_ids: Vec::with_capacity(messages.len()),
+            sender_users: Vec::with_capacity(messages.len()),
+            sender_devices: Vec::with_capacity(messages.len()),
+            conversation_types: Vec::with_capacity(messages.len()),
+            receivers: Vec::with_capacity(messages.len()),
+            contents: Vec::with_capacity(messages.len()),
+            content_types: Vec::with_capacity(messages.len()),
+            client_msg_ids: Vec::with_capacity(messages.len()),
+        };
+        for message in messages {
+            let (Some(message_id), Some(sender_user), Some(sender_device), Ok(receiver)) = (
+                message.message_id.to_sql(),
+                message.sender_user.to_sql(),
+                message.sender_device.to_sql(),
+                i64::try_from(message.receiver_id),
+            ) else {
+                return Err(LogicError::Internal("message id above the bigint range"));
+            };
+            columns.message_ids.push(message_id);
+            columns.sender_users.push(sender_user);
+            columns.sender_devices.push(sender_device);
+            columns.conversation_types.push(message.conversation_type);
+            columns.receivers.push(receiver);
+            columns.contents.push(message.content);
+            columns.content_types.push(message.content_type);
+            columns.client_msg_ids.push(message.client_msg_id);
+        }
+        Ok(columns)
+    }
 }
 
 /// Returns up to `limit` copies of `user`'s messages with a seq above `after_seq`, in seq order.

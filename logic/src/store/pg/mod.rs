@@ -100,6 +100,11 @@ impl PgStore {
         Ok(PgStore { pool, timeout })
     }
 
+    /// Returns the pool's size, idle connections, maximum size and waiting requests.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     /// Takes a connection from the pool, opening one if none is idle.
     ///
     /// # Errors

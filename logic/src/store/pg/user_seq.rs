@@ -18,9 +18,19 @@ const ASSIGN: &str = "INSERT INTO user_seq (user_id, last_seq) \
                       ON CONFLICT (user_id) DO UPDATE SET last_seq = user_seq.last_seq + 1 \
                       RETURNING user_id, last_seq";
 
+/// Adds each listed count to its user's last seq in one statement, creating missing rows, and
+/// returns the new last seqs. Rows are locked in ascending user id order, as [`ASSIGN`] does.
+const ASSIGN_COUNTS: &str = "INSERT INTO user_seq (user_id, last_seq) \
+                             SELECT recipient, added \
+                             FROM unnest($1::bigint[], $2::bigint[]) AS taken (recipient, added) \
+                             ORDER BY recipient \
+                             ON CONFLICT (user_id) DO UPDATE \
+                             SET last_seq = user_seq.last_seq + EXCLUDED.last_seq \
+                             RETURNING user_id, last_seq";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[ASSIGN]
+    &[ASSIGN, ASSIGN_COUNTS]
 }
 
 /// One recipient's copy of a message: the user and the seq the copy has in that user's
@@ -64,4 +74,50 @@ pub async fn assign(db: &impl GenericClient, users: &[UserId]) -> Result<Vec<Cop
         return Err(LogicError::Internal("seq assignment missed a recipient"));
     }
     Ok(copies)
+}
+
+/// Takes `count` consecutive seqs for each `(user, count)` entry, in one statement, and returns
+/// each user's new last seq in the order of `counts`: the user's new seqs are
+/// `last - count + 1 ..= last`. Call it inside the transaction that stores the copies, and hold
+/// no other user_seq lock.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] when the users are not strictly ascending, a count is 0 or a value
+/// is above the bigint range; store errors, among them a foreign-key violation for a user that
+/// does not exist.
+pub async fn assign_counts(
+    db: &impl GenericClient,
+    counts: &[(UserId, u64)],
+) -> Result<Vec<u64>, LogicError> {
+    if !counts.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        return Err(LogicError::Internal(
+            "seq recipients must be sorted and distinct",
+        ));
+    }
+    let ids: Option<Vec<i64>> = counts.iter().map(|(user, _)| user.to_sql()).collect();
+    let added: Option<Vec<i64>> = counts
+        .iter()
+        .map(|(_, count)| i64::try_from(*count).ok().filter(|count| *count > 0))
+        .collect();
+    let (Some(ids), Some(added)) = (ids, added) else {
+        return Err(LogicError::Internal("seq count or recipient out of range"));
+    };
+
+    let mut last = Vec::with_capacity(counts.len());
+    for row in rows(db, ASSIGN_COUNTS, &[&ids, &added]).await? {
+        let seq: i64 = row.try_get(1)?;
+        let seq = u64::try_from(seq).map_err(|_| LogicError::Internal("negative seq"))?;
+        last.push((UserId::from_sql(row.try_get(0)?)?, seq));
+    }
+    last.sort_unstable_by_key(|(user, _)| *user);
+    let matches = last.len() == counts.len()
+        && last
+            .iter()
+            .zip(counts)
+            .all(|((user, _), (wanted, _))| user == wanted);
+    if !matches {
+        return Err(LogicError::Internal("seq assignment missed a recipient"));
+    }
+    Ok(last.into_iter().map(|(_, seq)| seq).collect())
 }

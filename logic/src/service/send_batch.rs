@@ -1,0 +1,508 @@
+//! Group commit of sends: many concurrent sends stored in one PostgreSQL transaction.
+//!
+//! Callers queue checked sends on a channel. One task takes every queued send, up to
+//! `send_batch_max`, and stores them in one transaction of five round trips whatever the batch
+//! size. The first claims every idempotency key and reads every permission and recipient list
+//! (pipelined). The second reads the first replies of repeated keys and takes every recipient's
+//! seqs in one statement (pipelined). The third stores every copy and the senders' seqs and
+//! releases the keys of rejected sends (pipelined). BEGIN and COMMIT are the others. Then the
+//! task replies to each caller and hands each new message to the push path. While one
+//! transaction runs, the next batch fills.
+//!
+//! Batches run one at a time, so a user who receives k messages of a batch gets k consecutive
+//! seqs in the order of the sends, and the user_seq row lock orders batches of other logic
+//! processes. A send rejected by a check gets its own error; a store error fails the whole batch
+//! and stores nothing. A send whose key is already in the batch waits for the next batch, where
+//! it finds the first send's reply.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use im_proto::v1::{ConversationType, SendReply};
+use tokio::sync::{mpsc, oneshot};
+
+use super::messages::{pushed_message, Draft, Sender, Stored};
+use super::push::Pusher;
+use crate::error::{ErrorChain, LogicError, Store};
+use crate::ids::{GroupId, UserId};
+use crate::store::pg::friendships::{self, DirectAccess};
+use crate::store::pg::messages::{self, NewMessage};
+use crate::store::pg::sent_messages::{self, NewClaim, SendKey, SentReply};
+use crate::store::pg::user_seq::{self, Copy};
+use crate::store::pg::{group_members, PgStore};
+
+/// Queue length per batch slot: senders beyond `batch_max × QUEUE_FACTOR` wait for room, within
+/// their own deadline.
+const QUEUE_FACTOR: usize = 8;
+
+/// Handle for queueing sends on the batching task. Cheap to clone; the task stops once every
+/// handle is dropped.
+#[derive(Clone)]
+pub struct SendBatcher {
+    tx: mpsc::Sender<Job>,
+    timeout: Duration,
+    counters: Arc<SendBatchCounters>,
+}
+
+/// Transactions and sends of one batching task, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct SendBatchCounters {
+    batches: AtomicU64,
+    sends: AtomicU64,
+}
+
+impl SendBatchCounters {
+    /// Returns how many batch transactions the task has run so far, failed ones included.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many sends those transactions carried.
+    pub fn sends(&self) -> u64 {
+        self.sends.load(Ordering::Relaxed)
+    }
+}
+
+struct Job {
+    sender: Sender,
+    draft: Draft,
+    reply: oneshot::Sender<Result<Stored, LogicError>>,
+}
+
+impl Job {
+    fn key(&self) -> SendKey<'_> {
+        SendKey {
+            sender_user: self.sender.user,
+            sender_device: self.sender.device,
+            client_msg_id: &self.draft.request.client_msg_id,
+        }
+    }
+}
+
+impl SendBatcher {
+    /// Spawns the batching task on the current tokio runtime.
+    ///
+    /// `batch_max` caps the sends per transaction (at least 1); `timeout` is the deadline of one
+    /// send, queueing included, and of one transaction.
+    pub fn spawn(pg: PgStore, pusher: Pusher, batch_max: usize, timeout: Duration) -> SendBatcher {
+        let batch_max = batch_max.max(1);
+        let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
+        let counters = Arc::new(SendBatchCounters::default());
+        let worker = Worker {
+            pg,
+            pusher,
+            batch_max,
+            counters: counters.clone(),
+        };
+        tokio::spawn(worker.run(rx));
+        SendBatcher {
+            tx,
+            timeout,
+            counters,
+        }
+    }
+
+    /// Returns the task's counters, which stay readable after the task stops.
+    pub fn counters(&self) -> Arc<SendBatchCounters> {
+        self.counters.clone()
+    }
+
+    /// Queues a checked send for the next batch and returns what its transaction stored.
+    pub(super) async fn store(&self, sender: Sender, draft: Draft) -> Result<Stored, LogicError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            sender,
+            draft,
+            reply,
+        };
+        let queued = async {
+            self.tx
+                .send(job)
+                .await
+                .map_err(|_| LogicError::Unavailable(Store::Postgres))?;
+            answer
+                .await
+                .map_err(|_| LogicError::Unavailable(Store::Postgres))?
+        };
+        match tokio::time::timeout(self.timeout, queued).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout_error(self.timeout)),
+        }
+    }
+}
+
+struct Worker {
+    pg: PgStore,
+    pusher: Pusher,
+    batch_max: usize,
+    counters: Arc<SendBatchCounters>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut queued: Vec<Job> = Vec::with_capacity(self.batch_max);
+        loop {
+            if queued.is_empty() {
+                if rx.recv_many(&mut queued, self.batch_max).await == 0 {
+                    break;
+                }
+            } else {
+                while queued.len() < self.batch_max {
+                    match rx.try_recv() {
+                        Ok(job) => queued.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // A caller that gave up has dropped its receiver; its send is not stored.
+            queued.retain(|job| !job.reply.is_closed());
+            let (batch, later) = split_batch(std::mem::take(&mut queued), self.batch_max);
+            queued = later;
+            if !batch.is_empty() {
+                self.run_batch(batch).await;
+            }
+        }
+        tracing::debug!("send batching task stopped: every handle was dropped");
+    }
+
+    async fn run_batch(&self, jobs: Vec<Job>) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .sends
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        match self.pg.with_deadline(store_batch(&self.pg, &jobs)).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    self.deliver(job, outcome);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(sends = jobs.len(), error = %ErrorChain(&err), "send batch failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(batch_error(&err)));
+                }
+            }
+        }
+    }
+
+    /// Hands a stored message to the push path, then sends the outcome to its caller.
+    fn deliver(&self, job: Job, outcome: Result<Stored, LogicError>) {
+        if let Ok(Stored::New { reply, copies }) = &outcome {
+            let message = pushed_message(job.sender, &job.draft, reply);
+            self.pusher
+                .spawn(message, copies.clone(), job.sender, Instant::now());
+        }
+        // A caller that timed out meanwhile has dropped its receiver: nothing to do.
+        let _ = job.reply.send(outcome);
+    }
+}
+
+/// Splits queued sends into one batch of up to `batch_max` sends with distinct keys, in queue
+/// order, and the sends left for later batches.
+fn split_batch(queued: Vec<Job>, batch_max: usize) -> (Vec<Job>, Vec<Job>) {
+    let mut batch = Vec::with_capacity(queued.len().min(batch_max));
+    let mut later = Vec::new();
+    let mut keys = HashSet::with_capacity(queued.len());
+    for job in queued {
+        let key = (
+            job.sender.user,
+            job.sender.device,
+            job.draft.request.client_msg_id.clone(),
+        );
+        if batch.len() < batch_max && !keys.contains(&key) {
+            keys.insert(key);
+            batch.push(job);
+        } else {
+            later.push(job);
+        }
+    }
+    (batch, later)
+}
+
+/// What the first round trip decided for one send.
+enum Decision {
+    /// A live row has the key: return its reply.
+    Repeated,
+    /// The key is claimed and the sender may send to these recipients, in ascending order.
+    Accepted {
+        claim: NewClaim,
+        recipients: Vec<UserId>,
+    },
+    /// The key is claimed but a check failed: release the key and return the error.
+    Rejected(LogicError),
+}
+
+/// Stores a batch in one transaction and returns each send's outcome, in order. An error drops
+/// the transaction, which rolls it back.
+async fn store_batch(
+    pg: &PgStore,
+    jobs: &[Job],
+) -> Result<Vec<Result<Stored, LogicError>>, LogicError> {
+    let mut client = pg.client().await?;
+    let tx = client.transaction().await?;
+    let keys: Vec<SendKey<'_>> = jobs.iter().map(Job::key).collect();
+
+    let pairs: Vec<(UserId, UserId)> = jobs.iter().filter_map(direct_pair).collect();
+    let mut groups: Vec<GroupId> = jobs.iter().filter_map(group_of).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let (claims, access, members) = tokio::try_join!(
+        sent_messages::claim_many(&tx, &keys),
+        friendships::direct_access_many(&tx, &pairs),
+        group_members::recipients_many(&tx, &groups)
+    )?;
+    let decisions = decide(jobs, claims, access, &members)?;
+
+    let repeated_keys: Vec<SendKey<'_>> =
+        select(&keys, &decisions, |d| matches!(d, Decision::Repeated));
+    let counts = seq_counts(&decisions);
+    let (found, last_seqs) = tokio::try_join!(
+        sent_messages::find_many(&tx, &repeated_keys),
+        assign_if_any(&tx, &counts)
+    )?;
+    let mut next_seq: HashMap<UserId, u64> = counts
+        .iter()
+        .zip(&last_seqs)
+        .map(|((user, count), last)| (*user, last + 1 - count))
+        .collect();
+
+    let mut new_messages = Vec::new();
+    let mut copies = Vec::new();
+    let mut accepted_keys = Vec::new();
+    let mut sender_seqs = Vec::new();
+    let mut stored_copies: Vec<Option<(NewClaim, Vec<Copy>)>> = Vec::with_capacity(jobs.len());
+    for ((job, decision), key) in jobs.iter().zip(&decisions).zip(&keys) {
+        let Decision::Accepted { claim, recipients } = decision else {
+            stored_copies.push(None);
+            continue;
+        };
+        let message_copies = take_seqs(&mut next_seq, recipients)?;
+        let sender_seq = sender_copy_seq(&message_copies, job.sender.user)?;
+        let index = new_messages.len();
+        new_messages.push(new_message(job, claim.message_id));
+        copies.extend(message_copies.iter().map(|copy| (index, *copy)));
+        accepted_keys.push(*key);
+        sender_seqs.push(sender_seq);
+        stored_copies.push(Some((*claim, message_copies)));
+    }
+    let rejected_keys = select(&keys, &decisions, |d| matches!(d, Decision::Rejected(_)));
+    tokio::try_join!(
+        messages::insert_batch(&tx, &new_messages, &copies),
+        sent_messages::set_sender_seqs(&tx, &accepted_keys, &sender_seqs),
+        sent_messages::release_many(&tx, &rejected_keys)
+    )?;
+    tx.commit().await?;
+
+    Ok(outcomes(jobs, decisions, stored_copies, found))
+}
+
+/// Turns each send's decision and stored rows into its outcome.
+fn outcomes(
+    jobs: &[Job],
+    decisions: Vec<Decision>,
+    stored_copies: Vec<Option<(NewClaim, Vec<Copy>)>>,
+    found: Vec<Option<SentReply>>,
+) -> Vec<Result<Stored, LogicError>> {
+    let mut found = found.into_iter();
+    let mut results = Vec::with_capacity(jobs.len());
+    for ((job, decision), stored) in jobs.iter().zip(decisions).zip(stored_copies) {
+        let result = match (decision, stored) {
+            (Decision::Repeated, _) => match found.next().flatten() {
+                Some(first) => Ok(Stored::Repeated(SendReply {
+                    message_id: first.message_id.0,
+                    seq: first.sender_seq,
+                    sent_at_ms: first.sent_at_ms,
+                })),
+                None => Err(LogicError::Internal("conflicting send key not found")),
+            },
+            (Decision::Rejected(err), _) => Err(err),
+            (Decision::Accepted { .. }, Some((claim, copies))) => {
+                match sender_copy_seq(&copies, job.sender.user) {
+                    Ok(seq) => Ok(Stored::New {
+                        reply: SendReply {
+                            message_id: claim.message_id.0,
+                            seq,
+                            sent_at_ms: claim.sent_at_ms,
+                        },
+                        copies,
+                    }),
+                    Err(err) => Err(err),
+                }
+            }
+            (Decision::Accepted { .. }, None) => {
+                Err(LogicError::Internal("accepted send has no copies"))
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// Decides, per send, from its claim and the permissions read in the same round trip. A
+/// repeated key returns its first reply even when the sender may no longer send.
+fn decide(
+    jobs: &[Job],
+    claims: Vec<Option<NewClaim>>,
+    access: Vec<Option<DirectAccess>>,
+    members: &HashMap<GroupId, Vec<UserId>>,
+) -> Result<Vec<Decision>, LogicError> {
+    if claims.len() != jobs.len() {
+        return Err(LogicError::Internal("claim count differs from sends"));
+    }
+    let mut access = access.into_iter();
+    let mut decisions = Vec::with_capacity(jobs.len());
+    for (job, claim) in jobs.iter().zip(claims) {
+        // Consumed for every direct send to another user, in job order, as `direct_pair` built
+        // the pairs.
+        let direct = direct_pair(job).map(|_| access.next().flatten());
+        let Some(claim) = claim else {
+            decisions.push(Decision::Repeated);
+            continue;
+        };
+        decisions.push(match recipients(job, direct, members) {
+            Ok(recipients) => Decision::Accepted { claim, recipients },
+            Err(err) => Decision::Rejected(err),
+        });
+    }
+    Ok(decisions)
+}
+
+/// Returns the users who get a copy, in ascending id order, after checking that the sender may
+/// send: a direct message goes to the receiver and the sender (once, for a message to
+/// oneself), a group message to every member, the sender included. `direct` is the access read
+/// for a direct send to another user.
+fn recipients(
+    job: &Job,
+    direct: Option<Option<DirectAccess>>,
+    members: &HashMap<GroupId, Vec<UserId>>,
+) -> Result<Vec<UserId>, LogicError> {
+    let sender = job.sender.user;
+    if let Some(group) = group_of(job) {
+        let members = members
+            .get(&group)
+            .ok_or(LogicError::ReceiverNotFound("group"))?;
+        if members.binary_search(&sender).is_err() {
+            return Err(LogicError::NotGroupMember);
+        }
+        return Ok(members.clone());
+    }
+    let receiver = UserId(job.draft.receiver_id);
+    let Some(access) = direct else {
+        return Ok(vec![sender]);
+    };
+    let access = access.ok_or(LogicError::ReceiverNotFound("user"))?;
+    if !access.open && !access.friends {
+        return Err(LogicError::NotFriend);
+    }
+    let mut users = vec![sender, receiver];
+    users.sort_unstable();
+    Ok(users)
+}
+
+/// The (sender, receiver) pair whose access a direct send to another user needs.
+fn direct_pair(job: &Job) -> Option<(UserId, UserId)> {
+    let receiver = UserId(job.draft.receiver_id);
+    (job.draft.conversation != ConversationType::Group && receiver != job.sender.user)
+        .then_some((job.sender.user, receiver))
+}
+
+fn group_of(job: &Job) -> Option<GroupId> {
+    (job.draft.conversation == ConversationType::Group).then_some(GroupId(job.draft.receiver_id))
+}
+
+fn select<'a>(
+    keys: &[SendKey<'a>],
+    decisions: &[Decision],
+    keep: impl Fn(&Decision) -> bool,
+) -> Vec<SendKey<'a>> {
+    keys.iter()
+        .zip(decisions)
+        .filter(|(_, decision)| keep(decision))
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+/// Returns how many copies each recipient gets over the accepted sends, by ascending user id.
+fn seq_counts(decisions: &[Decision]) -> Vec<(UserId, u64)> {
+    let mut counts = BTreeMap::new();
+    for decision in decisions {
+        if let Decision::Accepted { recipients, .. } = decision {
+            for user in recipients {
+                *counts.entry(*user).or_insert(0u64) += 1;
+            }
+        }
+    }
+    counts.into_iter().collect()
+}
+
+async fn assign_if_any(
+    tx: &deadpool_postgres::Transaction<'_>,
+    counts: &[(UserId, u64)],
+) -> Result<Vec<u64>, LogicError> {
+    if counts.is_empty() {
+        return Ok(Vec::new());
+    }
+    user_seq::assign_counts(tx, counts).await
+}
+
+/// Gives each recipient the next of the seqs its user took for this batch.
+fn take_seqs(
+    next_seq: &mut HashMap<UserId, u64>,
+    recipients: &[UserId],
+) -> Result<Vec<Copy>, LogicError> {
+    recipients
+        .iter()
+        .map(|user| {
+            let next = next_seq
+                .get_mut(user)
+                .ok_or(LogicError::Internal("recipient has no seqs taken"))?;
+            let seq = *next;
+            *next += 1;
+            Ok(Copy { user: *user, seq })
+        })
+        .collect()
+}
+
+fn sender_copy_seq(copies: &[Copy], sender: UserId) -> Result<u64, LogicError> {
+    copies
+        .iter()
+        .find(|copy| copy.user == sender)
+        .map(|copy| copy.seq)
+        .ok_or(LogicError::Internal(
+            "the sender has no copy of its message",
+        ))
+}
+
+fn new_message(job: &Job, message_id: crate::ids::MessageId) -> NewMessage<'_> {
+    NewMessage {
+        message_id,
+        sender_user: job.sender.user,
+        sender_device: job.sender.device,
+        conversation_type: job.draft.conversation as i16,
+        receiver_id: job.draft.receiver_id,
+        content: &job.draft.request.content[..],
+        content_type: &job.draft.request.content_type,
+        client_msg_id: &job.draft.request.client_msg_id,
+    }
+}
+
+/// The error each send of a failed batch gets: TIMEOUT when the batch ran out of time,
+/// UNAVAILABLE otherwise. The cause is logged once for the batch.
+fn batch_error(err: &LogicError) -> LogicError {
+    match err {
+        LogicError::Timeout { store, timeout_ms } => LogicError::Timeout {
+            store: *store,
+            timeout_ms: *timeout_ms,
+        },
+        _ => LogicError::Unavailable(Store::Postgres),
+    }
+}
+
+fn timeout_error(timeout: Duration) -> LogicError {
+    LogicError::Timeout {
+        store: Store::Postgres,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
