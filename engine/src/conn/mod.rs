@@ -473,3 +473,4 @@ impl Drop for Connection {
         }
     }
 }
+
