@@ -44,6 +44,12 @@ pub struct Config {
     pub logic_call_timeout_ms: u64,
     /// Deadline of the TCP connect to the logic tier inside a call.
     pub logic_connect_timeout_ms: u64,
+    /// Connections this node holds at once; a new one past it is rejected with HTTP 503
+    /// before the upgrade. 0 means no limit besides the open-file limit.
+    pub max_connections: usize,
+    /// Connections from one IP address at once; a new one past it is rejected with HTTP
+    /// 503. 0 means no limit. Behind a proxy every device shares the proxy's address.
+    pub max_connections_per_ip: u32,
     /// Largest frame payload accepted; a larger one closes the connection with 1009.
     pub max_frame_bytes: usize,
     /// Largest message (all fragments together) accepted; a larger one closes with 1009.
@@ -90,6 +96,8 @@ impl Default for Config {
             heartbeat_timeout_ms: 90_000,
             logic_call_timeout_ms: 3_000,
             logic_connect_timeout_ms: 1_000,
+            max_connections: 0,
+            max_connections_per_ip: 0,
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024,
             max_header_bytes: 8 * 1024,

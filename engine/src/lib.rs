@@ -5,6 +5,7 @@
 //! [`Engine::start`] runs a whole node inside the current process; `im-engine` is the
 //! binary around it.
 
+mod admission;
 mod bridge;
 pub mod close;
 pub mod config;
@@ -127,6 +128,10 @@ impl Engine {
         )?;
 
         let devices = Arc::new(registry::DeviceMap::new());
+        let admission = Arc::new(admission::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
         let mut inboxes = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -137,6 +142,7 @@ impl Engine {
                 config: config.clone(),
                 node: node.clone(),
                 devices: devices.clone(),
+                admission: admission.clone(),
                 bridge: bridge.clone(),
                 metrics: shard_metrics.clone(),
                 listener,

@@ -53,11 +53,13 @@ pub const CLOSE_CODES: [&str; 14] = [
 ];
 
 /// Limits that reject or close, as the `kind` label.
-pub const LIMITS: [&str; 4] = [
+pub const LIMITS: [&str; 6] = [
     "outbound_queue",
     "write_timeout",
     "bridge_queue",
     "shard_full",
+    "max_connections",
+    "max_connections_per_ip",
 ];
 
 /// Counters and histograms of one shard; only that shard writes them.

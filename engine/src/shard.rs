@@ -16,6 +16,7 @@ use monoio::time::Instant;
 use prost::Message as _;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::Admission;
 use crate::bridge::BridgeHandle;
 use crate::config::Config;
 use crate::inbox::{InboxReceiver, ShardMessage, TargetedMessage};
@@ -33,6 +34,7 @@ pub(crate) struct ShardContext {
     pub(crate) node: Arc<str>,
     pub(crate) registry: ShardRegistry,
     pub(crate) devices: Arc<DeviceMap>,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) bridge: BridgeHandle,
     pub(crate) metrics: Arc<ShardMetrics>,
     /// Shared read buffer; borrowed only between two awaits.
@@ -47,6 +49,7 @@ pub(crate) struct ShardSetup {
     pub(crate) config: Arc<Config>,
     pub(crate) node: Arc<str>,
     pub(crate) devices: Arc<DeviceMap>,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) bridge: BridgeHandle,
     pub(crate) metrics: Arc<ShardMetrics>,
     pub(crate) listener: StdListener,
@@ -77,6 +80,7 @@ async fn run(setup: ShardSetup) {
         config,
         node,
         devices,
+        admission,
         bridge,
         metrics,
         listener,
@@ -104,6 +108,7 @@ async fn run(setup: ShardSetup) {
         node,
         registry: ShardRegistry::new(index),
         devices,
+        admission,
         bridge,
         metrics,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),

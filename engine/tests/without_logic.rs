@@ -300,3 +300,66 @@ async fn reader_that_stops_reading_is_closed_with_4008() {
     );
     engine.shutdown();
 }
+
+/// Sends an upgrade request from `source` and returns the status line of the answer.
+async fn upgrade_status_from(engine: &Engine, source: [u8; 4]) -> (String, tokio::net::TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let mut stream = socket.connect(engine.ws_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    (String::from_utf8_lossy(&head).into_owned(), stream)
+}
+
+#[tokio::test]
+async fn connections_over_per_ip_limit_get_503() {
+    let engine = start_engine(|config| config.max_connections_per_ip = 2);
+    let (first, _keep_first) = upgrade_status_from(&engine, [127, 0, 0, 1]).await;
+    let (second, _keep_second) = upgrade_status_from(&engine, [127, 0, 0, 1]).await;
+    assert_eq!(first, "HTTP/1.1 101");
+    assert_eq!(second, "HTTP/1.1 101");
+    let (third, _) = upgrade_status_from(&engine, [127, 0, 0, 1]).await;
+    assert_eq!(third, "HTTP/1.1 503");
+    let (other_address, _keep_other) = upgrade_status_from(&engine, [127, 0, 0, 2]).await;
+    assert_eq!(other_address, "HTTP/1.1 101");
+    let metrics = engine.metrics().render();
+    assert!(
+        metrics.contains("im_engine_limits_hit_total{kind=\"max_connections_per_ip\"} 1"),
+        "{metrics}"
+    );
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn connections_over_node_limit_get_503_until_one_closes() {
+    let engine = start_engine(|config| config.max_connections = 1);
+    let (first, first_stream) = upgrade_status_from(&engine, [127, 0, 0, 1]).await;
+    assert_eq!(first, "HTTP/1.1 101");
+    let (second, _) = upgrade_status_from(&engine, [127, 0, 0, 3]).await;
+    assert_eq!(second, "HTTP/1.1 503");
+    drop(first_stream);
+    // The engine notices the closed socket and releases the place.
+    let mut admitted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, _) = upgrade_status_from(&engine, [127, 0, 0, 3]).await;
+        if status == "HTTP/1.1 101" {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(
+        admitted,
+        "the place of the closed connection was not released"
+    );
+    engine.shutdown();
+}

@@ -11,6 +11,7 @@ use monoio::net::TcpStream;
 use tracing::debug;
 
 use super::io::{self, ReadOutcome};
+use crate::admission::Refusal;
 use crate::shard::ShardContext;
 
 /// Reads the upgrade request and replies to it. Returns the bytes that followed the request
@@ -84,6 +85,24 @@ fn check_origin(ctx: &ShardContext, request: &UpgradeRequest) -> Result<(), Hand
         _ => Ok(()),
     }
 }
+
+/// Answers a connection over a limit with HTTP 503 and a Retry-After hint.
+pub(super) async fn reject_busy(stream: &TcpStream, refusal: Refusal) {
+    let body = match refusal {
+        Refusal::Total => "this node has reached max_connections; retry later or elsewhere\n",
+        Refusal::PerIp => "too many connections from this address (max_connections_per_ip)\n",
+    };
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_SECS}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut response = BytesMut::from(response.as_bytes());
+    write_response(stream, &mut response).await;
+    io::shutdown_write(stream.as_raw_fd());
+}
+
+/// Seconds a refused client is asked to wait before it retries.
+const RETRY_AFTER_SECS: u32 = 5;
 
 async fn reject(stream: &TcpStream, err: &HandshakeError) {
     let mut response = BytesMut::from(&im_ws::reject_response(err)[..]);

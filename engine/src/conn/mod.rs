@@ -72,6 +72,16 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
         device_id = field::Empty
     );
     async move {
+        // Held for the task's life: dropping it releases the connection's place.
+        let _admitted = match ctx.admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                debug!(limit = refusal.kind(), "connection refused by a limit");
+                ctx.metrics.count_limit(refusal.kind());
+                Box::pin(handshake::reject_busy(&stream, refusal)).await;
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         // Rarely running steps are boxed so that their state does not enlarge every idle
         // connection's task: the task is as large as its largest step.
@@ -473,4 +483,3 @@ impl Drop for Connection {
         }
     }
 }
-
