@@ -59,6 +59,12 @@ impl Report {
             quantiles(&self.hold.heartbeat_rtt, &HEARTBEAT_POINTS, false)
         );
         println!("  errors at sign-in     {}", errors(&self.signin_errors));
+        if stale_tokens(&self.signin_errors) {
+            println!(
+                "  hint                  the cached tokens are no longer valid (was Redis restarted?); \
+                 rerun with --refresh-tokens"
+            );
+        }
         println!("  errors after sign-in  {}", errors(&self.hold.errors));
         println!("  engine RSS            {}", self.memory_line());
     }
@@ -135,6 +141,18 @@ fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// Reports whether sign-ins failed because cached tokens no longer match the server.
+fn stale_tokens(counts: &ErrorCounts) -> bool {
+    [
+        "DEVICE_UNKNOWN",
+        "TOKEN_INVALID",
+        "TOKEN_EXPIRED",
+        "TOKEN_REVOKED",
+    ]
+    .iter()
+    .any(|kind| counts.0.contains_key(*kind))
+}
+
 pub(crate) fn errors(counts: &ErrorCounts) -> String {
     if counts.0.is_empty() {
         return "none".into();
@@ -173,6 +191,14 @@ mod tests {
         let line = quantiles(&histogram, &[("p50", 0.5), ("p99.9", 0.999)], true);
 
         assert_eq!(line, "p50 1.500  p99.9 1.500  max 1.500  (1 samples)");
+    }
+
+    #[test]
+    fn stale_token_codes_give_hint() {
+        let mut counts = ErrorCounts::default();
+        assert!(!stale_tokens(&counts));
+        counts.add("DEVICE_UNKNOWN", 3);
+        assert!(stale_tokens(&counts));
     }
 
     #[test]
