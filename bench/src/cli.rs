@@ -32,6 +32,10 @@ pub(crate) enum Command {
     /// Send messages from one member to a group at a fixed rate and report latency per
     /// delivered copy and messages received per member.
     Group(GroupArgs),
+    /// Run the same raw WebSocket scenario against the engine and against peer servers
+    /// (tokio-tungstenite, Node.js ws), one after the other on loopback, and print one table
+    /// of per-connection memory, connect rate, round trip, throughput and CPU, with ratios.
+    Compare(CompareArgs),
 }
 
 /// Flags that the parent passes on to its worker processes unchanged.
@@ -217,6 +221,72 @@ pub(crate) struct GroupArgs {
     pub(crate) rate: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CompareArgs {
+    /// Connections N held at once. The bench and each server hold N sockets, so N must stay
+    /// under the open-file limit of one process.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) connections: u64,
+    /// Seconds all connections stay idle before the servers' memory is read.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) hold_secs: u64,
+    /// Round trips per connection in the latency phase.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rounds: u32,
+    /// Milliseconds between two round trips of one connection in the latency phase.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) round_interval_ms: u64,
+    /// Seconds of the saturation phase, in which every connection sends its next message as
+    /// soon as the reply to the last one arrives.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) saturation_secs: u64,
+    /// Servers to measure, in order: engine, rust-tungstenite, node-ws. The first one is the
+    /// baseline of the ratio columns.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "engine,rust-tungstenite,node-ws"
+    )]
+    pub(crate) targets: Vec<String>,
+    /// The engine binary.
+    #[arg(long, default_value = "target/release/im-engine")]
+    pub(crate) engine_bin: PathBuf,
+    /// The tokio-tungstenite peer binary (`cargo build --release` in bench/peers/rust-tungstenite).
+    #[arg(
+        long,
+        default_value = "bench/peers/rust-tungstenite/target/release/peer-rust-tungstenite"
+    )]
+    pub(crate) rust_peer_bin: PathBuf,
+    /// The Node.js ws peer script (`npm install` in bench/peers/node-ws first).
+    #[arg(long, default_value = "bench/peers/node-ws/server.js")]
+    pub(crate) node_peer_script: PathBuf,
+    /// The Node.js executable.
+    #[arg(long, default_value = "node")]
+    pub(crate) node_bin: PathBuf,
+    /// Loopback source addresses, as for `signin`. Default: enough for N.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
+    pub(crate) sources: Option<u64>,
+    /// Connects plus handshakes in flight at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) concurrency: u64,
+    /// Time limit in milliseconds for one connect plus handshake, and for each reply.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout_ms: u64,
+    /// Seconds allowed for opening all connections to one server.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) connect_timeout_secs: u64,
+    /// A server that is already running, as NAME=HOST:PORT (WebSocket path `/`). It is
+    /// measured after the targets, without memory or CPU figures. Repeatable.
+    #[arg(long)]
+    pub(crate) external: Vec<String>,
+    /// Directory of the JSON and Markdown results. Empty: write no files.
+    #[arg(long, default_value = DEFAULT_RESULTS_DIR)]
+    pub(crate) results_dir: PathBuf,
+}
+
+/// The bench crate's `results` directory, fixed at build time like the cache.
+const DEFAULT_RESULTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
+
 /// The bench crate's `.cache` directory, fixed at build time so runs from any directory
 /// share one cache.
 const DEFAULT_CACHE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache");
@@ -326,6 +396,29 @@ mod tests {
         let result = Cli::try_parse_from(["im-bench", "group", "--members", "1"]);
 
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn compare_defaults() {
+        let cli = Cli::try_parse_from(["im-bench", "compare"]).expect("parse");
+
+        let Some(Command::Compare(args)) = cli.command else {
+            panic!("compare expected");
+        };
+        assert_eq!(args.connections, 5000);
+        assert_eq!(args.targets, ["engine", "rust-tungstenite", "node-ws"]);
+        assert_eq!(args.engine_bin, PathBuf::from("target/release/im-engine"));
+    }
+
+    #[test]
+    fn compare_targets_split_on_commas() {
+        let cli = Cli::try_parse_from(["im-bench", "compare", "--targets", "node-ws,engine"])
+            .expect("parse");
+
+        let Some(Command::Compare(args)) = cli.command else {
+            panic!("compare expected");
+        };
+        assert_eq!(args.targets, ["node-ws", "engine"]);
     }
 
     #[test]

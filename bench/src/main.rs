@@ -3,6 +3,7 @@
 mod cache;
 mod chat;
 mod cli;
+mod compare;
 #[cfg(test)]
 mod fake_engine;
 mod group;
@@ -45,5 +46,6 @@ async fn main() -> ExitCode {
         Some(Command::SigninWorker(args)) => worker::run(args).await,
         Some(Command::Chat(args)) => chat::run(args).await,
         Some(Command::Group(args)) => group::run(args).await,
+        Some(Command::Compare(args)) => compare::run(args).await,
     }
 }

@@ -1,0 +1,395 @@
+//! Per-connection figures of each server, ratios of the first server to each other one, and
+//! their text, Markdown and JSON forms.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::kernel;
+use super::measure::Measurement;
+
+/// The figures of one server that the table shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Figures {
+    pub(crate) target: String,
+    pub(crate) connections_open: u64,
+    pub(crate) rss_bytes_per_idle_connection: Option<f64>,
+    pub(crate) connections_per_second: Option<f64>,
+    pub(crate) round_trip_p50_ms: Option<f64>,
+    pub(crate) round_trip_p99_ms: Option<f64>,
+    pub(crate) round_trip_p999_ms: Option<f64>,
+    pub(crate) messages_per_second: Option<f64>,
+    pub(crate) cpu_seconds_per_million_messages: Option<f64>,
+    /// CPU time of the bench itself per million messages, which shares the machine's cores.
+    pub(crate) bench_cpu_seconds_per_million_messages: Option<f64>,
+    /// Growth of the kernel's `Slab` (/proc/meminfo) per connection, both ends together.
+    pub(crate) kernel_slab_bytes_per_connection: Option<f64>,
+    /// Growth of TCP `mem` pages (/proc/net/sockstat) per connection, both ends together.
+    pub(crate) kernel_tcp_buffer_bytes_per_connection: Option<f64>,
+    pub(crate) errors: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    /// Divides what was measured on one server into per-connection and per-second figures.
+    pub(crate) fn from_measurement(target: &str, measurement: &Measurement) -> Figures {
+        let opened = measurement.opened;
+        let quantile_ms = |quantile: f64| {
+            (!measurement.round_trips.is_empty())
+                .then(|| measurement.round_trips.value_at_quantile(quantile) as f64 / 1000.0)
+        };
+        let messages_per_second = rate(
+            measurement.saturation_messages,
+            measurement.saturation_elapsed.as_secs_f64(),
+        );
+        let per_million = |cpu: Option<std::time::Duration>| {
+            let cpu = cpu?;
+            (measurement.saturation_messages > 0)
+                .then(|| cpu.as_secs_f64() * 1_000_000.0 / measurement.saturation_messages as f64)
+        };
+        Figures {
+            target: target.to_owned(),
+            connections_open: opened,
+            rss_bytes_per_idle_connection: kernel::per_connection(
+                measurement.rss_start,
+                measurement.rss_idle,
+                opened,
+            ),
+            connections_per_second: rate(opened, measurement.connect_elapsed.as_secs_f64()),
+            round_trip_p50_ms: quantile_ms(0.5),
+            round_trip_p99_ms: quantile_ms(0.99),
+            round_trip_p999_ms: quantile_ms(0.999),
+            messages_per_second,
+            cpu_seconds_per_million_messages: per_million(measurement.saturation_cpu),
+            bench_cpu_seconds_per_million_messages: per_million(measurement.saturation_bench_cpu),
+            kernel_slab_bytes_per_connection: kernel::per_connection(
+                measurement.kernel_before.slab,
+                measurement.kernel_idle.slab,
+                opened,
+            ),
+            kernel_tcp_buffer_bytes_per_connection: kernel::per_connection(
+                measurement.kernel_before.tcp_buffers,
+                measurement.kernel_idle.tcp_buffers,
+                opened,
+            ),
+            errors: measurement.errors.clone(),
+        }
+    }
+}
+
+fn rate(count: u64, seconds: f64) -> Option<f64> {
+    (count > 0 && seconds > 0.0).then(|| count as f64 / seconds)
+}
+
+/// One row of the table: a label and how to read its value from [`Figures`].
+struct Metric {
+    label: &'static str,
+    value: fn(&Figures) -> Option<f64>,
+    decimals: usize,
+}
+
+const METRICS: [Metric; 10] = [
+    Metric {
+        label: "server RSS bytes per idle connection",
+        value: |figures| figures.rss_bytes_per_idle_connection,
+        decimals: 0,
+    },
+    Metric {
+        label: "kernel Slab bytes per connection (both ends)",
+        value: |figures| figures.kernel_slab_bytes_per_connection,
+        decimals: 0,
+    },
+    Metric {
+        label: "kernel TCP buffer bytes per connection (both ends)",
+        value: |figures| figures.kernel_tcp_buffer_bytes_per_connection,
+        decimals: 0,
+    },
+    Metric {
+        label: "connections per second",
+        value: |figures| figures.connections_per_second,
+        decimals: 0,
+    },
+    Metric {
+        label: "round trip p50 (ms)",
+        value: |figures| figures.round_trip_p50_ms,
+        decimals: 3,
+    },
+    Metric {
+        label: "round trip p99 (ms)",
+        value: |figures| figures.round_trip_p99_ms,
+        decimals: 3,
+    },
+    Metric {
+        label: "round trip p99.9 (ms)",
+        value: |figures| figures.round_trip_p999_ms,
+        decimals: 3,
+    },
+    Metric {
+        label: "messages per second at saturation",
+        value: |figures| figures.messages_per_second,
+        decimals: 0,
+    },
+    Metric {
+        label: "server CPU seconds per million messages",
+        value: |figures| figures.cpu_seconds_per_million_messages,
+        decimals: 2,
+    },
+    Metric {
+        label: "bench CPU seconds per million messages",
+        value: |figures| figures.bench_cpu_seconds_per_million_messages,
+        decimals: 2,
+    },
+];
+
+/// Returns `baseline / other`, or `None` when either is missing or not positive. Every
+/// metric is positive when measured, so zero or less is noise (for example a kernel reading
+/// that shrank while connections opened) and has no meaningful ratio.
+pub(crate) fn ratio(baseline: Option<f64>, other: Option<f64>) -> Option<f64> {
+    let (baseline, other) = (baseline?, other?);
+    (baseline > 0.0 && other > 0.0).then(|| baseline / other)
+}
+
+/// The comparison table: a header row and one row per metric, as cells of text. The first
+/// server is the baseline, and each other server adds a `first / other` ratio column.
+pub(crate) fn rows(results: &[Figures]) -> Vec<Vec<String>> {
+    let mut header = vec!["metric".to_owned()];
+    header.extend(results.iter().map(|figures| figures.target.clone()));
+    if let Some((first, others)) = results.split_first() {
+        header.extend(
+            others
+                .iter()
+                .map(|other| format!("{} / {}", first.target, other.target)),
+        );
+    }
+    let mut table = vec![header];
+    for metric in &METRICS {
+        table.push(metric_row(metric, results));
+    }
+    table
+}
+
+fn metric_row(metric: &Metric, results: &[Figures]) -> Vec<String> {
+    let mut row = vec![metric.label.to_owned()];
+    row.extend(
+        results
+            .iter()
+            .map(|figures| format_value((metric.value)(figures), metric.decimals)),
+    );
+    if let Some((first, others)) = results.split_first() {
+        row.extend(others.iter().map(|other| {
+            let value = ratio((metric.value)(first), (metric.value)(other));
+            format_value(value, 2)
+        }));
+    }
+    row
+}
+
+fn format_value(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(value) if value.is_finite() => format!("{value:.decimals$}"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// Renders the table with aligned columns for a terminal.
+pub(crate) fn to_text(table: &[Vec<String>]) -> String {
+    let columns = table.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            table
+                .iter()
+                .filter_map(|row| row.get(column))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in table {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(column, cell)| match column {
+                0 => format!("{cell:<width$}", width = widths[column]),
+                _ => format!("{cell:>width$}", width = widths[column]),
+            })
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Renders the table as a Markdown table.
+pub(crate) fn to_markdown(table: &[Vec<String>]) -> String {
+    let mut text = String::new();
+    for (index, row) in table.iter().enumerate() {
+        text.push_str(&format!("| {} |\n", row.join(" | ")));
+        if index == 0 {
+            let rule = vec!["---"; row.len()].join(" | ");
+            text.push_str(&format!("| {rule} |\n"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::compare::kernel::KernelMemory;
+    use crate::stats;
+
+    fn measurement() -> Measurement {
+        let mut round_trips = stats::latency_histogram();
+        for micros in 1..=1000 {
+            stats::record(&mut round_trips, Duration::from_micros(micros));
+        }
+        Measurement {
+            opened: 100,
+            connect_elapsed: Duration::from_secs(2),
+            rss_start: Some(1_000_000),
+            rss_idle: Some(1_500_000),
+            kernel_before: KernelMemory {
+                slab: Some(10_000_000),
+                tcp_buffers: Some(4096),
+            },
+            kernel_idle: KernelMemory {
+                slab: Some(10_300_000),
+                tcp_buffers: Some(4096 * 3),
+            },
+            round_trips,
+            saturation_messages: 500_000,
+            saturation_elapsed: Duration::from_secs(5),
+            saturation_cpu: Some(Duration::from_secs(4)),
+            saturation_bench_cpu: Some(Duration::from_secs(1)),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn figures(target: &str, rss: f64, rate: f64) -> Figures {
+        Figures {
+            target: target.to_owned(),
+            rss_bytes_per_idle_connection: Some(rss),
+            messages_per_second: Some(rate),
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn figures_divide_per_connection() {
+        let figures = Figures::from_measurement("engine", &measurement());
+
+        assert_eq!(figures.connections_open, 100);
+        assert_eq!(figures.rss_bytes_per_idle_connection, Some(5000.0));
+        assert_eq!(figures.connections_per_second, Some(50.0));
+        assert_eq!(figures.messages_per_second, Some(100_000.0));
+        assert_eq!(figures.cpu_seconds_per_million_messages, Some(8.0));
+        assert_eq!(figures.bench_cpu_seconds_per_million_messages, Some(2.0));
+        assert_eq!(figures.kernel_slab_bytes_per_connection, Some(3000.0));
+        assert_eq!(figures.kernel_tcp_buffer_bytes_per_connection, Some(81.92));
+    }
+
+    #[test]
+    fn figures_quantiles_in_milliseconds() {
+        let figures = Figures::from_measurement("engine", &measurement());
+
+        let p50 = figures.round_trip_p50_ms.expect("p50");
+        let p999 = figures.round_trip_p999_ms.expect("p99.9");
+        assert!((p50 - 0.5).abs() < 0.01, "p50 {p50}");
+        assert!((p999 - 0.999).abs() < 0.01, "p99.9 {p999}");
+    }
+
+    #[test]
+    fn figures_without_replies_have_no_rates() {
+        let mut empty = measurement();
+        empty.round_trips = stats::latency_histogram();
+        empty.saturation_messages = 0;
+        empty.rss_idle = None;
+
+        let figures = Figures::from_measurement("x", &empty);
+
+        assert_eq!(figures.round_trip_p50_ms, None);
+        assert_eq!(figures.messages_per_second, None);
+        assert_eq!(figures.cpu_seconds_per_million_messages, None);
+        assert_eq!(figures.rss_bytes_per_idle_connection, None);
+    }
+
+    #[test]
+    fn ratio_cases() {
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(125.0), Some(-29.0)), None);
+        assert_eq!(ratio(Some(-1.0), Some(2.0)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+        assert_eq!(ratio(Some(1.0), None), None);
+    }
+
+    #[test]
+    fn rows_have_ratio_columns() {
+        let results = [
+            figures("engine", 1000.0, 50_000.0),
+            figures("rust", 4000.0, 25_000.0),
+            figures("node", 0.0, 100_000.0),
+        ];
+
+        let table = rows(&results);
+
+        assert_eq!(
+            table[0],
+            [
+                "metric",
+                "engine",
+                "rust",
+                "node",
+                "engine / rust",
+                "engine / node"
+            ]
+        );
+        let rss = &table[1];
+        assert_eq!(rss[0], "server RSS bytes per idle connection");
+        assert_eq!(&rss[1..], ["1000", "4000", "0", "0.25", "-"]);
+        let rate = table
+            .iter()
+            .find(|row| row[0] == "messages per second at saturation")
+            .expect("rate row");
+        assert_eq!(&rate[1..], ["50000", "25000", "100000", "2.00", "0.50"]);
+        let p50 = table
+            .iter()
+            .find(|row| row[0] == "round trip p50 (ms)")
+            .expect("p50 row");
+        assert_eq!(&p50[1..], ["-", "-", "-", "-", "-"]);
+    }
+
+    #[test]
+    fn rows_of_one_target_have_no_ratios() {
+        let table = rows(&[figures("engine", 1.0, 1.0)]);
+
+        assert!(table.iter().all(|row| row.len() == 2));
+        assert_eq!(table.len(), 1 + METRICS.len());
+    }
+
+    #[test]
+    fn markdown_has_rule_after_header() {
+        let table = vec![
+            vec!["metric".to_owned(), "a".to_owned()],
+            vec!["x".to_owned(), "1".to_owned()],
+        ];
+
+        let markdown = to_markdown(&table);
+
+        assert_eq!(markdown, "| metric | a |\n| --- | --- |\n| x | 1 |\n");
+    }
+
+    #[test]
+    fn text_aligns_columns() {
+        let table = vec![
+            vec!["metric".to_owned(), "a".to_owned()],
+            vec!["x".to_owned(), "1000".to_owned()],
+        ];
+
+        let text = to_text(&table);
+
+        assert_eq!(text, "metric     a\nx       1000\n");
+    }
+}
