@@ -66,6 +66,8 @@ pub(crate) struct Outbox {
     close: Cell<Option<CloseRequest>>,
     /// Set by every push and close request, cleared by the connection when it acts.
     notified: Cell<bool>,
+    /// The connection's next deadline, checked by the shard's periodic sweep.
+    deadline: Cell<Option<monoio::time::Instant>>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -94,6 +96,18 @@ impl Outbox {
             *pending = BytesMut::new();
         }
         Ok(all_written)
+    }
+
+    /// Records the connection's next deadline for the shard's sweep.
+    pub(crate) fn set_deadline(&self, deadline: monoio::time::Instant) {
+        self.deadline.set(Some(deadline));
+    }
+
+    /// Wakes the connection when its deadline is at or before `now`.
+    pub(crate) fn wake_if_due(&self, now: monoio::time::Instant) {
+        if self.deadline.get().is_some_and(|deadline| deadline <= now) {
+            self.notify();
+        }
     }
 
     /// Clears the notification and returns whether one was pending.
@@ -215,6 +229,15 @@ impl ShardRegistry {
             return None;
         }
         entry.outbox.clone()
+    }
+
+    /// Wakes every connection whose deadline is at or before `now`.
+    pub(crate) fn wake_due(&self, now: monoio::time::Instant) {
+        for entry in self.entries.borrow().iter() {
+            if let Some(outbox) = &entry.outbox {
+                outbox.wake_if_due(now);
+            }
+        }
     }
 
     /// Asks every live connection to close with `request`.

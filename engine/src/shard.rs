@@ -23,6 +23,9 @@ use crate::inbox::{InboxReceiver, ShardMessage, TargetedMessage};
 use crate::metrics::ShardMetrics;
 use crate::registry::{CloseRequest, ConnId, DeviceMap, ShardRegistry};
 
+/// Interval of the shard's deadline sweep, so the lateness bound of every deadline.
+const DEADLINE_SWEEP: Duration = Duration::from_millis(100);
+
 /// Size of the buffer each shard reads sockets into before frames are decoded.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -121,6 +124,7 @@ async fn run(setup: ShardSetup) {
         stopping.clone(),
         canceller.clone(),
     ));
+    monoio::spawn(sweep_deadlines(ctx.clone()));
     info!(shard = index, "shard started");
     accept_loop(&ctx, &listener, &stopping, &canceller).await;
     drop(listener);
@@ -162,6 +166,18 @@ async fn accept_loop(
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// Wakes connections whose sign-in, idle or write deadline has passed, every
+/// `DEADLINE_SWEEP`. One shard timer replaces a timer per connection (a monoio `Sleep` is
+/// 640 bytes); a deadline is acted on at most one sweep late.
+/// It runs until the shard's runtime ends, so connections still closing during a
+/// shutdown keep their deadlines.
+async fn sweep_deadlines(ctx: Rc<ShardContext>) {
+    loop {
+        monoio::time::sleep(DEADLINE_SWEEP).await;
+        ctx.registry.wake_due(Instant::now());
     }
 }
 

@@ -58,7 +58,6 @@ enum Event {
     Readable(std::io::Result<()>),
     Writable,
     Outbox,
-    Deadline,
 }
 
 /// Accepts one TCP connection as a WebSocket and serves it until it closes.
@@ -149,13 +148,13 @@ impl Connection {
             if let Some(ending) = self.flush() {
                 return ending;
             }
+            if Instant::now() >= self.next_deadline() {
+                if let Some(ending) = self.deadline_passed() {
+                    return ending;
+                }
+            }
             match self.next_event().await {
                 Event::Outbox | Event::Writable => continue,
-                Event::Deadline => {
-                    if let Some(ending) = self.deadline_passed() {
-                        return ending;
-                    }
-                }
                 Event::Readable(Err(err)) => {
                     debug!(error = %err, "wait for readability failed");
                     return Ending::Gone("socket error");
@@ -170,13 +169,14 @@ impl Connection {
     }
 
     /// Waits for the first of: bytes to read, room to write while frames are stalled,
-    /// frames or a close request queued by another task, or a deadline.
+    /// or frames, a close request or a passed deadline signalled through the outbox. The
+    /// shard's deadline sweep signals deadlines, so no connection holds a timer of its own.
     async fn next_event(&self) -> Event {
+        self.outbox.set_deadline(self.next_deadline());
         let stalled = self.write_stalled_since.is_some();
         let mut readable = pin!(self.stream.readable(false));
         // Created always, polled (and so submitted) only while writes are stalled.
         let mut writable = pin!(self.stream.writable(false));
-        let mut deadline = pin!(monoio::time::sleep_until(self.next_deadline()));
         std::future::poll_fn(|cx| {
             if self.outbox.take_notified() {
                 return Poll::Ready(Event::Outbox);
@@ -187,9 +187,6 @@ impl Connection {
             }
             if stalled && writable.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Writable);
-            }
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Deadline);
             }
             Poll::Pending
         })
@@ -208,7 +205,7 @@ impl Connection {
         Duration::from_millis(self.ctx.config.write_timeout_ms)
     }
 
-    /// Returns the ending for a passed deadline, or `None` when the timer fired early.
+    /// Returns the ending for a passed deadline, or `None` when none has passed.
     fn deadline_passed(&self) -> Option<Ending> {
         let now = Instant::now();
         if let Some(since) = self.write_stalled_since {
