@@ -97,6 +97,13 @@ pub(crate) struct SigninArgs {
     /// hold a slice of the connections, because the open-file limit applies per process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) workers: u64,
+    #[command(flatten)]
+    pub(crate) prepare: PrepareArgs,
+}
+
+/// Flags of the token preparation that every scenario runs before it connects.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PrepareArgs {
     /// LOGIN and REGISTER calls in flight while preparing tokens. Each costs the server a
     /// password hash, which is slow on purpose.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
@@ -105,7 +112,7 @@ pub(crate) struct SigninArgs {
     #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) prepare_timeout_secs: u64,
     /// Log in again for every user even when the cache contains a valid token, for example after
-    /// the database was reset.
+    /// Redis restarted without its data or the database was reset.
     #[arg(long)]
     pub(crate) refresh_tokens: bool,
 }
@@ -185,15 +192,8 @@ pub(crate) struct MessagingArgs {
     /// and the group cache (`<prefix>-groups.tsv`).
     #[arg(long, default_value = DEFAULT_CACHE_DIR)]
     pub(crate) cache_dir: PathBuf,
-    /// LOGIN and REGISTER calls in flight while preparing tokens.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) prepare_concurrency: u64,
-    /// Seconds allowed for preparing tokens.
-    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) prepare_timeout_secs: u64,
-    /// Log in again for every user even when the cache contains a valid token.
-    #[arg(long)]
-    pub(crate) refresh_tokens: bool,
+    #[command(flatten)]
+    pub(crate) prepare: PrepareArgs,
 }
 
 #[derive(Debug, Clone, Args)]

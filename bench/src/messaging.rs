@@ -209,12 +209,12 @@ pub(crate) async fn prepare_users(
         cache_path: cache::cache_path(&args.cache_dir, &user_prefix),
         user_prefix,
         timeout: Duration::from_millis(args.timeout_ms),
-        concurrency: usize::try_from(args.prepare_concurrency).unwrap_or(usize::MAX),
-        refresh: args.refresh_tokens,
+        concurrency: usize::try_from(args.prepare.prepare_concurrency).unwrap_or(usize::MAX),
+        refresh: args.prepare.refresh_tokens,
     };
     within(
         "preparing tokens",
-        args.prepare_timeout_secs,
+        args.prepare.prepare_timeout_secs,
         prepare::prepare(&config, count),
     )
     .await?

@@ -120,14 +120,14 @@ async fn prepare_tokens(args: &SigninArgs) -> Result<Vec<Target>, SigninError> {
         password: args.run.password.clone(),
         user_prefix: args.run.user_prefix.clone(),
         timeout: Duration::from_millis(args.run.timeout_ms),
-        concurrency: usize::try_from(args.prepare_concurrency).unwrap_or(usize::MAX),
+        concurrency: usize::try_from(args.prepare.prepare_concurrency).unwrap_or(usize::MAX),
         cache_path: cache::cache_path(&args.run.cache_dir, &args.run.user_prefix),
-        refresh: args.refresh_tokens,
+        refresh: args.prepare.refresh_tokens,
     };
-    let limit = Duration::from_secs(args.prepare_timeout_secs);
+    let limit = Duration::from_secs(args.prepare.prepare_timeout_secs);
     let targets = tokio::time::timeout(limit, prepare::prepare(&config, args.connections))
         .await
-        .map_err(|_| SigninError::PrepareTimedOut(args.prepare_timeout_secs))??;
+        .map_err(|_| SigninError::PrepareTimedOut(args.prepare.prepare_timeout_secs))??;
     Ok(targets)
 }
 
