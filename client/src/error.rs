@@ -3,7 +3,7 @@
 use im_proto::v1::{ErrorCode, PacketType};
 use tokio_tungstenite::tungstenite;
 
-/// Why a client call failed.
+/// Error of a client call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server replied with a non-zero `ErrorCode`.

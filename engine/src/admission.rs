@@ -18,7 +18,7 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// The metric label of the limit.
+    /// Returns the metric label of the limit.
     pub(crate) fn kind(self) -> &'static str {
         match self {
             Refusal::Total => "max_connections",

@@ -1,6 +1,6 @@
 //! The bridge from the shards to the logic tier. Shards hand calls over a bounded
-//! crossbeam channel; a dispatcher thread spawns each onto a tokio runtime, which makes
-//! the tonic call with a deadline and sends the reply back on a oneshot channel that
+//! crossbeam channel, and a dispatcher thread spawns each onto a tokio runtime. There the
+//! tonic call runs with a deadline, and its reply goes back on a oneshot channel that
 //! wakes the calling shard's task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -325,7 +325,7 @@ async fn execute(
 
 /// Runs one call under `timeout`, waiting for a place among the calls in flight first,
 /// so a burst (every device of a node closing at once) queues here instead of failing
-/// in the transport, and a logic tier that never answers still yields TIMEOUT.
+/// in the transport, and a logic tier that never replies still yields TIMEOUT.
 async fn with_deadline<T>(
     limit: &Semaphore,
     timeout: Duration,

@@ -44,7 +44,7 @@ pub struct Config {
     pub logic_call_timeout_ms: u64,
     /// Deadline of the TCP connect to the logic tier inside a call.
     pub logic_connect_timeout_ms: u64,
-    /// Connections this node holds at once; a new one past it is rejected with HTTP 503
+    /// Maximum connections open on this node at once; a new one past it is rejected with HTTP 503
     /// before the upgrade. 0 means no limit besides the open-file limit.
     pub max_connections: usize,
     /// Connections from one IP address at once; a new one past it is rejected with HTTP

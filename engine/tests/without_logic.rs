@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A logic URL where nothing listens: a port just bound and released.
+/// Returns a logic URL where nothing listens: a port just bound and released.
 fn dead_logic_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -119,7 +119,7 @@ async fn undecodable_packet_gets_error_and_connection_stays() {
     engine.shutdown();
 }
 
-/// Checks that a bystander connection on the same engine still gets answers.
+/// Checks that a bystander connection on the same engine still gets replies.
 async fn assert_still_serving(bystander: &mut Socket) {
     bystander
         .send(packet(PacketType::Heartbeat, 99, Vec::new()))
@@ -301,7 +301,7 @@ async fn reader_that_stops_reading_is_closed_with_4008() {
     engine.shutdown();
 }
 
-/// Sends an upgrade request from `source` and returns the status line of the answer.
+/// Sends an upgrade request from `source` and returns the status line of the response.
 async fn upgrade_status_from(engine: &Engine, source: [u8; 4]) -> (String, tokio::net::TcpStream) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket

@@ -286,7 +286,7 @@ pub fn texts(messages: &[Message]) -> Vec<String> {
         .collect()
 }
 
-/// A username no other test or run uses.
+/// Returns a username no other test or run uses.
 pub fn unique_username(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
 }
@@ -313,7 +313,7 @@ pub fn test_device() -> DeviceInfo {
     }
 }
 
-/// The error code of a failed call; panics on success or on a non-server error.
+/// Returns the error code of a failed call. Panics on success or on a non-server error.
 pub fn server_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
     match result {
         Err(ClientError::Server { code, .. }) => code,
@@ -332,7 +332,7 @@ pub async fn online_status(user_id: u64) -> std::collections::HashMap<String, St
         .unwrap()
 }
 
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -368,7 +368,7 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Starts the server (again) on its port and waits until it answers.
+    /// Starts the server (again) on its port and waits until it accepts connections.
     pub fn resume(&mut self) {
         let binary = std::env::var("IM_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&binary)

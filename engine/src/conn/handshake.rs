@@ -86,7 +86,7 @@ fn check_origin(ctx: &ShardContext, request: &UpgradeRequest) -> Result<(), Hand
     }
 }
 
-/// Answers a connection over a limit with HTTP 503 and a Retry-After hint.
+/// Rejects a connection over a limit with HTTP 503 and a Retry-After hint.
 pub(super) async fn reject_busy(stream: &TcpStream, refusal: Refusal) {
     let body = match refusal {
         Refusal::Total => "this node has reached max_connections; retry later or elsewhere\n",

@@ -170,7 +170,7 @@ impl Connection {
 
     /// Waits for the first of: bytes to read, room to write while frames are stalled,
     /// or frames, a close request or a passed deadline signalled through the outbox. The
-    /// shard's deadline sweep signals deadlines, so no connection holds a timer of its own.
+    /// shard's deadline sweep signals deadlines, so no connection has a timer of its own.
     async fn next_event(&self) -> Event {
         self.outbox.set_deadline(self.next_deadline());
         let stalled = self.write_stalled_since.is_some();
