@@ -126,6 +126,7 @@ impl Client {
             code: ErrorCode::Ok as i32,
             message: String::new(),
             data: data.into(),
+            retry_after_ms: 0,
         };
         self.send_raw(Message::Binary(packet.encode_to_vec().into()))
             .await
@@ -147,6 +148,7 @@ impl Client {
             code: ErrorCode::Ok as i32,
             message: String::new(),
             data: data.into(),
+            retry_after_ms: 0,
         };
         self.write(Message::Binary(packet.encode_to_vec().into()))
             .await?;

@@ -2,6 +2,10 @@
 //! crossbeam channel, and a dispatcher thread spawns each onto a tokio runtime. There the
 //! tonic call runs with a deadline, and its reply goes back on a oneshot channel that
 //! wakes the calling shard's task.
+//!
+//! SIGN_IN, LOGIN and REGISTER take their places among the calls in flight on the shard,
+//! before they are queued. When no place is free they get BUSY at once instead of waiting.
+//! Other calls wait for a place within their deadline.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,15 +15,20 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
-    ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest,
-    ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest, RegisterReply, RegisterRequest,
-    SendReply, SyncReply,
+    ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest, ConnSendRequest,
+    ConnSignInReply, ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest,
+    RegisterReply, RegisterRequest, SendReply, SyncReply,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::metrics::BridgeMetrics;
+use im_proto::internal_secret::AttachSecret;
+
+/// The logic tier's client, sending the internal secret with every call.
+pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
 
 /// A failed call, as the device will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +79,16 @@ impl CallError {
         )
     }
 
+    fn busy(message: &str) -> Self {
+        Self::new(ErrorCode::Busy, message)
+    }
+
     /// True for failures that a retry may fix.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.code, ErrorCode::Unavailable | ErrorCode::Timeout)
+        matches!(
+            self.code,
+            ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Busy
+        )
     }
 }
 
@@ -85,14 +101,17 @@ pub(crate) enum Call {
     Register {
         request: RegisterRequest,
         reply: oneshot::Sender<CallResult<RegisterReply>>,
+        permits: Permits,
     },
     Login {
         request: ConnLoginRequest,
         reply: oneshot::Sender<CallResult<LoginReply>>,
+        permits: Permits,
     },
     SignIn {
         request: ConnSignInRequest,
         reply: oneshot::Sender<CallResult<ConnSignInReply>>,
+        permits: Permits,
     },
     /// Fire and forget; retried while the logic tier is unreachable.
     Offline { request: OfflineRequest },
@@ -106,8 +125,29 @@ pub(crate) enum Call {
     },
     /// Fire and forget: a lost ack only makes the next one cover more.
     Ack { request: ConnAckRequest },
+    Logout {
+        request: ConnLogoutRequest,
+        reply: oneshot::Sender<CallResult<ConnLogoutReply>>,
+    },
     /// Ends the dispatcher once every call queued before it has been spawned.
     Stop,
+}
+
+/// Places a sign-in call keeps from its admission on the shard until its reply: one among
+/// `logic_max_in_flight`, and one among `logic_max_password_calls` for LOGIN and REGISTER.
+#[derive(Debug)]
+pub(crate) struct Permits {
+    _in_flight: OwnedSemaphorePermit,
+    _password: Option<OwnedSemaphorePermit>,
+}
+
+/// Kind of sign-in call, which decides the places it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignInKind {
+    /// SIGN_IN: checks a token.
+    Token,
+    /// LOGIN and REGISTER: hash a password in the logic tier.
+    Password,
 }
 
 /// The shards' side of the bridge. Cloned into every shard.
@@ -115,23 +155,51 @@ pub(crate) enum Call {
 pub(crate) struct BridgeHandle {
     calls: Sender<Call>,
     metrics: Arc<BridgeMetrics>,
+    /// Places for calls on the wire at once, shared with the dispatcher.
+    in_flight_limit: Arc<Semaphore>,
+    /// Places for LOGIN and REGISTER, which hash a password in the logic tier and are far
+    /// slower than the rest, so a flood of them cannot take every place.
+    password_limit: Arc<Semaphore>,
 }
 
 impl BridgeHandle {
+    /// Takes the places a sign-in call needs, without waiting, so a storm of sign-ins gets
+    /// BUSY instead of a queue. Takes no lock (atomic operations only).
+    ///
+    /// # Errors
+    /// BUSY when a place is not free at once.
+    pub(crate) fn admit_sign_in(&self, kind: SignInKind) -> Result<Permits, CallError> {
+        let password = match kind {
+            SignInKind::Token => None,
+            SignInKind::Password => Some(
+                self.password_limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| CallError::busy(BUSY_PASSWORD))?,
+            ),
+        };
+        let in_flight = self
+            .in_flight_limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CallError::busy(BUSY_IN_FLIGHT))?;
+        Ok(Permits {
+            _in_flight: in_flight,
+            _password: password,
+        })
+    }
+
     /// Queues a call without blocking.
     ///
     /// # Errors
-    /// UNAVAILABLE when the queue is full or the bridge has stopped; the call is
-    /// returned inside so the caller can reply to its device.
+    /// BUSY when the queue is full, UNAVAILABLE when the bridge has stopped. The call is
+    /// dropped, with any places it held.
     pub(crate) fn submit(&self, call: Call) -> Result<(), CallError> {
         match self.calls.try_send(call) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.metrics.queue_rejected.fetch_add(1, Ordering::Relaxed);
-                Err(CallError::new(
-                ErrorCode::Unavailable,
-                    "the engine has too many calls in flight to the logic tier; retry with back-off",
-                ))
+                Err(CallError::busy(BUSY_QUEUE))
             }
             Err(TrySendError::Disconnected(_)) => Err(CallError::new(
                 ErrorCode::Unavailable,
@@ -146,6 +214,13 @@ impl BridgeHandle {
     }
 }
 
+const BUSY_PASSWORD: &str =
+    "the engine has logic_max_password_calls LOGIN and REGISTER calls in flight; retry after retry_after_ms";
+const BUSY_IN_FLIGHT: &str =
+    "the engine has logic_max_in_flight calls in flight to the logic tier; retry after retry_after_ms";
+const BUSY_QUEUE: &str =
+    "the engine has bridge_queue calls queued for the logic tier; retry after retry_after_ms";
+
 /// Settings of the bridge.
 #[derive(Debug, Clone)]
 pub(crate) struct BridgeConfig {
@@ -156,6 +231,36 @@ pub(crate) struct BridgeConfig {
     pub offline_retries: u32,
     pub max_in_flight: usize,
     pub max_password_calls: usize,
+    /// Sent in the metadata of every call; empty sends none.
+    pub internal_secret: String,
+}
+
+/// Builds a lazily connecting client of the logic tier at `url`: a logic tier that is down is
+/// noticed per call, within its deadline. Each call carries `secret` when it is not empty.
+///
+/// # Errors
+/// The URL does not parse.
+pub(crate) fn logic_client(
+    url: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    secret: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<LogicClient, crate::EngineError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| crate::EngineError::InvalidLogicUrl {
+            url: url.to_owned(),
+            reason: err.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .timeout(call_timeout)
+        .tcp_nodelay(true);
+    // The channel's background task needs the runtime's context to be created.
+    let _context = runtime.enter();
+    Ok(DeviceIntServiceClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AttachSecret::new(secret),
+    ))
 }
 
 /// Creates the channel and the dispatcher thread. Calls run on `runtime`.
@@ -168,29 +273,22 @@ pub(crate) fn start(
     in_flight: Arc<AtomicUsize>,
     metrics: Arc<BridgeMetrics>,
 ) -> Result<(BridgeHandle, std::thread::JoinHandle<()>), crate::EngineError> {
-    let endpoint = Endpoint::from_shared(config.logic_url.clone())
-        .map_err(|err| crate::EngineError::InvalidLogicUrl {
-            url: config.logic_url.clone(),
-            reason: err.to_string(),
-        })?
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.call_timeout)
-        .tcp_nodelay(true);
-    // Lazy: a logic tier that is down at start is noticed per call, within its deadline.
-    // The channel's background task needs the runtime's context to be created.
-    let client = {
-        let _context = runtime.enter();
-        DeviceIntServiceClient::new(endpoint.connect_lazy())
-    };
+    let client = logic_client(
+        &config.logic_url,
+        config.connect_timeout,
+        config.call_timeout,
+        &config.internal_secret,
+        &runtime,
+    )?;
     let (calls, receiver) = crossbeam_channel::bounded(config.queue);
+    let in_flight_limit = Arc::new(Semaphore::new(config.max_in_flight));
     let dispatcher = Dispatcher {
         client,
         call_timeout: config.call_timeout,
         offline_retries: config.offline_retries,
         runtime,
         in_flight,
-        limit: Arc::new(Semaphore::new(config.max_in_flight)),
-        password_limit: Arc::new(Semaphore::new(config.max_password_calls)),
+        limit: in_flight_limit.clone(),
         metrics: metrics.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -198,11 +296,17 @@ pub(crate) fn start(
         .spawn(move || dispatcher.run(receiver))
         .map_err(crate::EngineError::Thread)?;
     info!(logic_url = %config.logic_url, queue = config.queue, "bridge to the logic tier started");
-    Ok((BridgeHandle { calls, metrics }, thread))
+    let handle = BridgeHandle {
+        calls,
+        metrics,
+        in_flight_limit,
+        password_limit: Arc::new(Semaphore::new(config.max_password_calls)),
+    };
+    Ok((handle, thread))
 }
 
 struct Dispatcher {
-    client: DeviceIntServiceClient<Channel>,
+    client: LogicClient,
     call_timeout: Duration,
     offline_retries: u32,
     runtime: tokio::runtime::Handle,
@@ -210,7 +314,6 @@ struct Dispatcher {
     in_flight: Arc<AtomicUsize>,
     /// Places for calls on the wire at once.
     limit: Arc<Semaphore>,
-    password_limit: Arc<Semaphore>,
     metrics: Arc<BridgeMetrics>,
 }
 
@@ -227,7 +330,6 @@ impl Dispatcher {
             let in_flight = self.in_flight.clone();
             let context = CallContext {
                 limit: self.limit.clone(),
-                password_limit: self.password_limit.clone(),
                 metrics: self.metrics.clone(),
                 timeout,
             };
@@ -247,38 +349,39 @@ impl Dispatcher {
 /// the deadline.
 struct CallContext {
     limit: Arc<Semaphore>,
-    /// Places for REGISTER and LOGIN, which hash a password in the logic tier and are far
-    /// slower than the rest, so a flood of them cannot take every place.
-    password_limit: Arc<Semaphore>,
     metrics: Arc<BridgeMetrics>,
     timeout: Duration,
 }
 
 impl CallContext {
-    /// Runs `call` as method number `method` of `BRIDGE_METHODS`, timing it.
+    /// Runs `call` as method number `method` of `BRIDGE_METHODS`, timing it. It waits for
+    /// a place among the calls in flight first, within its deadline, so a burst (every
+    /// device of a node closing at once) waits here instead of failing in the transport.
     async fn run<T>(
         &self,
         method: usize,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> CallResult<T> {
         let started = Instant::now();
-        let result = with_deadline(&self.limit, self.timeout, call).await;
+        let limited = async {
+            let _permit = self.limit.acquire().await;
+            call.await
+        };
+        let result = with_deadline(self.timeout, limited).await;
         self.record(method, started, result)
     }
 
-    /// Runs a call that hashes a password: it waits for a password place first, within the
-    /// same deadline, so calls that never got one are dropped before they reach the wire.
-    async fn run_password<T>(
+    /// Runs a sign-in call that took its places on the shard; they are released when the
+    /// call ends.
+    async fn run_admitted<T>(
         &self,
         method: usize,
+        permits: Permits,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> CallResult<T> {
         let started = Instant::now();
-        let limited = async {
-            let _permit = self.password_limit.acquire().await;
-            call.await
-        };
-        let result = with_deadline(&self.limit, self.timeout, limited).await;
+        let result = with_deadline(self.timeout, call).await;
+        drop(permits);
         self.record(method, started, result)
     }
 
@@ -291,21 +394,31 @@ impl CallContext {
     }
 }
 
-async fn execute(
-    mut client: DeviceIntServiceClient<Channel>,
-    call: Call,
-    context: &CallContext,
-    offline_retries: u32,
-) {
+async fn execute(mut client: LogicClient, call: Call, context: &CallContext, offline_retries: u32) {
     match call {
-        Call::Register { request, reply } => {
-            let _ = reply.send(context.run_password(0, client.register(request)).await);
+        Call::Register {
+            request,
+            reply,
+            permits,
+        } => {
+            let result = context.run_admitted(0, permits, client.register(request));
+            let _ = reply.send(result.await);
         }
-        Call::Login { request, reply } => {
-            let _ = reply.send(context.run_password(1, client.conn_login(request)).await);
+        Call::Login {
+            request,
+            reply,
+            permits,
+        } => {
+            let result = context.run_admitted(1, permits, client.conn_login(request));
+            let _ = reply.send(result.await);
         }
-        Call::SignIn { request, reply } => {
-            let _ = reply.send(context.run(2, client.conn_sign_in(request)).await);
+        Call::SignIn {
+            request,
+            reply,
+            permits,
+        } => {
+            let result = context.run_admitted(2, permits, client.conn_sign_in(request));
+            let _ = reply.send(result.await);
         }
         Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
         Call::Send { request, reply } => {
@@ -319,23 +432,19 @@ async fn execute(
                 debug!(code = ?err.code, "ack failed");
             }
         }
+        Call::Logout { request, reply } => {
+            let _ = reply.send(context.run(7, client.logout(request)).await);
+        }
         Call::Stop => {}
     }
 }
 
-/// Runs one call under `timeout`, waiting for a place among the calls in flight first,
-/// so a burst (every device of a node closing at once) queues here instead of failing
-/// in the transport, and a logic tier that never replies still yields TIMEOUT.
+/// Runs one call under `timeout`, so a logic tier that never replies still yields TIMEOUT.
 async fn with_deadline<T>(
-    limit: &Semaphore,
     timeout: Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> CallResult<T> {
-    let limited = async {
-        let _permit = limit.acquire().await;
-        call.await
-    };
-    match tokio::time::timeout(timeout, limited).await {
+    match tokio::time::timeout(timeout, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => {
             debug!(code = ?status.code(), status = %status.message(), "logic call failed");
@@ -346,7 +455,7 @@ async fn with_deadline<T>(
 }
 
 async fn send_offline(
-    mut client: DeviceIntServiceClient<Channel>,
+    mut client: LogicClient,
     request: OfflineRequest,
     context: &CallContext,
     retries: u32,
@@ -372,7 +481,8 @@ async fn send_offline(
                 backoff *= 2;
             }
             Err(err) => {
-                // TODO: without a node lease the status stays until the device signs in again.
+                // The status stays until the device signs in again, or until this node's lease
+                // lapses if the node stops too.
                 warn!(user_id, device_id, conn_id, code = ?err.code, error = %err.message, "offline failed, giving up");
                 return;
             }
@@ -412,18 +522,57 @@ mod tests {
         assert_eq!(err.code, ErrorCode::Timeout);
     }
 
-    #[test]
-    fn full_queue_is_rejected_at_once() {
-        let (calls, _receiver) = crossbeam_channel::bounded(1);
-        let bridge = BridgeHandle {
+    fn handle(
+        queue: usize,
+        in_flight: usize,
+        password_calls: usize,
+    ) -> (BridgeHandle, Receiver<Call>) {
+        let (calls, receiver) = crossbeam_channel::bounded(queue);
+        let handle = BridgeHandle {
             calls,
             metrics: Arc::default(),
+            in_flight_limit: Arc::new(Semaphore::new(in_flight)),
+            password_limit: Arc::new(Semaphore::new(password_calls)),
         };
+        (handle, receiver)
+    }
+
+    #[test]
+    fn full_queue_is_busy_at_once() {
+        let (bridge, _receiver) = handle(1, 1, 1);
         let offline = || Call::Offline {
             request: OfflineRequest::default(),
         };
         assert!(bridge.submit(offline()).is_ok());
         let err = bridge.submit(offline()).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.code, ErrorCode::Busy);
+        assert_eq!(bridge.metrics.queue_rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn password_places_are_not_waited_for() {
+        let (bridge, _receiver) = handle(8, 8, 2);
+        let first = bridge.admit_sign_in(SignInKind::Password).unwrap();
+        let _second = bridge.admit_sign_in(SignInKind::Password).unwrap();
+        let err = bridge.admit_sign_in(SignInKind::Password).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Busy);
+        assert!(bridge.admit_sign_in(SignInKind::Token).is_ok());
+        drop(first);
+        assert!(bridge.admit_sign_in(SignInKind::Password).is_ok());
+    }
+
+    #[test]
+    fn in_flight_places_bound_token_sign_ins() {
+        let (bridge, _receiver) = handle(8, 1, 8);
+        let held = bridge.admit_sign_in(SignInKind::Token).unwrap();
+        let err = bridge.admit_sign_in(SignInKind::Token).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Busy);
+        assert!(
+            err.message.contains("logic_max_in_flight"),
+            "{}",
+            err.message
+        );
+        drop(held);
+        assert!(bridge.admit_sign_in(SignInKind::Token).is_ok());
     }
 }

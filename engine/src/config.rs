@@ -18,6 +18,11 @@ pub struct Config {
     pub ws_addr: SocketAddr,
     /// HTTP path of the WebSocket upgrade; any other path is rejected with 404.
     pub ws_path: String,
+    /// PEM file with the certificate chain of the WebSocket listener, leaf first. Set with
+    /// `tls_key_file` to serve wss://; both empty serve plain ws://. SIGHUP reloads both.
+    pub tls_cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: String,
     /// Address of the engine's own gRPC server (ConnectIntService), called by the logic tier.
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus endpoint, `GET /metrics`. Empty turns it off.
@@ -77,6 +82,64 @@ pub struct Config {
     pub offline_retries: u32,
     /// Time a shutdown waits for connections to finish their close handshake.
     pub shutdown_grace_ms: u64,
+    /// Interval between two renewals of this node's lease with the logic tier. A failed
+    /// renewal is logged and tried again at the next interval.
+    pub lease_interval_ms: u64,
+    /// Lifetime of each lease renewal. When no renewal arrives for this long, the logic tier
+    /// takes the node for dead: it removes the online status of the node's devices and stops
+    /// pushing to it. Must exceed `lease_interval_ms`, typically by 3 intervals.
+    pub lease_ttl_ms: u64,
+    /// Binary messages (HEARTBEAT included), pings and pongs one connection may send per
+    /// second on average. A packet over it is dropped and gets RATE_LIMITED. 0 turns the
+    /// packet limit off.
+    pub rate_packets_per_sec: u32,
+    /// Packets one connection may send at once above the average, 1 to 1,000,000.
+    pub rate_packet_burst: u32,
+    /// Bytes of messages one connection may send per second on average. A message over it is
+    /// dropped and gets RATE_LIMITED. 0 turns the byte limit off.
+    pub rate_bytes_per_sec: u32,
+    /// Bytes one connection may send at once above the average; at least `max_message_bytes`
+    /// so that the largest message can pass.
+    pub rate_byte_burst: u32,
+    /// Dropped packets in a row after which a connection that keeps sending is closed with
+    /// 4009. Dropped bytes in a row over 4 × `rate_byte_burst` close it too. 0: never close.
+    pub rate_limit_strikes: u32,
+    /// Base of the `retry_after_ms` hint sent with BUSY, UNAVAILABLE and TIMEOUT. Each reply
+    /// gets a random value from half to one and a half times it, so retries spread out.
+    pub busy_retry_after_ms: u32,
+    /// Secret sent to the logic tier's DeviceIntService and required from callers of this
+    /// node's ConnectIntService, in the "im-internal-secret" metadata. Empty: none is sent or
+    /// checked, which is allowed only while `grpc_addr` is a loopback address. Never logged.
+    pub internal_secret: Secret,
+}
+
+/// A setting that must not appear in logs: `Debug` prints "***" when it is set.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Returns the secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 impl Default for Config {
@@ -84,6 +147,8 @@ impl Default for Config {
         Self {
             ws_addr: ([127, 0, 0, 1], 8080).into(),
             ws_path: "/ws".to_owned(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
             metrics_addr: "127.0.0.1:9101".to_owned(),
             node_addr: String::new(),
@@ -112,6 +177,15 @@ impl Default for Config {
             ],
             offline_retries: 3,
             shutdown_grace_ms: 5_000,
+            lease_interval_ms: 2_000,
+            lease_ttl_ms: 6_000,
+            rate_packets_per_sec: 50,
+            rate_packet_burst: 100,
+            rate_bytes_per_sec: 256 * 1024,
+            rate_byte_burst: 1024 * 1024,
+            rate_limit_strikes: 100,
+            busy_retry_after_ms: 500,
+            internal_secret: Secret::default(),
         }
     }
 }
@@ -196,8 +270,13 @@ impl Config {
         if let Some(path) = path {
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("engine"));
         }
+        // Taken as raw text: figment would parse a secret of digits as a number.
+        figment = figment.merge(Env::prefixed("IM_ENGINE_").ignore(&["internal_secret"]));
+        if let Some(secret) = std::env::var_os("IM_ENGINE_INTERNAL_SECRET") {
+            let secret = secret.to_string_lossy().into_owned();
+            figment = figment.merge(("internal_secret", secret));
+        }
         let config: Config = figment
-            .merge(Env::prefixed("IM_ENGINE_"))
             .merge(Serialized::defaults(cli))
             .extract()
             .map_err(Box::new)?;
@@ -219,6 +298,18 @@ impl Config {
         };
         if !self.ws_path.starts_with('/') {
             return invalid("ws_path", &self.ws_path, "start the path with '/'");
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            let (field, value) = if self.tls_cert_file.is_empty() {
+                ("tls_key_file", &self.tls_key_file)
+            } else {
+                ("tls_cert_file", &self.tls_cert_file)
+            };
+            return invalid(
+                field,
+                value,
+                "set both tls_cert_file and tls_key_file for wss://, or neither for ws://",
+            );
         }
         if !self.metrics_addr.is_empty() && self.metrics_addr.parse::<SocketAddr>().is_err() {
             return invalid(
@@ -244,6 +335,20 @@ impl Config {
                 "set it above heartbeat_interval_ms, typically 3 intervals",
             );
         }
+        if self.lease_interval_ms == 0 {
+            return invalid(
+                "lease_interval_ms",
+                &self.lease_interval_ms,
+                "use at least 1",
+            );
+        }
+        if self.lease_ttl_ms <= self.lease_interval_ms || self.lease_ttl_ms > 600_000 {
+            return invalid(
+                "lease_ttl_ms",
+                &self.lease_ttl_ms,
+                "set it above lease_interval_ms (typically 3 intervals) and at most 600000",
+            );
+        }
         if self.logic_max_password_calls == 0 {
             return invalid(
                 "logic_max_password_calls",
@@ -263,6 +368,77 @@ impl Config {
         }
         if !self.logic_url.starts_with("http://") && !self.logic_url.starts_with("https://") {
             return invalid("logic_url", &self.logic_url, "write it as http://host:port");
+        }
+        self.validate_rate_limits()?;
+        self.validate_internal_secret()
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |field, value: u32, fix| {
+            Err(ConfigError::Invalid {
+                field,
+                value: value.to_string(),
+                fix,
+            })
+        };
+        if self.rate_packets_per_sec > 0 && !(1..=1_000_000).contains(&self.rate_packet_burst) {
+            return invalid(
+                "rate_packet_burst",
+                self.rate_packet_burst,
+                "use 1 to 1000000, or set rate_packets_per_sec = 0 to turn the limit off",
+            );
+        }
+        let largest_message = u32::try_from(self.max_message_bytes).unwrap_or(u32::MAX);
+        if self.rate_bytes_per_sec > 0 && self.rate_byte_burst < largest_message {
+            return invalid(
+                "rate_byte_burst",
+                self.rate_byte_burst,
+                "use at least max_message_bytes, or set rate_bytes_per_sec = 0 to turn the limit off",
+            );
+        }
+        if !(1..=600_000).contains(&self.busy_retry_after_ms) {
+            return invalid(
+                "busy_retry_after_ms",
+                self.busy_retry_after_ms,
+                "use 1 to 600000 milliseconds",
+            );
+        }
+        Ok(())
+    }
+
+    /// Rejects an empty `internal_secret` while `grpc_addr` is reachable from other hosts,
+    /// because ConnectIntService would then take kicks and pushes from anyone.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `internal_secret`, or a secret of the wrong length.
+    pub fn validate_internal_secret(&self) -> Result<(), ConfigError> {
+        let length = self.internal_secret.expose().len();
+        if length == 0 && !self.grpc_addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                field: "internal_secret",
+                value: format!("\"\" with grpc_addr = {}", self.grpc_addr),
+                fix: "set IM_ENGINE_INTERNAL_SECRET (and the same IM_LOGIC_INTERNAL_SECRET) to \
+                      16 or more random bytes, or bind grpc_addr to a loopback address",
+            });
+        }
+        if !self
+            .internal_secret
+            .expose()
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic())
+        {
+            return Err(ConfigError::Invalid {
+                field: "internal_secret",
+                value: format!("<{length} bytes>"),
+                fix: "use visible ASCII characters only (it travels in gRPC metadata)",
+            });
+        }
+        if length > 0 && !(16..=1024).contains(&length) {
+            return Err(ConfigError::Invalid {
+                field: "internal_secret",
+                value: format!("<{length} bytes>"),
+                fix: "use 16 to 1024 bytes, the same as the logic tier's internal_secret",
+            });
         }
         Ok(())
     }
@@ -297,6 +473,38 @@ mod tests {
     }
 
     #[test]
+    fn lease_ttl_not_above_interval_is_rejected() {
+        let config = Config {
+            lease_interval_ms: 2_000,
+            lease_ttl_ms: 2_000,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("lease_ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn tls_key_without_certificate_is_rejected() {
+        let config = Config {
+            tls_key_file: "key.pem".to_owned(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("tls_cert_file"), "{err}");
+        assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
+    fn tls_certificate_without_key_is_rejected() {
+        let config = Config {
+            tls_cert_file: "cert.pem".to_owned(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
     fn im_toml_lists_every_field_with_its_default() {
         let file = include_str!("../../im.toml");
         let uncommented: String = file
@@ -315,6 +523,54 @@ mod tests {
         let fields = defaults.into_dict().unwrap();
         let listed = file.find_value("engine").unwrap().into_dict().unwrap();
         assert_eq!(listed.len(), fields.len(), "every field appears in im.toml");
+    }
+
+    #[test]
+    fn public_grpc_addr_needs_internal_secret() {
+        let public = Config {
+            grpc_addr: ([0, 0, 0, 0], 50052).into(),
+            ..Config::default()
+        };
+        let message = public.validate().unwrap_err().to_string();
+        assert!(message.contains("internal_secret"), "{message}");
+        assert!(message.contains("IM_ENGINE_INTERNAL_SECRET"), "{message}");
+        let with_secret = Config {
+            internal_secret: "0123456789abcdef".into(),
+            ..public
+        };
+        assert!(with_secret.validate().is_ok());
+        let loopback = Config {
+            grpc_addr: "[::1]:50052".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(loopback.validate().is_ok());
+    }
+
+    #[test]
+    fn short_internal_secret_is_rejected_without_showing_it() {
+        let config = Config {
+            internal_secret: "shortsecret".into(),
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("16 to 1024 bytes"), "{message}");
+        assert!(!message.contains("shortsecret"), "{message}");
+        assert!(!format!("{config:?}").contains("shortsecret"));
+    }
+
+    #[test]
+    fn byte_burst_below_largest_message_is_rejected() {
+        let config = Config {
+            rate_byte_burst: 1024,
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("rate_byte_burst"), "{message}");
+        let off = Config {
+            rate_bytes_per_sec: 0,
+            ..config
+        };
+        assert!(off.validate().is_ok());
     }
 
     #[test]

@@ -11,11 +11,14 @@ pub mod close;
 pub mod config;
 mod conn;
 mod inbox;
+mod lease;
 pub mod metrics;
 mod metrics_http;
 mod push;
 mod registry;
+
 mod shard;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,8 +32,10 @@ use tracing::{info, warn};
 
 pub use bridge::CallError;
 pub use config::{Cli, Config, ConfigError};
+pub use im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY;
 pub use metrics::EngineMetrics;
 pub use registry::ConnId;
+pub use tls::TlsError;
 
 /// Error that stops the engine from starting.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +49,15 @@ pub enum EngineError {
     /// `logic_url` is not a URL tonic accepts.
     #[error("invalid logic_url {url:?}: {reason}")]
     InvalidLogicUrl { url: String, reason: String },
+    /// The certificate or key of the wss:// listener cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A thread or runtime could not start.
     #[error("cannot start engine thread: {0}")]
     Thread(std::io::Error),
+    /// A setting is invalid, for example an empty `internal_secret` on a public `grpc_addr`.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A running engine node.
@@ -63,15 +74,23 @@ pub struct Engine {
     grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
     in_flight: Arc<AtomicUsize>,
+    lease: lease::Lease,
+    tls: Option<Arc<tls::TlsCertificate>>,
 }
 
 impl Engine {
-    /// Binds the listeners and starts the shards, the bridge and the gRPC server.
+    /// Binds the listeners and starts the shards, the bridge and the gRPC server. Before the
+    /// shards accept, it waits up to `logic_call_timeout_ms` for the first lease renewal, so
+    /// that the logic tier counts this run's devices under its new incarnation.
     ///
     /// # Errors
-    /// An address cannot be bound, the logic URL is invalid, or a thread cannot start.
+    /// An address cannot be bound, the logic URL is invalid, a thread cannot start, or
+    /// `internal_secret` is empty while `grpc_addr` is not a loopback address.
     pub fn start(config: Config) -> Result<Self, EngineError> {
+        // Checked here too, because embedders may build a Config without `Config::load`.
+        config.validate_internal_secret()?;
         let config = Arc::new(config);
+        let tls = load_certificate(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("engine-rpc")
@@ -121,6 +140,7 @@ impl Engine {
                 offline_retries: config.offline_retries,
                 max_in_flight: config.logic_max_in_flight,
                 max_password_calls: config.logic_max_password_calls,
+                internal_secret: config.internal_secret.expose().to_owned(),
             },
             runtime.handle().clone(),
             in_flight.clone(),
@@ -128,6 +148,21 @@ impl Engine {
         )?;
 
         let devices = Arc::new(registry::DeviceMap::new());
+        // Renewed before the shards accept, so devices sign in under this incarnation.
+        let lease = lease::Lease::start(
+            lease::LeaseConfig {
+                logic_url: config.logic_url.clone(),
+                node: node.to_string(),
+                interval: Duration::from_millis(config.lease_interval_ms),
+                ttl: Duration::from_millis(config.lease_ttl_ms),
+                call_timeout: Duration::from_millis(config.logic_call_timeout_ms),
+                connect_timeout: Duration::from_millis(config.logic_connect_timeout_ms),
+                internal_secret: config.internal_secret.expose().to_owned(),
+            },
+            devices.clone(),
+            runtime.handle(),
+        )?;
+
         let admission = Arc::new(admission::Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -148,6 +183,7 @@ impl Engine {
                 listener,
                 inbox: receiver,
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+                tls: tls.clone(),
             };
             shards.push(shard::spawn(setup).map_err(EngineError::Thread)?);
             inboxes.push(sender);
@@ -155,10 +191,10 @@ impl Engine {
         }
 
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = ConnectIntServiceServer::new(push::PushService::new(
-            inboxes.clone(),
-            metrics.deliver_seconds.clone(),
-        ));
+        let service = ConnectIntServiceServer::with_interceptor(
+            push::PushService::new(inboxes.clone(), metrics.deliver_seconds.clone()),
+            im_proto::internal_secret::CheckSecret::new(config.internal_secret.expose()),
+        );
         if let Some(listener) = metrics_listener {
             let metrics = metrics.clone();
             runtime.spawn(async move {
@@ -187,7 +223,8 @@ impl Engine {
                 warn!(error = %err, "engine gRPC server failed");
             }
         });
-        info!(%ws_addr, path = %config.ws_path, %grpc_addr, %node, ?metrics_addr, shards = shard_count, "engine started");
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        info!(%ws_addr, scheme, path = %config.ws_path, %grpc_addr, %node, ?metrics_addr, shards = shard_count, "engine started");
         Ok(Self {
             ws_addr,
             grpc_addr,
@@ -201,7 +238,29 @@ impl Engine {
             grpc_stop: Some(grpc_stop),
             runtime: Some(runtime),
             in_flight,
+            lease,
+            tls,
         })
+    }
+
+    /// Reads `tls_cert_file` and `tls_key_file` again. Connections accepted afterwards use
+    /// the new certificate; open ones keep theirs. Does nothing on a plain ws:// node.
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed, or the key does not fit the certificate; the
+    /// previous certificate then stays in use.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let Some(certificate) = &self.tls else {
+            return Ok(());
+        };
+        certificate.reload()?;
+        info!(cert_file = %certificate.cert_file().display(), "TLS certificate reloaded");
+        Ok(())
+    }
+
+    /// Returns true when the WebSocket listener serves wss://.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Returns the bound WebSocket address (useful with port 0).
@@ -230,6 +289,19 @@ impl Engine {
             .unwrap_or(0)
     }
 
+    /// Returns this run's lease incarnation, random per start.
+    pub fn incarnation(&self) -> u64 {
+        self.lease.incarnation()
+    }
+
+    /// Stops renewing this node's lease while the node keeps serving. Once the lease lapses
+    /// (`lease_ttl_ms` after the last renewal) the logic tier takes the node for dead: it
+    /// removes its devices' online status and pushes nothing to it. This is how a node that
+    /// lost the logic tier looks, and tests use it to stand for a killed node.
+    pub fn stop_lease_renewal(&self) {
+        self.lease.stop();
+    }
+
     /// Returns the bound address of the metrics endpoint, when it is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -244,6 +316,7 @@ impl Engine {
     /// device offline, and waits up to `shutdown_grace_ms` for calls in flight.
     pub fn shutdown(mut self) {
         info!("engine stopping");
+        self.lease.stop();
         for inbox in &self.inboxes {
             inbox.send(inbox::ShardMessage::Shutdown);
         }
@@ -269,6 +342,16 @@ impl Engine {
         }
         info!("engine stopped");
     }
+}
+
+/// Loads the wss:// certificate when `tls_cert_file` is set.
+fn load_certificate(config: &Config) -> Result<Option<Arc<tls::TlsCertificate>>, TlsError> {
+    if config.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let certificate =
+        tls::TlsCertificate::load(config.tls_cert_file.as_ref(), config.tls_key_file.as_ref())?;
+    Ok(Some(Arc::new(certificate)))
 }
 
 /// Binds one listener per shard on the same address with SO_REUSEPORT, so the kernel

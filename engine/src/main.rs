@@ -1,8 +1,13 @@
-//! `im-engine`: runs one engine node until Ctrl-C or SIGTERM.
+//! `im-engine`: runs one engine node until Ctrl-C or SIGTERM; SIGHUP reloads the TLS
+//! certificate.
 
 use clap::Parser;
 use im_engine::{Cli, Config, Engine};
 use tracing_subscriber::EnvFilter;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -23,24 +28,40 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    wait_for_signal();
+    wait_for_signal(&engine);
     engine.shutdown();
     std::process::ExitCode::SUCCESS
 }
 
-/// Blocks until SIGINT or SIGTERM arrives.
-fn wait_for_signal() {
+/// Blocks until SIGINT or SIGTERM arrives. Each SIGHUP meanwhile reloads the TLS
+/// certificate.
+fn wait_for_signal(engine: &Engine) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a current-thread runtime for signals builds");
     runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        loop {
+            tokio::select! {
+                _ = &mut interrupt => return tracing::info!("SIGINT received"),
+                _ = terminate.recv() => return tracing::info!("SIGTERM received"),
+                _ = hangup.recv() => reload_tls(engine),
+            }
         }
     });
+}
+
+fn reload_tls(engine: &Engine) {
+    if !engine.is_tls() {
+        tracing::info!("SIGHUP received; no TLS certificate is configured, nothing to reload");
+        return;
+    }
+    if let Err(err) = engine.reload_tls() {
+        tracing::error!(error = %err, "TLS certificate reload failed; keeping the previous certificate");
+    }
 }

@@ -13,6 +13,11 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// False when the engine is built without its default feature `metrics`: every count and
+/// observation below then returns at once, and the compiler removes it. The endpoint still
+/// replies, with zeros. Only for measuring what the metrics cost (tuning.md).
+const COUNTING: bool = cfg!(feature = "metrics");
+
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -24,6 +29,9 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, elapsed: Duration) {
+        if !COUNTING {
+            return;
+        }
         let seconds = elapsed.as_secs_f64();
         let index = LATENCY_BUCKETS
             .iter()
@@ -43,23 +51,37 @@ impl Histogram {
 }
 
 /// Results of SIGN_IN and LOGIN, as the `result` label.
-pub const SIGN_IN_RESULTS: [&str; 5] = ["ok", "rejected", "unavailable", "timeout", "internal"];
+pub const SIGN_IN_RESULTS: [&str; 6] = [
+    "ok",
+    "rejected",
+    "unavailable",
+    "timeout",
+    "internal",
+    "busy",
+];
 
 /// Close codes counted by code; any other code counts as "other", and a socket lost without
 /// a close handshake as "none".
-pub const CLOSE_CODES: [&str; 14] = [
+pub const CLOSE_CODES: [&str; 15] = [
     "1000", "1001", "1002", "1003", "1007", "1008", "1009", "1011", "4001", "4002", "4003", "4008",
-    "other", "none",
+    "4009", "other", "none",
 ];
 
 /// Limits that reject or close, as the `kind` label.
-pub const LIMITS: [&str; 6] = [
+/// `rate_packets` and `rate_bytes` count dropped packets, `rate_close` connections closed
+/// with 4009, and `sign_in_busy` SIGN_IN, LOGIN and REGISTER rejected with BUSY because no
+/// place among the calls in flight was free.
+pub const LIMITS: [&str; 10] = [
     "outbound_queue",
     "write_timeout",
     "bridge_queue",
     "shard_full",
     "max_connections",
     "max_connections_per_ip",
+    "rate_packets",
+    "rate_bytes",
+    "rate_close",
+    "sign_in_busy",
 ];
 
 /// Counters and histograms of one shard; only that shard writes them.
@@ -73,43 +95,60 @@ pub struct ShardMetrics {
     pub(crate) packets_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) messages_missed: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) sign_in_seconds: Histogram,
     pub(crate) send_seconds: Histogram,
 }
 
 impl ShardMetrics {
     pub(crate) fn count_sign_in(&self, code: im_proto::ErrorCode) {
+        if !COUNTING {
+            return;
+        }
         use im_proto::ErrorCode;
         let index = match code {
             ErrorCode::Ok => 0,
             ErrorCode::Unavailable => 2,
             ErrorCode::Timeout => 3,
             ErrorCode::Internal => 4,
+            ErrorCode::Busy => 5,
             _ => 1,
         };
         self.sign_ins[index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_close(&self, code: Option<u16>) {
-        let label = match code {
-            None => "none".to_owned(),
-            Some(code) => code.to_string(),
+        if !COUNTING {
+            return;
+        }
+        let index = match code {
+            None => CLOSE_CODES.len() - 1,
+            Some(code) => CLOSE_CODES
+                .iter()
+                .position(|known| known.parse() == Ok(code))
+                .unwrap_or(CLOSE_CODES.len() - 2),
         };
-        let index = CLOSE_CODES
-            .iter()
-            .position(|known| *known == label)
-            .unwrap_or(CLOSE_CODES.len() - 2);
         self.closes[index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_limit(&self, kind: &str) {
+        if !COUNTING {
+            return;
+        }
         if let Some(index) = LIMITS.iter().position(|known| *known == kind) {
             self.limits[index].fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Adds `value` to a counter of this shard. Only the shard's own thread calls it, so a
+    /// plain load and store suffice, without the locked read-modify-write of `fetch_add`. A
+    /// scrape on another thread still reads whole values.
     pub(crate) fn add(counter: &AtomicU64, value: u64) {
-        counter.fetch_add(value, Ordering::Relaxed);
+        if !COUNTING {
+            return;
+        }
+        let current = counter.load(Ordering::Relaxed);
+        counter.store(current.wrapping_add(value), Ordering::Relaxed);
     }
 }
 
@@ -123,7 +162,7 @@ pub struct BridgeMetrics {
 }
 
 /// Logic-tier methods the bridge calls, as the `method` label.
-pub const BRIDGE_METHODS: [&str; 7] = [
+pub const BRIDGE_METHODS: [&str; 8] = [
     "Register",
     "ConnLogin",
     "ConnSignIn",
@@ -131,6 +170,7 @@ pub const BRIDGE_METHODS: [&str; 7] = [
     "Send",
     "Sync",
     "Ack",
+    "Logout",
 ];
 
 /// Every metric source of a node, for rendering.
@@ -203,6 +243,15 @@ impl EngineMetrics {
                     shard_hits
                 }
             },
+        );
+        total(
+            &mut out,
+            "im_engine_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out on the wss:// listener.",
+            shards
+                .iter()
+                .map(|m| m.tls_handshake_failures.load(Ordering::Relaxed))
+                .sum(),
         );
         total(
             &mut out,
@@ -405,6 +454,9 @@ mod tests {
         metrics.shards[0].count_close(Some(4003));
         metrics.shards[1].count_close(Some(4003));
         metrics.shards[1].count_close(Some(3999));
+        metrics.shards[1].count_close(None);
+        ShardMetrics::add(&metrics.shards[0].packets_in, 2);
+        ShardMetrics::add(&metrics.shards[0].packets_in, 3);
         metrics.shards[0].count_sign_in(im_proto::ErrorCode::TokenInvalid);
         let text = metrics.render();
         assert!(
@@ -412,6 +464,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("im_engine_closes_total{code=\"other\"} 1\n"));
+        assert!(text.contains("im_engine_closes_total{code=\"none\"} 1\n"));
+        assert_eq!(metrics.shards[0].packets_in.load(Ordering::Relaxed), 5);
         assert!(text.contains("im_engine_sign_ins_total{result=\"rejected\"} 1\n"));
     }
 }

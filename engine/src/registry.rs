@@ -40,9 +40,17 @@ impl ConnId {
     }
 }
 
-/// Map from each device to its signed-in connection on this node. Written by the
-/// owning shard at sign-in and close, read by the gRPC server to route pushes.
-pub(crate) type DeviceMap = DashMap<u64, ConnId>;
+/// A signed-in device's entry in the [`DeviceMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeviceEntry {
+    pub(crate) conn: ConnId,
+    pub(crate) user_id: u64,
+}
+
+/// Map from each device to its signed-in connection on this node. Written by the owning
+/// shard at sign-in and close, read when the logic tier requests the node to report its devices
+/// (after Redis lost the online status).
+pub(crate) type DeviceMap = DashMap<u64, DeviceEntry>;
 
 /// Reason a connection must close, set from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +101,21 @@ impl Outbox {
         }
         let all_written = crate::conn::io::write_available(fd, &mut pending)?;
         if all_written {
+            *pending = BytesMut::new();
+        }
+        Ok(all_written)
+    }
+
+    /// Writes the queue through `write`, which returns true when everything it was given
+    /// and anything it buffers itself is written. Unlike [`Outbox::write_to`] it calls
+    /// `write` with an empty queue too, so a TLS session can send its own records.
+    pub(crate) fn write_with(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> std::io::Result<bool>,
+    ) -> std::io::Result<bool> {
+        let mut pending = self.pending.borrow_mut();
+        let all_written = write(&mut pending)?;
+        if all_written && pending.capacity() > 0 {
             *pending = BytesMut::new();
         }
         Ok(all_written)

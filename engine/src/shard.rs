@@ -19,9 +19,11 @@ use tracing::{debug, error, info, warn};
 use crate::admission::Admission;
 use crate::bridge::BridgeHandle;
 use crate::config::Config;
+use crate::conn::rate::{RateLimits, ShardClock};
 use crate::inbox::{InboxReceiver, ShardMessage, TargetedMessage};
 use crate::metrics::ShardMetrics;
 use crate::registry::{CloseRequest, ConnId, DeviceMap, ShardRegistry};
+use crate::tls::TlsCertificate;
 
 /// Interval of the shard's deadline sweep, so the lateness bound of every deadline.
 const DEADLINE_SWEEP: Duration = Duration::from_millis(100);
@@ -44,6 +46,11 @@ pub(crate) struct ShardContext {
     pub(crate) scratch: RefCell<Box<[u8]>>,
     pub(crate) handshake_limits: HandshakeLimits,
     pub(crate) decoder_limits: DecoderLimits,
+    pub(crate) rate_limits: RateLimits,
+    /// Time of the latest socket read on this shard, read by the rate limits and deadlines.
+    pub(crate) clock: ShardClock,
+    /// The wss:// certificate; `None` serves plain ws://. Read once per accepted connection.
+    pub(crate) tls: Option<Arc<TlsCertificate>>,
 }
 
 /// Settings and handles a shard thread starts with.
@@ -58,6 +65,7 @@ pub(crate) struct ShardSetup {
     pub(crate) listener: StdListener,
     pub(crate) inbox: InboxReceiver,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) tls: Option<Arc<TlsCertificate>>,
 }
 
 /// Starts the shard's thread.
@@ -89,6 +97,7 @@ async fn run(setup: ShardSetup) {
         listener,
         inbox,
         shutdown_grace,
+        tls,
     } = setup;
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -107,6 +116,8 @@ async fn run(setup: ShardSetup) {
             max_frame_payload: config.max_frame_bytes,
             max_message_size: config.max_message_bytes,
         },
+        rate_limits: RateLimits::from_config(&config),
+        clock: ShardClock::new(),
         config,
         node,
         registry: ShardRegistry::new(index),
@@ -115,6 +126,7 @@ async fn run(setup: ShardSetup) {
         bridge,
         metrics,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+        tls,
     });
     let stopping = Rc::new(Cell::new(false));
     let canceller = Rc::new(RefCell::new(Some(Canceller::new())));

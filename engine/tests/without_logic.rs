@@ -3,85 +3,26 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use im_engine::{Config, Engine};
-use im_proto::{ErrorCode, Packet, PacketType, SignInRequest};
+use im_proto::{ErrorCode, PacketType, SignInRequest};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Returns a logic URL where nothing listens: a port just bound and released.
-fn dead_logic_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
+mod common;
+
+use common::{
+    assert_unread_pongs_close_with_4008, close_code, connect, next_packet, packet, upgrade_request,
+    Socket,
+};
 
 fn start_engine(adjust: impl FnOnce(&mut Config)) -> Engine {
-    let mut config = Config {
-        ws_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".to_owned(),
-        logic_url: dead_logic_url(),
-        shards: 2,
-        ..Config::default()
-    };
-    adjust(&mut config);
-    Engine::start(config).expect("engine starts")
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn connect(engine: &Engine) -> Socket {
-    let url = format!("ws://{}/ws", engine.ws_addr());
-    let stream = tokio::net::TcpStream::connect(engine.ws_addr())
-        .await
-        .unwrap();
-    let (socket, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .expect("upgrade");
-    socket
-}
-
-fn packet(kind: PacketType, request_id: u64, data: Vec<u8>) -> Message {
-    let packet = Packet {
-        r#type: kind as i32,
-        request_id,
-        data: data.into(),
-        ..Packet::default()
-    };
-    Message::Binary(packet.encode_to_vec().into())
-}
-
-/// Reads until a binary message arrives and decodes it as a Packet.
-async fn next_packet(socket: &mut Socket) -> Packet {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Message::Binary(data) = message {
-            return Packet::decode(data).expect("a Packet");
-        }
-    }
-}
-
-/// Reads until the close frame and returns its code.
-async fn close_code(socket: &mut Socket) -> u16 {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a close within 10 s");
-        match message {
-            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
+    common::start_engine(2, |config| {
+        config.metrics_addr = "127.0.0.1:0".to_owned();
+        adjust(config);
+    })
 }
 
 #[tokio::test]
@@ -187,6 +128,12 @@ async fn sign_in_with_logic_down_fails_within_deadline() {
         reply.code,
         reply.message
     );
+    // busy_retry_after_ms is 500 by default, with jitter from half to one and a half times it.
+    assert!(
+        (250..=750).contains(&reply.retry_after_ms),
+        "retry hint {}",
+        reply.retry_after_ms
+    );
     // The call deadline is 500 ms; the shard's own grace adds 500 ms at most.
     assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
     engine.shutdown();
@@ -249,55 +196,20 @@ async fn metrics_endpoint_serves_prometheus_text() {
     engine.shutdown();
 }
 
-/// Encodes a masked client ping frame with a 125-byte payload.
-fn masked_ping() -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x89, 0x80 | 125];
-    frame.extend_from_slice(&mask);
-    frame.extend((0..125).map(|i| b'p' ^ mask[i % 4]));
-    frame
-}
-
 #[tokio::test]
 async fn reader_that_stops_reading_is_closed_with_4008() {
     let engine = start_engine(|config| {
         config.max_outbound_bytes = 64 * 1024;
         config.write_timeout_ms = 30_000;
+        // The flood of pings below would otherwise meet the rate limits first.
+        config.rate_packets_per_sec = 0;
+        config.rate_bytes_per_sec = 0;
     });
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(engine.ws_addr()).await.unwrap();
-    stream
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .unwrap();
-
-    // Pings whose pongs are never read: the pongs fill the socket, then the engine's queue.
-    // 20,000 pings carry 2.6 MB of pongs, far past the 64 KiB queue limit.
-    let pings: Vec<u8> = (0..100).flat_map(|_| masked_ping()).collect();
-    for _ in 0..200 {
-        let sent = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&pings)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            break;
-        }
-    }
-
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
-    let close_4008 = [0x88u8, 2 + 60, 0x0f, 0xa8];
-    let found = received
-        .windows(4)
-        .any(|window| window[0] == close_4008[0] && window[2..] == close_4008[2..]);
-    assert!(
-        found,
-        "no close frame with 4008 among {} bytes",
-        received.len()
-    );
-    let metrics = engine.metrics().render();
-    assert!(
-        metrics.contains("im_engine_limits_hit_total{kind=\"outbound_queue\"} 1"),
-        "{metrics}"
-    );
+    stream.write_all(&upgrade_request("x")).await.unwrap();
+    assert_unread_pongs_close_with_4008(&mut stream, &engine).await;
     engine.shutdown();
 }
 

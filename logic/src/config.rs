@@ -22,6 +22,8 @@ pub const ENV_PREFIX: &str = "IM_LOGIC_";
 pub const FIELDS: &[&str] = &[
     "listen_addr",
     "metrics_addr",
+    "web_addr",
+    "web_root",
     "database_url",
     "redis_url",
     "db_pool_size",
@@ -39,7 +41,13 @@ pub const FIELDS: &[&str] = &[
     "max_group_members",
     "server_secret",
     "sync_max_page",
+    "sync_max_page_bytes",
+    "internal_secret",
 ];
+
+/// Fields whose environment variable is taken as raw text. Figment parses other variables as
+/// TOML values, so a secret of digits would become a number and fail to load.
+const RAW_TEXT_FIELDS: &[&str] = &["server_secret", "internal_secret"];
 
 /// Shortest and longest accepted `server_secret`, in bytes, when it is set.
 const SERVER_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
@@ -56,6 +64,14 @@ pub struct Config {
     /// Empty turns the endpoint off. Port 0 picks a free port; `LogicServer::metrics_addr`
     /// returns it.
     pub metrics_addr: String,
+    /// Address of the HTTP server for the web client, "ip:port": the built static files of
+    /// `web_root` and `LogicExtService` as gRPC-Web, on one origin. Default "127.0.0.1:8081".
+    /// Empty turns it off. Port 0 picks a free port; `LogicServer::web_addr` returns it.
+    pub web_addr: String,
+    /// Directory of the built web client (`npm run build` in web/ writes web/dist), relative to
+    /// the working directory or absolute. Default "web/dist". When it has no index.html, the
+    /// server logs a warning and returns 404 for page requests.
+    pub web_root: String,
     /// PostgreSQL URL, for example "postgres://user:password@host:5432/im".
     /// Default "postgres://postgres@127.0.0.1:55432/im".
     pub database_url: String,
@@ -109,6 +125,16 @@ pub struct Config {
     /// Largest page a SYNC may ask for, in messages. Default 500, range 1 to 10000. A larger
     /// `limit` fails with INVALID_ARGUMENT; `limit` 0 means 100, or this value if it is smaller.
     pub sync_max_page: u32,
+    /// Most content bytes in one SYNC page. A page ends before the message that would pass it
+    /// (but always contains at least one message) and says `has_more`, so that a reply stays below
+    /// the engine's `max_outbound_bytes` queue limit. Default 262,144, range 1,024 to 16,777,216.
+    pub sync_max_page_bytes: u32,
+    /// Secret that engine nodes present in the "im-internal-secret" metadata of
+    /// `DeviceIntService` calls, and that this process sends to their `ConnectIntService`.
+    /// Default empty, which sends and checks none and is allowed only while `listen_addr` is a
+    /// loopback address; otherwise 16 to 1024 visible ASCII bytes, the same as the engine's
+    /// `internal_secret`. `LogicExtService` does not check it. Never logged.
+    pub internal_secret: String,
 }
 
 impl Default for Config {
@@ -116,6 +142,8 @@ impl Default for Config {
         Config {
             listen_addr: "127.0.0.1:50051".to_owned(),
             metrics_addr: "127.0.0.1:9102".to_owned(),
+            web_addr: "127.0.0.1:8081".to_owned(),
+            web_root: "web/dist".to_owned(),
             database_url: "postgres://postgres@127.0.0.1:55432/im".to_owned(),
             redis_url: "redis://127.0.0.1:56379/".to_owned(),
             db_pool_size: 16,
@@ -133,6 +161,8 @@ impl Default for Config {
             max_group_members: 500,
             server_secret: String::new(),
             sync_max_page: 500,
+            sync_max_page_bytes: 256 * 1024,
+            internal_secret: String::new(),
         }
     }
 }
@@ -142,6 +172,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
             .field("metrics_addr", &self.metrics_addr)
+            .field("web_addr", &self.web_addr)
+            .field("web_root", &self.web_root)
             .field("database_url", &redact_url(&self.database_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("db_pool_size", &self.db_pool_size)
@@ -159,6 +191,8 @@ impl std::fmt::Debug for Config {
             .field("max_group_members", &self.max_group_members)
             .field("server_secret", &redact_secret(&self.server_secret))
             .field("sync_max_page", &self.sync_max_page)
+            .field("sync_max_page_bytes", &self.sync_max_page_bytes)
+            .field("internal_secret", &redact_secret(&self.internal_secret))
             .finish()
     }
 }
@@ -179,6 +213,14 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// Web client address (static files and gRPC-Web), ip:port; empty turns it off.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_addr: Option<String>,
+    /// Directory of the built web client.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_root: Option<String>,
     /// PostgreSQL URL.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,7 +285,7 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync_max_page: Option<u32>,
-    // server_secret has no flag, because a command line is visible to every local user: set it
+    // server_secret and internal_secret have no flag, because a command line is visible to every local user: set it
     // in the file or in IM_LOGIC_SERVER_SECRET.
 }
 
@@ -295,8 +337,18 @@ impl Config {
         if let Some(path) = file {
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("logic"));
         }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .only(FIELDS)
+                .ignore(RAW_TEXT_FIELDS),
+        );
+        for field in RAW_TEXT_FIELDS {
+            let variable = format!("{ENV_PREFIX}{}", field.to_ascii_uppercase());
+            if let Some(value) = std::env::var_os(&variable) {
+                figment = figment.merge((*field, value.to_string_lossy().into_owned()));
+            }
+        }
         let config: Config = figment
-            .merge(Env::prefixed(ENV_PREFIX).only(FIELDS))
             .merge(Serialized::defaults(cli))
             .extract()
             .map_err(|err| ConfigError::Parse(Box::new(err)))?;
@@ -310,8 +362,9 @@ impl Config {
     ///
     /// [`ConfigError::Invalid`] for the first field out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_socket_addr()?;
+        self.validate_internal_secret()?;
         self.metrics_socket_addr()?;
+        self.web_socket_addr()?;
         validate_database_url(&self.database_url)?;
         validate_redis_url(&self.redis_url)?;
         check_range("db_pool_size", self.db_pool_size.into(), 1, 1024)?;
@@ -329,6 +382,50 @@ impl Config {
         check_range("send_batch_max", self.send_batch_max.into(), 1, 65_536)?;
         check_range("startup_retry_ms", self.startup_retry_ms, 0, 3_600_000)?;
         self.validate_messaging()
+    }
+
+    /// Rejects an empty `internal_secret` while `listen_addr` is reachable from other hosts,
+    /// because `DeviceIntService` would then sign in and send for anyone who calls it, and a
+    /// secret of the wrong length or characters.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming `internal_secret` (or `listen_addr` when it does not
+    /// parse). The message never contains the secret.
+    pub fn validate_internal_secret(&self) -> Result<(), ConfigError> {
+        let listen_addr = self.listen_socket_addr()?;
+        let length = self.internal_secret.len();
+        let invalid = |value: String, fix: &str| {
+            Err(ConfigError::Invalid {
+                field: "internal_secret",
+                value,
+                fix: fix.to_owned(),
+            })
+        };
+        if length == 0 && !listen_addr.ip().is_loopback() {
+            return invalid(
+                format!("\"\" with listen_addr = {listen_addr}"),
+                "set IM_LOGIC_INTERNAL_SECRET (and the same IM_ENGINE_INTERNAL_SECRET on every \
+                 engine node) to 16 or more random bytes, or bind listen_addr to a loopback address",
+            );
+        }
+        if !self
+            .internal_secret
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic())
+        {
+            return invalid(
+                format!("<{length} bytes>"),
+                "use visible ASCII characters only (it travels in gRPC metadata)",
+            );
+        }
+        if length > 0 && !SERVER_SECRET_LEN.contains(&length) {
+            return invalid(
+                format!("<{length} bytes>"),
+                "use 16 to 1024 bytes, the same as the engine's internal_secret",
+            );
+        }
+        Ok(())
     }
 
     /// Returns `listen_addr` as a socket address.
@@ -361,6 +458,27 @@ impl Config {
                 value: self.metrics_addr.clone(),
                 fix: "use IP:PORT, for example 127.0.0.1:9102 (port 0 picks a free port), or \
                       empty to turn metrics off"
+                    .to_owned(),
+            })
+    }
+
+    /// Returns `web_addr` as a socket address, or `None` when it is empty (web client off).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is neither empty nor "ip:port".
+    pub fn web_socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.web_addr.is_empty() {
+            return Ok(None);
+        }
+        self.web_addr
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                field: "web_addr",
+                value: self.web_addr.clone(),
+                fix: "use IP:PORT, for example 127.0.0.1:8081 (port 0 picks a free port), or \
+                      empty to turn the web client off"
                     .to_owned(),
             })
     }
@@ -401,6 +519,12 @@ impl Config {
             10_000,
         )?;
         check_range("sync_max_page", self.sync_max_page.into(), 1, 10_000)?;
+        check_range(
+            "sync_max_page_bytes",
+            self.sync_max_page_bytes.into(),
+            1024,
+            16 * 1024 * 1024,
+        )?;
         let secret_len = self.server_secret.len();
         if secret_len == 0 || SERVER_SECRET_LEN.contains(&secret_len) {
             return Ok(());
@@ -636,6 +760,46 @@ mod tests {
     }
 
     #[test]
+    fn web_addr_may_be_empty_but_not_malformed() {
+        let off = Config {
+            web_addr: String::new(),
+            ..Config::default()
+        };
+        assert_eq!(off.web_socket_addr().expect("empty is valid"), None);
+
+        let default_addr = Config::default().web_socket_addr().expect("default");
+        assert_eq!(default_addr, Some("127.0.0.1:8081".parse().expect("addr")));
+
+        let malformed = Config {
+            web_addr: "localhost:8081".to_owned(),
+            ..Config::default()
+        };
+        let err = malformed.validate().expect_err("host name rejected");
+        assert!(err
+            .to_string()
+            .starts_with("invalid logic.web_addr = localhost:8081: use IP:PORT"));
+    }
+
+    #[test]
+    fn web_settings_come_from_env_and_flags() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_WEB_ADDR", "");
+            jail.set_env("IM_LOGIC_WEB_ROOT", "/srv/im-web");
+            let from_env = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(from_env.web_addr, "", "env turns the web client off");
+            assert_eq!(from_env.web_root, "/srv/im-web");
+
+            let cli = Cli {
+                web_addr: Some("127.0.0.1:0".to_owned()),
+                ..Cli::default()
+            };
+            let from_flag = load_in_jail(None, &cli).expect("loads");
+            assert_eq!(from_flag.web_addr, "127.0.0.1:0", "flag beats env");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn argon2_memory_below_lanes_minimum_is_rejected() {
         let config = Config {
             argon2_memory_kib: 8,
@@ -744,6 +908,69 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("shared secret"), "{debug}");
         assert!(debug.contains(r#"server_secret: "***""#), "{debug}");
+    }
+
+    #[test]
+    fn public_listen_addr_needs_internal_secret() {
+        let public = Config {
+            listen_addr: "0.0.0.0:50051".to_owned(),
+            ..Config::default()
+        };
+        let message = public.validate().expect_err("no secret").to_string();
+        assert!(message.contains("internal_secret"), "{message}");
+        assert!(message.contains("IM_LOGIC_INTERNAL_SECRET"), "{message}");
+
+        let with_secret = Config {
+            internal_secret: "s".repeat(16),
+            ..public
+        };
+        with_secret
+            .validate()
+            .expect("a secret allows a public address");
+        let loopback = Config {
+            listen_addr: "[::1]:50051".to_owned(),
+            ..Config::default()
+        };
+        loopback.validate().expect("loopback needs no secret");
+    }
+
+    #[test]
+    fn internal_secret_length_and_characters_are_checked() {
+        for (secret, valid) in [
+            ("s".repeat(15), false),
+            ("s".repeat(16), true),
+            (format!("{} x", "s".repeat(16)), false),
+        ] {
+            let config = Config {
+                internal_secret: secret.clone(),
+                ..Config::default()
+            };
+            let result = config.validate();
+            assert_eq!(result.is_ok(), valid, "{secret:?}");
+            if let Err(err) = result {
+                assert!(!err.to_string().contains(&secret), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn internal_secret_of_digits_loads_from_env() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_INTERNAL_SECRET", "1234567890123456");
+            let config = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(config.internal_secret, "1234567890123456");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_hides_internal_secret() {
+        let config = Config {
+            internal_secret: "engine and logic share this".to_owned(),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("share this"), "{debug}");
     }
 
     #[test]

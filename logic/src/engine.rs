@@ -7,9 +7,14 @@ use std::time::Duration;
 
 use im_proto::v1::connect_int_service_client::ConnectIntServiceClient;
 use im_proto::v1::{DeliverReply, DeliverRequest, KickReason, KickRequest};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ids::{ConnId, DeviceId};
+use im_proto::internal_secret::AttachSecret;
+
+/// An engine node's client, sending the internal secret with every call.
+type EngineClient = ConnectIntServiceClient<InterceptedService<Channel, AttachSecret>>;
 
 /// Channels kept before the cache is emptied. Engine nodes are few, so reaching it means that
 /// node addresses change often (for example on every restart) and old ones are no longer needed.
@@ -37,15 +42,25 @@ pub enum EngineCallError {
 pub struct EngineClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     call_timeout: Duration,
+    secret: AttachSecret,
 }
 
 impl EngineClients {
-    /// Creates an empty cache; `call_timeout` bounds connecting and each call.
-    pub fn new(call_timeout: Duration) -> EngineClients {
+    /// Creates an empty cache; `call_timeout` bounds connecting and each call, and every call
+    /// carries `internal_secret` unless it is empty.
+    pub fn new(call_timeout: Duration, internal_secret: &str) -> EngineClients {
         EngineClients {
             channels: Arc::new(Mutex::new(HashMap::new())),
             call_timeout,
+            secret: AttachSecret::new(internal_secret),
         }
+    }
+
+    fn client(&self, node: &str) -> Result<EngineClient, EngineCallError> {
+        Ok(ConnectIntServiceClient::with_interceptor(
+            self.channel(node)?,
+            self.secret.clone(),
+        ))
     }
 
     /// Asks `node` to send KICKED to connection `conn_id` and close it. Returns whether the node
@@ -61,7 +76,7 @@ impl EngineClients {
         conn_id: ConnId,
         reason: KickReason,
     ) -> Result<bool, EngineCallError> {
-        let mut client = ConnectIntServiceClient::new(self.channel(node)?);
+        let mut client = self.client(node)?;
         let mut request = tonic::Request::new(KickRequest {
             device_id: device.0,
             conn_id: conn_id.0,
@@ -83,7 +98,7 @@ impl EngineClients {
         node: &str,
         request: DeliverRequest,
     ) -> Result<DeliverReply, EngineCallError> {
-        let mut client = ConnectIntServiceClient::new(self.channel(node)?);
+        let mut client = self.client(node)?;
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.call_timeout);
         let reply = client

@@ -131,7 +131,7 @@ fn validate_node(node: &str) -> Result<(), LogicError> {
 /// Returns whether `c` may appear in a node address: a host name, an IPv4 address or a bracketed
 /// IPv6 address, then a port. Excluding '/', '@' and '|' keeps the address a plain URI authority
 /// and the status value unambiguous.
-fn is_node_char(c: char) -> bool {
+pub(crate) fn is_node_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
 }
 

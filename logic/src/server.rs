@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +23,15 @@ use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
 use crate::retention;
 use crate::service::caller::ServerSecret;
+use crate::service::lease::{self, LapsedNodes};
 use crate::service::push::Pusher;
 use crate::service::send_batch::{SendBatchCounters, SendBatcher};
 use crate::service::{DeviceService, ExtService, Limits, Logic, WarnLimiter};
 use crate::store::pg::{PgBuildError, PgStore};
 use crate::store::redis::{connection_manager, RedisStore};
 use crate::store::redis_batch::RedisBatcher;
+use crate::web::{self, WebServer};
+use im_proto::internal_secret::CheckSecret;
 
 /// First and longest pause between connection attempts at start-up.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -79,10 +83,10 @@ pub enum StartError {
     /// The dummy password hash could not be computed.
     #[error("cannot set up password hashing")]
     Password(#[source] LogicError),
-    /// The listen address or the metrics address could not be bound.
+    /// The listen address, the metrics address or the web address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
-        /// `listen_addr` or `metrics_addr`.
+        /// `listen_addr`, `metrics_addr` or `web_addr`.
         addr: SocketAddr,
         /// The operating system's error.
         #[source]
@@ -100,10 +104,13 @@ pub struct LogicServer {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
+    reaper: JoinHandle<()>,
     metrics: LogicMetrics,
     send_batches: Arc<SendBatchCounters>,
     /// The bound metrics address and the task serving it, when metrics are on.
     metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The web client's server, when `web_addr` is set.
+    web: Option<WebServer>,
 }
 
 impl LogicServer {
@@ -119,6 +126,12 @@ impl LogicServer {
         self.metrics_endpoint.as_ref().map(|(addr, _)| *addr)
     }
 
+    /// Returns the bound address of the web client's server, with the port chosen when
+    /// `web_addr` had port 0; `None` when `web_addr` is empty.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(WebServer::local_addr)
+    }
+
     /// Returns the server's metrics, as `GET /metrics` renders them.
     pub fn metrics(&self) -> &LogicMetrics {
         &self.metrics
@@ -130,11 +143,16 @@ impl LogicServer {
     }
 
     /// Stops accepting connections, lets calls in progress finish, and returns once the server
-    /// task has ended. The metrics endpoint stops at once.
+    /// task has ended. The metrics endpoint stops at once; the web server gets up to 5 s for its
+    /// open requests.
     pub async fn shutdown(self) {
+        if let Some(web) = self.web {
+            web.shutdown().await;
+        }
         // The task may have ended already, dropping the receiver: nothing left to stop.
         let _ = self.stop.send(());
         self.retention.abort();
+        self.reaper.abort();
         if let Some((_, task)) = &self.metrics_endpoint {
             task.abort();
         }
@@ -147,7 +165,8 @@ impl LogicServer {
 
 /// Applies migrations, connects the stores, binds `listen_addr` and serves `DeviceIntService`
 /// and `LogicExtService` on it in a spawned task, and serves `GET /metrics` on `metrics_addr`
-/// unless it is empty.
+/// and the web client (static files and `LogicExtService` as gRPC-Web) on `web_addr` unless
+/// each is empty.
 ///
 /// An unreachable store is retried with back-off for up to `startup_retry_ms`.
 ///
@@ -184,18 +203,37 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         }
         None => None,
     };
+    let web = match config.web_socket_addr()? {
+        Some(addr) => {
+            let (web_listener, _) = bind(addr).await?;
+            let root = PathBuf::from(&config.web_root);
+            let server = web::spawn(web_listener, root, logic.clone())
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some(server)
+        }
+        None => None,
+    };
     let retention = retention::spawn(logic.pg.clone());
+    let reaper = lease::spawn_reaper(
+        logic.redis.clone(),
+        logic.lapsed_nodes.clone(),
+        logic.metrics.clone(),
+        Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
+    );
     let send_batches = logic.sends.counters();
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(listener, logic, stopped));
+    let check_secret = CheckSecret::new(&config.internal_secret);
+    let task = tokio::spawn(serve(listener, logic, check_secret, stopped));
     Ok(LogicServer {
         local_addr,
         stop,
         task,
         retention,
+        reaper,
         metrics,
         send_batches,
         metrics_endpoint,
+        web,
     })
 }
 
@@ -213,14 +251,19 @@ fn build_logic(
     redis: RedisStore,
     passwords: PasswordHasher,
 ) -> Logic {
-    let engines = EngineClients::new(Duration::from_millis(config.engine_call_timeout_ms));
+    let engines = EngineClients::new(
+        Duration::from_millis(config.engine_call_timeout_ms),
+        &config.internal_secret,
+    );
     let push_warnings = Arc::new(WarnLimiter::new(WARNING_INTERVAL));
     let metrics = Arc::new(Recorder::default());
+    let lapsed_nodes = LapsedNodes::default();
     let pusher = Pusher::new(
         redis.clone(),
         engines.clone(),
         push_warnings,
         metrics.clone(),
+        lapsed_nodes.clone(),
     );
     let sends = SendBatcher::spawn(
         pg.clone(),
@@ -243,12 +286,19 @@ fn build_logic(
             max_content_bytes: config.max_content_bytes,
             max_group_members: config.max_group_members,
             sync_max_page: config.sync_max_page,
+            sync_max_page_bytes: config.sync_max_page_bytes,
         },
         server_secret: ServerSecret::new(&config.server_secret),
+        lapsed_nodes,
     }
 }
 
-async fn serve(listener: TcpListener, logic: Arc<Logic>, stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    logic: Arc<Logic>,
+    check_secret: CheckSecret,
+    stopped: oneshot::Receiver<()>,
+) {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // Engine nodes cancel calls that pass their deadline, which resets HTTP/2 streams the
     // server may not have accepted yet. h2's default allows 20 such streams before it
@@ -257,9 +307,10 @@ async fn serve(listener: TcpListener, logic: Arc<Logic>, stopped: oneshot::Recei
     // own engine nodes, so the allowance is sized for a node's bursts.
     let router = Server::builder()
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
-        .add_service(DeviceIntServiceServer::new(DeviceService::new(
-            logic.clone(),
-        )))
+        .add_service(DeviceIntServiceServer::with_interceptor(
+            DeviceService::new(logic.clone()),
+            check_secret,
+        ))
         .add_service(LogicExtServiceServer::new(ExtService::new(logic)));
     let shutdown = async {
         // A dropped sender also stops the server, because no other handle could stop it.

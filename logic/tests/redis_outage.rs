@@ -51,8 +51,9 @@ async fn redis_outage_fails_fast_and_recovers() {
     );
 
     let _redis = RedisChild::start(port).await;
-    // The restarted Redis is empty, so the device logs in again. The connection manager
-    // reconnects on the next command, so 10 s is ample.
+    // The restarted Redis is empty; the device logs in again here, although its token would
+    // still sign in from PostgreSQL. The connection manager reconnects on the next command, so
+    // 10 s is ample.
     let deadline = Instant::now() + Duration::from_secs(10);
     let relogin = loop {
         match login(

@@ -1,9 +1,11 @@
 //! Generated protocol types: the client `Packet` and its messages, and the gRPC
-//! services between the engine and the logic tier.
+//! services between the engine and the logic tier, and the interceptors that carry and check
+//! the secret of those internal services.
 
-#![allow(unreachable_pub, clippy::all)]
+pub mod internal_secret;
 
 /// Version 1 of the protocol, package `im.v1`.
+#[allow(unreachable_pub, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("im.v1");
 }

@@ -3,6 +3,7 @@
 #
 # Source this file, then call:
 #   ensure_packages   install the PostgreSQL and Redis server packages with apt-get if missing
+#   ensure_chromium   install Debian's chromium (for the web client's browser test) if missing
 #   start_services    start (or reuse) our own instances and export their URLs
 #   stop_services     stop the instances that start_services started in this shell
 #
@@ -118,6 +119,37 @@ ensure_packages() {
 
     if ! _im_find_pg_bin_dir >/dev/null || ! command -v redis-server >/dev/null; then
         _im_error "postgres or redis-server is still missing after apt-get install"
+        return 1
+    fi
+}
+
+# Installs Debian's chromium package with apt-get when /usr/bin/chromium is missing. The browser
+# test of the web client drives it; no other browser build is ever downloaded.
+ensure_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        return 0
+    fi
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        if ! command -v sudo >/dev/null; then
+            _im_error "chromium missing and installing needs root: run as root or install sudo"
+            return 1
+        fi
+        sudo=(sudo)
+    fi
+
+    _im_log "installing chromium with apt-get"
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q; then
+        _im_error "apt-get update failed"
+        return 1
+    fi
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends chromium; then
+        _im_error "apt-get install chromium failed"
+        return 1
+    fi
+    if [[ ! -x /usr/bin/chromium ]]; then
+        _im_error "/usr/bin/chromium is still missing after apt-get install chromium"
         return 1
     fi
 }

@@ -370,6 +370,7 @@ fn error_reply(request: &Packet, code: ErrorCode) -> Packet {
         code: code as i32,
         message: format!("{} from test server", code.as_str_name()),
         data: Default::default(),
+        retry_after_ms: 0,
     }
 }
 

@@ -5,6 +5,8 @@
 mod handshake;
 pub(crate) mod io;
 mod packets;
+pub(crate) mod rate;
+mod transport;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -28,6 +30,8 @@ use crate::close;
 use crate::registry::{CloseRequest, ConnId, Outbox};
 use crate::shard::ShardContext;
 use io::ReadOutcome;
+use rate::{RateState, Verdict};
+use transport::Transport;
 
 /// Most bytes read from one socket before its frames are handled, so one busy
 /// connection cannot starve the others on its shard.
@@ -77,14 +81,15 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
             Err(refusal) => {
                 debug!(limit = refusal.kind(), "connection refused by a limit");
                 ctx.metrics.count_limit(refusal.kind());
-                Box::pin(handshake::reject_busy(&stream, refusal)).await;
+                Box::pin(handshake::reject_busy(&ctx, &stream, refusal)).await;
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
         // Rarely running steps are boxed so that their state does not enlarge every idle
         // connection's task: the task is as large as its largest step.
-        let Some(leftover) = Box::pin(handshake::accept(&ctx, &stream, peer)).await else {
+        let Some((transport, leftover)) = Box::pin(handshake::accept(&ctx, &stream, peer)).await
+        else {
             return;
         };
         let outbox = Rc::new(Outbox::default());
@@ -96,12 +101,15 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
         ctx.metrics.connections.fetch_add(1, Ordering::Relaxed);
         tracing::Span::current().record("conn_id", id.0);
         debug!("websocket open");
+        ctx.clock.tick();
         let mut conn = Connection {
+            rate: RateState::new(&ctx.rate_limits, ctx.clock.now_ms()),
             fd: stream.as_raw_fd(),
             deadline: Instant::now() + Duration::from_millis(ctx.config.sign_in_timeout_ms),
             decoder: Decoder::new(ctx.decoder_limits),
             ctx,
             stream,
+            transport,
             peer,
             id,
             outbox,
@@ -122,6 +130,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
 pub(crate) struct Connection {
     ctx: Rc<ShardContext>,
     stream: TcpStream,
+    transport: Transport,
     fd: RawFd,
     peer: SocketAddr,
     id: ConnId,
@@ -135,6 +144,8 @@ pub(crate) struct Connection {
     /// When queued frames first stopped fitting into the socket; `None` while writes keep
     /// up. The connection goes on reading meanwhile.
     write_stalled_since: Option<Instant>,
+    /// Token buckets of the packet and byte rate limits.
+    rate: RateState,
 }
 
 impl Connection {
@@ -233,8 +244,10 @@ impl Connection {
     async fn read_and_handle(&mut self) -> Option<Ending> {
         let outcome = {
             let mut scratch = self.ctx.scratch.borrow_mut();
-            io::read_available(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
+            self.transport
+                .read(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
         };
+        self.ctx.clock.tick();
         match outcome {
             Ok(ReadOutcome::Data) => self.handle_input().await,
             Ok(ReadOutcome::WouldBlock) => None,
@@ -252,7 +265,15 @@ impl Connection {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.touch();
-                    if let Some(ending) = self.handle_message(message).await {
+                    let ending = match self.check_rate(&message) {
+                        Verdict::Pass => self.handle_message(message).await,
+                        Verdict::Limited {
+                            kind,
+                            retry_after_ms,
+                        } => self.reject_limited(&message, kind, retry_after_ms),
+                        Verdict::Close => Some(self.close_rate_exceeded()),
+                    };
+                    if let Some(ending) = ending {
                         return Some(ending);
                     }
                 }
@@ -288,8 +309,28 @@ impl Connection {
     fn touch(&mut self) {
         if self.session.is_some() {
             self.deadline =
-                Instant::now() + Duration::from_millis(self.ctx.config.heartbeat_timeout_ms);
+                self.ctx.clock.now() + Duration::from_millis(self.ctx.config.heartbeat_timeout_ms);
         }
+    }
+
+    /// Charges a received message to the rate limits. Close and text frames always pass,
+    /// because both end the connection.
+    fn check_rate(&mut self, message: &Message) -> Verdict {
+        let bytes = match message {
+            Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
+            Message::Text(_) | Message::Close(_) => return Verdict::Pass,
+        };
+        let now_ms = self.ctx.clock.now_ms();
+        self.rate.check(&self.ctx.rate_limits, now_ms, bytes)
+    }
+
+    fn close_rate_exceeded(&self) -> Ending {
+        debug!("rate limit exceeded; closing");
+        self.ctx.metrics.count_limit("rate_close");
+        Ending::Close(
+            close::RATE_LIMIT_EXCEEDED,
+            "rate limit exceeded: reconnect later and send more slowly".into(),
+        )
     }
 
     /// Queues encoded frames; past the outbound limit the connection must close.
@@ -311,7 +352,13 @@ impl Connection {
         if let Some(request) = self.outbox.close_request() {
             return Some(self.requested_close(request));
         }
-        match self.outbox.write_to(self.fd) {
+        let written = match &mut self.transport {
+            Transport::Plain => self.outbox.write_to(self.fd),
+            tls => self
+                .outbox
+                .write_with(|pending| tls.write(self.fd, pending)),
+        };
+        match written {
             Ok(true) => {
                 self.write_stalled_since = None;
                 None
@@ -327,10 +374,10 @@ impl Connection {
         }
     }
 
-    async fn write_all(&self, data: &mut BytesMut) -> Result<(), Ending> {
+    async fn write_all(&mut self, data: &mut BytesMut) -> Result<(), Ending> {
         let timeout = Duration::from_millis(self.ctx.config.write_timeout_ms);
         loop {
-            match io::write_available(self.fd, data) {
+            match self.transport.write(self.fd, data) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(err) => {
@@ -359,10 +406,7 @@ impl Connection {
         match request {
             CloseRequest::Kicked(reason) => {
                 self.send_kicked(reason);
-                Ending::Close(
-                    close::KICKED,
-                    "kicked: this device signed in elsewhere".into(),
-                )
+                Ending::Close(close::KICKED, packets::kick_text(reason).into())
             }
             CloseRequest::Shutdown => Ending::Close(
                 close::GOING_AWAY,
@@ -412,6 +456,11 @@ impl Connection {
             if await_answer {
                 self.drain_until_closed().await;
             }
+            // TLS only: close_notify marks the end of the stream as intended, not a cut.
+            if self.transport.has_tls() {
+                self.transport.send_close_notify();
+                let _ = self.write_all(&mut BytesMut::new()).await;
+            }
             io::shutdown_write(self.fd);
         };
         if monoio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
@@ -436,7 +485,8 @@ impl Connection {
             }
             let outcome = {
                 let mut scratch = self.ctx.scratch.borrow_mut();
-                io::read_available(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
+                self.transport
+                    .read(self.fd, &mut scratch, &mut self.read_buf, MAX_READ_PER_WAKE)
             };
             if !matches!(outcome, Ok(ReadOutcome::Data | ReadOutcome::WouldBlock)) {
                 return;
@@ -461,7 +511,7 @@ impl Drop for Connection {
         };
         self.ctx
             .devices
-            .remove_if(&session.device_id, |_, conn| *conn == self.id);
+            .remove_if(&session.device_id, |_, entry| entry.conn == self.id);
         let offline = Call::Offline {
             request: OfflineRequest {
                 user_id: session.user_id,

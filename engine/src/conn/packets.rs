@@ -3,23 +3,34 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures::channel::oneshot;
 use im_proto::{
-    ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInRequest, ConnSyncRequest,
-    DeviceRef, ErrorCode, KickReason, Kicked, LoginRequest, MessageAck, Packet, PacketType,
-    RegisterRequest, SendRequest, SignInReply, SignInRequest, SyncRequest,
+    ConnAckRequest, ConnLoginRequest, ConnLogoutRequest, ConnSendRequest, ConnSignInRequest,
+    ConnSyncRequest, DeviceRef, ErrorCode, KickReason, Kicked, LoginRequest, MessageAck, Packet,
+    PacketType, RegisterRequest, SendRequest, SignInReply, SignInRequest, SyncRequest,
 };
+use im_ws::Message;
+use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
 use tracing::debug;
 
+use super::rate::LimitKind;
 use super::{Connection, Ending, Session};
-use crate::bridge::{Call, CallError, CallResult};
+use crate::bridge::{Call, CallError, CallResult, Permits, SignInKind};
+use crate::close;
 use crate::metrics::ShardMetrics;
+use crate::registry::DeviceEntry;
 
 /// Time a shard waits for the bridge beyond the call's own deadline before it gives
 /// up on a reply that should already have come.
 const BRIDGE_GRACE: Duration = Duration::from_millis(500);
+
+const RATE_LIMITED_TEXT: &str =
+    "rate limit exceeded: the packet was dropped; wait retry_after_ms before sending again";
+
+/// Room for a reply without data: five varint fields and `RATE_LIMITED_TEXT`.
+const BODYLESS_REPLY_BYTES: usize = 160;
 
 impl Connection {
     pub(super) async fn handle_packet(&mut self, data: Bytes) -> Option<Ending> {
@@ -47,17 +58,19 @@ impl Connection {
                 ),
             Ok(PacketType::Login) => self.login(packet).await,
             Ok(PacketType::SignIn) => self.sign_in(packet).await,
-            Ok(kind @ (PacketType::Send | PacketType::Sync | PacketType::MessageAck))
-                if self.session.is_none() =>
-            {
-                self.reply_error(
-                    kind,
-                    request_id,
-                    ErrorCode::NotSignedIn,
-                    "sign in first: send SIGN_IN or LOGIN",
-                )
-            }
+            Ok(
+                kind @ (PacketType::Send
+                | PacketType::Sync
+                | PacketType::MessageAck
+                | PacketType::Logout),
+            ) if self.session.is_none() => self.reply_error(
+                kind,
+                request_id,
+                ErrorCode::NotSignedIn,
+                "sign in first: send SIGN_IN or LOGIN",
+            ),
             Ok(PacketType::Send) => self.send(packet).await,
+            Ok(PacketType::Logout) => self.logout(packet).await,
             Ok(PacketType::Sync) => self.sync(packet).await,
             Ok(PacketType::MessageAck) => self.ack(packet),
             Ok(PacketType::Heartbeat) => self.reply_error(
@@ -80,11 +93,46 @@ impl Connection {
         }
     }
 
+    /// Drops a message over the rate limit. A packet gets a RATE_LIMITED reply with its own
+    /// type and request id, or type ERROR when its type has no reply. Pings and pongs are
+    /// dropped without a reply. The reply is encoded in a stack buffer, not a new allocation.
+    pub(super) fn reject_limited(
+        &self,
+        message: &Message,
+        kind: LimitKind,
+        retry_after_ms: u32,
+    ) -> Option<Ending> {
+        self.ctx.metrics.count_limit(kind.label());
+        let Message::Binary(data) = message else {
+            return None;
+        };
+        let (reply_type, request_id) = match Packet::decode(data.clone()) {
+            Ok(packet) => (limited_reply_type(&packet), packet.request_id),
+            Err(_) => (PacketType::Error, 0),
+        };
+        let mut stack = [0u8; BODYLESS_REPLY_BYTES];
+        let length = encode_bodyless_reply(
+            &mut stack,
+            reply_type,
+            request_id,
+            ErrorCode::RateLimited,
+            RATE_LIMITED_TEXT,
+            retry_after_ms,
+        );
+        self.queue(|buf| im_ws::encode_binary(&stack[..length], buf))
+    }
+
     async fn register(&mut self, packet: Packet) -> Option<Ending> {
         let Some(request) = self.decode_data::<RegisterRequest>(&packet) else {
             return self.invalid_data(&packet);
         };
-        let result = self.call(|reply| Call::Register { request, reply }).await;
+        let result = self
+            .call_admitted(SignInKind::Password, |reply, permits| Call::Register {
+                request,
+                reply,
+                permits,
+            })
+            .await;
         self.reply_result(&packet, result)
     }
 
@@ -98,7 +146,13 @@ impl Connection {
             client_addr: self.peer.to_string(),
         };
         let started = Instant::now();
-        let result = self.call(|reply| Call::Login { request, reply }).await;
+        let result = self
+            .call_admitted(SignInKind::Password, |reply, permits| Call::Login {
+                request,
+                reply,
+                permits,
+            })
+            .await;
         self.record_sign_in(started, &result);
         let result = result.map(|mut reply| {
             self.signed_in(reply.user_id, reply.device_id);
@@ -127,7 +181,13 @@ impl Connection {
             client_addr: self.peer.to_string(),
         };
         let started = Instant::now();
-        let result = self.call(|reply| Call::SignIn { request, reply }).await;
+        let result = self
+            .call_admitted(SignInKind::Token, |reply, permits| Call::SignIn {
+                request,
+                reply,
+                permits,
+            })
+            .await;
         self.record_sign_in(started, &result);
         let result = result.map(|_| {
             self.signed_in(user_id, device_id);
@@ -164,6 +224,25 @@ impl Connection {
         self.reply_result(&packet, result)
     }
 
+    /// Revokes the device's token through the logic tier, replies with an empty LOGOUT and
+    /// closes with 1000. A failed call is replied to with its code, and the connection stays open.
+    async fn logout(&mut self, packet: Packet) -> Option<Ending> {
+        let request = ConnLogoutRequest {
+            device: self.device_ref(),
+            conn: Some(self.conn_ref()),
+        };
+        let result = self.call(|reply| Call::Logout { request, reply }).await;
+        if result.is_err() {
+            return self.reply_result(&packet, result);
+        }
+        // The logic tier removed the online status already: no Offline when the task ends.
+        self.signed_out();
+        if let Some(ending) = self.reply(PacketType::Logout, packet.request_id, Vec::new()) {
+            return Some(ending);
+        }
+        Some(Ending::Close(close::NORMAL, "logged out".into()))
+    }
+
     /// Forwards the ack without a reply; a full bridge drops it, and the next ack covers it.
     fn ack(&mut self, packet: Packet) -> Option<Ending> {
         let Some(ack) = self.decode_data::<MessageAck>(&packet) else {
@@ -197,13 +276,40 @@ impl Connection {
     /// Marks the connection signed in and routable by device id.
     fn signed_in(&mut self, user_id: u64, device_id: u64) {
         self.session = Some(Session { user_id, device_id });
-        self.ctx.devices.insert(device_id, self.id);
+        let entry = DeviceEntry {
+            conn: self.id,
+            user_id,
+        };
+        self.ctx.devices.insert(device_id, entry);
         self.outbox.set_device(device_id);
         let span = tracing::Span::current();
         span.record("user_id", user_id);
         span.record("device_id", device_id);
         self.touch();
         debug!("signed in");
+    }
+
+    /// Forgets the connection's device, so teardown sends no Offline for it.
+    fn signed_out(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.ctx
+                .devices
+                .remove_if(&session.device_id, |_, entry| entry.conn == self.id);
+        }
+        debug!("logged out");
+    }
+
+    /// Takes the places a sign-in call needs without waiting, then sends it like `call`.
+    /// Without a free place the device gets BUSY at once.
+    async fn call_admitted<T>(
+        &self,
+        kind: SignInKind,
+        make: impl FnOnce(oneshot::Sender<CallResult<T>>, Permits) -> Call,
+    ) -> CallResult<T> {
+        let permits = self.ctx.bridge.admit_sign_in(kind).inspect_err(|_| {
+            self.ctx.metrics.count_limit("sign_in_busy");
+        })?;
+        self.call(|reply| make(reply, permits)).await
     }
 
     /// Sends `call` over the bridge and waits for its reply.
@@ -214,7 +320,10 @@ impl Connection {
         let (reply, answer) = oneshot::channel();
         self.ctx.bridge.submit(make(reply))?;
         let wait = Duration::from_millis(self.ctx.config.logic_call_timeout_ms) + BRIDGE_GRACE;
-        match monoio::time::timeout(wait, answer).await {
+        let answer = monoio::time::timeout(wait, answer).await;
+        // The wait may have been long: packets read after it must not use a stale clock.
+        self.ctx.clock.tick();
+        match answer {
             Ok(Ok(result)) => result,
             Ok(Err(oneshot::Canceled)) => Err(CallError::new(
                 ErrorCode::Unavailable,
@@ -235,7 +344,7 @@ impl Connection {
     pub(super) fn send_kicked(&self, reason: KickReason) {
         let kicked = Kicked {
             reason: reason as i32,
-            message: "this device signed in on another connection".to_owned(),
+            message: kick_text(reason).to_owned(),
         };
         let packet = Packet {
             r#type: PacketType::Kicked as i32,
@@ -300,8 +409,23 @@ impl Connection {
             code: code as i32,
             message: message.into(),
             data: Bytes::new(),
+            retry_after_ms: self.retry_hint(code),
         };
         self.queue_packet(&packet)
+    }
+
+    /// Returns the `retry_after_ms` of a reply with `code`: for BUSY, UNAVAILABLE and
+    /// TIMEOUT a random value from half to one and a half times `busy_retry_after_ms`, so
+    /// devices turned away together do not come back together; 0 otherwise.
+    fn retry_hint(&self, code: ErrorCode) -> u32 {
+        if !matches!(
+            code,
+            ErrorCode::Busy | ErrorCode::Unavailable | ErrorCode::Timeout
+        ) {
+            return 0;
+        }
+        let base = self.ctx.config.busy_retry_after_ms.max(1);
+        rand::random_range(base.div_ceil(2)..=base.saturating_add(base / 2))
     }
 
     fn queue_packet(&self, packet: &Packet) -> Option<Ending> {
@@ -310,7 +434,100 @@ impl Connection {
     }
 }
 
+/// Returns the text sent to a device kicked for `reason`, in KICKED and the close frame.
+pub(super) fn kick_text(reason: KickReason) -> &'static str {
+    match reason {
+        KickReason::SignedInElsewhere => "kicked: this device signed in on another connection",
+        KickReason::LoggedOut => "kicked: this device logged out; log in again",
+        KickReason::KickedByServer => "kicked by the server; log in again",
+        KickReason::Unspecified => "kicked by the server",
+    }
+}
+
 /// Returns the packet's type, or ERROR when the number is not a known type.
 fn packet_type(packet: &Packet) -> PacketType {
     PacketType::try_from(packet.r#type).unwrap_or(PacketType::Error)
+}
+
+/// Returns the type of the RATE_LIMITED reply to `packet`: its own type when it is a request
+/// that has a reply, ERROR otherwise (MESSAGE_ACK, pushes sent up, unknown types).
+fn limited_reply_type(packet: &Packet) -> PacketType {
+    match PacketType::try_from(packet.r#type) {
+        Ok(
+            kind @ (PacketType::Register
+            | PacketType::Login
+            | PacketType::SignIn
+            | PacketType::Heartbeat
+            | PacketType::Send
+            | PacketType::Sync),
+        ) => kind,
+        _ => PacketType::Error,
+    }
+}
+
+/// Encodes a `Packet` without data into `out`, as prost would, and returns its length.
+///
+/// # Panics
+/// When `out` is too small. `BODYLESS_REPLY_BYTES` has room for every field at its
+/// largest and a message of up to 100 bytes.
+fn encode_bodyless_reply(
+    out: &mut [u8],
+    kind: PacketType,
+    request_id: u64,
+    code: ErrorCode,
+    message: &'static str,
+    retry_after_ms: u32,
+) -> usize {
+    let capacity = out.len();
+    let mut buf = &mut out[..];
+    // Field numbers of `Packet` in packet.proto; proto3 leaves zero values out.
+    let varints = [
+        (1, kind as i32 as u64),
+        (2, request_id),
+        (3, code as i32 as u64),
+    ];
+    for (field, value) in varints {
+        if value != 0 {
+            encode_key(field, WireType::Varint, &mut buf);
+            encode_varint(value, &mut buf);
+        }
+    }
+    encode_key(4, WireType::LengthDelimited, &mut buf);
+    encode_varint(message.len() as u64, &mut buf);
+    buf.put_slice(message.as_bytes());
+    if retry_after_ms != 0 {
+        encode_key(6, WireType::Varint, &mut buf);
+        encode_varint(u64::from(retry_after_ms), &mut buf);
+    }
+    capacity - buf.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodyless_reply_decodes_as_packet() {
+        let mut out = [0u8; BODYLESS_REPLY_BYTES];
+        let length = encode_bodyless_reply(
+            &mut out,
+            PacketType::Send,
+            u64::MAX,
+            ErrorCode::RateLimited,
+            RATE_LIMITED_TEXT,
+            u32::MAX,
+        );
+        assert!(RATE_LIMITED_TEXT.len() <= 100);
+        let packet = Packet::decode(&out[..length]).unwrap();
+        let expected = Packet {
+            r#type: PacketType::Send as i32,
+            request_id: u64::MAX,
+            code: ErrorCode::RateLimited as i32,
+            message: RATE_LIMITED_TEXT.to_owned(),
+            data: Bytes::new(),
+            retry_after_ms: u32::MAX,
+        };
+        assert_eq!(packet, expected);
+        assert_eq!(&out[..length], expected.encode_to_vec().as_slice());
+    }
 }

@@ -71,11 +71,16 @@ pub enum Method {
     ListGroups,
     GetGroup,
     ServerSend,
+    /// `DeviceIntService.Logout` and `LogicExtService.Logout` share this label.
+    Logout,
+    KickDevice,
+    RenewLease,
+    RestoreOnline,
 }
 
 impl Method {
     /// Every method, in label order; `ALL[m as usize] == m`.
-    pub const ALL: [Method; 19] = [
+    pub const ALL: [Method; 23] = [
         Method::Register,
         Method::ConnLogin,
         Method::ConnSignIn,
@@ -95,6 +100,10 @@ impl Method {
         Method::ListGroups,
         Method::GetGroup,
         Method::ServerSend,
+        Method::Logout,
+        Method::KickDevice,
+        Method::RenewLease,
+        Method::RestoreOnline,
     ];
 
     /// Returns the method's name as the .proto file spells it.
@@ -119,6 +128,10 @@ impl Method {
             Method::ListGroups => "ListGroups",
             Method::GetGroup => "GetGroup",
             Method::ServerSend => "ServerSend",
+            Method::Logout => "Logout",
+            Method::KickDevice => "KickDevice",
+            Method::RenewLease => "RenewLease",
+            Method::RestoreOnline => "RestoreOnline",
         }
     }
 
@@ -185,7 +198,9 @@ fn code_index(code: ErrorCode) -> usize {
         ErrorCode::InvalidPacket
         | ErrorCode::UnknownType
         | ErrorCode::NotSignedIn
-        | ErrorCode::AlreadySignedIn => 11,
+        | ErrorCode::AlreadySignedIn
+        | ErrorCode::RateLimited
+        | ErrorCode::Busy => 11,
     }
 }
 
@@ -222,6 +237,21 @@ pub enum DeliverResult {
     InvalidAddress = 4,
 }
 
+/// Origin of a logout, as the `source` label of `im_logic_logouts_total`.
+pub const LOGOUT_SOURCES: [&str; 2] = ["device", "api"];
+
+/// Origin of a logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutSource {
+    /// A LOGOUT packet from the device, through its engine node.
+    Device = 0,
+    /// `LogicExtService.Logout` from a back end, with the device's token.
+    Api = 1,
+}
+
+/// Reasons of kicks that revoke a token, as the `reason` label of `im_logic_kicks_total`.
+pub const KICK_REASONS: [&str; 2] = ["logged_out", "kicked_by_server"];
+
 /// Counters and histograms that the request handlers and push tasks write. Shared by every
 /// task through an `Arc`; each update is one relaxed atomic add.
 #[derive(Debug, Default)]
@@ -233,6 +263,10 @@ pub struct Recorder {
     message_copies_stored: AtomicU64,
     push_seconds: Histogram,
     deliver_calls: [AtomicU64; DELIVER_RESULTS.len()],
+    logouts: [AtomicU64; LOGOUT_SOURCES.len()],
+    kicks: [AtomicU64; KICK_REASONS.len()],
+    leases_reaped: AtomicU64,
+    lease_statuses_removed: AtomicU64,
 }
 
 impl Recorder {
@@ -256,6 +290,29 @@ impl Recorder {
     /// Counts one Deliver call by its outcome.
     pub fn record_deliver(&self, result: DeliverResult) {
         self.deliver_calls[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one logout that revoked a token.
+    pub fn record_logout(&self, source: LogoutSource) {
+        self.logouts[source as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `connections` that got KICKED because their token was revoked; `by_server` is
+    /// true for KickDevice and false for a logout.
+    pub fn record_kicks(&self, by_server: bool, connections: u64) {
+        self.kicks[usize::from(by_server)].fetch_add(connections, Ordering::Relaxed);
+    }
+
+    /// Counts one node lease found lapsed by the reaper.
+    pub fn record_lease_reaped(&self) {
+        self.leases_reaped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts online statuses removed because their node's lease lapsed or its incarnation
+    /// changed.
+    pub fn record_lease_statuses_removed(&self, count: u64) {
+        self.lease_statuses_removed
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     /// Records the time from a send's reply until an engine node replied to its Deliver call.

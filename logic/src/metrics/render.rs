@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    Histogram, LogicMetrics, Method, CODES, DELIVER_RESULTS, LATENCY_BUCKETS, SIGN_IN_RESULTS,
+    Histogram, LogicMetrics, Method, CODES, DELIVER_RESULTS, KICK_REASONS, LATENCY_BUCKETS,
+    LOGOUT_SOURCES, SIGN_IN_RESULTS,
 };
 
 /// States of the PostgreSQL pool, as the `state` label of `im_logic_db_pool_connections`.
@@ -16,6 +17,7 @@ impl LogicMetrics {
         let mut out = String::with_capacity(48 * 1024);
         self.render_requests(&mut out);
         self.render_messages(&mut out);
+        self.render_sessions(&mut out);
         self.render_stores(&mut out);
         out
     }
@@ -91,6 +93,38 @@ impl LogicMetrics {
             "result",
             &DELIVER_RESULTS,
             &recorder.deliver_calls,
+        );
+    }
+
+    fn render_sessions(&self, out: &mut String) {
+        let recorder = &*self.recorder;
+        labelled_counter(
+            out,
+            "im_logic_logouts_total",
+            "Logouts that revoked a device token, by where they came from.",
+            "source",
+            &LOGOUT_SOURCES,
+            &recorder.logouts,
+        );
+        labelled_counter(
+            out,
+            "im_logic_kicks_total",
+            "Connections sent KICKED because their token was revoked, by reason.",
+            "reason",
+            &KICK_REASONS,
+            &recorder.kicks,
+        );
+        counter(
+            out,
+            "im_logic_leases_reaped_total",
+            "Engine node leases found lapsed; each lapse is counted once.",
+            load(&recorder.leases_reaped),
+        );
+        counter(
+            out,
+            "im_logic_lease_statuses_removed_total",
+            "Online statuses removed because their node's lease lapsed or it restarted.",
+            load(&recorder.lease_statuses_removed),
         );
     }
 
@@ -378,6 +412,6 @@ mod tests {
             };
             assert_eq!(base, family, "sample {line:?} under the wrong family");
         }
-        assert_eq!(declared.len(), 11, "{declared:?}");
+        assert_eq!(declared.len(), 15, "{declared:?}");
     }
 }

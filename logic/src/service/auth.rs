@@ -9,7 +9,7 @@ use super::register::{validate_password, validate_username};
 use super::{presence, CallIds, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
-use crate::store::pg::{devices, users};
+use crate::store::pg::{device_tokens, devices, users};
 use crate::store::redis::TokenRecord;
 use crate::token;
 
@@ -73,7 +73,8 @@ pub async fn login(
 /// # Errors
 ///
 /// [`LogicError::InvalidArgument`] for zero ids, [`LogicError::DeviceUnknown`] when no token is
-/// stored, [`LogicError::TokenInvalid`], [`LogicError::TokenExpired`], store errors.
+/// stored, [`LogicError::TokenInvalid`], [`LogicError::TokenRevoked`],
+/// [`LogicError::TokenExpired`], store errors.
 pub async fn sign_in(
     logic: &Logic,
     request: ConnSignInRequest,
@@ -137,8 +138,8 @@ async fn claim_device(
     }
 }
 
-/// Stores `token` as the device's current token and returns its expiry, in milliseconds since
-/// the Unix epoch.
+/// Stores `token` as the device's current token, in PostgreSQL first and then in the Redis
+/// cache, and returns its expiry in milliseconds since the Unix epoch.
 async fn issue_token(
     logic: &Logic,
     user: UserId,
@@ -149,35 +150,72 @@ async fn issue_token(
     let record = TokenRecord {
         hash: token::digest(token),
         expires_at_ms: now_ms().saturating_add(ttl_ms),
+        revoked: false,
     };
-    let key_ttl = logic.token_ttl.max(Duration::from_millis(1));
-    logic
-        .redis
-        .store_token(user, device, &record, key_ttl)
-        .await?;
+    if !device_tokens::store(&logic.pg, user, device, &record).await? {
+        return Err(LogicError::Internal(
+            "device row vanished between its login update and the token update",
+        ));
+    }
+    cache_token(logic, user, device, &record).await?;
     Ok(record.expires_at_ms)
 }
 
-/// Compares the presented token with the stored record: first the hash, so an expiry is only
-/// reported to the holder of the right token.
+/// Writes `record` to the Redis cache, keeping the key at least until the token expires.
+async fn cache_token(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+    record: &TokenRecord,
+) -> Result<(), LogicError> {
+    let remaining_ms = record.expires_at_ms.saturating_sub(now_ms()).max(1);
+    let key_ttl = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(1));
+    logic.redis.store_token(user, device, record, key_ttl).await
+}
+
+/// Compares the presented token with the stored record: first the hash, so a revocation or an
+/// expiry is only reported to the holder of the right token.
+///
+/// The record comes from Redis. On a miss it is read from PostgreSQL and written back to Redis,
+/// so after a Redis restart each device costs one PostgreSQL query, once.
 pub(crate) async fn check_token(
     logic: &Logic,
     user: UserId,
     device: DeviceId,
     presented: &str,
 ) -> Result<(), LogicError> {
-    let record = logic
-        .redis
-        .load_token(user, device)
-        .await?
-        .ok_or(LogicError::DeviceUnknown)?;
+    let record = match logic.redis.load_token(user, device).await? {
+        Some(record) => record,
+        None => load_uncached_token(logic, user, device).await?,
+    };
     if presented.len() > TOKEN_MAX_BYTES || !token::matches(presented, &record.hash) {
         return Err(LogicError::TokenInvalid);
+    }
+    if record.revoked {
+        return Err(LogicError::TokenRevoked);
     }
     if now_ms() >= record.expires_at_ms {
         return Err(LogicError::TokenExpired);
     }
     Ok(())
+}
+
+/// Reads a token record missing from Redis from PostgreSQL and caches it.
+async fn load_uncached_token(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+) -> Result<TokenRecord, LogicError> {
+    let record = device_tokens::load(&logic.pg, user, device)
+        .await?
+        .ok_or(LogicError::DeviceUnknown)?;
+    cache_token(logic, user, device, &record).await?;
+    tracing::debug!(
+        user_id = user.0,
+        device_id = device.0,
+        "token record refilled from PostgreSQL"
+    );
+    Ok(record)
 }
 
 fn validate_device_info(info: &DeviceInfo) -> Result<(), LogicError> {

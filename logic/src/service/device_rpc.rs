@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use im_proto::v1::device_int_service_server::DeviceIntService;
 use im_proto::v1::{
-    AckReply, ConnAckRequest, ConnLoginRequest, ConnSendRequest, ConnSignInReply,
-    ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply, OfflineReply, OfflineRequest,
-    RegisterReply, RegisterRequest, SendReply, SyncReply,
+    AckReply, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
+    ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply,
+    NodeLeaseReply, NodeLeaseRequest, OfflineReply, OfflineRequest, RegisterReply, RegisterRequest,
+    RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
 };
 use tonic::{Request, Response, Status};
 
-use super::{auth, messages, presence, register, respond, CallIds, Logic};
+use super::{auth, lease, messages, presence, register, respond, revoke, CallIds, Logic};
 use crate::metrics::Method;
 
 /// The `DeviceIntService` server: calls from engine nodes on behalf of devices.
@@ -29,6 +30,35 @@ impl DeviceService {
 
 #[tonic::async_trait]
 impl DeviceIntService for DeviceService {
+    async fn logout(
+        &self,
+        request: Request<ConnLogoutRequest>,
+    ) -> Result<Response<ConnLogoutReply>, Status> {
+        let request = request.into_inner();
+        let mut ids = device_call_ids(request.device.as_ref());
+        ids.conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
+        let call = revoke::logout_device(&self.logic, request);
+        respond(&self.logic, Method::Logout, &ids, call).await
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<NodeLeaseRequest>,
+    ) -> Result<Response<NodeLeaseReply>, Status> {
+        let ids = CallIds::default();
+        let call = lease::renew(&self.logic, request.into_inner());
+        respond(&self.logic, Method::RenewLease, &ids, call).await
+    }
+
+    async fn restore_online(
+        &self,
+        request: Request<RestoreOnlineRequest>,
+    ) -> Result<Response<RestoreOnlineReply>, Status> {
+        let ids = CallIds::default();
+        let call = lease::restore_online(&self.logic, request.into_inner());
+        respond(&self.logic, Method::RestoreOnline, &ids, call).await
+    }
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,

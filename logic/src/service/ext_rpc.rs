@@ -1,5 +1,6 @@
 //! The `LogicExtService` server: the business API for back ends and tools. Every call except
-//! Register and ServerSend first authenticates the calling user from the request metadata.
+//! Register, ServerSend and KickDevice first authenticates the calling user from the request
+//! metadata; ServerSend and KickDevice check the server secret instead.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,14 +8,14 @@ use std::sync::Arc;
 use im_proto::v1::logic_ext_service_server::LogicExtService;
 use im_proto::v1::{
     CreateGroupRequest, FindUserRequest, FriendReply, FriendRequest, GetGroupRequest,
-    GetUserRequest, GroupInfo, GroupMembersRequest, ListFriendsReply, ListFriendsRequest,
-    ListGroupsReply, ListGroupsRequest, RegisterReply, RegisterRequest, SendReply,
-    ServerSendRequest, UserInfo,
+    GetUserRequest, GroupInfo, GroupMembersRequest, KickDeviceReply, KickDeviceRequest,
+    ListFriendsReply, ListFriendsRequest, ListGroupsReply, ListGroupsRequest, LogoutReply,
+    LogoutRequest, RegisterReply, RegisterRequest, SendReply, ServerSendRequest, UserInfo,
 };
 use tonic::{Request, Response, Status};
 
 use super::caller::{self, Caller, Credentials};
-use super::{friends, groups, messages, register, respond, users, CallIds, Logic};
+use super::{friends, groups, messages, register, respond, revoke, users, CallIds, Logic};
 use crate::error::LogicError;
 use crate::metrics::Method;
 
@@ -59,6 +60,24 @@ impl ExtService {
 
 #[tonic::async_trait]
 impl LogicExtService for ExtService {
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutReply>, Status> {
+        self.as_user(Method::Logout, request, revoke::logout).await
+    }
+
+    async fn kick_device(
+        &self,
+        request: Request<KickDeviceRequest>,
+    ) -> Result<Response<KickDeviceReply>, Status> {
+        let credentials = Credentials::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let ids = CallIds::new(request.user_id, request.device_id, 0);
+        let call = revoke::kick_device(&self.logic, &credentials, request);
+        respond(&self.logic, Method::KickDevice, &ids, call).await
+    }
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,

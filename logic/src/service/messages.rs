@@ -170,9 +170,30 @@ pub async fn sync(logic: &Logic, request: ConnSyncRequest) -> Result<SyncReply, 
 
     // One row past the page shows whether more follow.
     let mut messages = messages::page(&logic.pg, user, after_seq, i64::from(limit) + 1).await?;
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
+    let kept = page_len(
+        &messages,
+        limit as usize,
+        logic.limits.sync_max_page_bytes as usize,
+    );
+    let has_more = messages.len() > kept;
+    messages.truncate(kept);
     Ok(SyncReply { messages, has_more })
+}
+
+/// Returns how many of `messages` fit in a page of at most `limit` messages and `max_bytes`
+/// content bytes. The first message always fits, so a page is never empty while messages
+/// remain.
+fn page_len(messages: &[Message], limit: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut kept = 0;
+    for message in messages.iter().take(limit) {
+        bytes = bytes.saturating_add(message.content.len());
+        if kept > 0 && bytes > max_bytes {
+            break;
+        }
+        kept += 1;
+    }
+    kept
 }
 
 /// Handles MESSAGE_ACK: raises the device's acked seq, never lowering it.
@@ -297,7 +318,32 @@ mod tests {
             max_content_bytes: 8,
             max_group_members: 5,
             sync_max_page: 500,
+            sync_max_page_bytes: 1024,
         }
+    }
+
+    fn with_content(bytes: usize) -> Message {
+        Message {
+            content: Bytes::from(vec![b'x'; bytes]),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn page_ends_before_the_byte_budget() {
+        let messages: Vec<Message> = (0..5).map(|_| with_content(400)).collect();
+
+        assert_eq!(page_len(&messages, 500, 1024), 2);
+        assert_eq!(page_len(&messages, 1, 1024), 1);
+        assert_eq!(page_len(&messages, 500, 2000), 5);
+    }
+
+    #[test]
+    fn page_holds_one_message_larger_than_the_budget() {
+        let messages = vec![with_content(4096), with_content(1)];
+
+        assert_eq!(page_len(&messages, 500, 1024), 1);
+        assert_eq!(page_len(&[], 500, 1024), 0);
     }
 
     fn request() -> SendRequest {

@@ -9,10 +9,12 @@ pub mod device_rpc;
 pub mod ext_rpc;
 pub mod friends;
 pub mod groups;
+pub mod lease;
 pub mod messages;
 pub mod presence;
 pub mod push;
 pub mod register;
+pub mod revoke;
 pub mod send_batch;
 pub mod users;
 
@@ -64,6 +66,8 @@ pub struct Logic {
     pub sends: SendBatcher,
     /// Counters and histograms of calls and messages, shared with the push tasks.
     pub metrics: Arc<Recorder>,
+    /// Engine nodes whose lease lapsed, as the reaper last found them; shared with the pusher.
+    pub lapsed_nodes: lease::LapsedNodes,
 }
 
 /// Limits from the configuration that requests are checked against.
@@ -75,6 +79,8 @@ pub struct Limits {
     pub max_group_members: u32,
     /// Largest SYNC page, in messages.
     pub sync_max_page: u32,
+    /// Most content bytes in one SYNC page.
+    pub sync_max_page_bytes: u32,
 }
 
 /// Lets one warning through per interval and counts the ones it holds back, so that an outage

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message};
 
+use super::lease::LapsedNodes;
 use super::messages::Sender;
 use super::WarnLimiter;
 use crate::engine::{EngineCallError, EngineClients};
@@ -28,6 +29,8 @@ pub struct Pusher {
     warnings: Arc<WarnLimiter>,
     /// Push latency and Deliver call outcomes.
     metrics: Arc<Recorder>,
+    /// Nodes whose lease lapsed: their statuses are being removed, and nothing is pushed there.
+    lapsed: LapsedNodes,
 }
 
 /// Deliver calls of one push, grouped by engine node address.
@@ -35,18 +38,20 @@ type TargetsByNode = HashMap<String, Vec<DeliveryTarget>>;
 
 impl Pusher {
     /// Creates a pusher that reads online status from `redis`, calls nodes through `engines`
-    /// and records its outcomes in `metrics`.
+    /// except those in `lapsed`, and records its outcomes in `metrics`.
     pub fn new(
         redis: RedisStore,
         engines: EngineClients,
         warnings: Arc<WarnLimiter>,
         metrics: Arc<Recorder>,
+        lapsed: LapsedNodes,
     ) -> Pusher {
         Pusher {
             redis,
             engines,
             warnings,
             metrics,
+            lapsed,
         }
     }
 
@@ -70,7 +75,8 @@ impl Pusher {
     ) {
         let users: Vec<_> = copies.iter().map(|copy| copy.user).collect();
         let statuses = self.redis.online_devices(&users).await;
-        let by_node = self.group_targets(&copies, statuses, sender, message.message_id);
+        let mut by_node = self.group_targets(&copies, statuses, sender, message.message_id);
+        by_node.retain(|node, _| !self.lapsed.contains(node));
         let calls = by_node
             .into_iter()
             .map(|(node, targets)| self.deliver(node, message.clone(), targets, replied_at));

@@ -4,6 +4,16 @@
 //! | --- | --- | --- | --- |
 //! | `auth:<user_id>` | hash | device id, decimal | `v1:<sha256 of the token, hex>:<expires_at_ms>` |
 //! | `online:<user_id>` | hash | device id, decimal | `<node>\|<conn_id>` |
+//! | `lease:nodes` | sorted set | node address | lease expiry, ms since the Unix epoch (Redis clock) |
+//! | `lease:incarnation` | hash | node address | the node's incarnation, decimal |
+//! | `lease:reaped` | set | node address | - |
+//! | `lease:devices:<node>:<incarnation>` | set | `<user_id>:<device_id>` | - |
+//!
+//! A revoked token's record ends in `:revoked`. PostgreSQL stores the same record (see
+//! `store::pg::device_tokens`), and this hash is a cache of it, refilled on a miss.
+//! `lease:devices:` indexes which devices' online status names a node; the scripts that write
+//! and clear online status keep it, and `store::lease` reads it when a lease lapses. The
+//! scripts name these keys themselves, so they need one Redis server, not a cluster.
 //!
 //! The plain token is never stored. An `auth:` key expires seven days after the newest token
 //! in it, so an expired token is still told apart from an unknown device for a while.
@@ -19,21 +29,55 @@ use crate::config::Config;
 use crate::error::LogicError;
 use crate::ids::{ConnRef, DeviceId, UserId};
 
-/// Sets a device's online status and returns the previous value, or nil.
+/// Returns the key of the set that indexes the devices online at a node's current incarnation.
+/// A node that never renewed a lease has incarnation "0".
+pub(crate) const NODE_INDEX_LUA: &str = r"
+local function node_index(node)
+  local incarnation = redis.call('HGET', 'lease:incarnation', node) or '0'
+  return 'lease:devices:' .. node .. ':' .. incarnation
+end
+";
+
+/// Sets a device's online status (ARGV[2]) and returns the previous value, or nil. ARGV[3] is
+/// the status's node and ARGV[4] the index member "user:device": the member moves to that
+/// node's index.
 const SET_STATUS_LUA: &str = r"
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if previous then
+  local old_node = string.match(previous, '^(.*)|')
+  if old_node and old_node ~= ARGV[3] then
+    redis.call('SREM', node_index(old_node), ARGV[4])
+  end
+end
+redis.call('SADD', node_index(ARGV[3]), ARGV[4])
 return previous
 ";
 
-/// Deletes a device's online status only if it still names the closing connection; returns 1
-/// when it deleted the field, else 0.
+/// Deletes a device's online status only if it still names the closing connection, and its
+/// member ARGV[4] from the index of node ARGV[3]; returns 1 when it deleted the field, else 0.
 const CLEAR_STATUS_LUA: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', node_index(ARGV[3]), ARGV[4])
   return 1
 end
 return 0
+";
+
+/// Marks the token records of devices ARGV[1..] revoked, keeping hash and expiry; a device
+/// without a record is left alone, since PostgreSQL has its revocation. Returns how many
+/// records it marked.
+const REVOKE_TOKENS_LUA: &str = r"
+local marked = 0
+for _, device in ipairs(ARGV) do
+  local record = redis.call('HGET', KEYS[1], device)
+  if record and string.sub(record, -8) ~= ':revoked' then
+    redis.call('HSET', KEYS[1], device, record .. ':revoked')
+    marked = marked + 1
+  end
+end
+return marked
 ";
 
 /// Stores a token record and extends the key's lifetime to at least the token's, in
@@ -54,6 +98,9 @@ const EXPIRED_TOKEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Version tag of the token record format.
 const TOKEN_RECORD_VERSION: &str = "v1";
 
+/// Suffix of a revoked token's record.
+const REVOKED_SUFFIX: &str = "revoked";
+
 /// Record of a device's token as Redis stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -61,16 +108,24 @@ pub struct TokenRecord {
     pub hash: [u8; 32],
     /// Milliseconds since the Unix epoch after which the token is rejected.
     pub expires_at_ms: i64,
+    /// True once a logout or kick revoked the token.
+    pub revoked: bool,
 }
 
 impl TokenRecord {
-    /// Returns the stored form, "v1:<hash hex>:<expires_at_ms>".
+    /// Returns the stored form, "v1:<hash hex>:<expires_at_ms>", with ":revoked" appended for
+    /// a revoked token.
     pub fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{TOKEN_RECORD_VERSION}:{}:{}",
             hex::encode(self.hash),
             self.expires_at_ms
-        )
+        );
+        if self.revoked {
+            text.push(':');
+            text.push_str(REVOKED_SUFFIX);
+        }
+        text
     }
 
     /// Parses the stored form; `None` when it is not a v1 record.
@@ -82,12 +137,18 @@ impl TokenRecord {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(parts.next()?, &mut hash).ok()?;
         let expires_at_ms = parts.next()?.parse().ok()?;
+        let revoked = match parts.next() {
+            None => false,
+            Some(REVOKED_SUFFIX) => true,
+            Some(_) => return None,
+        };
         if parts.next().is_some() {
             return None;
         }
         Some(TokenRecord {
             hash,
             expires_at_ms,
+            revoked,
         })
     }
 }
@@ -121,6 +182,11 @@ pub fn online_key(user: UserId) -> String {
     format!("online:{user}")
 }
 
+/// Returns the member that stands for a device in a node's index, "user:device".
+fn index_member(user: UserId, device: DeviceId) -> String {
+    format!("{user}:{device}")
+}
+
 /// Opens a connection manager that reconnects on its own; the first connection is made on the
 /// first command.
 ///
@@ -148,6 +214,10 @@ pub struct RedisStore {
     set_status: LuaScript,
     clear_status: LuaScript,
     store_token: LuaScript,
+    revoke_tokens: LuaScript,
+    pub(crate) renew_lease: LuaScript,
+    pub(crate) reap_leases: LuaScript,
+    pub(crate) restore_online: LuaScript,
 }
 
 impl RedisStore {
@@ -155,9 +225,13 @@ impl RedisStore {
     pub fn new(batcher: RedisBatcher) -> RedisStore {
         RedisStore {
             batcher,
-            set_status: LuaScript::new(SET_STATUS_LUA),
-            clear_status: LuaScript::new(CLEAR_STATUS_LUA),
+            set_status: LuaScript::with_prelude(NODE_INDEX_LUA, SET_STATUS_LUA),
+            clear_status: LuaScript::with_prelude(NODE_INDEX_LUA, CLEAR_STATUS_LUA),
             store_token: LuaScript::new(STORE_TOKEN_LUA),
+            revoke_tokens: LuaScript::new(REVOKE_TOKENS_LUA),
+            renew_lease: super::lease::renew_script(),
+            reap_leases: super::lease::reap_script(),
+            restore_online: super::lease::restore_script(),
         }
     }
 
@@ -217,6 +291,28 @@ impl RedisStore {
         }
     }
 
+    /// Marks the token records of `devices` revoked and returns how many it marked; a device
+    /// whose record is not cached is skipped.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn revoke_tokens(
+        &self,
+        user: UserId,
+        devices: &[DeviceId],
+    ) -> Result<u64, LogicError> {
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        let args: Vec<String> = devices.iter().map(ToString::to_string).collect();
+        let marked = self
+            .revoke_tokens
+            .invoke(&self.batcher, &auth_key(user), &args)
+            .await?;
+        parse(marked)
+    }
+
     /// Sets the online status of `device` to `conn` and returns the status it replaced.
     ///
     /// # Errors
@@ -228,7 +324,12 @@ impl RedisStore {
         device: DeviceId,
         conn: &ConnRef,
     ) -> Result<Option<String>, LogicError> {
-        let args = [device.to_string(), conn.status_value()];
+        let args = [
+            device.to_string(),
+            conn.status_value(),
+            conn.node.clone(),
+            index_member(user, device),
+        ];
         let previous = self
             .set_status
             .invoke(&self.batcher, &online_key(user), &args)
@@ -247,7 +348,12 @@ impl RedisStore {
         device: DeviceId,
         conn: &ConnRef,
     ) -> Result<bool, LogicError> {
-        let args = [device.to_string(), conn.status_value()];
+        let args = [
+            device.to_string(),
+            conn.status_value(),
+            conn.node.clone(),
+            index_member(user, device),
+        ];
         let removed = self
             .clear_status
             .invoke(&self.batcher, &online_key(user), &args)
@@ -290,24 +396,29 @@ impl RedisStore {
     }
 }
 
-fn parse<T: FromRedisValue>(value: Value) -> Result<T, LogicError> {
+pub(crate) fn parse<T: FromRedisValue>(value: Value) -> Result<T, LogicError> {
     T::from_redis_value(value).map_err(|err| LogicError::Redis(err.into()))
 }
 
 /// A Lua script run by EVALSHA, loaded on demand: after a Redis restart the script cache is
 /// empty, and the first call loads the script again.
 #[derive(Clone)]
-struct LuaScript {
+pub(crate) struct LuaScript {
     script: Script,
-    source: &'static str,
+    source: String,
 }
 
 impl LuaScript {
-    fn new(source: &'static str) -> LuaScript {
+    pub(crate) fn new(source: &str) -> LuaScript {
         LuaScript {
             script: Script::new(source),
-            source,
+            source: source.to_owned(),
         }
+    }
+
+    /// Creates a script from shared helper functions followed by its body.
+    pub(crate) fn with_prelude(prelude: &str, body: &str) -> LuaScript {
+        LuaScript::new(&format!("{prelude}{body}"))
     }
 
     async fn invoke(
@@ -316,26 +427,39 @@ impl LuaScript {
         key: &str,
         args: &[String],
     ) -> Result<Value, LogicError> {
-        match batcher.query(self.evalsha(key, args)).await {
+        self.invoke_keys(batcher, &[key], args).await
+    }
+
+    /// Runs the script with `keys` as KEYS and `args` as ARGV.
+    pub(crate) async fn invoke_keys(
+        &self,
+        batcher: &RedisBatcher,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Value, LogicError> {
+        match batcher.query(self.evalsha(keys, args)).await {
             Err(LogicError::Redis(err))
                 if err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
                 batcher.query(self.load()).await?;
-                batcher.query(self.evalsha(key, args)).await
+                batcher.query(self.evalsha(keys, args)).await
             }
             result => result,
         }
     }
 
-    fn evalsha(&self, key: &str, args: &[String]) -> Cmd {
+    fn evalsha(&self, keys: &[&str], args: &[String]) -> Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(1).arg(key).arg(args);
+        cmd.arg(self.script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
         cmd
     }
 
     fn load(&self) -> Cmd {
         let mut cmd = redis::cmd("SCRIPT");
-        cmd.arg("LOAD").arg(self.source);
+        cmd.arg("LOAD").arg(&self.source);
         cmd
     }
 }
@@ -349,10 +473,22 @@ mod tests {
         let record = TokenRecord {
             hash: [0xab; 32],
             expires_at_ms: 1_700_000_000_123,
+            revoked: false,
         };
         let encoded = record.encode();
         assert_eq!(encoded, format!("v1:{}:1700000000123", "ab".repeat(32)));
-        assert_eq!(TokenRecord::decode(&encoded), Some(record));
+        assert_eq!(TokenRecord::decode(&encoded), Some(record.clone()));
+
+        let revoked = TokenRecord {
+            revoked: true,
+            ..record
+        };
+        let encoded = revoked.encode();
+        assert_eq!(
+            encoded,
+            format!("v1:{}:1700000000123:revoked", "ab".repeat(32))
+        );
+        assert_eq!(TokenRecord::decode(&encoded), Some(revoked));
     }
 
     #[test]
@@ -364,6 +500,7 @@ mod tests {
             format!("v1:{hash}"),
             format!("v1:{hash}:x"),
             format!("v1:{hash}:1:2"),
+            format!("v1:{hash}:1:revoked:x"),
             "v1:abcd:1".to_owned(),
         ] {
             assert_eq!(TokenRecord::decode(&value), None, "{value}");

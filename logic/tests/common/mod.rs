@@ -67,6 +67,8 @@ pub(crate) fn test_config() -> Config {
         argon2_parallelism: 1,
         engine_call_timeout_ms: 1000,
         startup_retry_ms: 0,
+        // Off: the default port would clash between tests running at once.
+        web_addr: String::new(),
         ..Config::default()
     }
 }
@@ -355,6 +357,21 @@ pub(crate) async fn redis_connection() -> redis::aio::MultiplexedConnection {
 /// Returns a field of a Redis hash.
 pub(crate) async fn hget(key: &str, field: u64) -> Option<String> {
     let mut redis = redis_connection().await;
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(&mut redis)
+        .await
+        .expect("HGET succeeds")
+}
+
+/// Returns a field of a Redis hash on the server at `url`.
+pub(crate) async fn hget_in(url: &str, key: &str, field: u64) -> Option<String> {
+    let mut redis = redis::Client::open(url)
+        .expect("valid Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable");
     redis::cmd("HGET")
         .arg(key)
         .arg(field)

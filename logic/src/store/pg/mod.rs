@@ -6,6 +6,7 @@
 //! several of them share one transaction.
 
 pub mod device_acks;
+pub mod device_tokens;
 pub mod devices;
 pub mod friendships;
 pub mod group_members;
@@ -33,6 +34,7 @@ pub fn all_statements() -> Vec<&'static str> {
     [
         users::all_statements(),
         devices::all_statements(),
+        device_tokens::all_statements(),
         user_seq::all_statements(),
         messages::all_statements(),
         sent_messages::all_statements(),
