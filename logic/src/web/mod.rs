@@ -1,0 +1,98 @@
+//! The HTTP server of the web client: the built static files of `web_root` and
+//! `LogicExtService` as gRPC-Web (tonic-web), on one listener so the page and its business calls
+//! share an origin and need no CORS.
+//!
+//! gRPC-Web requests are routed by path (`/im.v1.LogicExtService/METHOD`); every other request
+//! is a static file request (see [`files`]).
+
+pub mod files;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_proto::v1::logic_ext_service_server::LogicExtServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+use tonic_web::GrpcWebLayer;
+use tower_layer::Layer;
+
+use crate::service::{ExtService, Logic};
+use files::StaticFiles;
+
+/// Time the server gives open requests to finish after a stop before it drops them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A running web server; [`WebServer::shutdown`] stops it.
+pub struct WebServer {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl WebServer {
+    /// Returns the bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and waits up to 5 s for open requests to finish.
+    pub async fn shutdown(self) {
+        // The task may have ended already, dropping the receiver: nothing left to stop.
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(STOP_GRACE, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("web server task panicked"),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(
+                    grace_ms = STOP_GRACE.as_millis() as u64,
+                    "web server requests still open after the grace period; dropped"
+                );
+            }
+        }
+        tracing::info!(addr = %self.local_addr, "web server stopped");
+    }
+}
+
+/// Serves the files of `root` and `LogicExtService` over gRPC-Web on `listener` in a spawned
+/// task. A `root` without an index.html is logged as a warning, and the server still runs and
+/// returns 404 for page requests.
+pub fn spawn(
+    listener: TcpListener,
+    root: PathBuf,
+    logic: Arc<Logic>,
+) -> std::io::Result<WebServer> {
+    let local_addr = listener.local_addr()?;
+    let files = StaticFiles::new(root);
+    files.warn_if_unbuilt();
+    let grpc_web = GrpcWebLayer::new().layer(LogicExtServiceServer::new(ExtService::new(logic)));
+    let router = Routes::new(grpc_web)
+        .prepare()
+        .into_axum_router()
+        .fallback(move |request| files::respond(files.clone(), request));
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        tracing::info!(addr = %local_addr, "web server listening");
+        let shutdown = async {
+            // A dropped sender also stops the server, because no other handle could stop it.
+            let _ = stopped.await;
+        };
+        if let Err(err) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "web server failed");
+        }
+    });
+    Ok(WebServer {
+        local_addr,
+        stop,
+        task,
+    })
+}

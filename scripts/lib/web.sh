@@ -1,0 +1,46 @@
+# shellcheck shell=bash
+# Dependencies and build of the web client in web/, for scripts/run and scripts/test.
+#
+#   im_web_install   npm ci in web/ when node_modules is missing or older than package-lock.json
+#   im_web_build     npm run build in web/ (generates the protocol code, type-checks, writes dist/)
+#
+# Both need node and npm on PATH and return non-zero with a message on stderr on failure.
+
+IM_WEB_DIR=${IM_WEB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/web}
+
+_im_web_log() {
+    printf '[web] %s\n' "$*" >&2
+}
+
+_im_web_require_node() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        _im_web_log "error: node and npm are needed for the web client: install Node.js 20.19 or newer"
+        return 1
+    fi
+}
+
+# Runs npm ci unless node_modules holds exactly the packages of the current package-lock.json,
+# which the stamp file written after the last npm ci records.
+im_web_install() {
+    _im_web_require_node || return 1
+    local stamp=$IM_WEB_DIR/node_modules/.im-lock.sha256 wanted
+    wanted=$(sha256sum "$IM_WEB_DIR/package-lock.json" | cut -d ' ' -f 1)
+    if [[ -f $stamp && $(<"$stamp") == "$wanted" ]]; then
+        return 0
+    fi
+    _im_web_log "installing the web client's packages (npm ci)"
+    if ! (cd "$IM_WEB_DIR" && npm ci --no-audit --no-fund); then
+        _im_web_log "error: npm ci failed in $IM_WEB_DIR"
+        return 1
+    fi
+    printf '%s\n' "$wanted" >"$stamp"
+}
+
+im_web_build() {
+    _im_web_require_node || return 1
+    _im_web_log "building the web client (npm run build)"
+    if ! (cd "$IM_WEB_DIR" && npm run build); then
+        _im_web_log "error: npm run build failed in $IM_WEB_DIR"
+        return 1
+    fi
+}

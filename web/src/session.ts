@@ -1,0 +1,452 @@
+// The signed-in device: credentials in localStorage, LOGIN and REGISTER, SIGN_IN and SYNC after
+// every (re)connect, pushes into the message store, sends with their pending state, and the
+// names the views show. The views read `session.state` and `session.store`, both reactive.
+
+import { reactive } from "vue";
+
+import { BusinessApi } from "./api";
+import type { Credentials, GroupInfo } from "./api";
+import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
+import type { Packet } from "./gen/im/v1/packet_pb";
+import { ConnectionClosedError, DeadlineError, decodePush, ProtocolError } from "./protocol";
+import { Socket } from "./socket";
+import type { SocketState } from "./socket";
+import { MessageStore, parseConversationKey } from "./store";
+import { closeText, errorText, kickText, needsLogin } from "./texts";
+
+const CREDENTIALS_KEY = "im.credentials";
+const WS_URL_KEY = "im.wsUrl";
+const SYNC_PAGE = 200;
+/** Max SEND attempts for a message whose reply code requests a retry (UNAVAILABLE, TIMEOUT, BUSY, RATE_LIMITED). */
+const SEND_ATTEMPTS = 5;
+const SEND_RETRY_DELAY_MS = 2_000;
+const LOGOUT_TIMEOUT_MS = 3_000;
+/** Most content bytes of one message, the logic tier's default `max_content_bytes`. */
+export const MAX_CONTENT_BYTES = 16 * 1024;
+
+const encoder = new TextEncoder();
+
+/** Connection and user state that the views render. */
+export interface SessionState {
+  credentials: Credentials | null;
+  socket: SocketState;
+  signedIn: boolean;
+  /** A sentence about the last close, kick or failure, or empty. */
+  notice: string;
+  /** Usernames by user id, filled from friend lists and look-ups. */
+  names: Record<string, string>;
+  groups: Record<string, GroupInfo>;
+}
+
+/** Returns the engine's WebSocket URL: `?ws=` (kept for later visits), else port 8080 of this host. */
+export function resolveWsUrl(location: Location, storage: Storage): string {
+  const fromQuery = new URLSearchParams(location.search).get("ws");
+  if (fromQuery) {
+    storage.setItem(WS_URL_KEY, fromQuery);
+    return fromQuery;
+  }
+  return storage.getItem(WS_URL_KEY) ?? `ws://${location.hostname}:8080/ws`;
+}
+
+function loadCredentials(storage: Storage): Credentials | null {
+  try {
+    const parsed = JSON.parse(storage.getItem(CREDENTIALS_KEY) ?? "null") as Credentials | null;
+    if (parsed && parsed.userId && parsed.deviceId && parsed.token) {
+      return parsed;
+    }
+  } catch {
+    // A damaged entry is treated as no entry.
+  }
+  return null;
+}
+
+function isRetryable(code: ErrorCode): boolean {
+  return (
+    code === ErrorCode.UNAVAILABLE ||
+    code === ErrorCode.TIMEOUT ||
+    code === ErrorCode.BUSY ||
+    code === ErrorCode.RATE_LIMITED
+  );
+}
+
+function describeFailure(error: unknown): string {
+  if (error instanceof ProtocolError) {
+    return errorText(error.code, error.message);
+  }
+  if (error instanceof DeadlineError) {
+    return "The server did not respond in time. Try again.";
+  }
+  if (error instanceof ConnectionClosedError) {
+    return "The connection closed. Try again.";
+  }
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class Session {
+  readonly state: SessionState;
+  readonly store: MessageStore;
+  readonly api: BusinessApi;
+  private readonly socket: Socket;
+  private syncing: Promise<void> | null = null;
+  private syncAgain = false;
+  private ackedSeq = 0;
+  private kicked = false;
+  /** Group ids whose unknown name already triggered a reload of the group list. */
+  private readonly groupsRequested = new Set<string>();
+
+  constructor(
+    wsUrl: string,
+    apiBaseUrl: string,
+    private readonly storage: Storage,
+  ) {
+    const credentials = loadCredentials(storage);
+    this.state = reactive<SessionState>({
+      credentials,
+      socket: "closed",
+      signedIn: false,
+      notice: "",
+      names: credentials ? { [credentials.userId]: credentials.username } : {},
+      groups: {},
+    });
+    this.store = reactive(new MessageStore(credentials?.userId ?? "0")) as MessageStore;
+    this.api = new BusinessApi(apiBaseUrl, () => this.state.credentials);
+    this.socket = new Socket(wsUrl, {
+      onOpen: () => this.onOpen(),
+      onPacket: (packet) => this.onPacket(packet),
+      onClose: (code, _reason, reconnectInMs) => this.onClose(code, reconnectInMs),
+      onState: (socketState) => {
+        this.state.socket = socketState;
+      },
+    });
+  }
+
+  /** Signs straight in with stored credentials, if any. */
+  start(): void {
+    if (this.state.credentials) {
+      this.restoreReadMarks();
+      void this.socket.open(true).catch(() => undefined);
+    }
+  }
+
+  /** Reconnects at once when the browser is back online. */
+  online(): void {
+    if (!this.kicked) {
+      this.socket.reconnectNow();
+    }
+  }
+
+  /** Registers a user, then logs in as that user; throws with a sentence on failure. */
+  async register(username: string, password: string): Promise<void> {
+    await this.socket.open(false);
+    try {
+      await this.socket.request(PacketType.REGISTER, { username, password, open: false });
+    } catch (error) {
+      throw new Error(describeFailure(error));
+    }
+    await this.login(username, password);
+  }
+
+  /** Logs in with LOGIN, keeping this browser's device id for the same user. */
+  async login(username: string, password: string): Promise<void> {
+    await this.socket.open(false);
+    const previous = loadCredentials(this.storage);
+    const deviceId = previous && previous.username === username ? BigInt(previous.deviceId) : 0n;
+    let reply;
+    try {
+      reply = await this.socket.request(PacketType.LOGIN, {
+        username,
+        password,
+        deviceId,
+        device: { platform: "web", model: navigator.userAgent.slice(0, 64), appVersion: "0.1.0" },
+      });
+    } catch (error) {
+      throw new Error(describeFailure(error));
+    }
+    const credentials: Credentials = {
+      userId: reply.userId.toString(),
+      deviceId: reply.deviceId.toString(),
+      token: reply.token,
+      username,
+    };
+    this.storage.setItem(CREDENTIALS_KEY, JSON.stringify(credentials));
+    this.resetFor(credentials);
+    this.restoreReadMarks();
+    // The connection is signed in by LOGIN; from now on it reconnects by itself.
+    await this.afterSignIn(reply.heartbeatIntervalMs);
+    void this.socket.open(true);
+  }
+
+  /** Sends LOGOUT, which revokes the token, when signed in; then signs out locally. */
+  async logout(): Promise<void> {
+    if (this.state.signedIn) {
+      // A failed LOGOUT leaves the token valid on the server, but this browser deletes it anyway.
+      await this.socket.request(PacketType.LOGOUT, {}, LOGOUT_TIMEOUT_MS).catch(() => undefined);
+    }
+    this.signOutLocally();
+  }
+
+  /** Deletes the stored token, closes the connection and clears the user's messages. */
+  private signOutLocally(): void {
+    this.socket.stop();
+    this.storage.removeItem(CREDENTIALS_KEY);
+    this.resetFor(null);
+    this.state.notice = "";
+  }
+
+  /** Sends a text to a conversation; it shows as pending until the SEND reply. */
+  send(conversation: string, text: string): void {
+    const clientMsgId = crypto.randomUUID();
+    this.store.addPending(conversation, text, clientMsgId);
+    // Checked here as well as by the server: a message far over the limit would exceed the
+    // engine's frame limit and close the connection instead of getting CONTENT_TOO_LARGE.
+    const bytes = encoder.encode(text).length;
+    if (bytes > MAX_CONTENT_BYTES) {
+      this.store.fail(
+        clientMsgId,
+        `The message is too long: ${bytes} bytes, at most ${MAX_CONTENT_BYTES}.`,
+      );
+      return;
+    }
+    void this.deliver(conversation, text, clientMsgId);
+  }
+
+  /** Marks a conversation read and saves the read marks. */
+  markRead(conversation: string): void {
+    this.store.markRead(conversation);
+    const userId = this.state.credentials?.userId;
+    if (userId) {
+      this.storage.setItem(`im.read.${userId}`, JSON.stringify(this.store.readMarks()));
+    }
+  }
+
+  /** Returns the display name of a conversation, looking unknown users up in the background. */
+  conversationName(conversation: string): string {
+    const parsed = parseConversationKey(conversation);
+    if (!parsed) {
+      return conversation;
+    }
+    if (parsed.type === ConversationType.GROUP) {
+      const group = this.state.groups[parsed.id];
+      if (group) {
+        return `# ${group.name}`;
+      }
+      this.lookUpGroup(parsed.id);
+      return `# group ${parsed.id}`;
+    }
+    return this.userName(parsed.id);
+  }
+
+  /** Returns a user's name, looking it up in the background when it is not known yet. */
+  userName(userId: string): string {
+    const name = this.state.names[userId];
+    if (name === undefined) {
+      this.state.names[userId] = `user ${userId}`;
+      this.api.getUser(userId).then(
+        (user) => {
+          this.state.names[userId] = user.username;
+        },
+        () => undefined,
+      );
+      return `user ${userId}`;
+    }
+    return name;
+  }
+
+  /** Reloads the group list once for a group that a message named before the list had it. */
+  private lookUpGroup(groupId: string): void {
+    if (this.groupsRequested.has(groupId)) {
+      return;
+    }
+    this.groupsRequested.add(groupId);
+    void this.refreshGroups().catch(() => undefined);
+  }
+
+  /** Reloads the groups the user belongs to. */
+  async refreshGroups(): Promise<GroupInfo[]> {
+    const groups = await this.api.listGroups();
+    for (const group of groups) {
+      this.state.groups[group.groupId.toString()] = group;
+    }
+    return groups;
+  }
+
+  private resetFor(credentials: Credentials | null): void {
+    this.state.credentials = credentials;
+    this.state.signedIn = false;
+    this.state.names = credentials ? { [credentials.userId]: credentials.username } : {};
+    this.state.groups = {};
+    this.store.reset(credentials?.userId ?? "0");
+    this.ackedSeq = 0;
+    this.kicked = false;
+  }
+
+  private restoreReadMarks(): void {
+    const userId = this.state.credentials?.userId;
+    try {
+      const marks = JSON.parse(this.storage.getItem(`im.read.${userId}`) ?? "{}");
+      this.store.restoreReadMarks(marks as Record<string, number>);
+    } catch {
+      // Damaged marks only make messages show as unread.
+    }
+  }
+
+  /** Signs the fresh connection in with the stored token (not on the LOGIN connection). */
+  private async onOpen(): Promise<void> {
+    const credentials = this.state.credentials;
+    if (!credentials || this.state.signedIn) {
+      return;
+    }
+    try {
+      const reply = await this.socket.request(PacketType.SIGN_IN, {
+        userId: BigInt(credentials.userId),
+        deviceId: BigInt(credentials.deviceId),
+        token: credentials.token,
+      });
+      await this.afterSignIn(reply.heartbeatIntervalMs);
+    } catch (error) {
+      if (error instanceof ProtocolError && needsLogin(error.code)) {
+        this.signOutLocally();
+        this.state.notice = errorText(error.code);
+      } else {
+        this.state.notice = `Signing in failed: ${describeFailure(error)}`;
+      }
+      throw error;
+    }
+  }
+
+  private async afterSignIn(heartbeatIntervalMs: number): Promise<void> {
+    this.state.signedIn = true;
+    this.state.notice = "";
+    this.socket.markHealthy();
+    this.socket.startHeartbeat(heartbeatIntervalMs);
+    void this.refreshGroups().catch(() => undefined);
+    await this.sync();
+    this.resendPending();
+  }
+
+  private onClose(code: number, reconnectInMs: number | null): void {
+    const wasSignedIn = this.state.signedIn;
+    this.state.signedIn = false;
+    if (this.kicked || code === 1000 || !this.state.credentials) {
+      return;
+    }
+    if (wasSignedIn || reconnectInMs !== null) {
+      this.state.notice = closeText(code);
+    }
+  }
+
+  private onPacket(packet: Packet): void {
+    if (packet.type === PacketType.MESSAGE) {
+      const message = decodePush(PacketType.MESSAGE, packet);
+      const result = this.store.add([message]);
+      if (result.gap) {
+        void this.sync();
+      } else {
+        this.acknowledge();
+      }
+    } else if (packet.type === PacketType.KICKED) {
+      const kicked = decodePush(PacketType.KICKED, packet);
+      this.kicked = true;
+      this.state.notice = kickText(kicked.reason);
+    } else if (packet.type === PacketType.ERROR) {
+      console.warn(`server reported ${ErrorCode[packet.code]}: ${packet.message}`);
+    }
+  }
+
+  /** Runs SYNC from the held seq until no page is left; concurrent calls share one run. */
+  private sync(): Promise<void> {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return this.syncing;
+    }
+    this.syncing = this.syncPages().finally(() => {
+      this.syncing = null;
+      if (this.syncAgain) {
+        this.syncAgain = false;
+        void this.sync();
+      }
+    });
+    return this.syncing;
+  }
+
+  private async syncPages(): Promise<void> {
+    for (;;) {
+      let reply;
+      try {
+        reply = await this.socket.request(PacketType.SYNC, {
+          afterSeq: BigInt(this.store.heldSeq),
+          limit: SYNC_PAGE,
+        });
+      } catch (error) {
+        // The next sign-in syncs again.
+        console.warn(`SYNC failed: ${describeFailure(error)}`);
+        return;
+      }
+      this.store.add(reply.messages);
+      this.acknowledge();
+      if (!reply.hasMore || reply.messages.length === 0) {
+        return;
+      }
+    }
+  }
+
+  private acknowledge(): void {
+    const held = this.store.heldSeq;
+    if (held > this.ackedSeq) {
+      this.ackedSeq = held;
+      this.socket.acknowledge(BigInt(held));
+    }
+  }
+
+  private resendPending(): void {
+    for (const message of this.store.pendingMessages()) {
+      void this.deliver(message.conversation, message.text, message.clientMsgId);
+    }
+  }
+
+  /** Sends one SEND; a lost connection leaves it pending for the resend after sign-in. */
+  private async deliver(
+    conversation: string,
+    text: string,
+    clientMsgId: string,
+    attempt = 1,
+  ): Promise<void> {
+    const target = parseConversationKey(conversation);
+    if (!target) {
+      this.store.fail(clientMsgId, "Unknown conversation.");
+      return;
+    }
+    if (!this.state.signedIn) {
+      return;
+    }
+    try {
+      const reply = await this.socket.request(PacketType.SEND, {
+        conversationType: target.type,
+        receiverId: BigInt(target.id),
+        content: encoder.encode(text),
+        contentType: "text/plain",
+        clientMsgId,
+      });
+      const result = this.store.confirm(
+        clientMsgId,
+        Number(reply.seq),
+        reply.messageId.toString(),
+        Number(reply.sentAtMs),
+      );
+      if (result.gap) {
+        void this.sync();
+      } else {
+        this.acknowledge();
+      }
+    } catch (error) {
+      if (error instanceof ProtocolError && isRetryable(error.code) && attempt < SEND_ATTEMPTS) {
+        const delay = error.retryAfterMs || SEND_RETRY_DELAY_MS;
+        setTimeout(() => void this.deliver(conversation, text, clientMsgId, attempt + 1), delay);
+      } else if (error instanceof ProtocolError) {
+        this.store.fail(clientMsgId, errorText(error.code, error.message));
+      }
+      // Otherwise the connection dropped: the message stays pending and is sent again, with
+      // the same client message id, after the next sign-in.
+    }
+  }
+}

@@ -1,0 +1,85 @@
+// Words shown to the user for error codes, WebSocket close codes and kicks, as docs/protocol.md
+// describes them.
+
+import { ErrorCode, KickReason } from "./gen/im/v1/packet_pb";
+
+const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
+  [ErrorCode.INVALID_PACKET]: "The client sent a malformed packet.",
+  [ErrorCode.UNKNOWN_TYPE]: "The server does not accept this kind of request.",
+  [ErrorCode.NOT_SIGNED_IN]: "Not signed in yet.",
+  [ErrorCode.ALREADY_SIGNED_IN]: "This connection is already signed in.",
+  [ErrorCode.INVALID_ARGUMENT]: "A field is missing or out of range.",
+  [ErrorCode.INVALID_CREDENTIALS]: "Wrong username or password.",
+  [ErrorCode.TOKEN_INVALID]: "Your session is no longer valid. Log in again.",
+  [ErrorCode.TOKEN_EXPIRED]: "Your session has expired. Log in again.",
+  [ErrorCode.TOKEN_REVOKED]: "Your session was ended. Log in again.",
+  [ErrorCode.DEVICE_UNKNOWN]: "This device is not known to the server. Log in again.",
+  [ErrorCode.DEVICE_NOT_OWNED]: "This device belongs to another user. Log in again.",
+  [ErrorCode.USERNAME_TAKEN]: "That username is taken. Pick another one.",
+  [ErrorCode.UNAVAILABLE]: "The server is unavailable. Retrying shortly.",
+  [ErrorCode.TIMEOUT]: "The server did not respond in time. Try again.",
+  [ErrorCode.INTERNAL]: "The server had an internal error. Try again later.",
+  [ErrorCode.RATE_LIMITED]: "Too many requests. Wait a moment.",
+  [ErrorCode.BUSY]: "The server is busy. Try again shortly.",
+  [ErrorCode.RECEIVER_NOT_FOUND]: "That user or group does not exist.",
+  [ErrorCode.NOT_FRIEND]: "You can only message friends (or users who accept messages from anyone).",
+  [ErrorCode.NOT_GROUP_MEMBER]: "You are not a member of this group.",
+  [ErrorCode.CONTENT_EMPTY]: "The message is empty.",
+  [ErrorCode.CONTENT_TOO_LARGE]: "The message is too long.",
+  [ErrorCode.GROUP_FULL]: "The group is full.",
+  [ErrorCode.PERMISSION_DENIED]: "You are not allowed to do that.",
+  [ErrorCode.ALREADY_EXISTS]: "That already exists.",
+  [ErrorCode.NOT_FOUND]: "Not found.",
+};
+
+/** Returns the user-facing sentence for an error code, with the server's detail when given. */
+export function errorText(code: ErrorCode, detail = ""): string {
+  const base = ERROR_TEXTS[code] ?? `Error ${ErrorCode[code] ?? code}.`;
+  return detail && code === ErrorCode.INVALID_ARGUMENT ? `${base} (${detail})` : base;
+}
+
+/** Error codes after which the stored token is useless and the user must log in again. */
+export function needsLogin(code: ErrorCode): boolean {
+  return (
+    code === ErrorCode.TOKEN_INVALID ||
+    code === ErrorCode.TOKEN_EXPIRED ||
+    code === ErrorCode.TOKEN_REVOKED ||
+    code === ErrorCode.DEVICE_UNKNOWN ||
+    code === ErrorCode.DEVICE_NOT_OWNED
+  );
+}
+
+/** WebSocket close code 4003: the device signed in on another connection (KICKED). */
+export const CLOSE_KICKED = 4003;
+
+const CLOSE_TEXTS: Record<number, string> = {
+  1000: "The connection was closed.",
+  1001: "The server is restarting. Reconnecting…",
+  1002: "The connection broke a WebSocket rule (client error).",
+  1003: "The server only accepts binary messages (client error).",
+  1006: "The connection was lost. Reconnecting…",
+  1007: "The client sent text that is not UTF-8 (client error).",
+  1009: "A message was too large for the server.",
+  4001: "Signing in took too long. Reconnecting…",
+  4002: "No heartbeat reached the server in time. Reconnecting…",
+  4003: "You signed in on another tab or device, so this one was disconnected.",
+  4008: "This connection read too slowly and was dropped. Reconnecting…",
+};
+
+/** Returns the user-facing sentence for a WebSocket close code. */
+export function closeText(code: number): string {
+  return CLOSE_TEXTS[code] ?? `The connection closed (code ${code}). Reconnecting…`;
+}
+
+const KICK_TEXTS: Record<KickReason, string> = {
+  [KickReason.KICK_REASON_UNSPECIFIED]: "The server disconnected this device.",
+  [KickReason.SIGNED_IN_ELSEWHERE]:
+    "You signed in on another tab or device, so this one was disconnected.",
+  [KickReason.LOGGED_OUT]: "This device was logged out.",
+  [KickReason.KICKED_BY_SERVER]: "The server signed this device out.",
+};
+
+/** Returns the user-facing sentence for a KICKED push. */
+export function kickText(reason: KickReason): string {
+  return KICK_TEXTS[reason] ?? KICK_TEXTS[KickReason.KICK_REASON_UNSPECIFIED];
+}

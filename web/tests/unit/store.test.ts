@@ -1,0 +1,202 @@
+import { create } from "@bufbuild/protobuf";
+import { describe, expect, it } from "vitest";
+
+import { ConversationType, MessageSchema } from "../../src/gen/im/v1/packet_pb";
+import type { Message } from "../../src/gen/im/v1/packet_pb";
+import { conversationKey, MessageStore, parseConversationKey } from "../../src/store";
+
+const SELF = "1";
+const PEER = "2";
+const OTHER = "3";
+const PEER_CHAT = "user:2";
+
+function direct(seq: number, from: string, to: string, text: string, clientMsgId = ""): Message {
+  return create(MessageSchema, {
+    seq: BigInt(seq),
+    messageId: BigInt(1000 + seq),
+    senderUserId: BigInt(from),
+    conversationType: ConversationType.USER,
+    receiverId: BigInt(to),
+    content: new TextEncoder().encode(text),
+    clientMsgId,
+    sentAtMs: BigInt(seq),
+  });
+}
+
+function group(seq: number, from: string, groupId: string, text: string): Message {
+  return create(MessageSchema, {
+    seq: BigInt(seq),
+    senderUserId: BigInt(from),
+    conversationType: ConversationType.GROUP,
+    receiverId: BigInt(groupId),
+    content: new TextEncoder().encode(text),
+  });
+}
+
+function texts(store: MessageStore, conversation: string): string[] {
+  return store.messagesOf(conversation).map((message) => message.text);
+}
+
+describe("ordering", () => {
+  it("shows messages in seq order whatever the arrival order", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(3, PEER, SELF, "c"), direct(1, PEER, SELF, "a")]);
+    store.add([direct(2, SELF, PEER, "b")]);
+    expect(texts(store, PEER_CHAT)).toEqual(["a", "b", "c"]);
+    expect(store.messagesOf(PEER_CHAT).map((message) => message.seq)).toEqual([1, 2, 3]);
+    expect(store.heldSeq).toBe(3);
+  });
+
+  it("files direct and group messages under their conversations", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, SELF, PEER, "to peer"), direct(2, OTHER, SELF, "from other"), group(3, PEER, "9", "in group")]);
+    expect(texts(store, "user:2")).toEqual(["to peer"]);
+    expect(texts(store, "user:3")).toEqual(["from other"]);
+    expect(texts(store, "group:9")).toEqual(["in group"]);
+  });
+
+  it("lists conversations latest first", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "old"), direct(2, OTHER, SELF, "new")]);
+    expect(store.conversations().map((summary) => summary.key)).toEqual(["user:3", "user:2"]);
+    expect(store.conversations()[0].lastText).toBe("new");
+  });
+});
+
+describe("de-duplication", () => {
+  it("drops a seq it already holds", () => {
+    const store = new MessageStore(SELF);
+    const first = store.add([direct(1, PEER, SELF, "a"), direct(2, PEER, SELF, "b")]);
+    const again = store.add([direct(2, PEER, SELF, "b"), direct(1, PEER, SELF, "a")]);
+    expect(first.added).toBe(2);
+    expect(again.added).toBe(0);
+    expect(again.duplicates).toBe(2);
+    expect(texts(store, PEER_CHAT)).toEqual(["a", "b"]);
+  });
+
+  it("replaces a pending message by the synced copy with the same client id", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "mine", "c-1");
+    store.add([direct(1, SELF, PEER, "mine", "c-1")]);
+    expect(texts(store, PEER_CHAT)).toEqual(["mine"]);
+    expect(store.pendingMessages()).toEqual([]);
+    const late = store.confirm("c-1", 1, "1001", 1);
+    expect(late.added).toBe(0);
+    expect(texts(store, PEER_CHAT)).toEqual(["mine"]);
+  });
+
+  it("does not store a confirmed seq twice", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(4, SELF, PEER, "mine", "other-device")]);
+    store.addPending(PEER_CHAT, "mine", "c-2");
+    const result = store.confirm("c-2", 4, "1004", 4);
+    expect(result.duplicates).toBe(1);
+    expect(store.messagesOf(PEER_CHAT).length).toBe(1);
+  });
+});
+
+describe("pending sends", () => {
+  it("shows a pending message after the stored ones until its reply", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "hi")]);
+    store.addPending(PEER_CHAT, "hello", "c-1");
+    expect(store.messagesOf(PEER_CHAT).map((message) => message.state)).toEqual(["stored", "pending"]);
+    const result = store.confirm("c-1", 2, "1002", 2);
+    expect(result.added).toBe(1);
+    const messages = store.messagesOf(PEER_CHAT);
+    expect(messages.map((message) => message.state)).toEqual(["stored", "stored"]);
+    expect(messages[1].seq).toBe(2);
+    expect(store.heldSeq).toBe(2);
+  });
+
+  it("keeps a failed message with its error and does not resend it", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "nope", "c-1");
+    store.fail("c-1", "You can only message friends.");
+    const [message] = store.messagesOf(PEER_CHAT);
+    expect(message.state).toBe("failed");
+    expect(message.error).toBe("You can only message friends.");
+    expect(store.pendingMessages()).toEqual([]);
+  });
+});
+
+describe("gap detection", () => {
+  it("reports a gap until the missing seq arrives", () => {
+    const store = new MessageStore(SELF);
+    expect(store.add([direct(1, PEER, SELF, "a")]).gap).toBe(false);
+    const jump = store.add([direct(3, PEER, SELF, "c")]);
+    expect(jump.gap).toBe(true);
+    expect(store.heldSeq).toBe(1);
+    expect(store.hasGap).toBe(true);
+    const filled = store.add([direct(2, PEER, SELF, "b")]);
+    expect(filled.gap).toBe(false);
+    expect(store.heldSeq).toBe(3);
+  });
+
+  it("reports a gap when the first push is not seq 1", () => {
+    const store = new MessageStore(SELF);
+    expect(store.add([direct(5, PEER, SELF, "late")]).gap).toBe(true);
+    expect(store.heldSeq).toBe(0);
+  });
+
+  it("a SEND reply can fill the gap below a push", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a")]);
+    store.addPending(PEER_CHAT, "b", "c-1");
+    expect(store.add([direct(3, PEER, SELF, "c")]).gap).toBe(true);
+    expect(store.confirm("c-1", 2, "1002", 2).gap).toBe(false);
+    expect(store.heldSeq).toBe(3);
+  });
+});
+
+describe("unread counts", () => {
+  it("counts messages from others above the read mark", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a"), direct(2, SELF, PEER, "b"), direct(3, PEER, SELF, "c")]);
+    expect(store.unread(PEER_CHAT)).toBe(2);
+    store.markRead(PEER_CHAT);
+    expect(store.unread(PEER_CHAT)).toBe(0);
+    store.add([direct(4, PEER, SELF, "d")]);
+    expect(store.unread(PEER_CHAT)).toBe(1);
+    expect(store.conversations()[0].unread).toBe(1);
+  });
+
+  it("keeps counts per conversation", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a"), group(2, OTHER, "9", "g1"), group(3, PEER, "9", "g2")]);
+    expect(store.unread(PEER_CHAT)).toBe(1);
+    expect(store.unread("group:9")).toBe(2);
+    store.markRead("group:9");
+    expect(store.unread("group:9")).toBe(0);
+    expect(store.unread(PEER_CHAT)).toBe(1);
+  });
+
+  it("restores saved read marks", () => {
+    const first = new MessageStore(SELF);
+    first.add([direct(1, PEER, SELF, "a"), direct(2, PEER, SELF, "b")]);
+    first.markRead(PEER_CHAT);
+    const marks = first.readMarks();
+
+    const reloaded = new MessageStore(SELF);
+    reloaded.restoreReadMarks(marks);
+    reloaded.add([direct(1, PEER, SELF, "a"), direct(2, PEER, SELF, "b"), direct(3, PEER, SELF, "c")]);
+    expect(reloaded.unread(PEER_CHAT)).toBe(1);
+  });
+
+  it("reset forgets everything", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a")]);
+    store.reset("7");
+    expect(store.heldSeq).toBe(0);
+    expect(store.conversations()).toEqual([]);
+  });
+});
+
+describe("conversation keys", () => {
+  it("round-trips user and group keys", () => {
+    expect(conversationKey(ConversationType.USER, 5n)).toBe("user:5");
+    expect(conversationKey(ConversationType.GROUP, "6")).toBe("group:6");
+    expect(parseConversationKey("group:6")).toEqual({ type: ConversationType.GROUP, id: "6" });
+    expect(parseConversationKey("user:x")).toBeUndefined();
+  });
+});
