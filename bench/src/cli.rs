@@ -38,23 +38,14 @@ pub(crate) enum Command {
     Compare(CompareArgs),
 }
 
-/// Flags that the parent passes on to its worker processes unchanged.
+/// Flags of every scenario that opens signed-in connections.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct RunArgs {
+pub(crate) struct ConnectArgs {
     /// WebSocket URL of the engine.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub(crate) url: String,
-    /// Seconds to hold all connections with heartbeats after the last sign-in.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) hold_secs: u64,
-    /// Milliseconds between heartbeats of one connection. The first heartbeat comes at a
-    /// random point of the first interval, so heartbeats spread evenly over time.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) heartbeat_ms: u64,
-    /// Sign-ins in flight at once, from TCP connect to SIGN_IN reply (split among workers).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) concurrency: u64,
-    /// Bench users are named `<prefix>-<i>` for i in 0..connections.
+    /// Prefix of the bench users' names: `<prefix>-<i>` for `signin`, `<prefix>-chat-<i>` and
+    /// `<prefix>-group-<i>` for the messaging scenarios.
     #[arg(long, default_value = "bench")]
     pub(crate) user_prefix: String,
     /// Password of every bench user (8 to 128 bytes).
@@ -65,16 +56,36 @@ pub(crate) struct RunArgs {
         hide_env_values = true
     )]
     pub(crate) password: String,
-    /// Time limit in milliseconds for one connect plus handshake, and for each reply.
+    /// Time limit in milliseconds for one connect plus handshake, for each reply and for each
+    /// logic tier call.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) timeout_ms: u64,
+    /// Sign-ins in flight at once, from TCP connect to SIGN_IN reply; `signin --workers`
+    /// splits them among its workers.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) concurrency: u64,
     /// Seconds allowed for opening and signing in all connections. Connections not signed in
-    /// by then count as errors, and the hold starts with those that are.
+    /// by then count as errors.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout_secs: u64,
-    /// Directory of the token cache (`<prefix>-tokens.tsv`).
+    /// Directory of the token caches (`<prefix>-tokens.tsv`, `<prefix>-chat-tokens.tsv`,
+    /// `<prefix>-group-tokens.tsv`) and the group cache (`<prefix>-groups.tsv`).
     #[arg(long, default_value = DEFAULT_CACHE_DIR)]
     pub(crate) cache_dir: PathBuf,
+}
+
+/// Flags that the parent passes on to its worker processes unchanged.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnectArgs,
+    /// Seconds to hold all connections with heartbeats after the last sign-in.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) hold_secs: u64,
+    /// Milliseconds between heartbeats of one connection. The first heartbeat comes at a
+    /// random point of the first interval, so heartbeats spread evenly over time.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) heartbeat_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,10 +100,10 @@ pub(crate) struct SigninArgs {
     /// connections (fewer when the ephemeral port range is smaller).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: Option<u64>,
-    /// Engine process to read resident memory from (/proc/PID/status). Default: the only
-    /// process named im-engine.
+    /// Engine process to read resident memory from (/proc/PID/status); repeat the flag for
+    /// several engine nodes on this host. Default: every process named im-engine, summed.
     #[arg(long)]
-    pub(crate) engine_pid: Option<u32>,
+    pub(crate) engine_pid: Vec<u32>,
     /// Client processes. With more than one, the bench starts itself as workers that each
     /// hold a slice of the connections, because the open-file limit applies per process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -135,9 +146,8 @@ pub(crate) struct WorkerArgs {
 /// Flags shared by the messaging scenarios `chat` and `group`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct MessagingArgs {
-    /// WebSocket URL of the engine.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub(crate) url: String,
+    #[command(flatten)]
+    pub(crate) conn: ConnectArgs,
     /// URL of the logic tier's gRPC server, whose LogicExtService sets up friends and groups.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub(crate) logic_url: String,
@@ -161,37 +171,12 @@ pub(crate) struct MessagingArgs {
     /// Milliseconds without any packet sent after which a connection sends a heartbeat.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) heartbeat_ms: u64,
-    /// Bench users are named `<prefix>-chat-<i>` or `<prefix>-group-<i>`.
-    #[arg(long, default_value = "bench")]
-    pub(crate) user_prefix: String,
-    /// Password of every bench user (8 to 128 bytes).
-    #[arg(
-        long,
-        env = "IM_BENCH_PASSWORD",
-        default_value = "bench-password",
-        hide_env_values = true
-    )]
-    pub(crate) password: String,
-    /// Time limit in milliseconds for one connect plus handshake, for each reply and for each
-    /// logic tier call.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) timeout_ms: u64,
-    /// Sign-ins in flight at once, from TCP connect to SIGN_IN reply.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) concurrency: u64,
-    /// Seconds allowed for opening and signing in all connections.
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) connect_timeout_secs: u64,
     /// Seconds allowed for setting up friends or the group through the logic tier.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) setup_timeout_secs: u64,
     /// Loopback source addresses 127.0.0.2 ..= 127.0.0.(1 + sources), as for `signin`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: Option<u64>,
-    /// Directory of the token cache (`<prefix>-chat-tokens.tsv`, `<prefix>-group-tokens.tsv`)
-    /// and the group cache (`<prefix>-groups.tsv`).
-    #[arg(long, default_value = DEFAULT_CACHE_DIR)]
-    pub(crate) cache_dir: PathBuf,
     #[command(flatten)]
     pub(crate) prepare: PrepareArgs,
 }
@@ -301,10 +286,10 @@ mod tests {
 
         assert!(cli.command.is_none());
         assert_eq!(cli.signin.connections, 1000);
-        assert_eq!(cli.signin.run.url, "ws://127.0.0.1:8080/ws");
+        assert_eq!(cli.signin.run.conn.url, "ws://127.0.0.1:8080/ws");
         assert_eq!(cli.signin.run.hold_secs, 10);
         assert_eq!(cli.signin.run.heartbeat_ms, 5000);
-        assert_eq!(cli.signin.run.concurrency, 256);
+        assert_eq!(cli.signin.run.conn.concurrency, 256);
         assert_eq!(cli.signin.workers, 1);
         assert_eq!(cli.signin.sources, None);
     }

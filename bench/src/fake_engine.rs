@@ -6,6 +6,9 @@
 //! the next seq of the sender and pushed as MESSAGE to every connection of the receiving user
 //! (USER), or of every other signed-in user (GROUP, whatever the group id). MESSAGE_ACK is
 //! counted and gets no reply. [`FakeEngine::start_dropping`] makes it lose pushes.
+//!
+//! LOGIN succeeds for any password, except that a username ending in `-busyN` gets BUSY for
+//! its first N attempts, as an engine with too many password calls in flight replies.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt as _, StreamExt as _};
 use im_proto::v1::{
-    ConversationType, ErrorCode, Message as ProtoMessage, Packet, PacketType, SendReply,
-    SendRequest, SignInReply, SignInRequest,
+    ConversationType, ErrorCode, LoginReply, LoginRequest, Message as ProtoMessage, Packet,
+    PacketType, SendReply, SendRequest, SignInReply, SignInRequest,
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -42,6 +45,8 @@ struct Shared {
     /// Pushes made so far, for dropping every n-th one.
     pushes: AtomicU64,
     drop_every: Option<u64>,
+    /// LOGIN attempts so far, by username.
+    logins: Mutex<HashMap<String, u64>>,
 }
 
 impl FakeEngine {
@@ -140,6 +145,33 @@ fn handle(
     };
     match PacketType::try_from(packet.r#type) {
         Ok(PacketType::Heartbeat) => Some(reply),
+        Ok(PacketType::Login) => {
+            let request = LoginRequest::decode(packet.data).expect("LoginRequest");
+            let attempts = {
+                let mut logins = shared.logins.lock().expect("logins lock");
+                let attempts = logins.entry(request.username.clone()).or_default();
+                *attempts += 1;
+                *attempts
+            };
+            let busy_for = request
+                .username
+                .rsplit_once("-busy")
+                .and_then(|(_, count)| count.parse::<u64>().ok())
+                .unwrap_or(0);
+            if attempts <= busy_for {
+                reply.code = ErrorCode::Busy as i32;
+                reply.retry_after_ms = 100;
+            } else {
+                let body = LoginReply {
+                    user_id: 1,
+                    device_id: 1,
+                    token: "good".into(),
+                    ..LoginReply::default()
+                };
+                reply.data = body.encode_to_vec().into();
+            }
+            Some(reply)
+        }
         Ok(PacketType::SignIn) => {
             let request = SignInRequest::decode(packet.data).expect("SignInRequest");
             match request.token.as_str() {

@@ -91,7 +91,7 @@ async fn ensure_group(
         .expect("the command line requires 2 or more members");
     let owner_api = messaging::api_as(api, owner)?;
     let member_ids: Vec<u64> = members.iter().map(|member| member.user_id).collect();
-    let path = group_cache_path(&args.cache_dir, &args.user_prefix);
+    let path = group_cache_path(&args.conn.cache_dir, &args.conn.user_prefix);
     let cache_error = |source| ScenarioError::GroupCache {
         path: path.clone(),
         source,

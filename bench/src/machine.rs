@@ -57,27 +57,26 @@ fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
     (year, month as u32, day as u32)
 }
 
-/// Result of the search for the engine process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EngineProcess {
-    Found(u32),
-    NotFound,
-    /// Several processes carry the engine's name; the bench cannot tell which one it measures.
-    Ambiguous(Vec<u32>),
-}
-
-/// Finds the engine: `pid` when given, otherwise the only process named `im-engine`.
-pub(crate) fn find_engine(pid: Option<u32>) -> EngineProcess {
-    if let Some(pid) = pid {
-        return EngineProcess::Found(pid);
+/// Returns the engine processes to measure: `given` when not empty, otherwise every process
+/// named `im-engine`, in pid order. A host may run several engine nodes (one per process), and the
+/// bench then reads their memory together.
+pub(crate) fn engine_pids(given: &[u32]) -> Vec<u32> {
+    if !given.is_empty() {
+        return given.to_vec();
     }
     let mut pids = processes_named(Path::new("/proc"), ENGINE_COMM);
     pids.sort_unstable();
-    match pids.as_slice() {
-        [] => EngineProcess::NotFound,
-        [pid] => EngineProcess::Found(*pid),
-        _ => EngineProcess::Ambiguous(pids),
+    pids
+}
+
+/// Sums the resident memory of `pids`; `None` when there are none or one cannot be read.
+pub(crate) fn total_resident_bytes(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
     }
+    pids.iter()
+        .map(|pid| resident_bytes(*pid))
+        .sum::<Option<u64>>()
 }
 
 fn processes_named(proc_dir: &Path, name: &str) -> Vec<u32> {
@@ -144,7 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn explicit_pid_is_used() {
-        assert_eq!(find_engine(Some(42)), EngineProcess::Found(42));
+    fn explicit_pids_are_used() {
+        assert_eq!(engine_pids(&[42, 7]), vec![42, 7]);
+    }
+
+    #[test]
+    fn total_of_own_process_is_its_memory() {
+        let own = std::process::id();
+        let total = total_resident_bytes(&[own, own]);
+
+        assert!(total.is_some_and(|bytes| bytes > 0), "got {total:?}");
+    }
+
+    #[test]
+    fn total_without_processes_is_unknown() {
+        assert_eq!(total_resident_bytes(&[]), None);
+        assert_eq!(total_resident_bytes(&[std::process::id(), u32::MAX]), None);
     }
 }

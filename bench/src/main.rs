@@ -8,6 +8,7 @@ mod compare;
 mod fake_engine;
 mod group;
 mod group_cache;
+mod kernel;
 mod limits;
 mod machine;
 mod messaging;

@@ -153,7 +153,7 @@ pub(crate) fn source_count(args: &MessagingArgs, connections: u64) -> u64 {
 
 /// Returns the user prefix of a scenario: users are `<prefix>-<scenario>-<i>`.
 pub(crate) fn scenario_prefix(args: &MessagingArgs, scenario: &str) -> String {
-    format!("{}-{scenario}", args.user_prefix)
+    format!("{}-{scenario}", args.conn.user_prefix)
 }
 
 /// Prints the parameter lines that both scenarios share, after the scenario's own first lines.
@@ -176,7 +176,7 @@ pub(crate) fn print_common_parameters(
     println!("  heartbeat after      {} ms idle", args.heartbeat_ms);
     println!(
         "  timeout              {} ms per connect, per reply and per logic call",
-        args.timeout_ms
+        args.conn.timeout_ms
     );
     println!(
         "  sources              {sources} (127.0.0.2 ..= {})",
@@ -192,7 +192,7 @@ pub(crate) fn print_common_parameters(
 pub(crate) fn print_header(scenario: &str, args: &MessagingArgs) {
     println!("im-bench {scenario}");
     println!("  machine              {}", machine::describe());
-    println!("  url                  {}", args.url);
+    println!("  url                  {}", args.conn.url);
     println!("  logic url            {}", args.logic_url);
 }
 
@@ -204,11 +204,11 @@ pub(crate) async fn prepare_users(
 ) -> Result<Vec<Target>, ScenarioError> {
     let user_prefix = scenario_prefix(args, scenario);
     let config = PrepareConfig {
-        url: args.url.clone(),
-        password: args.password.clone(),
-        cache_path: cache::cache_path(&args.cache_dir, &user_prefix),
+        url: args.conn.url.clone(),
+        password: args.conn.password.clone(),
+        cache_path: cache::cache_path(&args.conn.cache_dir, &user_prefix),
         user_prefix,
-        timeout: Duration::from_millis(args.timeout_ms),
+        timeout: Duration::from_millis(args.conn.timeout_ms),
         concurrency: usize::try_from(args.prepare.prepare_concurrency).unwrap_or(usize::MAX),
         refresh: args.prepare.refresh_tokens,
     };
@@ -223,7 +223,7 @@ pub(crate) async fn prepare_users(
 
 /// Connects to the logic tier's business API.
 pub(crate) async fn connect_logic(args: &MessagingArgs) -> Result<LogicApi, ScenarioError> {
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let timeout = Duration::from_millis(args.conn.timeout_ms);
     LogicApi::connect(&args.logic_url, timeout)
         .await
         .map_err(|source| ScenarioError::LogicConnect {
@@ -298,18 +298,18 @@ pub(crate) async fn sign_in_all(
     sources: u64,
 ) -> Result<Vec<Client>, ScenarioError> {
     let plan = SessionPlan {
-        url: args.url.clone(),
-        timeout: Duration::from_millis(args.timeout_ms),
+        url: args.conn.url.clone(),
+        timeout: Duration::from_millis(args.conn.timeout_ms),
         sources: usize::try_from(sources).unwrap_or(1),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
     };
     let started = Instant::now();
-    let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
+    let concurrency = usize::try_from(args.conn.concurrency).unwrap_or(usize::MAX);
     let sign_ins = futures::stream::iter(targets)
         .map(|target| session::sign_in(&plan, target))
         .buffered(concurrency)
         .collect::<Vec<_>>();
-    let results = within("signing in", args.connect_timeout_secs, sign_ins).await?;
+    let results = within("signing in", args.conn.connect_timeout_secs, sign_ins).await?;
 
     let mut clients = Vec::with_capacity(results.len());
     let mut errors = ErrorCounts::default();
@@ -357,7 +357,7 @@ pub(crate) async fn run_traffic(
 ) -> Result<TrafficFigures, ScenarioError> {
     let limit = LEAD_IN
         + Duration::from_secs(args.duration_secs + args.drain_secs)
-        + Duration::from_millis(args.timeout_ms)
+        + Duration::from_millis(args.conn.timeout_ms)
         + TRAFFIC_SLACK;
     eprintln!("traffic: sending for {} s", args.duration_secs);
     within(

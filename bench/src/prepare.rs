@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use im_client::{Client, ClientError, ConnectOptions, DeviceInfo, ErrorCode, LoginReply};
+use rand::Rng as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -235,7 +236,7 @@ async fn log_in_user(
     let client = Client::connect(&config.url, &options)
         .await
         .map_err(|error| connect_error_kind(&error))?;
-    let reply = log_in_or_register(&client, name, &config.password, device_id).await;
+    let reply = log_in_retrying_busy(&client, name, &config.password, device_id).await;
     // The token is what matters here; a failed close costs the server nothing lasting.
     let _ = client.close().await;
     let reply = reply.map_err(|error| request_error_kind("login", &error))?;
@@ -245,6 +246,34 @@ async fn log_in_user(
         token: reply.token,
         expires_at_ms: reply.token_expires_at_ms,
     })
+}
+
+/// Max LOGIN attempts per user while the engine replies BUSY.
+const BUSY_ATTEMPTS: u32 = 20;
+
+/// Runs [`log_in_or_register`], waiting and trying again while the engine replies BUSY, because it has
+/// more password calls in flight than its `logic_max_password_calls` allows. The wait is random
+/// between 250 and 750 ms, so that the users turned away together come back spread out.
+async fn log_in_retrying_busy(
+    client: &Client,
+    name: &str,
+    password: &str,
+    device_id: u64,
+) -> Result<LoginReply, ClientError> {
+    let mut attempt = 1;
+    loop {
+        match log_in_or_register(client, name, password, device_id).await {
+            Err(ClientError::Server {
+                code: ErrorCode::Busy,
+                ..
+            }) if attempt < BUSY_ATTEMPTS => {
+                attempt += 1;
+                let wait = rand::rng().random_range(250..750);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn log_in_or_register(
@@ -289,6 +318,39 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn busy_login_is_retried() {
+        let engine = crate::fake_engine::FakeEngine::start().await;
+        let client = Client::connect(&engine.url, &ConnectOptions::default())
+            .await
+            .expect("connect");
+
+        let reply = log_in_retrying_busy(&client, "user-busy3", "secret-password", 0).await;
+
+        assert_eq!(reply.expect("login after BUSY").token, "good");
+    }
+
+    #[tokio::test]
+    async fn busy_login_gives_up_after_bound() {
+        let engine = crate::fake_engine::FakeEngine::start().await;
+        let client = Client::connect(&engine.url, &ConnectOptions::default())
+            .await
+            .expect("connect");
+
+        let reply = log_in_retrying_busy(&client, "user-busy99", "secret-password", 0).await;
+
+        assert!(
+            matches!(
+                reply,
+                Err(ClientError::Server {
+                    code: ErrorCode::Busy,
+                    ..
+                })
+            ),
+            "{reply:?}"
+        );
+    }
 
     fn config(refresh: bool) -> PrepareConfig {
         PrepareConfig {

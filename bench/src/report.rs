@@ -4,17 +4,25 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::kernel::{self, KernelMemory};
 use crate::phases::HoldFigures;
 use crate::stats::ErrorCounts;
 
-/// Resident memory of the engine around the run.
-#[derive(Debug, Clone, Copy, Default)]
+/// One reading of the engines' resident memory and of the kernel's socket memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemorySample {
+    /// Resident bytes of every engine process together.
+    pub(crate) engine: Option<u64>,
+    pub(crate) kernel: KernelMemory,
+}
+
+/// Memory around the run: before the first connection opened and in the middle of the hold.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct EngineMemory {
-    pub(crate) pid: Option<u32>,
-    /// Bytes before the first connection opened.
-    pub(crate) before: Option<u64>,
-    /// Bytes in the middle of the hold.
-    pub(crate) during: Option<u64>,
+    /// Engine processes read; 0 when none was found.
+    pub(crate) processes: usize,
+    pub(crate) before: MemorySample,
+    pub(crate) during: Option<MemorySample>,
 }
 
 /// Everything a run measured.
@@ -67,23 +75,42 @@ impl Report {
         }
         println!("  errors after sign-in  {}", errors(&self.hold.errors));
         println!("  engine RSS            {}", self.memory_line());
+        println!("  kernel per connection {}", self.kernel_line());
     }
 
     fn memory_line(&self) -> String {
-        let EngineMemory {
-            pid: Some(pid),
-            before: Some(before),
-            during: Some(during),
-        } = self.engine
-        else {
+        let memory = &self.engine;
+        let (Some(before), Some(during)) = (
+            memory.before.engine,
+            memory.during.and_then(|sample| sample.engine),
+        ) else {
             return "unknown (engine process not found or not readable)".into();
         };
         let per_connection = bytes_per_connection(before, during, self.signed_in)
             .map_or_else(|| "n/a".to_owned(), |bytes| format!("{bytes} B"));
         format!(
-            "pid {pid}: before {}, during hold {}, per signed-in connection {per_connection}",
+            "{} process(es): before {}, during hold {}, per signed-in connection {per_connection}",
+            memory.processes,
             mebibytes(before),
             mebibytes(during)
+        )
+    }
+
+    /// Formats the kernel's growth in socket memory per connection, both ends of each loopback
+    /// connection together. It is the floor under the engine's own bytes.
+    fn kernel_line(&self) -> String {
+        let Some(during) = self.engine.during else {
+            return "unknown".into();
+        };
+        let before = self.engine.before.kernel;
+        let figure = |before, after| {
+            kernel::per_connection(before, after, self.signed_in)
+                .map_or_else(|| "unknown".to_owned(), |bytes| format!("{bytes:.0} B"))
+        };
+        format!(
+            "slab {}, TCP buffers {} (both ends of each loopback connection; system-wide)",
+            figure(before.slab, during.kernel.slab),
+            figure(before.tcp_buffers, during.kernel.tcp_buffers)
         )
     }
 }

@@ -8,11 +8,12 @@ use tokio::time::Instant;
 
 use crate::cache;
 use crate::cli::SigninArgs;
+use crate::kernel;
 use crate::limits::{self, FileLimit};
-use crate::machine::{self, EngineProcess};
+use crate::machine;
 use crate::phases;
 use crate::prepare::{self, PrepareConfig, PrepareError};
-use crate::report::{EngineMemory, Report};
+use crate::report::{EngineMemory, MemorySample, Report};
 use crate::session::{SessionPlan, Target};
 use crate::sources;
 use crate::workers::{self, WorkersError};
@@ -79,13 +80,13 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
 
     let targets = prepare_tokens(args).await?;
 
-    let engine = EngineWatch::find(args.engine_pid);
+    let engine = EngineWatch::find(&args.engine_pid);
     // Workers may report up to one allowance late after each of the two phases.
     let worker_allowance = match args.workers {
         1 => Duration::ZERO,
         _ => 2 * workers::REPORT_ALLOWANCE,
     };
-    let deadline_secs = args.run.connect_timeout_secs
+    let deadline_secs = args.run.conn.connect_timeout_secs
         + args.run.hold_secs
         + (DEADLINE_SLACK + worker_allowance).as_secs();
     let measure = async {
@@ -116,12 +117,12 @@ fn check_capacity(args: &SigninArgs, file_limit: &FileLimit) -> Result<(), Signi
 
 async fn prepare_tokens(args: &SigninArgs) -> Result<Vec<Target>, SigninError> {
     let config = PrepareConfig {
-        url: args.run.url.clone(),
-        password: args.run.password.clone(),
-        user_prefix: args.run.user_prefix.clone(),
-        timeout: Duration::from_millis(args.run.timeout_ms),
+        url: args.run.conn.url.clone(),
+        password: args.run.conn.password.clone(),
+        user_prefix: args.run.conn.user_prefix.clone(),
+        timeout: Duration::from_millis(args.run.conn.timeout_ms),
         concurrency: usize::try_from(args.prepare.prepare_concurrency).unwrap_or(usize::MAX),
-        cache_path: cache::cache_path(&args.run.cache_dir, &args.run.user_prefix),
+        cache_path: cache::cache_path(&args.run.conn.cache_dir, &args.run.conn.user_prefix),
         refresh: args.prepare.refresh_tokens,
     };
     let limit = Duration::from_secs(args.prepare.prepare_timeout_secs);
@@ -138,8 +139,8 @@ async fn measure_local(
     engine: &EngineWatch,
 ) -> Report {
     let mut memory = EngineMemory {
-        pid: engine.pid(),
-        before: engine.resident_bytes(),
+        processes: engine.processes(),
+        before: engine.sample(),
         during: None,
     };
     let total = args.connections;
@@ -153,8 +154,8 @@ async fn measure_local(
     let (connect, mut connections) = phases::connect_all(
         session_plan(&args.run, sources),
         targets,
-        usize::try_from(args.run.concurrency).unwrap_or(usize::MAX),
-        Duration::from_secs(args.run.connect_timeout_secs),
+        usize::try_from(args.run.conn.concurrency).unwrap_or(usize::MAX),
+        Duration::from_secs(args.run.conn.connect_timeout_secs),
         &mut print_progress,
     )
     .await;
@@ -162,7 +163,7 @@ async fn measure_local(
     let hold = Duration::from_secs(args.run.hold_secs);
     let until = connections.start_hold(hold);
     connections.collect_until(Instant::now() + hold / 2).await;
-    memory.during = engine.resident_bytes();
+    memory.during = Some(engine.sample());
     connections.collect_until(until).await;
     let hold = connections.finish().await;
 
@@ -180,8 +181,8 @@ async fn measure_local(
 /// Builds the per-connection settings from the flags.
 pub(crate) fn session_plan(run: &crate::cli::RunArgs, sources: u64) -> SessionPlan {
     SessionPlan {
-        url: run.url.clone(),
-        timeout: Duration::from_millis(run.timeout_ms),
+        url: run.conn.url.clone(),
+        timeout: Duration::from_millis(run.conn.timeout_ms),
         sources: usize::try_from(sources).unwrap_or(1),
         heartbeat_interval: Duration::from_millis(run.heartbeat_ms),
     }
@@ -200,25 +201,25 @@ fn print_parameters(args: &SigninArgs, sources: u64, file_limit: &FileLimit) {
     let run = &args.run;
     println!("im-bench signin");
     println!("  machine              {}", machine::describe());
-    println!("  url                  {}", run.url);
+    println!("  url                  {}", run.conn.url);
     println!("  connections          {}", args.connections);
     println!(
         "  sources              {sources} (127.0.0.2 ..= {})",
         sources::source_addr(usize::try_from(sources).unwrap_or(1) - 1, sources as usize)
     );
     println!("  workers              {}", args.workers);
-    println!("  concurrency          {}", run.concurrency);
+    println!("  concurrency          {}", run.conn.concurrency);
     println!("  hold                 {} s", run.hold_secs);
     println!("  heartbeat interval   {} ms", run.heartbeat_ms);
     println!(
         "  timeout              {} ms per connect and per reply",
-        run.timeout_ms
+        run.conn.timeout_ms
     );
-    println!("  connect phase limit  {} s", run.connect_timeout_secs);
+    println!("  connect phase limit  {} s", run.conn.connect_timeout_secs);
     println!(
         "  users                {}-0 .. {}-{}",
-        run.user_prefix,
-        run.user_prefix,
+        run.conn.user_prefix,
+        run.conn.user_prefix,
         args.connections - 1
     );
     println!(
@@ -239,38 +240,34 @@ fn print_error_details(error: &SigninError) {
     }
 }
 
-/// The engine process whose memory the run reads, if it was found.
+/// The engine processes whose memory the run reads, with the kernel's socket memory beside.
 pub(crate) struct EngineWatch {
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl EngineWatch {
-    /// Finds the engine and prints which process it is, or why memory will not be reported.
-    fn find(pid: Option<u32>) -> EngineWatch {
-        let pid = match machine::find_engine(pid) {
-            EngineProcess::Found(pid) => {
-                println!("  engine pid           {pid}");
-                Some(pid)
+    /// Finds the engine processes and prints them, or why memory will not be reported.
+    fn find(given: &[u32]) -> EngineWatch {
+        let pids = machine::engine_pids(given);
+        match pids.as_slice() {
+            [] => {
+                println!("  engine pid           none found named im-engine; memory not reported")
             }
-            EngineProcess::NotFound => {
-                println!("  engine pid           none found named im-engine; memory not reported");
-                None
-            }
-            EngineProcess::Ambiguous(pids) => {
-                println!(
-                    "  engine pid           several named im-engine ({pids:?}); pass --engine-pid"
-                );
-                None
-            }
-        };
-        EngineWatch { pid }
+            [pid] => println!("  engine pid           {pid}"),
+            _ => println!("  engine pids          {pids:?} (memory summed)"),
+        }
+        EngineWatch { pids }
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.pid
+    /// Reads the engines' resident memory and the kernel's socket memory now.
+    pub(crate) fn sample(&self) -> MemorySample {
+        MemorySample {
+            engine: machine::total_resident_bytes(&self.pids),
+            kernel: kernel::read(),
+        }
     }
 
-    pub(crate) fn resident_bytes(&self) -> Option<u64> {
-        self.pid.and_then(machine::resident_bytes)
+    pub(crate) fn processes(&self) -> usize {
+        self.pids.len()
     }
 }

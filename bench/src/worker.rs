@@ -49,14 +49,14 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
 
 async fn execute(args: WorkerArgs) -> Result<(), WorkerError> {
     crate::limits::raise_file_limit().map_err(WorkerError::FileLimit)?;
-    let path = cache::cache_path(&args.run.cache_dir, &args.run.user_prefix);
+    let path = cache::cache_path(&args.run.conn.cache_dir, &args.run.conn.user_prefix);
     let cache = TokenCache::load(&path).map_err(WorkerError::ReadCache)?;
     let range = args.first_index..args.first_index + args.count;
-    let targets = prepare::targets_from_cache(&cache, &args.run.user_prefix, &path, range)?;
+    let targets = prepare::targets_from_cache(&cache, &args.run.conn.user_prefix, &path, range)?;
 
     // The parent waits as long for the connect report plus a start allowance, then holds.
     let deadline = Duration::from_secs(
-        2 * args.run.connect_timeout_secs + args.run.hold_secs + CLOSE_GRACE.as_secs() + 60,
+        2 * args.run.conn.connect_timeout_secs + args.run.hold_secs + CLOSE_GRACE.as_secs() + 60,
     );
     tokio::time::timeout(deadline, work(&args, targets))
         .await
@@ -71,11 +71,11 @@ async fn work(args: &WorkerArgs, targets: Vec<crate::session::Target>) -> Result
             signed_in: progress.signed_in,
         });
     };
-    let connect_limit = Duration::from_secs(args.run.connect_timeout_secs);
+    let connect_limit = Duration::from_secs(args.run.conn.connect_timeout_secs);
     let (figures, mut connections) = phases::connect_all(
         signin::session_plan(&args.run, args.sources),
         targets,
-        usize::try_from(args.run.concurrency).unwrap_or(usize::MAX),
+        usize::try_from(args.run.conn.concurrency).unwrap_or(usize::MAX),
         connect_limit,
         &mut report_progress,
     )

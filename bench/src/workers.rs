@@ -66,17 +66,17 @@ pub(crate) fn worker_flags(
     concurrency: u64,
 ) -> Vec<String> {
     let flags = [
-        ("--url", run.url.clone()),
+        ("--url", run.conn.url.clone()),
         ("--hold-secs", run.hold_secs.to_string()),
         ("--heartbeat-ms", run.heartbeat_ms.to_string()),
         ("--concurrency", concurrency.to_string()),
-        ("--user-prefix", run.user_prefix.clone()),
-        ("--timeout-ms", run.timeout_ms.to_string()),
+        ("--user-prefix", run.conn.user_prefix.clone()),
+        ("--timeout-ms", run.conn.timeout_ms.to_string()),
         (
             "--connect-timeout-secs",
-            run.connect_timeout_secs.to_string(),
+            run.conn.connect_timeout_secs.to_string(),
         ),
-        ("--cache-dir", run.cache_dir.display().to_string()),
+        ("--cache-dir", run.conn.cache_dir.display().to_string()),
         ("--first-index", slice.first.to_string()),
         ("--count", slice.count.to_string()),
         ("--sources", sources.to_string()),
@@ -129,16 +129,16 @@ pub(crate) async fn measure(
 ) -> Result<Report, WorkersError> {
     let exe = std::env::current_exe().map_err(WorkersError::CurrentExe)?;
     let slices = split(args.connections, args.workers);
-    let concurrency = args.run.concurrency.div_ceil(slices.len() as u64);
+    let concurrency = args.run.conn.concurrency.div_ceil(slices.len() as u64);
     let mut memory = EngineMemory {
-        pid: engine.pid(),
-        before: engine.resident_bytes(),
+        processes: engine.processes(),
+        before: engine.sample(),
         during: None,
     };
 
     let started = Instant::now();
     let mut fleet = Fleet::start(&exe, &args.run, &slices, sources, concurrency)?;
-    let connect_limit = Duration::from_secs(args.run.connect_timeout_secs) + REPORT_ALLOWANCE;
+    let connect_limit = Duration::from_secs(args.run.conn.connect_timeout_secs) + REPORT_ALLOWANCE;
     fleet
         .wait_connected(started + connect_limit, args.connections)
         .await;
@@ -148,7 +148,7 @@ pub(crate) async fn measure(
     let hold_started = Instant::now();
     fleet.start_hold().await;
     fleet.collect_until(hold_started + hold / 2).await;
-    memory.during = engine.resident_bytes();
+    memory.during = Some(engine.sample());
     fleet
         .collect_until(hold_started + hold + CLOSE_GRACE + REPORT_ALLOWANCE)
         .await;
@@ -178,7 +178,7 @@ impl Fleet {
         for (index, slice) in slices.iter().enumerate() {
             let mut child = Command::new(exe)
                 .args(worker_flags(run, *slice, sources, concurrency))
-                .env("IM_BENCH_PASSWORD", &run.password)
+                .env("IM_BENCH_PASSWORD", &run.conn.password)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -437,10 +437,10 @@ mod tests {
         assert_eq!(args.first_index, 5000);
         assert_eq!(args.count, 2500);
         assert_eq!(args.sources, 2);
-        assert_eq!(args.run.concurrency, 128);
-        assert_eq!(args.run.user_prefix, "load");
+        assert_eq!(args.run.conn.concurrency, 128);
+        assert_eq!(args.run.conn.user_prefix, "load");
         assert_eq!(args.run.hold_secs, 7);
-        assert_eq!(args.run.url, cli.signin.run.url);
-        assert_eq!(args.run.cache_dir, cli.signin.run.cache_dir);
+        assert_eq!(args.run.conn.url, cli.signin.run.conn.url);
+        assert_eq!(args.run.conn.cache_dir, cli.signin.run.conn.cache_dir);
     }
 }

@@ -11,10 +11,10 @@ use rand::Rng as _;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::kernel::{self, KernelMemory};
 use super::process;
 use super::raw::{heartbeat_message, RawConnection, RawError};
 use super::server::RunningServer;
+use crate::kernel::{self, KernelMemory};
 use crate::sources;
 use crate::stats;
 

@@ -1,7 +1,6 @@
 //! The `compare` scenario: the same raw WebSocket load against the engine and against peer
 //! servers, one after the other on loopback, reported as one table with ratios.
 
-mod kernel;
 mod measure;
 mod process;
 mod raw;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::kernel;
 use super::measure::Measurement;
+use crate::kernel;
 
 /// The figures of one server that the table shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -237,7 +237,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::compare::kernel::KernelMemory;
+    use crate::kernel::KernelMemory;
     use crate::stats;
 
     fn measurement() -> Measurement {
