@@ -38,6 +38,8 @@ pub fn logic_config() -> im_logic::Config {
         argon2_iterations: 1,
         db_pool_size: 4,
         startup_retry_ms: 0,
+        // Off: the default port would clash between tests running at once.
+        web_addr: String::new(),
         ..im_logic::Config::default()
     }
 }
@@ -52,6 +54,10 @@ pub fn engine_config(logic_addr: SocketAddr) -> im_engine::Config {
         shards: 2,
         logic_call_timeout_ms: 1_000,
         shutdown_grace_ms: 1_000,
+        // Tests send as fast as the machine allows, faster than a device may; limits.rs and
+        // engine/tests/rate_limits.rs turn the rate limits on where they test them.
+        rate_packets_per_sec: 0,
+        rate_bytes_per_sec: 0,
         ..im_engine::Config::default()
     }
 }
