@@ -36,6 +36,10 @@ pub struct Config {
     pub shards: usize,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// Above 0, each shard's ring gets a kernel thread that polls its submission queue
+    /// (IORING_SETUP_SQPOLL) and sleeps after this many idle milliseconds. It saves the
+    /// submit system call at the cost of one busy kernel thread per shard. 0 turns it off.
+    pub sqpoll_idle_ms: u32,
     /// Time allowed from TCP accept to a complete HTTP upgrade request; then the socket
     /// is closed.
     pub handshake_timeout_ms: u64,
@@ -155,6 +159,7 @@ impl Default for Config {
             logic_url: "http://127.0.0.1:50051".to_owned(),
             shards: 0,
             ring_entries: 1024,
+            sqpoll_idle_ms: 0,
             handshake_timeout_ms: 5_000,
             sign_in_timeout_ms: 10_000,
             heartbeat_interval_ms: 30_000,

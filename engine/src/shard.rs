@@ -74,10 +74,15 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
         .name(format!("shard-{}", setup.index))
         .spawn(move || {
             let index = setup.index;
-            let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            let mut builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
-                .with_entries(setup.config.ring_entries)
-                .build();
+                .with_entries(setup.config.ring_entries);
+            if setup.config.sqpoll_idle_ms > 0 {
+                let mut ring = io_uring::IoUring::builder();
+                ring.setup_sqpoll(setup.config.sqpoll_idle_ms);
+                builder = builder.uring_builder(ring);
+            }
+            let runtime = builder.build();
             match runtime {
                 Ok(mut runtime) => runtime.block_on(run(setup)),
                 Err(err) => error!(shard = index, error = %err, "shard runtime failed to start"),

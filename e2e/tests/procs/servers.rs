@@ -53,6 +53,9 @@ impl Logic {
         let env = vec![
             ("IM_LOGIC_LISTEN_ADDR", addr.to_string()),
             ("IM_LOGIC_METRICS_ADDR", metrics_addr.to_string()),
+            // Web client off: its default port 8081 may be taken by a system that
+            // `scripts/run` started.
+            ("IM_LOGIC_WEB_ADDR", String::new()),
             ("IM_LOGIC_DATABASE_URL", database_url.to_owned()),
             ("IM_LOGIC_REDIS_URL", redis_url.to_owned()),
             ("IM_LOGIC_DB_POOL_SIZE", settings.db_pool_size.to_string()),
