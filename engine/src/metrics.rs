@@ -69,9 +69,10 @@ pub const CLOSE_CODES: [&str; 15] = [
 
 /// Limits that reject or close, as the `kind` label.
 /// `rate_packets` and `rate_bytes` count dropped packets, `rate_close` connections closed
-/// with 4009, and `sign_in_busy` SIGN_IN, LOGIN and REGISTER rejected with BUSY because no
-/// place among the calls in flight was free.
-pub const LIMITS: [&str; 10] = [
+/// with 4009, `sign_in_busy` SIGN_IN, LOGIN and REGISTER rejected with BUSY because no
+/// place among the calls in flight was free, and `handshake_timeout` connections whose
+/// upgrade request did not arrive within `handshake_timeout_ms`.
+pub const LIMITS: [&str; 11] = [
     "outbound_queue",
     "write_timeout",
     "bridge_queue",
@@ -82,6 +83,7 @@ pub const LIMITS: [&str; 10] = [
     "rate_bytes",
     "rate_close",
     "sign_in_busy",
+    "handshake_timeout",
 ];
 
 /// Counters and histograms of one shard; only that shard writes them.

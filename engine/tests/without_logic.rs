@@ -166,6 +166,39 @@ async fn bad_upgrade_gets_http_error() {
 }
 
 #[tokio::test]
+async fn partial_upgrade_gets_408_at_handshake_deadline() {
+    let engine = start_engine(|config| config.handshake_timeout_ms = 300);
+    let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
+        .await
+        .unwrap();
+    // Headers without the blank line that ends them: the request never completes.
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("the engine replies and closes within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    assert!(text.contains("handshake_timeout_ms"), "got {text:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed after {:?}, before the deadline",
+        started.elapsed()
+    );
+    let metrics = engine.metrics().render();
+    assert!(
+        metrics.contains("im_engine_limits_hit_total{kind=\"handshake_timeout\"} 1"),
+        "{metrics}"
+    );
+    engine.shutdown();
+}
+
+#[tokio::test]
 async fn shutdown_closes_connections_with_1001() {
     let engine = start_engine(|_| {});
     let mut socket = connect(&engine).await;

@@ -71,9 +71,34 @@ pub(super) async fn accept(
         Ok(Err(None)) => None,
         Err(_) => {
             debug!(%peer, "upgrade timed out");
+            ctx.metrics.count_limit("handshake_timeout");
+            reject_timed_out(stream, &mut transport).await;
             None
         }
     }
+}
+
+/// Time allowed to write the 408 reply to a device whose upgrade request timed out.
+const TIMEOUT_REPLY_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends 408 to a device that did not send a whole upgrade request in time, so a slow
+/// or stuck client learns why its socket closes.
+async fn reject_timed_out(stream: &TcpStream, transport: &mut Transport) {
+    let body = "the upgrade request did not arrive within handshake_timeout_ms; \
+                send the whole request right after connecting\n";
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut response = BytesMut::from(response.as_bytes());
+    let write = async {
+        if write_response(stream, transport, &mut response).await {
+            transport.send_close_notify();
+            write_response(stream, transport, &mut BytesMut::new()).await;
+        }
+    };
+    let _ = monoio::time::timeout(TIMEOUT_REPLY_LINGER, write).await;
+    io::shutdown_write(stream.as_raw_fd());
 }
 
 /// Reads until a whole request has arrived, starting with the bytes already in `buf`.
