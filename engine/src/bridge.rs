@@ -195,21 +195,28 @@ impl BridgeHandle {
     /// BUSY when the queue is full, UNAVAILABLE when the bridge has stopped. The call is
     /// dropped, with any places it held.
     pub(crate) fn submit(&self, call: Call) -> Result<(), CallError> {
+        // Counted before the send, so the dispatcher's decrement never comes first.
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         match self.calls.try_send(call) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
+                self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.queue_rejected.fetch_add(1, Ordering::Relaxed);
                 Err(CallError::busy(BUSY_QUEUE))
             }
-            Err(TrySendError::Disconnected(_)) => Err(CallError::new(
-                ErrorCode::Unavailable,
-                "the engine is shutting down; reconnect",
-            )),
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(CallError::new(
+                    ErrorCode::Unavailable,
+                    "the engine is shutting down; reconnect",
+                ))
+            }
         }
     }
 
     /// Stops the dispatcher after the calls already queued, waiting for queue space.
     pub(crate) fn stop(&self) {
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.calls.send(Call::Stop);
     }
 }
@@ -321,6 +328,7 @@ impl Dispatcher {
     /// Spawns each call until `Call::Stop` arrives or every sender is gone.
     fn run(self, receiver: Receiver<Call>) {
         while let Ok(call) = receiver.recv() {
+            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             if matches!(call, Call::Stop) {
                 break;
             }

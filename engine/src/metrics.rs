@@ -158,6 +158,8 @@ impl ShardMetrics {
 #[derive(Debug, Default)]
 pub struct BridgeMetrics {
     pub(crate) in_flight: AtomicI64,
+    /// Calls submitted by the shards and not yet taken by the dispatcher.
+    pub(crate) queued: AtomicI64,
     pub(crate) queue_rejected: AtomicU64,
     pub(crate) call_seconds: [Histogram; BRIDGE_METHODS.len()],
     pub(crate) call_errors: [AtomicU64; BRIDGE_METHODS.len()],
@@ -283,6 +285,7 @@ impl EngineMetrics {
                 .sum(),
         );
         let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Calls to the logic tier in flight.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP im_engine_bridge_queue_depth Calls waiting in the queue from the shards to the bridge.\n# TYPE im_engine_bridge_queue_depth gauge\nim_engine_bridge_queue_depth {}", self.bridge.queued.load(Ordering::Relaxed));
         histogram(
             &mut out,
             "im_engine_sign_in_seconds",
