@@ -264,9 +264,12 @@ pub(crate) struct CompareArgs {
     /// measured after the targets, without memory or CPU figures. Repeatable.
     #[arg(long)]
     pub(crate) external: Vec<String>,
-    /// Directory of the JSON and Markdown results. Empty: write no files.
+    /// Directory of the JSON and Markdown results.
     #[arg(long, default_value = DEFAULT_RESULTS_DIR)]
     pub(crate) results_dir: PathBuf,
+    /// Print the table only, without writing result files (for trial runs).
+    #[arg(long)]
+    pub(crate) no_results: bool,
 }
 
 /// The bench crate's `results` directory, fixed at build time like the cache.

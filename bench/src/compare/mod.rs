@@ -120,7 +120,7 @@ async fn execute(args: &CompareArgs) -> Result<CompareReport, CompareError> {
     print!("{}", table::to_text(&rows));
     println!("{KERNEL_SOURCE}");
     print_errors(&report.targets);
-    if !args.results_dir.as_os_str().is_empty() {
+    if !args.no_results {
         write_results(&args.results_dir, &report, &rows)?;
     }
     Ok(report)
