@@ -96,7 +96,7 @@ pub(crate) fn spawn(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) 
     }
 }
 
-/// A WebSocket connection. Its task holds it and nothing else while it waits, so every
+/// A WebSocket connection. Its task contains it and nothing else while it waits, so every
 /// field counts toward the memory of an idle connection. Dropping it removes it from its
 /// shard and device map, reports the device offline and releases its admission.
 pub(crate) struct Connection {
@@ -146,10 +146,10 @@ impl Connection {
         }
     }
 
-    /// The connection's task: open, serve, close. Each step but serving is boxed, so that
-    /// its state does not enlarge the task of every idle connection. Not an `async fn`: one
-    /// would store its argument twice, as the argument and as a local of its body, while an
-    /// `async move` block uses its captured connection in place.
+    /// The connection's task: open, serve, close. Every step but serving runs in a recycled
+    /// heap block (see `step`), so that its state does not enlarge every idle task. Not an
+    /// `async fn`: one would store its argument twice, as the argument and as a local of its
+    /// body, while an `async move` block uses its captured connection in place.
     #[allow(clippy::manual_async_fn)] // the `async fn` form would double the task's size
     fn serve(mut self) -> impl Future<Output = ()> {
         async move {
@@ -621,8 +621,8 @@ mod tests {
         Layout::new::<R>()
     }
 
-    /// Every idle connection holds its task; a new field or a local held across the idle
-    /// wait shows up here first.
+    /// Every idle connection keeps its task allocated, so a new field or a local kept across
+    /// the idle wait shows up here first.
     #[test]
     fn idle_task_stays_small() {
         let task = task_layout(Connection::serve);

@@ -4,9 +4,9 @@
 //! A step is boxed so that its state does not enlarge the task of every idle connection.
 //! With a fresh allocation per step, glibc malloc carves the long-lived allocations of the
 //! next connections (task, outbox) out of the freed step, and the next step then extends
-//! the heap: each connection ended up costing about one step's size rather than the sum of
-//! what it keeps. Steps run in blocks of one size that go back to a per-thread free list
-//! instead, so the heap holds them apart from the long-lived allocations.
+//! the heap. Each connection then costs about one step's size rather than the sum of what
+//! it keeps. Steps therefore run in blocks of one size that go back to a per-thread free
+//! list, so the heap keeps them apart from the long-lived allocations.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 pub(super) const BLOCK_BYTES: usize = 2048;
 /// Alignment of a block; a step that needs more gets an allocation of its own.
 pub(super) const BLOCK_ALIGN: usize = 128;
-/// Free blocks kept per thread at most (1 MiB), about the most steps seen running at once.
+/// Maximum free blocks kept per thread (1 MiB), twice the bench's 256 handshakes in flight.
 const MAX_FREE: usize = 512;
 
 /// Free blocks of one thread, returned to the allocator when the thread ends.
@@ -93,7 +93,7 @@ impl<F> Drop for Step<F> {
             drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
             return;
         }
-        // SAFETY: `ptr` holds an F written in `Step::new`, dropped only here.
+        // SAFETY: `ptr` contains an F written in `Step::new`, dropped only here.
         unsafe { self.ptr.as_ptr().drop_in_place() };
         let block = self.ptr.cast::<u8>();
         let kept = FREE
