@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -36,13 +35,6 @@ pub(crate) struct Admission {
     per_ip: DashMap<IpAddr, u32>,
 }
 
-/// A counted connection; dropping it releases its place.
-#[derive(Debug)]
-pub(crate) struct Admitted {
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
 impl Admission {
     pub(crate) fn new(max_total: usize, max_per_ip: u32) -> Self {
         Self {
@@ -52,8 +44,9 @@ impl Admission {
         }
     }
 
-    /// Counts a new connection from `ip`, or returns the limit it would pass.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
+    /// Counts a new connection from `ip`, or returns the limit it would pass. An admitted
+    /// connection is released with [`Admission::release`] when it ends.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
         if self.max_total > 0 && total > self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -68,20 +61,15 @@ impl Admission {
             }
             *count += 1;
         }
-        Ok(Admitted {
-            admission: self.clone(),
-            ip,
-        })
+        Ok(())
     }
-}
 
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let admission = &self.admission;
-        admission.total.fetch_sub(1, Ordering::AcqRel);
-        if admission.max_per_ip > 0 {
+    /// Releases the place of a connection from `ip` that [`Admission::admit`] counted.
+    pub(crate) fn release(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if self.max_per_ip > 0 {
             // Remove the entry at zero so the map does not keep every address ever seen.
-            admission.per_ip.remove_if_mut(&self.ip, |_, count| {
+            self.per_ip.remove_if_mut(&ip, |_, count| {
                 *count = count.saturating_sub(1);
                 *count == 0
             });
@@ -99,28 +87,29 @@ mod tests {
 
     #[test]
     fn per_ip_limit_counts_each_address() {
-        let admission = Arc::new(Admission::new(0, 2));
-        let first = admission.admit(ip(1)).unwrap();
-        let _second = admission.admit(ip(1)).unwrap();
+        let admission = Admission::new(0, 2);
+        admission.admit(ip(1)).unwrap();
+        admission.admit(ip(1)).unwrap();
         assert_eq!(admission.admit(ip(1)).unwrap_err(), Refusal::PerIp);
-        let _other = admission.admit(ip(2)).unwrap();
-        drop(first);
+        admission.admit(ip(2)).unwrap();
+        admission.release(ip(1));
         assert!(admission.admit(ip(1)).is_ok());
     }
 
     #[test]
-    fn total_limit_is_released_on_drop() {
-        let admission = Arc::new(Admission::new(1, 0));
-        let first = admission.admit(ip(1)).unwrap();
+    fn total_limit_is_released() {
+        let admission = Admission::new(1, 0);
+        admission.admit(ip(1)).unwrap();
         assert_eq!(admission.admit(ip(2)).unwrap_err(), Refusal::Total);
-        drop(first);
+        admission.release(ip(1));
         assert!(admission.admit(ip(2)).is_ok());
     }
 
     #[test]
     fn released_address_leaves_the_map() {
-        let admission = Arc::new(Admission::new(0, 5));
-        drop(admission.admit(ip(9)).unwrap());
+        let admission = Admission::new(0, 5);
+        admission.admit(ip(9)).unwrap();
+        admission.release(ip(9));
         assert!(admission.per_ip.is_empty());
     }
 }

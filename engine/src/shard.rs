@@ -51,6 +51,10 @@ pub(crate) struct ShardContext {
     pub(crate) clock: ShardClock,
     /// The wss:// certificate; `None` serves plain ws://. Read once per accepted connection.
     pub(crate) tls: Option<Arc<TlsCertificate>>,
+    /// The outbox a connection points at until its handshake is done; then it gets its
+    /// own, allocated after the handshake's short-lived allocations, not between them.
+    /// Nothing is queued on it: a connection in its handshake has no id to be reached by.
+    pub(crate) placeholder_outbox: Rc<crate::registry::Outbox>,
 }
 
 /// Settings and handles a shard thread starts with.
@@ -132,6 +136,7 @@ async fn run(setup: ShardSetup) {
         metrics,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         tls,
+        placeholder_outbox: Rc::default(),
     });
     let stopping = Rc::new(Cell::new(false));
     let canceller = Rc::new(RefCell::new(Some(Canceller::new())));
@@ -164,12 +169,7 @@ async fn accept_loop(
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
                 ShardMetrics::add(&ctx.metrics.accepted, 1);
-                let connection = crate::conn::serve(ctx.clone(), stream, peer);
-                tracing::trace!(
-                    future_bytes = std::mem::size_of_val(&connection),
-                    "connection task"
-                );
-                monoio::spawn(connection);
+                crate::conn::spawn(ctx.clone(), stream, peer);
             }
             Err(_) if stopping.get() => return,
             Err(err) => {

@@ -112,7 +112,13 @@ async fn read_request(
     let fd = stream.as_raw_fd();
     loop {
         if let Some((request, consumed)) = im_ws::parse_upgrade(&buf, &ctx.handshake_limits)? {
-            let leftover = buf.split_off(consumed);
+            // `split_off` would share the request's buffer, which the connection would then
+            // keep for as long as its read buffer stays untouched: its whole life if it idles.
+            let leftover = if consumed == buf.len() {
+                BytesMut::new()
+            } else {
+                BytesMut::from(&buf[consumed..])
+            };
             return Ok((request, leftover));
         }
         stream.readable(false).await.map_err(|_| None)?;

@@ -6,6 +6,7 @@ mod handshake;
 pub(crate) mod io;
 mod packets;
 pub(crate) mod rate;
+mod step;
 mod transport;
 
 use std::borrow::Cow;
@@ -23,7 +24,7 @@ use im_proto::{ConnRef, OfflineRequest};
 use im_ws::{Decoder, Message};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use tracing::{debug, field, Instrument};
+use tracing::{debug, field, trace, Instrument};
 
 use crate::bridge::Call;
 use crate::close;
@@ -31,6 +32,7 @@ use crate::registry::{CloseRequest, ConnId, Outbox};
 use crate::shard::ShardContext;
 use io::ReadOutcome;
 use rate::{RateState, Verdict};
+use step::Step;
 use transport::Transport;
 
 /// Most bytes read from one socket before its frames are handled, so one busy
@@ -64,8 +66,9 @@ enum Event {
     Outbox,
 }
 
-/// Accepts one TCP connection as a WebSocket and serves it until it closes.
-pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
+/// Accepts one TCP connection as a WebSocket and serves it in a task of the current shard
+/// until it closes.
+pub(crate) fn spawn(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
     let span = tracing::debug_span!(
         "conn",
         shard = ctx.index,
@@ -74,64 +77,37 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: Socket
         user_id = field::Empty,
         device_id = field::Empty
     );
-    async move {
-        // Held for the task's life: dropping it releases the connection's place.
-        let _admitted = match ctx.admission.admit(peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(refusal) => {
-                debug!(limit = refusal.kind(), "connection refused by a limit");
-                ctx.metrics.count_limit(refusal.kind());
-                Box::pin(handshake::reject_busy(&ctx, &stream, refusal)).await;
-                return;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // Rarely running steps are boxed so that their state does not enlarge every idle
-        // connection's task: the task is as large as its largest step.
-        let Some((transport, leftover)) = Box::pin(handshake::accept(&ctx, &stream, peer)).await
-        else {
-            return;
-        };
-        let outbox = Rc::new(Outbox::default());
-        let Some(id) = ctx.registry.insert(outbox.clone()) else {
-            debug!("shard is full; closing");
-            ctx.metrics.count_limit("shard_full");
-            return;
-        };
-        ctx.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::Span::current().record("conn_id", id.0);
-        debug!("websocket open");
-        ctx.clock.tick();
-        let mut conn = Connection {
-            rate: RateState::new(&ctx.rate_limits, ctx.clock.now_ms()),
-            fd: stream.as_raw_fd(),
-            deadline: Instant::now() + Duration::from_millis(ctx.config.sign_in_timeout_ms),
-            decoder: Decoder::new(ctx.decoder_limits),
-            ctx,
-            stream,
-            transport,
-            peer,
-            id,
-            outbox,
-            read_buf: leftover,
-            session: None,
-            write_stalled_since: None,
-        };
-        let ending = conn.run().await;
-        debug!(?ending, "closing");
-        Box::pin(conn.finish(ending)).await;
+    let conn = Connection::new(ctx, stream, peer);
+    // The span is disabled unless debug logging is on, and then the task does not carry it.
+    if span.is_disabled() {
+        let task = conn.serve();
+        trace!(
+            future_bytes = std::mem::size_of_val(&task),
+            "connection task"
+        );
+        monoio::spawn(task);
+    } else {
+        let task = conn.serve().instrument(span);
+        trace!(
+            future_bytes = std::mem::size_of_val(&task),
+            "connection task"
+        );
+        monoio::spawn(task);
     }
-    .instrument(span)
-    .await
 }
 
-/// A live WebSocket connection. Dropping it removes it from its shard and device map
-/// and reports the device offline.
+/// A WebSocket connection. Its task contains it and nothing else while it waits, so every
+/// field counts toward the memory of an idle connection. Dropping it removes it from its
+/// shard and device map, reports the device offline and releases its admission.
 pub(crate) struct Connection {
     ctx: Rc<ShardContext>,
     stream: TcpStream,
     transport: Transport,
     fd: RawFd,
+    /// Counted by the node's connection limits; released on drop.
+    admitted: bool,
+    /// In the shard's registry under `id`; removed on drop.
+    registered: bool,
     peer: SocketAddr,
     id: ConnId,
     outbox: Rc<Outbox>,
@@ -149,9 +125,82 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    fn new(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) -> Self {
+        let outbox = ctx.placeholder_outbox.clone();
+        Self {
+            rate: RateState::new(&ctx.rate_limits, ctx.clock.now_ms()),
+            fd: stream.as_raw_fd(),
+            deadline: Instant::now(),
+            decoder: Decoder::new(ctx.decoder_limits),
+            ctx,
+            stream,
+            transport: Transport::Plain,
+            admitted: false,
+            registered: false,
+            peer,
+            id: ConnId(0),
+            outbox,
+            read_buf: BytesMut::new(),
+            session: None,
+            write_stalled_since: None,
+        }
+    }
+
+    /// The connection's task: open, serve, close. Every step but serving runs in a recycled
+    /// heap block (see `step`), so that its state does not enlarge every idle task. Not an
+    /// `async fn`: one would store its argument twice, as the argument and as a local of its
+    /// body, while an `async move` block uses its captured connection in place.
+    #[allow(clippy::manual_async_fn)] // the `async fn` form would double the task's size
+    fn serve(mut self) -> impl Future<Output = ()> {
+        async move {
+            if !Step::new(self.open()).await {
+                return;
+            }
+            let ending = self.run().await;
+            debug!(?ending, "closing");
+            Step::new(self.finish(ending)).await;
+        }
+    }
+
+    /// Admits the connection against the node's limits, runs the handshake and enters the
+    /// connection into its shard's registry. Returns false when the connection is to be
+    /// dropped.
+    async fn open(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        if let Err(refusal) = ctx.admission.admit(self.peer.ip()) {
+            debug!(limit = refusal.kind(), "connection refused by a limit");
+            ctx.metrics.count_limit(refusal.kind());
+            handshake::reject_busy(&ctx, &self.stream, refusal).await;
+            return false;
+        }
+        self.admitted = true;
+        let _ = self.stream.set_nodelay(true);
+        let Some((transport, leftover)) = handshake::accept(&ctx, &self.stream, self.peer).await
+        else {
+            return false;
+        };
+        self.transport = transport;
+        self.read_buf = leftover;
+        self.outbox = Rc::default();
+        let Some(id) = ctx.registry.insert(self.outbox.clone()) else {
+            debug!("shard is full; closing");
+            ctx.metrics.count_limit("shard_full");
+            return false;
+        };
+        self.id = id;
+        self.registered = true;
+        ctx.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::Span::current().record("conn_id", id.0);
+        debug!("websocket open");
+        ctx.clock.tick();
+        self.rate = RateState::new(&ctx.rate_limits, ctx.clock.now_ms());
+        self.deadline = Instant::now() + Duration::from_millis(ctx.config.sign_in_timeout_ms);
+        true
+    }
+
     async fn run(&mut self) -> Ending {
         if !self.read_buf.is_empty() {
-            if let Some(ending) = Box::pin(self.handle_input()).await {
+            if let Some(ending) = Step::new(self.handle_input()).await {
                 return ending;
             }
         }
@@ -171,7 +220,7 @@ impl Connection {
                     return Ending::Gone("socket error");
                 }
                 Event::Readable(Ok(())) => {
-                    if let Some(ending) = Box::pin(self.read_and_handle()).await {
+                    if let Some(ending) = Step::new(self.read_and_handle()).await {
                         return ending;
                     }
                 }
@@ -184,9 +233,24 @@ impl Connection {
     /// shard's deadline sweep signals deadlines, so no connection has a timer of its own.
     async fn next_event(&self) -> Event {
         self.outbox.set_deadline(self.next_deadline());
-        let stalled = self.write_stalled_since.is_some();
+        if self.write_stalled_since.is_some() {
+            // Boxed: the second readiness wait would enlarge every idle task.
+            return Box::pin(self.next_event_stalled()).await;
+        }
         let mut readable = pin!(self.stream.readable(false));
-        // Created always, polled (and so submitted) only while writes are stalled.
+        std::future::poll_fn(|cx| {
+            if self.outbox.take_notified() {
+                return Poll::Ready(Event::Outbox);
+            }
+            self.outbox.register(cx.waker());
+            readable.as_mut().poll(cx).map(Event::Readable)
+        })
+        .await
+    }
+
+    /// [`Connection::next_event`] while queued frames wait for room in the socket.
+    async fn next_event_stalled(&self) -> Event {
+        let mut readable = pin!(self.stream.readable(false));
         let mut writable = pin!(self.stream.writable(false));
         std::future::poll_fn(|cx| {
             if self.outbox.take_notified() {
@@ -196,7 +260,7 @@ impl Connection {
             if let Poll::Ready(result) = readable.as_mut().poll(cx) {
                 return Poll::Ready(Event::Readable(result));
             }
-            if stalled && writable.as_mut().poll(cx).is_ready() {
+            if writable.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Writable);
             }
             Poll::Pending
@@ -504,6 +568,12 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if self.admitted {
+            self.ctx.admission.release(self.peer.ip());
+        }
+        if !self.registered {
+            return;
+        }
         self.ctx.registry.remove(self.id);
         self.ctx.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         let Some(session) = self.session else {
@@ -526,6 +596,57 @@ impl Drop for Connection {
                 conn_id = self.id.0,
                 error = %err.message,
                 "offline not sent"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::Layout;
+
+    use super::*;
+
+    fn task_layout<F, R>(_: F) -> Layout
+    where
+        F: FnOnce(Connection) -> R,
+    {
+        Layout::new::<R>()
+    }
+
+    fn step_layout<'a, F, R>(_: F) -> Layout
+    where
+        F: FnOnce(&'a mut Connection) -> R,
+    {
+        Layout::new::<R>()
+    }
+
+    /// Every idle connection keeps its task allocated, so a new field or a local kept across
+    /// the idle wait shows up here first.
+    #[test]
+    fn idle_task_stays_small() {
+        let task = task_layout(Connection::serve);
+        assert!(
+            task.size() <= 600,
+            "connection task is {} bytes",
+            task.size()
+        );
+    }
+
+    /// A step that outgrows its block gets an allocation of its own and fragments the heap
+    /// again (see `step`).
+    #[test]
+    fn steps_fit_their_recycled_blocks() {
+        for (name, layout) in [
+            ("open", step_layout(Connection::open)),
+            ("read_and_handle", step_layout(Connection::read_and_handle)),
+            ("handle_input", step_layout(Connection::handle_input)),
+        ] {
+            assert!(
+                layout.size() <= step::BLOCK_BYTES && layout.align() <= step::BLOCK_ALIGN,
+                "step {name} is {} bytes aligned to {}",
+                layout.size(),
+                layout.align()
             );
         }
     }
