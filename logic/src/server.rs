@@ -22,6 +22,7 @@ use crate::metrics::{self, LogicMetrics, Recorder};
 use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
 use crate::retention;
+use crate::service::ack_batch::{AckBatcher, ACK_BATCH_MAX};
 use crate::service::caller::ServerSecret;
 use crate::service::lease::{self, LapsedNodes};
 use crate::service::push::Pusher;
@@ -271,9 +272,15 @@ fn build_logic(
         config.send_batch_max as usize,
         Duration::from_millis(config.db_timeout_ms),
     );
+    let acks = AckBatcher::spawn(
+        pg.clone(),
+        ACK_BATCH_MAX,
+        Duration::from_millis(config.db_timeout_ms),
+    );
     Logic {
         pusher,
         sends,
+        acks,
         metrics,
         pg,
         redis,

@@ -218,3 +218,44 @@ async fn unreachable_node_does_not_fail_or_delay_send() {
     assert_eq!(reply.seq, 1);
     logic.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn send_burst_pushed_in_seq_order() {
+    let logic = TestLogic::start_default().await;
+    let mut client = logic.client.clone();
+    let mut node = EngineRecorder::start().await;
+    let (_, receiver) = new_user_device(&mut client, "o_open", true, conn(&node.node(), 1)).await;
+    let mut senders = Vec::new();
+    for index in 0..10u64 {
+        let (_, sender) =
+            new_user_device(&mut client, "o_sender", false, conn(NODE, 2 + index)).await;
+        senders.push(sender);
+    }
+    let sends = (0..200).map(|index| {
+        let mut client = logic.client.clone();
+        let sender = senders[index % senders.len()].clone();
+        async move { send_text(&mut client, &sender, receiver.user_id, "burst").await }
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("send");
+    }
+
+    let mut seqs = Vec::new();
+    let mut calls = 0;
+    while seqs.len() < 200 {
+        let request = node.next_delivery().await;
+        calls += 1;
+        for delivery in &request.deliveries {
+            assert_eq!(
+                delivery.targets.len(),
+                1,
+                "only the receiver is on this node"
+            );
+            seqs.push(delivery.targets[0].seq);
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "pushed in seq order");
+    assert!(calls < 200, "{calls} Deliver calls for 200 messages");
+    node.assert_no_more_deliveries().await;
+    logic.server.shutdown().await;
+}

@@ -620,6 +620,49 @@ async fn ack_keeps_the_highest_seq_of_own_device() {
 }
 
 #[tokio::test]
+async fn concurrent_acks_keep_each_device_highest() {
+    let logic = TestLogic::start_default().await;
+    let mut client = logic.client.clone();
+    let first = new_device(&mut client, "ack_many_a", conn(NODE, 1)).await;
+    let second = new_device(&mut client, "ack_many_b", conn(NODE, 2)).await;
+    let acks = (1..=50u64).flat_map(|seq| {
+        [&first, &second].map(|device| ConnAckRequest {
+            device: Some(DeviceRef {
+                user_id: device.user_id,
+                device_id: device.device_id,
+            }),
+            // The second device's acks arrive in falling order.
+            seq: if device.device_id == first.device_id {
+                seq
+            } else {
+                51 - seq
+            },
+        })
+    });
+    let calls = acks.map(|request| {
+        let mut client = logic.client.clone();
+        async move { client.ack(request).await }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("ack");
+    }
+
+    let db = postgres().await;
+    for device in [&first, &second] {
+        let acked: i64 = db
+            .query_one(
+                "SELECT acked_seq FROM device_acks WHERE device_id = $1",
+                &[&i64::try_from(device.device_id).expect("bigint")],
+            )
+            .await
+            .expect("ack row")
+            .get(0);
+        assert_eq!(acked, 50, "device {}", device.device_id);
+    }
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn server_send_posts_as_user_with_device_zero() {
     let mut logic = TestLogic::start(config_with_secret()).await;
     let mut ext = logic.ext_client().await;

@@ -15,9 +15,10 @@ use super::caller::{self, Credentials};
 use super::{Limits, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, DeviceId, UserId};
+use crate::store::pg::device_acks::Ack;
 use crate::store::pg::messages;
 use crate::store::pg::user_seq::Copy;
-use crate::store::pg::{device_acks, devices, users};
+use crate::store::pg::{devices, users};
 
 /// Maximum length of `content_type` and `client_msg_id`, in bytes.
 const CONTENT_TYPE_MAX_BYTES: usize = 64;
@@ -209,7 +210,7 @@ pub async fn ack(logic: &Logic, request: ConnAckRequest) -> Result<AckReply, Log
         field: "seq",
         reason: "above 2^63 - 1",
     })?;
-    if device_acks::record(&logic.pg, device, user, seq).await? {
+    if logic.acks.record(Ack { device, user, seq }).await? {
         return Ok(AckReply {});
     }
     match devices::find_owner(&logic.pg, device).await? {

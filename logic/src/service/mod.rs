@@ -3,6 +3,7 @@
 //! RPCs onto them. This module contains what they share, turns results into replies and errors
 //! into statuses, and logs each failure once.
 
+pub mod ack_batch;
 pub mod auth;
 pub mod caller;
 pub mod device_rpc;
@@ -36,6 +37,7 @@ use crate::metrics::{Method, Recorder};
 use crate::password::PasswordHasher;
 use crate::store::pg::PgStore;
 use crate::store::redis::RedisStore;
+use ack_batch::AckBatcher;
 use caller::ServerSecret;
 use push::Pusher;
 use send_batch::SendBatcher;
@@ -64,6 +66,8 @@ pub struct Logic {
     pub pusher: Pusher,
     /// Stores concurrent sends in shared transactions and pushes them.
     pub sends: SendBatcher,
+    /// Stores concurrent MESSAGE_ACKs with one statement.
+    pub acks: AckBatcher,
     /// Counters and histograms of calls and messages, shared with the push tasks.
     pub metrics: Arc<Recorder>,
     /// Engine nodes whose lease lapsed, as the reaper last found them; shared with the pusher.

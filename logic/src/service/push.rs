@@ -1,28 +1,66 @@
-//! Pushing a stored message to the online devices of its recipients.
+//! Pushing stored messages to the online devices of their recipients.
 //!
-//! The online status of every recipient user is read through the Redis pipeline at once. The
-//! devices are grouped by the engine node of their connection, and each node gets one
-//! `ConnectIntService.Deliver` call that carries all of its targets. A push that fails is logged
-//! and dropped: the message is already stored, and the devices it missed get it by SYNC.
+//! The send batcher hands each committed batch to one routing task, in commit order. The task
+//! reads the online status of every recipient user of the batch at once, through the Redis
+//! pipeline, and queues each message's targets on the queue of their engine node. Each node
+//! has one task that takes every queued delivery, up to [`DELIVER_BATCH_MAX`], and sends them
+//! in one `ConnectIntService.Deliver` call, one call at a time. So a node gets one call per
+//! batch of messages instead of one per message, and each device gets its messages in seq
+//! order. A push that fails is logged and dropped: the message is already stored, and the
+//! devices it missed get it by SYNC.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message};
+use tokio::sync::mpsc;
 
 use super::lease::LapsedNodes;
 use super::messages::Sender;
 use super::WarnLimiter;
 use crate::engine::{EngineCallError, EngineClients};
 use crate::error::{ErrorChain, LogicError};
+use crate::ids::UserId;
 use crate::metrics::{DeliverResult, Recorder};
 use crate::store::pg::user_seq::Copy;
 use crate::store::redis::{OnlineDevice, RedisStore};
 
-/// Pushes stored messages to engine nodes. Cheap to clone: each push runs in its own task.
+/// Maximum deliveries (one message with its targets on one node) per Deliver call.
+pub const DELIVER_BATCH_MAX: usize = 512;
+
+/// Committed batches waiting for the routing task. A batch beyond it is not pushed.
+const ROUTE_QUEUE: usize = 4096;
+
+/// Deliveries waiting for one node's Deliver call. A delivery beyond it is not pushed.
+const NODE_QUEUE: usize = 65_536;
+
+/// Node queues kept before the map is emptied. Engine nodes are few, so reaching it means that
+/// node addresses change often (for example on every restart) and old ones are no longer needed.
+const MAX_NODE_QUEUES: usize = 1024;
+
+/// One stored message to push: its copies and its sender.
+pub struct Push {
+    /// The message; each delivery target carries its own seq.
+    pub message: Message,
+    /// The recipient users and the seq of each one's copy.
+    pub copies: Vec<Copy>,
+    /// The sending device, which gets no push.
+    pub sender: Sender,
+    /// When the send's reply was ready; push latency is measured from it.
+    pub replied_at: Instant,
+}
+
+/// Pushes stored messages to engine nodes. Cheap to clone: every clone feeds the same routing
+/// task.
 #[derive(Clone)]
 pub struct Pusher {
+    routes: mpsc::Sender<Vec<Push>>,
+    shared: Arc<Shared>,
+}
+
+/// State shared by the routing task and the node tasks.
+struct Shared {
     redis: RedisStore,
     engines: EngineClients,
     /// Rate limit of the warnings about failed status reads and Deliver calls.
@@ -31,14 +69,23 @@ pub struct Pusher {
     metrics: Arc<Recorder>,
     /// Nodes whose lease lapsed: their statuses are being removed, and nothing is pushed there.
     lapsed: LapsedNodes,
+    /// The queue of each node's Deliver task, by node address.
+    nodes: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
 }
 
-/// Deliver calls of one push, grouped by engine node address.
+/// One message for one node, with the node's targets.
+struct Queued {
+    delivery: Delivery,
+    replied_at: Instant,
+}
+
+/// Deliver targets of one push, grouped by engine node address.
 type TargetsByNode = HashMap<String, Vec<DeliveryTarget>>;
 
 impl Pusher {
     /// Creates a pusher that reads online status from `redis`, calls nodes through `engines`
-    /// except those in `lapsed`, and records its outcomes in `metrics`.
+    /// except those in `lapsed`, and records its outcomes in `metrics`. Spawns the routing task
+    /// on the current tokio runtime; it stops once every clone is dropped.
     pub fn new(
         redis: RedisStore,
         engines: EngineClients,
@@ -46,99 +93,159 @@ impl Pusher {
         metrics: Arc<Recorder>,
         lapsed: LapsedNodes,
     ) -> Pusher {
-        Pusher {
+        let shared = Arc::new(Shared {
             redis,
             engines,
             warnings,
             metrics,
             lapsed,
+            nodes: Mutex::new(HashMap::new()),
+        });
+        let (routes, queued) = mpsc::channel(ROUTE_QUEUE);
+        tokio::spawn(route(shared.clone(), queued));
+        Pusher { routes, shared }
+    }
+
+    /// Queues the messages of one committed batch for pushing, in order, and returns at once.
+    /// Each message goes to every online device of the users in its copies, except the
+    /// sending device. Call it in commit order, so each device gets its messages in seq order.
+    pub fn push_batch(&self, pushes: Vec<Push>) {
+        if pushes.is_empty() {
+            return;
+        }
+        if let Err(err) = self.routes.try_send(pushes) {
+            let dropped = match &err {
+                mpsc::error::TrySendError::Full(pushes)
+                | mpsc::error::TrySendError::Closed(pushes) => pushes.len(),
+            };
+            self.shared
+                .warn_dropped("the push routing queue is full or closed", dropped);
         }
     }
+}
 
-    /// Starts pushing `message` to every online device of the users in `copies`, except the
-    /// sending device. The push runs in a spawned task, so the caller does not wait for it.
-    /// `replied_at` is when the send's reply was ready; push latency is measured from it.
-    ///
-    /// NOTE: pushes in flight are not capped. Each one ends within the Redis deadline plus
-    /// `engine_call_timeout_ms`, so their number is bounded by the send rate times that time.
-    pub fn spawn(&self, message: Message, copies: Vec<Copy>, sender: Sender, replied_at: Instant) {
-        tokio::spawn(self.clone().push(message, copies, sender, replied_at));
+/// Routes each committed batch, in order, to the queues of the nodes of its targets.
+async fn route(shared: Arc<Shared>, mut queued: mpsc::Receiver<Vec<Push>>) {
+    while let Some(pushes) = queued.recv().await {
+        shared.route_batch(pushes).await;
     }
+    tracing::debug!("push routing task stopped: every pusher was dropped");
+}
 
-    /// Pushes `message` and returns once every node has replied or failed.
-    pub async fn push(
-        self,
-        message: Message,
-        copies: Vec<Copy>,
-        sender: Sender,
-        replied_at: Instant,
-    ) {
-        let users: Vec<_> = copies.iter().map(|copy| copy.user).collect();
+impl Shared {
+    async fn route_batch(self: &Arc<Self>, pushes: Vec<Push>) {
+        let mut users: Vec<UserId> = pushes
+            .iter()
+            .flat_map(|push| push.copies.iter().map(|copy| copy.user))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
         let statuses = self.redis.online_devices(&users).await;
-        let mut by_node = self.group_targets(&copies, statuses, sender, message.message_id);
-        by_node.retain(|node, _| !self.lapsed.contains(node));
-        let calls = by_node
-            .into_iter()
-            .map(|(node, targets)| self.deliver(node, message.clone(), targets, replied_at));
-        futures::future::join_all(calls).await;
-    }
-
-    fn group_targets(
-        &self,
-        copies: &[Copy],
-        statuses: Vec<Result<Vec<OnlineDevice>, LogicError>>,
-        sender: Sender,
-        message_id: u64,
-    ) -> TargetsByNode {
-        let mut readable = Vec::with_capacity(copies.len());
-        for (copy, status) in copies.iter().zip(statuses) {
-            match status {
-                Ok(devices) => readable.push((*copy, devices)),
-                Err(err) => self.warn_status_failed(copy, message_id, &err),
+        let mut online: HashMap<UserId, Result<Vec<OnlineDevice>, LogicError>> =
+            users.into_iter().zip(statuses).collect();
+        for push in pushes {
+            let copies = self.readable_copies(&push, &mut online);
+            let mut by_node = group_by_node(copies, push.sender);
+            by_node.retain(|node, _| !self.lapsed.contains(node));
+            for (node, targets) in by_node {
+                let delivery = Delivery {
+                    message: Some(push.message.clone()),
+                    targets,
+                };
+                self.enqueue(node, delivery, push.replied_at);
             }
         }
-        group_by_node(readable, sender)
     }
 
-    async fn deliver(
+    /// Returns each copy of `push` with the online devices of its user, warning about the
+    /// users whose status could not be read.
+    fn readable_copies(
         &self,
-        node: String,
-        message: Message,
-        targets: Vec<DeliveryTarget>,
-        replied_at: Instant,
-    ) {
-        let message_id = message.message_id;
-        let target_count = targets.len();
-        let request = DeliverRequest {
-            deliveries: vec![Delivery {
-                message: Some(message),
-                targets,
-            }],
+        push: &Push,
+        online: &mut HashMap<UserId, Result<Vec<OnlineDevice>, LogicError>>,
+    ) -> Vec<(Copy, Vec<OnlineDevice>)> {
+        let mut readable = Vec::with_capacity(push.copies.len());
+        for copy in &push.copies {
+            match online.get(&copy.user) {
+                Some(Ok(devices)) => readable.push((*copy, devices.clone())),
+                Some(Err(err)) => self.warn_status_failed(copy, push.message.message_id, err),
+                None => {}
+            }
+        }
+        readable
+    }
+
+    /// Queues `delivery` for `node`, starting the node's Deliver task on first use.
+    fn enqueue(self: &Arc<Self>, node: String, delivery: Delivery, replied_at: Instant) {
+        let queued = Queued {
+            delivery,
+            replied_at,
         };
-        let outcome = self.engines.deliver(&node, request).await;
-        self.record_deliver(&outcome, replied_at);
+        // A poisoned lock only means another caller panicked while inserting; the map itself
+        // is still valid.
+        let mut nodes = self.nodes.lock().unwrap_or_else(|err| err.into_inner());
+        if !nodes.contains_key(&node) && nodes.len() >= MAX_NODE_QUEUES {
+            // Dropping a queue's sender ends its task once the queue is drained.
+            nodes.clear();
+        }
+        let queue = nodes.entry(node.clone()).or_insert_with(|| {
+            let (queue, receiver) = mpsc::channel(NODE_QUEUE);
+            tokio::spawn(deliver_to_node(self.clone(), node.clone(), receiver));
+            queue
+        });
+        if queue.try_send(queued).is_err() {
+            drop(nodes);
+            self.warn_dropped("the node's push queue is full", 1);
+        }
+    }
+
+    fn warn_dropped(&self, reason: &str, messages: usize) {
+        match self.warnings.admit() {
+            Some(suppressed) => tracing::warn!(
+                messages,
+                reason,
+                suppressed,
+                "push dropped; its devices get the messages by SYNC"
+            ),
+            None => tracing::debug!(messages, reason, "push dropped"),
+        }
+    }
+
+    /// Sends one Deliver call with the deliveries of `batch` and logs its outcome.
+    async fn deliver(&self, node: &str, batch: Vec<Queued>) {
+        let replied_at: Vec<Instant> = batch.iter().map(|queued| queued.replied_at).collect();
+        let target_count: usize = batch
+            .iter()
+            .map(|queued| queued.delivery.targets.len())
+            .sum();
+        let request = DeliverRequest {
+            deliveries: batch.into_iter().map(|queued| queued.delivery).collect(),
+        };
+        let messages = request.deliveries.len();
+        let outcome = self.engines.deliver(node, request).await;
+        self.record_deliver(&outcome, &replied_at);
         match outcome {
             Ok(reply) => tracing::debug!(
-                msg_id = message_id,
                 node = %node,
+                messages,
                 delivered = reply.delivered,
                 missed = reply.missed,
-                "message pushed"
+                "messages pushed"
             ),
             Err(err) => {
                 let error = ErrorChain(&err);
                 match self.warnings.admit() {
                     Some(suppressed) => tracing::warn!(
-                        msg_id = message_id,
                         node = %node,
+                        messages,
                         targets = target_count,
                         %error,
                         suppressed,
-                        "push to engine node failed; its devices get the message by SYNC"
+                        "push to engine node failed; its devices get the messages by SYNC"
                     ),
                     None => tracing::debug!(
-                        msg_id = message_id,
                         node = %node,
+                        messages,
                         targets = target_count,
                         %error,
                         "push to engine node failed"
@@ -148,10 +255,12 @@ impl Pusher {
         }
     }
 
-    fn record_deliver<T>(&self, outcome: &Result<T, EngineCallError>, replied_at: Instant) {
+    fn record_deliver<T>(&self, outcome: &Result<T, EngineCallError>, replied_at: &[Instant]) {
         match outcome {
             Ok(_) => {
-                self.metrics.observe_push(replied_at.elapsed());
+                for replied_at in replied_at {
+                    self.metrics.observe_push(replied_at.elapsed());
+                }
                 self.metrics.record_deliver(DeliverResult::Ok);
             }
             Err(err) => self.metrics.record_deliver(deliver_failure(err)),
@@ -176,6 +285,16 @@ impl Pusher {
             ),
         }
     }
+}
+
+/// Sends the deliveries queued for `node`, up to [`DELIVER_BATCH_MAX`] per Deliver call and
+/// one call at a time, until the queue's sender is dropped.
+async fn deliver_to_node(shared: Arc<Shared>, node: String, mut queue: mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(DELIVER_BATCH_MAX);
+    while queue.recv_many(&mut batch, DELIVER_BATCH_MAX).await > 0 {
+        shared.deliver(&node, std::mem::take(&mut batch)).await;
+    }
+    tracing::debug!(node = %node, "push task of engine node stopped");
 }
 
 /// Classifies a failed Deliver call. tonic reports its own client deadline as CANCELLED.

@@ -24,7 +24,7 @@ use im_proto::v1::{ConversationType, SendReply};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{pushed_message, Draft, Sender, Stored};
-use super::push::Pusher;
+use super::push::{Push, Pusher};
 use crate::error::{ErrorChain, LogicError, Store};
 use crate::ids::{GroupId, UserId};
 use crate::store::pg::friendships::{self, DirectAccess};
@@ -174,9 +174,17 @@ impl Worker {
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match self.pg.with_deadline(store_batch(&self.pg, &jobs)).await {
             Ok(outcomes) => {
+                let replied_at = Instant::now();
+                let mut pushes = Vec::with_capacity(jobs.len());
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    self.deliver(job, outcome);
+                    if let Some(push) = to_push(&job, &outcome, replied_at) {
+                        pushes.push(push);
+                    }
+                    // A caller that timed out meanwhile has dropped its receiver: nothing to do.
+                    let _ = job.reply.send(outcome);
                 }
+                // Batches commit one at a time, so they reach the pusher in commit order.
+                self.pusher.push_batch(pushes);
             }
             Err(err) => {
                 tracing::warn!(sends = jobs.len(), error = %ErrorChain(&err), "send batch failed");
@@ -186,17 +194,19 @@ impl Worker {
             }
         }
     }
+}
 
-    /// Hands a stored message to the push path, then sends the outcome to its caller.
-    fn deliver(&self, job: Job, outcome: Result<Stored, LogicError>) {
-        if let Ok(Stored::New { reply, copies }) = &outcome {
-            let message = pushed_message(job.sender, &job.draft, reply);
-            self.pusher
-                .spawn(message, copies.clone(), job.sender, Instant::now());
-        }
-        // A caller that timed out meanwhile has dropped its receiver: nothing to do.
-        let _ = job.reply.send(outcome);
-    }
+/// Returns the push of a newly stored message, or `None` for a repeated or failed send.
+fn to_push(job: &Job, outcome: &Result<Stored, LogicError>, replied_at: Instant) -> Option<Push> {
+    let Ok(Stored::New { reply, copies }) = outcome else {
+        return None;
+    };
+    Some(Push {
+        message: pushed_message(job.sender, &job.draft, reply),
+        copies: copies.clone(),
+        sender: job.sender,
+        replied_at,
+    })
 }
 
 /// Splits queued sends into one batch of up to `batch_max` sends with distinct keys, in queue
