@@ -43,6 +43,34 @@ async fn login_issues_token_and_marks_device_online() {
 }
 
 #[tokio::test]
+async fn login_matches_username_in_any_case() {
+    let mut logic = TestLogic::start_default().await;
+    let username = unique_name("Mixed");
+    let user_id = register(&mut logic.client, &username).await;
+
+    let upper = login(
+        &mut logic.client,
+        &username.to_uppercase(),
+        0,
+        conn(NODE, 1),
+    )
+    .await
+    .expect("login in upper case succeeds");
+    let lower = login(
+        &mut logic.client,
+        &username.to_lowercase(),
+        0,
+        conn(NODE, 2),
+    )
+    .await
+    .expect("login in lower case succeeds");
+
+    assert_eq!(upper.user_id, user_id);
+    assert_eq!(lower.user_id, user_id);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn login_wrong_password_is_invalid_credentials() {
     let mut logic = TestLogic::start_default().await;
     let username = unique_name("wrongpw");

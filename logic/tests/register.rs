@@ -46,6 +46,23 @@ async fn register_duplicate_username_is_taken() {
 }
 
 #[tokio::test]
+async fn register_username_in_other_case_is_taken() {
+    let mut logic = TestLogic::start_default().await;
+    let username = unique_name("case");
+    register(&mut logic.client, &username).await;
+
+    let status = logic
+        .client
+        .register(request(&username.to_uppercase(), "another password"))
+        .await
+        .expect_err("same name in upper case rejected");
+
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(error_code(&status), ErrorCode::UsernameTaken);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn register_invalid_usernames_are_rejected() {
     let mut logic = TestLogic::start_default().await;
     let cases = [

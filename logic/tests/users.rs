@@ -44,7 +44,19 @@ async fn get_and_find_user_show_the_open_flag() {
         .expect("get self")
         .into_inner();
 
+    let by_other_case = ext
+        .find_user(as_device(
+            &caller,
+            FindUserRequest {
+                username: open_name.to_uppercase(),
+            },
+        ))
+        .await
+        .expect("find user in upper case")
+        .into_inner();
+
     assert_eq!(by_id, by_name);
+    assert_eq!(by_other_case, by_name, "look-ups ignore letter case");
     assert_eq!(by_id.user_id, open.user_id);
     assert_eq!(by_id.username, open_name);
     assert!(by_id.open, "registered as open");

@@ -12,12 +12,14 @@ use crate::ids::UserId;
 const INSERT: &str =
     "INSERT INTO users (username, password_hash, open) VALUES ($1, $2, $3) RETURNING id";
 
-const FIND_BY_USERNAME: &str = "SELECT id, password_hash FROM users WHERE username = $1";
+// Usernames match in any letter case, through the unique index on lower(username).
+const FIND_BY_USERNAME: &str =
+    "SELECT id, password_hash FROM users WHERE lower(username) = lower($1)";
 
 const PROFILE_BY_ID: &str = "SELECT id, username, open, created_at FROM users WHERE id = $1";
 
 const PROFILE_BY_USERNAME: &str =
-    "SELECT id, username, open, created_at FROM users WHERE username = $1";
+    "SELECT id, username, open, created_at FROM users WHERE lower(username) = lower($1)";
 
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
