@@ -248,12 +248,14 @@ async fn log_in_user(
     })
 }
 
-/// Max LOGIN attempts per user while the engine replies BUSY.
+/// Max LOGIN attempts per user while the engine replies BUSY, TIMEOUT or UNAVAILABLE.
 const BUSY_ATTEMPTS: u32 = 20;
 
-/// Runs [`log_in_or_register`], waiting and trying again while the engine replies BUSY, because it has
-/// more password calls in flight than its `logic_max_password_calls` allows. The wait is random
-/// between 250 and 750 ms, so that the users turned away together come back spread out.
+/// Runs [`log_in_or_register`], waiting and trying again while the engine replies BUSY (it has
+/// more password calls in flight than its `logic_max_password_calls` allows), TIMEOUT or
+/// UNAVAILABLE (password hashing on loaded cores can pass the call deadline). A retry is safe:
+/// a REGISTER that went through before its reply was lost makes the next LOGIN succeed. The wait
+/// is random between 250 and 750 ms, so that the users turned away together come back spread out.
 async fn log_in_retrying_busy(
     client: &Client,
     name: &str,
@@ -264,7 +266,7 @@ async fn log_in_retrying_busy(
     loop {
         match log_in_or_register(client, name, password, device_id).await {
             Err(ClientError::Server {
-                code: ErrorCode::Busy,
+                code: ErrorCode::Busy | ErrorCode::Timeout | ErrorCode::Unavailable,
                 ..
             }) if attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
