@@ -63,6 +63,8 @@ pub async fn create_group(
 /// group or user, [`LogicError::NotGroupMember`] when the caller is not a member,
 /// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
 /// [`LogicError::GroupFull`]; store errors.
+// TODO: any member may add any user, friend or not; the added user can only leave
+// afterwards (RemoveGroupMembers with its own id). Ask for consent or require friendship.
 pub async fn add_group_members(
     logic: &Logic,
     caller: Caller,
