@@ -8,11 +8,17 @@ import { BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
 import type { Packet } from "./gen/im/v1/packet_pb";
-import { ConnectionClosedError, DeadlineError, decodePush, ProtocolError } from "./protocol";
+import {
+  ConnectionClosedError,
+  DeadlineError,
+  decodePush,
+  NotConnectedError,
+  ProtocolError,
+} from "./protocol";
 import { Socket } from "./socket";
 import type { SocketState } from "./socket";
 import { MessageStore, parseConversationKey } from "./store";
-import { closeText, errorText, kickText, needsLogin } from "./texts";
+import { closeText, errorText, failureText, kickText, needsLogin } from "./texts";
 
 const CREDENTIALS_KEY = "im.credentials";
 const WS_URL_KEY = "im.wsUrl";
@@ -67,19 +73,6 @@ function isRetryable(code: ErrorCode): boolean {
     code === ErrorCode.BUSY ||
     code === ErrorCode.RATE_LIMITED
   );
-}
-
-function describeFailure(error: unknown): string {
-  if (error instanceof ProtocolError) {
-    return errorText(error.code, error.message);
-  }
-  if (error instanceof DeadlineError) {
-    return "The server did not respond in time. Try again.";
-  }
-  if (error instanceof ConnectionClosedError) {
-    return "The connection closed. Try again.";
-  }
-  return error instanceof Error ? error.message : String(error);
 }
 
 export class Session {
@@ -137,22 +130,22 @@ export class Session {
 
   /** Registers a user, then logs in as that user; throws with a sentence on failure. */
   async register(username: string, password: string): Promise<void> {
-    await this.socket.open(false);
     try {
+      await this.socket.open(false);
       await this.socket.request(PacketType.REGISTER, { username, password, open: false });
     } catch (error) {
-      throw new Error(describeFailure(error));
+      throw new Error(failureText(error));
     }
     await this.login(username, password);
   }
 
   /** Logs in with LOGIN, keeping this browser's device id for the same user. */
   async login(username: string, password: string): Promise<void> {
-    await this.socket.open(false);
     const previous = loadCredentials(this.storage);
     const deviceId = previous && previous.username === username ? BigInt(previous.deviceId) : 0n;
     let reply;
     try {
+      await this.socket.open(false);
       reply = await this.socket.request(PacketType.LOGIN, {
         username,
         password,
@@ -160,7 +153,7 @@ export class Session {
         device: { platform: "web", model: navigator.userAgent.slice(0, 64), appVersion: "0.1.0" },
       });
     } catch (error) {
-      throw new Error(describeFailure(error));
+      throw new Error(failureText(error));
     }
     const credentials: Credentials = {
       userId: reply.userId.toString(),
@@ -173,7 +166,8 @@ export class Session {
     this.restoreReadMarks();
     // The connection is signed in by LOGIN; from now on it reconnects by itself.
     await this.afterSignIn(reply.heartbeatIntervalMs);
-    void this.socket.open(true);
+    // Already open, so this only turns on reconnecting; a failed reconnect shows in the notice.
+    void this.socket.open(true).catch(() => undefined);
   }
 
   /** Sends LOGOUT, which revokes the token, when signed in; then signs out locally. */
@@ -208,6 +202,19 @@ export class Session {
       return;
     }
     void this.deliver(conversation, text, clientMsgId);
+  }
+
+  /** Sends a failed message again with its original client message id, so it is stored once. */
+  retry(clientMsgId: string): void {
+    const message = this.store.unsent(clientMsgId);
+    if (message && this.store.retry(clientMsgId)) {
+      void this.deliver(message.conversation, message.text, clientMsgId);
+    }
+  }
+
+  /** Deletes a failed message from the conversation. */
+  remove(clientMsgId: string): void {
+    this.store.remove(clientMsgId);
   }
 
   /** Marks a conversation read and saves the read marks. */
@@ -308,7 +315,7 @@ export class Session {
         this.signOutLocally();
         this.state.notice = errorText(error.code);
       } else {
-        this.state.notice = `Signing in failed: ${describeFailure(error)}`;
+        this.state.notice = `Signing in failed: ${failureText(error)}`;
       }
       throw error;
     }
@@ -379,7 +386,7 @@ export class Session {
         });
       } catch (error) {
         // The next sign-in syncs again.
-        console.warn(`SYNC failed: ${describeFailure(error)}`);
+        console.warn(`SYNC failed: ${failureText(error)}`);
         return;
       }
       this.store.add(reply.messages);
@@ -404,7 +411,11 @@ export class Session {
     }
   }
 
-  /** Sends one SEND; a lost connection leaves it pending for the resend after sign-in. */
+  /**
+   * Sends one SEND. A message written while no connection is signed in stays pending and goes
+   * out after the next sign-in. Once sent, it ends stored or failed: a missed deadline or a
+   * closed connection marks it failed, and Retry sends it again with the same client message id.
+   */
   private async deliver(
     conversation: string,
     text: string,
@@ -413,7 +424,7 @@ export class Session {
   ): Promise<void> {
     const target = parseConversationKey(conversation);
     if (!target) {
-      this.store.fail(clientMsgId, "Unknown conversation.");
+      this.store.fail(clientMsgId, "This conversation does not exist, so it cannot be sent.");
       return;
     }
     if (!this.state.signedIn) {
@@ -442,11 +453,15 @@ export class Session {
       if (error instanceof ProtocolError && isRetryable(error.code) && attempt < SEND_ATTEMPTS) {
         const delay = error.retryAfterMs || SEND_RETRY_DELAY_MS;
         setTimeout(() => void this.deliver(conversation, text, clientMsgId, attempt + 1), delay);
-      } else if (error instanceof ProtocolError) {
-        this.store.fail(clientMsgId, errorText(error.code, error.message));
+      } else if (error instanceof NotConnectedError) {
+        // Nothing was sent: the message stays pending for the resend after the next sign-in.
+      } else if (error instanceof DeadlineError) {
+        this.store.fail(clientMsgId, "The server did not confirm it in time.");
+      } else if (error instanceof ConnectionClosedError) {
+        this.store.fail(clientMsgId, "The connection closed before the server confirmed it.");
+      } else {
+        this.store.fail(clientMsgId, failureText(error));
       }
-      // Otherwise the connection dropped: the message stays pending and is sent again, with
-      // the same client message id, after the next sign-in.
     }
   }
 }
