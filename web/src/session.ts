@@ -1,4 +1,4 @@
-// The signed-in device: credentials in localStorage, LOGIN and REGISTER, SIGN_IN and SYNC after
+// The signed-in device of this tab (devices.ts), LOGIN and REGISTER, SIGN_IN and SYNC after
 // every (re)connect, pushes into the message store, sends with their pending state, and the
 // names the views show. The views read `session.state` and `session.store`, both reactive.
 
@@ -6,6 +6,7 @@ import { reactive } from "vue";
 
 import { BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
+import { DevicePool, LOGOUT_KEY } from "./devices";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
 import type { Packet } from "./gen/im/v1/packet_pb";
 import {
@@ -20,7 +21,8 @@ import type { SocketState } from "./socket";
 import { MessageStore, parseConversationKey } from "./store";
 import { closeText, errorText, failureText, kickText, needsLogin } from "./texts";
 
-const CREDENTIALS_KEY = "im.credentials";
+/** Where earlier versions kept the browser's one device; moved into the pool at start. */
+const LEGACY_CREDENTIALS_KEY = "im.credentials";
 const WS_URL_KEY = "im.wsUrl";
 const SYNC_PAGE = 200;
 /** Max SEND attempts for a message whose reply code requests a retry (UNAVAILABLE, TIMEOUT, BUSY, RATE_LIMITED). */
@@ -35,6 +37,8 @@ const encoder = new TextEncoder();
 /** Connection and user state that the views render. */
 export interface SessionState {
   credentials: Credentials | null;
+  /** True until the tab has looked for a stored device it can sign in with. */
+  restoring: boolean;
   socket: SocketState;
   signedIn: boolean;
   /** A sentence about the last close, kick or failure, or empty. */
@@ -54,9 +58,9 @@ export function resolveWsUrl(location: Location, storage: Storage): string {
   return storage.getItem(WS_URL_KEY) ?? `ws://${location.hostname}:8080/ws`;
 }
 
-function loadCredentials(storage: Storage): Credentials | null {
+function loadLegacyCredentials(storage: Storage): Credentials | null {
   try {
-    const parsed = JSON.parse(storage.getItem(CREDENTIALS_KEY) ?? "null") as Credentials | null;
+    const parsed = JSON.parse(storage.getItem(LEGACY_CREDENTIALS_KEY) ?? "null") as Credentials | null;
     if (parsed && parsed.userId && parsed.deviceId && parsed.token) {
       return parsed;
     }
@@ -84,6 +88,7 @@ export class Session {
   private syncAgain = false;
   private ackedSeq = 0;
   private kicked = false;
+  private loggingOut = false;
   /** Group ids whose unknown name already triggered a reload of the group list. */
   private readonly groupsRequested = new Set<string>();
 
@@ -91,17 +96,18 @@ export class Session {
     wsUrl: string,
     apiBaseUrl: string,
     private readonly storage: Storage,
+    private readonly devices: DevicePool,
   ) {
-    const credentials = loadCredentials(storage);
     this.state = reactive<SessionState>({
-      credentials,
+      credentials: null,
+      restoring: true,
       socket: "closed",
       signedIn: false,
       notice: "",
-      names: credentials ? { [credentials.userId]: credentials.username } : {},
+      names: {},
       groups: {},
     });
-    this.store = reactive(new MessageStore(credentials?.userId ?? "0")) as MessageStore;
+    this.store = reactive(new MessageStore("0")) as MessageStore;
     this.api = new BusinessApi(apiBaseUrl, () => this.state.credentials);
     this.socket = new Socket(wsUrl, {
       onOpen: () => this.onOpen(),
@@ -113,11 +119,47 @@ export class Session {
     });
   }
 
-  /** Signs straight in with stored credentials, if any. */
-  start(): void {
-    if (this.state.credentials) {
-      this.restoreReadMarks();
-      void this.socket.open(true).catch(() => undefined);
+  /**
+   * Takes a stored device that no other tab uses and signs straight in with it. Without one,
+   * the sign-in form shows.
+   */
+  async start(): Promise<void> {
+    const legacy = loadLegacyCredentials(this.storage);
+    if (legacy) {
+      this.storage.removeItem(LEGACY_CREDENTIALS_KEY);
+      if (!this.devices.has(legacy.deviceId)) {
+        await this.devices.save(legacy);
+        this.devices.release(legacy.deviceId);
+      }
+    }
+    const device = await this.devices.claim();
+    this.state.restoring = false;
+    if (!device) {
+      if (this.devices.devices().length > 0) {
+        this.state.notice =
+          "Your account is open in other tabs of this browser. Log in to use it in this tab as well.";
+      }
+      return;
+    }
+    const { usedAtMs: _usedAtMs, ...credentials } = device;
+    this.resetFor(credentials);
+    this.restoreReadMarks();
+    void this.socket.open(true).catch(() => undefined);
+  }
+
+  /**
+   * Logs this tab out when another tab announced a logout of the same user. Call with every
+   * change that another tab made to localStorage.
+   */
+  storageChanged(key: string | null, value: string | null): void {
+    const userId = this.state.credentials?.userId;
+    if (
+      key === LOGOUT_KEY &&
+      userId &&
+      !this.loggingOut &&
+      DevicePool.loggedOutUser(value) === userId
+    ) {
+      void this.logout();
     }
   }
 
@@ -141,8 +183,9 @@ export class Session {
 
   /** Logs in with LOGIN, keeping this browser's device id for the same user. */
   async login(username: string, password: string): Promise<void> {
-    const previous = loadCredentials(this.storage);
-    const deviceId = previous && previous.username === username ? BigInt(previous.deviceId) : 0n;
+    // A stored device of this user that no tab uses keeps its device id; else LOGIN makes one.
+    const previous = await this.devices.claim(username);
+    const deviceId = previous ? BigInt(previous.deviceId) : 0n;
     let reply;
     try {
       await this.socket.open(false);
@@ -153,6 +196,9 @@ export class Session {
         device: { platform: "web", model: navigator.userAgent.slice(0, 64), appVersion: "0.1.0" },
       });
     } catch (error) {
+      if (previous) {
+        this.devices.release(previous.deviceId);
+      }
       throw new Error(failureText(error));
     }
     const credentials: Credentials = {
@@ -161,7 +207,10 @@ export class Session {
       token: reply.token,
       username,
     };
-    this.storage.setItem(CREDENTIALS_KEY, JSON.stringify(credentials));
+    if (previous && previous.deviceId !== credentials.deviceId) {
+      this.devices.release(previous.deviceId);
+    }
+    await this.devices.save(credentials);
     this.resetFor(credentials);
     this.restoreReadMarks();
     // The connection is signed in by LOGIN; from now on it reconnects by itself.
@@ -170,19 +219,38 @@ export class Session {
     void this.socket.open(true).catch(() => undefined);
   }
 
-  /** Sends LOGOUT, which revokes the token, when signed in; then signs out locally. */
+  /**
+   * Sends LOGOUT, which revokes this tab's token, when signed in, then signs out locally. It also
+   * deletes every stored device of the user and tells the user's other tabs to log out.
+   */
   async logout(): Promise<void> {
+    const userId = this.state.credentials?.userId;
+    this.loggingOut = true;
     if (this.state.signedIn) {
       // A failed LOGOUT leaves the token valid on the server, but this browser deletes it anyway.
       await this.socket.request(PacketType.LOGOUT, {}, LOGOUT_TIMEOUT_MS).catch(() => undefined);
     }
+    this.loggingOut = false;
     this.signOutLocally();
+    // NOTE: a stored device that no tab uses keeps a valid token on the server until it
+    // expires, because only a signed-in connection of that device can send LOGOUT.
+    if (userId) {
+      for (const device of this.devices.devices()) {
+        if (device.userId === userId) {
+          this.devices.forget(device.deviceId);
+        }
+      }
+      this.devices.announceLogout(userId);
+    }
   }
 
-  /** Deletes the stored token, closes the connection and clears the user's messages. */
+  /** Deletes this tab's device and token, closes the connection and clears the messages. */
   private signOutLocally(): void {
     this.socket.stop();
-    this.storage.removeItem(CREDENTIALS_KEY);
+    const deviceId = this.state.credentials?.deviceId;
+    if (deviceId) {
+      this.devices.forget(deviceId);
+    }
     this.resetFor(null);
     this.state.notice = "";
   }

@@ -1,7 +1,8 @@
 // Browser test of the web client. Two users in two Chromium profiles register, become friends
 // and chat. One page closes and comes back to find the messages it missed, in order. Then the
 // engine is stopped and started again, and both pages reconnect by themselves without losing or
-// doubling a message.
+// doubling a message. A SEND to a hung engine ends failed and Retry stores it once, a bad chat
+// address shows the not-found view, and a second tab of one user gets its own device.
 //
 // Uses Debian's Chromium (/usr/bin/chromium, or IM_CHROMIUM) through playwright-core, and starts
 // target/debug (or IM_BIN_DIR) im-logic and im-engine against the PostgreSQL and Redis named by
@@ -153,6 +154,22 @@ class User {
     await this.waitOnline(STEP_TIMEOUT_MS, `${this.name} signed in after registering`);
   }
 
+  /** Returns the credentials of the device this page signed in with. */
+  async device() {
+    return this.page.evaluate(() => {
+      const deviceId = sessionStorage.getItem("im.device");
+      const devices = JSON.parse(localStorage.getItem("im.devices") ?? "[]");
+      return devices.find((device) => device.deviceId === deviceId) ?? null;
+    });
+  }
+
+  async login() {
+    await this.testId("auth-username").fill(this.name);
+    await this.testId("auth-password").fill(PASSWORD);
+    await this.testId("auth-login").click();
+    await this.waitOnline(STEP_TIMEOUT_MS, `${this.name} signed in with LOGIN`);
+  }
+
   async status() {
     return (await this.testId("status").textContent({ timeout: 1_000 }).catch(() => null)) ?? "";
   }
@@ -241,8 +258,8 @@ async function scenario(alice, bob, engine) {
   await alice.expectChat(conversation, "alice sees her two messages stored");
   await screenshot(alice.page, "alice-writes");
 
-  const aliceKey = `user:${await alice.page.evaluate(() => JSON.parse(localStorage.getItem("im.credentials")).userId)}`;
-  const bobKey = `user:${await bob.page.evaluate(() => JSON.parse(localStorage.getItem("im.credentials")).userId)}`;
+  const aliceKey = `user:${(await alice.device()).userId}`;
+  const bobKey = `user:${(await bob.device()).userId}`;
   await bob.testId("nav-chats").click();
   await until(
     "bob's conversation list shows 2 unread from alice",
@@ -320,6 +337,70 @@ async function scenario(alice, bob, engine) {
   await bob.waitOnline(STEP_TIMEOUT_MS, "bob signs in again after a reload");
   await bob.expectChat(conversation, "bob's reloaded chat shows every message once, in order");
   await screenshot(bob.page, "reload-bob");
+
+  // A hand-typed address with an id above uint64 shows the not-found view and sends nothing.
+  const badId = "999999999999999999999";
+  await bob.page.goto(`${origin}/chat/user/${badId}`, { timeout: STEP_TIMEOUT_MS });
+  await bob.testId("not-found").waitFor({ timeout: STEP_TIMEOUT_MS });
+  await bob.waitOnline(STEP_TIMEOUT_MS, "bob signs in on the not-found page");
+  if ((await bob.page.locator(`[data-testid="conversation-user:${badId}"]`).count()) !== 0) {
+    throw new Error("the bad address added a conversation");
+  }
+  await screenshot(bob.page, "not-found-bob");
+  await bob.testId(`conversation-${aliceKey}`).click({ timeout: STEP_TIMEOUT_MS });
+
+  // The engine hangs (SIGSTOP): alice's SEND gets no reply and ends failed at its 10 s
+  // deadline. Retry sends it again with the same client message id after the engine resumes,
+  // and the message shows once on both sides although the engine received it twice.
+  const hung = "sent while the engine hung";
+  engine.child.kill("SIGSTOP");
+  try {
+    await alice.send(hung);
+    conversation.push(hung);
+    const hungMessage = alice.testId("message").filter({ hasText: hung });
+    await until(
+      "alice's message to the hung engine ends failed",
+      () => hungMessage.getAttribute("data-state", { timeout: 1_000 }).catch(() => ""),
+      (state) => state === "failed",
+      RECONNECT_TIMEOUT_MS,
+    );
+    await screenshot(alice.page, "send-failed-alice");
+    await hungMessage.getByTestId("message-retry").click({ timeout: STEP_TIMEOUT_MS });
+  } finally {
+    engine.child.kill("SIGCONT");
+  }
+  await alice.expectChat(conversation, "alice's retried message is stored once", RECONNECT_TIMEOUT_MS);
+  await bob.expectChat(conversation, "bob receives the retried message once");
+  await screenshot(alice.page, "send-retried-alice");
+
+  // A second tab of alice gets its own device: the first tab stays connected.
+  const firstDevice = await alice.device();
+  const aliceTab = new User(alice.name, alice.context);
+  await aliceTab.open();
+  await aliceTab.testId("auth-username").waitFor({ timeout: STEP_TIMEOUT_MS });
+  await screenshot(aliceTab.page, "second-tab-sign-in");
+  await aliceTab.login();
+  const secondDevice = await aliceTab.device();
+  if (!secondDevice || secondDevice.deviceId === firstDevice.deviceId) {
+    throw new Error(`the second tab reused device ${JSON.stringify(secondDevice)}`);
+  }
+  await sleep(1_000);
+  if ((await alice.status()) !== "online") {
+    throw new Error(`alice's first tab went ${await alice.status()} when the second signed in`);
+  }
+  await aliceTab.page.reload({ timeout: STEP_TIMEOUT_MS });
+  await aliceTab.waitOnline(STEP_TIMEOUT_MS, "alice's second tab signs in again after a reload");
+  const reloadedDevice = await aliceTab.device();
+  if (reloadedDevice?.deviceId !== secondDevice.deviceId) {
+    throw new Error(`the reloaded tab moved from device ${secondDevice.deviceId} to ${reloadedDevice?.deviceId}`);
+  }
+  await aliceTab.testId(`conversation-${bobKey}`).click({ timeout: STEP_TIMEOUT_MS });
+  await alice.send("seen in both tabs");
+  conversation.push("seen in both tabs");
+  await aliceTab.expectChat(conversation, "alice's second tab shows the first tab's message");
+  await alice.expectChat(conversation, "alice's first tab stays connected and stores its message");
+  await screenshot(aliceTab.page, "second-tab-alice");
+  await aliceTab.page.close();
 
   // Alice creates a group with bob and writes to it; bob's list shows it unread.
   const groupName = `team ${Date.now().toString(36)}`;
