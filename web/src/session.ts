@@ -4,7 +4,7 @@
 
 import { reactive } from "vue";
 
-import { BusinessApi } from "./api";
+import { ApiError, BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
 import { DevicePool, LOGOUT_KEY } from "./devices";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
@@ -45,7 +45,11 @@ export interface SessionState {
   notice: string;
   /** Usernames by user id, filled from friend lists and look-ups. */
   names: Record<string, string>;
+  /** User ids that a look-up found to name no user. */
+  missingUsers: Record<string, true>;
   groups: Record<string, GroupInfo>;
+  /** Username of the most recently used stored device, to fill in the sign-in form. */
+  lastUsername: string;
 }
 
 /** Returns the engine's WebSocket URL: `?ws=` (kept for later visits), else port 8080 of this host. */
@@ -105,7 +109,9 @@ export class Session {
       signedIn: false,
       notice: "",
       names: {},
+      missingUsers: {},
       groups: {},
+      lastUsername: "",
     });
     this.store = reactive(new MessageStore("0")) as MessageStore;
     this.api = new BusinessApi(apiBaseUrl, () => this.state.credentials);
@@ -135,7 +141,9 @@ export class Session {
     const device = await this.devices.claim();
     this.state.restoring = false;
     if (!device) {
-      if (this.devices.devices().length > 0) {
+      const stored = this.devices.devices();
+      this.state.lastUsername = stored[0]?.username ?? "";
+      if (stored.length > 0) {
         this.state.notice =
           "Your account is open in other tabs of this browser. Log in to use it in this tab as well.";
       }
@@ -320,7 +328,11 @@ export class Session {
         (user) => {
           this.state.names[userId] = user.username;
         },
-        () => undefined,
+        (error: unknown) => {
+          if (error instanceof ApiError && error.code === ErrorCode.NOT_FOUND) {
+            this.state.missingUsers[userId] = true;
+          }
+        },
       );
       return `user ${userId}`;
     }
@@ -349,6 +361,7 @@ export class Session {
     this.state.credentials = credentials;
     this.state.signedIn = false;
     this.state.names = credentials ? { [credentials.userId]: credentials.username } : {};
+    this.state.missingUsers = {};
     this.state.groups = {};
     this.store.reset(credentials?.userId ?? "0");
     this.ackedSeq = 0;

@@ -347,6 +347,13 @@ async function scenario(alice, bob, engine) {
     throw new Error("the bad address added a conversation");
   }
   await screenshot(bob.page, "not-found-bob");
+  // An id within uint64 that names no user shows that instead of a composer.
+  await bob.page.goto(`${origin}/chat/user/18446744073709551615`, { timeout: STEP_TIMEOUT_MS });
+  await bob.testId("chat-missing-user").waitFor({ timeout: STEP_TIMEOUT_MS });
+  if ((await bob.testId("composer").count()) !== 0) {
+    throw new Error("the chat with a user that does not exist offers a composer");
+  }
+  await screenshot(bob.page, "missing-user-bob");
   await bob.testId(`conversation-${aliceKey}`).click({ timeout: STEP_TIMEOUT_MS });
 
   // The engine hangs (SIGSTOP): alice's SEND gets no reply and ends failed at its 10 s
