@@ -2,28 +2,7 @@ import { describe, expect, it } from "vitest";
 
 import { DevicePool, LOGOUT_KEY, OWN_DEVICE_WAIT_MS } from "../../src/devices";
 import type { DeviceLocks } from "../../src/devices";
-
-class MemoryStorage implements Storage {
-  private readonly items = new Map<string, string>();
-  get length(): number {
-    return this.items.size;
-  }
-  clear(): void {
-    this.items.clear();
-  }
-  getItem(key: string): string | null {
-    return this.items.get(key) ?? null;
-  }
-  key(index: number): string | null {
-    return [...this.items.keys()][index] ?? null;
-  }
-  removeItem(key: string): void {
-    this.items.delete(key);
-  }
-  setItem(key: string, value: string): void {
-    this.items.set(key, value);
-  }
-}
+import { MemoryStorage } from "./support/memory-storage";
 
 /** Locks shared by the tabs of one browser; records how long each acquire was willing to wait. */
 class FakeLocks {
