@@ -267,16 +267,6 @@ export class Session {
   send(conversation: string, text: string): void {
     const clientMsgId = crypto.randomUUID();
     this.store.addPending(conversation, text, clientMsgId);
-    // Checked here as well as by the server: a message far over the limit would exceed the
-    // engine's frame limit and close the connection instead of getting CONTENT_TOO_LARGE.
-    const bytes = encoder.encode(text).length;
-    if (bytes > MAX_CONTENT_BYTES) {
-      this.store.fail(
-        clientMsgId,
-        `The message is too long: ${bytes} bytes, at most ${MAX_CONTENT_BYTES}.`,
-      );
-      return;
-    }
     void this.deliver(conversation, text, clientMsgId);
   }
 
@@ -503,6 +493,17 @@ export class Session {
     clientMsgId: string,
     attempt = 1,
   ): Promise<void> {
+    // Checked here as well as by the server, on every attempt including Retry: a message far
+    // over the limit would exceed the engine's frame limit and close the connection (1009)
+    // instead of getting CONTENT_TOO_LARGE.
+    const bytes = encoder.encode(text).length;
+    if (bytes > MAX_CONTENT_BYTES) {
+      this.store.fail(
+        clientMsgId,
+        `The message is too long: ${bytes} bytes, at most ${MAX_CONTENT_BYTES}. Shorten it.`,
+      );
+      return;
+    }
     const target = parseConversationKey(conversation);
     if (!target) {
       this.store.fail(clientMsgId, "This conversation does not exist, so it cannot be sent.");

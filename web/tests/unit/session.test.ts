@@ -122,6 +122,19 @@ describe("session sends", () => {
     await logOut(session);
   });
 
+  it("fails an oversized message on every attempt", async () => {
+    const { session, ws } = await signedInSession();
+    const sentBefore = ws.sent.length;
+    session.send(PEER_CHAT, "x".repeat(16 * 1024 + 1));
+    const [message] = session.store.messagesOf(PEER_CHAT);
+    expect(message.state).toBe("failed");
+    expect(message.error).toContain("16385 bytes");
+    session.retry(message.clientMsgId);
+    expect(session.store.messagesOf(PEER_CHAT)[0].state).toBe("failed");
+    expect(ws.sent.length).toBe(sentBefore);
+    await logOut(session);
+  });
+
   it("removes a failed message", async () => {
     const { session, ws } = await signedInSession();
     session.send(PEER_CHAT, "unwanted");
