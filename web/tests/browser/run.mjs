@@ -247,6 +247,16 @@ async function scenario(alice, bob, engine) {
     (text) => text.includes("friend") && !text.includes("wants"),
   );
   await screenshot(bob.page, "friend-accept");
+  // Alice's search result follows the friend list: the request turned into a friendship.
+  await until(
+    "alice's search result shows bob as a friend",
+    () => alice.testId("friend-found").getAttribute("data-relation", { timeout: 1_000 }).catch(() => ""),
+    (relation) => relation === "friend",
+  );
+  if ((await alice.testId("friend-request").count()) !== 0) {
+    throw new Error("alice's search result still offers Add friend after bob accepted");
+  }
+  await screenshot(alice.page, "friend-found-accepted");
 
   // Alice writes first; bob's list shows the unread message before he opens the chat.
   await alice.testId("nav-friends").click();
@@ -315,6 +325,24 @@ async function scenario(alice, bob, engine) {
     (state) => state === "pending",
   );
   await screenshot(alice.page, "engine-down");
+
+  // Logging in while the engine is unreachable explains that in words. The new tab finds
+  // alice's only device in use by her first tab, so it shows the sign-in form.
+  const offlineTab = new User(alice.name, alice.context);
+  await offlineTab.open();
+  await offlineTab.testId("auth-username").fill(alice.name);
+  await offlineTab.testId("auth-password").fill(PASSWORD);
+  await offlineTab.testId("auth-login").click();
+  const offlineError = await until(
+    "logging in without an engine shows an error",
+    () => offlineTab.testId("auth-error").textContent({ timeout: 1_000 }).catch(() => ""),
+    (text) => text !== "",
+  );
+  if (!offlineError.startsWith("Cannot reach the server")) {
+    throw new Error(`unexpected error text for an unreachable engine: ${offlineError}`);
+  }
+  await screenshot(offlineTab.page, "login-engine-down");
+  await offlineTab.page.close();
   engine.start();
   await waitForPort(wsAddr, START_TIMEOUT_MS, engine.child, "engine");
   await alice.waitOnline(RECONNECT_TIMEOUT_MS, "alice reconnects after the engine restart");
