@@ -64,7 +64,8 @@ export function resolveWsUrl(location: Location, storage: Storage): string {
 
 function loadLegacyCredentials(storage: Storage): Credentials | null {
   try {
-    const parsed = JSON.parse(storage.getItem(LEGACY_CREDENTIALS_KEY) ?? "null") as Credentials | null;
+    const stored = storage.getItem(LEGACY_CREDENTIALS_KEY) ?? "null";
+    const parsed = JSON.parse(stored) as Credentials | null;
     if (parsed && parsed.userId && parsed.deviceId && parsed.token) {
       return parsed;
     }
@@ -145,7 +146,8 @@ export class Session {
       this.state.lastUsername = stored[0]?.username ?? "";
       if (stored.length > 0) {
         this.state.notice =
-          "Your account is open in other tabs of this browser. Log in to use it in this tab as well.";
+          "Your account is open in other tabs of this browser. " +
+          "Log in to use it in this tab as well.";
       }
       return;
     }

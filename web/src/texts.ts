@@ -30,7 +30,8 @@ const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.BUSY]: "The server is busy. Try again shortly.",
   [ErrorCode.RECEIVER_NOT_FOUND]: "That user or group does not exist.",
   [ErrorCode.NOT_FRIEND]:
-    "You can only message friends. Send this user a friend request under Friends, and write again once they accept it.",
+    "You can only message friends. Send this user a friend request under Friends, " +
+    "and write again once they accept it.",
   [ErrorCode.NOT_GROUP_MEMBER]: "You are not a member of this group.",
   [ErrorCode.CONTENT_EMPTY]: "The message is empty.",
   [ErrorCode.CONTENT_TOO_LARGE]: "The message is too long.",
@@ -92,7 +93,7 @@ export function kickText(reason: KickReason): string {
   return KICK_TEXTS[reason] ?? KICK_TEXTS[KickReason.KICK_REASON_UNSPECIFIED];
 }
 
-/** Close code of a WebSocket that closed without a close frame, for example an unreachable server. */
+/** Close code of a WebSocket closed without a close frame, for example by an unreachable server. */
 const CLOSE_ABNORMAL = 1006;
 /** Close code for a frame or message over the engine's size limits. */
 const CLOSE_TOO_LARGE = 1009;
@@ -116,7 +117,10 @@ export function failureText(error: unknown): string {
     if (closeCode === CLOSE_ABNORMAL) {
       return "Cannot reach the server. Check your network connection and try again in a moment.";
     }
-    return `The server closed the connection before it was ready (close code ${closeCode}). Try again in a moment.`;
+    return (
+      `The server closed the connection before it was ready (close code ${closeCode}). ` +
+      "Try again in a moment."
+    );
   }
   if (error instanceof ConnectionClosedError) {
     return "The connection closed before the server replied. Try again.";

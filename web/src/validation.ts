@@ -22,7 +22,8 @@ export function usernameProblem(username: string): string {
     return "A username may only contain ASCII letters, digits, _ - and .";
   }
   if (username.length < USERNAME_MIN || username.length > USERNAME_MAX) {
-    return `A username has ${USERNAME_MIN} to ${USERNAME_MAX} characters; this one has ${username.length}.`;
+    const range = `${USERNAME_MIN} to ${USERNAME_MAX}`;
+    return `A username has ${range} characters, but this one has ${username.length}.`;
   }
   return "";
 }
@@ -32,7 +33,8 @@ export function passwordProblem(password: string): string {
   const bytes = encoder.encode(password).length;
   if (bytes < PASSWORD_MIN_BYTES || bytes > PASSWORD_MAX_BYTES) {
     return (
-      `A password has ${PASSWORD_MIN_BYTES} to ${PASSWORD_MAX_BYTES} bytes; this one has ${bytes}. ` +
+      `A password has ${PASSWORD_MIN_BYTES} to ${PASSWORD_MAX_BYTES} bytes, ` +
+      `but this one has ${bytes}. ` +
       "Letters outside ASCII take 2 to 4 bytes each."
     );
   }
@@ -49,7 +51,7 @@ export function checkGroupName(name: string): { name: string; problem: string } 
   if (length > GROUP_NAME_MAX) {
     return {
       name: trimmed,
-      problem: `A group name has at most ${GROUP_NAME_MAX} characters; this one has ${length}.`,
+      problem: `A group name has at most ${GROUP_NAME_MAX} characters, but this one has ${length}.`,
     };
   }
   return { name: trimmed, problem: "" };
