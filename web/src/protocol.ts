@@ -74,11 +74,34 @@ export class DeadlineError extends Error {
   }
 }
 
-/** Raised for every pending request when the connection closes before its reply. */
+/**
+ * Raised for every pending request when the connection closes before its reply. `closeCode` is
+ * the WebSocket close code, or 0 when it is not known.
+ */
 export class ConnectionClosedError extends Error {
-  constructor(readonly type: PacketType) {
-    super(`the connection closed before the ${PacketType[type]} reply arrived`);
+  constructor(
+    readonly type: PacketType,
+    readonly closeCode = 0,
+  ) {
+    const code = closeCode ? ` (code ${closeCode})` : "";
+    super(`the connection closed${code} before the ${PacketType[type]} reply arrived`);
     this.name = "ConnectionClosedError";
+  }
+}
+
+/** Raised when a request is made while no connection is open, so nothing was sent. */
+export class NotConnectedError extends Error {
+  constructor(readonly type: PacketType) {
+    super(`cannot send ${PacketType[type]}: the connection is not open`);
+    this.name = "NotConnectedError";
+  }
+}
+
+/** Raised when a WebSocket closes before it opened and signed in, with its close code. */
+export class OpenFailedError extends Error {
+  constructor(readonly closeCode: number) {
+    super(`the connection closed (code ${closeCode}) before it was ready`);
+    this.name = "OpenFailedError";
   }
 }
 
@@ -160,6 +183,11 @@ export class RequestTracker {
     return this.pending.size;
   }
 
+  /** The id that the next {@link start} allocates. */
+  get nextRequestId(): bigint {
+    return this.nextId;
+  }
+
   /** Allocates a request id and returns it with the promise of its successful reply packet. */
   start(type: PacketType, deadlineMs: number): { requestId: bigint; reply: Promise<Packet> } {
     const requestId = this.nextId;
@@ -201,11 +229,11 @@ export class RequestTracker {
     return true;
   }
 
-  /** Rejects every pending request with {@link ConnectionClosedError}. */
-  failAll(): void {
+  /** Rejects every pending request with {@link ConnectionClosedError} carrying `closeCode`. */
+  failAll(closeCode = 0): void {
     for (const pending of this.pending.values()) {
       this.timers.clearTimeout(pending.timer);
-      pending.reject(new ConnectionClosedError(pending.type));
+      pending.reject(new ConnectionClosedError(pending.type, closeCode));
     }
     this.pending.clear();
   }

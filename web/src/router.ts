@@ -3,15 +3,25 @@
 
 import { reactive } from "vue";
 
+import { isValidId } from "./store";
+
 export type Route =
   | { name: "home" }
   | { name: "chat"; conversation: string }
   | { name: "friends" }
-  | { name: "groups" };
+  | { name: "groups" }
+  | { name: "notFound"; path: string };
 
+/**
+ * Returns the route of a path. A chat path whose id is not a positive integer within uint64,
+ * and any other unknown path except "/", is the not-found route.
+ */
 export function parseRoute(path: string): Route {
-  const chat = /^\/chat\/(user|group)\/(\d+)\/?$/.exec(path);
+  const chat = /^\/chat\/(user|group)\/([^/]+)\/?$/.exec(path);
   if (chat) {
+    if (!isValidId(chat[2])) {
+      return { name: "notFound", path };
+    }
     return { name: "chat", conversation: `${chat[1]}:${chat[2]}` };
   }
   if (path === "/friends") {
@@ -20,7 +30,10 @@ export function parseRoute(path: string): Route {
   if (path === "/groups") {
     return { name: "groups" };
   }
-  return { name: "home" };
+  if (path === "/" || path === "" || path === "/index.html") {
+    return { name: "home" };
+  }
+  return { name: "notFound", path };
 }
 
 export function routePath(route: Route): string {
@@ -31,12 +44,18 @@ export function routePath(route: Route): string {
       return "/friends";
     case "groups":
       return "/groups";
+    case "notFound":
+      return route.path;
     default:
       return "/";
   }
 }
 
-export const router = reactive({ route: parseRoute(window.location.pathname) as Route });
+export const router = reactive({ route: currentRoute() });
+
+function currentRoute(): Route {
+  return typeof window === "undefined" ? { name: "home" } : parseRoute(window.location.pathname);
+}
 
 export function navigate(route: Route): void {
   const path = routePath(route);
@@ -46,6 +65,8 @@ export function navigate(route: Route): void {
   router.route = route;
 }
 
-window.addEventListener("popstate", () => {
-  router.route = parseRoute(window.location.pathname);
-});
+if (typeof window !== "undefined") {
+  window.addEventListener("popstate", () => {
+    router.route = parseRoute(window.location.pathname);
+  });
+}

@@ -1,20 +1,28 @@
-// The signed-in device: credentials in localStorage, LOGIN and REGISTER, SIGN_IN and SYNC after
+// The signed-in device of this tab (devices.ts), LOGIN and REGISTER, SIGN_IN and SYNC after
 // every (re)connect, pushes into the message store, sends with their pending state, and the
 // names the views show. The views read `session.state` and `session.store`, both reactive.
 
 import { reactive } from "vue";
 
-import { BusinessApi } from "./api";
+import { ApiError, BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
+import { DevicePool, LOGOUT_KEY } from "./devices";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
 import type { Packet } from "./gen/im/v1/packet_pb";
-import { ConnectionClosedError, DeadlineError, decodePush, ProtocolError } from "./protocol";
+import {
+  ConnectionClosedError,
+  DeadlineError,
+  decodePush,
+  NotConnectedError,
+  ProtocolError,
+} from "./protocol";
 import { Socket } from "./socket";
 import type { SocketState } from "./socket";
 import { MessageStore, parseConversationKey } from "./store";
-import { closeText, errorText, kickText, needsLogin } from "./texts";
+import { closeText, errorText, failureText, kickText, needsLogin } from "./texts";
 
-const CREDENTIALS_KEY = "im.credentials";
+/** Where earlier versions kept the browser's one device; moved into the pool at start. */
+const LEGACY_CREDENTIALS_KEY = "im.credentials";
 const WS_URL_KEY = "im.wsUrl";
 const SYNC_PAGE = 200;
 /** Max SEND attempts for a message whose reply code requests a retry (UNAVAILABLE, TIMEOUT, BUSY, RATE_LIMITED). */
@@ -29,13 +37,19 @@ const encoder = new TextEncoder();
 /** Connection and user state that the views render. */
 export interface SessionState {
   credentials: Credentials | null;
+  /** True until the tab has looked for a stored device it can sign in with. */
+  restoring: boolean;
   socket: SocketState;
   signedIn: boolean;
   /** A sentence about the last close, kick or failure, or empty. */
   notice: string;
   /** Usernames by user id, filled from friend lists and look-ups. */
   names: Record<string, string>;
+  /** User ids that a look-up found to name no user. */
+  missingUsers: Record<string, true>;
   groups: Record<string, GroupInfo>;
+  /** Username of the most recently used stored device, to fill in the sign-in form. */
+  lastUsername: string;
 }
 
 /** Returns the engine's WebSocket URL: `?ws=` (kept for later visits), else port 8080 of this host. */
@@ -48,9 +62,10 @@ export function resolveWsUrl(location: Location, storage: Storage): string {
   return storage.getItem(WS_URL_KEY) ?? `ws://${location.hostname}:8080/ws`;
 }
 
-function loadCredentials(storage: Storage): Credentials | null {
+function loadLegacyCredentials(storage: Storage): Credentials | null {
   try {
-    const parsed = JSON.parse(storage.getItem(CREDENTIALS_KEY) ?? "null") as Credentials | null;
+    const stored = storage.getItem(LEGACY_CREDENTIALS_KEY) ?? "null";
+    const parsed = JSON.parse(stored) as Credentials | null;
     if (parsed && parsed.userId && parsed.deviceId && parsed.token) {
       return parsed;
     }
@@ -69,19 +84,6 @@ function isRetryable(code: ErrorCode): boolean {
   );
 }
 
-function describeFailure(error: unknown): string {
-  if (error instanceof ProtocolError) {
-    return errorText(error.code, error.message);
-  }
-  if (error instanceof DeadlineError) {
-    return "The server did not respond in time. Try again.";
-  }
-  if (error instanceof ConnectionClosedError) {
-    return "The connection closed. Try again.";
-  }
-  return error instanceof Error ? error.message : String(error);
-}
-
 export class Session {
   readonly state: SessionState;
   readonly store: MessageStore;
@@ -91,6 +93,7 @@ export class Session {
   private syncAgain = false;
   private ackedSeq = 0;
   private kicked = false;
+  private loggingOut = false;
   /** Group ids whose unknown name already triggered a reload of the group list. */
   private readonly groupsRequested = new Set<string>();
 
@@ -98,17 +101,20 @@ export class Session {
     wsUrl: string,
     apiBaseUrl: string,
     private readonly storage: Storage,
+    private readonly devices: DevicePool,
   ) {
-    const credentials = loadCredentials(storage);
     this.state = reactive<SessionState>({
-      credentials,
+      credentials: null,
+      restoring: true,
       socket: "closed",
       signedIn: false,
       notice: "",
-      names: credentials ? { [credentials.userId]: credentials.username } : {},
+      names: {},
+      missingUsers: {},
       groups: {},
+      lastUsername: "",
     });
-    this.store = reactive(new MessageStore(credentials?.userId ?? "0")) as MessageStore;
+    this.store = reactive(new MessageStore("0")) as MessageStore;
     this.api = new BusinessApi(apiBaseUrl, () => this.state.credentials);
     this.socket = new Socket(wsUrl, {
       onOpen: () => this.onOpen(),
@@ -120,11 +126,50 @@ export class Session {
     });
   }
 
-  /** Signs straight in with stored credentials, if any. */
-  start(): void {
-    if (this.state.credentials) {
-      this.restoreReadMarks();
-      void this.socket.open(true).catch(() => undefined);
+  /**
+   * Takes a stored device that no other tab uses and signs straight in with it. Without one,
+   * the sign-in form shows.
+   */
+  async start(): Promise<void> {
+    const legacy = loadLegacyCredentials(this.storage);
+    if (legacy) {
+      this.storage.removeItem(LEGACY_CREDENTIALS_KEY);
+      if (!this.devices.has(legacy.deviceId)) {
+        await this.devices.save(legacy);
+        this.devices.release(legacy.deviceId);
+      }
+    }
+    const device = await this.devices.claim();
+    this.state.restoring = false;
+    if (!device) {
+      const stored = this.devices.devices();
+      this.state.lastUsername = stored[0]?.username ?? "";
+      if (stored.length > 0) {
+        this.state.notice =
+          "Your account is open in other tabs of this browser. " +
+          "Log in to use it in this tab as well.";
+      }
+      return;
+    }
+    const { usedAtMs: _usedAtMs, ...credentials } = device;
+    this.resetFor(credentials);
+    this.restoreReadMarks();
+    void this.socket.open(true).catch(() => undefined);
+  }
+
+  /**
+   * Logs this tab out when another tab announced a logout of the same user. Call with every
+   * change that another tab made to localStorage.
+   */
+  storageChanged(key: string | null, value: string | null): void {
+    const userId = this.state.credentials?.userId;
+    if (
+      key === LOGOUT_KEY &&
+      userId &&
+      !this.loggingOut &&
+      DevicePool.loggedOutUser(value) === userId
+    ) {
+      void this.logout();
     }
   }
 
@@ -137,22 +182,23 @@ export class Session {
 
   /** Registers a user, then logs in as that user; throws with a sentence on failure. */
   async register(username: string, password: string): Promise<void> {
-    await this.socket.open(false);
     try {
+      await this.socket.open(false);
       await this.socket.request(PacketType.REGISTER, { username, password, open: false });
     } catch (error) {
-      throw new Error(describeFailure(error));
+      throw new Error(failureText(error));
     }
     await this.login(username, password);
   }
 
   /** Logs in with LOGIN, keeping this browser's device id for the same user. */
   async login(username: string, password: string): Promise<void> {
-    await this.socket.open(false);
-    const previous = loadCredentials(this.storage);
-    const deviceId = previous && previous.username === username ? BigInt(previous.deviceId) : 0n;
+    // A stored device of this user that no tab uses keeps its device id; else LOGIN makes one.
+    const previous = await this.devices.claim(username);
+    const deviceId = previous ? BigInt(previous.deviceId) : 0n;
     let reply;
     try {
+      await this.socket.open(false);
       reply = await this.socket.request(PacketType.LOGIN, {
         username,
         password,
@@ -160,7 +206,10 @@ export class Session {
         device: { platform: "web", model: navigator.userAgent.slice(0, 64), appVersion: "0.1.0" },
       });
     } catch (error) {
-      throw new Error(describeFailure(error));
+      if (previous) {
+        this.devices.release(previous.deviceId);
+      }
+      throw new Error(failureText(error));
     }
     const credentials: Credentials = {
       userId: reply.userId.toString(),
@@ -168,27 +217,50 @@ export class Session {
       token: reply.token,
       username,
     };
-    this.storage.setItem(CREDENTIALS_KEY, JSON.stringify(credentials));
+    if (previous && previous.deviceId !== credentials.deviceId) {
+      this.devices.release(previous.deviceId);
+    }
+    await this.devices.save(credentials);
     this.resetFor(credentials);
     this.restoreReadMarks();
     // The connection is signed in by LOGIN; from now on it reconnects by itself.
     await this.afterSignIn(reply.heartbeatIntervalMs);
-    void this.socket.open(true);
+    // Already open, so this only turns on reconnecting; a failed reconnect shows in the notice.
+    void this.socket.open(true).catch(() => undefined);
   }
 
-  /** Sends LOGOUT, which revokes the token, when signed in; then signs out locally. */
+  /**
+   * Sends LOGOUT, which revokes this tab's token, when signed in, then signs out locally. It also
+   * deletes every stored device of the user and tells the user's other tabs to log out.
+   */
   async logout(): Promise<void> {
+    const userId = this.state.credentials?.userId;
+    this.loggingOut = true;
     if (this.state.signedIn) {
       // A failed LOGOUT leaves the token valid on the server, but this browser deletes it anyway.
       await this.socket.request(PacketType.LOGOUT, {}, LOGOUT_TIMEOUT_MS).catch(() => undefined);
     }
+    this.loggingOut = false;
     this.signOutLocally();
+    // NOTE: a stored device that no tab uses keeps a valid token on the server until it
+    // expires, because only a signed-in connection of that device can send LOGOUT.
+    if (userId) {
+      for (const device of this.devices.devices()) {
+        if (device.userId === userId) {
+          this.devices.forget(device.deviceId);
+        }
+      }
+      this.devices.announceLogout(userId);
+    }
   }
 
-  /** Deletes the stored token, closes the connection and clears the user's messages. */
+  /** Deletes this tab's device and token, closes the connection and clears the messages. */
   private signOutLocally(): void {
     this.socket.stop();
-    this.storage.removeItem(CREDENTIALS_KEY);
+    const deviceId = this.state.credentials?.deviceId;
+    if (deviceId) {
+      this.devices.forget(deviceId);
+    }
     this.resetFor(null);
     this.state.notice = "";
   }
@@ -197,17 +269,20 @@ export class Session {
   send(conversation: string, text: string): void {
     const clientMsgId = crypto.randomUUID();
     this.store.addPending(conversation, text, clientMsgId);
-    // Checked here as well as by the server: a message far over the limit would exceed the
-    // engine's frame limit and close the connection instead of getting CONTENT_TOO_LARGE.
-    const bytes = encoder.encode(text).length;
-    if (bytes > MAX_CONTENT_BYTES) {
-      this.store.fail(
-        clientMsgId,
-        `The message is too long: ${bytes} bytes, at most ${MAX_CONTENT_BYTES}.`,
-      );
-      return;
-    }
     void this.deliver(conversation, text, clientMsgId);
+  }
+
+  /** Sends a failed message again with its original client message id, so it is stored once. */
+  retry(clientMsgId: string): void {
+    const message = this.store.unsent(clientMsgId);
+    if (message && this.store.retry(clientMsgId)) {
+      void this.deliver(message.conversation, message.text, clientMsgId);
+    }
+  }
+
+  /** Deletes a failed message from the conversation. */
+  remove(clientMsgId: string): void {
+    this.store.remove(clientMsgId);
   }
 
   /** Marks a conversation read and saves the read marks. */
@@ -245,7 +320,11 @@ export class Session {
         (user) => {
           this.state.names[userId] = user.username;
         },
-        () => undefined,
+        (error: unknown) => {
+          if (error instanceof ApiError && error.code === ErrorCode.NOT_FOUND) {
+            this.state.missingUsers[userId] = true;
+          }
+        },
       );
       return `user ${userId}`;
     }
@@ -274,6 +353,7 @@ export class Session {
     this.state.credentials = credentials;
     this.state.signedIn = false;
     this.state.names = credentials ? { [credentials.userId]: credentials.username } : {};
+    this.state.missingUsers = {};
     this.state.groups = {};
     this.store.reset(credentials?.userId ?? "0");
     this.ackedSeq = 0;
@@ -308,7 +388,7 @@ export class Session {
         this.signOutLocally();
         this.state.notice = errorText(error.code);
       } else {
-        this.state.notice = `Signing in failed: ${describeFailure(error)}`;
+        this.state.notice = `Signing in failed: ${failureText(error)}`;
       }
       throw error;
     }
@@ -379,7 +459,7 @@ export class Session {
         });
       } catch (error) {
         // The next sign-in syncs again.
-        console.warn(`SYNC failed: ${describeFailure(error)}`);
+        console.warn(`SYNC failed: ${failureText(error)}`);
         return;
       }
       this.store.add(reply.messages);
@@ -404,16 +484,31 @@ export class Session {
     }
   }
 
-  /** Sends one SEND; a lost connection leaves it pending for the resend after sign-in. */
+  /**
+   * Sends one SEND. A message written while no connection is signed in stays pending and goes
+   * out after the next sign-in. Once sent, it ends stored or failed: a missed deadline or a
+   * closed connection marks it failed, and Retry sends it again with the same client message id.
+   */
   private async deliver(
     conversation: string,
     text: string,
     clientMsgId: string,
     attempt = 1,
   ): Promise<void> {
+    // Checked here as well as by the server, on every attempt including Retry: a message far
+    // over the limit would exceed the engine's frame limit and close the connection (1009)
+    // instead of getting CONTENT_TOO_LARGE.
+    const bytes = encoder.encode(text).length;
+    if (bytes > MAX_CONTENT_BYTES) {
+      this.store.fail(
+        clientMsgId,
+        `The message is too long: ${bytes} bytes, at most ${MAX_CONTENT_BYTES}. Shorten it.`,
+      );
+      return;
+    }
     const target = parseConversationKey(conversation);
     if (!target) {
-      this.store.fail(clientMsgId, "Unknown conversation.");
+      this.store.fail(clientMsgId, "This conversation does not exist, so it cannot be sent.");
       return;
     }
     if (!this.state.signedIn) {
@@ -442,11 +537,15 @@ export class Session {
       if (error instanceof ProtocolError && isRetryable(error.code) && attempt < SEND_ATTEMPTS) {
         const delay = error.retryAfterMs || SEND_RETRY_DELAY_MS;
         setTimeout(() => void this.deliver(conversation, text, clientMsgId, attempt + 1), delay);
-      } else if (error instanceof ProtocolError) {
-        this.store.fail(clientMsgId, errorText(error.code, error.message));
+      } else if (error instanceof NotConnectedError) {
+        // Nothing was sent: the message stays pending for the resend after the next sign-in.
+      } else if (error instanceof DeadlineError) {
+        this.store.fail(clientMsgId, "The server did not confirm it in time.");
+      } else if (error instanceof ConnectionClosedError) {
+        this.store.fail(clientMsgId, "The connection closed before the server confirmed it.");
+      } else {
+        this.store.fail(clientMsgId, failureText(error));
       }
-      // Otherwise the connection dropped: the message stays pending and is sent again, with
-      // the same client message id, after the next sign-in.
     }
   }
 }

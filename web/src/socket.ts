@@ -4,7 +4,15 @@
 
 import { PacketType } from "./gen/im/v1/packet_pb";
 import type { Packet } from "./gen/im/v1/packet_pb";
-import { decodePacket, decodeReply, encodeAck, encodeRequest, RequestTracker } from "./protocol";
+import {
+  decodePacket,
+  decodeReply,
+  encodeAck,
+  encodeRequest,
+  NotConnectedError,
+  OpenFailedError,
+  RequestTracker,
+} from "./protocol";
 import type { ReplyOf, RequestInit, RequestType } from "./protocol";
 import { CLOSE_KICKED } from "./texts";
 
@@ -117,10 +125,14 @@ export class Socket {
   ): Promise<ReplyOf<T>> {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) {
-      throw new Error(`cannot send ${PacketType[type]}: the connection is not open`);
+      throw new NotConnectedError(type);
     }
-    const { requestId, reply } = this.tracker.start(type, deadlineMs);
-    ws.send(encodeRequest(type, requestId, message));
+    // Encode before registering the request. A message that cannot be encoded (an id outside
+    // uint64, say) then throws here, instead of leaving a reply promise that is never awaited.
+    const requestId = this.tracker.nextRequestId;
+    const bytes = encodeRequest(type, requestId, message);
+    const { reply } = this.tracker.start(type, deadlineMs);
+    ws.send(bytes);
     return decodeReply(type, await reply);
   }
 
@@ -174,7 +186,7 @@ export class Socket {
       ws.onclose = (event: CloseEvent) => {
         if (!settled) {
           settled = true;
-          reject(new Error(`the connection closed (code ${event.code})`));
+          reject(new OpenFailedError(event.code));
         }
         this.closed(ws, event.code, event.reason);
       };
@@ -204,7 +216,7 @@ export class Socket {
     this.ws = null;
     this.opened = null;
     this.stopHeartbeat();
-    this.tracker.failAll();
+    this.tracker.failAll(code);
     if (code === CLOSE_KICKED) {
       this.keepOpen = false;
     }

@@ -19,6 +19,11 @@ export interface ChatMessage {
   sentAtMs: number;
   state: MessageState;
   error: string;
+  /**
+   * For a message not stored yet: the highest seq this device held when it was written. The
+   * view places it after every stored message up to that seq and before later ones.
+   */
+  afterSeq: number;
 }
 
 /** One line of the conversation list. */
@@ -44,12 +49,19 @@ export function conversationKey(type: ConversationType, id: bigint | string): st
   return `${type === ConversationType.GROUP ? "group" : "user"}:${id}`;
 }
 
-/** Parses a conversation key back into its type and id. */
+const MAX_UINT64 = (1n << 64n) - 1n;
+
+/** Returns true for a decimal user or group id: a positive integer that fits in uint64. */
+export function isValidId(id: string): boolean {
+  return /^[1-9]\d{0,19}$/.test(id) && BigInt(id) <= MAX_UINT64;
+}
+
+/** Parses a conversation key back into its type and id; an id outside uint64 is rejected. */
 export function parseConversationKey(
   key: string,
 ): { type: ConversationType; id: string } | undefined {
   const match = /^(user|group):(\d+)$/.exec(key);
-  if (!match) {
+  if (!match || !isValidId(match[2])) {
     return undefined;
   }
   const type = match[1] === "group" ? ConversationType.GROUP : ConversationType.USER;
@@ -125,6 +137,7 @@ export class MessageStore {
         sentAtMs: Number(message.sentAtMs),
         state: "stored",
         error: "",
+        afterSeq: 0,
       });
       added += 1;
     }
@@ -143,6 +156,7 @@ export class MessageStore {
       sentAtMs: Date.now(),
       state: "pending",
       error: "",
+      afterSeq: this.highest,
     };
     this.pending.set(clientMsgId, message);
     return message;
@@ -161,7 +175,7 @@ export class MessageStore {
     if (this.bySeq.has(seq)) {
       return { added: 0, duplicates: 1, gap: this.hasGap };
     }
-    this.insert({ ...message, seq, messageId, sentAtMs, state: "stored", error: "" });
+    this.insert({ ...message, seq, messageId, sentAtMs, state: "stored", error: "", afterSeq: 0 });
     return { added: 1, duplicates: 0, gap: this.hasGap };
   }
 
@@ -173,19 +187,60 @@ export class MessageStore {
     }
   }
 
+  /**
+   * Puts a failed message back into the pending state for another SEND with the same client
+   * message id. Returns false when no failed message has that id.
+   */
+  retry(clientMsgId: string): boolean {
+    const message = this.pending.get(clientMsgId);
+    if (!message || message.state !== "failed") {
+      return false;
+    }
+    this.pending.set(clientMsgId, { ...message, state: "pending", error: "" });
+    return true;
+  }
+
+  /** Deletes a failed message that the user gave up on; returns false when none has that id. */
+  remove(clientMsgId: string): boolean {
+    const message = this.pending.get(clientMsgId);
+    if (!message || message.state !== "failed") {
+      return false;
+    }
+    return this.pending.delete(clientMsgId);
+  }
+
+  /** Returns the pending or failed message with this client message id, if any. */
+  unsent(clientMsgId: string): ChatMessage | undefined {
+    return this.pending.get(clientMsgId);
+  }
+
   /** Returns the messages still waiting for a SEND reply (not the failed ones), oldest first. */
   pendingMessages(): ChatMessage[] {
     return [...this.pending.values()].filter((message) => message.state === "pending");
   }
 
-  /** Returns a conversation's stored messages in seq order, then its unsent ones. */
+  /**
+   * Returns a conversation's messages in the order they were written: stored ones by seq, and
+   * each pending or failed one after the stored messages this device held when it was written.
+   */
   messagesOf(conversation: string): ChatMessage[] {
     const seqs = this.seqsByConversation.get(conversation) ?? [];
     const stored = seqs.map((seq) => this.bySeq.get(seq) as ChatMessage);
-    const unsent = [...this.pending.values()].filter(
-      (message) => message.conversation === conversation,
-    );
-    return [...stored, ...unsent];
+    // Map order is the order of addPending, so unsent messages with the same afterSeq keep the
+    // order they were written in.
+    const unsent = [...this.pending.values()]
+      .filter((message) => message.conversation === conversation)
+      .sort((a, b) => a.afterSeq - b.afterSeq);
+    const merged: ChatMessage[] = [];
+    let next = 0;
+    for (const message of stored) {
+      while (next < unsent.length && unsent[next].afterSeq < message.seq) {
+        merged.push(unsent[next]);
+        next += 1;
+      }
+      merged.push(message);
+    }
+    return merged.concat(unsent.slice(next));
   }
 
   /** Returns the number of messages from others in a conversation above its read mark. */

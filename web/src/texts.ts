@@ -2,6 +2,13 @@
 // describes them.
 
 import { ErrorCode, KickReason } from "./gen/im/v1/packet_pb";
+import {
+  ConnectionClosedError,
+  DeadlineError,
+  NotConnectedError,
+  OpenFailedError,
+  ProtocolError,
+} from "./protocol";
 
 const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.INVALID_PACKET]: "The client sent a malformed packet.",
@@ -22,14 +29,16 @@ const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.RATE_LIMITED]: "Too many requests. Wait a moment.",
   [ErrorCode.BUSY]: "The server is busy. Try again shortly.",
   [ErrorCode.RECEIVER_NOT_FOUND]: "That user or group does not exist.",
-  [ErrorCode.NOT_FRIEND]: "You can only message friends (or users who accept messages from anyone).",
+  [ErrorCode.NOT_FRIEND]:
+    "You can only message friends. Send this user a friend request under Friends, " +
+    "and write again once they accept it.",
   [ErrorCode.NOT_GROUP_MEMBER]: "You are not a member of this group.",
   [ErrorCode.CONTENT_EMPTY]: "The message is empty.",
   [ErrorCode.CONTENT_TOO_LARGE]: "The message is too long.",
   [ErrorCode.GROUP_FULL]: "The group is full.",
   [ErrorCode.PERMISSION_DENIED]: "You are not allowed to do that.",
-  [ErrorCode.ALREADY_EXISTS]: "That already exists.",
-  [ErrorCode.NOT_FOUND]: "Not found.",
+  [ErrorCode.ALREADY_EXISTS]: "That friend request, friendship or group member already exists.",
+  [ErrorCode.NOT_FOUND]: "The user, friend request or group was not found.",
 };
 
 /** Returns the user-facing sentence for an error code, with the server's detail when given. */
@@ -59,7 +68,7 @@ const CLOSE_TEXTS: Record<number, string> = {
   1003: "The server only accepts binary messages (client error).",
   1006: "The connection was lost. Reconnecting…",
   1007: "The client sent text that is not UTF-8 (client error).",
-  1009: "A message was too large for the server.",
+  1009: "The server closed the connection because a request was too large. Reconnecting…",
   4001: "Signing in took too long. Reconnecting…",
   4002: "No heartbeat reached the server in time. Reconnecting…",
   4003: "You signed in on another tab or device, so this one was disconnected.",
@@ -82,4 +91,42 @@ const KICK_TEXTS: Record<KickReason, string> = {
 /** Returns the user-facing sentence for a KICKED push. */
 export function kickText(reason: KickReason): string {
   return KICK_TEXTS[reason] ?? KICK_TEXTS[KickReason.KICK_REASON_UNSPECIFIED];
+}
+
+/** Close code of a WebSocket closed without a close frame, for example by an unreachable server. */
+const CLOSE_ABNORMAL = 1006;
+/** Close code for a frame or message over the engine's size limits. */
+const CLOSE_TOO_LARGE = 1009;
+
+/** Returns the user-facing sentence for a failed WebSocket request or connection attempt. */
+export function failureText(error: unknown): string {
+  if (error instanceof ProtocolError) {
+    return errorText(error.code, error.message);
+  }
+  if (error instanceof DeadlineError) {
+    return "The server did not respond in time. Try again.";
+  }
+  const closeCode =
+    error instanceof ConnectionClosedError || error instanceof OpenFailedError
+      ? error.closeCode
+      : 0;
+  if (closeCode === CLOSE_TOO_LARGE) {
+    return "The request was too large for the server. Shorten what you entered and try again.";
+  }
+  if (error instanceof OpenFailedError) {
+    if (closeCode === CLOSE_ABNORMAL) {
+      return "Cannot reach the server. Check your network connection and try again in a moment.";
+    }
+    return (
+      `The server closed the connection before it was ready (close code ${closeCode}). ` +
+      "Try again in a moment."
+    );
+  }
+  if (error instanceof ConnectionClosedError) {
+    return "The connection closed before the server replied. Try again.";
+  }
+  if (error instanceof NotConnectedError) {
+    return "Not connected to the server. Try again in a moment.";
+  }
+  return error instanceof Error ? error.message : String(error);
 }

@@ -1,7 +1,8 @@
 // Browser test of the web client. Two users in two Chromium profiles register, become friends
 // and chat. One page closes and comes back to find the messages it missed, in order. Then the
 // engine is stopped and started again, and both pages reconnect by themselves without losing or
-// doubling a message.
+// doubling a message. A SEND to a hung engine ends failed and Retry stores it once, a bad chat
+// address shows the not-found view, and a second tab of one user gets its own device.
 //
 // Uses Debian's Chromium (/usr/bin/chromium, or IM_CHROMIUM) through playwright-core, and starts
 // target/debug (or IM_BIN_DIR) im-logic and im-engine against the PostgreSQL and Redis named by
@@ -153,6 +154,22 @@ class User {
     await this.waitOnline(STEP_TIMEOUT_MS, `${this.name} signed in after registering`);
   }
 
+  /** Returns the credentials of the device this page signed in with. */
+  async device() {
+    return this.page.evaluate(() => {
+      const deviceId = sessionStorage.getItem("im.device");
+      const devices = JSON.parse(localStorage.getItem("im.devices") ?? "[]");
+      return devices.find((device) => device.deviceId === deviceId) ?? null;
+    });
+  }
+
+  async login() {
+    await this.testId("auth-username").fill(this.name);
+    await this.testId("auth-password").fill(PASSWORD);
+    await this.testId("auth-login").click();
+    await this.waitOnline(STEP_TIMEOUT_MS, `${this.name} signed in with LOGIN`);
+  }
+
   async status() {
     return (await this.testId("status").textContent({ timeout: 1_000 }).catch(() => null)) ?? "";
   }
@@ -230,6 +247,16 @@ async function scenario(alice, bob, engine) {
     (text) => text.includes("friend") && !text.includes("wants"),
   );
   await screenshot(bob.page, "friend-accept");
+  // Alice's search result follows the friend list: the request turned into a friendship.
+  await until(
+    "alice's search result shows bob as a friend",
+    () => alice.testId("friend-found").getAttribute("data-relation", { timeout: 1_000 }).catch(() => ""),
+    (relation) => relation === "friend",
+  );
+  if ((await alice.testId("friend-request").count()) !== 0) {
+    throw new Error("alice's search result still offers Add friend after bob accepted");
+  }
+  await screenshot(alice.page, "friend-found-accepted");
 
   // Alice writes first; bob's list shows the unread message before he opens the chat.
   await alice.testId("nav-friends").click();
@@ -241,8 +268,8 @@ async function scenario(alice, bob, engine) {
   await alice.expectChat(conversation, "alice sees her two messages stored");
   await screenshot(alice.page, "alice-writes");
 
-  const aliceKey = `user:${await alice.page.evaluate(() => JSON.parse(localStorage.getItem("im.credentials")).userId)}`;
-  const bobKey = `user:${await bob.page.evaluate(() => JSON.parse(localStorage.getItem("im.credentials")).userId)}`;
+  const aliceKey = `user:${(await alice.device()).userId}`;
+  const bobKey = `user:${(await bob.device()).userId}`;
   await bob.testId("nav-chats").click();
   await until(
     "bob's conversation list shows 2 unread from alice",
@@ -298,6 +325,24 @@ async function scenario(alice, bob, engine) {
     (state) => state === "pending",
   );
   await screenshot(alice.page, "engine-down");
+
+  // Logging in while the engine is unreachable explains that in words. The new tab finds
+  // alice's only device in use by her first tab, so it shows the sign-in form.
+  const offlineTab = new User(alice.name, alice.context);
+  await offlineTab.open();
+  await offlineTab.testId("auth-username").fill(alice.name);
+  await offlineTab.testId("auth-password").fill(PASSWORD);
+  await offlineTab.testId("auth-login").click();
+  const offlineError = await until(
+    "logging in without an engine shows an error",
+    () => offlineTab.testId("auth-error").textContent({ timeout: 1_000 }).catch(() => ""),
+    (text) => text !== "",
+  );
+  if (!offlineError.startsWith("Cannot reach the server")) {
+    throw new Error(`unexpected error text for an unreachable engine: ${offlineError}`);
+  }
+  await screenshot(offlineTab.page, "login-engine-down");
+  await offlineTab.page.close();
   engine.start();
   await waitForPort(wsAddr, START_TIMEOUT_MS, engine.child, "engine");
   await alice.waitOnline(RECONNECT_TIMEOUT_MS, "alice reconnects after the engine restart");
@@ -320,6 +365,77 @@ async function scenario(alice, bob, engine) {
   await bob.waitOnline(STEP_TIMEOUT_MS, "bob signs in again after a reload");
   await bob.expectChat(conversation, "bob's reloaded chat shows every message once, in order");
   await screenshot(bob.page, "reload-bob");
+
+  // A hand-typed address with an id above uint64 shows the not-found view and sends nothing.
+  const badId = "999999999999999999999";
+  await bob.page.goto(`${origin}/chat/user/${badId}`, { timeout: STEP_TIMEOUT_MS });
+  await bob.testId("not-found").waitFor({ timeout: STEP_TIMEOUT_MS });
+  await bob.waitOnline(STEP_TIMEOUT_MS, "bob signs in on the not-found page");
+  if ((await bob.page.locator(`[data-testid="conversation-user:${badId}"]`).count()) !== 0) {
+    throw new Error("the bad address added a conversation");
+  }
+  await screenshot(bob.page, "not-found-bob");
+  // An id within uint64 that names no user shows that instead of a composer.
+  await bob.page.goto(`${origin}/chat/user/18446744073709551615`, { timeout: STEP_TIMEOUT_MS });
+  await bob.testId("chat-missing-user").waitFor({ timeout: STEP_TIMEOUT_MS });
+  if ((await bob.testId("composer").count()) !== 0) {
+    throw new Error("the chat with a user that does not exist offers a composer");
+  }
+  await screenshot(bob.page, "missing-user-bob");
+  await bob.testId(`conversation-${aliceKey}`).click({ timeout: STEP_TIMEOUT_MS });
+
+  // The engine hangs (SIGSTOP): alice's SEND gets no reply and ends failed at its 10 s
+  // deadline. Retry sends it again with the same client message id after the engine resumes,
+  // and the message shows once on both sides although the engine received it twice.
+  const hung = "sent while the engine hung";
+  engine.child.kill("SIGSTOP");
+  try {
+    await alice.send(hung);
+    conversation.push(hung);
+    const hungMessage = alice.testId("message").filter({ hasText: hung });
+    await until(
+      "alice's message to the hung engine ends failed",
+      () => hungMessage.getAttribute("data-state", { timeout: 1_000 }).catch(() => ""),
+      (state) => state === "failed",
+      RECONNECT_TIMEOUT_MS,
+    );
+    await screenshot(alice.page, "send-failed-alice");
+    await hungMessage.getByTestId("message-retry").click({ timeout: STEP_TIMEOUT_MS });
+  } finally {
+    engine.child.kill("SIGCONT");
+  }
+  await alice.expectChat(conversation, "alice's retried message is stored once", RECONNECT_TIMEOUT_MS);
+  await bob.expectChat(conversation, "bob receives the retried message once");
+  await screenshot(alice.page, "send-retried-alice");
+
+  // A second tab of alice gets its own device: the first tab stays connected.
+  const firstDevice = await alice.device();
+  const aliceTab = new User(alice.name, alice.context);
+  await aliceTab.open();
+  await aliceTab.testId("auth-username").waitFor({ timeout: STEP_TIMEOUT_MS });
+  await screenshot(aliceTab.page, "second-tab-sign-in");
+  await aliceTab.login();
+  const secondDevice = await aliceTab.device();
+  if (!secondDevice || secondDevice.deviceId === firstDevice.deviceId) {
+    throw new Error(`the second tab reused device ${JSON.stringify(secondDevice)}`);
+  }
+  await sleep(1_000);
+  if ((await alice.status()) !== "online") {
+    throw new Error(`alice's first tab went ${await alice.status()} when the second signed in`);
+  }
+  await aliceTab.page.reload({ timeout: STEP_TIMEOUT_MS });
+  await aliceTab.waitOnline(STEP_TIMEOUT_MS, "alice's second tab signs in again after a reload");
+  const reloadedDevice = await aliceTab.device();
+  if (reloadedDevice?.deviceId !== secondDevice.deviceId) {
+    throw new Error(`the reloaded tab moved from device ${secondDevice.deviceId} to ${reloadedDevice?.deviceId}`);
+  }
+  await aliceTab.testId(`conversation-${bobKey}`).click({ timeout: STEP_TIMEOUT_MS });
+  await alice.send("seen in both tabs");
+  conversation.push("seen in both tabs");
+  await aliceTab.expectChat(conversation, "alice's second tab shows the first tab's message");
+  await alice.expectChat(conversation, "alice's first tab stays connected and stores its message");
+  await screenshot(aliceTab.page, "second-tab-alice");
+  await aliceTab.page.close();
 
   // Alice creates a group with bob and writes to it; bob's list shows it unread.
   const groupName = `team ${Date.now().toString(36)}`;

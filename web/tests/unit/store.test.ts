@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 
 import { ConversationType, MessageSchema } from "../../src/gen/im/v1/packet_pb";
 import type { Message } from "../../src/gen/im/v1/packet_pb";
-import { conversationKey, MessageStore, parseConversationKey } from "../../src/store";
+import { conversationKey, isValidId, MessageStore, parseConversationKey } from "../../src/store";
 
 const SELF = "1";
 const PEER = "2";
@@ -120,6 +120,80 @@ describe("pending sends", () => {
   });
 });
 
+describe("unsent message order", () => {
+  it("keeps a failed message above messages stored after it", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a")]);
+    store.addPending(PEER_CHAT, "failed", "c-1");
+    store.fail("c-1", "The connection closed before the server confirmed it.");
+    store.addPending(PEER_CHAT, "later", "c-2");
+    store.confirm("c-2", 2, "1002", 2);
+    store.add([direct(3, PEER, SELF, "reply")]);
+    expect(texts(store, PEER_CHAT)).toEqual(["a", "failed", "later", "reply"]);
+  });
+
+  it("keeps unsent messages in the order they were written", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "first", "c-1");
+    store.add([direct(1, PEER, SELF, "pushed")]);
+    store.addPending(PEER_CHAT, "second", "c-2");
+    store.addPending(PEER_CHAT, "third", "c-3");
+    store.fail("c-2", "timed out");
+    expect(texts(store, PEER_CHAT)).toEqual(["first", "pushed", "second", "third"]);
+  });
+
+  it("places an unsent message before a gap filled later", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a"), direct(3, PEER, SELF, "c")]);
+    store.addPending(PEER_CHAT, "mine", "c-1");
+    store.add([direct(2, PEER, SELF, "b"), direct(4, PEER, SELF, "d")]);
+    expect(texts(store, PEER_CHAT)).toEqual(["a", "b", "c", "mine", "d"]);
+  });
+
+  it("retry turns a failed message pending in place", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "again", "c-1");
+    store.fail("c-1", "timed out");
+    store.add([direct(1, PEER, SELF, "after")]);
+    expect(store.retry("c-1")).toBe(true);
+    const messages = store.messagesOf(PEER_CHAT);
+    expect(messages.map((message) => message.text)).toEqual(["again", "after"]);
+    expect(messages[0].state).toBe("pending");
+    expect(messages[0].error).toBe("");
+    expect(messages[0].clientMsgId).toBe("c-1");
+    expect(store.pendingMessages().map((message) => message.clientMsgId)).toEqual(["c-1"]);
+  });
+
+  it("retry and remove leave pending messages alone", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "on its way", "c-1");
+    expect(store.retry("c-1")).toBe(false);
+    expect(store.remove("c-1")).toBe(false);
+    expect(store.retry("unknown")).toBe(false);
+    expect(texts(store, PEER_CHAT)).toEqual(["on its way"]);
+  });
+
+  it("remove deletes a failed message and its conversation entry", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "gone", "c-1");
+    store.fail("c-1", "That user or group does not exist.");
+    expect(store.remove("c-1")).toBe(true);
+    expect(texts(store, PEER_CHAT)).toEqual([]);
+    expect(store.conversations()).toEqual([]);
+  });
+
+  it("a retried message stored by the server is shown once", () => {
+    const store = new MessageStore(SELF);
+    store.addPending(PEER_CHAT, "once", "c-1");
+    store.fail("c-1", "timed out");
+    store.retry("c-1");
+    // The first SEND was stored after all, and SYNC brings it before the retry's reply.
+    store.add([direct(1, SELF, PEER, "once", "c-1")]);
+    expect(store.confirm("c-1", 1, "1001", 1).added).toBe(0);
+    expect(texts(store, PEER_CHAT)).toEqual(["once"]);
+  });
+});
+
 describe("gap detection", () => {
   it("reports a gap until the missing seq arrives", () => {
     const store = new MessageStore(SELF);
@@ -198,5 +272,22 @@ describe("conversation keys", () => {
     expect(conversationKey(ConversationType.GROUP, "6")).toBe("group:6");
     expect(parseConversationKey("group:6")).toEqual({ type: ConversationType.GROUP, id: "6" });
     expect(parseConversationKey("user:x")).toBeUndefined();
+  });
+
+  it("rejects ids outside uint64", () => {
+    expect(parseConversationKey("user:999999999999999999999")).toBeUndefined();
+    expect(parseConversationKey("user:18446744073709551616")).toBeUndefined();
+    expect(parseConversationKey("user:0")).toBeUndefined();
+    expect(parseConversationKey("user:007")).toBeUndefined();
+    expect(parseConversationKey("group:18446744073709551615")?.id).toBe("18446744073709551615");
+  });
+
+  it("accepts only positive uint64 ids", () => {
+    for (const id of ["1", "42", "18446744073709551615"]) {
+      expect(isValidId(id), id).toBe(true);
+    }
+    for (const id of ["", "0", "-1", "1.5", "01", "18446744073709551616", "9".repeat(25), "1e3"]) {
+      expect(isValidId(id), id).toBe(false);
+    }
   });
 });

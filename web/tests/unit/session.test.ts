@@ -1,0 +1,147 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+
+import { DevicePool, NoDeviceLocks } from "../../src/devices";
+import {
+  PacketType,
+  SendReplySchema,
+  SendRequestSchema,
+  SignInReplySchema,
+  SyncReplySchema,
+} from "../../src/gen/im/v1/packet_pb";
+import { decodePacket, encodePacket } from "../../src/protocol";
+import { Session } from "../../src/session";
+import { FakeWebSocket } from "./support/fake-websocket";
+import { MemoryStorage } from "./support/memory-storage";
+
+const PEER_CHAT = "user:2";
+const originalWebSocket = globalThis.WebSocket;
+const originalFetch = globalThis.fetch;
+
+beforeEach(() => {
+  vi.useFakeTimers();
+  (globalThis as { WebSocket: unknown }).WebSocket = FakeWebSocket;
+  // Business calls (the group list after sign-in) fail at once instead of reaching a network.
+  globalThis.fetch = () => Promise.reject(new TypeError("no network in unit tests"));
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+  (globalThis as { WebSocket: unknown }).WebSocket = originalWebSocket;
+  globalThis.fetch = originalFetch;
+});
+
+/** Returns the type and request id of the last frame the page sent. */
+function lastRequest(ws: FakeWebSocket): { type: PacketType; requestId: bigint; data: Uint8Array } {
+  const packet = decodePacket(ws.sent[ws.sent.length - 1]);
+  return { type: packet.type, requestId: packet.requestId, data: packet.data };
+}
+
+function reply<T extends DescMessage>(
+  ws: FakeWebSocket,
+  type: PacketType,
+  schema: T,
+  init: MessageInitShape<T>,
+): void {
+  const request = lastRequest(ws);
+  expect(PacketType[request.type]).toBe(PacketType[type]);
+  const data = toBinary(schema, create(schema, init));
+  ws.serverSend(encodePacket({ type, requestId: request.requestId, data }));
+}
+
+/** Starts a session with one stored device and answers its SIGN_IN and first SYNC. */
+async function signedInSession(): Promise<{ session: Session; ws: FakeWebSocket }> {
+  const shared = new MemoryStorage();
+  const pool = new DevicePool(shared, new MemoryStorage(), new NoDeviceLocks());
+  await pool.save({ userId: "1", deviceId: "10", token: "token", username: "alice" });
+  const session = new Session("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", shared, pool);
+  await session.start();
+  const ws = await signIn(session);
+  return { session, ws };
+}
+
+async function signIn(session: Session): Promise<FakeWebSocket> {
+  const ws = FakeWebSocket.last as FakeWebSocket;
+  ws.serverOpen();
+  reply(ws, PacketType.SIGN_IN, SignInReplySchema, { heartbeatIntervalMs: 30_000 });
+  await vi.advanceTimersByTimeAsync(0);
+  reply(ws, PacketType.SYNC, SyncReplySchema, { hasMore: false });
+  await vi.advanceTimersByTimeAsync(0);
+  expect(session.state.signedIn).toBe(true);
+  return ws;
+}
+
+/** Logs out, letting the unanswered LOGOUT reach its deadline, so no timer or socket stays. */
+async function logOut(session: Session): Promise<void> {
+  const done = session.logout();
+  await vi.advanceTimersByTimeAsync(3_001);
+  await done;
+}
+
+function sentClientMsgId(ws: FakeWebSocket): string {
+  const request = lastRequest(ws);
+  expect(PacketType[request.type]).toBe("SEND");
+  return fromBinary(SendRequestSchema, request.data).clientMsgId;
+}
+
+describe("session sends", () => {
+  it("fails a SEND whose reply misses its deadline", async () => {
+    const { session, ws } = await signedInSession();
+    session.send(PEER_CHAT, "no reply");
+    sentClientMsgId(ws);
+    await vi.advanceTimersByTimeAsync(10_001);
+    const [message] = session.store.messagesOf(PEER_CHAT);
+    expect(message.state).toBe("failed");
+    expect(message.error).toBe("The server did not confirm it in time.");
+    await logOut(session);
+  });
+
+  it("fails a SEND whose connection closes, and Retry resends it", async () => {
+    const { session, ws } = await signedInSession();
+    session.send(PEER_CHAT, "lost");
+    const first = sentClientMsgId(ws);
+    ws.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(0);
+    const [failed] = session.store.messagesOf(PEER_CHAT);
+    expect(failed.state).toBe("failed");
+    expect(failed.error).toBe("The connection closed before the server confirmed it.");
+
+    // Retry while offline keeps it pending; the next sign-in sends it with the same id.
+    session.retry(first);
+    expect(session.store.messagesOf(PEER_CHAT)[0].state).toBe("pending");
+    await vi.advanceTimersByTimeAsync(1_000);
+    const next = await signIn(session);
+    expect(next).not.toBe(ws);
+    expect(sentClientMsgId(next)).toBe(first);
+    reply(next, PacketType.SEND, SendReplySchema, { seq: 1n, messageId: 5n, sentAtMs: 1n });
+    await vi.advanceTimersByTimeAsync(0);
+    const [stored] = session.store.messagesOf(PEER_CHAT);
+    expect(stored.state).toBe("stored");
+    expect(stored.seq).toBe(1);
+    await logOut(session);
+  });
+
+  it("fails an oversized message on every attempt", async () => {
+    const { session, ws } = await signedInSession();
+    const sentBefore = ws.sent.length;
+    session.send(PEER_CHAT, "x".repeat(16 * 1024 + 1));
+    const [message] = session.store.messagesOf(PEER_CHAT);
+    expect(message.state).toBe("failed");
+    expect(message.error).toContain("16385 bytes");
+    session.retry(message.clientMsgId);
+    expect(session.store.messagesOf(PEER_CHAT)[0].state).toBe("failed");
+    expect(ws.sent.length).toBe(sentBefore);
+    await logOut(session);
+  });
+
+  it("removes a failed message", async () => {
+    const { session, ws } = await signedInSession();
+    session.send(PEER_CHAT, "unwanted");
+    const clientMsgId = sentClientMsgId(ws);
+    await vi.advanceTimersByTimeAsync(10_001);
+    session.remove(clientMsgId);
+    expect(session.store.messagesOf(PEER_CHAT)).toEqual([]);
+    await logOut(session);
+  });
+});
