@@ -25,7 +25,12 @@ pub fn digest(token: &str) -> [u8; 32] {
 
 /// Compares a presented token with a stored digest in constant time.
 pub fn matches(token: &str, stored: &[u8; 32]) -> bool {
-    digest(token).ct_eq(stored).into()
+    digest_matches(&digest(token), stored)
+}
+
+/// Compares two token digests in constant time.
+pub fn digest_matches(digest: &[u8; 32], stored: &[u8; 32]) -> bool {
+    digest.ct_eq(stored).into()
 }
 
 #[cfg(test)]

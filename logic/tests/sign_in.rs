@@ -166,3 +166,61 @@ async fn sign_in_invalid_node_is_invalid_argument() {
     }
     logic.server.shutdown().await;
 }
+
+/// The sign-in script sets the online status only for a valid token, so a rejected token
+/// leaves the status of the device's connection alone.
+#[tokio::test]
+async fn rejected_sign_in_keeps_online_status() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "keepstatus", conn(NODE, 1)).await;
+    let auth_key = format!("auth:{}", device.user_id);
+    let online_key = format!("online:{}", device.user_id);
+    let digest = hex::encode(Sha256::digest(device.token.as_bytes()));
+    let mut redis = redis_connection().await;
+    let cases = [
+        ("wrong token", "0".repeat(64), None, ErrorCode::TokenInvalid),
+        (
+            "oversized token",
+            "f".repeat(10_000),
+            None,
+            ErrorCode::TokenInvalid,
+        ),
+        (
+            "revoked token",
+            device.token.clone(),
+            Some(format!("v1:{digest}:99999999999999:revoked")),
+            ErrorCode::TokenRevoked,
+        ),
+        (
+            "expired token",
+            device.token.clone(),
+            Some(format!("v1:{digest}:1000")),
+            ErrorCode::TokenExpired,
+        ),
+    ];
+
+    for (case, token, record, expected) in cases {
+        if let Some(record) = record {
+            let _: () = redis::cmd("HSET")
+                .arg(&auth_key)
+                .arg(device.device_id)
+                .arg(record)
+                .query_async(&mut redis)
+                .await
+                .expect("HSET succeeds");
+        }
+        let status = sign_in(
+            &mut logic.client,
+            device.user_id,
+            device.device_id,
+            &token,
+            conn(NODE, 2),
+        )
+        .await
+        .expect_err(case);
+        assert_eq!(error_code(&status), expected, "{case}");
+        let online = common::hget(&online_key, device.device_id).await;
+        assert_eq!(online.as_deref(), Some("127.0.0.1:1|1"), "{case}");
+    }
+    logic.server.shutdown().await;
+}

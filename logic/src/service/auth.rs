@@ -10,7 +10,7 @@ use super::{presence, CallIds, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
 use crate::store::pg::{device_tokens, devices, users};
-use crate::store::redis::TokenRecord;
+use crate::store::redis::{SignInOutcome, TokenRecord};
 use crate::token;
 
 /// Tokens longer than this are rejected without hashing them, in bytes. Issued tokens have
@@ -86,8 +86,41 @@ pub async fn sign_in(
     })?;
     let (user, device) = require_ids(sign_in.user_id, sign_in.device_id)?;
 
-    check_token(logic, user, device, &sign_in.token).await?;
-    presence::mark_online(logic, user, device, &conn).await?;
+    // An oversized token is not hashed. The empty digest matches no record, so the script
+    // only reads the record, and the check below rejects the token.
+    let presented = sign_in.token.as_str();
+    let digest = (presented.len() <= TOKEN_MAX_BYTES).then(|| token::digest(presented));
+    let digest_hex = digest.map(hex::encode).unwrap_or_default();
+    let now = now_ms();
+    match logic
+        .redis
+        .sign_in(user, device, &digest_hex, now, &conn)
+        .await?
+    {
+        SignInOutcome::NotCached => {
+            check_token(logic, user, device, presented).await?;
+            presence::mark_online(logic, user, device, &conn).await?;
+        }
+        SignInOutcome::Checked {
+            record,
+            accepted,
+            previous,
+        } => {
+            let verdict = verify_token(digest.as_ref(), &record, now);
+            if accepted != verdict.is_ok() {
+                // The script and `verify_token` apply the same rules to the same record, so
+                // this is a bug. Undo a status set for a rejected token.
+                if accepted {
+                    logic.redis.set_offline(user, device, &conn).await?;
+                }
+                return Err(LogicError::Internal(
+                    "the sign-in script and the token check disagreed",
+                ));
+            }
+            verdict?;
+            presence::kick_replaced(logic, user, device, &conn, previous);
+        }
+    }
     tracing::debug!(
         user_id = user.0,
         device_id = device.0,
@@ -188,13 +221,25 @@ pub(crate) async fn check_token(
         Some(record) => record,
         None => load_uncached_token(logic, user, device).await?,
     };
-    if presented.len() > TOKEN_MAX_BYTES || !token::matches(presented, &record.hash) {
+    let digest = (presented.len() <= TOKEN_MAX_BYTES).then(|| token::digest(presented));
+    verify_token(digest.as_ref(), &record, now_ms())
+}
+
+/// Compares the digest of a presented token (`None` for an oversized token) with `record`
+/// at `now_ms`: first the hash, so a revocation or an expiry is only reported to the holder
+/// of the right token.
+fn verify_token(
+    digest: Option<&[u8; 32]>,
+    record: &TokenRecord,
+    now_ms: i64,
+) -> Result<(), LogicError> {
+    if !digest.is_some_and(|digest| token::digest_matches(digest, &record.hash)) {
         return Err(LogicError::TokenInvalid);
     }
     if record.revoked {
         return Err(LogicError::TokenRevoked);
     }
-    if now_ms() >= record.expires_at_ms {
+    if now_ms >= record.expires_at_ms {
         return Err(LogicError::TokenExpired);
     }
     Ok(())

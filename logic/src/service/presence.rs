@@ -23,8 +23,21 @@ pub async fn mark_online(
     conn: &ConnRef,
 ) -> Result<(), LogicError> {
     let previous = logic.redis.set_online(user, device, conn).await?;
+    kick_replaced(logic, user, device, conn, previous);
+    Ok(())
+}
+
+/// Asks the node of the `previous` online status of a device, now replaced by `conn`, to kick
+/// that connection, in a task of its own so the caller does not wait.
+pub fn kick_replaced(
+    logic: &Logic,
+    user: UserId,
+    device: DeviceId,
+    conn: &ConnRef,
+    previous: Option<String>,
+) {
     let Some(previous) = previous else {
-        return Ok(());
+        return;
     };
     match ConnRef::parse_status(&previous) {
         Some(old) if old != *conn => spawn_kick(logic, user, device, old),
@@ -36,7 +49,6 @@ pub async fn mark_online(
             "replaced online status was malformed; no connection kicked"
         ),
     }
-    Ok(())
 }
 
 /// Deletes the device's online status if it still names the request's connection.

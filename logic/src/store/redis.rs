@@ -38,20 +38,50 @@ local function node_index(node)
 end
 ";
 
-/// Sets a device's online status (ARGV[2]) and returns the previous value, or nil. ARGV[3] is
-/// the status's node and ARGV[4] the index member "user:device": the member moves to that
-/// node's index.
-const SET_STATUS_LUA: &str = r"
-local previous = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if previous then
-  local old_node = string.match(previous, '^(.*)|')
-  if old_node and old_node ~= ARGV[3] then
-    redis.call('SREM', node_index(old_node), ARGV[4])
+/// Sets field `device` of the online hash `key` to `status` and returns the previous value, or
+/// false. `node` is the status's node and `member` the index member "user:device": the member
+/// moves to that node's index.
+const SET_STATUS_FN_LUA: &str = r"
+local function set_status(key, device, status, node, member)
+  local previous = redis.call('HGET', key, device)
+  redis.call('HSET', key, device, status)
+  if previous then
+    local old_node = string.match(previous, '^(.*)|')
+    if old_node and old_node ~= node then
+      redis.call('SREM', node_index(old_node), member)
+    end
   end
+  redis.call('SADD', node_index(node), member)
+  return previous
 end
-redis.call('SADD', node_index(ARGV[3]), ARGV[4])
-return previous
+";
+
+/// Sets a device's online status (ARGV[2]) and returns the previous value, or nil. ARGV[3] is
+/// the status's node and ARGV[4] the index member "user:device".
+const SET_STATUS_LUA: &str = r"
+return set_status(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+";
+
+/// SIGN_IN in one round trip. Reads the token record of device ARGV[1] from KEYS[1] and sets
+/// the device's online status in KEYS[2] (ARGV[4] to ARGV[6], as in `SET_STATUS_LUA`) only
+/// when the record is a v1 record whose hash equals ARGV[2] (SHA-256 of the presented token,
+/// lowercase hex), is not revoked and expires after ARGV[3] (ms since the Unix epoch).
+/// Returns nil when there is no record, else {record, accepted (1 or 0), previous status or
+/// nil}.
+///
+/// The hash comparison is not constant-time. It compares digests of the presented token,
+/// so its timing shows at most how many leading digits of that digest match the stored one,
+/// which does not help to construct a token.
+const SIGN_IN_LUA: &str = r"
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then
+  return false
+end
+local hash, expires = string.match(record, '^v1:(%x+):(%d+)$')
+if hash ~= ARGV[2] or tonumber(expires) <= tonumber(ARGV[3]) then
+  return {record, 0}
+end
+return {record, 1, set_status(KEYS[2], ARGV[1], ARGV[4], ARGV[5], ARGV[6])}
 ";
 
 /// Deletes a device's online status only if it still names the closing connection, and its
@@ -153,6 +183,23 @@ impl TokenRecord {
     }
 }
 
+/// Result of [`RedisStore::sign_in`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInOutcome {
+    /// No token record is cached for the device; nothing was changed.
+    NotCached,
+    /// The cached record. When `accepted`, the online status was set, and `previous` is the
+    /// status it replaced.
+    Checked {
+        /// The device's token record.
+        record: TokenRecord,
+        /// True when the script found the token valid and set the online status.
+        accepted: bool,
+        /// The online status that the new one replaced, if any.
+        previous: Option<String>,
+    },
+}
+
 /// A device with an online status: where its connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineDevice {
@@ -212,6 +259,7 @@ pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManag
 pub struct RedisStore {
     batcher: RedisBatcher,
     set_status: LuaScript,
+    sign_in: LuaScript,
     clear_status: LuaScript,
     store_token: LuaScript,
     revoke_tokens: LuaScript,
@@ -223,9 +271,11 @@ pub struct RedisStore {
 impl RedisStore {
     /// Wraps a running pipelining task.
     pub fn new(batcher: RedisBatcher) -> RedisStore {
+        let status_prelude = format!("{NODE_INDEX_LUA}{SET_STATUS_FN_LUA}");
         RedisStore {
             batcher,
-            set_status: LuaScript::with_prelude(NODE_INDEX_LUA, SET_STATUS_LUA),
+            set_status: LuaScript::with_prelude(&status_prelude, SET_STATUS_LUA),
+            sign_in: LuaScript::with_prelude(&status_prelude, SIGN_IN_LUA),
             clear_status: LuaScript::with_prelude(NODE_INDEX_LUA, CLEAR_STATUS_LUA),
             store_token: LuaScript::new(STORE_TOKEN_LUA),
             revoke_tokens: LuaScript::new(REVOKE_TOKENS_LUA),
@@ -289,6 +339,58 @@ impl RedisStore {
                 .map(Some)
                 .ok_or(LogicError::Internal("stored token record is malformed")),
         }
+    }
+
+    /// Checks the cached token record of `device` against `token_digest_hex` (the presented
+    /// token's SHA-256, lowercase hex) and, when the token is valid at `now_ms`, sets the
+    /// device's online status to `conn`, in one script run.
+    ///
+    /// # Errors
+    ///
+    /// [`LogicError::Internal`] when the stored value is not a token record; store errors.
+    pub async fn sign_in(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        token_digest_hex: &str,
+        now_ms: i64,
+        conn: &ConnRef,
+    ) -> Result<SignInOutcome, LogicError> {
+        let auth = auth_key(user);
+        let online = online_key(user);
+        let args = [
+            device.to_string(),
+            token_digest_hex.to_owned(),
+            now_ms.to_string(),
+            conn.status_value(),
+            conn.node.clone(),
+            index_member(user, device),
+        ];
+        let reply = self
+            .sign_in
+            .invoke_keys(&self.batcher, &[&auth, &online], &args)
+            .await?;
+        let parts: Option<(String, i64, Option<String>)> = match reply {
+            Value::Nil => None,
+            Value::Array(mut items) => {
+                // Lua drops a trailing nil from a table, so "no previous status" may be absent.
+                if items.len() == 2 {
+                    items.push(Value::Nil);
+                }
+                Some(parse(Value::Array(items))?)
+            }
+            other => return Err(LogicError::Redis(unexpected_reply(&other))),
+        };
+        let Some((text, accepted, previous)) = parts else {
+            return Ok(SignInOutcome::NotCached);
+        };
+        let record = TokenRecord::decode(&text)
+            .ok_or(LogicError::Internal("stored token record is malformed"))?;
+        Ok(SignInOutcome::Checked {
+            record,
+            accepted: accepted == 1,
+            previous,
+        })
     }
 
     /// Marks the token records of `devices` revoked and returns how many it marked; a device
@@ -394,6 +496,14 @@ impl RedisStore {
         cmd.arg(online_key(user)).arg(device.0);
         parse(self.batcher.query(cmd).await?)
     }
+}
+
+fn unexpected_reply(value: &Value) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply to the sign-in script",
+        format!("{value:?}"),
+    ))
 }
 
 pub(crate) fn parse<T: FromRedisValue>(value: Value) -> Result<T, LogicError> {
