@@ -100,9 +100,7 @@ impl Outbox {
             return Ok(true);
         }
         let all_written = crate::conn::io::write_available(fd, &mut pending)?;
-        if all_written {
-            *pending = BytesMut::new();
-        }
+        crate::conn::io::release_if_empty(&mut pending);
         Ok(all_written)
     }
 
@@ -115,9 +113,7 @@ impl Outbox {
     ) -> std::io::Result<bool> {
         let mut pending = self.pending.borrow_mut();
         let all_written = write(&mut pending)?;
-        if all_written && pending.capacity() > 0 {
-            *pending = BytesMut::new();
-        }
+        crate::conn::io::release_if_empty(&mut pending);
         Ok(all_written)
     }
 

@@ -348,9 +348,7 @@ impl Connection {
                 }
             }
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
+        io::release_if_empty(&mut self.read_buf);
         None
     }
 
