@@ -10,6 +10,7 @@ mod bridge;
 pub mod close;
 pub mod config;
 mod conn;
+mod heap;
 mod inbox;
 mod lease;
 pub mod metrics;
@@ -190,6 +191,7 @@ impl Engine {
             metrics.shards.push(shard_metrics);
         }
 
+        heap::spawn_trimmer(runtime.handle(), metrics.clone());
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = ConnectIntServiceServer::with_interceptor(
             push::PushService::new(inboxes.clone(), metrics.deliver_seconds.clone()),

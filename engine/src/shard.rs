@@ -194,7 +194,7 @@ async fn accept_loop(
 async fn sweep_deadlines(ctx: Rc<ShardContext>) {
     loop {
         monoio::time::sleep(DEADLINE_SWEEP).await;
-        ctx.registry.wake_due(Instant::now());
+        ctx.registry.wake_due(ctx.clock.read_ms());
     }
 }
 

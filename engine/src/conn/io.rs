@@ -91,10 +91,47 @@ pub(crate) fn write_available(fd: RawFd, data: &mut BytesMut) -> io::Result<bool
     Ok(true)
 }
 
+/// Frees the allocation behind `buf` once every byte is consumed.
+///
+/// Checking `capacity()` is not enough. A buffer whose bytes were all split off or advanced
+/// past reports a capacity of 0, yet it still owns the allocation it read into, or shares
+/// it with the messages split off it. An idle connection would keep that allocation.
+pub(crate) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Shuts down the sending side, so the peer reads our close frame and then EOF.
 pub(crate) fn shutdown_write(fd: RawFd) {
     // SAFETY: `fd` is an open socket owned by the caller; shutdown does not touch memory.
     unsafe {
         libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_frees_buffer_split_to_zero_capacity() {
+        let mut buf = BytesMut::with_capacity(4);
+        buf.extend_from_slice(b"ping");
+        let message = buf.split_to(4).freeze();
+        assert_eq!(buf.capacity(), 0);
+        assert!(
+            !message.is_unique(),
+            "the empty buffer still shares the allocation"
+        );
+        release_if_empty(&mut buf);
+        assert!(message.is_unique());
+    }
+
+    #[test]
+    fn release_keeps_unconsumed_bytes() {
+        let mut buf = BytesMut::from(&b"partial frame"[..]);
+        release_if_empty(&mut buf);
+        assert_eq!(&buf[..], b"partial frame");
     }
 }

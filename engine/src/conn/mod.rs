@@ -23,7 +23,6 @@ use bytes::BytesMut;
 use im_proto::{ConnRef, OfflineRequest};
 use im_ws::{Decoder, Message};
 use monoio::net::TcpStream;
-use monoio::time::Instant;
 use tracing::{debug, field, trace, Instrument};
 
 use crate::bridge::Call;
@@ -31,7 +30,7 @@ use crate::close;
 use crate::registry::{CloseRequest, ConnId, Outbox};
 use crate::shard::ShardContext;
 use io::ReadOutcome;
-use rate::{RateState, Verdict};
+use rate::{Deadline, RateState, Verdict};
 use step::Step;
 use transport::Transport;
 
@@ -116,10 +115,10 @@ pub(crate) struct Connection {
     decoder: Decoder,
     session: Option<Session>,
     /// Sign-in deadline before sign-in, idle deadline after it.
-    deadline: Instant,
-    /// When queued frames first stopped fitting into the socket; `None` while writes keep
-    /// up. The connection goes on reading meanwhile.
-    write_stalled_since: Option<Instant>,
+    deadline: Deadline,
+    /// Deadline for queued frames that stopped fitting into the socket; `None` while writes
+    /// keep up. The connection goes on reading meanwhile.
+    write_deadline: Option<Deadline>,
     /// Token buckets of the packet and byte rate limits.
     rate: RateState,
 }
@@ -130,7 +129,7 @@ impl Connection {
         Self {
             rate: RateState::new(&ctx.rate_limits, ctx.clock.now_ms()),
             fd: stream.as_raw_fd(),
-            deadline: Instant::now(),
+            deadline: Deadline::after(ctx.clock.read_ms(), 0),
             decoder: Decoder::new(ctx.decoder_limits),
             ctx,
             stream,
@@ -142,7 +141,7 @@ impl Connection {
             outbox,
             read_buf: BytesMut::new(),
             session: None,
-            write_stalled_since: None,
+            write_deadline: None,
         }
     }
 
@@ -194,7 +193,7 @@ impl Connection {
         debug!("websocket open");
         ctx.clock.tick();
         self.rate = RateState::new(&ctx.rate_limits, ctx.clock.now_ms());
-        self.deadline = Instant::now() + Duration::from_millis(ctx.config.sign_in_timeout_ms);
+        self.deadline = Deadline::after(ctx.clock.read_ms(), ctx.config.sign_in_timeout_ms);
         true
     }
 
@@ -208,7 +207,7 @@ impl Connection {
             if let Some(ending) = self.flush() {
                 return ending;
             }
-            if Instant::now() >= self.next_deadline() {
+            if self.next_deadline().is_due(self.ctx.clock.read_ms()) {
                 if let Some(ending) = self.deadline_passed() {
                     return ending;
                 }
@@ -233,7 +232,7 @@ impl Connection {
     /// shard's deadline sweep signals deadlines, so no connection has a timer of its own.
     async fn next_event(&self) -> Event {
         self.outbox.set_deadline(self.next_deadline());
-        if self.write_stalled_since.is_some() {
+        if self.write_deadline.is_some() {
             // Boxed: the second readiness wait would enlarge every idle task.
             return Box::pin(self.next_event_stalled()).await;
         }
@@ -269,28 +268,24 @@ impl Connection {
     }
 
     /// Returns the earlier of the sign-in or idle deadline and the stalled-write deadline.
-    fn next_deadline(&self) -> Instant {
-        match self.write_stalled_since {
-            Some(since) => self.deadline.min(since + self.write_timeout()),
+    fn next_deadline(&self) -> Deadline {
+        match self.write_deadline {
+            Some(write_deadline) => self.deadline.min(write_deadline),
             None => self.deadline,
         }
     }
 
-    fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.ctx.config.write_timeout_ms)
-    }
-
     /// Returns the ending for a passed deadline, or `None` when none has passed.
     fn deadline_passed(&self) -> Option<Ending> {
-        let now = Instant::now();
-        if let Some(since) = self.write_stalled_since {
-            if now >= since + self.write_timeout() {
+        let now_ms = self.ctx.clock.read_ms();
+        if let Some(write_deadline) = self.write_deadline {
+            if write_deadline.is_due(now_ms) {
                 debug!("write timed out: the device stopped reading");
                 self.ctx.metrics.count_limit("write_timeout");
                 return Some(Ending::Gone("write timed out"));
             }
         }
-        if now < self.deadline {
+        if !self.deadline.is_due(now_ms) {
             return None;
         }
         Some(match self.session {
@@ -348,9 +343,7 @@ impl Connection {
                 }
             }
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
+        io::release_if_empty(&mut self.read_buf);
         None
     }
 
@@ -372,8 +365,10 @@ impl Connection {
     /// Pushes the idle deadline forward after any frame from a signed-in device.
     fn touch(&mut self) {
         if self.session.is_some() {
-            self.deadline =
-                self.ctx.clock.now() + Duration::from_millis(self.ctx.config.heartbeat_timeout_ms);
+            self.deadline = Deadline::after(
+                self.ctx.clock.now_ms(),
+                self.ctx.config.heartbeat_timeout_ms,
+            );
         }
     }
 
@@ -424,11 +419,15 @@ impl Connection {
         };
         match written {
             Ok(true) => {
-                self.write_stalled_since = None;
+                self.write_deadline = None;
                 None
             }
             Ok(false) => {
-                self.write_stalled_since.get_or_insert_with(Instant::now);
+                if self.write_deadline.is_none() {
+                    let timeout_ms = self.ctx.config.write_timeout_ms;
+                    self.write_deadline =
+                        Some(Deadline::after(self.ctx.clock.read_ms(), timeout_ms));
+                }
                 None
             }
             Err(err) => {
@@ -627,7 +626,7 @@ mod tests {
     fn idle_task_stays_small() {
         let task = task_layout(Connection::serve);
         assert!(
-            task.size() <= 600,
+            task.size() <= 500,
             "connection task is {} bytes",
             task.size()
         );

@@ -39,16 +39,52 @@ impl ShardClock {
         self.now.set(Instant::now());
     }
 
-    /// Returns the time of the latest tick.
-    pub(crate) fn now(&self) -> Instant {
-        self.now.get()
-    }
-
     /// Returns milliseconds since the shard started, wrapping after 49 days; buckets only
     /// take differences, so the wrap is harmless for intervals under that.
     pub(crate) fn now_ms(&self) -> u32 {
+        self.ms_at(self.now.get())
+    }
+
+    /// Returns the system clock in the milliseconds of [`ShardClock::now_ms`], without a tick.
+    pub(crate) fn read_ms(&self) -> u32 {
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u32 {
         // Truncation is the intended wrap.
-        (self.now.get() - self.origin).as_millis() as u32
+        (at - self.origin).as_millis() as u32
+    }
+}
+
+/// Maximum timeout of a deadline, 2^31 - 1 ms (24.8 days). Deadlines wrap with the shard
+/// clock's milliseconds, so they are compared as signed differences of under 2^31 ms.
+const MAX_DEADLINE_MS: u64 = (1 << 31) - 1;
+
+/// A point in time in the wrapping milliseconds of [`ShardClock::now_ms`]. It is 4 bytes in
+/// place of a 16-byte `Instant`, for the deadlines that every idle connection keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline(u32);
+
+impl Deadline {
+    /// Returns the deadline `timeout_ms` after `now_ms`. A timeout above `MAX_DEADLINE_MS`
+    /// (24.8 days) is cut to it.
+    pub(crate) fn after(now_ms: u32, timeout_ms: u64) -> Self {
+        // At most 2^31 - 1, so the cast is lossless.
+        Self(now_ms.wrapping_add(timeout_ms.min(MAX_DEADLINE_MS) as u32))
+    }
+
+    /// True when the deadline is at or before `now_ms`.
+    pub(crate) fn is_due(self, now_ms: u32) -> bool {
+        now_ms.wrapping_sub(self.0) < 1 << 31
+    }
+
+    /// Returns the earlier of two deadlines.
+    pub(crate) fn min(self, other: Self) -> Self {
+        if other.is_due(self.0) {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -195,6 +231,31 @@ fn saturate(value: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadline_due_across_wrap() {
+        let deadline = Deadline::after(u32::MAX - 5, 10);
+        assert!(!deadline.is_due(u32::MAX));
+        assert!(!deadline.is_due(3));
+        assert!(deadline.is_due(4));
+        assert!(deadline.is_due(1000));
+    }
+
+    #[test]
+    fn deadline_min_across_wrap() {
+        let early = Deadline::after(u32::MAX - 5, 2);
+        let late = Deadline::after(u32::MAX - 5, 20);
+        assert_eq!(early.min(late), early);
+        assert_eq!(late.min(early), early);
+    }
+
+    #[test]
+    fn deadline_timeout_is_capped() {
+        let deadline = Deadline::after(0, u64::MAX);
+        assert!(!deadline.is_due(0));
+        assert!(!deadline.is_due((1 << 31) - 2));
+        assert!(deadline.is_due((1 << 31) - 1));
+    }
 
     fn limits(packets: u32, burst: u32, bytes: u32, byte_burst: u32, strikes: u32) -> RateLimits {
         RateLimits::from_config(&Config {
