@@ -24,6 +24,31 @@ pub(crate) fn record(histogram: &mut Histogram<u64>, latency: Duration) {
     histogram.saturating_record(micros.max(1));
 }
 
+/// Latencies of one connection, in microseconds, kept as a plain list until they are
+/// merged into a phase's histogram.
+///
+/// A [`latency_histogram`] holds about 147 KB of counters. One per connection would make
+/// the bench allocate and zero hundreds of megabytes just as a phase starts (5,000
+/// connections: 737 MB), stalling its own runtime and inflating the first server's round
+/// trips. A connection records a few values to a few thousand, so 4 bytes each is less.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LatencySamples(Vec<u32>);
+
+impl LatencySamples {
+    /// Records `latency` in microseconds, saturating at the histograms' maximum.
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let micros = latency.as_micros().clamp(1, u128::from(MAX_LATENCY_US));
+        self.0.push(u32::try_from(micros).unwrap_or(u32::MAX));
+    }
+
+    /// Adds every sample to `histogram`.
+    pub(crate) fn merge_into(&self, histogram: &mut Histogram<u64>) {
+        for &micros in &self.0 {
+            histogram.saturating_record(u64::from(micros));
+        }
+    }
+}
+
 /// Failed attempts counted by kind. Kinds are short stable strings (`connect_failed`,
 /// `TOKEN_INVALID`, `closed_4001`), so counts from worker processes merge by key.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -121,6 +146,20 @@ pub(crate) fn merge_histogram(target: &mut Histogram<u64>, source: &Histogram<u6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn samples_merge_into_histogram_saturating() {
+        let mut samples = LatencySamples::default();
+        samples.record(Duration::from_micros(250));
+        samples.record(Duration::ZERO);
+        samples.record(Duration::from_secs(100_000));
+        let mut histogram = latency_histogram();
+        samples.merge_into(&mut histogram);
+        assert_eq!(histogram.len(), 3);
+        assert_eq!(histogram.min(), 1);
+        assert!(histogram.equivalent(histogram.max(), MAX_LATENCY_US));
+        assert_eq!(histogram.count_between(240, 260), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -16,7 +16,7 @@ use super::raw::{heartbeat_message, RawConnection, RawError};
 use super::server::RunningServer;
 use crate::kernel::{self, KernelMemory};
 use crate::sources;
-use crate::stats;
+use crate::stats::{self, LatencySamples};
 
 /// Time allowed beyond a phase's own length before the phase is cut off.
 const PHASE_SLACK: Duration = Duration::from_secs(10);
@@ -186,7 +186,7 @@ async fn latency_phase(
         let Ok((connection, one, result)) = joined else {
             continue;
         };
-        let _ = histogram.add(&one);
+        one.merge_into(&mut histogram);
         match result {
             Ok(()) => kept.push(connection),
             Err(error) => count_error(errors, "round trip", &error),
@@ -199,8 +199,8 @@ async fn latency_phase(
 async fn time_round_trips(
     mut connection: RawConnection,
     plan: Plan,
-) -> (RawConnection, Histogram<u64>, Result<(), RawError>) {
-    let mut histogram = stats::latency_histogram();
+) -> (RawConnection, LatencySamples, Result<(), RawError>) {
+    let mut samples = LatencySamples::default();
     let offset = random_offset(plan.round_interval);
     let mut next = Instant::now() + offset;
     for _ in 0..plan.rounds {
@@ -211,11 +211,11 @@ async fn time_round_trips(
             .round_trip(heartbeat_message(), plan.timeout)
             .await
         {
-            return (connection, histogram, Err(error));
+            return (connection, samples, Err(error));
         }
-        stats::record(&mut histogram, started.elapsed());
+        samples.record(started.elapsed());
     }
-    (connection, histogram, Ok(()))
+    (connection, samples, Ok(()))
 }
 
 fn random_offset(interval: Duration) -> Duration {

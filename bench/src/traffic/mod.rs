@@ -161,7 +161,7 @@ async fn collect_senders(
         figures.sent += tally.sent;
         figures.replies += tally.replies;
         figures.errors.merge(&tally.errors);
-        stats::merge_histogram(&mut figures.reply_latency, &tally.reply_latency);
+        tally.reply_latency.merge_into(&mut figures.reply_latency);
         last_reply = last_reply.max(tally.last_reply);
         for receiver in &recipients[index] {
             figures.per_receiver[*receiver].0 += tally.sent;
@@ -191,7 +191,7 @@ async fn collect_receivers(
         figures.received += tally.received;
         figures.per_receiver[index].1 = tally.received;
         figures.errors.merge(&tally.errors);
-        stats::merge_histogram(&mut figures.delivery_latency, &tally.latency);
+        tally.latency.merge_into(&mut figures.delivery_latency);
     }
 }
 

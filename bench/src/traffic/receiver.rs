@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use im_client::{Client, ClientError, Message, Packet, Push};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{close, unexpected_push_kind, TrafficPlan};
 use crate::payload::Payload;
-use crate::stats::{self, request_error_kind, ErrorCounts};
+use crate::stats::{request_error_kind, ErrorCounts, LatencySamples};
 
 /// Counts and latencies of one receiving connection.
 #[derive(Debug)]
@@ -22,7 +21,7 @@ pub(crate) struct ReceiverTally {
     /// Messages of this run, each counted once.
     pub(crate) received: u64,
     /// Time from each message's intended send time to its arrival, in microseconds.
-    pub(crate) latency: Histogram<u64>,
+    pub(crate) latency: LatencySamples,
     pub(crate) errors: ErrorCounts,
 }
 
@@ -63,7 +62,7 @@ pub(crate) async fn run(
         received_total: &received_total,
         tally: ReceiverTally {
             received: 0,
-            latency: stats::latency_histogram(),
+            latency: LatencySamples::default(),
             errors: ErrorCounts::default(),
         },
     };
@@ -152,10 +151,9 @@ impl Receiver<'_> {
         self.tally.received += 1;
         self.received_total.fetch_add(1, Ordering::Relaxed);
         let intended = self.epoch + Duration::from_micros(payload.intended_us);
-        stats::record(
-            &mut self.tally.latency,
-            now.saturating_duration_since(intended),
-        );
+        self.tally
+            .latency
+            .record(now.saturating_duration_since(intended));
     }
 
     /// Acknowledges the highest seq received, if it moved. Returns true when a MESSAGE_ACK

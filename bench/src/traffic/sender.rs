@@ -6,13 +6,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
-use hdrhistogram::Histogram;
 use im_client::{Client, ClientError, ConversationType, Push, SendReply};
 use tokio::time::Instant;
 
 use super::{close, unexpected_push_kind, TrafficPlan};
 use crate::payload::Payload;
-use crate::stats::{self, request_error_kind, ErrorCounts};
+use crate::stats::{request_error_kind, ErrorCounts, LatencySamples};
 
 /// Content type of bench messages.
 const CONTENT_TYPE: &str = "application/x-im-bench";
@@ -34,7 +33,7 @@ pub(crate) struct SenderTally {
     /// Successful SEND replies: messages the server stored.
     pub(crate) replies: u64,
     /// Time from each message's intended send time to its reply, in microseconds.
-    pub(crate) reply_latency: Histogram<u64>,
+    pub(crate) reply_latency: LatencySamples,
     pub(crate) last_reply: Option<Instant>,
     pub(crate) errors: ErrorCounts,
 }
@@ -44,7 +43,7 @@ impl Default for SenderTally {
         Self {
             sent: 0,
             replies: 0,
-            reply_latency: stats::latency_histogram(),
+            reply_latency: LatencySamples::default(),
             last_reply: None,
             errors: ErrorCounts::default(),
         }
@@ -170,7 +169,7 @@ fn record(tally: &mut SenderTally, done: Done) {
             let now = Instant::now();
             tally.replies += 1;
             tally.last_reply = Some(now);
-            stats::record(&mut tally.reply_latency, now - intended);
+            tally.reply_latency.record(now - intended);
         }
         Done::Send {
             result: Err(error), ..
