@@ -26,7 +26,7 @@ pub(crate) struct Destination {
 }
 
 /// Counts and latencies of one sending connection.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct SenderTally {
     /// SEND requests written.
     pub(crate) sent: u64,
@@ -36,18 +36,6 @@ pub(crate) struct SenderTally {
     pub(crate) reply_latency: LatencySamples,
     pub(crate) last_reply: Option<Instant>,
     pub(crate) errors: ErrorCounts,
-}
-
-impl Default for SenderTally {
-    fn default() -> Self {
-        Self {
-            sent: 0,
-            replies: 0,
-            reply_latency: LatencySamples::default(),
-            last_reply: None,
-            errors: ErrorCounts::default(),
-        }
-    }
 }
 
 /// A finished request of the send loop.
