@@ -40,6 +40,11 @@ pub struct Config {
     /// (IORING_SETUP_SQPOLL) and sleeps after this many idle milliseconds. It saves the
     /// submit system call at the cost of one busy kernel thread per shard. 0 turns it off.
     pub sqpoll_idle_ms: u32,
+    /// Sets IORING_SETUP_COOP_TASKRUN and IORING_SETUP_SINGLE_ISSUER on each shard's ring:
+    /// the kernel runs completion work when the shard next enters the ring instead of
+    /// interrupting it, and skips the locking a ring shared between threads needs. Falls
+    /// back to a plain ring on kernels older than 6.0. Not applied with SQPOLL.
+    pub ring_coop_taskrun: bool,
     /// Time allowed from TCP accept to a complete HTTP upgrade request; then the socket
     /// is closed.
     pub handshake_timeout_ms: u64,
@@ -160,6 +165,7 @@ impl Default for Config {
             shards: 0,
             ring_entries: 1024,
             sqpoll_idle_ms: 0,
+            ring_coop_taskrun: true,
             handshake_timeout_ms: 5_000,
             sign_in_timeout_ms: 10_000,
             heartbeat_interval_ms: 30_000,

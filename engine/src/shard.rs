@@ -78,20 +78,47 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
         .name(format!("shard-{}", setup.index))
         .spawn(move || {
             let index = setup.index;
-            let mut builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .with_entries(setup.config.ring_entries);
-            if setup.config.sqpoll_idle_ms > 0 {
-                let mut ring = io_uring::IoUring::builder();
-                ring.setup_sqpoll(setup.config.sqpoll_idle_ms);
-                builder = builder.uring_builder(ring);
-            }
-            let runtime = builder.build();
+            let runtime = build_runtime(&setup.config).or_else(|err| {
+                if !setup.config.ring_coop_taskrun || setup.config.sqpoll_idle_ms > 0 {
+                    return Err(err);
+                }
+                warn!(shard = index, error = %err, "io_uring refused COOP_TASKRUN or SINGLE_ISSUER; using a plain ring");
+                let plain = Config {
+                    ring_coop_taskrun: false,
+                    ..Config::clone(&setup.config)
+                };
+                build_runtime(&plain)
+            });
             match runtime {
                 Ok(mut runtime) => runtime.block_on(run(setup)),
                 Err(err) => error!(shard = index, error = %err, "shard runtime failed to start"),
             }
         })
+}
+
+type ShardRuntime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// Builds a shard's runtime with the ring options of `config`.
+fn build_runtime(config: &Config) -> std::io::Result<ShardRuntime> {
+    let mut builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(config.ring_entries);
+    if config.sqpoll_idle_ms > 0 || config.ring_coop_taskrun {
+        let mut ring = io_uring::IoUring::builder();
+        if config.sqpoll_idle_ms > 0 {
+            ring.setup_sqpoll(config.sqpoll_idle_ms);
+        }
+        if config.ring_coop_taskrun && config.sqpoll_idle_ms == 0 {
+            // Only this thread ever submits to or waits on the ring. The kernel refuses
+            // COOP_TASKRUN together with SQPOLL, whose thread runs the completions anyway.
+            ring.setup_coop_taskrun().setup_single_issuer();
+        }
+        builder = builder.uring_builder(ring);
+    }
+    builder.build()
 }
 
 async fn run(setup: ShardSetup) {
