@@ -40,6 +40,8 @@ pub(crate) struct ConnectFigures {
 pub(crate) struct HoldFigures {
     /// Heartbeat round trip in microseconds, during the hold only.
     pub(crate) heartbeat_rtt: Histogram<u64>,
+    /// Heartbeats sent during the hold and answered after it ended, so not timed.
+    pub(crate) heartbeats_after_hold: u64,
     pub(crate) errors: ErrorCounts,
 }
 
@@ -47,6 +49,7 @@ impl Default for HoldFigures {
     fn default() -> Self {
         Self {
             heartbeat_rtt: stats::latency_histogram(),
+            heartbeats_after_hold: 0,
             errors: ErrorCounts::default(),
         }
     }
@@ -206,6 +209,7 @@ impl Connections {
     fn record(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::HeartbeatRtt(rtt) => stats::record(&mut self.figures.heartbeat_rtt, rtt),
+            SessionEvent::HeartbeatAfterHold => self.figures.heartbeats_after_hold += 1,
             SessionEvent::Error(kind) => self.figures.errors.add(kind, 1),
         }
     }

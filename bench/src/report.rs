@@ -66,6 +66,12 @@ impl Report {
             "  heartbeat rtt ms      {}",
             quantiles(&self.hold.heartbeat_rtt, &HEARTBEAT_POINTS, false)
         );
+        if self.hold.heartbeats_after_hold > 0 {
+            println!(
+                "  heartbeats not timed  {} answered after the hold ended, during the closes",
+                self.hold.heartbeats_after_hold
+            );
+        }
         println!("  errors at sign-in     {}", errors(&self.signin_errors));
         if stale_tokens(&self.signin_errors) {
             println!(

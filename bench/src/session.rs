@@ -56,6 +56,10 @@ pub(crate) enum SignInOutcome {
 #[derive(Debug)]
 pub(crate) enum SessionEvent {
     HeartbeatRtt(Duration),
+    /// A heartbeat sent during the hold whose reply came after the hold ended. Its round
+    /// trip is not timed: once the hold is over every connection closes at once, so it
+    /// measures the close storm, not an idle connection.
+    HeartbeatAfterHold,
     /// The error kind.
     Error(String),
 }
@@ -161,8 +165,7 @@ async fn keep_alive(
         match wake {
             Wake::Heartbeat => {
                 next_heartbeat = next_after(next_heartbeat, plan.heartbeat_interval);
-                let record = until.is_some();
-                if !heartbeat(&client, record, kicked, events).await {
+                if !heartbeat(&client, until, kicked, events).await {
                     return;
                 }
             }
@@ -181,17 +184,24 @@ async fn keep_alive(
     close(client, events).await;
 }
 
-/// Sends one heartbeat. Returns false when the connection has closed.
+/// Sends one heartbeat and, when it was sent during the hold that ends at `hold_end`,
+/// reports its round trip. Returns false when the connection has closed.
 async fn heartbeat(
     client: &Client,
-    record: bool,
+    hold_end: Option<Instant>,
     kicked: bool,
     events: &mpsc::UnboundedSender<SessionEvent>,
 ) -> bool {
     match client.heartbeat().await {
         Ok(rtt) => {
-            if record {
-                let _ = events.send(SessionEvent::HeartbeatRtt(rtt));
+            match hold_end {
+                Some(end) if Instant::now() > end => {
+                    let _ = events.send(SessionEvent::HeartbeatAfterHold);
+                }
+                Some(_) => {
+                    let _ = events.send(SessionEvent::HeartbeatRtt(rtt));
+                }
+                None => {}
             }
             true
         }

@@ -31,6 +31,9 @@ pub(crate) enum WorkerEvent {
     Finished {
         /// Heartbeat round trip, HdrHistogram V2 in base64.
         heartbeat_histogram: String,
+        /// Heartbeats answered after the hold ended, not in the histogram.
+        #[serde(default)]
+        heartbeats_after_hold: u64,
         errors: BTreeMap<String, u64>,
     },
 }
@@ -59,6 +62,7 @@ impl WorkerEvent {
     pub(crate) fn finished(figures: &HoldFigures) -> Result<WorkerEvent, HistogramCodecError> {
         Ok(WorkerEvent::Finished {
             heartbeat_histogram: stats::encode_histogram(&figures.heartbeat_rtt)?,
+            heartbeats_after_hold: figures.heartbeats_after_hold,
             errors: figures.errors.0.clone(),
         })
     }
@@ -117,10 +121,12 @@ impl MergedConnect {
 pub(crate) fn absorb_finished(
     target: &mut HoldFigures,
     histogram: &str,
+    heartbeats_after_hold: u64,
     errors: &BTreeMap<String, u64>,
 ) -> Result<(), HistogramCodecError> {
     let histogram = stats::decode_histogram(histogram)?;
     stats::merge_histogram(&mut target.heartbeat_rtt, &histogram);
+    target.heartbeats_after_hold += heartbeats_after_hold;
     target.errors.merge(&ErrorCounts(errors.clone()));
     Ok(())
 }
@@ -194,6 +200,7 @@ mod tests {
     fn finished_lines_merge_heartbeats() {
         let mut worker = HoldFigures::default();
         stats::record(&mut worker.heartbeat_rtt, Duration::from_micros(250));
+        worker.heartbeats_after_hold = 3;
         worker.errors.add("heartbeat_timeout", 1);
         let line = WorkerEvent::finished(&worker).expect("encode").to_line();
 
@@ -201,15 +208,23 @@ mod tests {
         for _ in 0..2 {
             let WorkerEvent::Finished {
                 heartbeat_histogram,
+                heartbeats_after_hold,
                 errors,
             } = WorkerEvent::parse(&line).expect("parse")
             else {
                 panic!("finished expected");
             };
-            absorb_finished(&mut merged, &heartbeat_histogram, &errors).expect("absorb");
+            absorb_finished(
+                &mut merged,
+                &heartbeat_histogram,
+                heartbeats_after_hold,
+                &errors,
+            )
+            .expect("absorb");
         }
 
         assert_eq!(merged.heartbeat_rtt.len(), 2);
+        assert_eq!(merged.heartbeats_after_hold, 6);
         assert_eq!(merged.errors.0["heartbeat_timeout"], 2);
     }
 

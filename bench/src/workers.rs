@@ -319,10 +319,16 @@ impl Fleet {
             }
             WorkerEvent::Finished {
                 heartbeat_histogram,
+                heartbeats_after_hold,
                 errors,
             } => {
                 self.workers[index].state = WorkerState::Finished;
-                worker_protocol::absorb_finished(&mut self.hold, &heartbeat_histogram, &errors)
+                worker_protocol::absorb_finished(
+                    &mut self.hold,
+                    &heartbeat_histogram,
+                    heartbeats_after_hold,
+                    &errors,
+                )
             }
         };
         if let Err(error) = absorbed {
