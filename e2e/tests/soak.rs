@@ -1,5 +1,5 @@
 //! Bounded soaks with real processes: connection churn, and devices sending and reconnecting
-//! while the logic tier and Redis restart at random moments. Each runs for a short time in
+//! while the logic tier, Redis and PostgreSQL restart at random moments. Each runs for a short time in
 //! the suite; `IM_SOAK_SECS` makes it longer, and `IM_SOAK_SEED` replays the chaos schedule
 //! that a failed run printed.
 
@@ -268,8 +268,9 @@ async fn chaos_device(
     reconnects
 }
 
-/// Restarts the logic tier (SIGTERM or SIGKILL) or Redis (empty) at random moments until
-/// `duration` has passed, and leaves everything running. Returns what it did, and when.
+/// Restarts the logic tier (SIGTERM or SIGKILL), Redis (empty) or PostgreSQL (after an
+/// immediate shutdown) at random moments until `duration` has passed, and leaves everything
+/// running. Returns what it did, and when.
 async fn run_faults(system: &mut System, mut rng: StdRng, duration: Duration) -> Vec<String> {
     let start = Instant::now();
     let end = start + duration;
@@ -282,7 +283,7 @@ async fn run_faults(system: &mut System, mut rng: StdRng, duration: Duration) ->
         }
         tokio::time::sleep(pause).await;
         let at = start.elapsed().as_secs_f32();
-        let what = match rng.random_range(0..3) {
+        let what = match rng.random_range(0..4) {
             0 => {
                 block_in_place(|| system.logic.stop());
                 tokio::time::sleep(down).await;
@@ -295,11 +296,18 @@ async fn run_faults(system: &mut System, mut rng: StdRng, duration: Duration) ->
                 block_in_place(|| system.logic.resume());
                 "logic SIGKILL"
             }
-            _ => {
+            2 => {
                 system.redis.kill();
                 tokio::time::sleep(down).await;
                 block_in_place(|| system.redis.resume());
                 "Redis restart empty"
+            }
+            _ => {
+                // Immediate shutdown: no checkpoint, so the restart replays the WAL.
+                block_in_place(|| system.pg.crash());
+                tokio::time::sleep(down).await;
+                block_in_place(|| system.pg.resume());
+                "PostgreSQL crash"
             }
         };
         events.push(format!("{at:.1}s {what} for {down:?}"));
