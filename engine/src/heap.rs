@@ -50,19 +50,7 @@ fn churn(metrics: &EngineMetrics) -> u64 {
     metrics
         .shards
         .iter()
-        .map(|shard| {
-            let sign_ins: u64 = shard
-                .sign_ins
-                .iter()
-                .map(|count| count.load(Ordering::Relaxed))
-                .sum();
-            let closes: u64 = shard
-                .closes
-                .iter()
-                .map(|count| count.load(Ordering::Relaxed))
-                .sum();
-            shard.accepted.load(Ordering::Relaxed) + sign_ins + closes
-        })
+        .map(|shard| shard.churn.load(Ordering::Relaxed))
         .fold(0, u64::wrapping_add)
 }
 
@@ -94,13 +82,13 @@ mod tests {
             ..EngineMetrics::default()
         };
         let start = churn(&metrics);
-        shard.accepted.fetch_add(1, Ordering::Relaxed);
+        shard.note_churn();
         let accepted = churn(&metrics);
         assert_ne!(accepted, start);
-        shard.sign_ins[0].fetch_add(1, Ordering::Relaxed);
+        shard.count_sign_in(im_proto::ErrorCode::Ok);
         let signed_in = churn(&metrics);
         assert_ne!(signed_in, accepted);
-        shard.closes[0].fetch_add(1, Ordering::Relaxed);
+        shard.count_close(Some(1000));
         assert_ne!(churn(&metrics), signed_in);
     }
 

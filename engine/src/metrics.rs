@@ -100,10 +100,20 @@ pub struct ShardMetrics {
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) sign_in_seconds: Histogram,
     pub(crate) send_seconds: Histogram,
+    /// Connections accepted, signed in or closed, counted with or without the `metrics`
+    /// feature: the heap trimmer reads it to know when to run. Not exported.
+    pub(crate) churn: AtomicU64,
 }
 
 impl ShardMetrics {
+    /// Notes that a connection was accepted, signed in or closed.
+    pub(crate) fn note_churn(&self) {
+        let current = self.churn.load(Ordering::Relaxed);
+        self.churn.store(current.wrapping_add(1), Ordering::Relaxed);
+    }
+
     pub(crate) fn count_sign_in(&self, code: im_proto::ErrorCode) {
+        self.note_churn();
         if !COUNTING {
             return;
         }
@@ -120,6 +130,7 @@ impl ShardMetrics {
     }
 
     pub(crate) fn count_close(&self, code: Option<u16>) {
+        self.note_churn();
         if !COUNTING {
             return;
         }

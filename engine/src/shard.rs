@@ -196,6 +196,7 @@ async fn accept_loop(
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
                 ShardMetrics::add(&ctx.metrics.accepted, 1);
+                ctx.metrics.note_churn();
                 crate::conn::spawn(ctx.clone(), stream, peer);
             }
             Err(_) if stopping.get() => return,
