@@ -82,7 +82,7 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
                 if !setup.config.ring_coop_taskrun || setup.config.sqpoll_idle_ms > 0 {
                     return Err(err);
                 }
-                warn!(shard = index, error = %err, "io_uring refused COOP_TASKRUN or SINGLE_ISSUER; using a plain ring");
+                warn!(shard = index, error = %err, "io_uring rejected COOP_TASKRUN or SINGLE_ISSUER; falling back to a plain ring");
                 let plain = Config {
                     ring_coop_taskrun: false,
                     ..Config::clone(&setup.config)
@@ -112,7 +112,7 @@ fn build_runtime(config: &Config) -> std::io::Result<ShardRuntime> {
             ring.setup_sqpoll(config.sqpoll_idle_ms);
         }
         if config.ring_coop_taskrun && config.sqpoll_idle_ms == 0 {
-            // Only this thread ever submits to or waits on the ring. The kernel refuses
+            // Only this thread ever submits to or waits on the ring. The kernel rejects
             // COOP_TASKRUN together with SQPOLL, whose thread runs the completions anyway.
             ring.setup_coop_taskrun().setup_single_issuer();
         }

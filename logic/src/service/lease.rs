@@ -123,8 +123,8 @@ pub async fn restore_online(
     {
         return invalid("devices", "user, device and connection ids must not be 0");
     }
-    // TODO: messages stored while the node's lease had lapsed were pushed to nobody on it;
-    // its restored devices get them only at their next SYNC. Push them what they missed.
+    // TODO: messages stored while the node's lease had lapsed were not pushed to its devices,
+    // so the restored devices get them only at their next SYNC. Push them what they missed.
     let restored = logic.redis.restore_online(&request.node, &devices).await?;
     tracing::info!(
         node = %request.node,
