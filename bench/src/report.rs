@@ -68,7 +68,7 @@ impl Report {
         );
         if self.hold.heartbeats_after_hold > 0 {
             println!(
-                "  heartbeats not timed  {} answered after the hold ended, during the closes",
+                "  late heartbeats       {} answered after the hold ended, during the closes (timed)",
                 self.hold.heartbeats_after_hold
             );
         }

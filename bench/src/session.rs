@@ -56,9 +56,8 @@ pub(crate) enum SignInOutcome {
 #[derive(Debug)]
 pub(crate) enum SessionEvent {
     HeartbeatRtt(Duration),
-    /// A heartbeat sent during the hold whose reply came after the hold ended. Its round
-    /// trip is not timed: once the hold is over every connection closes at once, so it
-    /// measures the close storm, not an idle connection.
+    /// A heartbeat sent during the hold whose reply came after the hold ended, when every
+    /// connection was closing. Its round trip is timed as well.
     HeartbeatAfterHold,
     /// The error kind.
     Error(String),
@@ -130,6 +129,12 @@ enum Wake {
     HoldOver,
 }
 
+/// Time at the end of the hold in which no heartbeat is sent, or one heartbeat interval if
+/// that is shorter. Once the hold ends every connection closes at once, and replies queued
+/// behind those closes would be timed as idle round trips. With this quiet time, a timed
+/// reply that comes after the end took at least this long anyway.
+const HOLD_END_QUIET: Duration = Duration::from_secs(2);
+
 /// Sends heartbeats until the hold ends, then closes. Reads pushes meanwhile, so that the
 /// client's push queue never fills and a KICKED or a server close is counted when it comes.
 async fn keep_alive(
@@ -165,6 +170,11 @@ async fn keep_alive(
         match wake {
             Wake::Heartbeat => {
                 next_heartbeat = next_after(next_heartbeat, plan.heartbeat_interval);
+                let quiet_time = HOLD_END_QUIET.min(plan.heartbeat_interval);
+                let quiet = until.is_some_and(|end| Instant::now() + quiet_time >= end);
+                if quiet {
+                    continue;
+                }
                 if !heartbeat(&client, until, kicked, events).await {
                     return;
                 }
@@ -185,7 +195,8 @@ async fn keep_alive(
 }
 
 /// Sends one heartbeat and, when it was sent during the hold that ends at `hold_end`,
-/// reports its round trip. Returns false when the connection has closed.
+/// reports its round trip, and whether its reply came after that end. Returns false when
+/// the connection has closed.
 async fn heartbeat(
     client: &Client,
     hold_end: Option<Instant>,
@@ -194,14 +205,11 @@ async fn heartbeat(
 ) -> bool {
     match client.heartbeat().await {
         Ok(rtt) => {
-            match hold_end {
-                Some(end) if Instant::now() > end => {
+            if let Some(end) = hold_end {
+                let _ = events.send(SessionEvent::HeartbeatRtt(rtt));
+                if Instant::now() > end {
                     let _ = events.send(SessionEvent::HeartbeatAfterHold);
                 }
-                Some(_) => {
-                    let _ = events.send(SessionEvent::HeartbeatRtt(rtt));
-                }
-                None => {}
             }
             true
         }

@@ -79,7 +79,10 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
         .spawn(move || {
             let index = setup.index;
             let runtime = build_runtime(&setup.config).or_else(|err| {
-                if !setup.config.ring_coop_taskrun || setup.config.sqpoll_idle_ms > 0 {
+                // A kernel without the flags answers EINVAL; other errors (a memlock limit,
+                // no descriptors) have nothing to do with them.
+                let flags_set = setup.config.ring_coop_taskrun && setup.config.sqpoll_idle_ms == 0;
+                if !flags_set || err.raw_os_error() != Some(libc::EINVAL) {
                     return Err(err);
                 }
                 warn!(shard = index, error = %err, "io_uring rejected COOP_TASKRUN or SINGLE_ISSUER; falling back to a plain ring");
