@@ -48,25 +48,14 @@ async fn login_matches_username_in_any_case() {
     let username = unique_name("Mixed");
     let user_id = register(&mut logic.client, &username).await;
 
-    let upper = login(
-        &mut logic.client,
-        &username.to_uppercase(),
-        0,
-        conn(NODE, 1),
-    )
-    .await
-    .expect("login in upper case succeeds");
-    let lower = login(
-        &mut logic.client,
-        &username.to_lowercase(),
-        0,
-        conn(NODE, 2),
-    )
-    .await
-    .expect("login in lower case succeeds");
+    let spellings = [username.to_uppercase(), username.to_lowercase()];
+    for (conn_id, spelling) in (1..).zip(&spellings) {
+        let reply = login(&mut logic.client, spelling, 0, conn(NODE, conn_id))
+            .await
+            .unwrap_or_else(|status| panic!("login as {spelling} failed: {status:?}"));
 
-    assert_eq!(upper.user_id, user_id);
-    assert_eq!(lower.user_id, user_id);
+        assert_eq!(reply.user_id, user_id, "login as {spelling}");
+    }
     logic.server.shutdown().await;
 }
 

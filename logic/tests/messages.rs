@@ -606,14 +606,7 @@ async fn ack_keeps_the_highest_seq_of_own_device() {
     logic.client.ack(ack(own, 3)).await.expect("ack 3");
 
     let db = postgres().await;
-    let acked: i64 = db
-        .query_one(
-            "SELECT acked_seq FROM device_acks WHERE device_id = $1",
-            &[&i64::try_from(device.device_id).expect("bigint")],
-        )
-        .await
-        .expect("ack row")
-        .get(0);
+    let acked = acked_seq(&db, device.device_id).await;
     assert_eq!(acked, 5, "an older ack does not lower it");
     let foreign = DeviceRef {
         user_id: device.user_id,
@@ -668,14 +661,7 @@ async fn concurrent_acks_keep_each_device_highest() {
 
     let db = postgres().await;
     for device in [&first, &second] {
-        let acked: i64 = db
-            .query_one(
-                "SELECT acked_seq FROM device_acks WHERE device_id = $1",
-                &[&i64::try_from(device.device_id).expect("bigint")],
-            )
-            .await
-            .expect("ack row")
-            .get(0);
+        let acked = acked_seq(&db, device.device_id).await;
         assert_eq!(acked, 50, "device {}", device.device_id);
     }
     logic.server.shutdown().await;
@@ -765,4 +751,15 @@ async fn friends_may_message_each_other_both_ways() {
     let inbox = sync(&mut logic.client, &a, 0, 0).await.expect("sync");
     assert_eq!(seqs(&inbox), vec![1, 2]);
     logic.server.shutdown().await;
+}
+
+/// Reads the acked seq stored for `device_id`.
+async fn acked_seq(db: &tokio_postgres::Client, device_id: u64) -> i64 {
+    db.query_one(
+        "SELECT acked_seq FROM device_acks WHERE device_id = $1",
+        &[&i64::try_from(device_id).expect("bigint")],
+    )
+    .await
+    .expect("ack row")
+    .get(0)
 }

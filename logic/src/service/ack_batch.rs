@@ -52,23 +52,7 @@ impl AckBatcher {
     ///
     /// Store errors of the batch, [`LogicError::Timeout`] past the deadline.
     pub async fn record(&self, ack: Ack) -> Result<bool, LogicError> {
-        let (reply, answer) = oneshot::channel();
-        let queued = async {
-            self.tx
-                .send(Job { ack, reply })
-                .await
-                .map_err(|_| LogicError::Unavailable(Store::Postgres))?;
-            answer
-                .await
-                .map_err(|_| LogicError::Unavailable(Store::Postgres))?
-        };
-        match tokio::time::timeout(self.timeout, queued).await {
-            Ok(result) => result,
-            Err(_) => Err(LogicError::Timeout {
-                store: Store::Postgres,
-                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
-        }
+        super::queue_for_batch(&self.tx, self.timeout, |reply| Job { ack, reply }).await
     }
 }
 

@@ -111,25 +111,12 @@ impl SendBatcher {
 
     /// Queues a checked send for the next batch and returns what its transaction stored.
     pub(super) async fn store(&self, sender: Sender, draft: Draft) -> Result<Stored, LogicError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
+        super::queue_for_batch(&self.tx, self.timeout, |reply| Job {
             sender,
             draft,
             reply,
-        };
-        let queued = async {
-            self.tx
-                .send(job)
-                .await
-                .map_err(|_| LogicError::Unavailable(Store::Postgres))?;
-            answer
-                .await
-                .map_err(|_| LogicError::Unavailable(Store::Postgres))?
-        };
-        match tokio::time::timeout(self.timeout, queued).await {
-            Ok(result) => result,
-            Err(_) => Err(timeout_error(self.timeout)),
-        }
+        })
+        .await
     }
 }
 
@@ -507,12 +494,5 @@ fn batch_error(err: &LogicError) -> LogicError {
             timeout_ms: *timeout_ms,
         },
         _ => LogicError::Unavailable(Store::Postgres),
-    }
-}
-
-fn timeout_error(timeout: Duration) -> LogicError {
-    LogicError::Timeout {
-        store: Store::Postgres,
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
     }
 }
