@@ -40,7 +40,7 @@ pub(crate) struct ConnectFigures {
 pub(crate) struct HoldFigures {
     /// Heartbeat round trip in microseconds, during the hold only.
     pub(crate) heartbeat_rtt: Histogram<u64>,
-    /// Heartbeats sent during the hold and answered after it ended (also timed).
+    /// Heartbeats sent during the hold whose reply came after it ended (also timed).
     pub(crate) heartbeats_after_hold: u64,
     pub(crate) errors: ErrorCounts,
 }

@@ -27,7 +27,7 @@ pub(crate) fn record(histogram: &mut Histogram<u64>, latency: Duration) {
 /// Latencies of one connection, in microseconds, kept as a plain list until they are
 /// merged into a phase's histogram.
 ///
-/// A [`latency_histogram`] holds about 147 KB of counters. One per connection would make
+/// A [`latency_histogram`] contains about 147 KB of counters. One per connection would make
 /// the bench allocate and zero hundreds of megabytes just as a phase starts (5,000
 /// connections: 737 MB), stalling its own runtime and inflating the first server's round
 /// trips. A list costs 4 bytes per value, so it stays smaller than a histogram unless one

@@ -31,7 +31,7 @@ pub(crate) enum WorkerEvent {
     Finished {
         /// Heartbeat round trip, HdrHistogram V2 in base64.
         heartbeat_histogram: String,
-        /// Heartbeats answered after the hold ended; the histogram has them too.
+        /// Heartbeats whose reply came after the hold ended. The histogram includes them too.
         #[serde(default)]
         heartbeats_after_hold: u64,
         errors: BTreeMap<String, u64>,

@@ -237,7 +237,7 @@ async fn chaos(duration: Duration, seed: u64) {
     assert!(verdict.counts.accepted > 0, "no message was accepted");
 }
 
-/// One device's behaviour: pause, then mostly send to a random other user (retrying a failed
+/// Runs one device: pause, then mostly send to a random other user (retrying a failed
 /// message up to three times with its own id), sometimes reconnect. Returns its reconnects.
 async fn chaos_device(
     fleet: Arc<Fleet>,

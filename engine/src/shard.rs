@@ -79,8 +79,8 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
         .spawn(move || {
             let index = setup.index;
             let runtime = build_runtime(&setup.config).or_else(|err| {
-                // A kernel without the flags answers EINVAL; other errors (a memlock limit,
-                // no descriptors) have nothing to do with them.
+                // A kernel without the flags returns EINVAL. Other errors (a memlock limit,
+                // no descriptors) have other causes, so they are reported as they are.
                 let flags_set = setup.config.ring_coop_taskrun && setup.config.sqpoll_idle_ms == 0;
                 if !flags_set || err.raw_os_error() != Some(libc::EINVAL) {
                     return Err(err);

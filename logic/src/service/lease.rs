@@ -112,6 +112,7 @@ pub async fn restore_online(
     if request.devices.len() > RESTORE_MAX_DEVICES {
         return invalid("devices", "at most 1000 per call");
     }
+
     let devices: Vec<(u64, u64, u64)> = request
         .devices
         .iter()
@@ -123,9 +124,11 @@ pub async fn restore_online(
     {
         return invalid("devices", "user, device and connection ids must not be 0");
     }
+
     // TODO: messages stored while the node's lease had lapsed were not pushed to its devices,
     // so the restored devices get them only at their next SYNC. Push them what they missed.
     let restored = logic.redis.restore_online(&request.node, &devices).await?;
+
     tracing::info!(
         node = %request.node,
         incarnation = request.incarnation,
