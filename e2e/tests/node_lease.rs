@@ -141,6 +141,127 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
     logic.shutdown().await;
 }
 
+/// A node that stalls past its lease and then recovers keeps its connections, but the logic tier
+/// dropped their statuses and pushed nothing there meanwhile. Once the node reports its devices,
+/// each device that had not acked its newest message gets that message pushed, and a SYNC from
+/// the last seq it had returns what it missed. A device that had acked it gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_node_devices_get_what_they_missed() {
+    init_tracing();
+    let logic = im_logic::start(logic_config()).await.expect("logic starts");
+    let stalled = start_engine(logic.local_addr(), true);
+    let other = start_engine(logic.local_addr(), false);
+    let api = LogicApi::connect(
+        &format!("http://{}", logic.local_addr()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("business API reachable");
+
+    let sender = connect(&other).await;
+    register_and_login(&sender, "stall-sender").await;
+    let mut recipients = Vec::with_capacity(DEVICES);
+    for _ in 0..DEVICES {
+        recipients.push(open_recipient(&api, &stalled).await);
+    }
+    send_to_all(&sender, &recipients, "before").await;
+    for recipient in &recipients {
+        assert_eq!(
+            next_message(&recipient.client, Duration::from_secs(5))
+                .await
+                .seq,
+            1
+        );
+        recipient.client.ack(1).await.expect("ack seq 1");
+    }
+
+    stalled.stop_lease_renewal();
+    let reaped = eventually(
+        Duration::from_millis(LEASE_TTL_MS) + REAP_MARGIN + Duration::from_secs(3),
+        || async {
+            for recipient in &recipients {
+                if online_status(recipient.login.user_id)
+                    .await
+                    .contains_key(&recipient.login.device_id.to_string())
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    assert!(reaped, "statuses still name the stalled node");
+
+    for round in 0..MESSAGES_AFTER_DEATH {
+        send_to_all(&sender, &recipients, &format!("missed-{round}")).await;
+    }
+    let newest = 1 + MESSAGES_AFTER_DEATH as u64;
+    // The first device fetches and acks what it missed before the node recovers.
+    let (caught_up, rest) = recipients.split_first().expect("devices");
+    let (fetched, _) = sync_all(&caught_up.client, 1, 100).await;
+    assert_eq!(seqs(&fetched), (2..=newest).collect::<Vec<_>>());
+    caught_up.client.ack(newest).await.expect("ack the newest");
+    // Acks are stored in batches; wait until this one is.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            acked_seq(caught_up.login.device_id).await == Some(newest)
+        })
+        .await,
+        "the ack of seq {newest} was not stored"
+    );
+    for recipient in rest {
+        let push = push_within(&recipient.client, Duration::from_millis(20)).await;
+        assert!(push.is_none(), "the stalled node's device got {push:?}");
+    }
+
+    stalled.resume_lease_renewal();
+    let expected: Vec<String> = (0..MESSAGES_AFTER_DEATH)
+        .map(|round| format!("missed-{round}"))
+        .collect();
+    for recipient in rest {
+        let pushed = next_message(&recipient.client, Duration::from_secs(10)).await;
+        assert_eq!(pushed.seq, newest, "user {}", recipient.login.user_id);
+        let (messages, _) = sync_all(&recipient.client, 1, 100).await;
+        assert_eq!(seqs(&messages), (2..=newest).collect::<Vec<_>>());
+        assert_eq!(texts(&messages), expected);
+        let status = online_status(recipient.login.user_id).await;
+        let value = &status[&recipient.login.device_id.to_string()];
+        assert!(
+            value.starts_with(&format!("{}|", stalled.node())),
+            "{value}"
+        );
+    }
+    let push = push_within(&caught_up.client, Duration::from_millis(500)).await;
+    assert!(push.is_none(), "the device that acked got {push:?}");
+
+    drop(recipients);
+    tokio::task::spawn_blocking(move || stalled.shutdown())
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || other.shutdown())
+        .await
+        .unwrap();
+    logic.shutdown().await;
+}
+
+/// Returns the seq the device's acks reached in PostgreSQL, if it acked any.
+async fn acked_seq(device_id: u64) -> Option<u64> {
+    let (db, connection) =
+        tokio_postgres::connect(&env_url("IM_LOGIC_DATABASE_URL"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let device = i64::try_from(device_id).expect("device id in bigint range");
+    db.query_opt(
+        "SELECT acked_seq FROM device_acks WHERE device_id = $1",
+        &[&device],
+    )
+    .await
+    .expect("read device_acks")
+    .map(|row| u64::try_from(row.get::<_, i64>(0)).expect("acked seq not negative"))
+}
+
 fn start_engine(logic_addr: std::net::SocketAddr, short_lease: bool) -> Engine {
     let mut config = engine_config(logic_addr);
     if short_lease {

@@ -6,7 +6,7 @@
 //! The incarnation is random per start, so the logic tier distinguishes a restarted node at the same
 //! address from the run before it and clears that run's statuses.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use im_proto::{NodeLeaseRequest, OnlineDevice, RestoreOnlineRequest};
@@ -34,8 +34,13 @@ pub(crate) struct LeaseConfig {
 
 /// The running renewal task.
 pub(crate) struct Lease {
-    task: AbortHandle,
+    task: Mutex<AbortHandle>,
     incarnation: u64,
+    /// Inputs of the renewal task, kept so that [`Lease::resume`] can start it again.
+    client: LogicClient,
+    config: LeaseConfig,
+    devices: Arc<DeviceMap>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Lease {
@@ -47,7 +52,7 @@ impl Lease {
     /// The logic URL does not parse.
     pub(crate) fn start(
         config: LeaseConfig,
-        devices: std::sync::Arc<DeviceMap>,
+        devices: Arc<DeviceMap>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, crate::EngineError> {
         let client = crate::bridge::logic_client(
@@ -63,9 +68,9 @@ impl Lease {
         let wait = config.call_timeout;
         let task = runtime
             .spawn(renew_forever(
-                client,
-                config,
-                devices,
+                client.clone(),
+                config.clone(),
+                devices.clone(),
                 incarnation,
                 first_done,
             ))
@@ -74,7 +79,14 @@ impl Lease {
             warn!("first lease renewal did not finish in time; renewals go on in the background");
         }
         info!(incarnation, "lease renewals started");
-        Ok(Self { task, incarnation })
+        Ok(Self {
+            task: Mutex::new(task),
+            incarnation,
+            client,
+            config,
+            devices,
+            runtime: runtime.clone(),
+        })
     }
 
     /// Returns this run's incarnation.
@@ -84,20 +96,48 @@ impl Lease {
 
     /// Stops renewing; the lease lapses `lease_ttl_ms` after the last renewal.
     pub(crate) fn stop(&self) {
-        self.task.abort();
+        self.task().abort();
+    }
+
+    /// Starts renewing again after [`Lease::stop`], under the same incarnation. When the lease
+    /// lapsed meanwhile, the first renewal's reply requests this node's devices, as after any
+    /// lapse. Does nothing while renewals run.
+    pub(crate) fn resume(&self) {
+        let mut task = self.task();
+        if !task.is_finished() {
+            return;
+        }
+        // No caller waits for this task's first renewal.
+        let (first_done, _) = mpsc::channel();
+        *task = self
+            .runtime
+            .spawn(renew_forever(
+                self.client.clone(),
+                self.config.clone(),
+                self.devices.clone(),
+                self.incarnation,
+                first_done,
+            ))
+            .abort_handle();
+        info!(incarnation = self.incarnation, "lease renewals resumed");
+    }
+
+    fn task(&self) -> std::sync::MutexGuard<'_, AbortHandle> {
+        // The guarded handle stays valid even if a holder panicked.
+        self.task.lock().unwrap_or_else(|err| err.into_inner())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task().abort();
     }
 }
 
 async fn renew_forever(
     mut client: LogicClient,
     config: LeaseConfig,
-    devices: std::sync::Arc<DeviceMap>,
+    devices: Arc<DeviceMap>,
     incarnation: u64,
     first_done: mpsc::Sender<()>,
 ) {

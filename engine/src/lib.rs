@@ -304,6 +304,13 @@ impl Engine {
         self.lease.stop();
     }
 
+    /// Renews this node's lease again after [`Engine::stop_lease_renewal`], as a node does that
+    /// stalled and recovered. When the lease lapsed meanwhile the node reports its signed-in
+    /// devices, and the logic tier pushes each one the newest message it missed.
+    pub fn resume_lease_renewal(&self) {
+        self.lease.resume();
+    }
+
     /// Returns the bound address of the metrics endpoint, when it is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr

@@ -2,17 +2,22 @@
 //! lease lapsed for dead. The reaper removes the online status that names a dead node, and the
 //! pusher skips dead nodes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use im_proto::v1::{NodeLeaseReply, NodeLeaseRequest, RestoreOnlineReply, RestoreOnlineRequest};
+use im_proto::v1::{
+    Delivery, DeliveryTarget, NodeLeaseReply, NodeLeaseRequest, OnlineDevice, RestoreOnlineReply,
+    RestoreOnlineRequest,
+};
 use tokio::task::JoinHandle;
 
+use super::push::Pusher;
 use super::{Logic, WarnLimiter};
 use crate::error::{ErrorChain, LogicError};
-use crate::ids::{is_node_char, NODE_MAX_BYTES};
+use crate::ids::{is_node_char, DeviceId, UserId, NODE_MAX_BYTES};
 use crate::metrics::Recorder;
+use crate::store::pg::{messages, PgStore};
 use crate::store::redis::RedisStore;
 
 /// Interval between two reaper passes; a lapsed lease is acted on at most this late.
@@ -25,6 +30,10 @@ const REAP_BATCH: u32 = 1000;
 /// How long a lapsed lease is remembered after its statuses are gone, in milliseconds. A node
 /// is skipped by pushes while its lapsed lease is remembered.
 const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
+
+/// Delay before a reported node's devices are caught up a second time. Another logic instance
+/// skips the node until its next reaper pass, so this second catch-up covers what it stored.
+const CATCH_UP_AGAIN: Duration = Duration::from_secs(2);
 
 /// Maximum lease a node may request, in milliseconds.
 const MAX_TTL_MS: u32 = 10 * 60 * 1000;
@@ -125,9 +134,19 @@ pub async fn restore_online(
         return invalid("devices", "user, device and connection ids must not be 0");
     }
 
-    // TODO: messages stored while the node's lease had lapsed were not pushed to its devices,
-    // so the restored devices get them only at their next SYNC. Push them what they missed.
     let restored = logic.redis.restore_online(&request.node, &devices).await?;
+
+    // Messages stored while the node's statuses were missing or its lease lapsed reached none
+    // of these devices. So each device that has not acked its user's newest message gets that
+    // message now, and the client SYNCs the gap before it. A failed catch-up leaves the device
+    // to its next SYNC.
+    catch_up(&logic.pg, &logic.pusher, &request.node, &request.devices).await;
+    let (pg, pusher) = (logic.pg.clone(), logic.pusher.clone());
+    let (node, reported) = (request.node.clone(), request.devices);
+    tokio::spawn(async move {
+        tokio::time::sleep(CATCH_UP_AGAIN).await;
+        catch_up(&pg, &pusher, &node, &reported).await;
+    });
 
     tracing::info!(
         node = %request.node,
@@ -139,6 +158,60 @@ pub async fn restore_online(
     Ok(RestoreOnlineReply {
         restored: u32::try_from(restored).unwrap_or(u32::MAX),
     })
+}
+
+/// Pushes each device of `devices` at `node` its user's newest message when the device has not
+/// acked it. Returns how many devices it pushed to, and logs a failed read.
+async fn catch_up(pg: &PgStore, pusher: &Pusher, node: &str, devices: &[OnlineDevice]) -> usize {
+    let pairs: Vec<(UserId, DeviceId)> = devices
+        .iter()
+        .map(|device| (UserId(device.user_id), DeviceId(device.device_id)))
+        .collect();
+    let unacked = match messages::newest_unacked(pg, &pairs).await {
+        Ok(unacked) => unacked,
+        Err(err) => {
+            tracing::warn!(
+                node = %node,
+                devices = devices.len(),
+                error = %ErrorChain(&err),
+                "cannot read the messages the node's devices missed; they get them at their next SYNC"
+            );
+            return 0;
+        }
+    };
+    let conns: HashMap<u64, u64> = devices
+        .iter()
+        .map(|device| (device.device_id, device.conn_id))
+        .collect();
+    let pushed = unacked.len();
+    let mut by_user: HashMap<UserId, Delivery> = HashMap::new();
+    for missed in unacked {
+        let Some(&conn_id) = conns.get(&missed.device.0) else {
+            continue;
+        };
+        let seq = missed.message.seq;
+        by_user
+            .entry(missed.user)
+            .or_insert_with(|| Delivery {
+                message: Some(missed.message),
+                targets: Vec::new(),
+            })
+            .targets
+            .push(DeliveryTarget {
+                device_id: missed.device.0,
+                conn_id,
+                seq,
+            });
+    }
+    if pushed > 0 {
+        tracing::info!(
+            node = %node,
+            devices = pushed,
+            "pushing the newest message to reported devices that had not acked it"
+        );
+        pusher.push_to_node(node, by_user.into_values().collect());
+    }
+    pushed
 }
 
 fn validate_node(node: &str) -> Result<(), LogicError> {

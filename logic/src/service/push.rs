@@ -124,6 +124,18 @@ impl Pusher {
     }
 }
 
+impl Pusher {
+    /// Queues `deliveries` for `node` as they are, past the routing task and whether or not the
+    /// node's lease is taken for lapsed, and returns at once. For catching up the devices of a
+    /// node that just reported them after a lapse.
+    pub fn push_to_node(&self, node: &str, deliveries: Vec<Delivery>) {
+        let now = Instant::now();
+        for delivery in deliveries {
+            self.shared.enqueue(node.to_owned(), delivery, now);
+        }
+    }
+}
+
 /// Routes each committed batch, in order, to the queues of the nodes of its targets.
 async fn route(shared: Arc<Shared>, mut queued: mpsc::Receiver<Vec<Push>>) {
     while let Some(pushes) = queued.recv().await {

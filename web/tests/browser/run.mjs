@@ -87,9 +87,9 @@ function engineService(runDir) {
       IM_ENGINE_METRICS_ADDR: "127.0.0.1:0",
       IM_ENGINE_ALLOWED_ORIGINS: JSON.stringify([origin]),
       // The hung-engine step stops the engine for more than the default 6 s lease. A lapsed
-      // lease makes the logic tier drop the engine's online statuses, and messages stored
-      // before the engine restores them reach their devices only at the next SYNC. That
-      // step tests the failed SEND and its retry, so the lease outlasts the hang.
+      // lease makes the logic tier drop the engine's online statuses until the engine
+      // reports its devices again. That step tests the failed SEND and its retry alone, so
+      // the lease outlasts the hang.
       IM_ENGINE_LEASE_TTL_MS: "60000",
     },
     runDir,

@@ -42,9 +42,22 @@ const INSERT_BATCH: &str = "INSERT INTO messages (user_id, seq, message_id, send
                             conversation_type, receiver_id, content, content_type, client_msg_id, \
                             position) ON msg.position = copy.position";
 
+/// For each (device, user) pair, the user's newest message when its seq is above the seq the
+/// device acked. The primary keys of user_seq, messages and device_acks serve the joins. The
+/// message columns come first, in the order `message_from_row` reads them.
+const NEWEST_UNACKED: &str = "SELECT m.seq, m.message_id, m.sender_user_id, m.sender_device_id, \
+                              m.conversation_type, m.receiver_id, m.content, m.content_type, \
+                              m.client_msg_id, m.sent_at, a.device_id, a.user_id \
+                              FROM unnest($1::bigint[], $2::bigint[]) AS a (device_id, user_id) \
+                              JOIN user_seq AS s ON s.user_id = a.user_id \
+                              JOIN messages AS m ON m.user_id = s.user_id AND m.seq = s.last_seq \
+                              LEFT JOIN device_acks AS k \
+                              ON k.device_id = a.device_id AND k.user_id = a.user_id \
+                              WHERE m.seq > COALESCE(k.acked_seq, 0)";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[INSERT_COPIES, PAGE, INSERT_BATCH]
+    &[INSERT_COPIES, PAGE, INSERT_BATCH, NEWEST_UNACKED]
 }
 
 /// A message as its sender wrote it, before it has per-recipient seqs.
@@ -232,6 +245,51 @@ pub async fn page(
     };
     let rows = pg.query(PAGE, &[&user, &after_seq, &limit]).await?;
     rows.iter().map(message_from_row).collect()
+}
+
+/// A user's newest message that one of the user's devices has not acked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unacked {
+    /// The device.
+    pub device: DeviceId,
+    /// The device's user, the owner of the copy.
+    pub user: UserId,
+    /// The copy, with the user's seq.
+    pub message: Message,
+}
+
+/// Returns, for each (user, device) pair of `devices`, the user's newest message when the device
+/// has not acked it. A device that acked nothing counts as having acked seq 0.
+///
+/// # Errors
+///
+/// Store errors; [`LogicError::Internal`] for a stored value out of range.
+pub async fn newest_unacked(
+    pg: &PgStore,
+    devices: &[(UserId, DeviceId)],
+) -> Result<Vec<Unacked>, LogicError> {
+    let mut device_ids = Vec::with_capacity(devices.len());
+    let mut user_ids = Vec::with_capacity(devices.len());
+    for (user, device) in devices {
+        // An id above the bigint range names no row.
+        if let (Some(user), Some(device)) = (user.to_sql(), device.to_sql()) {
+            user_ids.push(user);
+            device_ids.push(device);
+        }
+    }
+    if device_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = pg.query(NEWEST_UNACKED, &[&device_ids, &user_ids]).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Unacked {
+                device: DeviceId::from_sql(row.try_get(10)?)?,
+                user: UserId::from_sql(row.try_get(11)?)?,
+                message: message_from_row(row)?,
+            })
+        })
+        .collect()
 }
 
 fn message_from_row(row: &Row) -> Result<Message, LogicError> {
