@@ -6,18 +6,22 @@
 //! SIGN_IN, LOGIN and REGISTER take their places among the calls in flight on the shard,
 //! before they are queued. When no place is free they get BUSY at once instead of waiting.
 //! Other calls wait for a place within their deadline.
+//!
+//! MESSAGE_ACKs need no reply, so the dispatcher gathers them for up to [`ACK_GATHER`] and
+//! sends them in one AckMany call, keeping the highest seq of each device.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures::channel::oneshot;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
-    ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest, ConnSendRequest,
-    ConnSignInReply, ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest,
-    RegisterReply, RegisterRequest, SendReply, SyncReply,
+    ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
+    ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply,
+    OfflineRequest, RegisterReply, RegisterRequest, SendReply, SyncReply,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
@@ -26,6 +30,15 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::BridgeMetrics;
 use im_proto::internal_secret::AttachSecret;
+
+/// Maximum time an ack waits in the dispatcher for others to share its AckMany call.
+const ACK_GATHER: Duration = Duration::from_millis(5);
+
+/// Maximum acks per AckMany call, the logic tier's limit.
+const ACK_MANY_MAX: usize = 1024;
+
+/// Index of AckMany in `BRIDGE_METHODS`.
+const ACK_MANY_METHOD: usize = 6;
 
 /// The logic tier's client, sending the internal secret with every call.
 pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
@@ -325,31 +338,120 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Spawns each call until `Call::Stop` arrives or every sender is gone.
+    /// Spawns each call until `Call::Stop` arrives or every sender is gone. Acks are gathered
+    /// and spawned as one AckMany call when the oldest has waited [`ACK_GATHER`], when
+    /// [`ACK_MANY_MAX`] devices are waiting, or when the dispatcher stops.
     fn run(self, receiver: Receiver<Call>) {
-        while let Ok(call) = receiver.recv() {
-            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            if matches!(call, Call::Stop) {
-                break;
-            }
-            let client = self.client.clone();
-            let timeout = self.call_timeout;
-            let retries = self.offline_retries;
-            let in_flight = self.in_flight.clone();
-            let context = CallContext {
-                limit: self.limit.clone(),
-                metrics: self.metrics.clone(),
-                timeout,
+        let mut acks = PendingAcks::default();
+        loop {
+            let received = match acks.flush_at() {
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => receiver.recv_deadline(at),
             };
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            context.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-            self.runtime.spawn(async move {
-                execute(client, call, &context, retries).await;
-                context.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-            });
+            match received {
+                Ok(call) => {
+                    self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                    match call {
+                        Call::Stop => break,
+                        Call::Ack { request } => acks.add(request),
+                        call => self.spawn(call),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if acks.len() >= ACK_MANY_MAX || acks.is_due(Instant::now()) {
+                self.spawn_acks(acks.take());
+            }
+        }
+        if acks.len() > 0 {
+            self.spawn_acks(acks.take());
         }
         info!("bridge to the logic tier stopped");
+    }
+
+    fn spawn(&self, call: Call) {
+        let client = self.client.clone();
+        let retries = self.offline_retries;
+        self.spawn_counted(move |context| async move {
+            execute(client, call, &context, retries).await;
+        });
+    }
+
+    fn spawn_acks(&self, acks: Vec<ConnAckRequest>) {
+        let client = self.client.clone();
+        self.spawn_counted(move |context| async move {
+            send_acks(client, acks, &context).await;
+        });
+    }
+
+    /// Spawns the future `work` makes, counted in flight until it ends.
+    fn spawn_counted<F, W>(&self, work: W)
+    where
+        W: FnOnce(CallContext) -> F,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let in_flight = self.in_flight.clone();
+        let context = CallContext {
+            limit: self.limit.clone(),
+            metrics: self.metrics.clone(),
+            timeout: self.call_timeout,
+        };
+        let metrics = self.metrics.clone();
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let work = work(context);
+        self.runtime.spawn(async move {
+            work.await;
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Acks waiting in the dispatcher for their AckMany call: the highest seq of each device.
+#[derive(Default)]
+struct PendingAcks {
+    /// Highest seq by (user id, device id).
+    seqs: HashMap<(u64, u64), u64>,
+    /// When the oldest waiting ack arrived.
+    oldest: Option<Instant>,
+}
+
+impl PendingAcks {
+    fn add(&mut self, request: ConnAckRequest) {
+        let device = request
+            .device
+            .as_ref()
+            .map_or((0, 0), |device| (device.user_id, device.device_id));
+        let seq = self.seqs.entry(device).or_insert(request.seq);
+        *seq = (*seq).max(request.seq);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Returns when the waiting acks must be sent, or `None` when none wait.
+    fn flush_at(&self) -> Option<Instant> {
+        self.oldest.map(|oldest| oldest + ACK_GATHER)
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.flush_at().is_some_and(|at| now >= at)
+    }
+
+    /// Empties the set and returns its acks.
+    fn take(&mut self) -> Vec<ConnAckRequest> {
+        self.oldest = None;
+        self.seqs
+            .drain()
+            .map(|((user_id, device_id), seq)| ConnAckRequest {
+                device: Some(im_proto::DeviceRef { user_id, device_id }),
+                seq,
+            })
+            .collect()
     }
 }
 
@@ -435,15 +537,30 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
         Call::Sync { request, reply } => {
             let _ = reply.send(context.run(5, client.sync(request)).await);
         }
-        Call::Ack { request } => {
-            if let Err(err) = context.run(6, client.ack(request)).await {
-                debug!(code = ?err.code, "ack failed");
-            }
-        }
+        // The dispatcher sends acks together, through send_acks.
+        Call::Ack { request } => send_acks(client, vec![request], context).await,
         Call::Logout { request, reply } => {
             let _ = reply.send(context.run(7, client.logout(request)).await);
         }
         Call::Stop => {}
+    }
+}
+
+/// Sends `acks` in one AckMany call. A lost ack only makes the device's next one cover more, so
+/// failures are logged at debug level.
+async fn send_acks(mut client: LogicClient, acks: Vec<ConnAckRequest>, context: &CallContext) {
+    let count = acks.len();
+    let call = client.ack_many(ConnAckManyRequest { acks });
+    match context.run(ACK_MANY_METHOD, call).await {
+        Ok(reply) if reply.failed > 0 => {
+            debug!(
+                acks = count,
+                failed = reply.failed,
+                "some acks were not stored"
+            );
+        }
+        Ok(_) => {}
+        Err(err) => debug!(code = ?err.code, acks = count, "ack call failed"),
     }
 }
 
@@ -501,6 +618,44 @@ async fn send_offline(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ack(user_id: u64, device_id: u64, seq: u64) -> ConnAckRequest {
+        ConnAckRequest {
+            device: Some(im_proto::DeviceRef { user_id, device_id }),
+            seq,
+        }
+    }
+
+    #[test]
+    fn pending_acks_keep_highest_per_device() {
+        let mut acks = PendingAcks::default();
+        assert_eq!(acks.flush_at(), None);
+
+        let before = Instant::now();
+        acks.add(ack(1, 10, 5));
+        acks.add(ack(1, 10, 3));
+        acks.add(ack(2, 20, 1));
+        acks.add(ack(2, 20, 4));
+        acks.add(ack(1, 11, 2));
+        assert_eq!(acks.len(), 3);
+        let due = acks.flush_at().expect("acks wait");
+        assert!(due >= before + ACK_GATHER);
+        assert!(!acks.is_due(due - Duration::from_millis(1)));
+        assert!(acks.is_due(due));
+
+        let mut sent: Vec<(u64, u64, u64)> = acks
+            .take()
+            .into_iter()
+            .map(|request| {
+                let device = request.device.expect("device");
+                (device.user_id, device.device_id, request.seq)
+            })
+            .collect();
+        sent.sort_unstable();
+        assert_eq!(sent, vec![(1, 10, 5), (1, 11, 2), (2, 20, 4)]);
+        assert_eq!(acks.len(), 0);
+        assert_eq!(acks.flush_at(), None);
+    }
 
     #[test]
     fn carried_code_wins_over_grpc_code() {

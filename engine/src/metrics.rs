@@ -184,7 +184,7 @@ pub const BRIDGE_METHODS: [&str; 8] = [
     "Offline",
     "Send",
     "Sync",
-    "Ack",
+    "AckMany",
     "Logout",
 ];
 

@@ -12,8 +12,8 @@ use common::{
 };
 use futures::stream::{self, StreamExt};
 use im_proto::v1::{
-    ConnAckRequest, ConnSendRequest, ConversationType, DeviceRef, ErrorCode, ServerSendRequest,
-    SyncReply,
+    ConnAckManyRequest, ConnAckRequest, ConnSendRequest, ConversationType, DeviceRef, ErrorCode,
+    ServerSendRequest, SyncReply,
 };
 use tonic::Code;
 
@@ -664,6 +664,56 @@ async fn concurrent_acks_keep_each_device_highest() {
         let acked = acked_seq(&db, device.device_id).await;
         assert_eq!(acked, 50, "device {}", device.device_id);
     }
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ack_many_stores_valid_and_counts_failed() {
+    let mut logic = TestLogic::start_default().await;
+    let first = new_device(&mut logic.client, "acks_a", conn(NODE, 1)).await;
+    let second = new_device(&mut logic.client, "acks_b", conn(NODE, 2)).await;
+    let ack = |user_id: u64, device_id: u64, seq: u64| ConnAckRequest {
+        device: Some(DeviceRef { user_id, device_id }),
+        seq,
+    };
+    let acks = vec![
+        ack(first.user_id, first.device_id, 7),
+        ack(second.user_id, second.device_id, 3),
+        // The same device twice: the higher seq counts.
+        ack(second.user_id, second.device_id, 9),
+        // Another user's device.
+        ack(first.user_id, second.device_id, 20),
+        // An unknown device.
+        ack(first.user_id, i64::MAX as u64, 1),
+        // A seq above the bigint range.
+        ack(first.user_id, first.device_id, u64::MAX),
+        // No device at all.
+        ConnAckRequest {
+            device: None,
+            seq: 1,
+        },
+    ];
+
+    let reply = logic
+        .client
+        .ack_many(ConnAckManyRequest { acks })
+        .await
+        .expect("AckMany")
+        .into_inner();
+    assert_eq!(reply.failed, 4);
+
+    let db = postgres().await;
+    assert_eq!(acked_seq(&db, first.device_id).await, 7);
+    assert_eq!(acked_seq(&db, second.device_id).await, 9);
+
+    let too_many = vec![ack(first.user_id, first.device_id, 1); 1025];
+    let status = logic
+        .client
+        .ack_many(ConnAckManyRequest { acks: too_many })
+        .await
+        .expect_err("1025 acks");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_code(&status), ErrorCode::InvalidArgument);
     logic.server.shutdown().await;
 }
 

@@ -76,11 +76,12 @@ pub enum Method {
     KickDevice,
     RenewLease,
     RestoreOnline,
+    AckMany,
 }
 
 impl Method {
     /// Every method, in label order; `ALL[m as usize] == m`.
-    pub const ALL: [Method; 23] = [
+    pub const ALL: [Method; 24] = [
         Method::Register,
         Method::ConnLogin,
         Method::ConnSignIn,
@@ -104,6 +105,7 @@ impl Method {
         Method::KickDevice,
         Method::RenewLease,
         Method::RestoreOnline,
+        Method::AckMany,
     ];
 
     /// Returns the method's name as the .proto file spells it.
@@ -132,6 +134,7 @@ impl Method {
             Method::KickDevice => "KickDevice",
             Method::RenewLease => "RenewLease",
             Method::RestoreOnline => "RestoreOnline",
+            Method::AckMany => "AckMany",
         }
     }
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use im_proto::v1::device_int_service_server::DeviceIntService;
 use im_proto::v1::{
-    AckReply, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
-    ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply,
-    NodeLeaseReply, NodeLeaseRequest, OfflineReply, OfflineRequest, RegisterReply, RegisterRequest,
-    RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
+    AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnLoginRequest,
+    ConnLogoutReply, ConnLogoutRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest,
+    ConnSyncRequest, DeviceRef, LoginReply, NodeLeaseReply, NodeLeaseRequest, OfflineReply,
+    OfflineRequest, RegisterReply, RegisterRequest, RestoreOnlineReply, RestoreOnlineRequest,
+    SendReply, SyncReply,
 };
 use tonic::{Request, Response, Status};
 
@@ -145,6 +146,14 @@ impl DeviceIntService for DeviceService {
         let ids = device_call_ids(request.device.as_ref());
         let call = messages::ack(&self.logic, request);
         respond(&self.logic, Method::Ack, &ids, call).await
+    }
+
+    async fn ack_many(
+        &self,
+        request: Request<ConnAckManyRequest>,
+    ) -> Result<Response<ConnAckManyReply>, Status> {
+        let call = messages::ack_many(&self.logic, request.into_inner());
+        respond(&self.logic, Method::AckMany, &CallIds::default(), call).await
     }
 }
 

@@ -7,14 +7,16 @@
 //! of its own.
 
 use im_proto::v1::{
-    AckReply, ConnAckRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef,
-    Message, SendReply, SendRequest, ServerSendRequest, SyncReply,
+    AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnSendRequest,
+    ConnSyncRequest, ConversationType, DeviceRef, Message, SendReply, SendRequest,
+    ServerSendRequest, SyncReply,
 };
 
 use super::caller::{self, Credentials};
-use super::{Limits, Logic};
+use super::{CallIds, Limits, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, DeviceId, UserId};
+use crate::metrics::Method;
 use crate::store::pg::device_acks::Ack;
 use crate::store::pg::messages;
 use crate::store::pg::user_seq::Copy;
@@ -220,6 +222,44 @@ pub async fn ack(logic: &Logic, request: ConnAckRequest) -> Result<AckReply, Log
             "device row matched its owner but the ack stored nothing",
         )),
     }
+}
+
+/// Maximum acks per AckMany call.
+pub const ACK_MANY_MAX: usize = 1024;
+
+/// Records each ack of `request` as [`ack`] does, all at once so that they share the ack
+/// batches, and returns how many failed. Each failure is logged with its ids.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for more than [`ACK_MANY_MAX`] acks.
+pub async fn ack_many(
+    logic: &Logic,
+    request: ConnAckManyRequest,
+) -> Result<ConnAckManyReply, LogicError> {
+    if request.acks.len() > ACK_MANY_MAX {
+        return Err(LogicError::InvalidArgument {
+            field: "acks",
+            reason: "at most 1024 per call",
+        });
+    }
+    let results = futures::future::join_all(request.acks.into_iter().map(|request| async move {
+        let ids = CallIds::new(
+            request.device.as_ref().map_or(0, |device| device.user_id),
+            request.device.as_ref().map_or(0, |device| device.device_id),
+            0,
+        );
+        (ids, ack(logic, request).await)
+    }))
+    .await;
+    let mut failed = 0u32;
+    for (ids, result) in results {
+        if let Err(err) = result {
+            failed += 1;
+            super::report(logic, Method::Ack.name(), &ids, &err);
+        }
+    }
+    Ok(ConnAckManyReply { failed })
 }
 
 fn device_ids(device: Option<&DeviceRef>) -> Result<(UserId, DeviceId), LogicError> {

@@ -140,7 +140,7 @@ pub struct CallIds {
 }
 
 impl CallIds {
-    fn new(user_id: u64, device_id: u64, conn_id: u64) -> CallIds {
+    pub(super) fn new(user_id: u64, device_id: u64, conn_id: u64) -> CallIds {
         CallIds {
             user_id: AtomicU64::new(user_id),
             device_id,
