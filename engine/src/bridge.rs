@@ -8,7 +8,9 @@
 //! Other calls wait for a place within their deadline.
 //!
 //! MESSAGE_ACKs need no reply, so the dispatcher gathers them for up to [`ACK_GATHER`] and
-//! sends them in one AckMany call, keeping the highest seq of each device.
+//! sends them in one AckMany call, keeping the highest seq of each device. SENDs go out at
+//! once in SendMany calls, up to [`SEND_MANY_IN_FLIGHT`] at a time. While every one of those is
+//! out, new SENDs wait and then go together, so the calls per message fall as the load rises.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +22,9 @@ use futures::channel::oneshot;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
-    ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply,
-    OfflineRequest, RegisterReply, RegisterRequest, SendReply, SyncReply,
+    ConnSendManyRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest,
+    ErrorCode, LoginReply, OfflineRequest, RegisterReply, RegisterRequest, SendOutcome, SendReply,
+    SyncReply,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
@@ -39,6 +42,15 @@ const ACK_MANY_MAX: usize = 1024;
 
 /// Index of AckMany in `BRIDGE_METHODS`.
 const ACK_MANY_METHOD: usize = 6;
+
+/// SendMany calls on the wire at once.
+const SEND_MANY_IN_FLIGHT: usize = 4;
+
+/// Maximum sends per SendMany call, the logic tier's limit.
+const SEND_MANY_MAX: usize = 1024;
+
+/// Index of SendMany in `BRIDGE_METHODS`.
+const SEND_MANY_METHOD: usize = 4;
 
 /// The logic tier's client, sending the internal secret with every call.
 pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
@@ -302,8 +314,16 @@ pub(crate) fn start(
     )?;
     let (calls, receiver) = crossbeam_channel::bounded(config.queue);
     let in_flight_limit = Arc::new(Semaphore::new(config.max_in_flight));
+    let context = CallContext {
+        limit: in_flight_limit.clone(),
+        metrics: metrics.clone(),
+        timeout: config.call_timeout,
+    };
+    let (sends, queued_sends) = tokio::sync::mpsc::unbounded_channel();
+    runtime.spawn(gather_sends(client.clone(), queued_sends, context));
     let dispatcher = Dispatcher {
         client,
+        sends,
         call_timeout: config.call_timeout,
         offline_retries: config.offline_retries,
         runtime,
@@ -327,6 +347,8 @@ pub(crate) fn start(
 
 struct Dispatcher {
     client: LogicClient,
+    /// SENDs on their way to the task that gathers them into SendMany calls.
+    sends: tokio::sync::mpsc::UnboundedSender<PendingSend>,
     call_timeout: Duration,
     offline_retries: u32,
     runtime: tokio::runtime::Handle,
@@ -354,6 +376,7 @@ impl Dispatcher {
                     match call {
                         Call::Stop => break,
                         Call::Ack { request } => acks.add(request),
+                        Call::Send { request, reply } => self.queue_send(request, reply),
                         call => self.spawn(call),
                     }
                 }
@@ -368,6 +391,23 @@ impl Dispatcher {
             self.spawn_acks(acks.take());
         }
         info!("bridge to the logic tier stopped");
+    }
+
+    fn queue_send(&self, request: ConnSendRequest, reply: oneshot::Sender<CallResult<SendReply>>) {
+        let pending = PendingSend {
+            request,
+            reply,
+            queued_at: Instant::now(),
+            in_flight: Some(InFlight::start(&self.in_flight, &self.metrics)),
+        };
+        if let Err(returned) = self.sends.send(pending) {
+            // The gathering task ended with the runtime: the engine is stopping.
+            let error = CallError::new(
+                ErrorCode::Unavailable,
+                "the engine node is stopping; retry on another node",
+            );
+            let _ = returned.0.reply.send(Err(error));
+        }
     }
 
     fn spawn(&self, call: Call) {
@@ -391,21 +431,152 @@ impl Dispatcher {
         W: FnOnce(CallContext) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let in_flight = self.in_flight.clone();
         let context = CallContext {
             limit: self.limit.clone(),
             metrics: self.metrics.clone(),
             timeout: self.call_timeout,
         };
-        let metrics = self.metrics.clone();
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(&self.in_flight, &self.metrics);
         let work = work(context);
         self.runtime.spawn(async move {
             work.await;
-            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(in_flight);
         });
+    }
+}
+
+/// One call counted in flight, from its dispatch until this is dropped. Shutdown waits for
+/// the count to reach zero.
+struct InFlight {
+    count: Arc<AtomicUsize>,
+    metrics: Arc<BridgeMetrics>,
+}
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>, metrics: &Arc<BridgeMetrics>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            count: count.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A SEND waiting for its SendMany call.
+struct PendingSend {
+    request: ConnSendRequest,
+    reply: oneshot::Sender<CallResult<SendReply>>,
+    /// When the dispatcher took it; its deadline counts from here.
+    queued_at: Instant,
+    /// This SEND's place in the in-flight count, released once its reply is sent.
+    in_flight: Option<InFlight>,
+}
+
+/// Takes the queued SENDs and sends them in SendMany calls, at most [`SEND_MANY_IN_FLIGHT`] at
+/// a time. Each call carries every SEND queued when a place frees up, up to [`SEND_MANY_MAX`].
+/// Ends once the dispatcher is gone and the queue is empty.
+async fn gather_sends(
+    client: LogicClient,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<PendingSend>,
+    context: CallContext,
+) {
+    let places = Arc::new(Semaphore::new(SEND_MANY_IN_FLIGHT));
+    let context = Arc::new(context);
+    loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = queue.recv().await else {
+            break;
+        };
+        let mut sends = vec![first];
+        while sends.len() < SEND_MANY_MAX {
+            match queue.try_recv() {
+                Ok(pending) => sends.push(pending),
+                Err(_) => break,
+            }
+        }
+        let client = client.clone();
+        let context = context.clone();
+        tokio::spawn(async move {
+            send_many(client, sends, &context).await;
+            drop(place);
+        });
+    }
+    debug!("SEND gathering stopped");
+}
+
+/// Sends `sends` in one SendMany call and replies to each. The call's deadline counts from
+/// the oldest SEND's dispatch, so waiting for a place does not lengthen it.
+async fn send_many(mut client: LogicClient, sends: Vec<PendingSend>, context: &CallContext) {
+    let oldest = sends
+        .iter()
+        .map(|pending| pending.queued_at)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let timeout = context.timeout.saturating_sub(oldest.elapsed());
+    let mut requests = Vec::with_capacity(sends.len());
+    let mut waiting = Vec::with_capacity(sends.len());
+    for pending in sends {
+        requests.push(pending.request);
+        waiting.push((pending.reply, pending.in_flight));
+    }
+    let count = requests.len();
+    let call = client.send_many(ConnSendManyRequest { sends: requests });
+    match context.run_within(SEND_MANY_METHOD, timeout, call).await {
+        Ok(reply) => {
+            if reply.outcomes.len() != count {
+                warn!(
+                    sends = count,
+                    outcomes = reply.outcomes.len(),
+                    "SendMany reply does not match its request; failing the sends without an outcome"
+                );
+            }
+            let mut outcomes = reply.outcomes.into_iter();
+            for (reply, _in_flight) in waiting {
+                let result = outcomes.next().map_or_else(
+                    || {
+                        Err(CallError::new(
+                            ErrorCode::Internal,
+                            "internal error; retry later",
+                        ))
+                    },
+                    outcome_result,
+                );
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            for (reply, _in_flight) in waiting {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// Turns one outcome of a SendMany reply into the result the device gets.
+fn outcome_result(outcome: SendOutcome) -> CallResult<SendReply> {
+    match ErrorCode::try_from(outcome.code) {
+        Ok(ErrorCode::Ok) => outcome.reply.ok_or_else(|| {
+            warn!("SendMany outcome is OK without a reply");
+            CallError::new(ErrorCode::Internal, "internal error; retry later")
+        }),
+        Ok(code) => Err(CallError::new(code, outcome.message)),
+        Err(_) => {
+            warn!(code = outcome.code, "SendMany outcome has an unknown code");
+            Err(CallError::new(
+                ErrorCode::Internal,
+                "internal error; retry later",
+            ))
+        }
     }
 }
 
@@ -472,12 +643,22 @@ impl CallContext {
         method: usize,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> CallResult<T> {
+        self.run_within(method, self.timeout, call).await
+    }
+
+    /// Runs `call` as [`CallContext::run`] does, with `timeout` for its deadline.
+    async fn run_within<T>(
+        &self,
+        method: usize,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> CallResult<T> {
         let started = Instant::now();
         let limited = async {
             let _permit = self.limit.acquire().await;
             call.await
         };
-        let result = with_deadline(self.timeout, limited).await;
+        let result = with_deadline(timeout, limited).await;
         self.record(method, started, result)
     }
 
@@ -531,8 +712,15 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
             let _ = reply.send(result.await);
         }
         Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
+        // The dispatcher queues SENDs for gather_sends.
         Call::Send { request, reply } => {
-            let _ = reply.send(context.run(4, client.send(request)).await);
+            let pending = PendingSend {
+                request,
+                reply,
+                queued_at: Instant::now(),
+                in_flight: None,
+            };
+            send_many(client, vec![pending], context).await;
         }
         Call::Sync { request, reply } => {
             let _ = reply.send(context.run(5, client.sync(request)).await);
@@ -624,6 +812,45 @@ mod tests {
             device: Some(im_proto::DeviceRef { user_id, device_id }),
             seq,
         }
+    }
+
+    #[test]
+    fn send_outcomes_become_device_results() {
+        let reply = SendReply {
+            message_id: 7,
+            seq: 3,
+            sent_at_ms: 1,
+        };
+        let stored = SendOutcome {
+            code: ErrorCode::Ok as i32,
+            reply: Some(reply),
+            message: String::new(),
+        };
+        assert_eq!(outcome_result(stored), Ok(reply));
+
+        let rejected = SendOutcome {
+            code: ErrorCode::NotFriend as i32,
+            reply: None,
+            message: "not a friend".to_owned(),
+        };
+        let err = outcome_result(rejected).expect_err("rejected");
+        assert_eq!(err, CallError::new(ErrorCode::NotFriend, "not a friend"));
+
+        let no_reply = SendOutcome {
+            code: ErrorCode::Ok as i32,
+            reply: None,
+            message: String::new(),
+        };
+        let err = outcome_result(no_reply).expect_err("OK without a reply");
+        assert_eq!(err.code, ErrorCode::Internal);
+
+        let unknown = SendOutcome {
+            code: 9999,
+            reply: None,
+            message: String::new(),
+        };
+        let err = outcome_result(unknown).expect_err("unknown code");
+        assert_eq!(err.code, ErrorCode::Internal);
     }
 
     #[test]

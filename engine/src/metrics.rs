@@ -182,7 +182,7 @@ pub const BRIDGE_METHODS: [&str; 8] = [
     "ConnLogin",
     "ConnSignIn",
     "Offline",
-    "Send",
+    "SendMany",
     "Sync",
     "AckMany",
     "Logout",

@@ -7,13 +7,13 @@ use std::collections::HashSet;
 
 use common::redis_child::RedisChild;
 use common::{
-    conn, create_group, error_code, make_friends, new_device, new_user_device, postgres, send,
-    send_text, sync, text_to, TestLogic, NODE,
+    conn, create_group, device_ref, error_code, make_friends, new_device, new_user_device,
+    postgres, send, send_text, sync, text_to, TestLogic, NODE,
 };
 use futures::stream::{self, StreamExt};
 use im_proto::v1::{
-    ConnAckManyRequest, ConnAckRequest, ConnSendRequest, ConversationType, DeviceRef, ErrorCode,
-    ServerSendRequest, SyncReply,
+    ConnAckManyRequest, ConnAckRequest, ConnSendManyRequest, ConnSendRequest, ConversationType,
+    DeviceRef, ErrorCode, ServerSendRequest, SyncReply,
 };
 use tonic::Code;
 
@@ -664,6 +664,81 @@ async fn concurrent_acks_keep_each_device_highest() {
         let acked = acked_seq(&db, device.device_id).await;
         assert_eq!(acked, 50, "device {}", device.device_id);
     }
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_many_replies_each_outcome_in_order() {
+    let mut logic = TestLogic::start_default().await;
+    let sender = new_device(&mut logic.client, "many_from", conn(NODE, 1)).await;
+    let (_, receiver) = new_user_device(&mut logic.client, "many_to", true, conn(NODE, 2)).await;
+    let to = |text: &str| ConnSendRequest {
+        device: device_ref(&sender),
+        send: Some(text_to(ConversationType::User, receiver.user_id, text)),
+    };
+    let mut empty = to("");
+    empty.send.as_mut().expect("send").content = bytes::Bytes::new();
+    let repeated = to("again");
+    let sends = vec![
+        to("first"),
+        empty,
+        to("second"),
+        repeated.clone(),
+        ConnSendRequest {
+            device: device_ref(&sender),
+            send: None,
+        },
+    ];
+
+    let outcomes = logic
+        .client
+        .send_many(ConnSendManyRequest { sends })
+        .await
+        .expect("SendMany")
+        .into_inner()
+        .outcomes;
+    let codes: Vec<i32> = outcomes.iter().map(|outcome| outcome.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::Ok as i32,
+            ErrorCode::ContentEmpty as i32,
+            ErrorCode::Ok as i32,
+            ErrorCode::Ok as i32,
+            ErrorCode::InvalidArgument as i32,
+        ]
+    );
+    assert!(!outcomes[1].message.is_empty());
+    assert!(outcomes[1].reply.is_none());
+    let seqs_sent: Vec<u64> = [0, 2, 3]
+        .iter()
+        .map(|&i| outcomes[i].reply.as_ref().expect("reply").seq)
+        .collect();
+    assert_eq!(seqs_sent, vec![1, 2, 3], "sender seqs follow request order");
+
+    // A repeated client_msg_id gets the first reply and stores nothing new.
+    let again = logic
+        .client
+        .send_many(ConnSendManyRequest {
+            sends: vec![repeated],
+        })
+        .await
+        .expect("SendMany again")
+        .into_inner()
+        .outcomes;
+    assert_eq!(again[0].reply, outcomes[3].reply);
+    let inbox = sync(&mut logic.client, &receiver, 0, 0)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), vec![1, 2, 3]);
+
+    let too_many = vec![to("x"); 1025];
+    let status = logic
+        .client
+        .send_many(ConnSendManyRequest { sends: too_many })
+        .await
+        .expect_err("1025 sends");
+    assert_eq!(error_code(&status), ErrorCode::InvalidArgument);
     logic.server.shutdown().await;
 }
 

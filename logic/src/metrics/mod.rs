@@ -77,11 +77,12 @@ pub enum Method {
     RenewLease,
     RestoreOnline,
     AckMany,
+    SendMany,
 }
 
 impl Method {
     /// Every method, in label order; `ALL[m as usize] == m`.
-    pub const ALL: [Method; 24] = [
+    pub const ALL: [Method; 25] = [
         Method::Register,
         Method::ConnLogin,
         Method::ConnSignIn,
@@ -106,6 +107,7 @@ impl Method {
         Method::RenewLease,
         Method::RestoreOnline,
         Method::AckMany,
+        Method::SendMany,
     ];
 
     /// Returns the method's name as the .proto file spells it.
@@ -135,6 +137,7 @@ impl Method {
             Method::RenewLease => "RenewLease",
             Method::RestoreOnline => "RestoreOnline",
             Method::AckMany => "AckMany",
+            Method::SendMany => "SendMany",
         }
     }
 

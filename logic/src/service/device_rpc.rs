@@ -6,10 +6,10 @@ use std::sync::Arc;
 use im_proto::v1::device_int_service_server::DeviceIntService;
 use im_proto::v1::{
     AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnLoginRequest,
-    ConnLogoutReply, ConnLogoutRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest,
-    ConnSyncRequest, DeviceRef, LoginReply, NodeLeaseReply, NodeLeaseRequest, OfflineReply,
-    OfflineRequest, RegisterReply, RegisterRequest, RestoreOnlineReply, RestoreOnlineRequest,
-    SendReply, SyncReply,
+    ConnLogoutReply, ConnLogoutRequest, ConnSendManyReply, ConnSendManyRequest, ConnSendRequest,
+    ConnSignInReply, ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply, NodeLeaseReply,
+    NodeLeaseRequest, OfflineReply, OfflineRequest, RegisterReply, RegisterRequest,
+    RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
 };
 use tonic::{Request, Response, Status};
 
@@ -132,6 +132,14 @@ impl DeviceIntService for DeviceService {
         let ids = device_call_ids(request.device.as_ref());
         let call = messages::send_from_device(&self.logic, request);
         respond(&self.logic, Method::Send, &ids, call).await
+    }
+
+    async fn send_many(
+        &self,
+        request: Request<ConnSendManyRequest>,
+    ) -> Result<Response<ConnSendManyReply>, Status> {
+        let call = messages::send_many(&self.logic, request.into_inner());
+        respond(&self.logic, Method::SendMany, &CallIds::default(), call).await
     }
 
     async fn sync(&self, request: Request<ConnSyncRequest>) -> Result<Response<SyncReply>, Status> {

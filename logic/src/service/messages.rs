@@ -6,10 +6,12 @@
 //! sends nor on the number of recipients. The push to online devices runs afterwards in a task
 //! of its own.
 
+use std::time::Instant;
+
 use im_proto::v1::{
-    AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnSendRequest,
-    ConnSyncRequest, ConversationType, DeviceRef, Message, SendReply, SendRequest,
-    ServerSendRequest, SyncReply,
+    AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnSendManyReply,
+    ConnSendManyRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef, ErrorCode,
+    Message, SendOutcome, SendReply, SendRequest, ServerSendRequest, SyncReply,
 };
 
 use super::caller::{self, Credentials};
@@ -222,6 +224,60 @@ pub async fn ack(logic: &Logic, request: ConnAckRequest) -> Result<AckReply, Log
             "device row matched its owner but the ack stored nothing",
         )),
     }
+}
+
+/// Maximum sends per SendMany call.
+pub const SEND_MANY_MAX: usize = 1024;
+
+/// Stores each send of `request` as [`send_from_device`] does, all at once so that they share
+/// the send batches, and returns each one's outcome in request order. Each send is counted
+/// and logged as a Send call of its own.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for more than [`SEND_MANY_MAX`] sends.
+pub async fn send_many(
+    logic: &Logic,
+    request: ConnSendManyRequest,
+) -> Result<ConnSendManyReply, LogicError> {
+    if request.sends.len() > SEND_MANY_MAX {
+        return Err(LogicError::InvalidArgument {
+            field: "sends",
+            reason: "at most 1024 per call",
+        });
+    }
+    let sends = request.sends.into_iter().map(|request| async move {
+        let ids = CallIds::new(
+            request.device.as_ref().map_or(0, |device| device.user_id),
+            request.device.as_ref().map_or(0, |device| device.device_id),
+            0,
+        );
+        let started = Instant::now();
+        let result = send_from_device(logic, request).await;
+        let code = result
+            .as_ref()
+            .map_or_else(LogicError::code, |_| ErrorCode::Ok);
+        logic
+            .metrics
+            .record_request(Method::Send, code, started.elapsed());
+        match result {
+            Ok(reply) => SendOutcome {
+                code: ErrorCode::Ok as i32,
+                reply: Some(reply),
+                message: String::new(),
+            },
+            Err(err) => {
+                super::report(logic, Method::Send.name(), &ids, &err);
+                SendOutcome {
+                    code: code as i32,
+                    reply: None,
+                    message: err.to_string(),
+                }
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    Ok(ConnSendManyReply { outcomes })
 }
 
 /// Maximum acks per AckMany call.
