@@ -96,8 +96,9 @@ pub(crate) struct SigninArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connections: u64,
     /// Loopback source addresses 127.0.0.2 ..= 127.0.0.(1 + sources); connection i uses
-    /// 127.0.0.(2 + i % sources). Default: enough that no source serves more than 25,000
-    /// connections (fewer when the ephemeral port range is smaller).
+    /// 127.0.0.(2 + i % sources). Default: enough that no source serves more than 2,000
+    /// connections (fewer when the ephemeral port range is smaller), so that each connect finds
+    /// a free port quickly.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: Option<u64>,
     /// Engine process to read resident memory from (/proc/PID/status); repeat the flag for
