@@ -8,9 +8,10 @@
 //! Other calls wait for a place within their deadline.
 //!
 //! MESSAGE_ACKs need no reply, so the dispatcher gathers them for up to [`ACK_GATHER`] and
-//! sends them in one AckMany call, keeping the highest seq of each device. SENDs go out at
-//! once in SendMany calls, up to [`SEND_MANY_IN_FLIGHT`] at a time. While every one of those is
-//! out, new SENDs wait and then go together, so the calls per message fall as the load rises.
+//! sends them in one AckMany call, keeping the highest seq of each device. SENDs and SIGN_INs go
+//! out at once in SendMany and ConnSignInMany calls, up to [`MANY_IN_FLIGHT`] of each kind at a
+//! time. While every one of those is out, new ones wait and then go together, so the calls per
+//! request fall as the load rises.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,16 +23,16 @@ use futures::channel::oneshot;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
-    ConnSendManyRequest, ConnSendRequest, ConnSignInReply, ConnSignInRequest, ConnSyncRequest,
-    ErrorCode, LoginReply, OfflineRequest, RegisterReply, RegisterRequest, SendOutcome, SendReply,
-    SyncReply,
+    ConnSendManyRequest, ConnSendRequest, ConnSignInManyRequest, ConnSignInReply,
+    ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest, RegisterReply,
+    RegisterRequest, SendOutcome, SendReply, SignInOutcome, SyncReply,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::metrics::BridgeMetrics;
+use crate::metrics::{BridgeMetrics, BRIDGE_METHODS};
 use im_proto::internal_secret::AttachSecret;
 
 /// Maximum time an ack waits in the dispatcher for others to share its AckMany call.
@@ -43,14 +44,11 @@ const ACK_MANY_MAX: usize = 1024;
 /// Index of AckMany in `BRIDGE_METHODS`.
 const ACK_MANY_METHOD: usize = 6;
 
-/// SendMany calls on the wire at once.
-const SEND_MANY_IN_FLIGHT: usize = 4;
+/// Calls of each gathered kind (SendMany, ConnSignInMany) on the wire at once.
+const MANY_IN_FLIGHT: usize = 4;
 
-/// Maximum sends per SendMany call, the logic tier's limit.
-const SEND_MANY_MAX: usize = 1024;
-
-/// Index of SendMany in `BRIDGE_METHODS`.
-const SEND_MANY_METHOD: usize = 4;
+/// Maximum requests per SendMany or ConnSignInMany call, the logic tier's limit.
+const MANY_MAX: usize = 1024;
 
 /// The logic tier's client, sending the internal secret with every call.
 pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
@@ -314,16 +312,23 @@ pub(crate) fn start(
     )?;
     let (calls, receiver) = crossbeam_channel::bounded(config.queue);
     let in_flight_limit = Arc::new(Semaphore::new(config.max_in_flight));
-    let context = CallContext {
+    let context = Arc::new(CallContext {
         limit: in_flight_limit.clone(),
         metrics: metrics.clone(),
         timeout: config.call_timeout,
-    };
+    });
     let (sends, queued_sends) = tokio::sync::mpsc::unbounded_channel();
-    runtime.spawn(gather_sends(client.clone(), queued_sends, context));
+    runtime.spawn(gather::<Sends>(
+        client.clone(),
+        queued_sends,
+        context.clone(),
+    ));
+    let (sign_ins, queued_sign_ins) = tokio::sync::mpsc::unbounded_channel();
+    runtime.spawn(gather::<SignIns>(client.clone(), queued_sign_ins, context));
     let dispatcher = Dispatcher {
         client,
         sends,
+        sign_ins,
         call_timeout: config.call_timeout,
         offline_retries: config.offline_retries,
         runtime,
@@ -348,7 +353,9 @@ pub(crate) fn start(
 struct Dispatcher {
     client: LogicClient,
     /// SENDs on their way to the task that gathers them into SendMany calls.
-    sends: tokio::sync::mpsc::UnboundedSender<PendingSend>,
+    sends: tokio::sync::mpsc::UnboundedSender<Pending<Sends>>,
+    /// SIGN_INs on their way to the task that gathers them into ConnSignInMany calls.
+    sign_ins: tokio::sync::mpsc::UnboundedSender<Pending<SignIns>>,
     call_timeout: Duration,
     offline_retries: u32,
     runtime: tokio::runtime::Handle,
@@ -376,7 +383,14 @@ impl Dispatcher {
                     match call {
                         Call::Stop => break,
                         Call::Ack { request } => acks.add(request),
-                        Call::Send { request, reply } => self.queue_send(request, reply),
+                        Call::Send { request, reply } => {
+                            self.queue(&self.sends, request, reply, None);
+                        }
+                        Call::SignIn {
+                            request,
+                            reply,
+                            permits,
+                        } => self.queue(&self.sign_ins, request, reply, Some(permits)),
                         call => self.spawn(call),
                     }
                 }
@@ -393,14 +407,24 @@ impl Dispatcher {
         info!("bridge to the logic tier stopped");
     }
 
-    fn queue_send(&self, request: ConnSendRequest, reply: oneshot::Sender<CallResult<SendReply>>) {
-        let pending = PendingSend {
+    /// Hands one request to the task that gathers its kind, counted in flight until its reply.
+    fn queue<G: Gathered>(
+        &self,
+        queue: &tokio::sync::mpsc::UnboundedSender<Pending<G>>,
+        request: G::Request,
+        reply: oneshot::Sender<CallResult<G::Reply>>,
+        permits: Option<Permits>,
+    ) {
+        let pending = Pending {
             request,
             reply,
             queued_at: Instant::now(),
-            in_flight: Some(InFlight::start(&self.in_flight, &self.metrics)),
+            reserved: Reserved {
+                _in_flight: Some(InFlight::start(&self.in_flight, &self.metrics)),
+                _permits: permits,
+            },
         };
-        if let Err(returned) = self.sends.send(pending) {
+        if let Err(returned) = queue.send(pending) {
             // The gathering task ended with the runtime: the engine is stopping.
             let error = CallError::new(
                 ErrorCode::Unavailable,
@@ -470,26 +494,121 @@ impl Drop for InFlight {
     }
 }
 
-/// A SEND waiting for its SendMany call.
-struct PendingSend {
-    request: ConnSendRequest,
-    reply: oneshot::Sender<CallResult<SendReply>>,
-    /// When the dispatcher took it; its deadline counts from here.
-    queued_at: Instant,
-    /// This SEND's place in the in-flight count, released once its reply is sent.
-    in_flight: Option<InFlight>,
+/// One kind of request that the bridge sends many at a time.
+trait Gathered: Send + 'static {
+    type Request: Send + 'static;
+    type Reply: Send + 'static;
+    type Outcome: Send + 'static;
+    /// Index of the kind's call in `BRIDGE_METHODS`.
+    const METHOD: usize;
+    /// True when each request took its place among the calls in flight on the shard, so the
+    /// call must not wait for a place of its own.
+    const ADMITTED: bool;
+
+    /// Makes the call that carries `requests`.
+    fn call(client: LogicClient, requests: Vec<Self::Request>) -> GatheredCall<Self::Outcome>;
+
+    /// Turns one outcome of the reply into the result the device gets.
+    fn result(outcome: Self::Outcome) -> CallResult<Self::Reply>;
 }
 
-/// Takes the queued SENDs and sends them in SendMany calls, at most [`SEND_MANY_IN_FLIGHT`] at
-/// a time. Each call carries every SEND queued when a place frees up, up to [`SEND_MANY_MAX`].
-/// Ends once the dispatcher is gone and the queue is empty.
-async fn gather_sends(
+/// A call that carries gathered requests and returns one outcome per request.
+type GatheredCall<O> =
+    futures::future::BoxFuture<'static, Result<tonic::Response<Vec<O>>, tonic::Status>>;
+
+/// SEND, as SendMany.
+struct Sends;
+
+impl Gathered for Sends {
+    type Request = ConnSendRequest;
+    type Reply = SendReply;
+    type Outcome = SendOutcome;
+    const METHOD: usize = 4;
+    const ADMITTED: bool = false;
+
+    fn call(mut client: LogicClient, sends: Vec<ConnSendRequest>) -> GatheredCall<SendOutcome> {
+        Box::pin(async move {
+            let reply = client.send_many(ConnSendManyRequest { sends }).await?;
+            Ok(reply.map(|reply| reply.outcomes))
+        })
+    }
+
+    fn result(outcome: SendOutcome) -> CallResult<SendReply> {
+        outcome_result(outcome.code, outcome.message)?;
+        outcome.reply.ok_or_else(|| {
+            warn!("SendMany outcome is OK without a reply");
+            CallError::new(ErrorCode::Internal, "internal error; retry later")
+        })
+    }
+}
+
+/// SIGN_IN, as ConnSignInMany.
+struct SignIns;
+
+impl Gathered for SignIns {
+    type Request = ConnSignInRequest;
+    type Reply = ConnSignInReply;
+    type Outcome = SignInOutcome;
+    const METHOD: usize = 2;
+    const ADMITTED: bool = true;
+
+    fn call(
+        mut client: LogicClient,
+        sign_ins: Vec<ConnSignInRequest>,
+    ) -> GatheredCall<SignInOutcome> {
+        Box::pin(async move {
+            let reply = client
+                .conn_sign_in_many(ConnSignInManyRequest { sign_ins })
+                .await?;
+            Ok(reply.map(|reply| reply.outcomes))
+        })
+    }
+
+    fn result(outcome: SignInOutcome) -> CallResult<ConnSignInReply> {
+        outcome_result(outcome.code, outcome.message).map(|()| ConnSignInReply {})
+    }
+}
+
+/// Turns the code and text of one outcome into OK or the error the device gets.
+fn outcome_result(code: i32, message: String) -> CallResult<()> {
+    match ErrorCode::try_from(code) {
+        Ok(ErrorCode::Ok) => Ok(()),
+        Ok(code) => Err(CallError::new(code, message)),
+        Err(_) => {
+            warn!(code, "outcome has an unknown code");
+            Err(CallError::new(
+                ErrorCode::Internal,
+                "internal error; retry later",
+            ))
+        }
+    }
+}
+
+/// A request waiting for the call that carries it.
+struct Pending<G: Gathered> {
+    request: G::Request,
+    reply: oneshot::Sender<CallResult<G::Reply>>,
+    /// When the dispatcher took it; its deadline counts from here.
+    queued_at: Instant,
+    reserved: Reserved,
+}
+
+/// Places reserved for a gathered request until its reply is sent: its place in the in-flight
+/// count and, for a sign-in, the places it took on the shard.
+struct Reserved {
+    _in_flight: Option<InFlight>,
+    _permits: Option<Permits>,
+}
+
+/// Takes the queued requests of one kind and sends them in calls, at most [`MANY_IN_FLIGHT`]
+/// at a time. Each call carries every request queued when a place frees up, up to
+/// [`MANY_MAX`]. Ends once the dispatcher is gone and the queue is empty.
+async fn gather<G: Gathered>(
     client: LogicClient,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<PendingSend>,
-    context: CallContext,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending<G>>,
+    context: Arc<CallContext>,
 ) {
-    let places = Arc::new(Semaphore::new(SEND_MANY_IN_FLIGHT));
-    let context = Arc::new(context);
+    let places = Arc::new(Semaphore::new(MANY_IN_FLIGHT));
     loop {
         let Ok(place) = places.clone().acquire_owned().await else {
             break;
@@ -497,51 +616,64 @@ async fn gather_sends(
         let Some(first) = queue.recv().await else {
             break;
         };
-        let mut sends = vec![first];
-        while sends.len() < SEND_MANY_MAX {
+        let mut batch = vec![first];
+        while batch.len() < MANY_MAX {
             match queue.try_recv() {
-                Ok(pending) => sends.push(pending),
+                Ok(pending) => batch.push(pending),
                 Err(_) => break,
             }
         }
         let client = client.clone();
         let context = context.clone();
         tokio::spawn(async move {
-            send_many(client, sends, &context).await;
+            call_gathered(client, batch, &context).await;
             drop(place);
         });
     }
-    debug!("SEND gathering stopped");
+    debug!(
+        method = BRIDGE_METHODS[G::METHOD],
+        "request gathering stopped"
+    );
 }
 
-/// Sends `sends` in one SendMany call and replies to each. The call's deadline counts from
-/// the oldest SEND's dispatch, so waiting for a place does not lengthen it.
-async fn send_many(mut client: LogicClient, sends: Vec<PendingSend>, context: &CallContext) {
-    let oldest = sends
+/// Sends `batch` in one call and replies to each request. The call's deadline counts from the
+/// oldest request's dispatch, so waiting for a place does not lengthen it.
+async fn call_gathered<G: Gathered>(
+    client: LogicClient,
+    batch: Vec<Pending<G>>,
+    context: &CallContext,
+) {
+    let oldest = batch
         .iter()
         .map(|pending| pending.queued_at)
         .min()
         .unwrap_or_else(Instant::now);
     let timeout = context.timeout.saturating_sub(oldest.elapsed());
-    let mut requests = Vec::with_capacity(sends.len());
-    let mut waiting = Vec::with_capacity(sends.len());
-    for pending in sends {
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for pending in batch {
         requests.push(pending.request);
-        waiting.push((pending.reply, pending.in_flight));
+        waiting.push((pending.reply, pending.reserved));
     }
     let count = requests.len();
-    let call = client.send_many(ConnSendManyRequest { sends: requests });
-    match context.run_within(SEND_MANY_METHOD, timeout, call).await {
-        Ok(reply) => {
-            if reply.outcomes.len() != count {
+    let call = G::call(client, requests);
+    let result = if G::ADMITTED {
+        context.run_unlimited(G::METHOD, timeout, call).await
+    } else {
+        context.run_within(G::METHOD, timeout, call).await
+    };
+    match result {
+        Ok(outcomes) => {
+            if outcomes.len() != count {
                 warn!(
-                    sends = count,
-                    outcomes = reply.outcomes.len(),
-                    "SendMany reply does not match its request; failing the sends without an outcome"
+                    method = BRIDGE_METHODS[G::METHOD],
+                    requests = count,
+                    outcomes = outcomes.len(),
+                    "reply does not match its request; failing the requests without an outcome"
                 );
             }
-            let mut outcomes = reply.outcomes.into_iter();
-            for (reply, _in_flight) in waiting {
+            let mut outcomes = outcomes.into_iter();
+            for (reply, _kept) in waiting {
                 let result = outcomes.next().map_or_else(
                     || {
                         Err(CallError::new(
@@ -549,33 +681,15 @@ async fn send_many(mut client: LogicClient, sends: Vec<PendingSend>, context: &C
                             "internal error; retry later",
                         ))
                     },
-                    outcome_result,
+                    G::result,
                 );
                 let _ = reply.send(result);
             }
         }
         Err(err) => {
-            for (reply, _in_flight) in waiting {
+            for (reply, _kept) in waiting {
                 let _ = reply.send(Err(err.clone()));
             }
-        }
-    }
-}
-
-/// Turns one outcome of a SendMany reply into the result the device gets.
-fn outcome_result(outcome: SendOutcome) -> CallResult<SendReply> {
-    match ErrorCode::try_from(outcome.code) {
-        Ok(ErrorCode::Ok) => outcome.reply.ok_or_else(|| {
-            warn!("SendMany outcome is OK without a reply");
-            CallError::new(ErrorCode::Internal, "internal error; retry later")
-        }),
-        Ok(code) => Err(CallError::new(code, outcome.message)),
-        Err(_) => {
-            warn!(code = outcome.code, "SendMany outcome has an unknown code");
-            Err(CallError::new(
-                ErrorCode::Internal,
-                "internal error; retry later",
-            ))
         }
     }
 }
@@ -670,9 +784,21 @@ impl CallContext {
         permits: Permits,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> CallResult<T> {
-        let started = Instant::now();
-        let result = with_deadline(self.timeout, call).await;
+        let result = self.run_unlimited(method, self.timeout, call).await;
         drop(permits);
+        result
+    }
+
+    /// Runs `call` within `timeout` without waiting for a place among the calls in flight,
+    /// for requests that took their places on the shard.
+    async fn run_unlimited<T>(
+        &self,
+        method: usize,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> CallResult<T> {
+        let started = Instant::now();
+        let result = with_deadline(timeout, call).await;
         self.record(method, started, result)
     }
 
@@ -703,24 +829,36 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
             let result = context.run_admitted(1, permits, client.conn_login(request));
             let _ = reply.send(result.await);
         }
+        // The dispatcher queues SIGN_INs for the gathering task.
         Call::SignIn {
             request,
             reply,
             permits,
         } => {
-            let result = context.run_admitted(2, permits, client.conn_sign_in(request));
-            let _ = reply.send(result.await);
-        }
-        Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
-        // The dispatcher queues SENDs for gather_sends.
-        Call::Send { request, reply } => {
-            let pending = PendingSend {
+            let pending = Pending::<SignIns> {
                 request,
                 reply,
                 queued_at: Instant::now(),
-                in_flight: None,
+                reserved: Reserved {
+                    _in_flight: None,
+                    _permits: Some(permits),
+                },
             };
-            send_many(client, vec![pending], context).await;
+            call_gathered(client, vec![pending], context).await;
+        }
+        Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
+        // The dispatcher queues SENDs for the gathering task.
+        Call::Send { request, reply } => {
+            let pending = Pending::<Sends> {
+                request,
+                reply,
+                queued_at: Instant::now(),
+                reserved: Reserved {
+                    _in_flight: None,
+                    _permits: None,
+                },
+            };
+            call_gathered(client, vec![pending], context).await;
         }
         Call::Sync { request, reply } => {
             let _ = reply.send(context.run(5, client.sync(request)).await);
@@ -826,14 +964,14 @@ mod tests {
             reply: Some(reply),
             message: String::new(),
         };
-        assert_eq!(outcome_result(stored), Ok(reply));
+        assert_eq!(Sends::result(stored), Ok(reply));
 
         let rejected = SendOutcome {
             code: ErrorCode::NotFriend as i32,
             reply: None,
             message: "not a friend".to_owned(),
         };
-        let err = outcome_result(rejected).expect_err("rejected");
+        let err = Sends::result(rejected).expect_err("rejected");
         assert_eq!(err, CallError::new(ErrorCode::NotFriend, "not a friend"));
 
         let no_reply = SendOutcome {
@@ -841,7 +979,7 @@ mod tests {
             reply: None,
             message: String::new(),
         };
-        let err = outcome_result(no_reply).expect_err("OK without a reply");
+        let err = Sends::result(no_reply).expect_err("OK without a reply");
         assert_eq!(err.code, ErrorCode::Internal);
 
         let unknown = SendOutcome {
@@ -849,8 +987,27 @@ mod tests {
             reply: None,
             message: String::new(),
         };
-        let err = outcome_result(unknown).expect_err("unknown code");
+        let err = Sends::result(unknown).expect_err("unknown code");
         assert_eq!(err.code, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn sign_in_outcomes_become_device_results() {
+        let signed_in = SignInOutcome {
+            code: ErrorCode::Ok as i32,
+            message: String::new(),
+        };
+        assert_eq!(SignIns::result(signed_in), Ok(ConnSignInReply {}));
+
+        let expired = SignInOutcome {
+            code: ErrorCode::TokenExpired as i32,
+            message: "token expired".to_owned(),
+        };
+        let err = SignIns::result(expired).expect_err("expired");
+        assert_eq!(
+            err,
+            CallError::new(ErrorCode::TokenExpired, "token expired")
+        );
     }
 
     #[test]

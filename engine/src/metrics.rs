@@ -180,7 +180,7 @@ pub struct BridgeMetrics {
 pub const BRIDGE_METHODS: [&str; 8] = [
     "Register",
     "ConnLogin",
-    "ConnSignIn",
+    "ConnSignInMany",
     "Offline",
     "SendMany",
     "Sync",

@@ -224,3 +224,58 @@ async fn rejected_sign_in_keeps_online_status() {
     }
     logic.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn sign_in_many_replies_each_outcome_in_order() {
+    let mut logic = TestLogic::start_default().await;
+    let first = new_device(&mut logic.client, "signin_many_a", conn(NODE, 1)).await;
+    let second = new_device(&mut logic.client, "signin_many_b", conn(NODE, 2)).await;
+    let request = |device: &im_proto::v1::LoginReply, token: &str, conn_id: u64| {
+        im_proto::v1::ConnSignInRequest {
+            sign_in: Some(im_proto::v1::SignInRequest {
+                user_id: device.user_id,
+                device_id: device.device_id,
+                token: token.to_owned(),
+            }),
+            conn: Some(conn(NODE, conn_id)),
+            client_addr: "127.0.0.1:40001".to_owned(),
+        }
+    };
+    let sign_ins = vec![
+        request(&first, &first.token, 11),
+        request(&second, "not the token", 12),
+        request(&second, &second.token, 13),
+    ];
+
+    let outcomes = logic
+        .client
+        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins })
+        .await
+        .expect("ConnSignInMany")
+        .into_inner()
+        .outcomes;
+    let codes: Vec<i32> = outcomes.iter().map(|outcome| outcome.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::Ok as i32,
+            ErrorCode::TokenInvalid as i32,
+            ErrorCode::Ok as i32
+        ]
+    );
+    assert!(!outcomes[1].message.is_empty());
+    for (device, conn_id) in [(&first, 11), (&second, 13)] {
+        let status = common::hget(&format!("online:{}", device.user_id), device.device_id).await;
+        assert_eq!(status, Some(format!("127.0.0.1:1|{conn_id}")));
+    }
+
+    let too_many = vec![request(&first, &first.token, 14); 1025];
+    let status = logic
+        .client
+        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins: too_many })
+        .await
+        .expect_err("1025 sign-ins");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_code(&status), ErrorCode::InvalidArgument);
+    logic.server.shutdown().await;
+}

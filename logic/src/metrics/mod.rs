@@ -78,11 +78,12 @@ pub enum Method {
     RestoreOnline,
     AckMany,
     SendMany,
+    ConnSignInMany,
 }
 
 impl Method {
     /// Every method, in label order; `ALL[m as usize] == m`.
-    pub const ALL: [Method; 25] = [
+    pub const ALL: [Method; 26] = [
         Method::Register,
         Method::ConnLogin,
         Method::ConnSignIn,
@@ -108,6 +109,7 @@ impl Method {
         Method::RestoreOnline,
         Method::AckMany,
         Method::SendMany,
+        Method::ConnSignInMany,
     ];
 
     /// Returns the method's name as the .proto file spells it.
@@ -138,6 +140,7 @@ impl Method {
             Method::RestoreOnline => "RestoreOnline",
             Method::AckMany => "AckMany",
             Method::SendMany => "SendMany",
+            Method::ConnSignInMany => "ConnSignInMany",
         }
     }
 

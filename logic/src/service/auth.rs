@@ -3,12 +3,16 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use im_proto::v1::{ConnLoginRequest, ConnSignInReply, ConnSignInRequest, DeviceInfo, LoginReply};
+use im_proto::v1::{
+    ConnLoginRequest, ConnSignInManyReply, ConnSignInManyRequest, ConnSignInReply,
+    ConnSignInRequest, DeviceInfo, ErrorCode, LoginReply,
+};
 
 use super::register::{validate_password, validate_username};
 use super::{presence, CallIds, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
+use crate::metrics::Method;
 use crate::store::pg::{device_tokens, devices, users};
 use crate::store::redis::{SignInOutcome, TokenRecord};
 use crate::token;
@@ -66,6 +70,42 @@ pub async fn login(
         // The engine fills in its own heartbeat interval.
         heartbeat_interval_ms: 0,
     })
+}
+
+/// Signs in each device of `request` as [`sign_in`] does, all at once so that their Redis
+/// commands share pipelines, and returns each one's outcome in request order. Each sign-in is
+/// counted and logged as a ConnSignIn call of its own.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for more than [`super::MANY_MAX`] sign-ins.
+pub async fn sign_in_many(
+    logic: &Logic,
+    request: ConnSignInManyRequest,
+) -> Result<ConnSignInManyReply, LogicError> {
+    super::check_many("sign_ins", request.sign_ins.len())?;
+    let results = super::run_each(
+        logic,
+        Method::ConnSignIn,
+        request.sign_ins,
+        CallIds::sign_in,
+        |request| sign_in(logic, request),
+    )
+    .await;
+    let outcomes = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(ConnSignInReply {}) => im_proto::v1::SignInOutcome {
+                code: ErrorCode::Ok as i32,
+                message: String::new(),
+            },
+            Err((code, message)) => im_proto::v1::SignInOutcome {
+                code: code as i32,
+                message,
+            },
+        })
+        .collect();
+    Ok(ConnSignInManyReply { outcomes })
 }
 
 /// Checks the device's token and marks the device online at the request's connection.

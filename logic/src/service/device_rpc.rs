@@ -7,9 +7,9 @@ use im_proto::v1::device_int_service_server::DeviceIntService;
 use im_proto::v1::{
     AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnLoginRequest,
     ConnLogoutReply, ConnLogoutRequest, ConnSendManyReply, ConnSendManyRequest, ConnSendRequest,
-    ConnSignInReply, ConnSignInRequest, ConnSyncRequest, DeviceRef, LoginReply, NodeLeaseReply,
-    NodeLeaseRequest, OfflineReply, OfflineRequest, RegisterReply, RegisterRequest,
-    RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
+    ConnSignInManyReply, ConnSignInManyRequest, ConnSignInReply, ConnSignInRequest,
+    ConnSyncRequest, LoginReply, NodeLeaseReply, NodeLeaseRequest, OfflineReply, OfflineRequest,
+    RegisterReply, RegisterRequest, RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
 };
 use tonic::{Request, Response, Status};
 
@@ -36,7 +36,7 @@ impl DeviceIntService for DeviceService {
         request: Request<ConnLogoutRequest>,
     ) -> Result<Response<ConnLogoutReply>, Status> {
         let request = request.into_inner();
-        let mut ids = device_call_ids(request.device.as_ref());
+        let mut ids = CallIds::device(request.device.as_ref());
         ids.conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
         let call = revoke::logout_device(&self.logic, request);
         respond(&self.logic, Method::Logout, &ids, call).await
@@ -93,17 +93,26 @@ impl DeviceIntService for DeviceService {
         request: Request<ConnSignInRequest>,
     ) -> Result<Response<ConnSignInReply>, Status> {
         let request = request.into_inner();
-        let sign_in = request.sign_in.as_ref();
-        let ids = CallIds::new(
-            sign_in.map_or(0, |s| s.user_id),
-            sign_in.map_or(0, |s| s.device_id),
-            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
-        );
+        let ids = CallIds::sign_in(&request);
         respond(
             &self.logic,
             Method::ConnSignIn,
             &ids,
             auth::sign_in(&self.logic, request),
+        )
+        .await
+    }
+
+    async fn conn_sign_in_many(
+        &self,
+        request: Request<ConnSignInManyRequest>,
+    ) -> Result<Response<ConnSignInManyReply>, Status> {
+        let call = auth::sign_in_many(&self.logic, request.into_inner());
+        respond(
+            &self.logic,
+            Method::ConnSignInMany,
+            &CallIds::default(),
+            call,
         )
         .await
     }
@@ -129,7 +138,7 @@ impl DeviceIntService for DeviceService {
 
     async fn send(&self, request: Request<ConnSendRequest>) -> Result<Response<SendReply>, Status> {
         let request = request.into_inner();
-        let ids = device_call_ids(request.device.as_ref());
+        let ids = CallIds::device(request.device.as_ref());
         let call = messages::send_from_device(&self.logic, request);
         respond(&self.logic, Method::Send, &ids, call).await
     }
@@ -144,14 +153,14 @@ impl DeviceIntService for DeviceService {
 
     async fn sync(&self, request: Request<ConnSyncRequest>) -> Result<Response<SyncReply>, Status> {
         let request = request.into_inner();
-        let ids = device_call_ids(request.device.as_ref());
+        let ids = CallIds::device(request.device.as_ref());
         let call = messages::sync(&self.logic, request);
         respond(&self.logic, Method::Sync, &ids, call).await
     }
 
     async fn ack(&self, request: Request<ConnAckRequest>) -> Result<Response<AckReply>, Status> {
         let request = request.into_inner();
-        let ids = device_call_ids(request.device.as_ref());
+        let ids = CallIds::device(request.device.as_ref());
         let call = messages::ack(&self.logic, request);
         respond(&self.logic, Method::Ack, &ids, call).await
     }
@@ -163,12 +172,4 @@ impl DeviceIntService for DeviceService {
         let call = messages::ack_many(&self.logic, request.into_inner());
         respond(&self.logic, Method::AckMany, &CallIds::default(), call).await
     }
-}
-
-fn device_call_ids(device: Option<&DeviceRef>) -> CallIds {
-    CallIds::new(
-        device.map_or(0, |device| device.user_id),
-        device.map_or(0, |device| device.device_id),
-        0,
-    )
 }

@@ -6,8 +6,6 @@
 //! sends nor on the number of recipients. The push to online devices runs afterwards in a task
 //! of its own.
 
-use std::time::Instant;
-
 use im_proto::v1::{
     AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnSendManyReply,
     ConnSendManyRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef, ErrorCode,
@@ -226,85 +224,57 @@ pub async fn ack(logic: &Logic, request: ConnAckRequest) -> Result<AckReply, Log
     }
 }
 
-/// Maximum sends per SendMany call.
-pub const SEND_MANY_MAX: usize = 1024;
-
 /// Stores each send of `request` as [`send_from_device`] does, all at once so that they share
 /// the send batches, and returns each one's outcome in request order. Each send is counted
 /// and logged as a Send call of its own.
 ///
 /// # Errors
 ///
-/// [`LogicError::InvalidArgument`] for more than [`SEND_MANY_MAX`] sends.
+/// [`LogicError::InvalidArgument`] for more than [`super::MANY_MAX`] sends.
 pub async fn send_many(
     logic: &Logic,
     request: ConnSendManyRequest,
 ) -> Result<ConnSendManyReply, LogicError> {
-    if request.sends.len() > SEND_MANY_MAX {
-        return Err(LogicError::InvalidArgument {
-            field: "sends",
-            reason: "at most 1024 per call",
-        });
-    }
-    let sends = request.sends.into_iter().map(|request| async move {
-        let ids = CallIds::new(
-            request.device.as_ref().map_or(0, |device| device.user_id),
-            request.device.as_ref().map_or(0, |device| device.device_id),
-            0,
-        );
-        let started = Instant::now();
-        let result = send_from_device(logic, request).await;
-        let code = result
-            .as_ref()
-            .map_or_else(LogicError::code, |_| ErrorCode::Ok);
-        logic
-            .metrics
-            .record_request(Method::Send, code, started.elapsed());
-        match result {
+    super::check_many("sends", request.sends.len())?;
+    let results = super::run_each(
+        logic,
+        Method::Send,
+        request.sends,
+        |request| CallIds::device(request.device.as_ref()),
+        |request| send_from_device(logic, request),
+    )
+    .await;
+    let outcomes = results
+        .into_iter()
+        .map(|result| match result {
             Ok(reply) => SendOutcome {
                 code: ErrorCode::Ok as i32,
                 reply: Some(reply),
                 message: String::new(),
             },
-            Err(err) => {
-                super::report(logic, Method::Send.name(), &ids, &err);
-                SendOutcome {
-                    code: code as i32,
-                    reply: None,
-                    message: err.to_string(),
-                }
-            }
-        }
-    });
-    let outcomes = futures::future::join_all(sends).await;
+            Err((code, message)) => SendOutcome {
+                code: code as i32,
+                reply: None,
+                message,
+            },
+        })
+        .collect();
     Ok(ConnSendManyReply { outcomes })
 }
-
-/// Maximum acks per AckMany call.
-pub const ACK_MANY_MAX: usize = 1024;
 
 /// Records each ack of `request` as [`ack`] does, all at once so that they share the ack
 /// batches, and returns how many failed. Each failure is logged with its ids.
 ///
 /// # Errors
 ///
-/// [`LogicError::InvalidArgument`] for more than [`ACK_MANY_MAX`] acks.
+/// [`LogicError::InvalidArgument`] for more than [`super::MANY_MAX`] acks.
 pub async fn ack_many(
     logic: &Logic,
     request: ConnAckManyRequest,
 ) -> Result<ConnAckManyReply, LogicError> {
-    if request.acks.len() > ACK_MANY_MAX {
-        return Err(LogicError::InvalidArgument {
-            field: "acks",
-            reason: "at most 1024 per call",
-        });
-    }
+    super::check_many("acks", request.acks.len())?;
     let results = futures::future::join_all(request.acks.into_iter().map(|request| async move {
-        let ids = CallIds::new(
-            request.device.as_ref().map_or(0, |device| device.user_id),
-            request.device.as_ref().map_or(0, |device| device.device_id),
-            0,
-        );
+        let ids = CallIds::device(request.device.as_ref());
         (ids, ack(logic, request).await)
     }))
     .await;

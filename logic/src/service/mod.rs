@@ -140,6 +140,25 @@ pub struct CallIds {
 }
 
 impl CallIds {
+    /// Returns the ids of a call about `device`, with no connection.
+    pub(super) fn device(device: Option<&im_proto::v1::DeviceRef>) -> CallIds {
+        CallIds::new(
+            device.map_or(0, |device| device.user_id),
+            device.map_or(0, |device| device.device_id),
+            0,
+        )
+    }
+
+    /// Returns the ids of a ConnSignIn call.
+    pub(super) fn sign_in(request: &im_proto::v1::ConnSignInRequest) -> CallIds {
+        let sign_in = request.sign_in.as_ref();
+        CallIds::new(
+            sign_in.map_or(0, |sign_in| sign_in.user_id),
+            sign_in.map_or(0, |sign_in| sign_in.device_id),
+            request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+        )
+    }
+
     pub(super) fn new(user_id: u64, device_id: u64, conn_id: u64) -> CallIds {
         CallIds {
             user_id: AtomicU64::new(user_id),
@@ -204,19 +223,69 @@ async fn respond<T>(
     );
     let started = Instant::now();
     let result = call.instrument(span).await;
+    record_outcome(logic, method, ids, started, &result);
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// Counts one finished call of `method` under its result code and logs its error, if any.
+/// Returns the code.
+fn record_outcome<T>(
+    logic: &Logic,
+    method: Method,
+    ids: &CallIds,
+    started: Instant,
+    result: &Result<T, LogicError>,
+) -> ErrorCode {
     let code = result
         .as_ref()
         .map_or_else(LogicError::code, |_| ErrorCode::Ok);
     logic
         .metrics
         .record_request(method, code, started.elapsed());
-    match result {
-        Ok(reply) => Ok(Response::new(reply)),
-        Err(err) => {
-            report(logic, rpc, ids, &err);
-            Err(err.into())
-        }
+    if let Err(err) = result {
+        report(logic, method.name(), ids, err);
     }
+    code
+}
+
+/// Maximum requests per `...Many` call.
+pub const MANY_MAX: usize = 1024;
+
+/// Runs `call` on every request of a `...Many` call at once, so that they share the store
+/// batches. Each request is counted and logged as a `method` call of its own. Returns each
+/// one's reply or error code and text, in request order.
+async fn run_each<Req, Rep, Fut>(
+    logic: &Logic,
+    method: Method,
+    requests: Vec<Req>,
+    ids: impl Fn(&Req) -> CallIds,
+    call: impl Fn(Req) -> Fut,
+) -> Vec<Result<Rep, (ErrorCode, String)>>
+where
+    Fut: Future<Output = Result<Rep, LogicError>>,
+{
+    let calls = requests.into_iter().map(|request| {
+        let ids = ids(&request);
+        let started = Instant::now();
+        let result = call(request);
+        async move {
+            let result = result.await;
+            let code = record_outcome(logic, method, &ids, started, &result);
+            result.map_err(|err| (code, err.to_string()))
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Rejects a `...Many` call that carries more than [`MANY_MAX`] requests.
+fn check_many(field: &'static str, count: usize) -> Result<(), LogicError> {
+    if count > MANY_MAX {
+        return Err(LogicError::InvalidArgument {
+            field,
+            reason: "at most 1024 per call",
+        });
+    }
+    Ok(())
 }
 
 fn report(logic: &Logic, rpc: &'static str, ids: &CallIds, err: &LogicError) {
