@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures::channel::oneshot;
+use futures::FutureExt;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
@@ -27,6 +28,7 @@ use im_proto::{
     ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest, RegisterReply,
     RegisterRequest, SendOutcome, SendReply, SignInOutcome, SyncReply,
 };
+use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -49,6 +51,11 @@ const MANY_IN_FLIGHT: usize = 4;
 
 /// Maximum requests per SendMany or ConnSignInMany call, the logic tier's limit.
 const MANY_MAX: usize = 1024;
+
+/// Maximum encoded bytes of the requests of one SendMany or ConnSignInMany call, below the
+/// 4 MiB that a tonic server decodes by default. One request is at most a device's largest
+/// message, far below it.
+const MANY_MAX_BYTES: usize = 3 << 20;
 
 /// The logic tier's client, sending the internal secret with every call.
 pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
@@ -496,7 +503,7 @@ impl Drop for InFlight {
 
 /// One kind of request that the bridge sends many at a time.
 trait Gathered: Send + 'static {
-    type Request: Send + 'static;
+    type Request: prost::Message + Send + 'static;
     type Reply: Send + 'static;
     type Outcome: Send + 'static;
     /// Index of the kind's call in `BRIDGE_METHODS`.
@@ -510,6 +517,9 @@ trait Gathered: Send + 'static {
 
     /// Turns one outcome of the reply into the result the device gets.
     fn result(outcome: Self::Outcome) -> CallResult<Self::Reply>;
+
+    /// Returns the user and device ids of `request`, for logs.
+    fn device(request: &Self::Request) -> (u64, u64);
 }
 
 /// A call that carries gathered requests and returns one outcome per request.
@@ -540,6 +550,13 @@ impl Gathered for Sends {
             CallError::new(ErrorCode::Internal, "internal error; retry later")
         })
     }
+
+    fn device(request: &ConnSendRequest) -> (u64, u64) {
+        request
+            .device
+            .as_ref()
+            .map_or((0, 0), |device| (device.user_id, device.device_id))
+    }
 }
 
 /// SIGN_IN, as ConnSignInMany.
@@ -566,6 +583,13 @@ impl Gathered for SignIns {
 
     fn result(outcome: SignInOutcome) -> CallResult<ConnSignInReply> {
         outcome_result(outcome.code, outcome.message).map(|()| ConnSignInReply {})
+    }
+
+    fn device(request: &ConnSignInRequest) -> (u64, u64) {
+        request
+            .sign_in
+            .as_ref()
+            .map_or((0, 0), |sign_in| (sign_in.user_id, sign_in.device_id))
     }
 }
 
@@ -601,28 +625,30 @@ struct Reserved {
 }
 
 /// Takes the queued requests of one kind and sends them in calls, at most [`MANY_IN_FLIGHT`]
-/// at a time. Each call carries every request queued when a place frees up, up to
-/// [`MANY_MAX`]. Ends once the dispatcher is gone and the queue is empty.
+/// at a time. Each call carries the requests queued when a place frees up, up to [`MANY_MAX`]
+/// of them and [`MANY_MAX_BYTES`] encoded. Ends once the dispatcher is gone and the queue is
+/// empty.
 async fn gather<G: Gathered>(
     client: LogicClient,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending<G>>,
     context: Arc<CallContext>,
 ) {
     let places = Arc::new(Semaphore::new(MANY_IN_FLIGHT));
+    // A request that did not fit in the last call; it starts the next one.
+    let mut carried: Option<Pending<G>> = None;
     loop {
         let Ok(place) = places.clone().acquire_owned().await else {
             break;
         };
-        let Some(first) = queue.recv().await else {
-            break;
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => break,
+            },
         };
-        let mut batch = vec![first];
-        while batch.len() < MANY_MAX {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
+        let (batch, rest) = fill(first, &mut queue);
+        carried = rest;
         let client = client.clone();
         let context = context.clone();
         tokio::spawn(async move {
@@ -636,32 +662,64 @@ async fn gather<G: Gathered>(
     );
 }
 
-/// Sends `batch` in one call and replies to each request. The call's deadline counts from the
-/// oldest request's dispatch, so waiting for a place does not lengthen it.
+/// Returns `first` and the requests queued behind it, up to [`MANY_MAX`] of them and
+/// [`MANY_MAX_BYTES`] encoded, and the request taken from the queue that did not fit.
+fn fill<G: Gathered>(
+    first: Pending<G>,
+    queue: &mut tokio::sync::mpsc::UnboundedReceiver<Pending<G>>,
+) -> (Vec<Pending<G>>, Option<Pending<G>>) {
+    let mut bytes = first.request.encoded_len();
+    let mut batch = vec![first];
+    while batch.len() < MANY_MAX {
+        let Ok(pending) = queue.try_recv() else {
+            break;
+        };
+        bytes += pending.request.encoded_len();
+        if bytes > MANY_MAX_BYTES {
+            return (batch, Some(pending));
+        }
+        batch.push(pending);
+    }
+    (batch, None)
+}
+
+/// Sends `batch` in one call and replies to each request. Each request keeps its own deadline,
+/// `logic_call_timeout_ms` after the dispatcher took it: one already past it is answered
+/// TIMEOUT and left out of the call, and one that passes it while the call runs is answered
+/// TIMEOUT then. The call itself runs until the newest request's deadline.
 async fn call_gathered<G: Gathered>(
     client: LogicClient,
     batch: Vec<Pending<G>>,
     context: &CallContext,
 ) {
-    let oldest = batch
-        .iter()
-        .map(|pending| pending.queued_at)
-        .min()
-        .unwrap_or_else(Instant::now);
-    let timeout = context.timeout.saturating_sub(oldest.elapsed());
+    let now = Instant::now();
     let mut requests = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     for pending in batch {
+        let deadline = pending.queued_at + context.timeout;
+        if deadline <= now || pending.reply.is_canceled() {
+            let _ = pending.reply.send(Err(CallError::timed_out()));
+            continue;
+        }
         requests.push(pending.request);
-        waiting.push((pending.reply, pending.reserved));
+        waiting.push(Waiting {
+            reply: Some(pending.reply),
+            deadline,
+            _reserved: pending.reserved,
+        });
     }
+    let Some(last) = waiting.iter().map(|waiting| waiting.deadline).max() else {
+        return;
+    };
+    let first_device = requests.first().map(G::device);
     let count = requests.len();
     let call = G::call(client, requests);
-    let result = if G::ADMITTED {
-        context.run_unlimited(G::METHOD, timeout, call).await
+    let call = if G::ADMITTED {
+        context.run_unlimited(G::METHOD, last - now, call).boxed()
     } else {
-        context.run_within(G::METHOD, timeout, call).await
+        context.run_within(G::METHOD, last - now, call).boxed()
     };
+    let result = answer_expired(call, &mut waiting).await;
     match result {
         Ok(outcomes) => {
             if outcomes.len() != count {
@@ -673,7 +731,7 @@ async fn call_gathered<G: Gathered>(
                 );
             }
             let mut outcomes = outcomes.into_iter();
-            for (reply, _kept) in waiting {
+            for waiting in &mut waiting {
                 let result = outcomes.next().map_or_else(
                     || {
                         Err(CallError::new(
@@ -683,12 +741,63 @@ async fn call_gathered<G: Gathered>(
                     },
                     G::result,
                 );
-                let _ = reply.send(result);
+                if result.is_err() {
+                    context.metrics.call_errors[G::METHOD].fetch_add(1, Ordering::Relaxed);
+                }
+                waiting.answer(result);
             }
         }
         Err(err) => {
-            for (reply, _kept) in waiting {
-                let _ = reply.send(Err(err.clone()));
+            debug!(
+                method = BRIDGE_METHODS[G::METHOD],
+                requests = count,
+                first_user_id = first_device.map_or(0, |(user, _)| user),
+                first_device_id = first_device.map_or(0, |(_, device)| device),
+                code = ?err.code,
+                "gathered call failed"
+            );
+            for waiting in &mut waiting {
+                waiting.answer(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// A request of a gathered call that is on the wire.
+struct Waiting<R> {
+    /// Taken once the request is answered.
+    reply: Option<oneshot::Sender<CallResult<R>>>,
+    deadline: Instant,
+    /// Released when the call ends, not when the request is answered, so that the places count
+    /// the call's work.
+    _reserved: Reserved,
+}
+
+impl<R> Waiting<R> {
+    fn answer(&mut self, result: CallResult<R>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Runs `call` while answering TIMEOUT to each request of `waiting` whose deadline passes
+/// first. `waiting` is in queue order, so its deadlines do not decrease.
+async fn answer_expired<T, R>(
+    call: futures::future::BoxFuture<'_, CallResult<T>>,
+    waiting: &mut [Waiting<R>],
+) -> CallResult<T> {
+    let mut call = call;
+    let mut next = 0;
+    loop {
+        let Some(deadline) = waiting.get(next).map(|waiting| waiting.deadline) else {
+            return call.await;
+        };
+        tokio::select! {
+            result = &mut call => return result,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                waiting[next].answer(Err(CallError::timed_out()));
+                next += 1;
             }
         }
     }
@@ -1008,6 +1117,93 @@ mod tests {
             err,
             CallError::new(ErrorCode::TokenExpired, "token expired")
         );
+    }
+
+    fn queued_send(content_bytes: usize, queued_at: Instant) -> Pending<Sends> {
+        let (reply, _) = oneshot::channel();
+        Pending {
+            request: ConnSendRequest {
+                device: Some(im_proto::DeviceRef {
+                    user_id: 1,
+                    device_id: 2,
+                }),
+                send: Some(im_proto::SendRequest {
+                    content: vec![b'x'; content_bytes].into(),
+                    ..Default::default()
+                }),
+            },
+            reply,
+            queued_at,
+            reserved: Reserved {
+                _in_flight: None,
+                _permits: None,
+            },
+        }
+    }
+
+    #[test]
+    fn fill_stops_at_byte_budget_and_carries_the_rest() {
+        let (queue, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        // 60 KiB each: 51 fit in 3 MiB, the 52nd does not.
+        for _ in 0..60 {
+            queue.send(queued_send(60 << 10, Instant::now())).unwrap();
+        }
+        let first = receiver.try_recv().unwrap();
+
+        let (batch, carried) = fill(first, &mut receiver);
+        let bytes: usize = batch
+            .iter()
+            .map(|pending| pending.request.encoded_len())
+            .sum();
+        assert_eq!(batch.len(), 51);
+        assert!(bytes <= MANY_MAX_BYTES, "{bytes}");
+        assert!(carried.is_some());
+        assert_eq!(receiver.len(), 60 - 52);
+    }
+
+    #[test]
+    fn fill_stops_at_request_count() {
+        let (queue, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..MANY_MAX + 5 {
+            queue.send(queued_send(10, Instant::now())).unwrap();
+        }
+        let first = receiver.try_recv().unwrap();
+
+        let (batch, carried) = fill(first, &mut receiver);
+        assert_eq!(batch.len(), MANY_MAX);
+        assert!(carried.is_none());
+        assert_eq!(receiver.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn expired_requests_get_timeout_while_call_runs() {
+        let start = Instant::now();
+        let mut replies = Vec::new();
+        let mut waiting: Vec<Waiting<u32>> = [20, 5_000]
+            .into_iter()
+            .map(|ms| {
+                let (reply, receiver) = oneshot::channel();
+                replies.push(receiver);
+                Waiting {
+                    reply: Some(reply),
+                    deadline: start + Duration::from_millis(ms),
+                    _reserved: Reserved {
+                        _in_flight: None,
+                        _permits: None,
+                    },
+                }
+            })
+            .collect();
+        let call = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<u32, CallError>(7)
+        };
+
+        let result = answer_expired(call.boxed(), &mut waiting).await;
+        assert_eq!(result, Ok(7));
+        let first = replies.remove(0).await.expect("first answered");
+        assert_eq!(first, Err(CallError::timed_out()));
+        assert!(waiting[1].reply.is_some(), "the second is still waiting");
     }
 
     #[test]

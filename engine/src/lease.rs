@@ -34,7 +34,8 @@ pub(crate) struct LeaseConfig {
 
 /// The running renewal task.
 pub(crate) struct Lease {
-    task: Mutex<AbortHandle>,
+    /// The renewal task, and whether [`Lease::stop`] stopped it.
+    task: Mutex<(AbortHandle, bool)>,
     incarnation: u64,
     /// Inputs of the renewal task, kept so that [`Lease::resume`] can start it again.
     client: LogicClient,
@@ -72,6 +73,7 @@ impl Lease {
                 config.clone(),
                 devices.clone(),
                 incarnation,
+                false,
                 first_done,
             ))
             .abort_handle();
@@ -80,7 +82,7 @@ impl Lease {
         }
         info!(incarnation, "lease renewals started");
         Ok(Self {
-            task: Mutex::new(task),
+            task: Mutex::new((task, false)),
             incarnation,
             client,
             config,
@@ -96,33 +98,40 @@ impl Lease {
 
     /// Stops renewing; the lease lapses `lease_ttl_ms` after the last renewal.
     pub(crate) fn stop(&self) {
-        self.task().abort();
+        let mut task = self.task();
+        task.0.abort();
+        task.1 = true;
     }
 
     /// Starts renewing again after [`Lease::stop`], under the same incarnation. When the lease
     /// lapsed meanwhile, the first renewal's reply requests this node's devices, as after any
-    /// lapse. Does nothing while renewals run.
+    /// lapse. The new task also reports the devices once, in case a report was still due when
+    /// renewals stopped. Does nothing unless renewals were stopped.
     pub(crate) fn resume(&self) {
         let mut task = self.task();
-        if !task.is_finished() {
+        if !task.1 {
             return;
         }
+        // An aborted task may not have seen its abort yet; it ends at its next await.
+        task.0.abort();
         // No caller waits for this task's first renewal.
         let (first_done, _) = mpsc::channel();
-        *task = self
+        let handle = self
             .runtime
             .spawn(renew_forever(
                 self.client.clone(),
                 self.config.clone(),
                 self.devices.clone(),
                 self.incarnation,
+                true,
                 first_done,
             ))
             .abort_handle();
+        *task = (handle, false);
         info!(incarnation = self.incarnation, "lease renewals resumed");
     }
 
-    fn task(&self) -> std::sync::MutexGuard<'_, AbortHandle> {
+    fn task(&self) -> std::sync::MutexGuard<'_, (AbortHandle, bool)> {
         // The guarded handle stays valid even if a holder panicked.
         self.task.lock().unwrap_or_else(|err| err.into_inner())
     }
@@ -130,7 +139,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.task().abort();
+        self.task().0.abort();
     }
 }
 
@@ -139,6 +148,7 @@ async fn renew_forever(
     config: LeaseConfig,
     devices: Arc<DeviceMap>,
     incarnation: u64,
+    mut report_pending: bool,
     first_done: mpsc::Sender<()>,
 ) {
     let request = NodeLeaseRequest {
@@ -149,7 +159,6 @@ async fn renew_forever(
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
-    let mut report_pending = false;
     loop {
         ticks.tick().await;
         let call = client.renew_lease(request.clone());

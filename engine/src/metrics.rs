@@ -295,7 +295,7 @@ impl EngineMetrics {
                 .map(|m| m.messages_missed.load(Ordering::Relaxed))
                 .sum(),
         );
-        let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Calls to the logic tier in flight.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Requests to the logic tier taken from the queue and not yet answered, on the wire or waiting to join a gathered call.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP im_engine_bridge_queue_depth Calls waiting in the queue from the shards to the bridge.\n# TYPE im_engine_bridge_queue_depth gauge\nim_engine_bridge_queue_depth {}", self.bridge.queued.load(Ordering::Relaxed));
         histogram(
             &mut out,

@@ -183,12 +183,13 @@ async fn catch_up(pg: &PgStore, pusher: &Pusher, node: &str, devices: &[OnlineDe
         .iter()
         .map(|device| (device.device_id, device.conn_id))
         .collect();
-    let pushed = unacked.len();
+    let mut pushed = 0;
     let mut by_user: HashMap<UserId, Delivery> = HashMap::new();
     for missed in unacked {
         let Some(&conn_id) = conns.get(&missed.device.0) else {
             continue;
         };
+        pushed += 1;
         let seq = missed.message.seq;
         by_user
             .entry(missed.user)

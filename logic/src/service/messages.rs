@@ -263,7 +263,8 @@ pub async fn send_many(
 }
 
 /// Records each ack of `request` as [`ack`] does, all at once so that they share the ack
-/// batches, and returns how many failed. Each failure is logged with its ids.
+/// batches, and returns how many failed. Each ack is counted and logged as an Ack call of its
+/// own.
 ///
 /// # Errors
 ///
@@ -273,18 +274,16 @@ pub async fn ack_many(
     request: ConnAckManyRequest,
 ) -> Result<ConnAckManyReply, LogicError> {
     super::check_many("acks", request.acks.len())?;
-    let results = futures::future::join_all(request.acks.into_iter().map(|request| async move {
-        let ids = CallIds::device(request.device.as_ref());
-        (ids, ack(logic, request).await)
-    }))
+    let results = super::run_each(
+        logic,
+        Method::Ack,
+        request.acks,
+        |request| CallIds::device(request.device.as_ref()),
+        |request| ack(logic, request),
+    )
     .await;
-    let mut failed = 0u32;
-    for (ids, result) in results {
-        if let Err(err) = result {
-            failed += 1;
-            super::report(logic, Method::Ack.name(), &ids, &err);
-        }
-    }
+    let failed = results.iter().filter(|result| result.is_err()).count();
+    let failed = u32::try_from(failed).unwrap_or(u32::MAX);
     Ok(ConnAckManyReply { failed })
 }
 
