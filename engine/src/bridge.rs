@@ -7,8 +7,9 @@
 //! before they are queued. When no place is free they get BUSY at once instead of waiting.
 //! Other calls wait for a place within their deadline.
 //!
-//! MESSAGE_ACKs need no reply, so the dispatcher gathers them for up to [`ACK_GATHER`] and
-//! sends them in one AckMany call, keeping the highest seq of each device. SENDs and SIGN_INs go
+//! MESSAGE_ACKs and Offline calls need no reply. So the dispatcher gathers each kind for up to
+//! [`GATHER_WINDOW`] and sends it in one AckMany or OfflineMany call, keeping the highest seq
+//! of each device's acks. SENDs and SIGN_INs go
 //! out at once in SendMany and ConnSignInMany calls, up to [`MANY_IN_FLIGHT`] of each kind at a
 //! time. While every one of those is out, new ones wait and then go together, so the calls per
 //! request fall as the load rises.
@@ -25,8 +26,8 @@ use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
     ConnSendManyRequest, ConnSendRequest, ConnSignInManyRequest, ConnSignInReply,
-    ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineRequest, RegisterReply,
-    RegisterRequest, SendOutcome, SendReply, SignInOutcome, SyncReply,
+    ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineManyRequest, OfflineRequest,
+    RegisterReply, RegisterRequest, SendOutcome, SendReply, SignInOutcome, SyncReply,
 };
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,14 +38,17 @@ use tracing::{debug, info, warn};
 use crate::metrics::{BridgeMetrics, BRIDGE_METHODS};
 use im_proto::internal_secret::AttachSecret;
 
-/// Maximum time an ack waits in the dispatcher for others to share its AckMany call.
-const ACK_GATHER: Duration = Duration::from_millis(5);
+/// Maximum time an ack or an Offline waits in the dispatcher for others to share its call.
+const GATHER_WINDOW: Duration = Duration::from_millis(5);
 
 /// Maximum acks per AckMany call, the logic tier's limit.
 const ACK_MANY_MAX: usize = 1024;
 
 /// Index of AckMany in `BRIDGE_METHODS`.
 const ACK_MANY_METHOD: usize = 6;
+
+/// Index of OfflineMany in `BRIDGE_METHODS`.
+const OFFLINE_MANY_METHOD: usize = 3;
 
 /// Calls of each gathered kind (SendMany, ConnSignInMany) on the wire at once.
 const MANY_IN_FLIGHT: usize = 4;
@@ -374,13 +378,19 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Spawns each call until `Call::Stop` arrives or every sender is gone. Acks are gathered
-    /// and spawned as one AckMany call when the oldest has waited [`ACK_GATHER`], when
-    /// [`ACK_MANY_MAX`] devices are waiting, or when the dispatcher stops.
+    /// Spawns each call until `Call::Stop` arrives or every sender is gone. Acks and Offline
+    /// calls are gathered and spawned as one AckMany or OfflineMany call when the oldest has
+    /// waited [`GATHER_WINDOW`], when [`ACK_MANY_MAX`] or [`MANY_MAX`] of them are waiting, or when the
+    /// dispatcher stops.
     fn run(self, receiver: Receiver<Call>) {
         let mut acks = PendingAcks::default();
+        let mut offlines = PendingOfflines::default();
         loop {
-            let received = match acks.flush_at() {
+            let flush_at = [acks.flush_at(), offlines.flush_at()]
+                .into_iter()
+                .flatten()
+                .min();
+            let received = match flush_at {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(at) => receiver.recv_deadline(at),
             };
@@ -390,6 +400,7 @@ impl Dispatcher {
                     match call {
                         Call::Stop => break,
                         Call::Ack { request } => acks.add(request),
+                        Call::Offline { request } => offlines.add(request),
                         Call::Send { request, reply } => {
                             self.queue(&self.sends, request, reply, None);
                         }
@@ -404,12 +415,19 @@ impl Dispatcher {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if acks.len() >= ACK_MANY_MAX || acks.is_due(Instant::now()) {
+            let now = Instant::now();
+            if acks.len() >= ACK_MANY_MAX || is_due(acks.flush_at(), now) {
                 self.spawn_acks(acks.take());
+            }
+            if offlines.requests.len() >= MANY_MAX || is_due(offlines.flush_at(), now) {
+                self.spawn_offlines(offlines.take());
             }
         }
         if acks.len() > 0 {
             self.spawn_acks(acks.take());
+        }
+        if !offlines.requests.is_empty() {
+            self.spawn_offlines(offlines.take());
         }
         info!("bridge to the logic tier stopped");
     }
@@ -446,6 +464,14 @@ impl Dispatcher {
         let retries = self.offline_retries;
         self.spawn_counted(move |context| async move {
             execute(client, call, &context, retries).await;
+        });
+    }
+
+    fn spawn_offlines(&self, offlines: Vec<OfflineRequest>) {
+        let client = self.client.clone();
+        let retries = self.offline_retries;
+        self.spawn_counted(move |context| async move {
+            send_offlines(client, offlines, &context, retries).await;
         });
     }
 
@@ -684,9 +710,9 @@ fn fill<G: Gathered>(
 }
 
 /// Sends `batch` in one call and replies to each request. Each request keeps its own deadline,
-/// `logic_call_timeout_ms` after the dispatcher took it: one already past it is answered
-/// TIMEOUT and left out of the call, and one that passes it while the call runs is answered
-/// TIMEOUT then. The call itself runs until the newest request's deadline.
+/// `logic_call_timeout_ms` after the dispatcher took it. A request already past it gets a
+/// TIMEOUT reply and stays out of the call. A request that passes it while the call runs gets
+/// its TIMEOUT reply then. The call itself runs until the newest request's deadline.
 async fn call_gathered<G: Gathered>(
     client: LogicClient,
     batch: Vec<Pending<G>>,
@@ -765,11 +791,11 @@ async fn call_gathered<G: Gathered>(
 
 /// A request of a gathered call that is on the wire.
 struct Waiting<R> {
-    /// Taken once the request is answered.
+    /// Taken once the request has its reply.
     reply: Option<oneshot::Sender<CallResult<R>>>,
     deadline: Instant,
-    /// Released when the call ends, not when the request is answered, so that the places count
-    /// the call's work.
+    /// Released when the call ends, not when the request has its reply, so that the places
+    /// count the call's work.
     _reserved: Reserved,
 }
 
@@ -829,11 +855,7 @@ impl PendingAcks {
 
     /// Returns when the waiting acks must be sent, or `None` when none wait.
     fn flush_at(&self) -> Option<Instant> {
-        self.oldest.map(|oldest| oldest + ACK_GATHER)
-    }
-
-    fn is_due(&self, now: Instant) -> bool {
-        self.flush_at().is_some_and(|at| now >= at)
+        self.oldest.map(|oldest| oldest + GATHER_WINDOW)
     }
 
     /// Empties the set and returns its acks.
@@ -847,6 +869,36 @@ impl PendingAcks {
             })
             .collect()
     }
+}
+
+/// Offline requests waiting in the dispatcher for their OfflineMany call.
+#[derive(Default)]
+struct PendingOfflines {
+    requests: Vec<OfflineRequest>,
+    /// When the oldest waiting request arrived.
+    oldest: Option<Instant>,
+}
+
+impl PendingOfflines {
+    fn add(&mut self, request: OfflineRequest) {
+        self.requests.push(request);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Returns when the waiting requests must be sent, or `None` when none wait.
+    fn flush_at(&self) -> Option<Instant> {
+        self.oldest.map(|oldest| oldest + GATHER_WINDOW)
+    }
+
+    fn take(&mut self) -> Vec<OfflineRequest> {
+        self.oldest = None;
+        std::mem::take(&mut self.requests)
+    }
+}
+
+/// Tells whether a flush time has come.
+fn is_due(flush_at: Option<Instant>, now: Instant) -> bool {
+    flush_at.is_some_and(|at| now >= at)
 }
 
 /// Shared state of every call besides its request: the in-flight limit, the metrics and
@@ -955,7 +1007,10 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
             };
             call_gathered(client, vec![pending], context).await;
         }
-        Call::Offline { request } => send_offline(client, request, context, offline_retries).await,
+        // The dispatcher gathers Offline calls for send_offlines.
+        Call::Offline { request } => {
+            send_offlines(client, vec![request], context, offline_retries).await;
+        }
         // The dispatcher queues SENDs for the gathering task.
         Call::Send { request, reply } => {
             let pending = Pending::<Sends> {
@@ -1014,39 +1069,78 @@ async fn with_deadline<T>(
     }
 }
 
-async fn send_offline(
+/// Sends `offlines` in one OfflineMany call, and again, with a backoff doubling from 200 ms,
+/// those that failed with a retryable error, up to `retries` times. A request given up on
+/// leaves its device's status in place until the device signs in again, or until this node's
+/// lease lapses if the node stops too.
+async fn send_offlines(
     mut client: LogicClient,
-    request: OfflineRequest,
+    mut offlines: Vec<OfflineRequest>,
     context: &CallContext,
     retries: u32,
 ) {
-    let (user_id, device_id) = (request.user_id, request.device_id);
-    let conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id);
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
-        match context.run(3, client.offline(request.clone())).await {
-            Ok(reply) => {
-                debug!(
-                    user_id,
-                    device_id,
-                    conn_id,
-                    removed = reply.removed,
-                    "offline sent"
-                );
-                return;
+        let call = client.offline_many(OfflineManyRequest {
+            offlines: offlines.clone(),
+        });
+        let failed: Vec<(OfflineRequest, CallError)> =
+            match context.run(OFFLINE_MANY_METHOD, call).await {
+                Ok(reply) => {
+                    let mut outcomes = reply.outcomes.into_iter();
+                    offlines
+                        .drain(..)
+                        .filter_map(|request| {
+                            let result = outcomes.next().map_or_else(
+                                || {
+                                    Err(CallError::new(
+                                        ErrorCode::Internal,
+                                        "internal error; retry later",
+                                    ))
+                                },
+                                |outcome| outcome_result(outcome.code, outcome.message),
+                            );
+                            result.err().map(|err| (request, err))
+                        })
+                        .collect()
+                }
+                Err(err) => offlines
+                    .drain(..)
+                    .map(|request| (request, err.clone()))
+                    .collect(),
+            };
+        let mut given_up = 0usize;
+        for (request, err) in failed {
+            if err.is_retryable() && attempt < retries {
+                offlines.push(request);
+                continue;
             }
-            Err(err) if err.is_retryable() && attempt < retries => {
-                warn!(user_id, device_id, conn_id, attempt, error = %err.message, "offline failed, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-            Err(err) => {
-                // The status stays until the device signs in again, or until this node's lease
-                // lapses if the node stops too.
-                warn!(user_id, device_id, conn_id, code = ?err.code, error = %err.message, "offline failed, giving up");
-                return;
-            }
+            given_up += 1;
+            context.metrics.call_errors[OFFLINE_MANY_METHOD].fetch_add(1, Ordering::Relaxed);
+            debug!(
+                user_id = request.user_id,
+                device_id = request.device_id,
+                conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+                code = ?err.code,
+                error = %err.message,
+                "offline failed, giving up"
+            );
         }
+        if given_up > 0 {
+            warn!(
+                requests = given_up,
+                "offline failed, giving up; the statuses stay until those devices sign in again"
+            );
+        }
+        if offlines.is_empty() {
+            return;
+        }
+        warn!(
+            requests = offlines.len(),
+            attempt, "offline failed, retrying"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
     }
 }
 
@@ -1142,7 +1236,7 @@ mod tests {
     }
 
     #[test]
-    fn fill_stops_at_byte_budget_and_carries_the_rest() {
+    fn fill_stops_at_byte_budget() {
         let (queue, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         // 60 KiB each: 51 fit in 3 MiB, the 52nd does not.
         for _ in 0..60 {
@@ -1219,9 +1313,9 @@ mod tests {
         acks.add(ack(1, 11, 2));
         assert_eq!(acks.len(), 3);
         let due = acks.flush_at().expect("acks wait");
-        assert!(due >= before + ACK_GATHER);
-        assert!(!acks.is_due(due - Duration::from_millis(1)));
-        assert!(acks.is_due(due));
+        assert!(due >= before + GATHER_WINDOW);
+        assert!(!is_due(acks.flush_at(), due - Duration::from_millis(1)));
+        assert!(is_due(acks.flush_at(), due));
 
         let mut sent: Vec<(u64, u64, u64)> = acks
             .take()

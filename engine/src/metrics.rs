@@ -181,7 +181,7 @@ pub const BRIDGE_METHODS: [&str; 8] = [
     "Register",
     "ConnLogin",
     "ConnSignInMany",
-    "Offline",
+    "OfflineMany",
     "SendMany",
     "Sync",
     "AckMany",

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{conn, hget, new_device, offline, sign_in, EngineRecorder, TestLogic, NODE};
-use im_proto::v1::KickReason;
+use im_proto::v1::{ErrorCode, KickReason};
 
 #[tokio::test]
 async fn second_sign_in_kicks_old_conn() {
@@ -156,5 +156,66 @@ async fn hanging_old_node_does_not_delay_sign_in() {
         "{:?}",
         started.elapsed()
     );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_many_replies_each_outcome_in_order() {
+    let mut logic = TestLogic::start_default().await;
+    let first = new_device(&mut logic.client, "offline_many_a", conn(NODE, 1)).await;
+    let second = new_device(&mut logic.client, "offline_many_b", conn(NODE, 2)).await;
+    let request = |device: &im_proto::v1::LoginReply, conn_id: u64| im_proto::v1::OfflineRequest {
+        user_id: device.user_id,
+        device_id: device.device_id,
+        conn: Some(conn(NODE, conn_id)),
+    };
+    let offlines = vec![
+        request(&first, 1),
+        // An old connection of the second device: its status names connection 2.
+        request(&second, 9),
+        im_proto::v1::OfflineRequest {
+            user_id: 0,
+            device_id: second.device_id,
+            conn: Some(conn(NODE, 2)),
+        },
+    ];
+
+    let outcomes = logic
+        .client
+        .offline_many(im_proto::v1::OfflineManyRequest { offlines })
+        .await
+        .expect("OfflineMany")
+        .into_inner()
+        .outcomes;
+    let codes: Vec<i32> = outcomes.iter().map(|outcome| outcome.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::Ok as i32,
+            ErrorCode::Ok as i32,
+            ErrorCode::InvalidArgument as i32
+        ]
+    );
+    assert!(outcomes[0].removed);
+    assert!(!outcomes[1].removed);
+    assert!(!outcomes[2].message.is_empty());
+    assert_eq!(
+        hget(&format!("online:{}", first.user_id), first.device_id).await,
+        None
+    );
+    assert_eq!(
+        hget(&format!("online:{}", second.user_id), second.device_id)
+            .await
+            .as_deref(),
+        Some("127.0.0.1:1|2")
+    );
+
+    let too_many = vec![request(&first, 1); 1025];
+    let status = logic
+        .client
+        .offline_many(im_proto::v1::OfflineManyRequest { offlines: too_many })
+        .await
+        .expect_err("1025 requests");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
     logic.server.shutdown().await;
 }

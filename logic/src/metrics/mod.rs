@@ -79,11 +79,12 @@ pub enum Method {
     AckMany,
     SendMany,
     ConnSignInMany,
+    OfflineMany,
 }
 
 impl Method {
     /// Every method, in label order; `ALL[m as usize] == m`.
-    pub const ALL: [Method; 26] = [
+    pub const ALL: [Method; 27] = [
         Method::Register,
         Method::ConnLogin,
         Method::ConnSignIn,
@@ -110,6 +111,7 @@ impl Method {
         Method::AckMany,
         Method::SendMany,
         Method::ConnSignInMany,
+        Method::OfflineMany,
     ];
 
     /// Returns the method's name as the .proto file spells it.
@@ -141,6 +143,7 @@ impl Method {
             Method::AckMany => "AckMany",
             Method::SendMany => "SendMany",
             Method::ConnSignInMany => "ConnSignInMany",
+            Method::OfflineMany => "OfflineMany",
         }
     }
 

@@ -8,8 +8,9 @@ use im_proto::v1::{
     AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnLoginRequest,
     ConnLogoutReply, ConnLogoutRequest, ConnSendManyReply, ConnSendManyRequest, ConnSendRequest,
     ConnSignInManyReply, ConnSignInManyRequest, ConnSignInReply, ConnSignInRequest,
-    ConnSyncRequest, LoginReply, NodeLeaseReply, NodeLeaseRequest, OfflineReply, OfflineRequest,
-    RegisterReply, RegisterRequest, RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
+    ConnSyncRequest, LoginReply, NodeLeaseReply, NodeLeaseRequest, OfflineManyReply,
+    OfflineManyRequest, OfflineReply, OfflineRequest, RegisterReply, RegisterRequest,
+    RestoreOnlineReply, RestoreOnlineRequest, SendReply, SyncReply,
 };
 use tonic::{Request, Response, Status};
 
@@ -115,6 +116,14 @@ impl DeviceIntService for DeviceService {
             call,
         )
         .await
+    }
+
+    async fn offline_many(
+        &self,
+        request: Request<OfflineManyRequest>,
+    ) -> Result<Response<OfflineManyReply>, Status> {
+        let call = presence::offline_many(&self.logic, request.into_inner());
+        respond(&self.logic, Method::OfflineMany, &CallIds::default(), call).await
     }
 
     async fn offline(

@@ -3,12 +3,16 @@
 
 use std::sync::Arc;
 
-use im_proto::v1::{KickReason, OfflineReply, OfflineRequest};
+use im_proto::v1::{
+    ErrorCode, KickReason, OfflineManyReply, OfflineManyRequest, OfflineOutcome, OfflineReply,
+    OfflineRequest,
+};
 
-use super::{Logic, WarnLimiter};
+use super::{CallIds, Logic, WarnLimiter};
 use crate::engine::EngineClients;
 use crate::error::{ErrorChain, LogicError};
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
+use crate::metrics::Method;
 
 /// Sets the device's online status to `conn`. If the status named another connection, that
 /// connection's node is asked to kick it, in a task of its own so the caller does not wait.
@@ -49,6 +53,50 @@ pub fn kick_replaced(
             "replaced online status was malformed; no connection kicked"
         ),
     }
+}
+
+/// Marks each device of `request` offline as [`offline`] does, all at once so that their
+/// Redis commands share pipelines, and returns each one's outcome in request order. Each
+/// request is counted and logged as an Offline call of its own.
+///
+/// # Errors
+///
+/// [`LogicError::InvalidArgument`] for more than [`super::MANY_MAX`] requests.
+pub async fn offline_many(
+    logic: &Logic,
+    request: OfflineManyRequest,
+) -> Result<OfflineManyReply, LogicError> {
+    super::check_many("offlines", request.offlines.len())?;
+    let results = super::run_each(
+        logic,
+        Method::Offline,
+        request.offlines,
+        |request| {
+            CallIds::new(
+                request.user_id,
+                request.device_id,
+                request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+            )
+        },
+        |request| offline(logic, request),
+    )
+    .await;
+    let outcomes = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(reply) => OfflineOutcome {
+                code: ErrorCode::Ok as i32,
+                removed: reply.removed,
+                message: String::new(),
+            },
+            Err((code, message)) => OfflineOutcome {
+                code: code as i32,
+                removed: false,
+                message,
+            },
+        })
+        .collect();
+    Ok(OfflineManyReply { outcomes })
 }
 
 /// Deletes the device's online status if it still names the request's connection.
