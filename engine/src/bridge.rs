@@ -50,6 +50,9 @@ const ACK_MANY_METHOD: usize = 6;
 /// Index of OfflineMany in `BRIDGE_METHODS`.
 const OFFLINE_MANY_METHOD: usize = 3;
 
+/// Maximum Offline requests of one call logged one by one when they are given up on.
+const OFFLINE_LOG_MAX: usize = 16;
+
 /// Calls of each gathered kind (SendMany, ConnSignInMany) on the wire at once.
 const MANY_IN_FLIGHT: usize = 4;
 
@@ -807,7 +810,7 @@ impl<R> Waiting<R> {
     }
 }
 
-/// Runs `call` while answering TIMEOUT to each request of `waiting` whose deadline passes
+/// Runs `call` and sends a TIMEOUT reply to each request of `waiting` whose deadline passes
 /// first. `waiting` is in queue order, so its deadlines do not decrease.
 async fn answer_expired<T, R>(
     call: futures::future::BoxFuture<'_, CallResult<T>>,
@@ -1084,11 +1087,12 @@ async fn send_offlines(
         let call = client.offline_many(OfflineManyRequest {
             offlines: offlines.clone(),
         });
-        let failed: Vec<(OfflineRequest, CallError)> =
+        // The call's own failure is counted by `run`; failed outcomes are counted here.
+        let (failed, call_failed): (Vec<(OfflineRequest, CallError)>, bool) =
             match context.run(OFFLINE_MANY_METHOD, call).await {
                 Ok(reply) => {
                     let mut outcomes = reply.outcomes.into_iter();
-                    offlines
+                    let failed = offlines
                         .drain(..)
                         .filter_map(|request| {
                             let result = outcomes.next().map_or_else(
@@ -1102,12 +1106,16 @@ async fn send_offlines(
                             );
                             result.err().map(|err| (request, err))
                         })
-                        .collect()
+                        .collect();
+                    (failed, false)
                 }
-                Err(err) => offlines
-                    .drain(..)
-                    .map(|request| (request, err.clone()))
-                    .collect(),
+                Err(err) => {
+                    let failed = offlines
+                        .drain(..)
+                        .map(|request| (request, err.clone()))
+                        .collect();
+                    (failed, true)
+                }
             };
         let mut given_up = 0usize;
         for (request, err) in failed {
@@ -1116,20 +1124,26 @@ async fn send_offlines(
                 continue;
             }
             given_up += 1;
-            context.metrics.call_errors[OFFLINE_MANY_METHOD].fetch_add(1, Ordering::Relaxed);
-            debug!(
-                user_id = request.user_id,
-                device_id = request.device_id,
-                conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id),
-                code = ?err.code,
-                error = %err.message,
-                "offline failed, giving up"
-            );
+            if !call_failed {
+                context.metrics.call_errors[OFFLINE_MANY_METHOD].fetch_add(1, Ordering::Relaxed);
+            }
+            // One line per device, up to a bound, so that a mass failure does not flood the log.
+            if given_up <= OFFLINE_LOG_MAX {
+                warn!(
+                    user_id = request.user_id,
+                    device_id = request.device_id,
+                    conn_id = request.conn.as_ref().map_or(0, |conn| conn.conn_id),
+                    code = ?err.code,
+                    error = %err.message,
+                    "offline failed, giving up; the status stays until the device signs in again"
+                );
+            }
         }
-        if given_up > 0 {
+        if given_up > OFFLINE_LOG_MAX {
             warn!(
                 requests = given_up,
-                "offline failed, giving up; the statuses stay until those devices sign in again"
+                logged = OFFLINE_LOG_MAX,
+                "offline failed, giving up on more devices than logged"
             );
         }
         if offlines.is_empty() {

@@ -48,6 +48,17 @@ pub(crate) struct Session {
     pub(crate) device_id: u64,
 }
 
+/// Whether, and as which device, a connection is signed in.
+#[derive(Debug, Clone, Copy)]
+enum SessionState {
+    None,
+    /// A SIGN_IN whose reply was TIMEOUT or UNAVAILABLE. The logic tier may still have carried
+    /// it out, so teardown sends an Offline for it. That Offline removes only a status that
+    /// names this connection.
+    Unconfirmed(Session),
+    SignedIn(Session),
+}
+
 /// Outcome of the serve step.
 #[derive(Debug)]
 pub(crate) enum Ending {
@@ -113,7 +124,7 @@ pub(crate) struct Connection {
     /// Bytes of a frame not yet complete. Empty, without an allocation, between frames.
     read_buf: BytesMut,
     decoder: Decoder,
-    session: Option<Session>,
+    session: SessionState,
     /// Sign-in deadline before sign-in, idle deadline after it.
     deadline: Deadline,
     /// Deadline for queued frames that stopped fitting into the socket; `None` while writes
@@ -140,7 +151,7 @@ impl Connection {
             id: ConnId(0),
             outbox,
             read_buf: BytesMut::new(),
-            session: None,
+            session: SessionState::None,
             write_deadline: None,
         }
     }
@@ -288,7 +299,7 @@ impl Connection {
         if !self.deadline.is_due(now_ms) {
             return None;
         }
-        Some(match self.session {
+        Some(match self.session() {
             None => Ending::Close(
                 close::SIGN_IN_TIMEOUT,
                 "sign-in timed out: send SIGN_IN or LOGIN right after connecting".into(),
@@ -364,7 +375,7 @@ impl Connection {
 
     /// Pushes the idle deadline forward after any frame from a signed-in device.
     fn touch(&mut self) {
-        if self.session.is_some() {
+        if self.session().is_some() {
             self.deadline = Deadline::after(
                 self.ctx.clock.now_ms(),
                 self.ctx.config.heartbeat_timeout_ms,
@@ -557,6 +568,14 @@ impl Connection {
         }
     }
 
+    /// Returns the signed-in device, if any.
+    fn session(&self) -> Option<Session> {
+        match self.session {
+            SessionState::SignedIn(session) => Some(session),
+            SessionState::None | SessionState::Unconfirmed(_) => None,
+        }
+    }
+
     fn conn_ref(&self) -> ConnRef {
         ConnRef {
             node: self.ctx.node.to_string(),
@@ -575,7 +594,8 @@ impl Drop for Connection {
         }
         self.ctx.registry.remove(self.id);
         self.ctx.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        let Some(session) = self.session else {
+        let (SessionState::SignedIn(session) | SessionState::Unconfirmed(session)) = self.session
+        else {
             return;
         };
         self.ctx
