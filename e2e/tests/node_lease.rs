@@ -33,34 +33,88 @@ struct Recipient {
     client: Client,
 }
 
+/// A logic tier, a node with a short lease whose devices receive, and a second node whose
+/// device sends to each of them.
+struct Cluster {
+    logic: im_logic::LogicServer,
+    leased: Engine,
+    other: Engine,
+    sender: Client,
+    recipients: Vec<Recipient>,
+}
+
+impl Cluster {
+    /// Starts the processes, signs in the sender and [`DEVICES`] recipients, each of its own
+    /// open user.
+    async fn start(sender_name: &str) -> Cluster {
+        init_tracing();
+        let logic = im_logic::start(logic_config()).await.expect("logic starts");
+        let leased = start_engine(logic.local_addr(), true);
+        let other = start_engine(logic.local_addr(), false);
+        let api = LogicApi::connect(
+            &format!("http://{}", logic.local_addr()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("business API reachable");
+        let sender = connect(&other).await;
+        register_and_login(&sender, sender_name).await;
+        let mut recipients = Vec::with_capacity(DEVICES);
+        for _ in 0..DEVICES {
+            recipients.push(open_recipient(&api, &leased).await);
+        }
+        Cluster {
+            logic,
+            leased,
+            other,
+            sender,
+            recipients,
+        }
+    }
+
+    /// Waits up to `within` for every recipient's status to be gone, and returns whether it is.
+    async fn statuses_gone(&self, within: Duration) -> bool {
+        eventually(within, || async {
+            for recipient in &self.recipients {
+                if online_status(recipient.login.user_id)
+                    .await
+                    .contains_key(&recipient.login.device_id.to_string())
+                {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        drop(self.recipients);
+        let (leased, other) = (self.leased, self.other);
+        tokio::task::spawn_blocking(move || leased.shutdown())
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || other.shutdown())
+            .await
+            .unwrap();
+        self.logic.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_node_statuses_are_reaped_and_messages_synced() {
-    init_tracing();
-    let logic = im_logic::start(logic_config()).await.expect("logic starts");
-    let doomed = start_engine(logic.local_addr(), true);
-    let survivor = start_engine(logic.local_addr(), false);
-    let api = LogicApi::connect(
-        &format!("http://{}", logic.local_addr()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("business API reachable");
-
-    let sender = connect(&survivor).await;
-    register_and_login(&sender, "lease-sender").await;
-    let mut recipients = Vec::with_capacity(DEVICES);
-    for _ in 0..DEVICES {
-        recipients.push(open_recipient(&api, &doomed).await);
-    }
-    for recipient in &recipients {
+    let cluster = Cluster::start("lease-sender").await;
+    let (doomed, survivor) = (&cluster.leased, &cluster.other);
+    let (sender, recipients) = (&cluster.sender, &cluster.recipients);
+    for recipient in recipients {
         let status = online_status(recipient.login.user_id).await;
         let value = &status[&recipient.login.device_id.to_string()];
         assert!(value.starts_with(&format!("{}|", doomed.node())), "{value}");
     }
 
     // One message while the node is alive: it is pushed there.
-    send_to_all(&sender, &recipients, "before").await;
-    for recipient in &recipients {
+    send_to_all(sender, recipients, "before").await;
+    for recipient in recipients {
         let pushed = next_message(&recipient.client, Duration::from_secs(5)).await;
         assert_eq!(pushed.seq, 1);
     }
@@ -68,18 +122,9 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
     doomed.stop_lease_renewal();
     let stopped = Instant::now();
     let deadline = Duration::from_millis(LEASE_TTL_MS) + REAP_MARGIN;
-    let reaped = eventually(deadline + Duration::from_secs(3), || async {
-        for recipient in &recipients {
-            if online_status(recipient.login.user_id)
-                .await
-                .contains_key(&recipient.login.device_id.to_string())
-            {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let reaped = cluster
+        .statuses_gone(deadline + Duration::from_secs(3))
+        .await;
     let took = stopped.elapsed();
     assert!(reaped, "statuses still name the dead node after {took:?}");
     assert!(
@@ -87,16 +132,16 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
         "reaped after {took:?}, more than {deadline:?}"
     );
 
-    let delivers_before = deliver_calls(&doomed);
+    let delivers_before = deliver_calls(doomed);
     for round in 0..MESSAGES_AFTER_DEATH {
-        send_to_all(&sender, &recipients, &format!("after-{round}")).await;
+        send_to_all(sender, recipients, &format!("after-{round}")).await;
     }
     assert_eq!(
-        deliver_calls(&doomed),
+        deliver_calls(doomed),
         delivers_before,
         "Deliver was called on the dead node"
     );
-    for recipient in &recipients {
+    for recipient in recipients {
         let push = push_within(&recipient.client, Duration::from_millis(20)).await;
         assert!(push.is_none(), "the dead node's device got {push:?}");
     }
@@ -104,8 +149,8 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
     let expected: Vec<String> = std::iter::once("before".to_owned())
         .chain((0..MESSAGES_AFTER_DEATH).map(|round| format!("after-{round}")))
         .collect();
-    for recipient in &recipients {
-        let moved = connect(&survivor).await;
+    for recipient in recipients {
+        let moved = connect(survivor).await;
         moved
             .sign_in(
                 recipient.login.user_id,
@@ -131,14 +176,7 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
         moved.close().await.expect("close on the surviving node");
     }
 
-    drop(recipients);
-    tokio::task::spawn_blocking(move || doomed.shutdown())
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || survivor.shutdown())
-        .await
-        .unwrap();
-    logic.shutdown().await;
+    cluster.stop().await;
 }
 
 /// A node that stalls past its lease and then recovers keeps its connections, but the logic tier
@@ -147,25 +185,11 @@ async fn dead_node_statuses_are_reaped_and_messages_synced() {
 /// the last seq it had returns what it missed. A device that had acked it gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovered_node_devices_get_what_they_missed() {
-    init_tracing();
-    let logic = im_logic::start(logic_config()).await.expect("logic starts");
-    let stalled = start_engine(logic.local_addr(), true);
-    let other = start_engine(logic.local_addr(), false);
-    let api = LogicApi::connect(
-        &format!("http://{}", logic.local_addr()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("business API reachable");
-
-    let sender = connect(&other).await;
-    register_and_login(&sender, "stall-sender").await;
-    let mut recipients = Vec::with_capacity(DEVICES);
-    for _ in 0..DEVICES {
-        recipients.push(open_recipient(&api, &stalled).await);
-    }
-    send_to_all(&sender, &recipients, "before").await;
-    for recipient in &recipients {
+    let cluster = Cluster::start("stall-sender").await;
+    let stalled = &cluster.leased;
+    let (sender, recipients) = (&cluster.sender, &cluster.recipients);
+    send_to_all(sender, recipients, "before").await;
+    for recipient in recipients {
         assert_eq!(
             next_message(&recipient.client, Duration::from_secs(5))
                 .await
@@ -176,25 +200,13 @@ async fn recovered_node_devices_get_what_they_missed() {
     }
 
     stalled.stop_lease_renewal();
-    let reaped = eventually(
-        Duration::from_millis(LEASE_TTL_MS) + REAP_MARGIN + Duration::from_secs(3),
-        || async {
-            for recipient in &recipients {
-                if online_status(recipient.login.user_id)
-                    .await
-                    .contains_key(&recipient.login.device_id.to_string())
-                {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    let reaped = cluster
+        .statuses_gone(Duration::from_millis(LEASE_TTL_MS) + REAP_MARGIN + Duration::from_secs(3))
+        .await;
     assert!(reaped, "statuses still name the stalled node");
 
     for round in 0..MESSAGES_AFTER_DEATH {
-        send_to_all(&sender, &recipients, &format!("missed-{round}")).await;
+        send_to_all(sender, recipients, &format!("missed-{round}")).await;
     }
     let newest = 1 + MESSAGES_AFTER_DEATH as u64;
     // The first device fetches and acks what it missed before the node recovers.
@@ -235,14 +247,7 @@ async fn recovered_node_devices_get_what_they_missed() {
     let push = push_within(&caught_up.client, Duration::from_millis(500)).await;
     assert!(push.is_none(), "the device that acked got {push:?}");
 
-    drop(recipients);
-    tokio::task::spawn_blocking(move || stalled.shutdown())
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || other.shutdown())
-        .await
-        .unwrap();
-    logic.shutdown().await;
+    cluster.stop().await;
 }
 
 /// Returns the seq the device's acks reached in PostgreSQL, if it acked any.
