@@ -443,15 +443,8 @@ impl Dispatcher {
         reply: oneshot::Sender<CallResult<G::Reply>>,
         permits: Option<Permits>,
     ) {
-        let pending = Pending {
-            request,
-            reply,
-            queued_at: Instant::now(),
-            reserved: Reserved {
-                _in_flight: Some(InFlight::start(&self.in_flight, &self.metrics)),
-                _permits: permits,
-            },
-        };
+        let in_flight = InFlight::start(&self.in_flight, &self.metrics);
+        let pending = Pending::new(request, reply, Some(in_flight), permits);
         if let Err(returned) = queue.send(pending) {
             // The gathering task ended with the runtime: the engine is stopping.
             let error = CallError::new(
@@ -646,6 +639,26 @@ struct Pending<G: Gathered> {
     reserved: Reserved,
 }
 
+impl<G: Gathered> Pending<G> {
+    /// Wraps a request taken from the queue now, with the places it keeps until its reply.
+    fn new(
+        request: G::Request,
+        reply: oneshot::Sender<CallResult<G::Reply>>,
+        in_flight: Option<InFlight>,
+        permits: Option<Permits>,
+    ) -> Self {
+        Pending {
+            request,
+            reply,
+            queued_at: Instant::now(),
+            reserved: Reserved {
+                _in_flight: in_flight,
+                _permits: permits,
+            },
+        }
+    }
+}
+
 /// Places reserved for a gathered request until its reply is sent: its place in the in-flight
 /// count and, for a sign-in, the places it took on the shard.
 struct Reserved {
@@ -837,8 +850,7 @@ async fn answer_expired<T, R>(
 struct PendingAcks {
     /// Highest seq by (user id, device id).
     seqs: HashMap<(u64, u64), u64>,
-    /// When the oldest waiting ack arrived.
-    oldest: Option<Instant>,
+    window: GatherWindow,
 }
 
 impl PendingAcks {
@@ -849,7 +861,7 @@ impl PendingAcks {
             .map_or((0, 0), |device| (device.user_id, device.device_id));
         let seq = self.seqs.entry(device).or_insert(request.seq);
         *seq = (*seq).max(request.seq);
-        self.oldest.get_or_insert_with(Instant::now);
+        self.window.open();
     }
 
     fn len(&self) -> usize {
@@ -858,12 +870,12 @@ impl PendingAcks {
 
     /// Returns when the waiting acks must be sent, or `None` when none wait.
     fn flush_at(&self) -> Option<Instant> {
-        self.oldest.map(|oldest| oldest + GATHER_WINDOW)
+        self.window.flush_at()
     }
 
     /// Empties the set and returns its acks.
     fn take(&mut self) -> Vec<ConnAckRequest> {
-        self.oldest = None;
+        self.window.close();
         self.seqs
             .drain()
             .map(|((user_id, device_id), seq)| ConnAckRequest {
@@ -878,24 +890,47 @@ impl PendingAcks {
 #[derive(Default)]
 struct PendingOfflines {
     requests: Vec<OfflineRequest>,
-    /// When the oldest waiting request arrived.
-    oldest: Option<Instant>,
+    window: GatherWindow,
 }
 
 impl PendingOfflines {
     fn add(&mut self, request: OfflineRequest) {
         self.requests.push(request);
-        self.oldest.get_or_insert_with(Instant::now);
+        self.window.open();
     }
 
     /// Returns when the waiting requests must be sent, or `None` when none wait.
     fn flush_at(&self) -> Option<Instant> {
-        self.oldest.map(|oldest| oldest + GATHER_WINDOW)
+        self.window.flush_at()
     }
 
     fn take(&mut self) -> Vec<OfflineRequest> {
-        self.oldest = None;
+        self.window.close();
         std::mem::take(&mut self.requests)
+    }
+}
+
+/// The time window of requests gathered in the dispatcher: it opens with the first request and
+/// closes when they are sent, [`GATHER_WINDOW`] later at the latest.
+#[derive(Default)]
+struct GatherWindow {
+    /// When the oldest waiting request arrived.
+    opened: Option<Instant>,
+}
+
+impl GatherWindow {
+    /// Opens the window, unless a request is already waiting.
+    fn open(&mut self) {
+        self.opened.get_or_insert_with(Instant::now);
+    }
+
+    /// Returns when the waiting requests must be sent, or `None` when none wait.
+    fn flush_at(&self) -> Option<Instant> {
+        self.opened.map(|opened| opened + GATHER_WINDOW)
+    }
+
+    fn close(&mut self) {
+        self.opened = None;
     }
 }
 
@@ -999,15 +1034,7 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
             reply,
             permits,
         } => {
-            let pending = Pending::<SignIns> {
-                request,
-                reply,
-                queued_at: Instant::now(),
-                reserved: Reserved {
-                    _in_flight: None,
-                    _permits: Some(permits),
-                },
-            };
+            let pending = Pending::<SignIns>::new(request, reply, None, Some(permits));
             call_gathered(client, vec![pending], context).await;
         }
         // The dispatcher gathers Offline calls for send_offlines.
@@ -1016,15 +1043,7 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
         }
         // The dispatcher queues SENDs for the gathering task.
         Call::Send { request, reply } => {
-            let pending = Pending::<Sends> {
-                request,
-                reply,
-                queued_at: Instant::now(),
-                reserved: Reserved {
-                    _in_flight: None,
-                    _permits: None,
-                },
-            };
+            let pending = Pending::<Sends>::new(request, reply, None, None);
             call_gathered(client, vec![pending], context).await;
         }
         Call::Sync { request, reply } => {
@@ -1227,26 +1246,19 @@ mod tests {
         );
     }
 
-    fn queued_send(content_bytes: usize, queued_at: Instant) -> Pending<Sends> {
+    fn queued_send(content_bytes: usize) -> Pending<Sends> {
         let (reply, _) = oneshot::channel();
-        Pending {
-            request: ConnSendRequest {
-                device: Some(im_proto::DeviceRef {
-                    user_id: 1,
-                    device_id: 2,
-                }),
-                send: Some(im_proto::SendRequest {
-                    content: vec![b'x'; content_bytes].into(),
-                    ..Default::default()
-                }),
-            },
-            reply,
-            queued_at,
-            reserved: Reserved {
-                _in_flight: None,
-                _permits: None,
-            },
-        }
+        let request = ConnSendRequest {
+            device: Some(im_proto::DeviceRef {
+                user_id: 1,
+                device_id: 2,
+            }),
+            send: Some(im_proto::SendRequest {
+                content: vec![b'x'; content_bytes].into(),
+                ..Default::default()
+            }),
+        };
+        Pending::new(request, reply, None, None)
     }
 
     #[test]
@@ -1254,7 +1266,7 @@ mod tests {
         let (queue, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         // 60 KiB each: 51 fit in 3 MiB, the 52nd does not.
         for _ in 0..60 {
-            queue.send(queued_send(60 << 10, Instant::now())).unwrap();
+            queue.send(queued_send(60 << 10)).unwrap();
         }
         let first = receiver.try_recv().unwrap();
 
@@ -1273,7 +1285,7 @@ mod tests {
     fn fill_stops_at_request_count() {
         let (queue, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..MANY_MAX + 5 {
-            queue.send(queued_send(10, Instant::now())).unwrap();
+            queue.send(queued_send(10)).unwrap();
         }
         let first = receiver.try_recv().unwrap();
 

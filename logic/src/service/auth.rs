@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use im_proto::v1::{
     ConnLoginRequest, ConnSignInManyReply, ConnSignInManyRequest, ConnSignInReply,
-    ConnSignInRequest, DeviceInfo, ErrorCode, LoginReply,
+    ConnSignInRequest, DeviceInfo, LoginReply,
 };
 
 use super::register::{validate_password, validate_username};
@@ -94,15 +94,9 @@ pub async fn sign_in_many(
     .await;
     let outcomes = results
         .into_iter()
-        .map(|result| match result {
-            Ok(ConnSignInReply {}) => im_proto::v1::SignInOutcome {
-                code: ErrorCode::Ok as i32,
-                message: String::new(),
-            },
-            Err((code, message)) => im_proto::v1::SignInOutcome {
-                code: code as i32,
-                message,
-            },
+        .map(|result| {
+            let (code, _, message) = super::outcome_fields(result);
+            im_proto::v1::SignInOutcome { code, message }
         })
         .collect();
     Ok(ConnSignInManyReply { outcomes })

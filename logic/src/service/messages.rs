@@ -8,8 +8,8 @@
 
 use im_proto::v1::{
     AckReply, ConnAckManyReply, ConnAckManyRequest, ConnAckRequest, ConnSendManyReply,
-    ConnSendManyRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef, ErrorCode,
-    Message, SendOutcome, SendReply, SendRequest, ServerSendRequest, SyncReply,
+    ConnSendManyRequest, ConnSendRequest, ConnSyncRequest, ConversationType, DeviceRef, Message,
+    SendOutcome, SendReply, SendRequest, ServerSendRequest, SyncReply,
 };
 
 use super::caller::{self, Credentials};
@@ -246,17 +246,13 @@ pub async fn send_many(
     .await;
     let outcomes = results
         .into_iter()
-        .map(|result| match result {
-            Ok(reply) => SendOutcome {
-                code: ErrorCode::Ok as i32,
-                reply: Some(reply),
-                message: String::new(),
-            },
-            Err((code, message)) => SendOutcome {
-                code: code as i32,
-                reply: None,
+        .map(|result| {
+            let (code, reply, message) = super::outcome_fields(result);
+            SendOutcome {
+                code,
+                reply,
                 message,
-            },
+            }
         })
         .collect();
     Ok(ConnSendManyReply { outcomes })

@@ -277,6 +277,15 @@ where
     futures::future::join_all(calls).await
 }
 
+/// Splits one result of [`run_each`] into the fields of a `...Many` outcome: the code number,
+/// the reply when OK, and the error text (empty when OK).
+fn outcome_fields<Rep>(result: Result<Rep, (ErrorCode, String)>) -> (i32, Option<Rep>, String) {
+    match result {
+        Ok(reply) => (ErrorCode::Ok as i32, Some(reply), String::new()),
+        Err((code, message)) => (code as i32, None, message),
+    }
+}
+
 /// Rejects a `...Many` call that carries more than [`MANY_MAX`] requests.
 fn check_many(field: &'static str, count: usize) -> Result<(), LogicError> {
     if count > MANY_MAX {

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use im_proto::v1::{
-    ErrorCode, KickReason, OfflineManyReply, OfflineManyRequest, OfflineOutcome, OfflineReply,
-    OfflineRequest,
+    KickReason, OfflineManyReply, OfflineManyRequest, OfflineOutcome, OfflineReply, OfflineRequest,
 };
 
 use super::{CallIds, Logic, WarnLimiter};
@@ -83,17 +82,13 @@ pub async fn offline_many(
     .await;
     let outcomes = results
         .into_iter()
-        .map(|result| match result {
-            Ok(reply) => OfflineOutcome {
-                code: ErrorCode::Ok as i32,
-                removed: reply.removed,
-                message: String::new(),
-            },
-            Err((code, message)) => OfflineOutcome {
-                code: code as i32,
-                removed: false,
+        .map(|result| {
+            let (code, reply, message) = super::outcome_fields(result);
+            OfflineOutcome {
+                code,
+                removed: reply.is_some_and(|reply| reply.removed),
                 message,
-            },
+            }
         })
         .collect();
     Ok(OfflineManyReply { outcomes })
