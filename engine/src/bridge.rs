@@ -12,7 +12,8 @@
 //! of each device's acks. SENDs and SIGN_INs go
 //! out at once in SendMany and ConnSignInMany calls, up to [`MANY_IN_FLIGHT`] of each kind at a
 //! time. While every one of those is out, new ones wait and then go together, so the calls per
-//! request fall as the load rises.
+//! request fall as the load rises. A logic tier without these gathered calls gets one call per
+//! request instead (see `many`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +27,9 @@ use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ConnAckManyRequest, ConnAckRequest, ConnLoginRequest, ConnLogoutReply, ConnLogoutRequest,
     ConnSendManyRequest, ConnSendRequest, ConnSignInManyRequest, ConnSignInReply,
-    ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineManyRequest, OfflineRequest,
-    RegisterReply, RegisterRequest, SendOutcome, SendReply, SignInOutcome, SyncReply,
+    ConnSignInRequest, ConnSyncRequest, ErrorCode, LoginReply, OfflineManyRequest, OfflineOutcome,
+    OfflineRequest, RegisterReply, RegisterRequest, SendOutcome, SendReply, SignInOutcome,
+    SyncReply,
 };
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,6 +37,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::many::{ManySupport, SINGLE_FOR};
 use crate::metrics::{BridgeMetrics, BRIDGE_METHODS};
 use im_proto::internal_secret::AttachSecret;
 
@@ -330,6 +333,7 @@ pub(crate) fn start(
         limit: in_flight_limit.clone(),
         metrics: metrics.clone(),
         timeout: config.call_timeout,
+        many: ManySupport::new(SINGLE_FOR),
     });
     let (sends, queued_sends) = tokio::sync::mpsc::unbounded_channel();
     runtime.spawn(gather::<Sends>(
@@ -338,16 +342,19 @@ pub(crate) fn start(
         context.clone(),
     ));
     let (sign_ins, queued_sign_ins) = tokio::sync::mpsc::unbounded_channel();
-    runtime.spawn(gather::<SignIns>(client.clone(), queued_sign_ins, context));
+    runtime.spawn(gather::<SignIns>(
+        client.clone(),
+        queued_sign_ins,
+        context.clone(),
+    ));
     let dispatcher = Dispatcher {
         client,
         sends,
         sign_ins,
-        call_timeout: config.call_timeout,
         offline_retries: config.offline_retries,
         runtime,
         in_flight,
-        limit: in_flight_limit.clone(),
+        context,
         metrics: metrics.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -370,13 +377,11 @@ struct Dispatcher {
     sends: tokio::sync::mpsc::UnboundedSender<Pending<Sends>>,
     /// SIGN_INs on their way to the task that gathers them into ConnSignInMany calls.
     sign_ins: tokio::sync::mpsc::UnboundedSender<Pending<SignIns>>,
-    call_timeout: Duration,
     offline_retries: u32,
     runtime: tokio::runtime::Handle,
     /// Calls spawned and not finished; shutdown waits for it to reach zero.
     in_flight: Arc<AtomicUsize>,
-    /// Places for calls on the wire at once.
-    limit: Arc<Semaphore>,
+    context: Arc<CallContext>,
     metrics: Arc<BridgeMetrics>,
 }
 
@@ -481,14 +486,10 @@ impl Dispatcher {
     /// Spawns the future `work` makes, counted in flight until it ends.
     fn spawn_counted<F, W>(&self, work: W)
     where
-        W: FnOnce(CallContext) -> F,
+        W: FnOnce(Arc<CallContext>) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let context = CallContext {
-            limit: self.limit.clone(),
-            metrics: self.metrics.clone(),
-            timeout: self.call_timeout,
-        };
+        let context = self.context.clone();
         let in_flight = InFlight::start(&self.in_flight, &self.metrics);
         let work = work(context);
         self.runtime.spawn(async move {
@@ -525,7 +526,7 @@ impl Drop for InFlight {
 
 /// One kind of request that the bridge sends many at a time.
 trait Gathered: Send + 'static {
-    type Request: prost::Message + Send + 'static;
+    type Request: prost::Message + Clone + Send + 'static;
     type Reply: Send + 'static;
     type Outcome: Send + 'static;
     /// Index of the kind's call in `BRIDGE_METHODS`.
@@ -534,8 +535,14 @@ trait Gathered: Send + 'static {
     /// call must not wait for a place of its own.
     const ADMITTED: bool;
 
-    /// Makes the call that carries `requests`.
+    /// Makes the gathered call that carries `requests`.
     fn call(client: LogicClient, requests: Vec<Self::Request>) -> GatheredCall<Self::Outcome>;
+
+    /// Makes the single call that carries `request`, for a logic tier without the gathered one.
+    fn call_one(
+        client: LogicClient,
+        request: Self::Request,
+    ) -> futures::future::BoxFuture<'static, Self::Outcome>;
 
     /// Turns one outcome of the reply into the result the device gets.
     fn result(outcome: Self::Outcome) -> CallResult<Self::Reply>;
@@ -545,8 +552,7 @@ trait Gathered: Send + 'static {
 }
 
 /// A call that carries gathered requests and returns one outcome per request.
-type GatheredCall<O> =
-    futures::future::BoxFuture<'static, Result<tonic::Response<Vec<O>>, tonic::Status>>;
+type GatheredCall<O> = futures::future::BoxFuture<'static, Result<Vec<O>, tonic::Status>>;
 
 /// SEND, as SendMany.
 struct Sends;
@@ -561,7 +567,30 @@ impl Gathered for Sends {
     fn call(mut client: LogicClient, sends: Vec<ConnSendRequest>) -> GatheredCall<SendOutcome> {
         Box::pin(async move {
             let reply = client.send_many(ConnSendManyRequest { sends }).await?;
-            Ok(reply.map(|reply| reply.outcomes))
+            Ok(reply.into_inner().outcomes)
+        })
+    }
+
+    fn call_one(
+        mut client: LogicClient,
+        send: ConnSendRequest,
+    ) -> futures::future::BoxFuture<'static, SendOutcome> {
+        Box::pin(async move {
+            match client.send(send).await {
+                Ok(reply) => SendOutcome {
+                    code: ErrorCode::Ok.into(),
+                    reply: Some(reply.into_inner()),
+                    message: String::new(),
+                },
+                Err(status) => {
+                    let err = CallError::from_status(&status);
+                    SendOutcome {
+                        code: err.code.into(),
+                        reply: None,
+                        message: err.message,
+                    }
+                }
+            }
         })
     }
 
@@ -599,7 +628,26 @@ impl Gathered for SignIns {
             let reply = client
                 .conn_sign_in_many(ConnSignInManyRequest { sign_ins })
                 .await?;
-            Ok(reply.map(|reply| reply.outcomes))
+            Ok(reply.into_inner().outcomes)
+        })
+    }
+
+    fn call_one(
+        mut client: LogicClient,
+        sign_in: ConnSignInRequest,
+    ) -> futures::future::BoxFuture<'static, SignInOutcome> {
+        Box::pin(async move {
+            let (code, message) = match client.conn_sign_in(sign_in).await {
+                Ok(_) => (ErrorCode::Ok, String::new()),
+                Err(status) => {
+                    let err = CallError::from_status(&status);
+                    (err.code, err.message)
+                }
+            };
+            SignInOutcome {
+                code: code.into(),
+                message,
+            }
         })
     }
 
@@ -755,7 +803,19 @@ async fn call_gathered<G: Gathered>(
     };
     let first_device = requests.first().map(G::device);
     let count = requests.len();
-    let call = G::call(client, requests);
+    let many = &context.many;
+    let call = async move {
+        let gathered = client.clone();
+        let outcomes = many
+            .send(
+                G::METHOD,
+                requests,
+                |requests| G::call(gathered, requests),
+                |request| G::call_one(client.clone(), request),
+            )
+            .await?;
+        Ok(tonic::Response::new(outcomes))
+    };
     let call = if G::ADMITTED {
         context.run_unlimited(G::METHOD, last - now, call).boxed()
     } else {
@@ -939,12 +999,13 @@ fn is_due(flush_at: Option<Instant>, now: Instant) -> bool {
     flush_at.is_some_and(|at| now >= at)
 }
 
-/// Shared state of every call besides its request: the in-flight limit, the metrics and
-/// the deadline.
+/// Shared state of every call besides its request: the in-flight limit, the metrics, the
+/// deadline and which gathered calls the logic tier serves.
 struct CallContext {
     limit: Arc<Semaphore>,
     metrics: Arc<BridgeMetrics>,
     timeout: Duration,
+    many: ManySupport,
 }
 
 impl CallContext {
@@ -1060,16 +1121,30 @@ async fn execute(mut client: LogicClient, call: Call, context: &CallContext, off
 
 /// Sends `acks` in one AckMany call. A lost ack only makes the device's next one cover more, so
 /// failures are logged at debug level.
-async fn send_acks(mut client: LogicClient, acks: Vec<ConnAckRequest>, context: &CallContext) {
+async fn send_acks(client: LogicClient, acks: Vec<ConnAckRequest>, context: &CallContext) {
     let count = acks.len();
-    let call = client.ack_many(ConnAckManyRequest { acks });
+    let call = async {
+        let mut gathered = client.clone();
+        let failed = context
+            .many
+            .send(
+                ACK_MANY_METHOD,
+                acks,
+                |acks| async move {
+                    let reply = gathered.ack_many(ConnAckManyRequest { acks }).await?;
+                    Ok(vec![reply.into_inner().failed])
+                },
+                |ack| {
+                    let mut client = client.clone();
+                    async move { u32::from(client.ack(ack).await.is_err()) }
+                },
+            )
+            .await?;
+        Ok(tonic::Response::new(failed.into_iter().sum::<u32>()))
+    };
     match context.run(ACK_MANY_METHOD, call).await {
-        Ok(reply) if reply.failed > 0 => {
-            debug!(
-                acks = count,
-                failed = reply.failed,
-                "some acks were not stored"
-            );
+        Ok(failed) if failed > 0 => {
+            debug!(acks = count, failed, "some acks were not stored");
         }
         Ok(_) => {}
         Err(err) => debug!(code = ?err.code, acks = count, "ack call failed"),
@@ -1096,21 +1171,19 @@ async fn with_deadline<T>(
 /// leaves its device's status in place until the device signs in again, or until this node's
 /// lease lapses if the node stops too.
 async fn send_offlines(
-    mut client: LogicClient,
+    client: LogicClient,
     mut offlines: Vec<OfflineRequest>,
     context: &CallContext,
     retries: u32,
 ) {
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
-        let call = client.offline_many(OfflineManyRequest {
-            offlines: offlines.clone(),
-        });
+        let call = offline_many(&client, offlines.clone(), &context.many);
         // The call's own failure is counted by `run`; failed outcomes are counted here.
         let (failed, call_failed): (Vec<(OfflineRequest, CallError)>, bool) =
             match context.run(OFFLINE_MANY_METHOD, call).await {
-                Ok(reply) => {
-                    let mut outcomes = reply.outcomes.into_iter();
+                Ok(outcomes) => {
+                    let mut outcomes = outcomes.into_iter();
                     let failed = offlines
                         .drain(..)
                         .filter_map(|request| {
@@ -1175,6 +1248,49 @@ async fn send_offlines(
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
+}
+
+/// Sends `offlines` in one OfflineMany call, or one Offline call each when the logic tier
+/// does not serve OfflineMany, and returns one outcome per request.
+async fn offline_many(
+    client: &LogicClient,
+    offlines: Vec<OfflineRequest>,
+    many: &ManySupport,
+) -> Result<tonic::Response<Vec<OfflineOutcome>>, tonic::Status> {
+    let mut gathered = client.clone();
+    let outcomes = many
+        .send(
+            OFFLINE_MANY_METHOD,
+            offlines,
+            |offlines| async move {
+                let reply = gathered
+                    .offline_many(OfflineManyRequest { offlines })
+                    .await?;
+                Ok(reply.into_inner().outcomes)
+            },
+            |offline| {
+                let mut client = client.clone();
+                async move {
+                    match client.offline(offline).await {
+                        Ok(reply) => OfflineOutcome {
+                            code: ErrorCode::Ok.into(),
+                            removed: reply.into_inner().removed,
+                            message: String::new(),
+                        },
+                        Err(status) => {
+                            let err = CallError::from_status(&status);
+                            OfflineOutcome {
+                                code: err.code.into(),
+                                removed: false,
+                                message: err.message,
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+    Ok(tonic::Response::new(outcomes))
 }
 
 #[cfg(test)]

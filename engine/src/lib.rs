@@ -13,6 +13,7 @@ mod conn;
 mod heap;
 mod inbox;
 mod lease;
+mod many;
 pub mod metrics;
 mod metrics_http;
 mod push;
