@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    conn, error_code, make_friends, new_device, new_user_device, send, sync, text_to, TestLogic,
-    NODE,
+    conn, error_code, make_friends, new_device, new_user_device, postgres, send, sync, text_to,
+    TestLogic, NODE,
 };
 use im_proto::v1::{ConversationType, ErrorCode, SendReply, SyncReply};
 use tonic::Status;
@@ -189,5 +189,116 @@ async fn batch_of_one_still_stores_every_send() {
         .await
         .expect("sync");
     assert_eq!(seqs(&inbox), (1..=10).collect::<Vec<u64>>());
+    logic.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_keys_on_two_servers_store_once() {
+    let mut first = TestLogic::start_default().await;
+    let second = TestLogic::start_default().await;
+    let (_, receiver) = new_user_device(&mut first.client, "twin_to", true, conn(NODE, 1)).await;
+    let sender = new_device(&mut first.client, "twin", conn(NODE, 2)).await;
+
+    // Each message goes to both servers at once, as a device retrying on another node would.
+    let sends = (0..40).map(|index| {
+        let message = text_to(
+            ConversationType::User,
+            receiver.user_id,
+            &format!("message {index}"),
+        );
+        let (mut one, mut other) = (first.client.clone(), second.client.clone());
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            tokio::join!(
+                send(&mut one, &sender, message.clone()),
+                send(&mut other, &sender, message)
+            )
+        })
+    });
+    for joined in futures::future::join_all(sends).await {
+        let (one, other) = joined.expect("task");
+        assert_eq!(one.expect("first server"), other.expect("second server"));
+    }
+
+    let inbox = sync(&mut first.client, &receiver, 0, 100)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), (1..=40).collect::<Vec<u64>>());
+    let outbox = sync(&mut first.client, &sender, 0, 100)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&outbox), (1..=40).collect::<Vec<u64>>());
+    first.server.shutdown().await;
+    second.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_stored_meanwhile_returns_its_reply() {
+    let mut logic = TestLogic::start_default().await;
+    let (_, receiver) = new_user_device(&mut logic.client, "race_to", true, conn(NODE, 1)).await;
+    let sender = new_device(&mut logic.client, "race", conn(NODE, 2)).await;
+    let message = text_to(ConversationType::User, receiver.user_id, "raced");
+
+    // Another transaction writes the key first and commits only once the batch waits on it.
+    let mut db = postgres().await;
+    let other = db.transaction().await.expect("begin");
+    let row = other
+        .query_one(
+            "INSERT INTO sent_messages \
+             (sender_user_id, sender_device_id, client_msg_id, message_id, sender_seq, sent_at) \
+             VALUES ($1, $2, $3, nextval('message_ids'), 7, now()) RETURNING message_id",
+            &[
+                &i64::try_from(sender.user_id).unwrap(),
+                &i64::try_from(sender.device_id).unwrap(),
+                &message.client_msg_id,
+            ],
+        )
+        .await
+        .expect("insert the key");
+    let message_id = u64::try_from(row.get::<_, i64>(0)).unwrap();
+    let mut client = logic.client.clone();
+    let (racing_sender, racing_message) = (sender.clone(), message.clone());
+    let racing =
+        tokio::spawn(async move { send(&mut client, &racing_sender, racing_message).await });
+
+    let watcher = postgres().await;
+    let mut waited = false;
+    for _ in 0..250 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'INSERT INTO sent_messages%'",
+                &[],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waited, "the batch waits for the other transaction's key");
+    other.commit().await.expect("commit");
+
+    let reply = racing.await.expect("task").expect("send succeeds");
+    assert_eq!(reply.message_id, message_id);
+    assert_eq!(reply.seq, 7);
+    let inbox = sync(&mut logic.client, &receiver, 0, 0)
+        .await
+        .expect("sync");
+    assert!(
+        inbox.messages.is_empty(),
+        "nothing stored for the repeated key"
+    );
+    let next = send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "next"),
+    )
+    .await
+    .expect("next send");
+    assert_eq!(next.seq, 1, "the rolled-back attempt took no seq");
     logic.server.shutdown().await;
 }

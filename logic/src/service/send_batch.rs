@@ -2,12 +2,19 @@
 //!
 //! Callers queue checked sends on a channel. One task takes every queued send, up to
 //! `send_batch_max`, and stores them in one transaction of five round trips whatever the batch
-//! size. The first claims every idempotency key and reads every permission and recipient list
-//! (pipelined). The second reads the first replies of repeated keys and takes every recipient's
-//! seqs in one statement (pipelined). The third stores every copy and the senders' seqs and
-//! releases the keys of rejected sends (pipelined). BEGIN and COMMIT are the others. Then the
+//! size. The first reads the stored reply of every idempotency key and every permission and
+//! recipient list (pipelined). The second takes every recipient's seqs in one statement and the
+//! new messages' ids (pipelined). The third stores the key of each new send, with its message id
+//! and its sender's seq, and every copy (pipelined). BEGIN and COMMIT are the others. Then the
 //! task replies to each caller and hands each new message to the push path. While one
 //! transaction runs, the next batch fills.
+//!
+//! Each key is written once, with its final reply, so no row is updated after its insert. A
+//! transaction of another logic process that stores one of the keys first makes this one store
+//! fewer keys than it read as new: it rolls back and stores the batch again. Two such
+//! transactions do not wait on each other's keys: both lock their senders' user_seq rows, in
+//! user order, before they write keys, and a key's sender is always among its recipients, so
+//! the second to reach a shared sender waits there until the first commits.
 //!
 //! Batches run one at a time, so a user who receives k messages of a batch gets k consecutive
 //! seqs in the order of the sends, and the user_seq row lock orders batches of other logic
@@ -26,12 +33,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::messages::{pushed_message, Draft, Sender, Stored};
 use super::push::{Push, Pusher};
 use crate::error::{ErrorChain, LogicError, Store};
-use crate::ids::{GroupId, UserId};
+use crate::ids::{GroupId, MessageId, UserId};
 use crate::store::pg::friendships::{self, DirectAccess};
 use crate::store::pg::messages::{self, NewMessage};
-use crate::store::pg::sent_messages::{self, NewClaim, SendKey, SentReply};
+use crate::store::pg::sent_messages::{self, SendKey, SentReply};
 use crate::store::pg::user_seq::{self, Copy};
 use crate::store::pg::{group_members, PgStore};
+
+/// Attempts at storing one batch while other transactions store some of its keys.
+const STORE_ATTEMPTS: u32 = 3;
 
 /// Queue length per batch slot: senders beyond `batch_max × QUEUE_FACTOR` wait for room, within
 /// their own deadline.
@@ -221,22 +231,42 @@ fn split_batch(queued: Vec<Job>, batch_max: usize) -> (Vec<Job>, Vec<Job>) {
 /// What the first round trip decided for one send.
 enum Decision {
     /// A live row has the key: return its reply.
-    Repeated,
-    /// The key is claimed and the sender may send to these recipients, in ascending order.
-    Accepted {
-        claim: NewClaim,
-        recipients: Vec<UserId>,
-    },
-    /// The key is claimed but a check failed: release the key and return the error.
+    Repeated(SentReply),
+    /// The key is new and the sender may send to these recipients, in ascending order.
+    Accepted { recipients: Vec<UserId> },
+    /// A check failed: return the error.
     Rejected(LogicError),
 }
 
-/// Stores a batch in one transaction and returns each send's outcome, in order. An error drops
-/// the transaction, which rolls it back.
+/// Stores a batch and returns each send's outcome, in order. When a transaction with one of the
+/// batch's keys commits while this one runs, it rolls back and stores the batch again, and
+/// the send with that key then returns the stored reply.
 async fn store_batch(
     pg: &PgStore,
     jobs: &[Job],
 ) -> Result<Vec<Result<Stored, LogicError>>, LogicError> {
+    for attempt in 1..=STORE_ATTEMPTS {
+        if let Some(outcomes) = try_store_batch(pg, jobs).await? {
+            return Ok(outcomes);
+        }
+        tracing::debug!(
+            attempt,
+            sends = jobs.len(),
+            "another transaction stored a send key of the batch; storing the batch again"
+        );
+    }
+    Err(LogicError::Internal(
+        "other transactions kept storing send keys of the batch",
+    ))
+}
+
+/// Stores a batch in one transaction and returns each send's outcome, in order, or `None`
+/// when another transaction stored one of its keys meanwhile. An error or `None` drops the
+/// transaction, which rolls it back.
+async fn try_store_batch(
+    pg: &PgStore,
+    jobs: &[Job],
+) -> Result<Option<Vec<Result<Stored, LogicError>>>, LogicError> {
     let mut client = pg.client().await?;
     let tx = client.transaction().await?;
     let keys: Vec<SendKey<'_>> = jobs.iter().map(Job::key).collect();
@@ -245,19 +275,21 @@ async fn store_batch(
     let mut groups: Vec<GroupId> = jobs.iter().filter_map(group_of).collect();
     groups.sort_unstable();
     groups.dedup();
-    let (claims, access, members) = tokio::try_join!(
-        sent_messages::claim_many(&tx, &keys),
+    let (found, access, members) = tokio::try_join!(
+        sent_messages::find_many(&tx, &keys),
         friendships::direct_access_many(&tx, &pairs),
         group_members::recipients_many(&tx, &groups)
     )?;
-    let decisions = decide(jobs, claims, access, &members)?;
+    let decisions = decide(jobs, found, access, &members)?;
 
-    let repeated_keys: Vec<SendKey<'_>> =
-        select(&keys, &decisions, |d| matches!(d, Decision::Repeated));
     let counts = seq_counts(&decisions);
-    let (found, last_seqs) = tokio::try_join!(
-        sent_messages::find_many(&tx, &repeated_keys),
-        assign_if_any(&tx, &counts)
+    let accepted = decisions
+        .iter()
+        .filter(|decision| matches!(decision, Decision::Accepted { .. }))
+        .count();
+    let (last_seqs, ids) = tokio::try_join!(
+        assign_if_any(&tx, &counts),
+        sent_messages::new_ids(&tx, accepted)
     )?;
     let mut next_seq: HashMap<UserId, u64> = counts
         .iter()
@@ -265,63 +297,69 @@ async fn store_batch(
         .map(|((user, count), last)| (*user, last + 1 - count))
         .collect();
 
-    let mut new_messages = Vec::new();
+    let mut new_messages = Vec::with_capacity(accepted);
     let mut copies = Vec::new();
-    let mut accepted_keys = Vec::new();
-    let mut sender_seqs = Vec::new();
-    let mut stored_copies: Vec<Option<(NewClaim, Vec<Copy>)>> = Vec::with_capacity(jobs.len());
+    let mut accepted_keys = Vec::with_capacity(accepted);
+    let mut sender_seqs = Vec::with_capacity(accepted);
+    let mut stored_copies: Vec<Option<(MessageId, Vec<Copy>)>> = Vec::with_capacity(jobs.len());
+    let mut message_ids = ids.message_ids.iter();
     for ((job, decision), key) in jobs.iter().zip(&decisions).zip(&keys) {
-        let Decision::Accepted { claim, recipients } = decision else {
+        let Decision::Accepted { recipients } = decision else {
             stored_copies.push(None);
             continue;
         };
+        let message_id = *message_ids.next().ok_or(LogicError::Internal(
+            "fewer message ids than accepted sends",
+        ))?;
         let message_copies = take_seqs(&mut next_seq, recipients)?;
         let sender_seq = sender_copy_seq(&message_copies, job.sender.user)?;
         let index = new_messages.len();
-        new_messages.push(new_message(job, claim.message_id));
+        new_messages.push(new_message(job, message_id));
         copies.extend(message_copies.iter().map(|copy| (index, *copy)));
         accepted_keys.push(*key);
         sender_seqs.push(sender_seq);
-        stored_copies.push(Some((*claim, message_copies)));
+        stored_copies.push(Some((message_id, message_copies)));
     }
-    let rejected_keys = select(&keys, &decisions, |d| matches!(d, Decision::Rejected(_)));
-    tokio::try_join!(
-        messages::insert_batch(&tx, &new_messages, &copies),
-        sent_messages::set_sender_seqs(&tx, &accepted_keys, &sender_seqs),
-        sent_messages::release_many(&tx, &rejected_keys)
+    let (stored_keys, ()) = tokio::try_join!(
+        sent_messages::insert_many(&tx, &accepted_keys, &ids.message_ids, &sender_seqs),
+        messages::insert_batch(&tx, &new_messages, &copies)
     )?;
+    if stored_keys != accepted_keys.len() as u64 {
+        return Ok(None);
+    }
     tx.commit().await?;
 
-    Ok(outcomes(jobs, decisions, stored_copies, found))
+    Ok(Some(outcomes(
+        jobs,
+        decisions,
+        stored_copies,
+        ids.sent_at_ms,
+    )))
 }
 
 /// Turns each send's decision and stored rows into its outcome.
 fn outcomes(
     jobs: &[Job],
     decisions: Vec<Decision>,
-    stored_copies: Vec<Option<(NewClaim, Vec<Copy>)>>,
-    found: Vec<Option<SentReply>>,
+    stored_copies: Vec<Option<(MessageId, Vec<Copy>)>>,
+    sent_at_ms: i64,
 ) -> Vec<Result<Stored, LogicError>> {
-    let mut found = found.into_iter();
     let mut results = Vec::with_capacity(jobs.len());
     for ((job, decision), stored) in jobs.iter().zip(decisions).zip(stored_copies) {
         let result = match (decision, stored) {
-            (Decision::Repeated, _) => match found.next().flatten() {
-                Some(first) => Ok(Stored::Repeated(SendReply {
-                    message_id: first.message_id.0,
-                    seq: first.sender_seq,
-                    sent_at_ms: first.sent_at_ms,
-                })),
-                None => Err(LogicError::Internal("conflicting send key not found")),
-            },
+            (Decision::Repeated(first), _) => Ok(Stored::Repeated(SendReply {
+                message_id: first.message_id.0,
+                seq: first.sender_seq,
+                sent_at_ms: first.sent_at_ms,
+            })),
             (Decision::Rejected(err), _) => Err(err),
-            (Decision::Accepted { .. }, Some((claim, copies))) => {
+            (Decision::Accepted { .. }, Some((message_id, copies))) => {
                 match sender_copy_seq(&copies, job.sender.user) {
                     Ok(seq) => Ok(Stored::New {
                         reply: SendReply {
-                            message_id: claim.message_id.0,
+                            message_id: message_id.0,
                             seq,
-                            sent_at_ms: claim.sent_at_ms,
+                            sent_at_ms,
                         },
                         copies,
                     }),
@@ -337,29 +375,31 @@ fn outcomes(
     results
 }
 
-/// Decides, per send, from its claim and the permissions read in the same round trip. A
-/// repeated key returns its first reply even when the sender may no longer send.
+/// Decides, per send, from the stored replies and the permissions read in the same round trip.
+/// A repeated key returns its first reply even when the sender may no longer send.
 fn decide(
     jobs: &[Job],
-    claims: Vec<Option<NewClaim>>,
+    found: Vec<Option<SentReply>>,
     access: Vec<Option<DirectAccess>>,
     members: &HashMap<GroupId, Vec<UserId>>,
 ) -> Result<Vec<Decision>, LogicError> {
-    if claims.len() != jobs.len() {
-        return Err(LogicError::Internal("claim count differs from sends"));
+    if found.len() != jobs.len() {
+        return Err(LogicError::Internal(
+            "stored reply count differs from sends",
+        ));
     }
     let mut access = access.into_iter();
     let mut decisions = Vec::with_capacity(jobs.len());
-    for (job, claim) in jobs.iter().zip(claims) {
+    for (job, first) in jobs.iter().zip(found) {
         // Consumed for every direct send to another user, in job order, as `direct_pair` built
         // the pairs.
         let direct = direct_pair(job).map(|_| access.next().flatten());
-        let Some(claim) = claim else {
-            decisions.push(Decision::Repeated);
+        if let Some(first) = first {
+            decisions.push(Decision::Repeated(first));
             continue;
-        };
+        }
         decisions.push(match recipients(job, direct, members) {
-            Ok(recipients) => Decision::Accepted { claim, recipients },
+            Ok(recipients) => Decision::Accepted { recipients },
             Err(err) => Decision::Rejected(err),
         });
     }
@@ -407,18 +447,6 @@ fn direct_pair(job: &Job) -> Option<(UserId, UserId)> {
 
 fn group_of(job: &Job) -> Option<GroupId> {
     (job.draft.conversation == ConversationType::Group).then_some(GroupId(job.draft.receiver_id))
-}
-
-fn select<'a>(
-    keys: &[SendKey<'a>],
-    decisions: &[Decision],
-    keep: impl Fn(&Decision) -> bool,
-) -> Vec<SendKey<'a>> {
-    keys.iter()
-        .zip(decisions)
-        .filter(|(_, decision)| keep(decision))
-        .map(|(key, _)| *key)
-        .collect()
 }
 
 /// Returns how many copies each recipient gets over the accepted sends, by ascending user id.
@@ -472,7 +500,7 @@ fn sender_copy_seq(copies: &[Copy], sender: UserId) -> Result<u64, LogicError> {
         ))
 }
 
-fn new_message(job: &Job, message_id: crate::ids::MessageId) -> NewMessage<'_> {
+fn new_message(job: &Job, message_id: MessageId) -> NewMessage<'_> {
     NewMessage {
         message_id,
         sender_user: job.sender.user,
