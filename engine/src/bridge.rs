@@ -8,10 +8,9 @@
 //! Other calls wait for a place within their deadline.
 //!
 //! MESSAGE_ACKs and Offline calls need no reply. So the dispatcher gathers each kind for up to
-//! [`GATHER_WINDOW`] and sends it in one AckMany or OfflineMany call, keeping the highest seq
-//! of each device's acks. SENDs and SIGN_INs go
-//! out at once in SendMany and ConnSignInMany calls, up to [`MANY_IN_FLIGHT`] of each kind at a
-//! time. While every one of those is out, new ones wait and then go together, so the calls per
+//! `logic_gather_window_ms` and sends it in one AckMany or OfflineMany call, keeping the highest
+//! seq of each device's acks. SENDs and SIGN_INs go out at once in SendMany and ConnSignInMany
+//! calls, up to `logic_gather_calls` of each kind at a time. While every one of those is out, new ones wait and then go together, so the calls per
 //! request fall as the load rises. A logic tier without these gathered calls gets one call per
 //! request instead (see `many`).
 
@@ -41,9 +40,6 @@ use crate::many::{ManySupport, SINGLE_FOR};
 use crate::metrics::{BridgeMetrics, BRIDGE_METHODS};
 use im_proto::internal_secret::AttachSecret;
 
-/// Maximum time an ack or an Offline waits in the dispatcher for others to share its call.
-const GATHER_WINDOW: Duration = Duration::from_millis(5);
-
 /// Maximum acks per AckMany call, the logic tier's limit.
 const ACK_MANY_MAX: usize = 1024;
 
@@ -55,9 +51,6 @@ const OFFLINE_MANY_METHOD: usize = 3;
 
 /// Maximum Offline requests of one call logged one by one when they are given up on.
 const OFFLINE_LOG_MAX: usize = 16;
-
-/// Calls of each gathered kind (SendMany, ConnSignInMany) on the wire at once.
-const MANY_IN_FLIGHT: usize = 4;
 
 /// Maximum requests per SendMany or ConnSignInMany call, the logic tier's limit.
 const MANY_MAX: usize = 1024;
@@ -278,6 +271,10 @@ pub(crate) struct BridgeConfig {
     pub offline_retries: u32,
     pub max_in_flight: usize,
     pub max_password_calls: usize,
+    /// SendMany and ConnSignInMany calls of each kind on the wire at once.
+    pub gather_calls: usize,
+    /// How long an ack or an Offline waits for others to share its call.
+    pub gather_window: Duration,
     /// Sent in the metadata of every call; empty sends none.
     pub internal_secret: String,
 }
@@ -340,18 +337,21 @@ pub(crate) fn start(
         client.clone(),
         queued_sends,
         context.clone(),
+        config.gather_calls,
     ));
     let (sign_ins, queued_sign_ins) = tokio::sync::mpsc::unbounded_channel();
     runtime.spawn(gather::<SignIns>(
         client.clone(),
         queued_sign_ins,
         context.clone(),
+        config.gather_calls,
     ));
     let dispatcher = Dispatcher {
         client,
         sends,
         sign_ins,
         offline_retries: config.offline_retries,
+        gather_window: config.gather_window,
         runtime,
         in_flight,
         context,
@@ -378,6 +378,8 @@ struct Dispatcher {
     /// SIGN_INs on their way to the task that gathers them into ConnSignInMany calls.
     sign_ins: tokio::sync::mpsc::UnboundedSender<Pending<SignIns>>,
     offline_retries: u32,
+    /// How long an ack or an Offline waits for others to share its call.
+    gather_window: Duration,
     runtime: tokio::runtime::Handle,
     /// Calls spawned and not finished; shutdown waits for it to reach zero.
     in_flight: Arc<AtomicUsize>,
@@ -388,11 +390,11 @@ struct Dispatcher {
 impl Dispatcher {
     /// Spawns each call until `Call::Stop` arrives or every sender is gone. Acks and Offline
     /// calls are gathered and spawned as one AckMany or OfflineMany call when the oldest has
-    /// waited [`GATHER_WINDOW`], when [`ACK_MANY_MAX`] or [`MANY_MAX`] of them are waiting, or when the
+    /// waited `gather_window`, when [`ACK_MANY_MAX`] or [`MANY_MAX`] of them are waiting, or when the
     /// dispatcher stops.
     fn run(self, receiver: Receiver<Call>) {
-        let mut acks = PendingAcks::default();
-        let mut offlines = PendingOfflines::default();
+        let mut acks = PendingAcks::new(self.gather_window);
+        let mut offlines = PendingOfflines::new(self.gather_window);
         loop {
             let flush_at = [acks.flush_at(), offlines.flush_at()]
                 .into_iter()
@@ -714,7 +716,7 @@ struct Reserved {
     _permits: Option<Permits>,
 }
 
-/// Takes the queued requests of one kind and sends them in calls, at most [`MANY_IN_FLIGHT`]
+/// Takes the queued requests of one kind and sends them in calls, at most `calls`
 /// at a time. Each call carries the requests queued when a place frees up, up to [`MANY_MAX`]
 /// of them and [`MANY_MAX_BYTES`] encoded. Ends once the dispatcher is gone and the queue is
 /// empty.
@@ -722,8 +724,9 @@ async fn gather<G: Gathered>(
     client: LogicClient,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending<G>>,
     context: Arc<CallContext>,
+    calls: usize,
 ) {
-    let places = Arc::new(Semaphore::new(MANY_IN_FLIGHT));
+    let places = Arc::new(Semaphore::new(calls));
     // A request that did not fit in the last call; it starts the next one.
     let mut carried: Option<Pending<G>> = None;
     loop {
@@ -906,7 +909,6 @@ async fn answer_expired<T, R>(
 }
 
 /// Acks waiting in the dispatcher for their AckMany call: the highest seq of each device.
-#[derive(Default)]
 struct PendingAcks {
     /// Highest seq by (user id, device id).
     seqs: HashMap<(u64, u64), u64>,
@@ -914,6 +916,13 @@ struct PendingAcks {
 }
 
 impl PendingAcks {
+    fn new(window: Duration) -> Self {
+        Self {
+            seqs: HashMap::new(),
+            window: GatherWindow::new(window),
+        }
+    }
+
     fn add(&mut self, request: ConnAckRequest) {
         let device = request
             .device
@@ -947,13 +956,19 @@ impl PendingAcks {
 }
 
 /// Offline requests waiting in the dispatcher for their OfflineMany call.
-#[derive(Default)]
 struct PendingOfflines {
     requests: Vec<OfflineRequest>,
     window: GatherWindow,
 }
 
 impl PendingOfflines {
+    fn new(window: Duration) -> Self {
+        Self {
+            requests: Vec::new(),
+            window: GatherWindow::new(window),
+        }
+    }
+
     fn add(&mut self, request: OfflineRequest) {
         self.requests.push(request);
         self.window.open();
@@ -971,14 +986,22 @@ impl PendingOfflines {
 }
 
 /// The time window of requests gathered in the dispatcher: it opens with the first request and
-/// closes when they are sent, [`GATHER_WINDOW`] later at the latest.
-#[derive(Default)]
+/// closes when they are sent, its length later at the latest.
 struct GatherWindow {
     /// When the oldest waiting request arrived.
     opened: Option<Instant>,
+    /// How long the oldest request may wait.
+    length: Duration,
 }
 
 impl GatherWindow {
+    fn new(length: Duration) -> Self {
+        Self {
+            opened: None,
+            length,
+        }
+    }
+
     /// Opens the window, unless a request is already waiting.
     fn open(&mut self) {
         self.opened.get_or_insert_with(Instant::now);
@@ -986,7 +1009,7 @@ impl GatherWindow {
 
     /// Returns when the waiting requests must be sent, or `None` when none wait.
     fn flush_at(&self) -> Option<Instant> {
-        self.opened.map(|opened| opened + GATHER_WINDOW)
+        self.opened.map(|opened| opened + self.length)
     }
 
     fn close(&mut self) {
@@ -1444,7 +1467,8 @@ mod tests {
 
     #[test]
     fn pending_acks_keep_highest_per_device() {
-        let mut acks = PendingAcks::default();
+        let window = Duration::from_millis(5);
+        let mut acks = PendingAcks::new(window);
         assert_eq!(acks.flush_at(), None);
 
         let before = Instant::now();
@@ -1455,7 +1479,7 @@ mod tests {
         acks.add(ack(1, 11, 2));
         assert_eq!(acks.len(), 3);
         let due = acks.flush_at().expect("acks wait");
-        assert!(due >= before + GATHER_WINDOW);
+        assert!(due >= before + window);
         assert!(!is_due(acks.flush_at(), due - Duration::from_millis(1)));
         assert!(is_due(acks.flush_at(), due));
 

@@ -76,6 +76,13 @@ pub struct Config {
     /// REGISTER and LOGIN calls in flight at once, within `logic_max_in_flight`. They hash
     /// a password in the logic tier; more wait for a place within their deadline.
     pub logic_max_password_calls: usize,
+    /// SendMany and ConnSignInMany calls of each kind on the wire at once. A SEND or SIGN_IN
+    /// that finds one free goes out at once; while all are taken, new ones wait and go together
+    /// in the next call.
+    pub logic_gather_calls: usize,
+    /// Time a MESSAGE_ACK or an Offline waits for others to share its AckMany or OfflineMany
+    /// call.
+    pub logic_gather_window_ms: u64,
     /// Calls waiting for the bridge to the logic tier; a call beyond it is rejected
     /// with UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
@@ -179,6 +186,8 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             logic_max_in_flight: 512,
             logic_max_password_calls: 32,
+            logic_gather_calls: 4,
+            logic_gather_window_ms: 5,
             bridge_queue: 65_536,
             max_outbound_bytes: 1024 * 1024,
             write_timeout_ms: 10_000,
@@ -374,6 +383,20 @@ impl Config {
                 "use at least 1",
             );
         }
+        if !(1..=64).contains(&self.logic_gather_calls) {
+            return invalid(
+                "logic_gather_calls",
+                &self.logic_gather_calls,
+                "use 1 to 64",
+            );
+        }
+        if self.logic_gather_window_ms > 1_000 {
+            return invalid(
+                "logic_gather_window_ms",
+                &self.logic_gather_window_ms,
+                "use 0 to 1000",
+            );
+        }
         if self.bridge_queue == 0 {
             return invalid("bridge_queue", &self.bridge_queue, "use at least 1");
         }
@@ -513,6 +536,36 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
+    fn gathering_limits_out_of_range_are_rejected() {
+        for (config, field) in [
+            (
+                Config {
+                    logic_gather_calls: 0,
+                    ..Config::default()
+                },
+                "logic_gather_calls",
+            ),
+            (
+                Config {
+                    logic_gather_calls: 65,
+                    ..Config::default()
+                },
+                "logic_gather_calls",
+            ),
+            (
+                Config {
+                    logic_gather_window_ms: 1_001,
+                    ..Config::default()
+                },
+                "logic_gather_window_ms",
+            ),
+        ] {
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(field), "{message}");
+        }
     }
 
     #[test]

@@ -141,6 +141,8 @@ impl Engine {
                 queue: config.bridge_queue,
                 offline_retries: config.offline_retries,
                 max_in_flight: config.logic_max_in_flight,
+                gather_calls: config.logic_gather_calls,
+                gather_window: Duration::from_millis(config.logic_gather_window_ms),
                 max_password_calls: config.logic_max_password_calls,
                 internal_secret: config.internal_secret.expose().to_owned(),
             },
