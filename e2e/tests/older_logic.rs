@@ -6,96 +6,16 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use im_engine::Engine;
 use im_proto::ConversationType;
+use support::front::{self, Play};
 use support::*;
-use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture, Service};
-use tonic::server::NamedService;
-use tonic::transport::{Channel, Endpoint, Server};
 
 /// The methods a logic tier of the older version does not serve.
 const NEWER_METHODS: [&str; 4] = ["SendMany", "ConnSignInMany", "AckMany", "OfflineMany"];
-
-/// Calls seen by the front, by method name.
-type Seen = Arc<Mutex<HashMap<String, usize>>>;
-
-/// The engine-facing service of an older logic tier: rejects the newer methods and passes the
-/// rest to the real logic tier.
-#[derive(Clone)]
-struct OlderLogic {
-    logic: Channel,
-    seen: Seen,
-}
-
-impl NamedService for OlderLogic {
-    const NAME: &'static str = "im.v1.DeviceIntService";
-}
-
-impl Service<http::Request<Body>> for OlderLogic {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        *self.seen.lock().unwrap().entry(method.clone()).or_default() += 1;
-        let mut logic = self.logic.clone();
-        Box::pin(async move {
-            if NEWER_METHODS.contains(&method.as_str()) {
-                return Ok(tonic::Status::unimplemented("").into_http());
-            }
-            let forwarded = async {
-                std::future::poll_fn(|cx| logic.poll_ready(cx)).await?;
-                logic.call(request).await
-            };
-            Ok(match forwarded.await {
-                Ok(response) => response,
-                Err(err) => tonic::Status::unavailable(err.to_string()).into_http(),
-            })
-        })
-    }
-}
-
-/// Serves [`OlderLogic`] on a free loopback port in front of the logic tier at `logic_addr`.
-async fn start_front(logic_addr: SocketAddr, seen: Seen) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let logic = Endpoint::from_shared(format!("http://{logic_addr}"))
-        .unwrap()
-        .connect_lazy();
-    let front = OlderLogic { logic, seen };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tokio::spawn(
-        Server::builder()
-            .add_service(front)
-            .serve_with_incoming(incoming),
-    );
-    addr
-}
-
-fn count(seen: &Seen, method: &str) -> usize {
-    seen.lock().unwrap().get(method).copied().unwrap_or(0)
-}
 
 /// Reads the highest seq stored for a device by its acks, straight from PostgreSQL.
 async fn acked_seq(device_id: u64) -> Option<i64> {
@@ -119,8 +39,14 @@ async fn older_logic_gets_single_calls() {
     init_tracing();
     let logic_config = logic_config();
     let logic = im_logic::start(logic_config.clone()).await.unwrap();
-    let seen = Seen::default();
-    let front = start_front(logic.local_addr(), seen.clone()).await;
+    let script = Arc::new(|method: &str| {
+        if NEWER_METHODS.contains(&method) {
+            Play::Unimplemented
+        } else {
+            Play::Forward
+        }
+    });
+    let (front, seen) = front::start(logic.local_addr(), script).await;
     let engine = Engine::start(engine_config(front)).expect("engine starts");
     let stack = Stack {
         logic: Some(logic),
@@ -178,10 +104,10 @@ async fn older_logic_gets_single_calls() {
         ("AckMany", "Ack"),
         ("OfflineMany", "Offline"),
     ] {
-        assert_eq!(count(&seen, many), 1, "{many} tried once");
-        assert!(count(&seen, single) >= 1, "{single} used");
+        assert_eq!(seen.count(many), 1, "{many} tried once");
+        assert!(seen.count(single) >= 1, "{single} used");
     }
-    assert_eq!(count(&seen, "Send"), 5);
+    assert_eq!(seen.count("Send"), 5);
     sender_client.close().await.unwrap();
     stack.stop().await;
 }

@@ -405,3 +405,63 @@ async fn kick_naming_another_device_is_ignored() {
     assert!(reply.found);
     stack.stop().await;
 }
+
+/// A SIGN_IN that the logic tier carries out after the engine's deadline has passed: the device
+/// gets TIMEOUT, yet its online status is written. When the connection closes, the engine must
+/// still send an Offline for it, or the status stays until the device signs in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_sign_in_is_undone_at_close() {
+    use std::sync::Arc;
+    use support::front::{self, Play};
+
+    init_tracing();
+    let logic_config = logic_config();
+    let logic = im_logic::start(logic_config.clone()).await.unwrap();
+    // The engine gives up on each call after 1 s (engine_config).
+    let script = Arc::new(|method: &str| {
+        if method.starts_with("ConnSignIn") {
+            Play::ReplyAfter(Duration::from_millis(1_500))
+        } else {
+            Play::Forward
+        }
+    });
+    let (front, seen) = front::start(logic.local_addr(), script).await;
+    let engine = im_engine::Engine::start(engine_config(front)).expect("engine starts");
+    let stack = Stack {
+        logic: Some(logic),
+        logic_config,
+        engine: Some(engine),
+    };
+
+    let (user, first) = stack.new_user("late-sign-in").await;
+    first.close().await.unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        online_status(user.id()).await.is_empty()
+    })
+    .await;
+    assert!(gone, "the first connection's status is removed at close");
+
+    let late = stack.connect().await;
+    let code = server_code(
+        late.sign_in(user.id(), user.login.device_id, &user.login.token)
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Timeout);
+    assert!(seen.count("ConnSignInMany") + seen.count("ConnSignIn") >= 1);
+    let written = eventually(Duration::from_secs(5), || async {
+        !online_status(user.id()).await.is_empty()
+    })
+    .await;
+    assert!(
+        written,
+        "the logic tier carried the sign-in out after the deadline"
+    );
+
+    late.close().await.unwrap();
+    let removed = eventually(Duration::from_secs(5), || async {
+        online_status(user.id()).await.is_empty()
+    })
+    .await;
+    assert!(removed, "the Offline sent at close removes the late status");
+    stack.stop().await;
+}

@@ -190,7 +190,7 @@ impl Connection {
             .await;
         self.record_sign_in(started, &result);
         if let Err(err) = &result {
-            // TODO: no end-to-end test yet makes a SIGN_IN time out here and take effect later.
+            // The logic tier may still carry the sign-in out, so the close sends an Offline.
             if matches!(err.code, ErrorCode::Timeout | ErrorCode::Unavailable) {
                 self.session = SessionState::Unconfirmed(Session { user_id, device_id });
             }
