@@ -302,3 +302,137 @@ async fn key_stored_meanwhile_returns_its_reply() {
     assert_eq!(next.seq, 1, "the rolled-back attempt took no seq");
     logic.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_stream_on_two_servers_stores_once() {
+    let mut first = TestLogic::start_default().await;
+    let second = TestLogic::start_default().await;
+    let (_, receiver) = new_user_device(&mut first.client, "mirror_to", true, conn(NODE, 1)).await;
+    let mut senders = Vec::new();
+    for _ in 0..20 {
+        senders.push(new_device(&mut first.client, "mirror", conn(NODE, 2)).await);
+    }
+
+    // Every sender streams 30 messages, each to both servers at once, 5 ms apart.
+    let mut tasks = Vec::new();
+    for (number, sender) in senders.iter().enumerate() {
+        for index in 0..30u64 {
+            let message = text_to(
+                ConversationType::User,
+                receiver.user_id,
+                &format!("sender {number} message {index}"),
+            );
+            let (mut one, mut other) = (first.client.clone(), second.client.clone());
+            let sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(index * 5)).await;
+                tokio::join!(
+                    send(&mut one, &sender, message.clone()),
+                    send(&mut other, &sender, message)
+                )
+            }));
+        }
+    }
+    for joined in futures::future::join_all(tasks).await {
+        let (one, other) = joined.expect("task");
+        assert_eq!(one.expect("first server"), other.expect("second server"));
+    }
+
+    let mut received = Vec::new();
+    while received.len() < 600 {
+        let after = received.last().copied().unwrap_or(0);
+        let page = sync(&mut first.client, &receiver, after, 100)
+            .await
+            .expect("sync");
+        if page.messages.is_empty() {
+            break;
+        }
+        received.extend(seqs(&page));
+    }
+    assert_eq!(received, (1..=600).collect::<Vec<u64>>());
+    for sender in &senders {
+        let outbox = sync(&mut first.client, sender, 0, 100).await.expect("sync");
+        assert_eq!(seqs(&outbox), (1..=30).collect::<Vec<u64>>());
+    }
+    first.server.shutdown().await;
+    second.server.shutdown().await;
+}
+
+/// A logic process of the previous version claims a key before it takes seqs; this version
+/// takes seqs before it writes keys. The same key sent through both at once deadlocks, and
+/// PostgreSQL aborts one of the transactions; the send through this version still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlock_with_previous_version_is_retried() {
+    let mut logic = TestLogic::start_default().await;
+    let (_, receiver) = new_user_device(&mut logic.client, "mixed_to", true, conn(NODE, 1)).await;
+    let sender = new_device(&mut logic.client, "mixed", conn(NODE, 2)).await;
+    let message = text_to(ConversationType::User, receiver.user_id, "mixed");
+
+    let mut db = postgres().await;
+    let previous = db.transaction().await.expect("begin");
+    // The previous version's first statement: claim the key.
+    previous
+        .execute(
+            "INSERT INTO sent_messages \
+             (sender_user_id, sender_device_id, client_msg_id, message_id, sender_seq, sent_at) \
+             VALUES ($1, $2, $3, nextval('message_ids'), 0, now())",
+            &[
+                &i64::try_from(sender.user_id).unwrap(),
+                &i64::try_from(sender.device_id).unwrap(),
+                &message.client_msg_id,
+            ],
+        )
+        .await
+        .expect("claim the key");
+    let mut client = logic.client.clone();
+    let (racing_sender, racing_message) = (sender.clone(), message.clone());
+    let racing =
+        tokio::spawn(async move { send(&mut client, &racing_sender, racing_message).await });
+    let watcher = postgres().await;
+    let mut waited = false;
+    for _ in 0..250 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'INSERT INTO sent_messages%'",
+                &[],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waited, "the batch waits for the previous version's key");
+
+    // The previous version's second statement: take the seqs, which this version holds.
+    let mut users = [
+        i64::try_from(sender.user_id).unwrap(),
+        i64::try_from(receiver.user_id).unwrap(),
+    ];
+    users.sort_unstable();
+    let assigned = previous
+        .execute(
+            "INSERT INTO user_seq (user_id, last_seq) \
+             SELECT recipient, 1 FROM unnest($1::bigint[]) AS recipient ORDER BY recipient \
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = user_seq.last_seq + 1",
+            &[&users.to_vec()],
+        )
+        .await;
+    if assigned.is_ok() {
+        previous.commit().await.expect("commit");
+    } else {
+        drop(previous);
+    }
+
+    let reply = racing.await.expect("task").expect("send succeeds");
+    assert!(reply.message_id > 0);
+    let inbox = sync(&mut logic.client, &receiver, 0, 0)
+        .await
+        .expect("sync");
+    assert!(inbox.messages.len() <= 1, "stored at most once");
+    logic.server.shutdown().await;
+}

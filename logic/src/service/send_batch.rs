@@ -2,19 +2,21 @@
 //!
 //! Callers queue checked sends on a channel. One task takes every queued send, up to
 //! `send_batch_max`, and stores them in one transaction of five round trips whatever the batch
-//! size. The first reads the stored reply of every idempotency key and every permission and
-//! recipient list (pipelined). The second takes every recipient's seqs in one statement and the
-//! new messages' ids (pipelined). The third stores the key of each new send, with its message id
-//! and its sender's seq, and every copy (pipelined). BEGIN and COMMIT are the others. Then the
-//! task replies to each caller and hands each new message to the push path. While one
-//! transaction runs, the next batch fills.
+//! size. The first reads every permission and recipient list (pipelined). The second takes
+//! every recipient's seqs in one statement, the new messages' ids, and then reads the stored
+//! reply of every idempotency key (pipelined). The third gives back the seqs of sends whose key
+//! turned out to be stored already, and stores the key of each new send, with its message id and
+//! its sender's seq, and every copy (pipelined). BEGIN and COMMIT are the others. Then the task
+//! replies to each caller and hands each new message to the push path. While one transaction
+//! runs, the next batch fills.
 //!
 //! Each key is written once, with its final reply, so no row is updated after its insert. A
-//! transaction of another logic process that stores one of the keys first makes this one store
-//! fewer keys than it read as new: it rolls back and stores the batch again. Two such
-//! transactions do not wait on each other's keys: both lock their senders' user_seq rows, in
-//! user order, before they write keys, and a key's sender is always among its recipients, so
-//! the second to reach a shared sender waits there until the first commits.
+//! key's sender is always among its recipients, so by the time the keys are read, this
+//! transaction has locked the user_seq row of every sender, in user order. Another transaction that
+//! stores one of the keys holds that row too, until it commits: it either committed before the
+//! read, which then sees its key, or waits until this one ends. Should a key still be stored
+//! meanwhile (the reads were not sent in order), the insert stores fewer keys than expected,
+//! and the batch rolls back and runs again.
 //!
 //! Batches run one at a time, so a user who receives k messages of a batch gets k consecutive
 //! seqs in the order of the sends, and the user_seq row lock orders batches of other logic
@@ -40,7 +42,7 @@ use crate::store::pg::sent_messages::{self, SendKey, SentReply};
 use crate::store::pg::user_seq::{self, Copy};
 use crate::store::pg::{group_members, PgStore};
 
-/// Attempts at storing one batch while other transactions store some of its keys.
+/// Attempts at storing one batch when a lock conflict or a key stored meanwhile rolls it back.
 const STORE_ATTEMPTS: u32 = 3;
 
 /// Queue length per batch slot: senders beyond `batch_max × QUEUE_FACTOR` wait for room, within
@@ -238,26 +240,43 @@ enum Decision {
     Rejected(LogicError),
 }
 
-/// Stores a batch and returns each send's outcome, in order. When a transaction with one of the
-/// batch's keys commits while this one runs, it rolls back and stores the batch again, and
-/// the send with that key then returns the stored reply.
+/// Stores a batch and returns each send's outcome, in order. A transaction that PostgreSQL
+/// aborts to break a deadlock (with a logic process of an older version, which locks keys
+/// before seqs), or that finds one of its keys stored meanwhile, is run again.
 async fn store_batch(
     pg: &PgStore,
     jobs: &[Job],
 ) -> Result<Vec<Result<Stored, LogicError>>, LogicError> {
     for attempt in 1..=STORE_ATTEMPTS {
-        if let Some(outcomes) = try_store_batch(pg, jobs).await? {
-            return Ok(outcomes);
+        match try_store_batch(pg, jobs).await {
+            Ok(Some(outcomes)) => return Ok(outcomes),
+            Ok(None) => tracing::debug!(
+                attempt,
+                sends = jobs.len(),
+                "another transaction stored a send key of the batch; storing the batch again"
+            ),
+            Err(err) if attempt < STORE_ATTEMPTS && is_lock_conflict(&err) => tracing::warn!(
+                attempt,
+                sends = jobs.len(),
+                error = %ErrorChain(&err),
+                "send batch aborted by a lock conflict; storing the batch again"
+            ),
+            Err(err) => return Err(err),
         }
-        tracing::debug!(
-            attempt,
-            sends = jobs.len(),
-            "another transaction stored a send key of the batch; storing the batch again"
-        );
     }
     Err(LogicError::Internal(
         "other transactions kept storing send keys of the batch",
     ))
+}
+
+/// Tells whether PostgreSQL aborted a transaction to break a deadlock or a serialization
+/// conflict, so that running it again may succeed.
+fn is_lock_conflict(err: &LogicError) -> bool {
+    let LogicError::Database(err) = err else {
+        return false;
+    };
+    err.as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "40P01" | "40001"))
 }
 
 /// Stores a batch in one transaction and returns each send's outcome, in order, or `None`
@@ -275,40 +294,55 @@ async fn try_store_batch(
     let mut groups: Vec<GroupId> = jobs.iter().filter_map(group_of).collect();
     groups.sort_unstable();
     groups.dedup();
-    let (found, access, members) = tokio::try_join!(
-        sent_messages::find_many(&tx, &keys),
+    let (access, members) = tokio::try_join!(
         friendships::direct_access_many(&tx, &pairs),
         group_members::recipients_many(&tx, &groups)
     )?;
-    let decisions = decide(jobs, found, access, &members)?;
+    let checked = check_all(jobs, access, &members);
 
-    let counts = seq_counts(&decisions);
-    let accepted = decisions
-        .iter()
-        .filter(|decision| matches!(decision, Decision::Accepted { .. }))
-        .count();
-    let (last_seqs, ids) = tokio::try_join!(
+    // Sent in this order on the connection, so the keys are read once the senders' user_seq
+    // rows are locked: no other transaction can store one of these keys until this one ends.
+    let counts = seq_counts(&checked);
+    let allowed = checked.iter().filter(|check| check.is_ok()).count();
+    // Joined without stopping at the first error to arrive, so that the error of the statement
+    // sent first wins: after it, PostgreSQL only reports the transaction as aborted.
+    let (last_seqs, ids, found) = tokio::join!(
         assign_if_any(&tx, &counts),
-        sent_messages::new_ids(&tx, accepted)
-    )?;
+        sent_messages::new_ids(&tx, allowed),
+        sent_messages::find_many(&tx, &keys)
+    );
+    let (last_seqs, ids, found) = (last_seqs?, ids?, found?);
+    let surplus = seq_counts_of(
+        checked
+            .iter()
+            .zip(&found)
+            .filter(|(_, first)| first.is_some())
+            .map(|(check, _)| check),
+    );
+    let decisions = decide(checked, found)?;
     let mut next_seq: HashMap<UserId, u64> = counts
         .iter()
         .zip(&last_seqs)
         .map(|((user, count), last)| (*user, last + 1 - count))
         .collect();
 
+    let accepted = decisions
+        .iter()
+        .filter(|decision| matches!(decision, Decision::Accepted { .. }))
+        .count();
     let mut new_messages = Vec::with_capacity(accepted);
     let mut copies = Vec::new();
     let mut accepted_keys = Vec::with_capacity(accepted);
+    let mut message_ids = Vec::with_capacity(accepted);
     let mut sender_seqs = Vec::with_capacity(accepted);
     let mut stored_copies: Vec<Option<(MessageId, Vec<Copy>)>> = Vec::with_capacity(jobs.len());
-    let mut message_ids = ids.message_ids.iter();
+    let mut ids_left = ids.message_ids.iter();
     for ((job, decision), key) in jobs.iter().zip(&decisions).zip(&keys) {
         let Decision::Accepted { recipients } = decision else {
             stored_copies.push(None);
             continue;
         };
-        let message_id = *message_ids.next().ok_or(LogicError::Internal(
+        let message_id = *ids_left.next().ok_or(LogicError::Internal(
             "fewer message ids than accepted sends",
         ))?;
         let message_copies = take_seqs(&mut next_seq, recipients)?;
@@ -317,13 +351,18 @@ async fn try_store_batch(
         new_messages.push(new_message(job, message_id));
         copies.extend(message_copies.iter().map(|copy| (index, *copy)));
         accepted_keys.push(*key);
+        message_ids.push(message_id);
         sender_seqs.push(sender_seq);
         stored_copies.push(Some((message_id, message_copies)));
     }
-    let (stored_keys, ()) = tokio::try_join!(
-        sent_messages::insert_many(&tx, &accepted_keys, &ids.message_ids, &sender_seqs),
+    let (given_back, stored_keys, inserted) = tokio::join!(
+        user_seq::give_back(&tx, &surplus),
+        sent_messages::insert_many(&tx, &accepted_keys, &message_ids, &sender_seqs),
         messages::insert_batch(&tx, &new_messages, &copies)
-    )?;
+    );
+    given_back?;
+    let stored_keys = stored_keys?;
+    inserted?;
     if stored_keys != accepted_keys.len() as u64 {
         return Ok(None);
     }
@@ -375,35 +414,43 @@ fn outcomes(
     results
 }
 
-/// Decides, per send, from the stored replies and the permissions read in the same round trip.
-/// A repeated key returns its first reply even when the sender may no longer send.
-fn decide(
+/// Checks, per send, that the sender may send, and returns its recipients or its error.
+fn check_all(
     jobs: &[Job],
-    found: Vec<Option<SentReply>>,
     access: Vec<Option<DirectAccess>>,
     members: &HashMap<GroupId, Vec<UserId>>,
+) -> Vec<Result<Vec<UserId>, LogicError>> {
+    let mut access = access.into_iter();
+    jobs.iter()
+        .map(|job| {
+            // Consumed for every direct send to another user, in job order, as `direct_pair`
+            // built the pairs.
+            let direct = direct_pair(job).map(|_| access.next().flatten());
+            recipients(job, direct, members)
+        })
+        .collect()
+}
+
+/// Decides, per send, from its check and the reply stored for its key. A repeated key returns
+/// its first reply even when the sender may no longer send.
+fn decide(
+    checked: Vec<Result<Vec<UserId>, LogicError>>,
+    found: Vec<Option<SentReply>>,
 ) -> Result<Vec<Decision>, LogicError> {
-    if found.len() != jobs.len() {
+    if found.len() != checked.len() {
         return Err(LogicError::Internal(
             "stored reply count differs from sends",
         ));
     }
-    let mut access = access.into_iter();
-    let mut decisions = Vec::with_capacity(jobs.len());
-    for (job, first) in jobs.iter().zip(found) {
-        // Consumed for every direct send to another user, in job order, as `direct_pair` built
-        // the pairs.
-        let direct = direct_pair(job).map(|_| access.next().flatten());
-        if let Some(first) = first {
-            decisions.push(Decision::Repeated(first));
-            continue;
-        }
-        decisions.push(match recipients(job, direct, members) {
-            Ok(recipients) => Decision::Accepted { recipients },
-            Err(err) => Decision::Rejected(err),
-        });
-    }
-    Ok(decisions)
+    Ok(checked
+        .into_iter()
+        .zip(found)
+        .map(|(check, first)| match (first, check) {
+            (Some(first), _) => Decision::Repeated(first),
+            (None, Ok(recipients)) => Decision::Accepted { recipients },
+            (None, Err(err)) => Decision::Rejected(err),
+        })
+        .collect())
 }
 
 /// Returns the users who get a copy, in ascending id order, after checking that the sender may
@@ -449,14 +496,19 @@ fn group_of(job: &Job) -> Option<GroupId> {
     (job.draft.conversation == ConversationType::Group).then_some(GroupId(job.draft.receiver_id))
 }
 
-/// Returns how many copies each recipient gets over the accepted sends, by ascending user id.
-fn seq_counts(decisions: &[Decision]) -> Vec<(UserId, u64)> {
+/// Returns how many copies each recipient gets over the sends that passed their checks, by
+/// ascending user id.
+fn seq_counts(checked: &[Result<Vec<UserId>, LogicError>]) -> Vec<(UserId, u64)> {
+    seq_counts_of(checked.iter())
+}
+
+fn seq_counts_of<'a>(
+    checked: impl Iterator<Item = &'a Result<Vec<UserId>, LogicError>>,
+) -> Vec<(UserId, u64)> {
     let mut counts = BTreeMap::new();
-    for decision in decisions {
-        if let Decision::Accepted { recipients, .. } = decision {
-            for user in recipients {
-                *counts.entry(*user).or_insert(0u64) += 1;
-            }
+    for recipients in checked.flatten() {
+        for user in recipients {
+            *counts.entry(*user).or_insert(0u64) += 1;
         }
     }
     counts.into_iter().collect()

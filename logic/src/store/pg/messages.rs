@@ -82,7 +82,7 @@ pub struct NewMessage<'a> {
 }
 
 /// Stores one copy of `message` per entry of `copies`, with one statement whatever their number.
-/// `sent_at` is the transaction's start time, the same as the claim's in `sent_messages`.
+/// `sent_at` is the transaction's start time, the same as the key's in `sent_messages`.
 ///
 /// # Errors
 ///

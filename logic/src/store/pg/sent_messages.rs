@@ -4,6 +4,10 @@
 //!
 //! A row counts for a day ([`IDEMPOTENCY_WINDOW`]); after that the key may be used again and
 //! [`delete_expired`] removes the row.
+//!
+//! Each row is written once, with its message id and its sender's seq, in the transaction that
+//! stores the message; `sender_seq` is never 0 in a committed row (the comment in the schema
+//! predates this).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

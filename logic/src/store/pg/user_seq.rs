@@ -6,7 +6,7 @@
 
 use deadpool_postgres::GenericClient;
 
-use super::rows;
+use super::{execute, rows};
 use crate::error::LogicError;
 use crate::ids::UserId;
 
@@ -28,9 +28,19 @@ const ASSIGN_COUNTS: &str = "INSERT INTO user_seq (user_id, last_seq) \
                              SET last_seq = user_seq.last_seq + EXCLUDED.last_seq \
                              RETURNING user_id, last_seq";
 
+/// Takes back the newest $2 seqs of each user $1, which this transaction took. A row that this
+/// transaction created with exactly those seqs is deleted, as if it had never been taken.
+const GIVE_BACK: &str = "WITH back AS ( \
+                             SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS b (user_id, surplus)), \
+                         gone AS ( \
+                             DELETE FROM user_seq AS s USING back \
+                             WHERE s.user_id = back.user_id AND s.last_seq = back.surplus) \
+                         UPDATE user_seq AS s SET last_seq = s.last_seq - back.surplus FROM back \
+                         WHERE s.user_id = back.user_id AND s.last_seq > back.surplus";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[ASSIGN, ASSIGN_COUNTS]
+    &[ASSIGN, ASSIGN_COUNTS, GIVE_BACK]
 }
 
 /// One recipient's copy of a message: the user and the seq the copy has in that user's
@@ -120,4 +130,29 @@ pub async fn assign_counts(
         return Err(LogicError::Internal("seq assignment missed a recipient"));
     }
     Ok(last.into_iter().map(|(_, seq)| seq).collect())
+}
+
+/// Takes back the newest `count` seqs of each `(user, count)` entry, which the caller's
+/// transaction took with [`assign_counts`] and still holds locked, in one statement.
+///
+/// # Errors
+///
+/// [`LogicError::Internal`] when a value is above the bigint range; store errors.
+pub async fn give_back(
+    db: &impl GenericClient,
+    surplus: &[(UserId, u64)],
+) -> Result<(), LogicError> {
+    if surplus.is_empty() {
+        return Ok(());
+    }
+    let ids: Option<Vec<i64>> = surplus.iter().map(|(user, _)| user.to_sql()).collect();
+    let counts: Option<Vec<i64>> = surplus
+        .iter()
+        .map(|(_, count)| i64::try_from(*count).ok())
+        .collect();
+    let (Some(ids), Some(counts)) = (ids, counts) else {
+        return Err(LogicError::Internal("seq surplus or user out of range"));
+    };
+    execute(db, GIVE_BACK, &[&ids, &counts]).await?;
+    Ok(())
 }
