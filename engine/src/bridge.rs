@@ -36,7 +36,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::many::{ManySupport, SINGLE_FOR};
+use crate::many::{ManySupport, COPY_FOR, SINGLE_FOR};
 use crate::metrics::{BridgeMetrics, BRIDGE_METHODS};
 use im_proto::internal_secret::AttachSecret;
 
@@ -330,7 +330,7 @@ pub(crate) fn start(
         limit: in_flight_limit.clone(),
         metrics: metrics.clone(),
         timeout: config.call_timeout,
-        many: ManySupport::new(SINGLE_FOR),
+        many: ManySupport::new(SINGLE_FOR, COPY_FOR),
     });
     let (sends, queued_sends) = tokio::sync::mpsc::unbounded_channel();
     runtime.spawn(gather::<Sends>(
