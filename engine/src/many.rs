@@ -315,7 +315,7 @@ mod tests {
         assert!(peak > 1, "calls overlap: {peak}");
         assert!(
             peak <= SINGLE_CALLS_AT_ONCE,
-            "at peak {SINGLE_CALLS_AT_ONCE}: {peak}"
+            "at most {SINGLE_CALLS_AT_ONCE} at once: {peak}"
         );
     }
 }
