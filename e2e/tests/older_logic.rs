@@ -108,6 +108,11 @@ async fn older_logic_gets_single_calls() {
         assert!(seen.count(single) >= 1, "{single} used");
     }
     assert_eq!(seen.count("Send"), 5);
+    let metrics = stack.engine().metrics().render();
+    assert!(
+        metrics.contains("im_engine_logic_single_calls_total{method=\"SendMany\"} 5"),
+        "the single SENDs are counted under SendMany"
+    );
     sender_client.close().await.unwrap();
     stack.stop().await;
 }

@@ -15,7 +15,7 @@
 //! request instead (see `many`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -813,6 +813,7 @@ async fn call_gathered<G: Gathered>(
             .send(
                 G::METHOD,
                 requests,
+                &context.metrics.single_calls[G::METHOD],
                 |requests| G::call(gathered, requests),
                 |request| G::call_one(client.clone(), request),
             )
@@ -1153,6 +1154,7 @@ async fn send_acks(client: LogicClient, acks: Vec<ConnAckRequest>, context: &Cal
             .send(
                 ACK_MANY_METHOD,
                 acks,
+                &context.metrics.single_calls[ACK_MANY_METHOD],
                 |acks| async move {
                     let reply = gathered.ack_many(ConnAckManyRequest { acks }).await?;
                     Ok(vec![reply.into_inner().failed])
@@ -1201,7 +1203,12 @@ async fn send_offlines(
 ) {
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
-        let call = offline_many(&client, offlines.clone(), &context.many);
+        let call = offline_many(
+            &client,
+            offlines.clone(),
+            &context.many,
+            &context.metrics.single_calls[OFFLINE_MANY_METHOD],
+        );
         // The call's own failure is counted by `run`; failed outcomes are counted here.
         let (failed, call_failed): (Vec<(OfflineRequest, CallError)>, bool) =
             match context.run(OFFLINE_MANY_METHOD, call).await {
@@ -1279,12 +1286,14 @@ async fn offline_many(
     client: &LogicClient,
     offlines: Vec<OfflineRequest>,
     many: &ManySupport,
+    singles: &AtomicU64,
 ) -> Result<tonic::Response<Vec<OfflineOutcome>>, tonic::Status> {
     let mut gathered = client.clone();
     let outcomes = many
         .send(
             OFFLINE_MANY_METHOD,
             offlines,
+            singles,
             |offlines| async move {
                 let reply = gathered
                     .offline_many(OfflineManyRequest { offlines })

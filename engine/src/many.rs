@@ -113,12 +113,13 @@ impl ManySupport {
 
     /// Sends `requests` with `many`, as one gathered call of `method`, or with `one`, one call
     /// per request, [`SINGLE_CALLS_AT_ONCE`] at a time, when the logic tier does not serve
-    /// `method`. Returns one outcome per request, in order, or the status of a failed gathered
-    /// call.
+    /// `method`; `singles` counts the requests sent so. Returns one outcome per request, in
+    /// order, or the status of a failed gathered call.
     pub(crate) async fn send<Req, Out, ManyFut, OneFut>(
         &self,
         method: usize,
         requests: Vec<Req>,
+        singles: &AtomicU64,
         many: impl FnOnce(Vec<Req>) -> ManyFut,
         one: impl FnMut(Req) -> OneFut,
     ) -> Result<Vec<Out>, tonic::Status>
@@ -128,14 +129,14 @@ impl ManySupport {
         OneFut: std::future::Future<Output = Out>,
     {
         let copy = match self.route(method) {
-            Route::Single => return Ok(one_by_one(requests, one).await),
+            Route::Single => return Ok(one_by_one(requests, singles, one).await),
             Route::Many { keep_copy } => keep_copy.then(|| requests.clone()),
         };
         match many(requests).await {
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 self.rejected(method);
                 match copy {
-                    Some(requests) => Ok(one_by_one(requests, one).await),
+                    Some(requests) => Ok(one_by_one(requests, singles, one).await),
                     None => Err(tonic::Status::unavailable(
                         "the logic tier is being updated; retry with back-off",
                     )),
@@ -157,11 +158,13 @@ impl ManySupport {
 // retries, and only while the logic tier lacks the gathered calls.
 async fn one_by_one<Req, Out, OneFut>(
     requests: Vec<Req>,
+    singles: &AtomicU64,
     one: impl FnMut(Req) -> OneFut,
 ) -> Vec<Out>
 where
     OneFut: std::future::Future<Output = Out>,
 {
+    singles.fetch_add(requests.len() as u64, Ordering::Relaxed);
     futures::stream::iter(requests.into_iter().map(one))
         .buffered(SINGLE_CALLS_AT_ONCE)
         .collect()
@@ -182,6 +185,7 @@ mod tests {
     struct Calls {
         many: AtomicUsize,
         one: AtomicUsize,
+        singles: AtomicU64,
     }
 
     impl Calls {
@@ -195,6 +199,7 @@ mod tests {
                 .send(
                     METHOD,
                     requests,
+                    &self.singles,
                     |requests| async move {
                         self.many.fetch_add(1, Ordering::Relaxed);
                         if unimplemented {
@@ -226,6 +231,7 @@ mod tests {
         let outcomes = calls.send(&support, vec![1, 2, 3], true).await.unwrap();
         assert_eq!(outcomes, vec![2, 4, 6]);
         assert_eq!(calls.counts(), (1, 3));
+        assert_eq!(calls.singles.load(Ordering::Relaxed), 3);
         // The next batch skips the gathered call.
         let outcomes = calls.send(&support, vec![5], true).await.unwrap();
         assert_eq!(outcomes, vec![10]);
@@ -265,6 +271,7 @@ mod tests {
             .send(
                 METHOD,
                 vec![1u32],
+                &AtomicU64::new(0),
                 |_| async { Err::<Vec<u32>, _>(tonic::Status::unavailable("down")) },
                 |request| async move { request },
             )
@@ -296,6 +303,7 @@ mod tests {
             .send(
                 METHOD,
                 (0..100u32).collect(),
+                &AtomicU64::new(0),
                 |_| async { Err::<Vec<u32>, _>(tonic::Status::unimplemented("")) },
                 |request| {
                     let (running, peak) = (&running, &peak);

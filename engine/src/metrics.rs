@@ -174,6 +174,9 @@ pub struct BridgeMetrics {
     pub(crate) queue_rejected: AtomicU64,
     pub(crate) call_seconds: [Histogram; BRIDGE_METHODS.len()],
     pub(crate) call_errors: [AtomicU64; BRIDGE_METHODS.len()],
+    /// Requests of gathered methods sent as single calls, because the logic tier lacks the
+    /// gathered call.
+    pub(crate) single_calls: [AtomicU64; BRIDGE_METHODS.len()],
 }
 
 /// Logic-tier methods the bridge calls, as the `method` label.
@@ -334,6 +337,14 @@ impl EngineMetrics {
             "method",
             &BRIDGE_METHODS,
             |i| self.bridge.call_errors[i].load(Ordering::Relaxed),
+        );
+        labelled_sum(
+            &mut out,
+            "im_engine_logic_single_calls_total",
+            "Requests sent as single calls because the logic tier lacks the gathered call (it is older than the engine), by gathered method.",
+            "method",
+            &BRIDGE_METHODS,
+            |i| self.bridge.single_calls[i].load(Ordering::Relaxed),
         );
         out
     }
