@@ -62,6 +62,42 @@ async fn direct_message_pushed_to_online_receiver() {
     stack.stop().await;
 }
 
+/// Shards on epoll instead of io_uring (`io_uring = false`, and the fallback on kernels without
+/// io_uring) sign in, push, read large messages and close as the default shards do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoll_shards_carry_messages() {
+    let stack = Stack::start_with(logic_config(), |engine| engine.io_uring = false).await;
+    let (alice, alice_client) = stack.new_user("epoll-a").await;
+    let (bob, bob_client) = stack.new_user("epoll-b").await;
+    make_friends(&alice, &bob).await;
+
+    // Larger than one socket read, so a message arrives in several reads.
+    let long = "x".repeat(12_000);
+    for (index, text) in ["hello", long.as_str()].into_iter().enumerate() {
+        alice_client
+            .send(
+                ConversationType::User,
+                bob.id(),
+                text.to_owned(),
+                TEXT,
+                &format!("e-{index}"),
+            )
+            .await
+            .expect("send");
+        let pushed = next_message(&bob_client, PUSH_WAIT).await;
+        assert_eq!(&pushed.content[..], text.as_bytes());
+    }
+    bob_client.heartbeat().await.expect("heartbeat answered");
+    alice_client.close().await.unwrap();
+    bob_client.close().await.unwrap();
+    let gone = eventually(PUSH_WAIT, || async {
+        online_status(alice.id()).await.is_empty() && online_status(bob.id()).await.is_empty()
+    })
+    .await;
+    assert!(gone, "closing removes both statuses");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_receiver_syncs_missed_messages() {
     let stack = Stack::start().await;

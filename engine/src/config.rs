@@ -34,6 +34,9 @@ pub struct Config {
     pub logic_url: String,
     /// Number of shards (threads, each with its own io_uring). 0 means one per CPU.
     pub shards: usize,
+    /// Drives each shard's sockets with io_uring; false uses epoll instead. Without io_uring
+    /// in the kernel, shards fall back to epoll either way.
+    pub io_uring: bool,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
     /// Above 0, each shard's ring gets a kernel thread that polls its submission queue
@@ -170,6 +173,7 @@ impl Default for Config {
             node_addr: String::new(),
             logic_url: "http://127.0.0.1:50051".to_owned(),
             shards: 0,
+            io_uring: true,
             ring_entries: 1024,
             sqpoll_idle_ms: 0,
             ring_coop_taskrun: true,

@@ -81,7 +81,9 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
             let runtime = build_runtime(&setup.config).or_else(|err| {
                 // A kernel without the flags returns EINVAL. Other errors (a memlock limit,
                 // no descriptors) have other causes, so they are reported as they are.
-                let flags_set = setup.config.ring_coop_taskrun && setup.config.sqpoll_idle_ms == 0;
+                let flags_set = setup.config.io_uring
+                    && setup.config.ring_coop_taskrun
+                    && setup.config.sqpoll_idle_ms == 0;
                 if !flags_set || err.raw_os_error() != Some(libc::EINVAL) {
                     return Err(err);
                 }
@@ -93,7 +95,14 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
                 build_runtime(&plain)
             });
             match runtime {
-                Ok(mut runtime) => runtime.block_on(run(setup)),
+                Ok(mut runtime) => {
+                    let driver = match &runtime {
+                        monoio::FusionRuntime::Uring(_) => "io_uring",
+                        monoio::FusionRuntime::Legacy(_) => "epoll",
+                    };
+                    info!(shard = index, driver, "shard runtime built");
+                    runtime.block_on(run(setup))
+                }
                 Err(err) => error!(shard = index, error = %err, "shard runtime failed to start"),
             }
         })
@@ -106,6 +115,12 @@ type ShardRuntime = monoio::FusionRuntime<
 
 /// Builds a shard's runtime with the ring options of `config`.
 fn build_runtime(config: &Config) -> std::io::Result<ShardRuntime> {
+    if !config.io_uring {
+        return Ok(monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?
+            .into());
+    }
     let mut builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(config.ring_entries);
