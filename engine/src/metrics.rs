@@ -191,6 +191,9 @@ pub const BRIDGE_METHODS: [&str; 8] = [
     "Logout",
 ];
 
+/// Indexes in `BRIDGE_METHODS` of the calls that carry many requests.
+const GATHERED_METHODS: [usize; 4] = [2, 3, 4, 6];
+
 /// Every metric source of a node, for rendering.
 #[derive(Debug, Default, Clone)]
 pub struct EngineMetrics {
@@ -338,14 +341,15 @@ impl EngineMetrics {
             &BRIDGE_METHODS,
             |i| self.bridge.call_errors[i].load(Ordering::Relaxed),
         );
-        labelled_sum(
-            &mut out,
-            "im_engine_logic_single_calls_total",
-            "Requests sent as single calls because the logic tier lacks the gathered call (it is older than the engine), by gathered method.",
-            "method",
-            &BRIDGE_METHODS,
-            |i| self.bridge.single_calls[i].load(Ordering::Relaxed),
-        );
+        let _ = writeln!(out, "# HELP im_engine_logic_single_calls_total Requests sent as single calls because the logic tier lacks the gathered call (it is older than the engine), by gathered method.\n# TYPE im_engine_logic_single_calls_total counter");
+        for index in GATHERED_METHODS {
+            let _ = writeln!(
+                out,
+                "im_engine_logic_single_calls_total{{method=\"{}\"}} {}",
+                BRIDGE_METHODS[index],
+                self.bridge.single_calls[index].load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -100,6 +100,13 @@ pub(crate) fn spawn(setup: ShardSetup) -> std::io::Result<std::thread::JoinHandl
                         monoio::FusionRuntime::Uring(_) => "io_uring",
                         monoio::FusionRuntime::Legacy(_) => "epoll",
                     };
+                    if setup.config.io_uring && driver == "epoll" {
+                        warn!(
+                            shard = index,
+                            "io_uring is unavailable (kernel too old, kernel.io_uring_disabled, \
+                             or a seccomp filter); the shard runs on epoll"
+                        );
+                    }
                     info!(shard = index, driver, "shard runtime built");
                     runtime.block_on(run(setup))
                 }
