@@ -218,7 +218,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file, an environment variable or a flag did not parse.
-    #[error("invalid engine configuration: {0}")]
+    #[error(
+        "invalid engine configuration: {}; im.toml gives each setting's type and default",
+        describe(.0)
+    )]
     Parse(#[from] Box<figment::Error>),
     /// A value parsed but is out of range.
     #[error("invalid engine setting {field} = {value}: {fix}")]
@@ -227,6 +230,30 @@ pub enum ConfigError {
         value: String,
         fix: &'static str,
     },
+}
+
+/// Describes each error of `err`, naming the setting as im.toml spells it (figment's own text
+/// puts its profile name in front) and where the value came from.
+fn describe(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|one| {
+            let source = match &one.metadata {
+                Some(metadata) => match &metadata.source {
+                    Some(source) => format!(" (from {} {source})", metadata.name),
+                    None => format!(" (from {})", metadata.name),
+                },
+                None => String::new(),
+            };
+            let key = one.path.join(".").to_lowercase();
+            if key.is_empty() {
+                format!("{}{source}", one.kind)
+            } else {
+                format!("{key}: {}{source}", one.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Command-line flags of `im-engine`. Each one overrides the setting of the same name.
@@ -540,6 +567,20 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_setting_without_profile() {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Figment::from(Toml::string("[engine]\nio_uring = \"FALSE\"")).focus("engine"));
+        let err = figment.extract::<Config>().map_err(Box::new).unwrap_err();
+        let message = ConfigError::from(err).to_string();
+        assert!(message.contains("io_uring: invalid type"), "{message}");
+        assert!(!message.contains("default."), "{message}");
+        assert!(
+            message.contains("im.toml gives each setting's type"),
+            "{message}"
+        );
     }
 
     #[test]
