@@ -102,7 +102,8 @@ pub(crate) struct SigninArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: Option<u64>,
     /// Engine process to read resident memory from (/proc/PID/status); repeat the flag for
-    /// several engine nodes on this host. Default: every process named im-engine, summed.
+    /// several engine nodes on this host. Default: the processes named im-engine that listen on
+    /// the port of --url (every one named so when none is seen listening), summed.
     #[arg(long)]
     pub(crate) engine_pid: Vec<u32>,
     /// Client processes. With more than one, the bench starts itself as workers that each

@@ -57,16 +57,89 @@ fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
     (year, month as u32, day as u32)
 }
 
-/// Returns the engine processes to measure: `given` when not empty, otherwise every process
-/// named `im-engine`, in pid order. A host may run several engine nodes (one per process), and the
-/// bench then reads their memory together.
-pub(crate) fn engine_pids(given: &[u32]) -> Vec<u32> {
+/// Returns the engine processes to measure: `given` when not empty, otherwise the processes
+/// named `im-engine` that listen on `port`, in pid order. A host may run several engine nodes
+/// (one per process) on one port, and the bench then reads their memory together. When none of
+/// them is seen listening on `port` (no port given, or their sockets are not readable here),
+/// every process named `im-engine`.
+pub(crate) fn engine_pids(given: &[u32], port: Option<u16>) -> Vec<u32> {
     if !given.is_empty() {
         return given.to_vec();
     }
     let mut pids = processes_named(Path::new("/proc"), ENGINE_COMM);
     pids.sort_unstable();
+    if let Some(port) = port {
+        let sockets = listening_sockets(port);
+        let listening: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| holds_any_socket(*pid, &sockets))
+            .collect();
+        if !listening.is_empty() {
+            return listening;
+        }
+    }
     pids
+}
+
+/// Returns the port of a `ws://` or `wss://` URL, explicit or by its scheme.
+pub(crate) fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    // An IPv6 host is in brackets, and its port follows the closing one.
+    let port = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']')?.1.strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    };
+    match port {
+        Some(port) => port.parse().ok(),
+        None => match scheme {
+            "ws" | "http" => Some(80),
+            "wss" | "https" => Some(443),
+            _ => None,
+        },
+    }
+}
+
+/// Returns the inodes of the TCP sockets listening on `port`, IPv4 and IPv6.
+fn listening_sockets(port: u16) -> std::collections::HashSet<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| listening_in(&table, port))
+        .collect()
+}
+
+/// Parses one `/proc/net/tcp` table: the inodes of the sockets in state LISTEN (0A) on `port`.
+fn listening_in(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listening = *fields.get(3)? == "0A";
+            let matches = u16::from_str_radix(local_port, 16).ok()? == port;
+            (listening && matches).then(|| fields.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Tells whether process `pid` has one of `sockets` open.
+fn holds_any_socket(pid: u32, sockets: &std::collections::HashSet<u64>) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        std::fs::read_link(entry.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|text| text.strip_prefix("socket:["))
+                .and_then(|text| text.strip_suffix(']'))
+                .and_then(|inode| inode.parse::<u64>().ok())
+                .is_some_and(|inode| sockets.contains(&inode))
+        })
+    })
 }
 
 /// Sums the resident memory of `pids`; `None` when there are none or one cannot be read.
@@ -144,7 +217,7 @@ mod tests {
 
     #[test]
     fn explicit_pids_are_used() {
-        assert_eq!(engine_pids(&[42, 7]), vec![42, 7]);
+        assert_eq!(engine_pids(&[42, 7], Some(8080)), vec![42, 7]);
     }
 
     #[test]
@@ -159,5 +232,29 @@ mod tests {
     fn total_without_processes_is_unknown() {
         assert_eq!(total_resident_bytes(&[]), None);
         assert_eq!(total_resident_bytes(&[std::process::id(), u32::MAX]), None);
+    }
+
+    #[test]
+    fn url_ports() {
+        assert_eq!(url_port("ws://127.0.0.1:8080/ws"), Some(8080));
+        assert_eq!(url_port("wss://example.test/ws"), Some(443));
+        assert_eq!(url_port("ws://[::1]:9000/ws"), Some(9000));
+        assert_eq!(url_port("ws://[::1]/ws"), Some(80));
+        assert_eq!(url_port("not a url"), None);
+    }
+
+    #[test]
+    fn listening_sockets_on_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n   1: 0100007F:1F90 0200007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n   2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0\n";
+        assert_eq!(listening_in(table, 8080), vec![4242]);
+    }
+
+    #[test]
+    fn own_listener_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sockets = listening_sockets(port);
+        assert_eq!(sockets.len(), 1);
+        assert!(holds_any_socket(std::process::id(), &sockets));
     }
 }

@@ -80,7 +80,7 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
 
     let targets = prepare_tokens(args).await?;
 
-    let engine = EngineWatch::find(&args.engine_pid);
+    let engine = EngineWatch::find(&args.engine_pid, &args.run.conn.url);
     // Workers may report up to one allowance late after each of the two phases.
     let worker_allowance = match args.workers {
         1 => Duration::ZERO,
@@ -247,8 +247,8 @@ pub(crate) struct EngineWatch {
 
 impl EngineWatch {
     /// Finds the engine processes and prints them, or why memory will not be reported.
-    fn find(given: &[u32]) -> EngineWatch {
-        let pids = machine::engine_pids(given);
+    fn find(given: &[u32], url: &str) -> EngineWatch {
+        let pids = machine::engine_pids(given, machine::url_port(url));
         match pids.as_slice() {
             [] => {
                 println!("  engine pid           none found named im-engine; memory not reported")
