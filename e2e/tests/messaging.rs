@@ -63,7 +63,7 @@ async fn direct_message_pushed_to_online_receiver() {
 }
 
 /// Shards on epoll instead of io_uring (`io_uring = false`, and the fallback on kernels without
-/// io_uring) sign in, push, read large messages and close as the default shards do.
+/// io_uring) sign in, push short and long messages and close as the default shards do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoll_shards_carry_messages() {
     let stack = Stack::start_with(logic_config(), |engine| engine.io_uring = false).await;
@@ -71,7 +71,7 @@ async fn epoll_shards_carry_messages() {
     let (bob, bob_client) = stack.new_user("epoll-b").await;
     make_friends(&alice, &bob).await;
 
-    // Larger than one socket read, so a message arrives in several reads.
+    // A short message, then one of 12,000 bytes.
     let long = "x".repeat(12_000);
     for (index, text) in ["hello", long.as_str()].into_iter().enumerate() {
         alice_client
@@ -90,11 +90,11 @@ async fn epoll_shards_carry_messages() {
     bob_client.heartbeat().await.expect("heartbeat answered");
     alice_client.close().await.unwrap();
     bob_client.close().await.unwrap();
-    let gone = eventually(PUSH_WAIT, || async {
+    let offline = eventually(PUSH_WAIT, || async {
         online_status(alice.id()).await.is_empty() && online_status(bob.id()).await.is_empty()
     })
     .await;
-    assert!(gone, "closing removes both statuses");
+    assert!(offline, "closing removes both statuses");
     stack.stop().await;
 }
 

@@ -435,11 +435,11 @@ async fn timed_out_sign_in_is_undone_at_close() {
 
     let (user, first) = stack.new_user("late-sign-in").await;
     first.close().await.unwrap();
-    let gone = eventually(Duration::from_secs(5), || async {
+    let offline = eventually(Duration::from_secs(5), || async {
         online_status(user.id()).await.is_empty()
     })
     .await;
-    assert!(gone, "the first connection's status is removed at close");
+    assert!(offline, "the first connection's status is removed at close");
 
     let late = stack.connect().await;
     let code = server_code(
