@@ -578,20 +578,11 @@ impl Gathered for Sends {
         send: ConnSendRequest,
     ) -> futures::future::BoxFuture<'static, SendOutcome> {
         Box::pin(async move {
-            match client.send(send).await {
-                Ok(reply) => SendOutcome {
-                    code: ErrorCode::Ok.into(),
-                    reply: Some(reply.into_inner()),
-                    message: String::new(),
-                },
-                Err(status) => {
-                    let err = CallError::from_status(&status);
-                    SendOutcome {
-                        code: err.code.into(),
-                        reply: None,
-                        message: err.message,
-                    }
-                }
+            let (code, message, reply) = single_outcome(client.send(send).await);
+            SendOutcome {
+                code,
+                reply,
+                message,
             }
         })
     }
@@ -639,17 +630,8 @@ impl Gathered for SignIns {
         sign_in: ConnSignInRequest,
     ) -> futures::future::BoxFuture<'static, SignInOutcome> {
         Box::pin(async move {
-            let (code, message) = match client.conn_sign_in(sign_in).await {
-                Ok(_) => (ErrorCode::Ok, String::new()),
-                Err(status) => {
-                    let err = CallError::from_status(&status);
-                    (err.code, err.message)
-                }
-            };
-            SignInOutcome {
-                code: code.into(),
-                message,
-            }
+            let (code, message, _) = single_outcome(client.conn_sign_in(sign_in).await);
+            SignInOutcome { code, message }
         })
     }
 
@@ -662,6 +644,24 @@ impl Gathered for SignIns {
             .sign_in
             .as_ref()
             .map_or((0, 0), |sign_in| (sign_in.user_id, sign_in.device_id))
+    }
+}
+
+/// Splits the result of a single call, made in place of a gathered one, into the code and text
+/// of its outcome and, when it succeeded, its reply.
+fn single_outcome<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> (i32, String, Option<T>) {
+    match result {
+        Ok(reply) => (
+            ErrorCode::Ok.into(),
+            String::new(),
+            Some(reply.into_inner()),
+        ),
+        Err(status) => {
+            let err = CallError::from_status(&status);
+            (err.code.into(), err.message, None)
+        }
     }
 }
 
@@ -1303,20 +1303,11 @@ async fn offline_many(
             |offline| {
                 let mut client = client.clone();
                 async move {
-                    match client.offline(offline).await {
-                        Ok(reply) => OfflineOutcome {
-                            code: ErrorCode::Ok.into(),
-                            removed: reply.into_inner().removed,
-                            message: String::new(),
-                        },
-                        Err(status) => {
-                            let err = CallError::from_status(&status);
-                            OfflineOutcome {
-                                code: err.code.into(),
-                                removed: false,
-                                message: err.message,
-                            }
-                        }
+                    let (code, message, reply) = single_outcome(client.offline(offline).await);
+                    OfflineOutcome {
+                        code,
+                        removed: reply.is_some_and(|reply| reply.removed),
+                        message,
                     }
                 }
             },

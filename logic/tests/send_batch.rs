@@ -261,24 +261,7 @@ async fn key_stored_meanwhile_returns_its_reply() {
     let racing =
         tokio::spawn(async move { send(&mut client, &racing_sender, racing_message).await });
 
-    let watcher = postgres().await;
-    let mut waited = false;
-    for _ in 0..250 {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE 'INSERT INTO sent_messages%'",
-                &[],
-            )
-            .await
-            .expect("read pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
-            waited = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waited = key_insert_waits().await;
     assert!(waited, "the batch waits for the other transaction's key");
     other.commit().await.expect("commit");
 
@@ -388,24 +371,7 @@ async fn deadlock_with_previous_version_is_retried() {
     let (racing_sender, racing_message) = (sender.clone(), message.clone());
     let racing =
         tokio::spawn(async move { send(&mut client, &racing_sender, racing_message).await });
-    let watcher = postgres().await;
-    let mut waited = false;
-    for _ in 0..250 {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE 'INSERT INTO sent_messages%'",
-                &[],
-            )
-            .await
-            .expect("read pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
-            waited = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waited = key_insert_waits().await;
     assert!(waited, "the batch waits for the previous version's key");
 
     // The previous version's second statement: take the seqs, which this version holds.
@@ -435,4 +401,26 @@ async fn deadlock_with_previous_version_is_retried() {
         .expect("sync");
     assert!(inbox.messages.len() <= 1, "stored at most once");
     logic.server.shutdown().await;
+}
+
+/// Polls PostgreSQL for up to 5 s until a statement that inserts send keys waits for a lock.
+/// Returns whether one did.
+async fn key_insert_waits() -> bool {
+    let watcher = postgres().await;
+    for _ in 0..250 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'INSERT INTO sent_messages%'",
+                &[],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
