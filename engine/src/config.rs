@@ -80,8 +80,8 @@ pub struct Config {
     /// a password in the logic tier; more wait for a place within their deadline.
     pub logic_max_password_calls: usize,
     /// SendMany and ConnSignInMany calls of each kind on the wire at once. A SEND or SIGN_IN
-    /// that finds one free goes out at once; while all are taken, new ones wait and go together
-    /// in the next call.
+    /// that finds a free place goes out at once. While all are taken, new ones wait and go
+    /// together in the next call.
     pub logic_gather_calls: usize,
     /// Time a MESSAGE_ACK or an Offline waits for others to share its AckMany or OfflineMany
     /// call.

@@ -6,10 +6,9 @@
 //! tries the gathered call again. So an engine updated before its logic tier keeps working, and
 //! goes back to gathering once the logic tier is updated.
 //!
-//! Until a gathered call of a kind has been served, and for [`COPY_FOR`] after the last
-//! rejection, the bridge keeps a copy of each call's requests to resend them one by one, because
-//! logic processes of both versions may share the calls meanwhile. Otherwise it sends them
-//! without a copy. Should an older logic tier come back then (a rollback), the requests of the
+//! Logic processes of both versions may share the calls until a gathered call of a kind has
+//! been served, and for [`COPY_FOR`] after the last rejection. Meanwhile the bridge keeps a copy
+//! of each call's requests, to resend them one by one. Otherwise it sends them without a copy. Should an older logic tier come back then (a rollback), the requests of the
 //! one call it rejects get UNAVAILABLE, which devices retry, and the calls after it go one by
 //! one.
 
@@ -111,17 +110,17 @@ impl ManySupport {
         );
     }
 
-    /// Sends `requests` with `many`, as one gathered call of `method`, or with `one`, one call
-    /// per request, [`SINGLE_CALLS_AT_ONCE`] at a time, when the logic tier does not serve
-    /// `method`; `singles` counts the requests sent so. Returns one outcome per request, in
-    /// order, or the status of a failed gathered call.
+    /// Sends `requests` with `many`, as one gathered call of `method`. When the logic tier does
+    /// not serve `method`, sends them with `single` instead, one call per request and
+    /// [`SINGLE_CALLS_AT_ONCE`] at a time, and counts them in `singles`. Returns one outcome per
+    /// request, in order, or the status of a failed gathered call.
     pub(crate) async fn send<Req, Out, ManyFut, OneFut>(
         &self,
         method: usize,
         requests: Vec<Req>,
         singles: &AtomicU64,
         many: impl FnOnce(Vec<Req>) -> ManyFut,
-        one: impl FnMut(Req) -> OneFut,
+        single: impl FnMut(Req) -> OneFut,
     ) -> Result<Vec<Out>, tonic::Status>
     where
         Req: Clone,
@@ -129,14 +128,14 @@ impl ManySupport {
         OneFut: std::future::Future<Output = Out>,
     {
         let copy = match self.route(method) {
-            Route::Single => return Ok(one_by_one(requests, singles, one).await),
+            Route::Single => return Ok(one_by_one(requests, singles, single).await),
             Route::Many { keep_copy } => keep_copy.then(|| requests.clone()),
         };
         match many(requests).await {
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 self.rejected(method);
                 match copy {
-                    Some(requests) => Ok(one_by_one(requests, singles, one).await),
+                    Some(requests) => Ok(one_by_one(requests, singles, single).await),
                     None => Err(tonic::Status::unavailable(
                         "the logic tier is being updated; retry with back-off",
                     )),
@@ -159,13 +158,13 @@ impl ManySupport {
 async fn one_by_one<Req, Out, OneFut>(
     requests: Vec<Req>,
     singles: &AtomicU64,
-    one: impl FnMut(Req) -> OneFut,
+    single: impl FnMut(Req) -> OneFut,
 ) -> Vec<Out>
 where
     OneFut: std::future::Future<Output = Out>,
 {
     singles.fetch_add(requests.len() as u64, Ordering::Relaxed);
-    futures::stream::iter(requests.into_iter().map(one))
+    futures::stream::iter(requests.into_iter().map(single))
         .buffered(SINGLE_CALLS_AT_ONCE)
         .collect()
         .await
@@ -184,7 +183,7 @@ mod tests {
     #[derive(Default)]
     struct Calls {
         many: AtomicUsize,
-        one: AtomicUsize,
+        single: AtomicUsize,
         singles: AtomicU64,
     }
 
@@ -209,7 +208,7 @@ mod tests {
                         }
                     },
                     |request| async move {
-                        self.one.fetch_add(1, Ordering::Relaxed);
+                        self.single.fetch_add(1, Ordering::Relaxed);
                         request * 2
                     },
                 )
@@ -219,7 +218,7 @@ mod tests {
         fn counts(&self) -> (usize, usize) {
             (
                 self.many.load(Ordering::Relaxed),
-                self.one.load(Ordering::Relaxed),
+                self.single.load(Ordering::Relaxed),
             )
         }
     }

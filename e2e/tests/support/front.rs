@@ -100,7 +100,7 @@ impl Service<http::Request<Body>> for Front {
 }
 
 /// Serves a front on a free loopback port before the logic tier at `logic_addr`, and returns
-/// its address and the calls it sees.
+/// its address and the record of the calls it receives.
 pub async fn start(logic_addr: SocketAddr, script: Script) -> (SocketAddr, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -13,8 +13,8 @@
 //! Each key is written once, with its final reply, so no row is updated after its insert. A
 //! key's sender is always among its recipients, so by the time the keys are read, this
 //! transaction has locked the user_seq row of every sender, in user order. Another transaction
-//! that stores one of the keys locks that row too, until it commits: it either committed before
-//! the read, which then sees its key, or waits until this one ends. Should a key still be
+//! that stores one of the keys locks that row too, until it commits. So it either committed
+//! before the read, which then returns its key, or waits until this one ends. Should a key still be
 //! stored meanwhile (the reads were not sent in order), the insert stores fewer keys than
 //! expected, and the batch rolls back and runs again.
 //!

@@ -6,8 +6,8 @@
 //! [`delete_expired`] removes the row.
 //!
 //! Each row is written once, with its message id and its sender's seq, in the transaction that
-//! stores the message; `sender_seq` is never 0 in a committed row (the comment in the schema
-//! predates this).
+//! stores the message. So `sender_seq` is never 0 in a committed row, whatever the comment in the
+//! schema says.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
