@@ -39,6 +39,8 @@ pub struct Client {
     /// Behind a lock so that pushes can be read through `&Client` while requests wait.
     pushes: Mutex<mpsc::Receiver<Packet>>,
     close: watch::Receiver<Option<CloseInfo>>,
+    /// Whether reading is paused by [`pause_reading`](Self::pause_reading).
+    paused: watch::Sender<bool>,
     /// `None` once [`close`](Self::close) has waited for the reader to end.
     reader: Option<JoinHandle<()>>,
     next_request_id: AtomicU64,
@@ -73,17 +75,20 @@ impl Client {
         let pending = Arc::new(Pending::default());
         let (push_tx, pushes) = mpsc::channel(PUSH_QUEUE_CAPACITY);
         let (close_tx, close) = watch::channel(None);
+        let (paused, paused_rx) = watch::channel(false);
         let reader = Reader {
             stream,
             pending: Arc::clone(&pending),
             pushes: push_tx,
             close: close_tx,
+            paused: paused_rx,
         };
         Client {
             writer: Mutex::new(writer),
             pending,
             pushes: Mutex::new(pushes),
             close,
+            paused,
             reader: Some(tokio::spawn(reader.run())),
             next_request_id: AtomicU64::new(1),
             timeout,
@@ -273,16 +278,32 @@ impl Client {
         }
     }
 
+    /// Stops reading the socket until [`resume_reading`](Self::resume_reading), so that the
+    /// server's frames wait in the kernel's socket buffers and then in the server's own queue,
+    /// as they do for a device that has stopped reading. Frames already read stay queued as
+    /// pushes. Replies wait too, so a request made while reading is paused times out unless
+    /// reading resumes first. Writing is not affected.
+    pub fn pause_reading(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Reads the socket again after [`pause_reading`](Self::pause_reading).
+    pub fn resume_reading(&self) {
+        self.paused.send_replace(false);
+    }
+
     /// Starts the close handshake with code 1000, waits for the server's close frame, then
     /// waits for the server to end the TCP connection. Sending the close frame is bounded by
     /// the connection's time limit, and so are both waits together. If the server has already
-    /// closed, this only cleans up.
+    /// closed, this only cleans up. A paused reader resumes first, because the server's close
+    /// frame has to be read.
     ///
     /// # Errors
     ///
     /// [`ClientError::Timeout`] when sending the close frame or waiting for the server's close
     /// frame exceeds the time limit, and [`ClientError::WebSocket`] when the write fails.
     pub async fn close(mut self) -> Result<(), ClientError> {
+        self.resume_reading();
         if self.close_frame().is_none() {
             let frame = CloseFrame {
                 code: CloseCode::Normal,

@@ -10,7 +10,7 @@ use im_proto::v1::Packet;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::connect::Socket;
 
@@ -76,12 +76,15 @@ pub(crate) struct Reader {
     pub(crate) pending: std::sync::Arc<Pending>,
     pub(crate) pushes: mpsc::Sender<Packet>,
     pub(crate) close: watch::Sender<Option<CloseInfo>>,
+    /// Whether the client has paused reading.
+    pub(crate) paused: watch::Receiver<bool>,
 }
 
 impl Reader {
     /// Reads until the connection ends, then records the close and releases every waiter.
+    /// While `paused` is true it does not touch the socket.
     pub(crate) async fn run(mut self) {
-        while let Some(item) = self.stream.next().await {
+        while let Some(item) = self.next_item().await {
             match item {
                 Ok(message) => self.handle(message).await,
                 Err(error) => {
@@ -100,6 +103,20 @@ impl Reader {
             true
         });
         self.pending.stop();
+    }
+
+    /// Returns the next WebSocket message, or `None` once the stream has ended or the client
+    /// was dropped. Dropping a pending `next()` loses nothing, because tungstenite keeps a
+    /// partly read frame in the stream's own buffer.
+    async fn next_item(&mut self) -> Option<Result<Message, tungstenite::Error>> {
+        loop {
+            // An error means the Client was dropped, so no push will be read any more.
+            self.paused.wait_for(|paused| !paused).await.ok()?;
+            tokio::select! {
+                item = self.stream.next() => return item,
+                _ = self.paused.wait_for(|paused| *paused) => {}
+            }
+        }
     }
 
     async fn handle(&mut self, message: Message) {

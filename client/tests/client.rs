@@ -270,6 +270,52 @@ async fn close_after_server_close_succeeds() {
 }
 
 #[tokio::test]
+async fn paused_reading_holds_frames_until_resumed() {
+    let server = TestServer::start().await;
+    server.store_messages(1);
+    let opts = ConnectOptions {
+        timeout: Duration::from_millis(300),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect(&server.url, &opts).await.expect("connect");
+    client.pause_reading();
+
+    // The server replies to "push:1" with a MESSAGE push, then the HEARTBEAT reply.
+    let error = client
+        .request(PacketType::Heartbeat, b"push:1".to_vec())
+        .await
+        .unwrap_err();
+    let while_paused = client.try_next_push();
+    client.resume_reading();
+    let message = tokio::time::timeout(TIMEOUT, client.next_push()).await;
+    let late_reply = tokio::time::timeout(TIMEOUT, client.next_push()).await;
+
+    assert!(matches!(error, ClientError::Timeout), "got {error:?}");
+    assert!(
+        while_paused.is_none(),
+        "read while paused: {while_paused:?}"
+    );
+    let message = message.expect("a push after resuming").expect("open");
+    assert_eq!(message.r#type, PacketType::Message as i32);
+    // The reply came after its request gave up, so it arrives as a push.
+    let late_reply = late_reply.expect("the late reply").expect("open");
+    assert_eq!(late_reply.r#type, PacketType::Heartbeat as i32);
+    assert_ne!(late_reply.request_id, 0);
+}
+
+#[tokio::test]
+async fn close_while_paused_completes_handshake() {
+    let server = TestServer::start().await;
+    let client = connect(&server).await;
+    client.pause_reading();
+
+    let result = client.close().await;
+
+    assert!(result.is_ok(), "got {result:?}");
+    assert_eq!(server.observed().close_codes, vec![1000]);
+}
+
+#[tokio::test]
 async fn undecodable_message_gets_error_push() {
     let server = TestServer::start().await;
     let client = connect(&server).await;
