@@ -110,6 +110,12 @@ pub(crate) struct SigninArgs {
     /// hold a slice of the connections, because the open-file limit applies per process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) workers: u64,
+    /// Open every connection first (TCP connect and WebSocket handshake), then sign them all
+    /// in, so that the report gives the sign-in rate and latency apart from the connects.
+    /// Every connection must open within the engine's sign_in_timeout_ms (10 s by default).
+    /// Needs --workers 1.
+    #[arg(long)]
+    pub(crate) open_first: bool,
     #[command(flatten)]
     pub(crate) prepare: PrepareArgs,
 }

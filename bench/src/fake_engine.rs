@@ -32,6 +32,9 @@ pub(crate) struct FakeEngine {
     pub(crate) closes: Arc<AtomicUsize>,
     /// MESSAGE_ACK packets received.
     pub(crate) acks: Arc<AtomicUsize>,
+    /// WebSocket handshakes completed before the first SIGN_IN arrived; `usize::MAX` until
+    /// then.
+    pub(crate) opened_before_sign_in: Arc<AtomicUsize>,
 }
 
 /// State shared by every connection of a fake engine.
@@ -39,6 +42,9 @@ pub(crate) struct FakeEngine {
 struct Shared {
     closes: Arc<AtomicUsize>,
     acks: Arc<AtomicUsize>,
+    /// WebSocket handshakes completed so far.
+    opened: AtomicUsize,
+    opened_before_sign_in: Arc<AtomicUsize>,
     /// Outbound queues of the signed-in connections, by user id.
     users: Mutex<HashMap<u64, Vec<mpsc::UnboundedSender<Packet>>>>,
     next_message_id: AtomicU64,
@@ -64,12 +70,14 @@ impl FakeEngine {
         let addr: SocketAddr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             drop_every,
+            opened_before_sign_in: Arc::new(AtomicUsize::new(usize::MAX)),
             ..Shared::default()
         });
         let engine = FakeEngine {
             url: format!("ws://{addr}/ws"),
             closes: Arc::clone(&shared.closes),
             acks: Arc::clone(&shared.acks),
+            opened_before_sign_in: Arc::clone(&shared.opened_before_sign_in),
         };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -84,6 +92,7 @@ async fn serve(tcp: tokio::net::TcpStream, shared: Arc<Shared>) {
     let Ok(socket) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };
+    shared.opened.fetch_add(1, Ordering::SeqCst);
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Packet>();
     let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<()>();
@@ -173,6 +182,13 @@ fn handle(
             Some(reply)
         }
         Ok(PacketType::SignIn) => {
+            let opened = shared.opened.load(Ordering::SeqCst);
+            let _ = shared.opened_before_sign_in.compare_exchange(
+                usize::MAX,
+                opened,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
             let request = SignInRequest::decode(packet.data).expect("SignInRequest");
             match request.token.as_str() {
                 "good" => {

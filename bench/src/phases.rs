@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::session::{self, SessionEvent, SessionLinks, SessionPlan, SignInOutcome, Stage, Target};
+use crate::session::{
+    self, SessionEvent, SessionLinks, SessionPlan, SignInOutcome, SplitLinks, Stage, Target,
+};
 use crate::stats::{self, ErrorCounts};
 
 /// How long connections may take to close after the hold, before they are dropped.
@@ -22,6 +24,18 @@ pub(crate) struct ConnectProgress {
     /// Connections that have signed in or failed.
     pub(crate) done: u64,
     pub(crate) signed_in: u64,
+    /// With [`Order::OpenAllFirst`], connections open and waiting to sign in.
+    pub(crate) opened: Option<u64>,
+}
+
+/// When connections sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Each connection signs in as soon as its WebSocket handshake is done.
+    SignInOnOpen,
+    /// Every connection opens first; then all sign in, so that the sign-in rate and latency
+    /// are measured apart from the connects.
+    OpenAllFirst,
 }
 
 /// Figures of the connect phase.
@@ -30,6 +44,9 @@ pub(crate) struct ConnectFigures {
     pub(crate) attempted: u64,
     pub(crate) signed_in: u64,
     pub(crate) elapsed: Duration,
+    /// With [`Order::OpenAllFirst`], connections opened and the time it took; `elapsed` minus
+    /// that time is the sign-in phase.
+    pub(crate) opened: Option<(u64, Duration)>,
     /// Sign-in latency in microseconds.
     pub(crate) latency: Histogram<u64>,
     pub(crate) errors: ErrorCounts,
@@ -70,6 +87,7 @@ pub(crate) async fn connect_all(
     targets: Vec<Target>,
     concurrency: usize,
     limit: Duration,
+    order: Order,
     progress: &mut dyn FnMut(ConnectProgress),
 ) -> (ConnectFigures, Connections) {
     let started = Instant::now();
@@ -78,6 +96,8 @@ pub(crate) async fn connect_all(
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
     let (stage, stage_rx) = watch::channel(Stage::Connecting);
     let (event_tx, events) = mpsc::unbounded_channel();
+    let (opened_tx, mut opened) = mpsc::unbounded_channel();
+    let (sign_in_tx, sign_in_rx) = watch::channel(false);
 
     let plan = Arc::new(plan);
     let mut tasks = JoinSet::new();
@@ -87,21 +107,34 @@ pub(crate) async fn connect_all(
             outcomes: outcome_tx.clone(),
             stage: stage_rx.clone(),
             events: event_tx.clone(),
+            split: (order == Order::OpenAllFirst).then(|| SplitLinks {
+                opened: opened_tx.clone(),
+                sign_in: sign_in_rx.clone(),
+            }),
         };
         tasks.spawn(session::run(Arc::clone(&plan), target, links));
     }
     // Only the tasks own senders now, so the channels close when the last task ends.
-    drop((outcome_tx, event_tx, stage_rx));
+    drop((outcome_tx, event_tx, stage_rx, opened_tx, sign_in_rx));
 
     let mut figures = ConnectFigures {
         attempted,
         signed_in: 0,
         elapsed: Duration::ZERO,
+        opened: None,
         latency: stats::latency_histogram(),
         errors: ErrorCounts::default(),
     };
     let deadline = started + limit;
-    let done = collect_outcomes(&mut outcomes, &mut figures, deadline, progress).await;
+    let mut done = 0;
+    if order == Order::OpenAllFirst {
+        let count;
+        (count, done) =
+            collect_opened(&mut opened, &mut outcomes, &mut figures, deadline, progress).await;
+        figures.opened = Some((count, started.elapsed()));
+        sign_in_tx.send_replace(true);
+    }
+    let done = collect_outcomes(&mut outcomes, &mut figures, done, deadline, progress).await;
 
     // Connections still waiting for a permit give up; those in flight find the outcome
     // channel closed and close themselves.
@@ -116,6 +149,7 @@ pub(crate) async fn connect_all(
     progress(ConnectProgress {
         done: attempted,
         signed_in: figures.signed_in,
+        opened: figures.opened.map(|(count, _)| count),
     });
 
     let connections = Connections {
@@ -127,15 +161,50 @@ pub(crate) async fn connect_all(
     (figures, connections)
 }
 
-/// Records outcomes until every connection reported or `deadline` passed. Returns how many
-/// reported.
-async fn collect_outcomes(
+/// Counts connections as they open, and records the failures to open, until every connection
+/// did one or the other or `deadline` passed. Returns how many opened and how many failed.
+async fn collect_opened(
+    opened: &mut mpsc::UnboundedReceiver<()>,
     outcomes: &mut mpsc::UnboundedReceiver<SignInOutcome>,
     figures: &mut ConnectFigures,
     deadline: Instant,
     progress: &mut dyn FnMut(ConnectProgress),
+) -> (u64, u64) {
+    let (mut count, mut failed) = (0, 0);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    while count + failed < figures.attempted {
+        tokio::select! {
+            one = opened.recv() => {
+                if one.is_none() { break }
+                count += 1;
+            }
+            outcome = outcomes.recv() => {
+                let Some(outcome) = outcome else { break };
+                failed += 1;
+                figures.record(outcome);
+            }
+            _ = ticker.tick() => progress(ConnectProgress {
+                done: failed,
+                signed_in: 0,
+                opened: Some(count),
+            }),
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    (count, failed)
+}
+
+/// Records outcomes until every connection reported or `deadline` passed, counting from `done`
+/// already reported. Returns how many reported in all.
+async fn collect_outcomes(
+    outcomes: &mut mpsc::UnboundedReceiver<SignInOutcome>,
+    figures: &mut ConnectFigures,
+    mut done: u64,
+    deadline: Instant,
+    progress: &mut dyn FnMut(ConnectProgress),
 ) -> u64 {
-    let mut done = 0;
+    let opened = figures.opened.map(|(count, _)| count);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     while done < figures.attempted {
@@ -143,19 +212,29 @@ async fn collect_outcomes(
             outcome = outcomes.recv() => {
                 let Some(outcome) = outcome else { break };
                 done += 1;
-                match outcome {
-                    SignInOutcome::SignedIn(latency) => {
-                        figures.signed_in += 1;
-                        stats::record(&mut figures.latency, latency);
-                    }
-                    SignInOutcome::Failed(kind) => figures.errors.add(kind, 1),
-                }
+                figures.record(outcome);
             }
-            _ = ticker.tick() => progress(ConnectProgress { done, signed_in: figures.signed_in }),
+            _ = ticker.tick() => progress(ConnectProgress {
+                done,
+                signed_in: figures.signed_in,
+                opened,
+            }),
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
     done
+}
+
+impl ConnectFigures {
+    fn record(&mut self, outcome: SignInOutcome) {
+        match outcome {
+            SignInOutcome::SignedIn(latency) => {
+                self.signed_in += 1;
+                stats::record(&mut self.latency, latency);
+            }
+            SignInOutcome::Failed(kind) => self.errors.add(kind, 1),
+        }
+    }
 }
 
 impl Connections {
@@ -254,6 +333,7 @@ mod tests {
             targets(&["good"; 20]),
             4,
             Duration::from_secs(30),
+            Order::SignInOnOpen,
             &mut |progress| progress_reports.push(progress),
         )
         .await;
@@ -275,6 +355,61 @@ mod tests {
         let last = progress_reports.last().expect("final progress report");
         assert_eq!(last.done, 20);
         assert_eq!(last.signed_in, 20);
+        let opened = engine.opened_before_sign_in.load(Ordering::SeqCst);
+        assert!(opened < 20, "{opened} handshakes before the first SIGN_IN");
+    }
+
+    #[tokio::test]
+    async fn open_all_first_signs_in_after_every_handshake() {
+        let engine = FakeEngine::start().await;
+        let mut progress_reports = Vec::new();
+
+        let (connect, connections) = connect_all(
+            plan(&engine.url, Duration::from_secs(5)),
+            targets(&["good", "good", "bad", "good", "good", "good"]),
+            2,
+            Duration::from_secs(30),
+            Order::OpenAllFirst,
+            &mut |progress| progress_reports.push(progress),
+        )
+        .await;
+        let hold = connections.finish().await;
+
+        assert_eq!(engine.opened_before_sign_in.load(Ordering::SeqCst), 6);
+        let (opened, open_elapsed) = connect.opened.expect("open phase figures");
+        assert_eq!(opened, 6);
+        assert!(open_elapsed <= connect.elapsed);
+        assert_eq!(connect.signed_in, 5);
+        assert_eq!(connect.latency.len(), 5);
+        assert_eq!(connect.errors.0["TOKEN_INVALID"], 1);
+        assert!(hold.errors.0.is_empty(), "{:?}", hold.errors);
+        let last = progress_reports.last().expect("final progress report");
+        assert_eq!((last.done, last.signed_in, last.opened), (6, 5, Some(6)));
+    }
+
+    #[tokio::test]
+    async fn open_all_first_counts_failed_connects_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        drop(listener);
+
+        let (connect, connections) = connect_all(
+            plan(&url, Duration::from_secs(5)),
+            targets(&["good"; 3]),
+            2,
+            Duration::from_secs(30),
+            Order::OpenAllFirst,
+            &mut |_| {},
+        )
+        .await;
+        connections.finish().await;
+
+        assert_eq!(connect.opened.map(|(count, _)| count), Some(0));
+        assert_eq!(connect.signed_in, 0);
+        assert_eq!(connect.errors.0["connect_failed"], 3);
+        assert_eq!(connect.errors.total(), 3);
     }
 
     #[tokio::test]
@@ -286,6 +421,7 @@ mod tests {
             targets(&["good", "bad", "silent", "bad"]),
             4,
             Duration::from_secs(30),
+            Order::SignInOnOpen,
             &mut |_| {},
         )
         .await;
@@ -312,6 +448,7 @@ mod tests {
             targets(&["good"; 3]),
             2,
             Duration::from_secs(30),
+            Order::SignInOnOpen,
             &mut |_| {},
         )
         .await;
@@ -331,6 +468,7 @@ mod tests {
             targets(&["silent"; 3]),
             1,
             Duration::from_millis(200),
+            Order::SignInOnOpen,
             &mut |_| {},
         )
         .await;

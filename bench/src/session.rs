@@ -69,19 +69,28 @@ pub(crate) struct SessionLinks {
     pub(crate) outcomes: mpsc::UnboundedSender<SignInOutcome>,
     pub(crate) stage: watch::Receiver<Stage>,
     pub(crate) events: mpsc::UnboundedSender<SessionEvent>,
+    /// Set when every connection opens first and signs in only once the coordinator says so.
+    pub(crate) split: Option<SplitLinks>,
+}
+
+/// Links of a run that opens every connection before any signs in.
+pub(crate) struct SplitLinks {
+    /// Told once this connection is open (WebSocket handshake done).
+    pub(crate) opened: mpsc::UnboundedSender<()>,
+    /// Turns true when every connection should sign in.
+    pub(crate) sign_in: watch::Receiver<bool>,
 }
 
 /// Runs one connection: waits for a sign-in permit, signs in, reports the outcome, then
 /// keeps the connection alive until the hold ends and closes it.
-pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, links: SessionLinks) {
-    // The coordinator closes the semaphore when the connect phase ends.
-    let Ok(permit) = links.permits.acquire_owned().await else {
+pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, mut links: SessionLinks) {
+    let result = match links.split.take() {
+        None => connect_and_sign_in(&plan, &target, &links.permits).await,
+        Some(split) => open_then_sign_in(&plan, &target, &links.permits, split).await,
+    };
+    let Some((result, latency)) = result else {
         return;
     };
-    let started = Instant::now();
-    let result = sign_in(&plan, &target).await;
-    let latency = started.elapsed();
-    drop(permit);
 
     let client = match result {
         Ok(client) => client,
@@ -103,17 +112,77 @@ pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, links: SessionLi
     keep_alive(client, &plan, links.stage, &links.events).await;
 }
 
-/// Connects from the target's source address and signs in. Returns the error kind on failure.
-pub(crate) async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+/// Outcome of the sign-in steps and the time they took, or None when the connect phase
+/// ended before this connection got its turn.
+type Steps = Option<(Result<Client, String>, Duration)>;
+
+/// Connects and signs in within one permit; the latency spans both.
+async fn connect_and_sign_in(
+    plan: &SessionPlan,
+    target: &Target,
+    permits: &Arc<Semaphore>,
+) -> Steps {
+    // The coordinator closes the semaphore when the connect phase ends.
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    let started = Instant::now();
+    let result = sign_in(plan, target).await;
+    let latency = started.elapsed();
+    drop(permit);
+    Some((result, latency))
+}
+
+/// Connects within one permit, tells the coordinator, waits for its signal, then signs in
+/// within another permit; the latency spans the sign-in alone.
+async fn open_then_sign_in(
+    plan: &SessionPlan,
+    target: &Target,
+    permits: &Arc<Semaphore>,
+    mut split: SplitLinks,
+) -> Steps {
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    let opened = open(plan, target).await;
+    drop(permit);
+    let client = match opened {
+        Ok(client) => client,
+        Err(kind) => return Some((Err(kind), Duration::ZERO)),
+    };
+    let _ = split.opened.send(());
+    if split.sign_in.wait_for(|go| *go).await.is_err() {
+        // The coordinator gave up before the sign-in phase.
+        let _ = client.close().await;
+        return None;
+    }
+    let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
+        let _ = client.close().await;
+        return None;
+    };
+    let started = Instant::now();
+    let result = client
+        .sign_in(target.user_id, target.device_id, &target.token)
+        .await
+        .map_err(|error| request_error_kind("sign_in", &error));
+    let latency = started.elapsed();
+    drop(permit);
+    Some((result.map(|_| client), latency))
+}
+
+/// Connects from the target's source address and completes the WebSocket handshake.
+/// Returns the error kind on failure.
+async fn open(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
     let index = usize::try_from(target.index).unwrap_or(usize::MAX);
     let options = ConnectOptions {
         local_addr: Some(sources::source_addr(index, plan.sources)),
         origin: None,
         timeout: plan.timeout,
     };
-    let client = Client::connect(&plan.url, &options)
+    Client::connect(&plan.url, &options)
         .await
-        .map_err(|error| connect_error_kind(&error))?;
+        .map_err(|error| connect_error_kind(&error))
+}
+
+/// Connects from the target's source address and signs in. Returns the error kind on failure.
+pub(crate) async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+    let client = open(plan, target).await?;
     client
         .sign_in(target.user_id, target.device_id, &target.token)
         .await

@@ -37,6 +37,8 @@ enum SigninError {
         reserved: u64,
         suggested: u64,
     },
+    #[error("--open-first needs --workers 1, got --workers {0}; open at most one process's share of connections")]
+    OpenFirstWithWorkers(u64),
     #[error("preparing tokens failed: {0}")]
     Prepare(#[from] PrepareError),
     #[error("preparing tokens took longer than --prepare-timeout-secs {0}")]
@@ -76,6 +78,9 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
         ) as u64
     });
     print_parameters(args, sources, &file_limit);
+    if args.open_first && args.workers > 1 {
+        return Err(SigninError::OpenFirstWithWorkers(args.workers));
+    }
     check_capacity(args, &file_limit)?;
 
     let targets = prepare_tokens(args).await?;
@@ -146,16 +151,23 @@ async fn measure_local(
     let total = args.connections;
     let started = Instant::now();
     let mut print_progress = |progress: phases::ConnectProgress| {
-        eprintln!(
-            "{}",
-            progress_line(progress.done, progress.signed_in, total, started.elapsed())
-        );
+        let line = progress_line(progress.done, progress.signed_in, total, started.elapsed());
+        match progress.opened {
+            Some(opened) => eprintln!("{line}, {opened} open"),
+            None => eprintln!("{line}"),
+        }
+    };
+    let order = if args.open_first {
+        phases::Order::OpenAllFirst
+    } else {
+        phases::Order::SignInOnOpen
     };
     let (connect, mut connections) = phases::connect_all(
         session_plan(&args.run, sources),
         targets,
         usize::try_from(args.run.conn.concurrency).unwrap_or(usize::MAX),
         Duration::from_secs(args.run.conn.connect_timeout_secs),
+        order,
         &mut print_progress,
     )
     .await;
@@ -171,6 +183,7 @@ async fn measure_local(
         connections: total,
         signed_in: connect.signed_in,
         connect_elapsed: connect.elapsed,
+        opened: connect.opened,
         signin_latency: connect.latency,
         signin_errors: connect.errors,
         hold,
@@ -208,6 +221,9 @@ fn print_parameters(args: &SigninArgs, sources: u64, file_limit: &FileLimit) {
         sources::source_addr(usize::try_from(sources).unwrap_or(1) - 1, sources as usize)
     );
     println!("  workers              {}", args.workers);
+    if args.open_first {
+        println!("  order                open every connection, then sign all in");
+    }
     println!("  concurrency          {}", run.conn.concurrency);
     println!("  hold                 {} s", run.hold_secs);
     println!("  heartbeat interval   {} ms", run.heartbeat_ms);

@@ -77,6 +77,7 @@ async fn work(args: &WorkerArgs, targets: Vec<crate::session::Target>) -> Result
         targets,
         usize::try_from(args.run.conn.concurrency).unwrap_or(usize::MAX),
         connect_limit,
+        phases::Order::SignInOnOpen,
         &mut report_progress,
     )
     .await;

@@ -150,6 +150,7 @@ mod tests {
             attempted: latencies_ms.len() as u64 + counts.total(),
             signed_in: latencies_ms.len() as u64,
             elapsed: Duration::from_secs(1),
+            opened: None,
             latency,
             errors: counts,
         }

@@ -158,6 +158,7 @@ pub(crate) async fn measure(
         connections: args.connections,
         signed_in: fleet.connect.signed_in,
         connect_elapsed,
+        opened: None,
         signin_latency: fleet.connect.latency,
         signin_errors: fleet.connect.errors,
         hold: fleet.hold,
