@@ -65,7 +65,11 @@ pub(crate) struct CompareReport {
     pub(crate) date: String,
     pub(crate) connections: u64,
     pub(crate) kernel_memory_source: &'static str,
+    /// The figures of the only pass, or the medians over all passes.
     pub(crate) targets: Vec<Figures>,
+    /// Each pass's figures, in the order of `targets`, when there was more than one pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) passes: Vec<Vec<Figures>>,
 }
 
 /// Runs the comparison and returns the exit code: success only when every server started
@@ -73,6 +77,7 @@ pub(crate) struct CompareReport {
 pub(crate) async fn run(args: CompareArgs) -> ExitCode {
     match execute(&args).await {
         Ok(report) => {
+            // Median figures sum the errors and keep the fewest connections of any pass.
             let clean = report.targets.iter().all(|figures| {
                 figures.errors.is_empty() && figures.connections_open == args.connections
             });
@@ -107,18 +112,48 @@ async fn execute(args: &CompareArgs) -> Result<CompareReport, CompareError> {
     println!("  connections  {}", args.connections);
     let names: Vec<&str> = specs.iter().map(TargetSpec::name).collect();
     println!("  targets      {}", names.join(","));
+    if args.passes > 1 {
+        println!(
+            "  passes       {} (every other one in reverse order; medians)",
+            args.passes
+        );
+    }
 
-    let targets = compare_targets(&specs, &plan).await;
+    let date = machine::utc_now();
+    let mut passes = Vec::new();
+    for pass in 0..args.passes {
+        let targets = compare_pass(&specs, &plan, pass).await;
+        if args.passes > 1 {
+            println!("\npass {} of {}", pass + 1, args.passes);
+            print!("{}", table::to_text(&table::rows(&targets)));
+        }
+        passes.push(targets);
+    }
+    let (targets, rows, passes) = match passes.len() {
+        1 => {
+            let targets = passes.pop().unwrap_or_default();
+            let rows = table::rows(&targets);
+            (targets, rows, Vec::new())
+        }
+        _ => (
+            table::median_figures(&passes),
+            table::median_rows(&passes),
+            passes,
+        ),
+    };
     let report = CompareReport {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine,
-        date: machine::utc_now(),
+        date,
         connections: args.connections,
         kernel_memory_source: KERNEL_SOURCE,
         targets,
+        passes,
     };
-    let rows = table::rows(&report.targets);
     println!();
+    if report.passes.len() > 1 {
+        println!("{}", medians_note(report.passes.len()));
+    }
     print!("{}", table::to_text(&rows));
     println!("{KERNEL_SOURCE}");
     print_errors(&report.targets);
@@ -126,6 +161,26 @@ async fn execute(args: &CompareArgs) -> Result<CompareReport, CompareError> {
         write_results(&args.results_dir, &report, &rows)?;
     }
     Ok(report)
+}
+
+/// Measures every target once: in the given order on even passes, in reverse on odd ones, so
+/// that no server always runs first on a machine that drifts. Returns the figures in the
+/// given order.
+async fn compare_pass(specs: &[TargetSpec], plan: &Plan, pass: u32) -> Vec<Figures> {
+    if pass.is_multiple_of(2) {
+        return compare_targets(specs, plan).await;
+    }
+    let reversed: Vec<TargetSpec> = specs.iter().rev().cloned().collect();
+    let mut figures = compare_targets(&reversed, plan).await;
+    figures.reverse();
+    figures
+}
+
+fn medians_note(passes: usize) -> String {
+    format!(
+        "medians of {passes} passes; each ratio column is the median of the {passes} ratios of \
+         single passes"
+    )
 }
 
 fn plan(args: &CompareArgs) -> Plan {
@@ -259,14 +314,27 @@ fn write_results(
 }
 
 fn markdown(report: &CompareReport, rows: &[Vec<String>]) -> String {
-    format!(
-        "# im-bench compare, {}\n\n```\n{}\n```\n\nMachine: {}\n\n{}\n{}.\n",
-        report.date,
-        report.command,
-        report.machine,
+    let mut text = format!(
+        "# im-bench compare, {}\n\n```\n{}\n```\n\nMachine: {}\n\n",
+        report.date, report.command, report.machine
+    );
+    if report.passes.len() > 1 {
+        text.push_str(&format!("{}.\n\n", medians_note(report.passes.len())));
+    }
+    text.push_str(&format!(
+        "{}\n{}.\n",
         table::to_markdown(rows),
         KERNEL_SOURCE
-    )
+    ));
+    for (index, pass) in report.passes.iter().enumerate() {
+        text.push_str(&format!(
+            "\n## Pass {} of {}\n\n{}",
+            index + 1,
+            report.passes.len(),
+            table::to_markdown(&table::rows(pass))
+        ));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -340,6 +408,52 @@ mod tests {
         assert!(figures.rss_bytes_per_idle_connection.is_some());
         let rows = table::rows(&results);
         assert_eq!(rows[0], ["metric", "echo", "echo", "echo / echo"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reversed_pass_keeps_target_order() {
+        let addr = echo_server().await;
+        let spec = |name: &str| TargetSpec::External {
+            name: name.to_owned(),
+            addr,
+            pid: Some(std::process::id()),
+            path: "/".to_owned(),
+        };
+        let specs = [spec("first"), spec("second")];
+
+        let results = compare_pass(&specs, &small_plan(5), 1).await;
+
+        let names: Vec<&str> = results.iter().map(|f| f.target.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        assert!(results.iter().all(|f| f.connections_open == 5));
+    }
+
+    #[test]
+    fn markdown_of_passes_has_medians_and_each_pass() {
+        let figures = |target: &str| Figures {
+            target: target.to_owned(),
+            messages_per_second: Some(100.0),
+            ..Figures::default()
+        };
+        let passes = vec![
+            vec![figures("engine"), figures("peer")],
+            vec![figures("engine"), figures("peer")],
+        ];
+        let report = CompareReport {
+            command: "im-bench compare --passes 2".to_owned(),
+            machine: "test".to_owned(),
+            date: "2026-01-01T000000Z".to_owned(),
+            connections: 1,
+            kernel_memory_source: KERNEL_SOURCE,
+            targets: table::median_figures(&passes),
+            passes,
+        };
+
+        let text = markdown(&report, &table::median_rows(&report.passes));
+
+        assert!(text.contains("medians of 2 passes"), "{text}");
+        assert!(text.contains("## Pass 1 of 2"), "{text}");
+        assert!(text.contains("## Pass 2 of 2"), "{text}");
     }
 
     #[tokio::test]

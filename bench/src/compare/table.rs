@@ -148,9 +148,93 @@ pub(crate) fn ratio(baseline: Option<f64>, other: Option<f64>) -> Option<f64> {
     (baseline > 0.0 && other > 0.0).then(|| baseline / other)
 }
 
+/// Returns the median of the measured values, the mean of the middle two for an even count,
+/// or `None` when none was measured.
+pub(crate) fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut values: Vec<f64> = values
+        .into_iter()
+        .flatten()
+        .filter(|value| value.is_finite())
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+/// Each server's median figures over several passes, in the order of each pass. Connections
+/// open is the lowest of any pass, and errors are summed.
+pub(crate) fn median_figures(passes: &[Vec<Figures>]) -> Vec<Figures> {
+    let Some(first) = passes.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|index| {
+            let of = |value: fn(&Figures) -> Option<f64>| {
+                median(passes.iter().map(|pass| value(&pass[index])))
+            };
+            let mut errors = BTreeMap::new();
+            for pass in passes {
+                for (kind, count) in &pass[index].errors {
+                    *errors.entry(kind.clone()).or_insert(0) += count;
+                }
+            }
+            Figures {
+                target: first[index].target.clone(),
+                connections_open: passes
+                    .iter()
+                    .map(|pass| pass[index].connections_open)
+                    .min()
+                    .unwrap_or(0),
+                rss_bytes_per_idle_connection: of(|f| f.rss_bytes_per_idle_connection),
+                connections_per_second: of(|f| f.connections_per_second),
+                round_trip_p50_ms: of(|f| f.round_trip_p50_ms),
+                round_trip_p99_ms: of(|f| f.round_trip_p99_ms),
+                round_trip_p999_ms: of(|f| f.round_trip_p999_ms),
+                messages_per_second: of(|f| f.messages_per_second),
+                cpu_seconds_per_million_messages: of(|f| f.cpu_seconds_per_million_messages),
+                bench_cpu_seconds_per_million_messages: of(|f| {
+                    f.bench_cpu_seconds_per_million_messages
+                }),
+                kernel_slab_bytes_per_connection: of(|f| f.kernel_slab_bytes_per_connection),
+                kernel_tcp_buffer_bytes_per_connection: of(|f| {
+                    f.kernel_tcp_buffer_bytes_per_connection
+                }),
+                errors,
+            }
+        })
+        .collect()
+}
+
 /// The comparison table: a header row and one row per metric, as cells of text. The first
 /// server is the baseline, and each other server adds a `first / other` ratio column.
 pub(crate) fn rows(results: &[Figures]) -> Vec<Vec<String>> {
+    rows_with(results, |metric, other| {
+        ratio((metric.value)(&results[0]), (metric.value)(&results[other]))
+    })
+}
+
+/// The table of the median figures over `passes`. Each ratio column holds the median of the
+/// ratios of the single passes, which cancels drift that hits both servers of one pass.
+pub(crate) fn median_rows(passes: &[Vec<Figures>]) -> Vec<Vec<String>> {
+    rows_with(&median_figures(passes), |metric, other| {
+        median(
+            passes
+                .iter()
+                .map(|pass| ratio((metric.value)(&pass[0]), (metric.value)(&pass[other]))),
+        )
+    })
+}
+
+/// Builds the table, with `ratio_of(metric, index)` giving the ratio of the first server to
+/// the server at `index`.
+fn rows_with(
+    results: &[Figures],
+    ratio_of: impl Fn(&Metric, usize) -> Option<f64>,
+) -> Vec<Vec<String>> {
     let mut header = vec!["metric".to_owned()];
     header.extend(results.iter().map(|figures| figures.target.clone()));
     if let Some((first, others)) = results.split_first() {
@@ -162,25 +246,16 @@ pub(crate) fn rows(results: &[Figures]) -> Vec<Vec<String>> {
     }
     let mut table = vec![header];
     for metric in &METRICS {
-        table.push(metric_row(metric, results));
+        let mut row = vec![metric.label.to_owned()];
+        row.extend(
+            results
+                .iter()
+                .map(|figures| format_value((metric.value)(figures), metric.decimals)),
+        );
+        row.extend((1..results.len()).map(|other| format_value(ratio_of(metric, other), 2)));
+        table.push(row);
     }
     table
-}
-
-fn metric_row(metric: &Metric, results: &[Figures]) -> Vec<String> {
-    let mut row = vec![metric.label.to_owned()];
-    row.extend(
-        results
-            .iter()
-            .map(|figures| format_value((metric.value)(figures), metric.decimals)),
-    );
-    if let Some((first, others)) = results.split_first() {
-        row.extend(others.iter().map(|other| {
-            let value = ratio((metric.value)(first), (metric.value)(other));
-            format_value(value, 2)
-        }));
-    }
-    row
 }
 
 fn format_value(value: Option<f64>, decimals: usize) -> String {
@@ -367,6 +442,55 @@ mod tests {
 
         assert!(table.iter().all(|row| row.len() == 2));
         assert_eq!(table.len(), 1 + METRICS.len());
+    }
+
+    #[test]
+    fn median_of_odd_even_and_missing() {
+        assert_eq!(median([Some(3.0), Some(1.0), Some(2.0)]), Some(2.0));
+        assert_eq!(
+            median([Some(4.0), None, Some(1.0), Some(2.0), Some(3.0)]),
+            Some(2.5)
+        );
+        assert_eq!(median([None, None]), None);
+        assert_eq!(median([Some(f64::NAN), Some(5.0)]), Some(5.0));
+    }
+
+    #[test]
+    fn median_rows_take_median_of_pass_ratios() {
+        let mut passes = vec![
+            vec![
+                figures("engine", 1000.0, 10.0),
+                figures("rust", 2000.0, 10.0),
+            ],
+            vec![
+                figures("engine", 3000.0, 30.0),
+                figures("rust", 1000.0, 10.0),
+            ],
+            vec![
+                figures("engine", 2000.0, 80.0),
+                figures("rust", 8000.0, 40.0),
+            ],
+        ];
+        passes[1][1].errors.insert("timeout".to_owned(), 2);
+        passes[2][1].errors.insert("timeout".to_owned(), 1);
+        for (pass, open) in passes.iter_mut().zip([50, 49, 50]) {
+            pass[0].connections_open = open;
+        }
+
+        let medians = median_figures(&passes);
+        let table = median_rows(&passes);
+
+        assert_eq!(medians[0].rss_bytes_per_idle_connection, Some(2000.0));
+        assert_eq!(medians[1].rss_bytes_per_idle_connection, Some(2000.0));
+        assert_eq!(medians[0].connections_open, 49);
+        assert_eq!(medians[1].errors["timeout"], 3);
+        // The pass ratios are 0.5, 3.0 and 0.25, whose median differs from 2000 / 2000.
+        assert_eq!(&table[1][1..], ["2000", "2000", "0.50"]);
+        let rate = table
+            .iter()
+            .find(|row| row[0] == "messages per second at saturation")
+            .expect("rate row");
+        assert_eq!(&rate[1..], ["30", "10", "2.00"]);
     }
 
     #[test]
