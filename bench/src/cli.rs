@@ -212,6 +212,25 @@ pub(crate) struct GroupArgs {
     /// Messages per second R from the sender.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: u64,
+    /// Recipients K that sign in and then read nothing from their socket until the drain
+    /// ends. Their messages fill the kernel's socket buffers and then the engine's outbound
+    /// queue, and the engine closes the connection with 4008 once that queue passes its
+    /// max_outbound_bytes. They are the last K members, and their messages count neither as
+    /// received nor as lost. The run reads engine and kernel memory once per second and
+    /// reports the growth per slow reader. Must be less than --members minus 1, so that at
+    /// least one recipient reads.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) slow_readers: u64,
+    /// Engine process to read resident memory from with --slow-readers, as for `signin`;
+    /// repeatable. Default: the processes named im-engine that listen on the port of --url.
+    #[arg(long)]
+    pub(crate) engine_pid: Vec<u32>,
+    /// Prometheus endpoint of the engine (its metrics_addr), as http://HOST:PORT/metrics;
+    /// repeat it for several nodes. With --slow-readers the run reads the engine's count of
+    /// 4008 closes once per second from it, because a slow reader cannot see that close frame
+    /// behind its full socket. Default: none, and those closes are not counted.
+    #[arg(long)]
+    pub(crate) engine_metrics_url: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -383,6 +402,40 @@ mod tests {
         assert_eq!(args.rate, 20);
         assert_eq!(args.messaging.duration_secs, 3);
         assert_eq!(args.messaging.logic_url, "http://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn group_slow_readers_default_and_flag() {
+        let default = Cli::try_parse_from(["im-bench", "group"]).expect("parse");
+        let flagged = Cli::try_parse_from([
+            "im-bench",
+            "group",
+            "--slow-readers",
+            "20",
+            "--engine-pid",
+            "41",
+            "--engine-pid",
+            "42",
+            "--engine-metrics-url",
+            "http://127.0.0.1:9101/metrics",
+        ])
+        .expect("parse");
+
+        let Some(Command::Group(default)) = default.command else {
+            panic!("group expected");
+        };
+        let Some(Command::Group(flagged)) = flagged.command else {
+            panic!("group expected");
+        };
+        assert_eq!(default.slow_readers, 0);
+        assert!(default.engine_pid.is_empty());
+        assert!(default.engine_metrics_url.is_empty());
+        assert_eq!(flagged.slow_readers, 20);
+        assert_eq!(flagged.engine_pid, [41, 42]);
+        assert_eq!(
+            flagged.engine_metrics_url,
+            ["http://127.0.0.1:9101/metrics"]
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The `group` scenario: member 0 of a group of G members sends to the group at a fixed rate,
 //! and each of the other G - 1 members measures the latency of every copy it receives. The
-//! group is created once and found again by name through the group cache.
+//! group is created once and found again by name through the group cache. With
+//! `--slow-readers K` the last K members read nothing until the drain ends, and the run
+//! reports what they cost in engine and kernel memory.
 
 use std::process::ExitCode;
 
@@ -13,21 +15,40 @@ use crate::group_cache::{group_cache_path, GroupCache};
 use crate::messaging::{self, ScenarioError};
 use crate::schedule::Schedule;
 use crate::session::Target;
+use crate::signin::EngineWatch;
+use crate::slow_readers::{self, MemorySampler, MetricsEndpoint, SlowReaderFigures};
 use crate::traffic::{Destination, SenderSpec, TrafficFigures};
 
 /// Members added by one AddGroupMembers call.
 const ADD_CHUNK: usize = 100;
 
+/// Everything a group run measured.
+struct GroupFigures {
+    traffic: TrafficFigures,
+    /// `None` without slow readers.
+    slow: Option<SlowReaderFigures>,
+}
+
 /// Runs the scenario and returns the exit code: success only when no error was counted and
-/// every member received every message exactly once.
+/// every member that reads received every message exactly once. Slow readers do not change it.
 pub(crate) async fn run(args: GroupArgs) -> ExitCode {
     let prefix = messaging::scenario_prefix(&args.messaging, "group");
     // Receiver i is member i + 1, because member 0 sends.
     let name_receiver = |index: usize| format!("{prefix}-{}", index + 1);
-    messaging::finish(execute(&args).await, &name_receiver)
+    let (traffic, slow) = match execute(&args).await {
+        Ok(figures) => (Ok(figures.traffic), figures.slow),
+        Err(error) => (Err(error), None),
+    };
+    let code = messaging::finish(traffic, &name_receiver);
+    if let Some(slow) = &slow {
+        slow_readers::report::print(slow);
+    }
+    code
 }
 
-async fn execute(args: &GroupArgs) -> Result<TrafficFigures, ScenarioError> {
+async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
+    check_slow_readers(args.members, args.slow_readers)?;
+    let endpoints = metrics_endpoints(&args.engine_metrics_url)?;
     let common = &args.messaging;
     let schedule = Schedule::new(args.rate, 1, common.duration_secs);
     let sources = messaging::source_count(common, args.members);
@@ -35,6 +56,8 @@ async fn execute(args: &GroupArgs) -> Result<TrafficFigures, ScenarioError> {
     messaging::print_header("group", common);
     print_parameters(args, &schedule);
     messaging::print_common_parameters(common, &schedule, sources, &file_limit);
+    let engine =
+        (args.slow_readers > 0).then(|| EngineWatch::find(&args.engine_pid, &common.conn.url));
     messaging::check_capacity(args.members, &file_limit)?;
 
     let targets = messaging::prepare_users(common, "group", args.members).await?;
@@ -45,9 +68,73 @@ async fn execute(args: &GroupArgs) -> Result<TrafficFigures, ScenarioError> {
     eprintln!("setup: group {name} has id {group_id}");
     let clients = messaging::sign_in_all(common, &targets, sources).await?;
 
-    let (sender, receivers) = split_sender(clients, group_id);
+    let slow_count = usize::try_from(args.slow_readers).unwrap_or(usize::MAX);
+    let roles = split_roles(clients, group_id, slow_count);
+    slow_readers::pause(&roles.slow);
     let plan = messaging::traffic_plan(common, schedule);
-    messaging::run_traffic(common, plan, sender, receivers).await
+    let run_id = plan.run_id;
+    let Some(engine) = engine else {
+        let traffic = messaging::run_traffic(common, plan, roles.sender, roles.receivers).await?;
+        return Ok(GroupFigures {
+            traffic,
+            slow: None,
+        });
+    };
+
+    let sampler = MemorySampler::start(engine, endpoints).await;
+    let traffic = messaging::run_traffic(common, plan, roles.sender, roles.receivers).await;
+    let readings = sampler.finish().await;
+    let traffic = traffic?;
+    eprintln!(
+        "slow readers: reading what is buffered for {} connections, for at most {} s",
+        roles.slow.len(),
+        slow_readers::READ_LIMIT.as_secs()
+    );
+    let tallies = slow_readers::read_remaining(roles.slow, run_id).await;
+    let slow = SlowReaderFigures {
+        names: slow_reader_names(args),
+        stored: traffic.replies,
+        tallies,
+        readings,
+    };
+    Ok(GroupFigures {
+        traffic,
+        slow: Some(slow),
+    })
+}
+
+/// Checks that the slow readers leave at least one recipient that reads.
+fn check_slow_readers(members: u64, slow_readers: u64) -> Result<(), ScenarioError> {
+    let recipients = members.saturating_sub(1);
+    if slow_readers < recipients {
+        return Ok(());
+    }
+    Err(ScenarioError::TooManySlowReaders {
+        slow_readers,
+        members,
+        max: recipients.saturating_sub(1),
+    })
+}
+
+/// Parses the `--engine-metrics-url` flags.
+fn metrics_endpoints(urls: &[String]) -> Result<Vec<MetricsEndpoint>, ScenarioError> {
+    urls.iter()
+        .map(|url| {
+            MetricsEndpoint::parse(url).ok_or_else(|| ScenarioError::MetricsUrl(url.clone()))
+        })
+        .collect()
+}
+
+/// Names the slow readers, the last `--slow-readers` members, as `first .. last`.
+fn slow_reader_names(args: &GroupArgs) -> String {
+    let prefix = messaging::scenario_prefix(&args.messaging, "group");
+    let first = args.members - args.slow_readers;
+    let last = args.members - 1;
+    if first == last {
+        format!("{prefix}-{last}")
+    } else {
+        format!("{prefix}-{first} .. {prefix}-{last}")
+    }
 }
 
 fn print_parameters(args: &GroupArgs, schedule: &Schedule) {
@@ -70,6 +157,13 @@ fn print_parameters(args: &GroupArgs, schedule: &Schedule) {
         schedule.rate,
         schedule.rate * (args.members - 1)
     );
+    if args.slow_readers > 0 {
+        println!(
+            "  slow readers         {} ({} read nothing until the drain ends)",
+            args.slow_readers,
+            slow_reader_names(args)
+        );
+    }
 }
 
 /// Names the group of a run with `members` members, so runs of other sizes use other groups.
@@ -199,13 +293,27 @@ async fn add_missing_members(
     Ok(())
 }
 
-/// Makes the first connection the sender to the group and the rest its receivers.
-fn split_sender(clients: Vec<Client>, group_id: u64) -> (Vec<SenderSpec>, Vec<Client>) {
+/// The connections of a run by role.
+struct Roles {
+    sender: Vec<SenderSpec>,
+    /// Recipients that read, and count toward received and lost messages.
+    receivers: Vec<Client>,
+    slow: Vec<Client>,
+}
+
+/// Makes the first connection the sender to the group, the last `slow_readers` its slow
+/// readers and the rest its receivers.
+fn split_roles(clients: Vec<Client>, group_id: u64, slow_readers: usize) -> Roles {
     let mut clients = clients.into_iter();
     let Some(sender) = clients.next() else {
-        return (Vec::new(), Vec::new());
+        return Roles {
+            sender: Vec::new(),
+            receivers: Vec::new(),
+            slow: Vec::new(),
+        };
     };
-    let receivers: Vec<Client> = clients.collect();
+    let mut receivers: Vec<Client> = clients.collect();
+    let slow = receivers.split_off(receivers.len().saturating_sub(slow_readers));
     let spec = SenderSpec {
         client: sender,
         destination: Destination {
@@ -215,5 +323,55 @@ fn split_sender(clients: Vec<Client>, group_id: u64) -> (Vec<SenderSpec>, Vec<Cl
         },
         recipients: (0..receivers.len()).collect(),
     };
-    (vec![spec], receivers)
+    Roles {
+        sender: vec![spec],
+        receivers,
+        slow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_readers_below_recipients_accepted() {
+        assert!(check_slow_readers(500, 0).is_ok());
+        assert!(check_slow_readers(500, 498).is_ok());
+        assert!(check_slow_readers(3, 1).is_ok());
+        assert!(check_slow_readers(2, 0).is_ok());
+    }
+
+    #[test]
+    fn slow_readers_without_a_reading_recipient_rejected() {
+        let error = check_slow_readers(500, 499).unwrap_err();
+
+        assert_eq!(
+            error.to_string(),
+            "invalid --slow-readers 499: it must be less than --members 500 minus 1 (the \
+             sender), so that at least one recipient reads; pass at most 498"
+        );
+        assert!(check_slow_readers(500, 1000).is_err());
+        assert!(check_slow_readers(2, 1).is_err());
+    }
+
+    #[test]
+    fn metrics_url_without_http_rejected() {
+        let urls = [
+            "http://127.0.0.1:9101/metrics".to_owned(),
+            "127.0.0.1:9101".to_owned(),
+        ];
+
+        let error = metrics_endpoints(&urls).unwrap_err();
+
+        assert_eq!(
+            error.to_string(),
+            "invalid --engine-metrics-url \"127.0.0.1:9101\": expected http://HOST:PORT/PATH, \
+             such as http://127.0.0.1:9101/metrics"
+        );
+        assert_eq!(
+            metrics_endpoints(&urls[..1]).map(|found| found.len()).ok(),
+            Some(1)
+        );
+    }
 }

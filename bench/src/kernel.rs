@@ -18,8 +18,7 @@ pub(crate) fn read() -> KernelMemory {
         .map(|kb| kb * 1024);
     let tcp_buffers = std::fs::read_to_string("/proc/net/sockstat")
         .ok()
-        .and_then(|text| parse_sockstat_tcp_mem_pages(&text))
-        .map(|pages| pages * page_size());
+        .and_then(|text| sockstat_tcp_mem_bytes(&text, page_size()));
     KernelMemory { slab, tcp_buffers }
 }
 
@@ -43,6 +42,12 @@ pub(crate) fn parse_meminfo_kb(text: &str, name: &str) -> Option<u64> {
         let value = fields.next()?.parse().ok()?;
         (fields.next() == Some("kB")).then_some(value)
     })
+}
+
+/// Returns the `mem` field of the `TCP:` line of `/proc/net/sockstat` in bytes, given the
+/// size of a page in bytes.
+fn sockstat_tcp_mem_bytes(text: &str, page_size: u64) -> Option<u64> {
+    parse_sockstat_tcp_mem_pages(text)?.checked_mul(page_size)
 }
 
 /// Parses the `mem` field, in pages, of the `TCP:` line of `/proc/net/sockstat`, for example
@@ -82,6 +87,13 @@ mod tests {
     #[test]
     fn sockstat_tcp_mem_parsed() {
         assert_eq!(parse_sockstat_tcp_mem_pages(SOCKSTAT), Some(25));
+    }
+
+    #[test]
+    fn sockstat_tcp_mem_converted_to_bytes() {
+        assert_eq!(sockstat_tcp_mem_bytes(SOCKSTAT, 4096), Some(25 * 4096));
+        assert_eq!(sockstat_tcp_mem_bytes(SOCKSTAT, 65_536), Some(25 * 65_536));
+        assert_eq!(sockstat_tcp_mem_bytes("UDP: inuse 2 mem 4\n", 4096), None);
     }
 
     #[test]

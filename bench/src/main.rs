@@ -19,6 +19,7 @@ mod report;
 mod schedule;
 mod session;
 mod signin;
+mod slow_readers;
 mod sources;
 mod stats;
 mod traffic;

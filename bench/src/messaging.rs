@@ -76,6 +76,17 @@ pub(crate) enum ScenarioError {
     },
     #[error("the logic tier returned group {group_id} without the {missing} members just added")]
     GroupIncomplete { group_id: u64, missing: usize },
+    #[error(
+        "invalid --slow-readers {slow_readers}: it must be less than --members {members} minus 1 \
+         (the sender), so that at least one recipient reads; pass at most {max}"
+    )]
+    TooManySlowReaders {
+        slow_readers: u64,
+        members: u64,
+        max: u64,
+    },
+    #[error("invalid --engine-metrics-url {0:?}: expected http://HOST:PORT/PATH, such as http://127.0.0.1:9101/metrics")]
+    MetricsUrl(String),
 }
 
 /// Prints the report and returns success only when the run had no error and lost nothing.

@@ -188,7 +188,7 @@ fn millis(micros: u64) -> String {
     format!("{:.3}", micros as f64 / 1000.0)
 }
 
-fn mebibytes(bytes: u64) -> String {
+pub(crate) fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 

@@ -263,7 +263,7 @@ pub(crate) struct EngineWatch {
 
 impl EngineWatch {
     /// Finds the engine processes and prints them, or why memory will not be reported.
-    fn find(given: &[u32], url: &str) -> EngineWatch {
+    pub(crate) fn find(given: &[u32], url: &str) -> EngineWatch {
         let pids = machine::engine_pids(given, machine::url_port(url));
         match pids.as_slice() {
             [] => {

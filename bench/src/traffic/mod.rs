@@ -196,7 +196,7 @@ async fn collect_receivers(
 }
 
 /// Closes `client` and returns the error kind when the close failed.
-async fn close(client: Client) -> Option<String> {
+pub(crate) async fn close(client: Client) -> Option<String> {
     match client.close().await {
         Ok(()) => None,
         Err(ClientError::Timeout) => Some("close_timeout".into()),
@@ -205,7 +205,7 @@ async fn close(client: Client) -> Option<String> {
 }
 
 /// Names a push that the connection did not expect.
-fn unexpected_push_kind(push: &Push) -> String {
+pub(crate) fn unexpected_push_kind(push: &Push) -> String {
     match push {
         Push::Message(_) => "unexpected_message".into(),
         Push::Kicked(_) => "kicked".into(),
