@@ -2,6 +2,11 @@
 //! reading their socket, so the kernel's socket buffers and then the engine's outbound queue
 //! fill up. After the drain each one reads what is buffered for it and reports the messages
 //! it found and how its stream ended.
+//!
+//! Slow readers send nothing either, heartbeats included: bytes the engine has not read when
+//! it drops a connection make its kernel reset the connection, which can cut off what the
+//! slow reader has yet to read. A run longer than the engine's heartbeat_timeout_ms (90 s by
+//! default) therefore ends them with 4002 instead.
 
 mod engine_metrics;
 mod memory;
