@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::Waker;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use dashmap::DashMap;
 use im_proto::KickReason;
 
@@ -71,6 +71,9 @@ pub(crate) enum CloseRequest {
 pub(crate) struct Outbox {
     /// Encoded frames not yet written. Empty (no allocation) while the connection idles.
     pending: RefCell<BytesMut>,
+    /// Bytes at the front of `pending` that finish a frame already partly written; 0 when
+    /// `pending` starts with a whole frame.
+    front_rest: Cell<u32>,
     /// The signed-in device, 0 before sign-in. Requests naming another device are stale.
     device_id: Cell<u64>,
     close: Cell<Option<CloseRequest>>,
@@ -98,26 +101,40 @@ impl Outbox {
     /// Writes what the socket takes now from the front of the queue. Returns true when
     /// the queue is empty, which then has no allocation.
     pub(crate) fn write_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
-        let mut pending = self.pending.borrow_mut();
-        if pending.is_empty() {
+        if self.pending.borrow().is_empty() {
             return Ok(true);
         }
-        let all_written = crate::conn::io::write_available(fd, &mut pending)?;
+        self.write_with(|data| {
+            let written = crate::conn::io::write_available(fd, data)?;
+            Ok((written, written == data.len()))
+        })
+    }
+
+    /// Writes the queue through `write`, which returns the bytes it took from the front and
+    /// true when everything it was given and anything it buffers itself is written. Unlike
+    /// [`Outbox::write_to`] it calls `write` with an empty queue too, so a TLS session can
+    /// send its own records.
+    pub(crate) fn write_with(
+        &self,
+        write: impl FnOnce(&[u8]) -> std::io::Result<(usize, bool)>,
+    ) -> std::io::Result<bool> {
+        let mut pending = self.pending.borrow_mut();
+        let (written, all_written) = write(&pending)?;
+        let rest = rest_after(&pending, self.front_rest.get() as usize, written);
+        // Past u32::MAX, drop_unsent keeps the whole queue, which still ends at a frame boundary.
+        self.front_rest.set(u32::try_from(rest).unwrap_or(u32::MAX));
+        pending.advance(written);
         crate::conn::io::release_if_empty(&mut pending);
         Ok(all_written)
     }
 
-    /// Writes the queue through `write`, which returns true when everything it was given
-    /// and anything it buffers itself is written. Unlike [`Outbox::write_to`] it calls
-    /// `write` with an empty queue too, so a TLS session can send its own records.
-    pub(crate) fn write_with(
-        &self,
-        write: impl FnOnce(&mut BytesMut) -> std::io::Result<bool>,
-    ) -> std::io::Result<bool> {
+    /// Drops the frames not yet begun, keeping the rest of a frame already partly written,
+    /// so that a close frame queued next still reaches the device as a whole frame.
+    pub(crate) fn drop_unsent(&self) {
         let mut pending = self.pending.borrow_mut();
-        let all_written = write(&mut pending)?;
+        let rest = (self.front_rest.get() as usize).min(pending.len());
+        pending.truncate(rest);
         crate::conn::io::release_if_empty(&mut pending);
-        Ok(all_written)
     }
 
     /// Records the connection's next deadline for the shard's sweep.
@@ -153,6 +170,7 @@ impl Outbox {
 
     /// Takes every queued byte, leaving the outbox without an allocation.
     pub(crate) fn take(&self) -> BytesMut {
+        self.front_rest.set(0);
         std::mem::take(&mut *self.pending.borrow_mut())
     }
 
@@ -286,6 +304,21 @@ impl ShardRegistry {
     }
 }
 
+/// Returns the bytes of a partly written frame left at the front of `queue` once `written`
+/// bytes are gone from it, when its first `front_rest` bytes finish an earlier frame and
+/// whole encoded frames follow.
+fn rest_after(queue: &[u8], front_rest: usize, written: usize) -> usize {
+    let mut boundary = front_rest;
+    while boundary < written {
+        match queue.get(boundary..).and_then(im_ws::encoded_frame_len) {
+            Some(len) => boundary += len,
+            // Not a frame of ours: nothing is kept on a close.
+            None => return 0,
+        }
+    }
+    boundary - written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +349,68 @@ mod tests {
     fn outbox_stays_small() {
         let size = std::mem::size_of::<Outbox>();
         assert!(size <= 80, "outbox is {size} bytes");
+    }
+
+    /// Splits `bytes` into whole frames and returns each frame's opcode, or None when the
+    /// bytes do not end at a frame boundary.
+    fn opcodes(mut bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut found = Vec::new();
+        while !bytes.is_empty() {
+            let len = im_ws::encoded_frame_len(bytes).filter(|len| *len <= bytes.len())?;
+            found.push(bytes[0] & 0x0f);
+            bytes = &bytes[len..];
+        }
+        Some(found)
+    }
+
+    #[test]
+    fn close_after_partial_write_keeps_frames_whole() {
+        let payloads = [10, 300, 70_000, 5];
+        let total: usize = payloads
+            .iter()
+            .map(|len| im_ws::frame_header_len(*len) + len)
+            .sum();
+        for first_write in 0..=total {
+            for second_write in [0, 1, 7, 300] {
+                let outbox = Outbox::default();
+                for len in payloads {
+                    outbox.push(|buf| im_ws::encode_binary(&vec![1; len], buf));
+                }
+                let mut sent = Vec::new();
+                for limit in [first_write, second_write] {
+                    outbox
+                        .write_with(|data| {
+                            let written = limit.min(data.len());
+                            sent.extend_from_slice(&data[..written]);
+                            Ok((written, written == data.len()))
+                        })
+                        .unwrap();
+                }
+
+                outbox.drop_unsent();
+                outbox.push(|buf| im_ws::encode_close(4008, "slow", buf));
+                sent.extend_from_slice(&outbox.take());
+
+                let found = opcodes(&sent).unwrap_or_else(|| {
+                    panic!("cut frame after writes of {first_write}, {second_write}")
+                });
+                assert_eq!(found.last(), Some(&0x8));
+                assert!(found[..found.len() - 1].iter().all(|opcode| *opcode == 0x2));
+            }
+        }
+    }
+
+    #[test]
+    fn drop_unsent_at_frame_boundary_drops_all() {
+        let outbox = Outbox::default();
+        outbox.push(|buf| im_ws::encode_binary(b"first", buf));
+        outbox.push(|buf| im_ws::encode_binary(b"second", buf));
+        outbox.write_with(|data| Ok((7, data.len() == 7))).unwrap();
+
+        outbox.drop_unsent();
+
+        assert!(outbox.pending.borrow().is_empty());
+        assert_eq!(outbox.pending.borrow().capacity(), 0);
     }
 
     #[test]

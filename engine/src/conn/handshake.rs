@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use im_ws::{HandshakeError, UpgradeRequest};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -188,8 +188,9 @@ async fn write_response(
     let fd = stream.as_raw_fd();
     loop {
         match transport.write(fd, response) {
-            Ok(true) => return true,
-            Ok(false) => {
+            Ok((_, true)) => return true,
+            Ok((written, false)) => {
+                response.advance(written);
                 if stream.writable(false).await.is_err() {
                     return false;
                 }

@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 /// Result of one non-blocking read pass.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,32 +63,34 @@ pub(crate) fn read_available(
     Ok(outcome)
 }
 
-/// Writes as much of `data` as the socket takes now and drops the written bytes from
-/// its front. Returns true when everything was written.
-pub(crate) fn write_available(fd: RawFd, data: &mut BytesMut) -> io::Result<bool> {
-    while !data.is_empty() {
-        // SAFETY: `data` is a valid buffer of `data.len()` readable bytes for the whole
+/// Writes as much of `data` as the socket takes now. Returns the bytes written, all of
+/// `data` unless the socket filled up.
+pub(crate) fn write_available(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        let rest = &data[written..];
+        // SAFETY: `rest` is a valid buffer of `rest.len()` readable bytes for the whole
         // call, and `fd` is an open socket owned by the caller's TcpStream.
-        let written = unsafe {
+        let sent = unsafe {
             libc::send(
                 fd,
-                data.as_ptr().cast(),
-                data.len(),
+                rest.as_ptr().cast(),
+                rest.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        if written >= 0 {
-            data.advance(written as usize);
+        if sent >= 0 {
+            written += sent as usize;
             continue;
         }
         let err = io::Error::last_os_error();
         match err.kind() {
-            io::ErrorKind::WouldBlock => return Ok(false),
+            io::ErrorKind::WouldBlock => break,
             io::ErrorKind::Interrupted => continue,
             _ => return Err(err),
         }
     }
-    Ok(true)
+    Ok(written)
 }
 
 /// Frees the allocation behind `buf` once every byte is consumed.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use im_proto::{ConnRef, OfflineRequest};
 use im_ws::{Decoder, Message};
 use monoio::net::TcpStream;
@@ -452,8 +452,12 @@ impl Connection {
         let timeout = Duration::from_millis(self.ctx.config.write_timeout_ms);
         loop {
             match self.transport.write(self.fd, data) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
+                Ok((written, all_written)) => {
+                    data.advance(written);
+                    if all_written {
+                        return Ok(());
+                    }
+                }
                 Err(err) => {
                     debug!(error = %err, "write failed");
                     return Err(Ending::Gone("write error"));
@@ -488,7 +492,7 @@ impl Connection {
             ),
             CloseRequest::SlowConsumer => {
                 // What is queued would only delay the close; the device syncs it later.
-                drop(self.outbox.take());
+                self.outbox.drop_unsent();
                 Ending::Close(
                     close::SLOW_CONSUMER,
                     "outbound queue full: read faster, then reconnect and sync".into(),

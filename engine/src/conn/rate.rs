@@ -3,6 +3,7 @@
 //! few integer operations and no clock read, lock or allocation.
 
 use std::cell::Cell;
+use std::num::NonZeroU32;
 
 use monoio::time::Instant;
 
@@ -61,26 +62,28 @@ impl ShardClock {
 const MAX_DEADLINE_MS: u64 = (1 << 31) - 1;
 
 /// A point in time in the wrapping milliseconds of [`ShardClock::now_ms`]. It is 4 bytes in
-/// place of a 16-byte `Instant`, for the deadlines that every idle connection keeps.
+/// place of a 16-byte `Instant`, for the deadlines that every idle connection keeps, and 4
+/// bytes as an `Option` too: the millisecond 0 is taken as 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Deadline(u32);
+pub(crate) struct Deadline(NonZeroU32);
 
 impl Deadline {
     /// Returns the deadline `timeout_ms` after `now_ms`. A timeout above `MAX_DEADLINE_MS`
     /// (24.8 days) is cut to it.
     pub(crate) fn after(now_ms: u32, timeout_ms: u64) -> Self {
         // At most 2^31 - 1, so the cast is lossless.
-        Self(now_ms.wrapping_add(timeout_ms.min(MAX_DEADLINE_MS) as u32))
+        let at = now_ms.wrapping_add(timeout_ms.min(MAX_DEADLINE_MS) as u32);
+        Self(NonZeroU32::new(at).unwrap_or(NonZeroU32::MIN))
     }
 
     /// True when the deadline is at or before `now_ms`.
     pub(crate) fn is_due(self, now_ms: u32) -> bool {
-        now_ms.wrapping_sub(self.0) < 1 << 31
+        now_ms.wrapping_sub(self.0.get()) < 1 << 31
     }
 
     /// Returns the earlier of two deadlines.
     pub(crate) fn min(self, other: Self) -> Self {
-        if other.is_due(self.0) {
+        if other.is_due(self.0.get()) {
             other
         } else {
             self

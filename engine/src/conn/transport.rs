@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use monoio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
@@ -102,11 +102,14 @@ impl Transport {
         }
     }
 
-    /// Writes as much of `data` as the socket takes now and drops the written bytes from
-    /// its front. Returns true when everything, TLS records included, was written.
-    pub(crate) fn write(&mut self, fd: RawFd, data: &mut BytesMut) -> io::Result<bool> {
+    /// Writes as much of `data` as the socket takes now. Returns the bytes written (with
+    /// TLS, taken into the session) and true when everything, TLS records included, was sent.
+    pub(crate) fn write(&mut self, fd: RawFd, data: &[u8]) -> io::Result<(usize, bool)> {
         match self {
-            Self::Plain => sock::write_available(fd, data),
+            Self::Plain => {
+                let written = sock::write_available(fd, data)?;
+                Ok((written, written == data.len()))
+            }
             Self::Tls(tls) => write_plaintext(fd, tls, data),
         }
     }
@@ -186,20 +189,25 @@ fn drain_plaintext(tls: &mut ServerConnection, scratch: &mut [u8], out: &mut Byt
 
 /// Moves plaintext into rustls and sends the records, until everything is sent or the
 /// socket is full.
-fn write_plaintext(fd: RawFd, tls: &mut ServerConnection, data: &mut BytesMut) -> io::Result<bool> {
+fn write_plaintext(
+    fd: RawFd,
+    tls: &mut ServerConnection,
+    data: &[u8],
+) -> io::Result<(usize, bool)> {
+    let mut taken = 0;
     loop {
         if !flush_ciphertext(fd, tls)? {
-            return Ok(false);
+            return Ok((taken, false));
         }
-        if data.is_empty() {
-            return Ok(true);
+        if taken == data.len() {
+            return Ok((taken, true));
         }
         // rustls takes up to its buffer limit (64 KiB by default) and encrypts it.
-        let taken = tls.writer().write(data)?;
-        if taken == 0 && !tls.wants_write() {
+        let more = tls.writer().write(&data[taken..])?;
+        if more == 0 && !tls.wants_write() {
             return Err(io::Error::other("TLS session accepts no more plaintext"));
         }
-        data.advance(taken);
+        taken += more;
     }
 }
 

@@ -182,6 +182,30 @@ pub fn frame_header_len(payload_len: usize) -> usize {
     }
 }
 
+/// Returns the whole length (header and payload) of the frame encoded at the front of `buf`,
+/// or `None` while its header is incomplete. It reads only the length fields, so it serves
+/// frames this crate encoded, masked or not, without checking them.
+pub fn encoded_frame_len(buf: &[u8]) -> Option<usize> {
+    let [_, second, ..] = *buf else {
+        return None;
+    };
+    let mask_len = if second & MASK_BIT == 0 {
+        0
+    } else {
+        MASK_KEY_LEN
+    };
+    let (payload_len, length_bytes) = match second & LENGTH_BITS {
+        LENGTH_16 => (
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            2,
+        ),
+        LENGTH_64 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 8),
+        short => (u64::from(short), 0),
+    };
+    let payload_len = usize::try_from(payload_len).ok()?;
+    (2 + length_bytes + mask_len).checked_add(payload_len)
+}
+
 /// Appends an unmasked, final (FIN set) frame header for a payload of `payload_len` bytes.
 ///
 /// Lets a caller encode the payload straight into `out` after the header, with no copy. A
@@ -306,6 +330,25 @@ mod tests {
 
     fn parse_err(bytes: &[u8]) -> ProtocolError {
         parse_header(bytes).expect_err("header must be rejected")
+    }
+
+    #[test]
+    fn encoded_frame_len_of_each_length_form() {
+        for payload_len in [0, 125, 126, 0xFFFF, 0x1_0000] {
+            let mut out = BytesMut::new();
+            encode_binary(&vec![7; payload_len], &mut out);
+            assert_eq!(
+                encoded_frame_len(&out),
+                Some(out.len()),
+                "payload {payload_len}"
+            );
+            let header = frame_header_len(payload_len);
+            assert_eq!(encoded_frame_len(&out[..header - 1]), None);
+        }
+        let mut masked = vec![0x82, MASK_BIT | 3, 1, 2, 3, 4];
+        masked.extend_from_slice(b"abc");
+        assert_eq!(encoded_frame_len(&masked), Some(9));
+        assert_eq!(encoded_frame_len(&[0x82]), None);
     }
 
     #[test]

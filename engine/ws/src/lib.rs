@@ -21,8 +21,8 @@ pub use decoder::{Decoder, DecoderLimits, Message};
 pub use error::{HandshakeError, ProtocolError};
 pub use frame::{
     apply_mask, encode_binary, encode_close, encode_close_empty, encode_header, encode_ping,
-    encode_pong, encode_text, frame_header_len, parse_header, FrameHeader, OpCode,
-    MAX_CONTROL_PAYLOAD,
+    encode_pong, encode_text, encoded_frame_len, frame_header_len, parse_header, FrameHeader,
+    OpCode, MAX_CONTROL_PAYLOAD,
 };
 pub use handshake::{
     accept_key, accept_response, accept_response_with_protocol, parse_upgrade, reject_response,
