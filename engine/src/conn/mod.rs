@@ -249,13 +249,27 @@ impl Connection {
         }
         let mut readable = pin!(self.stream.readable(false));
         std::future::poll_fn(|cx| {
-            if self.outbox.take_notified() {
+            if self.outbox.take_notified() && !self.flush_while_waiting() {
                 return Poll::Ready(Event::Outbox);
             }
             self.outbox.register(cx.waker());
             readable.as_mut().poll(cx).map(Event::Readable)
         })
         .await
+    }
+
+    /// Writes the queued frames while the wait for bytes to read goes on, so that a push
+    /// costs no cancelled and renewed readiness wait. Returns false when the connection's
+    /// loop must act instead: TLS, a close request, a passed deadline, or a write that
+    /// stalled or failed.
+    fn flush_while_waiting(&self) -> bool {
+        if !matches!(self.transport, Transport::Plain)
+            || self.outbox.close_request().is_some()
+            || self.next_deadline().is_due(self.ctx.clock.read_ms())
+        {
+            return false;
+        }
+        matches!(self.outbox.write_to(self.fd), Ok(true))
     }
 
     /// [`Connection::next_event`] while queued frames wait for room in the socket.
