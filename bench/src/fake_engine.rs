@@ -60,6 +60,22 @@ impl FakeEngine {
         FakeEngine::start_with(None).await
     }
 
+    /// Connects to this engine and signs in as `user_id` with the token "good".
+    pub(crate) async fn signed_in(&self, user_id: u64) -> im_client::Client {
+        let options = im_client::ConnectOptions {
+            timeout: std::time::Duration::from_secs(5),
+            ..im_client::ConnectOptions::default()
+        };
+        let client = im_client::Client::connect(&self.url, &options)
+            .await
+            .expect("connect");
+        client
+            .sign_in(user_id, user_id + 100, "good")
+            .await
+            .expect("sign in");
+        client
+    }
+
     /// Starts a fake engine that loses every `drop_every`-th MESSAGE push.
     pub(crate) async fn start_dropping(drop_every: u64) -> FakeEngine {
         FakeEngine::start_with(Some(drop_every)).await

@@ -388,31 +388,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn open_all_first_counts_failed_connects_once() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
-        drop(listener);
-
-        let (connect, connections) = connect_all(
-            plan(&url, Duration::from_secs(5)),
-            targets(&["good"; 3]),
-            2,
-            Duration::from_secs(30),
-            Order::OpenAllFirst,
-            &mut |_| {},
-        )
-        .await;
-        connections.finish().await;
-
-        assert_eq!(connect.opened.map(|(count, _)| count), Some(0));
-        assert_eq!(connect.signed_in, 0);
-        assert_eq!(connect.errors.0["connect_failed"], 3);
-        assert_eq!(connect.errors.total(), 3);
-    }
-
-    #[tokio::test]
     async fn rejected_and_unanswered_sign_ins_counted() {
         let engine = FakeEngine::start().await;
 
@@ -443,19 +418,23 @@ mod tests {
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
         drop(listener);
 
-        let (connect, connections) = connect_all(
-            plan(&url, Duration::from_secs(5)),
-            targets(&["good"; 3]),
-            2,
-            Duration::from_secs(30),
-            Order::SignInOnOpen,
-            &mut |_| {},
-        )
-        .await;
-        connections.finish().await;
+        for (order, opened) in [(Order::SignInOnOpen, None), (Order::OpenAllFirst, Some(0))] {
+            let (connect, connections) = connect_all(
+                plan(&url, Duration::from_secs(5)),
+                targets(&["good"; 3]),
+                2,
+                Duration::from_secs(30),
+                order,
+                &mut |_| {},
+            )
+            .await;
+            connections.finish().await;
 
-        assert_eq!(connect.signed_in, 0);
-        assert_eq!(connect.errors.0["connect_failed"], 3);
+            assert_eq!(connect.opened.map(|(count, _)| count), opened, "{order:?}");
+            assert_eq!(connect.signed_in, 0, "{order:?}");
+            assert_eq!(connect.errors.0["connect_failed"], 3, "{order:?}");
+            assert_eq!(connect.errors.total(), 3, "{order:?}");
+        }
     }
 
     #[tokio::test]

@@ -184,32 +184,17 @@ impl MessageCount {
 
 #[cfg(test)]
 mod tests {
-    use im_client::{ConnectOptions, ConversationType};
+    use im_client::ConversationType;
 
     use super::*;
     use crate::fake_engine::FakeEngine;
     use crate::traffic::{Destination, SenderSpec, TrafficPlan};
 
-    async fn signed_in(engine: &FakeEngine, user_id: u64) -> Client {
-        let options = ConnectOptions {
-            timeout: Duration::from_secs(5),
-            ..ConnectOptions::default()
-        };
-        let client = Client::connect(&engine.url, &options)
-            .await
-            .expect("connect");
-        client
-            .sign_in(user_id, user_id + 100, "good")
-            .await
-            .expect("sign in");
-        client
-    }
-
     #[tokio::test]
     async fn paused_reader_counts_buffered_messages_after_the_run() {
         let engine = FakeEngine::start().await;
         let sender = SenderSpec {
-            client: signed_in(&engine, 1).await,
+            client: engine.signed_in(1).await,
             destination: Destination {
                 stream: 0,
                 conversation_type: ConversationType::Group,
@@ -217,8 +202,8 @@ mod tests {
             },
             recipients: vec![0],
         };
-        let fast = signed_in(&engine, 2).await;
-        let slow = signed_in(&engine, 3).await;
+        let fast = engine.signed_in(2).await;
+        let slow = engine.signed_in(3).await;
         pause(std::slice::from_ref(&slow));
         let plan = TrafficPlan {
             schedule: crate::schedule::Schedule::new(50, 1, 1),

@@ -217,26 +217,10 @@ pub(crate) fn unexpected_push_kind(push: &Push) -> String {
 
 #[cfg(test)]
 mod tests {
-    use im_client::{ConnectOptions, ConversationType};
+    use im_client::ConversationType;
 
     use super::*;
     use crate::fake_engine::FakeEngine;
-
-    /// Connects and signs in as `user_id` on the fake engine.
-    async fn signed_in(engine: &FakeEngine, user_id: u64) -> Client {
-        let options = ConnectOptions {
-            timeout: Duration::from_secs(5),
-            ..ConnectOptions::default()
-        };
-        let client = Client::connect(&engine.url, &options)
-            .await
-            .expect("connect");
-        client
-            .sign_in(user_id, user_id + 100, "good")
-            .await
-            .expect("sign in");
-        client
-    }
 
     fn plan(rate: u64, streams: u64, drain: Duration) -> TrafficPlan {
         TrafficPlan {
@@ -266,10 +250,10 @@ mod tests {
     async fn chat_pairs_deliver_every_message_once() {
         let engine = FakeEngine::start().await;
         let senders = vec![
-            to_user(signed_in(&engine, 1).await, 0, 2, 0),
-            to_user(signed_in(&engine, 3).await, 1, 4, 1),
+            to_user(engine.signed_in(1).await, 0, 2, 0),
+            to_user(engine.signed_in(3).await, 1, 4, 1),
         ];
-        let receivers = vec![signed_in(&engine, 2).await, signed_in(&engine, 4).await];
+        let receivers = vec![engine.signed_in(2).await, engine.signed_in(4).await];
 
         let figures = run(plan(200, 2, Duration::from_secs(5)), senders, receivers).await;
 
@@ -295,7 +279,7 @@ mod tests {
     async fn group_counts_each_copy() {
         let engine = FakeEngine::start().await;
         let sender = SenderSpec {
-            client: signed_in(&engine, 1).await,
+            client: engine.signed_in(1).await,
             destination: Destination {
                 stream: 0,
                 conversation_type: ConversationType::Group,
@@ -305,7 +289,7 @@ mod tests {
         };
         let mut receivers = Vec::new();
         for user_id in 2..=4 {
-            receivers.push(signed_in(&engine, user_id).await);
+            receivers.push(engine.signed_in(user_id).await);
         }
 
         let figures = run(plan(50, 1, Duration::from_secs(5)), vec![sender], receivers).await;
@@ -321,8 +305,8 @@ mod tests {
     #[tokio::test]
     async fn lost_pushes_fail_the_run() {
         let engine = FakeEngine::start_dropping(10).await;
-        let senders = vec![to_user(signed_in(&engine, 1).await, 0, 2, 0)];
-        let receivers = vec![signed_in(&engine, 2).await];
+        let senders = vec![to_user(engine.signed_in(1).await, 0, 2, 0)];
+        let receivers = vec![engine.signed_in(2).await];
 
         let figures = run(plan(100, 1, Duration::from_millis(300)), senders, receivers).await;
 
