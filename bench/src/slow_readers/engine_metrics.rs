@@ -91,20 +91,31 @@ fn response_body(response: &[u8]) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
-/// Returns the value of the sample line of `series` in Prometheus text format, 0 when the
-/// series is missing (a counter that was never exported has counted nothing).
-fn counter(text: &str, series: &str) -> Option<u64> {
-    let Some(value) = text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.starts_with(' ').then(|| rest.trim())
-    }) else {
-        return Some(0);
-    };
-    value.parse::<u64>().ok().or_else(|| {
-        // Counters may be written as floats, "2e+00" or "2.0".
-        let float = value.parse::<f64>().ok()?;
-        (float >= 0.0 && float.fract() == 0.0).then_some(float as u64)
-    })
+/// Returns the value of the sample line of `series` in Prometheus text format. The engine
+/// exports every close code and limit kind at 0 from its start, so a missing line means that
+/// the endpoint is not an engine's. That is an error, like a value that is not a count.
+fn counter(text: &str, series: &str) -> Result<u64, String> {
+    let value = text
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.starts_with(' ').then(|| rest.trim())
+        })
+        .ok_or_else(|| {
+            format!(
+                "the response has no {series} line; pass the engine's metrics_addr, not the \
+                 logic tier's"
+            )
+        })?;
+    value
+        .parse::<u64>()
+        .ok()
+        .or_else(|| {
+            // Counters may be written as floats, "2e+00" or "2.0".
+            let float = value.parse::<f64>().ok()?;
+            (float >= 0.0 && float.fract() == 0.0).then_some(float as u64)
+        })
+        .ok_or_else(|| format!("the value of {series} is not a count: {value:?}"))
 }
 
 /// Counters of every endpoint together at one moment.
@@ -118,12 +129,9 @@ pub(crate) struct EngineCloses {
 
 impl EngineCloses {
     fn parse(text: &str) -> Result<EngineCloses, String> {
-        let read = |series: &str| {
-            counter(text, series).ok_or_else(|| format!("the value of {series} is not a count"))
-        };
         Ok(EngineCloses {
-            slow_consumer: read(SLOW_CONSUMER_CLOSES)?,
-            write_timeouts: read(WRITE_TIMEOUTS)?,
+            slow_consumer: counter(text, SLOW_CONSUMER_CLOSES)?,
+            write_timeouts: counter(text, WRITE_TIMEOUTS)?,
         })
     }
 }
@@ -246,8 +254,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_series_counts_zero() {
-        assert_eq!(counter("", SLOW_CONSUMER_CLOSES), Some(0));
+    fn missing_series_is_error() {
+        // The logic tier's endpoint: metrics, but none of the engine's.
+        let logic = "# TYPE im_logic_sign_ins_total counter\nim_logic_sign_ins_total 12\n";
+
+        let error = EngineCloses::parse(logic).expect_err("not an engine's metrics");
+
+        assert!(error.contains(SLOW_CONSUMER_CLOSES), "{error}");
+        assert!(counter("", WRITE_TIMEOUTS).is_err());
     }
 
     #[test]
