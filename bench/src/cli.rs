@@ -111,9 +111,10 @@ pub(crate) struct SigninArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) workers: u64,
     /// Open every connection first (TCP connect and WebSocket handshake), then sign them all
-    /// in, so that the report gives the sign-in rate and latency apart from the connects.
-    /// Every connection must open within the engine's sign_in_timeout_ms (10 s by default).
-    /// Needs --workers 1.
+    /// in with at most --concurrency SIGN_INs in flight, so that the report gives the sign-in
+    /// rate and latency apart from the connects. The engine closes a connection that has not
+    /// signed in within its sign_in_timeout_ms (10 s by default), so both phases together must
+    /// fit in that time. Runs in one process, without --workers.
     #[arg(long)]
     pub(crate) open_first: bool,
     #[command(flatten)]

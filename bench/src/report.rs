@@ -97,6 +97,13 @@ impl Report {
                  rerun with --refresh-tokens"
             );
         }
+        if self.opened.is_some() && self.signin_errors.0.contains_key(SIGN_IN_TIMEOUT_CLOSE) {
+            println!(
+                "  hint                  the engine closed connections with 4001 because its \
+                 sign_in_timeout_ms passed before they sent SIGN_IN; open fewer connections or \
+                 raise sign_in_timeout_ms"
+            );
+        }
         println!("  errors after sign-in  {}", errors(&self.hold.errors));
         println!("  engine RSS            {}", self.memory_line());
         println!("  kernel per connection {}", self.kernel_line());
@@ -191,6 +198,10 @@ fn millis(micros: u64) -> String {
 pub(crate) fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// Error kind of a connection that the engine closed with 4001, because no SIGN_IN arrived
+/// within its sign_in_timeout_ms.
+const SIGN_IN_TIMEOUT_CLOSE: &str = "closed_4001";
 
 /// Reports whether sign-ins failed because cached tokens no longer match the server.
 fn stale_tokens(counts: &ErrorCounts) -> bool {

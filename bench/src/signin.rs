@@ -37,8 +37,18 @@ enum SigninError {
         reserved: u64,
         suggested: u64,
     },
-    #[error("--open-first needs --workers 1, got --workers {0}; open at most one process's share of connections")]
+    #[error("--open-first opens every connection in one process, so it takes no --workers (got --workers {0}); drop --workers")]
     OpenFirstWithWorkers(u64),
+    #[error(
+        "--open-first opens every connection in one process, and the open-file limit {soft} \
+         minus {reserved} reserved descriptors leaves room for {capacity}; pass --connections \
+         {capacity} or fewer"
+    )]
+    OpenFirstTooManyConnections {
+        capacity: u64,
+        soft: u64,
+        reserved: u64,
+    },
     #[error("preparing tokens failed: {0}")]
     Prepare(#[from] PrepareError),
     #[error("preparing tokens took longer than --prepare-timeout-secs {0}")]
@@ -77,10 +87,10 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
             sources::ports_per_source(),
         ) as u64
     });
-    print_parameters(args, sources, &file_limit);
     if args.open_first && args.workers > 1 {
         return Err(SigninError::OpenFirstWithWorkers(args.workers));
     }
+    print_parameters(args, sources, &file_limit);
     check_capacity(args, &file_limit)?;
 
     let targets = prepare_tokens(args).await?;
@@ -111,6 +121,13 @@ fn check_capacity(args: &SigninArgs, file_limit: &FileLimit) -> Result<(), Signi
     let capacity = file_limit.connection_capacity();
     if per_process <= capacity {
         return Ok(());
+    }
+    if args.open_first {
+        return Err(SigninError::OpenFirstTooManyConnections {
+            capacity,
+            soft: file_limit.soft,
+            reserved: limits::RESERVED_FILES,
+        });
     }
     Err(SigninError::TooManyConnections {
         per_process,
@@ -285,5 +302,61 @@ impl EngineWatch {
 
     pub(crate) fn processes(&self) -> usize {
         self.pids.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    const FILE_LIMIT: FileLimit = FileLimit {
+        soft_before: 1024,
+        soft: 20_000,
+        hard: 20_000,
+    };
+
+    fn signin_args(flags: &[&str]) -> SigninArgs {
+        let argv = ["im-bench", "signin"].iter().chain(flags);
+        let cli = Cli::try_parse_from(argv).expect("parse");
+        let Some(Command::Signin(args)) = cli.command else {
+            panic!("signin expected");
+        };
+        args
+    }
+
+    #[test]
+    fn capacity_error_suggests_workers() {
+        let args = signin_args(&["--connections", "30000"]);
+
+        let message = check_capacity(&args, &FILE_LIMIT)
+            .expect_err("over the limit")
+            .to_string();
+
+        assert!(message.contains("pass --workers 2 or more"), "{message}");
+    }
+
+    #[test]
+    fn open_first_capacity_error_names_connections() {
+        let args = signin_args(&["--open-first", "--connections", "30000"]);
+
+        let message = check_capacity(&args, &FILE_LIMIT)
+            .expect_err("over the limit")
+            .to_string();
+
+        assert!(
+            message.contains("pass --connections 19900 or fewer"),
+            "{message}"
+        );
+        assert!(!message.contains("pass --workers"), "{message}");
+    }
+
+    #[test]
+    fn open_first_within_capacity_passes() {
+        let args = signin_args(&["--open-first", "--connections", "19900"]);
+
+        assert!(check_capacity(&args, &FILE_LIMIT).is_ok());
     }
 }
