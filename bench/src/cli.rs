@@ -298,9 +298,9 @@ pub(crate) struct CompareArgs {
     /// Print the table only, without writing result files (for trial runs).
     #[arg(long)]
     pub(crate) no_results: bool,
-    /// Passes over all targets. With more than one, every other pass measures the targets in
-    /// reverse order, and the table gives each figure's median over the passes, with ratio
-    /// columns that are the medians of each pass's ratios.
+    /// Passes over all targets, 1 to 15. With more than one, every other pass measures the
+    /// targets in reverse order, and the table gives each figure's median over the passes,
+    /// with ratio columns that are the medians of each pass's ratios.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
     pub(crate) passes: u32,
 }

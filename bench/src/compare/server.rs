@@ -93,12 +93,19 @@ impl TargetSpec {
 }
 
 /// The engine, with idle unsigned connections kept open, no metrics endpoint and its gRPC
-/// server on a free port. It needs no logic tier until a device signs in.
+/// server on a free port. It needs no logic tier until a device signs in, so its logic_url
+/// names another port that was free a moment ago. Its lease renewals then fail at once,
+/// instead of reaching a logic tier that runs on the default address.
 pub(crate) fn engine_spec(program: PathBuf) -> Result<TargetSpec, ServerError> {
     let grpc_port = free_port()?;
+    let logic_port = free_port()?;
     let env = [
         ("IM_ENGINE_WS_ADDR", "{addr}".to_owned()),
         ("IM_ENGINE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        (
+            "IM_ENGINE_LOGIC_URL",
+            format!("http://127.0.0.1:{logic_port}"),
+        ),
         ("IM_ENGINE_METRICS_ADDR", String::new()),
         ("IM_ENGINE_SIGN_IN_TIMEOUT_MS", "600000".to_owned()),
         ("IM_ENGINE_WS_PATH", "/ws".to_owned()),
@@ -277,6 +284,25 @@ mod tests {
             matches!(result, Err(ServerError::Exited { .. })),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn engine_spec_avoids_default_logic_url() {
+        let TargetSpec::Spawn { env, .. } =
+            engine_spec(PathBuf::from("im-engine")).expect("free ports")
+        else {
+            panic!("the engine is started by the bench");
+        };
+        let logic_url = env
+            .iter()
+            .find(|(key, _)| key == "IM_ENGINE_LOGIC_URL")
+            .map(|(_, value)| value.as_str());
+
+        let port = logic_url
+            .and_then(|url| url.strip_prefix("http://127.0.0.1:"))
+            .and_then(|port| port.parse::<u16>().ok());
+        assert!(port.is_some(), "logic_url {logic_url:?}");
+        assert_ne!(port, Some(50051));
     }
 
     #[test]
