@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -460,6 +461,22 @@ fn split_frames(mut bytes: &[u8]) -> (Vec<u8>, Option<u16>) {
     (opcodes, None)
 }
 
+/// Reads 1,500 bytes every 20 ms until `stop` is set, then everything until the engine closes
+/// the connection or 10 s pass. Returns the bytes read.
+async fn read_slowly_until(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return received,
+            Ok(read) => received.extend_from_slice(&chunk[..read]),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
+    received
+}
+
 /// Reads frames until a close frame and returns its code.
 async fn raw_close_code(stream: &mut TcpStream) -> u16 {
     let read = async {
@@ -665,5 +682,73 @@ async fn slow_reader_is_closed_with_4008_then_syncs() {
     assert!(from_alice
         .iter()
         .all(|message| message.content == content.as_slice()));
+    stack.stop().await;
+}
+
+/// A device that reads slowly keeps taking part of its queue, so the engine's writes end
+/// inside frames. When the queue passes the limit, the frame the engine has begun must still
+/// reach the device whole, and the close frame after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mid_frame_close_keeps_frames_whole() {
+    const MAX_SENDS: usize = 2000;
+    let stack = Stack::start_with(logic_config(), |engine| {
+        // Many frames long, so that the socket takes the queue in parts that end inside
+        // frames, which a 64 KiB queue on Linux 6.18 loopback did not.
+        engine.max_outbound_bytes = 256 * 1024;
+        engine.write_timeout_ms = 60_000;
+        engine.rate_packets_per_sec = 0;
+        engine.rate_bytes_per_sec = 0;
+    })
+    .await;
+    let (alice, alice_client) = stack.new_user("midframe-a").await;
+    let (bob, bob_client) = stack.new_user("midframe-b").await;
+    make_friends(&alice, &bob).await;
+    bob_client.close().await.unwrap();
+
+    let bob_stream = raw_signed_in_with(&stack, &bob.login, Some(4096)).await;
+    let stop_reading_slowly = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_slowly_until(
+        bob_stream,
+        Arc::clone(&stop_reading_slowly),
+    ));
+    let content = vec![b'x'; 16 * 1024];
+    let mut sent = 0;
+    while sent < MAX_SENDS
+        && metric(
+            &stack,
+            "im_engine_limits_hit_total{kind=\"outbound_queue\"}",
+        ) == 0
+    {
+        alice_client
+            .send(
+                im_proto::ConversationType::User,
+                bob.id(),
+                content.clone(),
+                "text/plain",
+                &format!("midframe-{sent}"),
+            )
+            .await
+            .expect("send while bob reads slowly");
+        sent += 1;
+    }
+    stop_reading_slowly.store(true, Ordering::Relaxed);
+    let received = reader.await.unwrap();
+
+    assert!(
+        sent < MAX_SENDS,
+        "{sent} pushes of 16 KiB never filled a 256 KiB queue"
+    );
+    let (frames, close) = split_frames(&received);
+    assert!(
+        frames.iter().all(|opcode| *opcode == 2),
+        "frames before the close: {frames:?}"
+    );
+    assert_eq!(
+        close,
+        Some(4008),
+        "{} bytes, {} whole frames",
+        received.len(),
+        frames.len()
+    );
     stack.stop().await;
 }
