@@ -103,7 +103,7 @@ pub(crate) struct SigninArgs {
     pub(crate) sources: Option<u64>,
     /// Engine process to read resident memory from (/proc/PID/status); repeat the flag for
     /// several engine nodes on this host. Default: the processes named im-engine that listen on
-    /// the port of --url (every one named so when none is seen listening), summed.
+    /// the port of --url, summed; none when no such process listens there.
     #[arg(long)]
     pub(crate) engine_pid: Vec<u32>,
     /// Client processes. With more than one, the bench starts itself as workers that each

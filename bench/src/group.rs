@@ -48,6 +48,10 @@ pub(crate) async fn run(args: GroupArgs) -> ExitCode {
 
 async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
     check_slow_readers(args.members, args.slow_readers)?;
+    if args.slow_readers == 0 && !(args.engine_metrics_url.is_empty() && args.engine_pid.is_empty())
+    {
+        return Err(ScenarioError::NeedsSlowReaders);
+    }
     let endpoints = metrics_endpoints(&args.engine_metrics_url)?;
     let common = &args.messaging;
     let schedule = Schedule::new(args.rate, 1, common.duration_secs);

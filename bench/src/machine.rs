@@ -59,9 +59,8 @@ fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
 
 /// Returns the engine processes to measure: `given` when not empty, otherwise the processes
 /// named `im-engine` that listen on `port`, in pid order. A host may run several engine nodes
-/// (one per process) on one port, and the bench then reads their memory together. When none of
-/// them is seen listening on `port` (no port given, or their sockets are not readable here),
-/// every process named `im-engine`.
+/// (one per process) on one port, and the bench then reads their memory together. Without a
+/// port, every process named `im-engine`.
 pub(crate) fn engine_pids(given: &[u32], port: Option<u16>) -> Vec<u32> {
     if !given.is_empty() {
         return given.to_vec();
@@ -75,9 +74,9 @@ pub(crate) fn engine_pids(given: &[u32], port: Option<u16>) -> Vec<u32> {
             .copied()
             .filter(|pid| holds_any_socket(*pid, &sockets))
             .collect();
-        if !listening.is_empty() {
-            return listening;
-        }
+        // Another engine on this host is not the one under test, so none is better than a
+        // wrong one.
+        return listening;
     }
     pids
 }
@@ -218,6 +217,17 @@ mod tests {
     #[test]
     fn explicit_pids_are_used() {
         assert_eq!(engine_pids(&[42, 7], Some(8080)), vec![42, 7]);
+    }
+
+    #[test]
+    fn no_engine_on_port_gives_none() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+
+        assert_eq!(engine_pids(&[], Some(port)), Vec::<u32>::new());
     }
 
     #[test]

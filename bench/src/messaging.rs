@@ -85,6 +85,8 @@ pub(crate) enum ScenarioError {
         members: u64,
         max: u64,
     },
+    #[error("--engine-metrics-url and --engine-pid serve only the slow readers; pass --slow-readers K as well, or leave them out")]
+    NeedsSlowReaders,
     #[error("invalid --engine-metrics-url {0:?}: expected http://HOST:PORT/PATH, such as http://127.0.0.1:9101/metrics")]
     MetricsUrl(String),
 }

@@ -57,8 +57,9 @@ impl Report {
         );
         match self.opened {
             None => println!(
-                "  sign-ins per second   {:.1} ({} connections in {:.3} s, each opened and signed in)",
-                rate(self.connections, self.connect_elapsed),
+                "  sign-ins per second   {:.1} ({} of {} connections opened and signed in within {:.3} s)",
+                rate(self.signed_in, self.connect_elapsed),
+                self.signed_in,
                 self.connections,
                 self.connect_elapsed.as_secs_f64()
             ),
@@ -70,8 +71,9 @@ impl Report {
                     open_elapsed.as_secs_f64()
                 );
                 println!(
-                    "  sign-ins per second   {:.1} ({opened} open connections signing in, {:.3} s)",
-                    rate(opened, sign_in_elapsed),
+                    "  sign-ins per second   {:.1} ({} of {opened} open connections signed in within {:.3} s)",
+                    rate(self.signed_in, sign_in_elapsed),
+                    self.signed_in,
                     sign_in_elapsed.as_secs_f64()
                 );
             }

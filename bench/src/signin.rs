@@ -281,12 +281,17 @@ pub(crate) struct EngineWatch {
 impl EngineWatch {
     /// Finds the engine processes and prints them, or why memory will not be reported.
     pub(crate) fn find(given: &[u32], url: &str) -> EngineWatch {
-        let pids = machine::engine_pids(given, machine::url_port(url));
-        match pids.as_slice() {
-            [] => {
+        let port = machine::url_port(url);
+        let pids = machine::engine_pids(given, port);
+        match (pids.as_slice(), port) {
+            ([], Some(port)) => println!(
+                "  engine pid           no process named im-engine listens on port {port}; \
+                 memory not reported (pass --engine-pid PID)"
+            ),
+            ([], None) => {
                 println!("  engine pid           none found named im-engine; memory not reported")
             }
-            [pid] => println!("  engine pid           {pid}"),
+            ([pid], _) => println!("  engine pid           {pid}"),
             _ => println!("  engine pids          {pids:?} (memory summed)"),
         }
         EngineWatch { pids }

@@ -178,8 +178,8 @@ async fn compare_pass(specs: &[TargetSpec], plan: &Plan, pass: u32) -> Vec<Figur
 
 fn medians_note(passes: usize) -> String {
     format!(
-        "medians of {passes} passes; each ratio column is the median of the {passes} ratios of \
-         single passes"
+        "medians of {passes} passes, leaving out the passes in which a server had errors; each \
+         ratio column is the median of the ratios of single passes"
     )
 }
 

@@ -33,7 +33,7 @@ impl RawError {
     /// Short name of the error kind.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            RawError::Connect(_) => "connect",
+            RawError::Connect(_) => "failed",
             RawError::Handshake(_) => "handshake",
             RawError::Send(_) => "send",
             RawError::Read(_) => "read",

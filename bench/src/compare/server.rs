@@ -19,7 +19,11 @@ const START_POLL: Duration = Duration::from_millis(50);
 pub(crate) enum ServerError {
     #[error("finding a free loopback port failed")]
     FreePort(#[source] std::io::Error),
-    #[error("starting {program} failed; build or install it first")]
+    #[error(
+        "starting {program} failed; build or install it first, or give its path with \
+         --engine-bin, --rust-peer-bin or --node-bin (a build under CARGO_TARGET_DIR is not in \
+         target/)"
+    )]
     Spawn {
         program: String,
         #[source]

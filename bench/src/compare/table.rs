@@ -165,16 +165,32 @@ pub(crate) fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f6
     }
 }
 
-/// Each server's median figures over several passes, in the order of each pass. Connections
-/// open is the lowest of any pass, and errors are summed.
+/// Returns the passes in which none of the servers at `indexes` had an error, or every pass
+/// when each one had some.
+fn clean_passes<'a>(passes: &'a [Vec<Figures>], indexes: &[usize]) -> Vec<&'a Vec<Figures>> {
+    let clean: Vec<_> = passes
+        .iter()
+        .filter(|pass| indexes.iter().all(|index| pass[*index].errors.is_empty()))
+        .collect();
+    if clean.is_empty() {
+        passes.iter().collect()
+    } else {
+        clean
+    }
+}
+
+/// Returns each server's median figures over several passes, in the order of each pass,
+/// leaving out the passes in which it had errors. Connections open is the lowest of any pass, and errors
+/// are summed over all passes.
 pub(crate) fn median_figures(passes: &[Vec<Figures>]) -> Vec<Figures> {
     let Some(first) = passes.first() else {
         return Vec::new();
     };
     (0..first.len())
         .map(|index| {
+            let clean = clean_passes(passes, &[index]);
             let of = |value: fn(&Figures) -> Option<f64>| {
-                median(passes.iter().map(|pass| value(&pass[index])))
+                median(clean.iter().map(|pass| value(&pass[index])))
             };
             let mut errors = BTreeMap::new();
             for pass in passes {
@@ -217,12 +233,13 @@ pub(crate) fn rows(results: &[Figures]) -> Vec<Vec<String>> {
     })
 }
 
-/// The table of the median figures over `passes`. Each ratio column holds the median of the
-/// ratios of the single passes, which cancels drift that hits both servers of one pass.
+/// Builds the table of the median figures over `passes`. Each ratio column is the median of the
+/// ratios of the single passes in which neither server had errors, which cancels drift that
+/// hits both servers of one pass.
 pub(crate) fn median_rows(passes: &[Vec<Figures>]) -> Vec<Vec<String>> {
     rows_with(&median_figures(passes), |metric, other| {
         median(
-            passes
+            clean_passes(passes, &[0, other])
                 .iter()
                 .map(|pass| ratio((metric.value)(&pass[0]), (metric.value)(&pass[other]))),
         )
@@ -471,8 +488,6 @@ mod tests {
                 figures("rust", 8000.0, 40.0),
             ],
         ];
-        passes[1][1].errors.insert("timeout".to_owned(), 2);
-        passes[2][1].errors.insert("timeout".to_owned(), 1);
         for (pass, open) in passes.iter_mut().zip([50, 49, 50]) {
             pass[0].connections_open = open;
         }
@@ -483,7 +498,6 @@ mod tests {
         assert_eq!(medians[0].rss_bytes_per_idle_connection, Some(2000.0));
         assert_eq!(medians[1].rss_bytes_per_idle_connection, Some(2000.0));
         assert_eq!(medians[0].connections_open, 49);
-        assert_eq!(medians[1].errors["timeout"], 3);
         // The pass ratios are 0.5, 3.0 and 0.25, whose median differs from 2000 / 2000.
         assert_eq!(&table[1][1..], ["2000", "2000", "0.50"]);
         let rate = table
@@ -491,6 +505,32 @@ mod tests {
             .find(|row| row[0] == "messages per second at saturation")
             .expect("rate row");
         assert_eq!(&rate[1..], ["30", "10", "2.00"]);
+    }
+
+    #[test]
+    fn passes_with_errors_left_out_of_medians() {
+        let mut passes = vec![
+            vec![
+                figures("engine", 1000.0, 10.0),
+                figures("peer", 1000.0, 10.0),
+            ],
+            vec![
+                figures("engine", 1000.0, 10.0),
+                figures("peer", 1000.0, 10.0),
+            ],
+            vec![
+                figures("engine", 1000.0, 10.0),
+                figures("peer", 9.0, 99_999.0),
+            ],
+        ];
+        passes[2][1].errors.insert("connect failed".to_owned(), 100);
+
+        let medians = median_figures(&passes);
+        let table = median_rows(&passes);
+
+        assert_eq!(medians[1].messages_per_second, Some(10.0));
+        assert_eq!(medians[1].errors["connect failed"], 100);
+        assert_eq!(&table[1][1..], ["1000", "1000", "1.00"]);
     }
 
     #[test]
