@@ -422,6 +422,8 @@ impl Connection {
         let queued = self.outbox.push(encode);
         (queued > self.ctx.config.max_outbound_bytes).then(|| {
             self.ctx.metrics.count_limit("outbound_queue");
+            // As for a push past the limit: the close need not wait behind the queue.
+            self.outbox.drop_unsent();
             Ending::Close(
                 close::SLOW_CONSUMER,
                 "outbound queue full: read faster, then reconnect and sync".into(),
