@@ -477,6 +477,60 @@ async fn read_slowly_until(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Vec<
     received
 }
 
+/// Sends `content` to user `to`, with send keys `<prefix>-<n>`, until the engine hits an
+/// outbound queue limit or `max` were sent. After every tenth send, `bystander` (when given)
+/// sends a heartbeat. Returns the messages sent and the slowest heartbeat.
+async fn send_until_queue_full(
+    stack: &Stack,
+    client: &Client,
+    to: u64,
+    content: &[u8],
+    prefix: &str,
+    max: usize,
+    bystander: Option<&Client>,
+) -> (usize, Duration) {
+    let mut sent = 0;
+    let mut slowest_heartbeat = Duration::ZERO;
+    while sent < max && metric(stack, "im_engine_limits_hit_total{kind=\"outbound_queue\"}") == 0 {
+        client
+            .send(
+                im_proto::ConversationType::User,
+                to,
+                content.to_vec(),
+                "text/plain",
+                &format!("{prefix}-{sent}"),
+            )
+            .await
+            .expect("send to a slow reader");
+        sent += 1;
+        if let Some(bystander) = bystander.filter(|_| sent % 10 == 0) {
+            let started = Instant::now();
+            bystander
+                .heartbeat()
+                .await
+                .expect("the bystander is served");
+            slowest_heartbeat = slowest_heartbeat.max(started.elapsed());
+        }
+    }
+    (sent, slowest_heartbeat)
+}
+
+/// Asserts that `received` holds whole binary frames and then a close frame with 4008.
+fn assert_binary_frames_then_4008(received: &[u8]) {
+    let (frames, close) = split_frames(received);
+    assert!(
+        frames.iter().all(|opcode| *opcode == 2),
+        "frames before the close: {frames:?}"
+    );
+    assert_eq!(
+        close,
+        Some(4008),
+        "{} bytes, {} whole frames",
+        received.len(),
+        frames.len()
+    );
+}
+
 /// Reads frames until a close frame and returns its code.
 async fn raw_close_code(stream: &mut TcpStream) -> u16 {
     let read = async {
@@ -608,31 +662,16 @@ async fn slow_reader_is_closed_with_4008_then_syncs() {
     // Bob signs in and never reads: pushes fill his socket, then his queue in the engine.
     let mut bob_stream = raw_signed_in_with(&stack, &bob.login, Some(4096)).await;
     let content = vec![b'x'; 16 * 1024];
-    let mut sent = 0;
-    let mut slowest_heartbeat = Duration::ZERO;
-    while sent < MAX_SENDS
-        && metric(
-            &stack,
-            "im_engine_limits_hit_total{kind=\"outbound_queue\"}",
-        ) == 0
-    {
-        alice_client
-            .send(
-                im_proto::ConversationType::User,
-                bob.id(),
-                content.clone(),
-                "text/plain",
-                &format!("slow-{sent}"),
-            )
-            .await
-            .expect("send while bob does not read");
-        sent += 1;
-        if sent % 10 == 0 {
-            let started = Instant::now();
-            carol_client.heartbeat().await.expect("carol is served");
-            slowest_heartbeat = slowest_heartbeat.max(started.elapsed());
-        }
-    }
+    let (sent, slowest_heartbeat) = send_until_queue_full(
+        &stack,
+        &alice_client,
+        bob.id(),
+        &content,
+        "slow",
+        MAX_SENDS,
+        Some(&carol_client),
+    )
+    .await;
     assert!(
         sent < MAX_SENDS,
         "{sent} pushes of 16 KiB never filled a 128 KiB queue"
@@ -651,18 +690,7 @@ async fn slow_reader_is_closed_with_4008_then_syncs() {
     .await;
     // Whole frames up to the close frame, even though the engine dropped what it had not
     // begun to send: a frame cut short would hide the close frame inside its payload.
-    let (frames, close) = split_frames(&received);
-    assert!(
-        frames.iter().all(|opcode| *opcode == 2),
-        "frames before the close: {frames:?}"
-    );
-    assert_eq!(
-        close,
-        Some(4008),
-        "{} bytes, {} whole frames",
-        received.len(),
-        frames.len()
-    );
+    assert_binary_frames_then_4008(&received);
     assert_eq!(metric(&stack, "im_engine_closes_total{code=\"4008\"}"), 1);
     let grown_kib = resident_kib().saturating_sub(resident_before);
     assert!(
@@ -712,25 +740,16 @@ async fn mid_frame_close_keeps_frames_whole() {
         Arc::clone(&stop_reading_slowly),
     ));
     let content = vec![b'x'; 16 * 1024];
-    let mut sent = 0;
-    while sent < MAX_SENDS
-        && metric(
-            &stack,
-            "im_engine_limits_hit_total{kind=\"outbound_queue\"}",
-        ) == 0
-    {
-        alice_client
-            .send(
-                im_proto::ConversationType::User,
-                bob.id(),
-                content.clone(),
-                "text/plain",
-                &format!("midframe-{sent}"),
-            )
-            .await
-            .expect("send while bob reads slowly");
-        sent += 1;
-    }
+    let (sent, _) = send_until_queue_full(
+        &stack,
+        &alice_client,
+        bob.id(),
+        &content,
+        "midframe",
+        MAX_SENDS,
+        None,
+    )
+    .await;
     stop_reading_slowly.store(true, Ordering::Relaxed);
     let received = reader.await.unwrap();
 
@@ -738,17 +757,6 @@ async fn mid_frame_close_keeps_frames_whole() {
         sent < MAX_SENDS,
         "{sent} pushes of 16 KiB never filled a 256 KiB queue"
     );
-    let (frames, close) = split_frames(&received);
-    assert!(
-        frames.iter().all(|opcode| *opcode == 2),
-        "frames before the close: {frames:?}"
-    );
-    assert_eq!(
-        close,
-        Some(4008),
-        "{} bytes, {} whole frames",
-        received.len(),
-        frames.len()
-    );
+    assert_binary_frames_then_4008(&received);
     stack.stop().await;
 }

@@ -368,6 +368,15 @@ mod tests {
         }
     }
 
+    /// One pass of the engine and `peer`, each given as (RSS per connection, messages per
+    /// second).
+    fn pass(peer: &str, engine: (f64, f64), other: (f64, f64)) -> Vec<Figures> {
+        vec![
+            figures("engine", engine.0, engine.1),
+            figures(peer, other.0, other.1),
+        ]
+    }
+
     #[test]
     fn figures_divide_per_connection() {
         let figures = Figures::from_measurement("engine", &measurement());
@@ -475,18 +484,9 @@ mod tests {
     #[test]
     fn median_rows_take_median_of_pass_ratios() {
         let mut passes = vec![
-            vec![
-                figures("engine", 1000.0, 10.0),
-                figures("rust", 2000.0, 10.0),
-            ],
-            vec![
-                figures("engine", 3000.0, 30.0),
-                figures("rust", 1000.0, 10.0),
-            ],
-            vec![
-                figures("engine", 2000.0, 80.0),
-                figures("rust", 8000.0, 40.0),
-            ],
+            pass("rust", (1000.0, 10.0), (2000.0, 10.0)),
+            pass("rust", (3000.0, 30.0), (1000.0, 10.0)),
+            pass("rust", (2000.0, 80.0), (8000.0, 40.0)),
         ];
         for (pass, open) in passes.iter_mut().zip([50, 49, 50]) {
             pass[0].connections_open = open;
@@ -510,18 +510,9 @@ mod tests {
     #[test]
     fn passes_with_errors_left_out_of_medians() {
         let mut passes = vec![
-            vec![
-                figures("engine", 1000.0, 10.0),
-                figures("peer", 1000.0, 10.0),
-            ],
-            vec![
-                figures("engine", 1000.0, 10.0),
-                figures("peer", 1000.0, 10.0),
-            ],
-            vec![
-                figures("engine", 1000.0, 10.0),
-                figures("peer", 9.0, 99_999.0),
-            ],
+            pass("peer", (1000.0, 10.0), (1000.0, 10.0)),
+            pass("peer", (1000.0, 10.0), (1000.0, 10.0)),
+            pass("peer", (1000.0, 10.0), (9.0, 99_999.0)),
         ];
         passes[2][1].errors.insert("connect failed".to_owned(), 100);
 

@@ -184,24 +184,15 @@ impl MessageCount {
 
 #[cfg(test)]
 mod tests {
-    use im_client::ConversationType;
 
     use super::*;
     use crate::fake_engine::FakeEngine;
-    use crate::traffic::{Destination, SenderSpec, TrafficPlan};
+    use crate::traffic::{SenderSpec, TrafficPlan};
 
     #[tokio::test]
     async fn paused_reader_counts_buffered_messages_after_the_run() {
         let engine = FakeEngine::start().await;
-        let sender = SenderSpec {
-            client: engine.signed_in(1).await,
-            destination: Destination {
-                stream: 0,
-                conversation_type: ConversationType::Group,
-                receiver_id: 77,
-            },
-            recipients: vec![0],
-        };
+        let sender = SenderSpec::to_test_group(engine.signed_in(1).await, vec![0]);
         let fast = engine.signed_in(2).await;
         let slow = engine.signed_in(3).await;
         pause(std::slice::from_ref(&slow));

@@ -53,6 +53,23 @@ pub(crate) struct SenderSpec {
     pub(crate) recipients: Vec<usize>,
 }
 
+impl SenderSpec {
+    /// Builds a sender to group 77 of stream 0, for tests on the fake engine, which routes a
+    /// group message to every other signed-in user.
+    #[cfg(test)]
+    pub(crate) fn to_test_group(client: Client, recipients: Vec<usize>) -> SenderSpec {
+        SenderSpec {
+            client,
+            destination: Destination {
+                stream: 0,
+                conversation_type: im_client::ConversationType::Group,
+                receiver_id: 77,
+            },
+            recipients,
+        }
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug)]
 pub(crate) struct TrafficFigures {
@@ -278,15 +295,7 @@ mod tests {
     #[tokio::test]
     async fn group_counts_each_copy() {
         let engine = FakeEngine::start().await;
-        let sender = SenderSpec {
-            client: engine.signed_in(1).await,
-            destination: Destination {
-                stream: 0,
-                conversation_type: ConversationType::Group,
-                receiver_id: 77,
-            },
-            recipients: vec![0, 1, 2],
-        };
+        let sender = SenderSpec::to_test_group(engine.signed_in(1).await, vec![0, 1, 2]);
         let mut receivers = Vec::new();
         for user_id in 2..=4 {
             receivers.push(engine.signed_in(user_id).await);
