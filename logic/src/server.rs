@@ -27,6 +27,7 @@ use crate::service::caller::ServerSecret;
 use crate::service::lease::{self, LapsedNodes};
 use crate::service::push::Pusher;
 use crate::service::send_batch::{SendBatchCounters, SendBatcher};
+use crate::service::token_batch::{TokenLoader, TOKEN_BATCH_MAX};
 use crate::service::{DeviceService, ExtService, Limits, Logic, WarnLimiter};
 use crate::store::pg::{PgBuildError, PgStore};
 use crate::store::redis::{connection_manager, RedisStore};
@@ -277,10 +278,16 @@ fn build_logic(
         ACK_BATCH_MAX,
         Duration::from_millis(config.db_timeout_ms),
     );
+    let tokens = TokenLoader::spawn(
+        pg.clone(),
+        TOKEN_BATCH_MAX,
+        Duration::from_millis(config.db_timeout_ms),
+    );
     Logic {
         pusher,
         sends,
         acks,
+        tokens,
         metrics,
         pg,
         redis,

@@ -203,3 +203,93 @@ async fn kick_device_checks_secret_and_owner() {
     .expect("the new token signs in");
     logic.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn sign_in_many_after_flush_gives_each_outcome() {
+    let (mut logic, redis) = start_logic().await;
+    let mut devices = Vec::new();
+    for index in 0..6 {
+        devices.push(
+            new_device(
+                &mut logic.client,
+                &format!("batch{index}"),
+                conn(NODE_A, index),
+            )
+            .await,
+        );
+    }
+    let revoked = &devices[5];
+    logic
+        .client
+        .logout(ConnLogoutRequest {
+            device: device_ref(revoked),
+            conn: Some(conn(NODE_A, 5)),
+        })
+        .await
+        .expect("the last device logs out");
+    flush_all(&redis).await;
+    let request =
+        |user_id: u64, device_id: u64, token: &str, conn_id: u64| im_proto::v1::ConnSignInRequest {
+            sign_in: Some(im_proto::v1::SignInRequest {
+                user_id,
+                device_id,
+                token: token.to_owned(),
+            }),
+            conn: Some(conn(NODE_A, conn_id)),
+            client_addr: "127.0.0.1:40001".to_owned(),
+        };
+    let mut sign_ins: Vec<_> = devices[..4]
+        .iter()
+        .zip(10..)
+        .map(|(device, conn_id)| request(device.user_id, device.device_id, &device.token, conn_id))
+        .collect();
+    let wrong = &devices[4];
+    sign_ins.push(request(wrong.user_id, wrong.device_id, &"0".repeat(64), 20));
+    sign_ins.push(request(
+        revoked.user_id,
+        revoked.device_id,
+        &revoked.token,
+        21,
+    ));
+    sign_ins.push(request(
+        wrong.user_id,
+        devices[0].device_id,
+        &devices[0].token,
+        22,
+    ));
+
+    let outcomes = logic
+        .client
+        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins })
+        .await
+        .expect("ConnSignInMany")
+        .into_inner()
+        .outcomes;
+
+    let codes: Vec<ErrorCode> = outcomes
+        .iter()
+        .map(|outcome| ErrorCode::try_from(outcome.code).expect("known code"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::Ok,
+            ErrorCode::Ok,
+            ErrorCode::Ok,
+            ErrorCode::Ok,
+            ErrorCode::TokenInvalid,
+            ErrorCode::TokenRevoked,
+            ErrorCode::DeviceUnknown,
+        ]
+    );
+    for device in &devices[..5] {
+        let cached = hget_in(
+            &redis.url(),
+            &format!("auth:{}", device.user_id),
+            device.device_id,
+        )
+        .await;
+        assert!(cached.is_some(), "device {} cached again", device.device_id);
+    }
+    logic.server.shutdown().await;
+}

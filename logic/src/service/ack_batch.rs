@@ -112,9 +112,9 @@ fn merge(acks: impl Iterator<Item = Ack>) -> Vec<Ack> {
     highest.into_values().collect()
 }
 
-/// Returns the error each ack of a failed batch gets: the batch's own error where it can be
+/// Returns the error each job of a failed batch gets: the batch's own error where it can be
 /// copied, UNAVAILABLE otherwise.
-fn batch_error(err: &LogicError) -> LogicError {
+pub(super) fn batch_error(err: &LogicError) -> LogicError {
     match err {
         LogicError::Timeout { store, timeout_ms } => LogicError::Timeout {
             store: *store,

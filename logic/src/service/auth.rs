@@ -132,7 +132,9 @@ pub async fn sign_in(
         .await?
     {
         SignInOutcome::NotCached => {
-            check_token(logic, user, device, presented).await?;
+            // The script has just found no record in Redis, so read PostgreSQL at once.
+            let record = load_uncached_token(logic, user, device).await?;
+            verify_token(digest.as_ref(), &record, now_ms())?;
             presence::mark_online(logic, user, device, &conn).await?;
         }
         SignInOutcome::Checked {
@@ -243,8 +245,8 @@ async fn cache_token(
 /// Compares the presented token with the stored record: first the hash, so a revocation or an
 /// expiry is only reported to the holder of the right token.
 ///
-/// The record comes from Redis. On a miss it is read from PostgreSQL and written back to Redis,
-/// so after a Redis restart each device costs one PostgreSQL query, once.
+/// The record comes from Redis. On a miss it is read from PostgreSQL, in a batch with other
+/// misses, and written back to Redis, so after a Redis restart each device is read once.
 pub(crate) async fn check_token(
     logic: &Logic,
     user: UserId,
@@ -279,13 +281,16 @@ fn verify_token(
     Ok(())
 }
 
-/// Reads a token record missing from Redis from PostgreSQL and caches it.
+/// Reads a token record missing from Redis from PostgreSQL, in a batch with the other sign-ins
+/// that missed, and caches it.
 async fn load_uncached_token(
     logic: &Logic,
     user: UserId,
     device: DeviceId,
 ) -> Result<TokenRecord, LogicError> {
-    let record = device_tokens::load(&logic.pg, user, device)
+    let record = logic
+        .tokens
+        .load(user, device)
         .await?
         .ok_or(LogicError::DeviceUnknown)?;
     cache_token(logic, user, device, &record).await?;

@@ -17,6 +17,7 @@ pub mod push;
 pub mod register;
 pub mod revoke;
 pub mod send_batch;
+pub mod token_batch;
 pub mod users;
 
 pub use device_rpc::DeviceService;
@@ -68,6 +69,8 @@ pub struct Logic {
     pub sends: SendBatcher,
     /// Stores concurrent MESSAGE_ACKs with one statement.
     pub acks: AckBatcher,
+    /// Reads the token records that sign-ins miss in Redis, many with one query.
+    pub tokens: token_batch::TokenLoader,
     /// Counters and histograms of calls and messages, shared with the push tasks.
     pub metrics: Arc<Recorder>,
     /// Engine nodes whose lease lapsed, as the reaper last found them; shared with the pusher.
