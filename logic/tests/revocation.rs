@@ -8,7 +8,7 @@ mod common;
 use common::redis_child::RedisChild;
 use common::{
     as_device, conn, device_ref, error_code, hget_in, login, new_device, new_user_device, sign_in,
-    TestLogic,
+    sign_in_many, sign_in_request, TestLogic,
 };
 use im_proto::v1::{ConnLogoutRequest, ErrorCode, KickDeviceRequest, LogoutRequest};
 
@@ -228,16 +228,9 @@ async fn sign_in_many_after_flush_gives_each_outcome() {
         .await
         .expect("the last device logs out");
     flush_all(&redis).await;
-    let request =
-        |user_id: u64, device_id: u64, token: &str, conn_id: u64| im_proto::v1::ConnSignInRequest {
-            sign_in: Some(im_proto::v1::SignInRequest {
-                user_id,
-                device_id,
-                token: token.to_owned(),
-            }),
-            conn: Some(conn(NODE_A, conn_id)),
-            client_addr: "127.0.0.1:40001".to_owned(),
-        };
+    let request = |user_id, device_id, token: &str, conn_id| {
+        sign_in_request(user_id, device_id, token, conn(NODE_A, conn_id))
+    };
     let mut sign_ins: Vec<_> = devices[..4]
         .iter()
         .zip(10..)
@@ -258,13 +251,7 @@ async fn sign_in_many_after_flush_gives_each_outcome() {
         22,
     ));
 
-    let outcomes = logic
-        .client
-        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins })
-        .await
-        .expect("ConnSignInMany")
-        .into_inner()
-        .outcomes;
+    let outcomes = sign_in_many(&mut logic.client, sign_ins).await;
 
     let codes: Vec<ErrorCode> = outcomes
         .iter()

@@ -231,15 +231,7 @@ async fn sign_in_many_replies_each_outcome_in_order() {
     let first = new_device(&mut logic.client, "signin_many_a", conn(NODE, 1)).await;
     let second = new_device(&mut logic.client, "signin_many_b", conn(NODE, 2)).await;
     let request = |device: &im_proto::v1::LoginReply, token: &str, conn_id: u64| {
-        im_proto::v1::ConnSignInRequest {
-            sign_in: Some(im_proto::v1::SignInRequest {
-                user_id: device.user_id,
-                device_id: device.device_id,
-                token: token.to_owned(),
-            }),
-            conn: Some(conn(NODE, conn_id)),
-            client_addr: "127.0.0.1:40001".to_owned(),
-        }
+        common::sign_in_request(device.user_id, device.device_id, token, conn(NODE, conn_id))
     };
     let sign_ins = vec![
         request(&first, &first.token, 11),
@@ -247,13 +239,7 @@ async fn sign_in_many_replies_each_outcome_in_order() {
         request(&second, &second.token, 13),
     ];
 
-    let outcomes = logic
-        .client
-        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins })
-        .await
-        .expect("ConnSignInMany")
-        .into_inner()
-        .outcomes;
+    let outcomes = common::sign_in_many(&mut logic.client, sign_ins).await;
     let codes: Vec<i32> = outcomes.iter().map(|outcome| outcome.code).collect();
     assert_eq!(
         codes,

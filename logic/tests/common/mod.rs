@@ -221,7 +221,18 @@ pub(crate) async fn sign_in(
     token: &str,
     conn: ConnRef,
 ) -> Result<(), Status> {
-    let request = ConnSignInRequest {
+    let request = sign_in_request(user_id, device_id, token, conn);
+    client.conn_sign_in(request).await.map(|_| ())
+}
+
+/// Builds the ConnSignIn request of a device on `conn`.
+pub(crate) fn sign_in_request(
+    user_id: u64,
+    device_id: u64,
+    token: &str,
+    conn: ConnRef,
+) -> ConnSignInRequest {
+    ConnSignInRequest {
         sign_in: Some(SignInRequest {
             user_id,
             device_id,
@@ -229,8 +240,20 @@ pub(crate) async fn sign_in(
         }),
         conn: Some(conn),
         client_addr: "127.0.0.1:40001".to_owned(),
-    };
-    client.conn_sign_in(request).await.map(|_| ())
+    }
+}
+
+/// Sends ConnSignInMany and returns each sign-in's outcome, in request order.
+pub(crate) async fn sign_in_many(
+    client: &mut Client,
+    sign_ins: Vec<ConnSignInRequest>,
+) -> Vec<im_proto::v1::SignInOutcome> {
+    client
+        .conn_sign_in_many(im_proto::v1::ConnSignInManyRequest { sign_ins })
+        .await
+        .expect("ConnSignInMany")
+        .into_inner()
+        .outcomes
 }
 
 /// Sends Offline and returns `removed`.
