@@ -120,7 +120,13 @@ impl Outbox {
     ) -> std::io::Result<bool> {
         let mut pending = self.pending.borrow_mut();
         let (written, all_written) = write(&pending)?;
-        let rest = rest_after(&pending, self.front_rest.get() as usize, written);
+        // A queue written to its end leaves no partly written frame, so only a partial write
+        // needs the frame headers read.
+        let rest = if written == pending.len() {
+            0
+        } else {
+            rest_after(&pending, self.front_rest.get() as usize, written)
+        };
         // Past u32::MAX, drop_unsent keeps the whole queue, which still ends at a frame boundary.
         self.front_rest.set(u32::try_from(rest).unwrap_or(u32::MAX));
         pending.advance(written);
