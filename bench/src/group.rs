@@ -30,7 +30,8 @@ struct GroupFigures {
 }
 
 /// Runs the scenario and returns the exit code: success only when no error was counted and
-/// every member that reads received every message exactly once. Slow readers do not change it.
+/// every member that reads received every message exactly once. The slow readers' figures do
+/// not count toward it.
 pub(crate) async fn run(args: GroupArgs) -> ExitCode {
     let prefix = messaging::scenario_prefix(&args.messaging, "group");
     // Receiver i is member i + 1, because member 0 sends.

@@ -175,8 +175,8 @@ async fn collect_opened(
     ticker.tick().await;
     while count + failed < figures.attempted {
         tokio::select! {
-            one = opened.recv() => {
-                if one.is_none() { break }
+            signal = opened.recv() => {
+                if signal.is_none() { break }
                 count += 1;
             }
             outcome = outcomes.recv() => {

@@ -69,7 +69,7 @@ pub(crate) struct SessionLinks {
     pub(crate) outcomes: mpsc::UnboundedSender<SignInOutcome>,
     pub(crate) stage: watch::Receiver<Stage>,
     pub(crate) events: mpsc::UnboundedSender<SessionEvent>,
-    /// Set when every connection opens first and signs in only once the coordinator says so.
+    /// Set when every connection opens first and signs in only on the coordinator's signal.
     pub(crate) split: Option<SplitLinks>,
 }
 
@@ -131,8 +131,8 @@ async fn connect_and_sign_in(
     Some((result, latency))
 }
 
-/// Connects within one permit, tells the coordinator, waits for its signal, then signs in
-/// within another permit; the latency spans the sign-in alone.
+/// Connects within one permit, reports the open connection to the coordinator, waits for its
+/// signal, then signs in within another permit. The latency spans the sign-in alone.
 async fn open_then_sign_in(
     plan: &SessionPlan,
     target: &Target,

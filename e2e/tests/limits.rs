@@ -515,7 +515,7 @@ async fn send_until_queue_full(
     (sent, slowest_heartbeat)
 }
 
-/// Asserts that `received` holds whole binary frames and then a close frame with 4008.
+/// Asserts that `received` contains whole binary frames and then a close frame with 4008.
 fn assert_binary_frames_then_4008(received: &[u8]) {
     let (frames, close) = split_frames(received);
     assert!(

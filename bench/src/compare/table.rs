@@ -368,8 +368,8 @@ mod tests {
         }
     }
 
-    /// One pass of the engine and `peer`, each given as (RSS per connection, messages per
-    /// second).
+    /// Builds one pass of the engine and `peer`, each given as (RSS per connection, messages
+    /// per second).
     fn pass(peer: &str, engine: (f64, f64), other: (f64, f64)) -> Vec<Figures> {
         vec![
             figures("engine", engine.0, engine.1),

@@ -51,7 +51,7 @@ impl Gauge {
         report::bytes_per_connection(self.before?, self.peak?, count)
     }
 
-    /// Returns the last reading minus the first in bytes, when both exist.
+    /// Returns `now` minus the first reading in bytes, when both exist.
     fn growth(&self, now: Option<u64>) -> Option<i64> {
         let delta = i128::from(now?) - i128::from(self.before?);
         i64::try_from(delta).ok()

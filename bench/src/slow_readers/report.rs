@@ -133,16 +133,16 @@ fn closes_line(closes: Option<&CloseTimeline>) -> String {
 
 /// Formats before, peak and end of `gauge`, and the peak's growth per slow reader.
 fn gauge_line(gauge: &Gauge, count: u64, per_reader: &str) -> String {
-    let shown = |value: Option<u64>| value.map_or_else(|| "not readable".into(), mebibytes);
+    let format_bytes = |value: Option<u64>| value.map_or_else(|| "not readable".into(), mebibytes);
     let growth = gauge
         .peak_growth_per(count)
         .map_or_else(|| "unknown".to_owned(), |bytes| format!("{bytes} B"));
     format!(
         "before {}, peak {}, end {}; {per_reader} per slow reader (peak - before) / {count}: \
          {growth}",
-        shown(gauge.before),
-        shown(gauge.peak),
-        shown(gauge.end)
+        format_bytes(gauge.before),
+        format_bytes(gauge.peak),
+        format_bytes(gauge.end)
     )
 }
 
