@@ -22,7 +22,10 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, Script, ServerErrorKind, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{
+    Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ServerErrorKind, Value,
+};
 
 use super::redis_batch::RedisBatcher;
 use crate::config::Config;
@@ -246,12 +249,21 @@ fn index_member(user: UserId, device: DeviceId) -> String {
 /// A [`redis::RedisError`] when `redis_url` does not parse.
 pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManager> {
     let timeout = Duration::from_millis(config.redis_timeout_ms);
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = redis::Client::open(connection_info(&config.redis_url)?)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(0);
     ConnectionManager::new_lazy_with_config(client, manager_config)
+}
+
+/// Parses `redis_url` and turns TCP_NODELAY on. redis-rs leaves Nagle's algorithm on by
+/// default, which holds a pipeline written while an earlier one is unacknowledged until the
+/// server's delayed ACK.
+fn connection_info(redis_url: &str) -> redis::RedisResult<ConnectionInfo> {
+    Ok(redis_url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true)))
 }
 
 /// Tokens and online status of devices.
@@ -577,6 +589,13 @@ impl LuaScript {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_send_without_delay() {
+        let info = connection_info("redis://127.0.0.1:6379/").expect("valid URL");
+        assert!(info.tcp_settings().nodelay());
+        assert!(connection_info("not a url").is_err());
+    }
 
     #[test]
     fn token_record_round_trips() {
