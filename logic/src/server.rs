@@ -22,12 +22,12 @@ use crate::metrics::{self, LogicMetrics, Recorder};
 use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
 use crate::retention;
-use crate::service::ack_batch::{AckBatcher, ACK_BATCH_MAX};
+use crate::service::ack_batch::{AckBatcher, AckWrites, ACK_BATCH_MAX};
 use crate::service::caller::ServerSecret;
 use crate::service::lease::{self, LapsedNodes};
 use crate::service::push::Pusher;
 use crate::service::send_batch::{SendBatchCounters, SendBatcher};
-use crate::service::token_batch::{TokenLoader, TOKEN_BATCH_MAX};
+use crate::service::token_batch::{TokenLoader, TokenReads, TOKEN_BATCH_MAX};
 use crate::service::{DeviceService, ExtService, Limits, Logic, WarnLimiter};
 use crate::store::pg::{PgBuildError, PgStore};
 use crate::store::redis::{connection_manager, RedisStore};
@@ -274,12 +274,12 @@ fn build_logic(
         Duration::from_millis(config.db_timeout_ms),
     );
     let acks = AckBatcher::spawn(
-        pg.clone(),
+        AckWrites::new(pg.clone()),
         ACK_BATCH_MAX,
         Duration::from_millis(config.db_timeout_ms),
     );
     let tokens = TokenLoader::spawn(
-        pg.clone(),
+        TokenReads::new(pg.clone()),
         TOKEN_BATCH_MAX,
         Duration::from_millis(config.db_timeout_ms),
     );

@@ -2,49 +2,68 @@
 //!
 //! A receiving device acks after each burst of pushes, so under chat load there is about one
 //! ack per message. Stored one by one, each ack is a transaction of its own with its own WAL
-//! flush. Callers here queue their ack on a channel instead. One task takes every queued ack,
-//! up to [`ACK_BATCH_MAX`], keeps the highest seq of each (device, user) pair, and stores them
-//! all with one statement (one transaction). While that statement runs, the next batch fills.
+//! flush. Callers here queue their ack on a [`Batcher`] instead, which takes up to
+//! [`ACK_BATCH_MAX`] acks, keeps the highest seq of each (device, user) pair, and stores them
+//! all with one statement (one transaction) while the next batch fills.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
-use crate::error::{ErrorChain, LogicError, Store};
+use super::batch::{BatchWork, Batcher};
+use crate::error::LogicError;
 use crate::store::pg::device_acks::{self, Ack};
 use crate::store::pg::PgStore;
 
 /// Maximum acks per statement. After merging, a statement writes one row per device.
 pub const ACK_BATCH_MAX: usize = 512;
 
-/// Queue length per batch slot: acks beyond `batch_max × QUEUE_FACTOR` wait for room, within
-/// their own deadline.
-const QUEUE_FACTOR: usize = 8;
+/// Handle for queueing acks on their batching task.
+pub type AckBatcher = Batcher<AckWrites>;
 
-/// Handle for queueing acks on the batching task. Cheap to clone; the task stops once every
-/// handle is dropped.
-#[derive(Clone)]
-pub struct AckBatcher {
-    tx: mpsc::Sender<Job>,
-    timeout: Duration,
+/// The batch work that stores the highest seq of each (device, user) pair of a batch of acks.
+pub struct AckWrites {
+    pg: PgStore,
 }
 
-struct Job {
-    ack: Ack,
-    reply: oneshot::Sender<Result<bool, LogicError>>,
-}
-
-impl AckBatcher {
-    /// Spawns the batching task on the current tokio runtime. `batch_max` caps the acks per
-    /// statement (at least 1); `timeout` is the deadline of one ack, queueing included.
-    pub fn spawn(pg: PgStore, batch_max: usize, timeout: Duration) -> AckBatcher {
-        let batch_max = batch_max.max(1);
-        let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
-        tokio::spawn(run(pg, batch_max, rx));
-        AckBatcher { tx, timeout }
+impl AckWrites {
+    /// Writes to `pg`.
+    pub fn new(pg: PgStore) -> AckWrites {
+        AckWrites { pg }
     }
+}
 
+impl BatchWork for AckWrites {
+    type Item = Ack;
+    /// True when the device exists and belongs to the user.
+    type Output = bool;
+    const ITEMS: &'static str = "acks";
+
+    async fn run(&self, acks: &[Ack]) -> Result<Vec<bool>, LogicError> {
+        let merged = merge(acks.iter().copied());
+        let matched = self
+            .pg
+            .with_deadline(async {
+                let client = self.pg.client().await?;
+                device_acks::record_many(&client, &merged).await
+            })
+            .await?;
+        let owned: HashMap<(u64, u64), bool> = merged
+            .iter()
+            .zip(matched)
+            .map(|(ack, matched)| ((ack.device.0, ack.user.0), matched))
+            .collect();
+        Ok(acks
+            .iter()
+            .map(|ack| {
+                owned
+                    .get(&(ack.device.0, ack.user.0))
+                    .copied()
+                    .unwrap_or(false)
+            })
+            .collect())
+    }
+}
+
+impl Batcher<AckWrites> {
     /// Queues `ack` for the next batch. Returns false, storing nothing, when the device does
     /// not exist or belongs to another user.
     ///
@@ -52,51 +71,7 @@ impl AckBatcher {
     ///
     /// Store errors of the batch, [`LogicError::Timeout`] past the deadline.
     pub async fn record(&self, ack: Ack) -> Result<bool, LogicError> {
-        super::queue_for_batch(&self.tx, self.timeout, |reply| Job { ack, reply }).await
-    }
-}
-
-async fn run(pg: PgStore, batch_max: usize, mut rx: mpsc::Receiver<Job>) {
-    let mut jobs = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut jobs, batch_max).await > 0 {
-        // A caller that gave up has dropped its receiver; its ack is not stored.
-        jobs.retain(|job| !job.reply.is_closed());
-        if !jobs.is_empty() {
-            store_batch(&pg, std::mem::take(&mut jobs)).await;
-        }
-    }
-    tracing::debug!("ack batching task stopped: every handle was dropped");
-}
-
-/// Stores the highest seq of each (device, user) pair of `jobs` and replies to each job.
-async fn store_batch(pg: &PgStore, jobs: Vec<Job>) {
-    let merged = merge(jobs.iter().map(|job| job.ack));
-    let result = pg
-        .with_deadline(async {
-            let client = pg.client().await?;
-            device_acks::record_many(&client, &merged).await
-        })
-        .await;
-    match result {
-        Ok(matched) => {
-            let owned: HashMap<(u64, u64), bool> = merged
-                .iter()
-                .zip(matched)
-                .map(|(ack, matched)| ((ack.device.0, ack.user.0), matched))
-                .collect();
-            for job in jobs {
-                let key = (job.ack.device.0, job.ack.user.0);
-                let _ = job
-                    .reply
-                    .send(Ok(owned.get(&key).copied().unwrap_or(false)));
-            }
-        }
-        Err(err) => {
-            tracing::warn!(acks = jobs.len(), error = %ErrorChain(&err), "ack batch failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(batch_error(&err)));
-            }
-        }
+        self.submit(ack).await
     }
 }
 
@@ -110,18 +85,6 @@ fn merge(acks: impl Iterator<Item = Ack>) -> Vec<Ack> {
             .or_insert(ack);
     }
     highest.into_values().collect()
-}
-
-/// Returns the error each job of a failed batch gets: the batch's own error where it can be
-/// copied, UNAVAILABLE otherwise.
-pub(super) fn batch_error(err: &LogicError) -> LogicError {
-    match err {
-        LogicError::Timeout { store, timeout_ms } => LogicError::Timeout {
-            store: *store,
-            timeout_ms: *timeout_ms,
-        },
-        _ => LogicError::Unavailable(Store::Postgres),
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod ack_batch;
 pub mod auth;
+pub mod batch;
 pub mod caller;
 pub mod device_rpc;
 pub mod ext_rpc;
@@ -33,7 +34,7 @@ use tonic::{Response, Status};
 use tracing::Instrument;
 
 use crate::engine::EngineClients;
-use crate::error::{ErrorChain, LogicError, Side, Store};
+use crate::error::{ErrorChain, LogicError, Side};
 use crate::metrics::{Method, Recorder};
 use crate::password::PasswordHasher;
 use crate::store::pg::PgStore;
@@ -184,32 +185,6 @@ impl CallIds {
 /// error once, at the level of the side that caused it, and converts the error to a status.
 ///
 /// A call that the client cancels is dropped before it finishes, so it is not counted.
-/// Queues the job that `job` builds around its reply channel on a PostgreSQL batching task,
-/// and waits for the reply, both within `timeout`. A stopped task makes the call UNAVAILABLE.
-async fn queue_for_batch<J, T>(
-    queue: &tokio::sync::mpsc::Sender<J>,
-    timeout: Duration,
-    job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, LogicError>>) -> J,
-) -> Result<T, LogicError> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = async {
-        queue
-            .send(job(reply))
-            .await
-            .map_err(|_| LogicError::Unavailable(Store::Postgres))?;
-        answer
-            .await
-            .map_err(|_| LogicError::Unavailable(Store::Postgres))?
-    };
-    match tokio::time::timeout(timeout, queued).await {
-        Ok(result) => result,
-        Err(_) => Err(LogicError::Timeout {
-            store: Store::Postgres,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        }),
-    }
-}
-
 async fn respond<T>(
     logic: &Logic,
     method: Method,

@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 use im_proto::v1::{ConversationType, SendReply};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::batch_error;
 use super::messages::{pushed_message, Draft, Sender, Stored};
 use super::push::{Push, Pusher};
-use crate::error::{ErrorChain, LogicError, Store};
+use crate::error::{ErrorChain, LogicError};
 use crate::ids::{GroupId, MessageId, UserId};
 use crate::store::pg::friendships::{self, DirectAccess};
 use crate::store::pg::messages::{self, NewMessage};
@@ -123,7 +124,7 @@ impl SendBatcher {
 
     /// Queues a checked send for the next batch and returns what its transaction stored.
     pub(super) async fn store(&self, sender: Sender, draft: Draft) -> Result<Stored, LogicError> {
-        super::queue_for_batch(&self.tx, self.timeout, |reply| Job {
+        super::batch::queue_for_batch(&self.tx, self.timeout, |reply| Job {
             sender,
             draft,
             reply,
@@ -562,17 +563,5 @@ fn new_message(job: &Job, message_id: MessageId) -> NewMessage<'_> {
         content: &job.draft.request.content[..],
         content_type: &job.draft.request.content_type,
         client_msg_id: &job.draft.request.client_msg_id,
-    }
-}
-
-/// The error each send of a failed batch gets: TIMEOUT when the batch ran out of time,
-/// UNAVAILABLE otherwise. The cause is logged once for the batch.
-fn batch_error(err: &LogicError) -> LogicError {
-    match err {
-        LogicError::Timeout { store, timeout_ms } => LogicError::Timeout {
-            store: *store,
-            timeout_ms: *timeout_ms,
-        },
-        _ => LogicError::Unavailable(Store::Postgres),
     }
 }
