@@ -65,7 +65,8 @@ pub(crate) struct ConnectArgs {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) concurrency: u64,
     /// Seconds allowed for opening and signing in all connections. Connections not signed in
-    /// by then count as errors.
+    /// by then count as errors. With `signin --open-first --workers K` (K > 1), the open phase
+    /// and the sign-in phase get this limit each.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout_secs: u64,
     /// Directory of the token caches (`<prefix>-tokens.tsv`, `<prefix>-chat-tokens.tsv`,
@@ -112,9 +113,10 @@ pub(crate) struct SigninArgs {
     pub(crate) workers: u64,
     /// Open every connection first (TCP connect and WebSocket handshake), then sign them all
     /// in with at most --concurrency SIGN_INs in flight, so that the report gives the sign-in
-    /// rate and latency apart from the connects. The engine closes a connection that has not
-    /// signed in within its sign_in_timeout_ms (10 s by default), so both phases together must
-    /// fit in that time. Runs in one process, without --workers.
+    /// rate and latency apart from the connects. With --workers, every worker opens its slice
+    /// and all start signing in once the last worker has opened. The engine closes a
+    /// connection that has not signed in within its sign_in_timeout_ms (10 s by default), so
+    /// both phases together must fit in that time.
     #[arg(long)]
     pub(crate) open_first: bool,
     #[command(flatten)]
@@ -150,6 +152,10 @@ pub(crate) struct WorkerArgs {
     /// Source addresses of the whole run.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: u64,
+    /// Open every connection of the slice, report `opened`, and sign in only after the
+    /// parent's `sign_in` command.
+    #[arg(long)]
+    pub(crate) open_first: bool,
 }
 
 /// Flags shared by the messaging scenarios `chat` and `group`.

@@ -1,4 +1,4 @@
-//! A stand-in for the engine in unit tests: it accepts WebSocket connections on loopback,
+//! A stand-in for the engine in tests: it accepts WebSocket connections on loopback,
 //! answers SIGN_IN with token "good" and every HEARTBEAT, rejects other tokens with
 //! TOKEN_INVALID, and never answers SIGN_IN with token "silent".
 //!

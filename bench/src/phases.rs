@@ -81,7 +81,8 @@ pub(crate) struct Connections {
 }
 
 /// Opens a connection for each target with at most `concurrency` sign-ins in flight, and
-/// waits until each has signed in or failed, or until `limit` has passed.
+/// waits until each has signed in or failed, or until `limit` has passed. With
+/// [`Order::OpenAllFirst`] the opens and the sign-ins share that limit.
 pub(crate) async fn connect_all(
     plan: SessionPlan,
     targets: Vec<Target>,
@@ -90,14 +91,47 @@ pub(crate) async fn connect_all(
     order: Order,
     progress: &mut dyn FnMut(ConnectProgress),
 ) -> (ConnectFigures, Connections) {
+    let deadline = Instant::now() + limit;
+    let mut launch = launch(plan, targets, concurrency, order);
+    launch.wait_opened(deadline, progress).await;
+    launch.sign_in(deadline, progress).await
+}
+
+/// The connections of one process during the connect phase, from [`launch`] until
+/// [`Launch::sign_in`] ends the phase.
+pub(crate) struct Launch {
+    order: Order,
+    started: Instant,
+    permits: Arc<Semaphore>,
+    outcomes: mpsc::UnboundedReceiver<SignInOutcome>,
+    /// One message per connection that opened, with [`Order::OpenAllFirst`].
+    opened: mpsc::UnboundedReceiver<()>,
+    sign_in: watch::Sender<bool>,
+    stage: watch::Sender<Stage>,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
+    tasks: JoinSet<()>,
+    figures: ConnectFigures,
+    /// Connections whose outcome has been recorded.
+    done: u64,
+}
+
+/// Starts a task for each target, with at most `concurrency` connects or sign-ins in flight.
+/// With [`Order::OpenAllFirst`] the connections open and then wait for
+/// [`Launch::sign_in`]. Must be called within a Tokio runtime.
+pub(crate) fn launch(
+    plan: SessionPlan,
+    targets: Vec<Target>,
+    concurrency: usize,
+    order: Order,
+) -> Launch {
     let started = Instant::now();
     let attempted = targets.len() as u64;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+    let (outcome_tx, outcomes) = mpsc::unbounded_channel();
     let (stage, stage_rx) = watch::channel(Stage::Connecting);
     let (event_tx, events) = mpsc::unbounded_channel();
-    let (opened_tx, mut opened) = mpsc::unbounded_channel();
-    let (sign_in_tx, sign_in_rx) = watch::channel(false);
+    let (opened_tx, opened) = mpsc::unbounded_channel();
+    let (sign_in, sign_in_rx) = watch::channel(false);
 
     let plan = Arc::new(plan);
     let mut tasks = JoinSet::new();
@@ -117,48 +151,103 @@ pub(crate) async fn connect_all(
     // Only the tasks own senders now, so the channels close when the last task ends.
     drop((outcome_tx, event_tx, stage_rx, opened_tx, sign_in_rx));
 
-    let mut figures = ConnectFigures {
-        attempted,
-        signed_in: 0,
-        elapsed: Duration::ZERO,
-        opened: None,
-        latency: stats::latency_histogram(),
-        errors: ErrorCounts::default(),
-    };
-    let deadline = started + limit;
-    let mut done = 0;
-    if order == Order::OpenAllFirst {
-        let count;
-        (count, done) =
-            collect_opened(&mut opened, &mut outcomes, &mut figures, deadline, progress).await;
-        figures.opened = Some((count, started.elapsed()));
-        sign_in_tx.send_replace(true);
-    }
-    let done = collect_outcomes(&mut outcomes, &mut figures, done, deadline, progress).await;
-
-    // Connections still waiting for a permit give up; those in flight find the outcome
-    // channel closed and close themselves.
-    permits.close();
-    drop(outcomes);
-    if done < attempted {
-        figures
-            .errors
-            .add("not_signed_in_by_deadline", attempted - done);
-    }
-    figures.elapsed = started.elapsed();
-    progress(ConnectProgress {
-        done: attempted,
-        signed_in: figures.signed_in,
-        opened: figures.opened.map(|(count, _)| count),
-    });
-
-    let connections = Connections {
+    Launch {
+        order,
+        started,
+        permits,
+        outcomes,
+        opened,
+        sign_in,
         stage,
         events,
         tasks,
-        figures: HoldFigures::default(),
-    };
-    (figures, connections)
+        figures: ConnectFigures {
+            attempted,
+            signed_in: 0,
+            elapsed: Duration::ZERO,
+            opened: None,
+            latency: stats::latency_histogram(),
+            errors: ErrorCounts::default(),
+        },
+        done: 0,
+    }
+}
+
+impl Launch {
+    /// Waits until every connection has opened or failed to open, or until `deadline`, and
+    /// records how many opened and when. Returns the progress at that point: `done` counts
+    /// the failures, and no connection has signed in yet. Connections still opening at the
+    /// deadline go on and sign in after [`Launch::sign_in`] if they open before its deadline.
+    ///
+    /// With [`Order::SignInOnOpen`] it returns at once, because connections sign in as soon
+    /// as they open.
+    pub(crate) async fn wait_opened(
+        &mut self,
+        deadline: Instant,
+        progress: &mut dyn FnMut(ConnectProgress),
+    ) -> ConnectProgress {
+        if self.order == Order::OpenAllFirst && self.figures.opened.is_none() {
+            let (count, failed) = collect_opened(
+                &mut self.opened,
+                &mut self.outcomes,
+                &mut self.figures,
+                deadline,
+                progress,
+            )
+            .await;
+            self.done = failed;
+            self.figures.opened = Some((count, self.started.elapsed()));
+        }
+        ConnectProgress {
+            done: self.done,
+            signed_in: self.figures.signed_in,
+            opened: self.figures.opened.map(|(count, _)| count),
+        }
+    }
+
+    /// Lets every open connection sign in, then records outcomes until every connection has
+    /// reported or `deadline` has passed, and ends the connect phase. Connections that have
+    /// not reported by then count as `not_signed_in_by_deadline`.
+    pub(crate) async fn sign_in(
+        mut self,
+        deadline: Instant,
+        progress: &mut dyn FnMut(ConnectProgress),
+    ) -> (ConnectFigures, Connections) {
+        self.sign_in.send_replace(true);
+        let done = collect_outcomes(
+            &mut self.outcomes,
+            &mut self.figures,
+            self.done,
+            deadline,
+            progress,
+        )
+        .await;
+
+        // Connections still waiting for a permit give up; those in flight find the outcome
+        // channel closed and close themselves.
+        self.permits.close();
+        drop(self.outcomes);
+        let mut figures = self.figures;
+        if done < figures.attempted {
+            figures
+                .errors
+                .add("not_signed_in_by_deadline", figures.attempted - done);
+        }
+        figures.elapsed = self.started.elapsed();
+        progress(ConnectProgress {
+            done: figures.attempted,
+            signed_in: figures.signed_in,
+            opened: figures.opened.map(|(count, _)| count),
+        });
+
+        let connections = Connections {
+            stage: self.stage,
+            events: self.events,
+            tasks: self.tasks,
+            figures: HoldFigures::default(),
+        };
+        (figures, connections)
+    }
 }
 
 /// Counts connections as they open, and records the failures to open, until every connection
@@ -385,6 +474,35 @@ mod tests {
         assert!(hold.errors.0.is_empty(), "{:?}", hold.errors);
         let last = progress_reports.last().expect("final progress report");
         assert_eq!((last.done, last.signed_in, last.opened), (6, 5, Some(6)));
+    }
+
+    #[tokio::test]
+    async fn launch_waits_for_sign_in_call() {
+        let engine = FakeEngine::start().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut launch = launch(
+            plan(&engine.url, Duration::from_secs(5)),
+            targets(&["good", "good", "bad", "good"]),
+            2,
+            Order::OpenAllFirst,
+        );
+
+        let opened = launch.wait_opened(deadline, &mut |_| {}).await;
+        // Give any SIGN_IN sent too early the time to reach the engine.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sign_ins_before_call = engine.opened_before_sign_in.load(Ordering::SeqCst);
+        let (connect, connections) = launch.sign_in(deadline, &mut |_| {}).await;
+        connections.finish().await;
+
+        assert_eq!(opened.opened, Some(4));
+        assert_eq!(opened.done, 0);
+        assert_eq!(opened.signed_in, 0);
+        assert_eq!(sign_ins_before_call, usize::MAX, "SIGN_IN before sign_in()");
+        assert_eq!(engine.opened_before_sign_in.load(Ordering::SeqCst), 4);
+        assert_eq!(connect.opened.map(|(count, _)| count), Some(4));
+        assert_eq!(connect.signed_in, 3);
+        assert_eq!(connect.errors.0["TOKEN_INVALID"], 1);
+        assert_eq!(connect.errors.total(), 1);
     }
 
     #[tokio::test]

@@ -37,18 +37,6 @@ enum SigninError {
         reserved: u64,
         suggested: u64,
     },
-    #[error("--open-first opens every connection in one process, so it takes no --workers (got --workers {0}); drop --workers")]
-    OpenFirstWithWorkers(u64),
-    #[error(
-        "--open-first opens every connection in one process, and the open-file limit {soft} \
-         minus {reserved} reserved descriptors leaves room for {capacity}; pass --connections \
-         {capacity} or fewer"
-    )]
-    OpenFirstTooManyConnections {
-        capacity: u64,
-        soft: u64,
-        reserved: u64,
-    },
     #[error("preparing tokens failed: {0}")]
     Prepare(#[from] PrepareError),
     #[error("preparing tokens took longer than --prepare-timeout-secs {0}")]
@@ -87,21 +75,21 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
             sources::ports_per_source(),
         ) as u64
     });
-    if args.open_first && args.workers > 1 {
-        return Err(SigninError::OpenFirstWithWorkers(args.workers));
-    }
     print_parameters(args, sources, &file_limit);
     check_capacity(args, &file_limit)?;
 
     let targets = prepare_tokens(args).await?;
 
     let engine = EngineWatch::find(&args.engine_pid, &args.run.conn.url);
-    // Workers may report up to one allowance late after each of the two phases.
-    let worker_allowance = match args.workers {
-        1 => Duration::ZERO,
-        _ => 2 * workers::REPORT_ALLOWANCE,
+    // Workers with --open-first get the connect limit for the open phase and again for the
+    // sign-in phase; one process shares it between both. Workers may report up to one
+    // allowance late after each phase, the hold included.
+    let (connect_phases, worker_allowance) = match (args.workers, args.open_first) {
+        (1, _) => (1, Duration::ZERO),
+        (_, false) => (1, 2 * workers::REPORT_ALLOWANCE),
+        (_, true) => (2, 3 * workers::REPORT_ALLOWANCE),
     };
-    let deadline_secs = args.run.conn.connect_timeout_secs
+    let deadline_secs = connect_phases * args.run.conn.connect_timeout_secs
         + args.run.hold_secs
         + (DEADLINE_SLACK + worker_allowance).as_secs();
     let measure = async {
@@ -121,13 +109,6 @@ fn check_capacity(args: &SigninArgs, file_limit: &FileLimit) -> Result<(), Signi
     let capacity = file_limit.connection_capacity();
     if per_process <= capacity {
         return Ok(());
-    }
-    if args.open_first {
-        return Err(SigninError::OpenFirstTooManyConnections {
-            capacity,
-            soft: file_limit.soft,
-            reserved: limits::RESERVED_FILES,
-        });
     }
     Err(SigninError::TooManyConnections {
         per_process,
@@ -168,11 +149,7 @@ async fn measure_local(
     let total = args.connections;
     let started = Instant::now();
     let mut print_progress = |progress: phases::ConnectProgress| {
-        let line = progress_line(progress.done, progress.signed_in, total, started.elapsed());
-        match progress.opened {
-            Some(opened) => eprintln!("{line}, {opened} open"),
-            None => eprintln!("{line}"),
-        }
+        eprintln!("{}", progress_line(&progress, total, started.elapsed()));
     };
     let order = if args.open_first {
         phases::Order::OpenAllFirst
@@ -219,12 +196,25 @@ pub(crate) fn session_plan(run: &crate::cli::RunArgs, sources: u64) -> SessionPl
 }
 
 /// Formats one progress line of the connect phase.
-pub(crate) fn progress_line(done: u64, signed_in: u64, total: u64, elapsed: Duration) -> String {
+pub(crate) fn progress_line(
+    progress: &phases::ConnectProgress,
+    total: u64,
+    elapsed: Duration,
+) -> String {
+    let phases::ConnectProgress {
+        done,
+        signed_in,
+        opened,
+    } = *progress;
     let failed = done.saturating_sub(signed_in);
     let per_second = crate::report::rate(done, elapsed);
-    format!(
+    let line = format!(
         "signin: {done}/{total} done, {signed_in} signed in, {failed} failed, {per_second:.0}/s"
-    )
+    );
+    match opened {
+        Some(opened) => format!("{line}, {opened} open"),
+        None => line,
+    }
 }
 
 fn print_parameters(args: &SigninArgs, sources: u64, file_limit: &FileLimit) {
@@ -344,18 +334,21 @@ mod tests {
     }
 
     #[test]
-    fn open_first_capacity_error_names_connections() {
+    fn open_first_capacity_error_suggests_workers() {
         let args = signin_args(&["--open-first", "--connections", "30000"]);
 
         let message = check_capacity(&args, &FILE_LIMIT)
             .expect_err("over the limit")
             .to_string();
 
-        assert!(
-            message.contains("pass --connections 19900 or fewer"),
-            "{message}"
-        );
-        assert!(!message.contains("pass --workers"), "{message}");
+        assert!(message.contains("pass --workers 2 or more"), "{message}");
+    }
+
+    #[test]
+    fn open_first_with_workers_passes() {
+        let args = signin_args(&["--open-first", "--connections", "30000", "--workers", "2"]);
+
+        assert!(check_capacity(&args, &FILE_LIMIT).is_ok());
     }
 
     #[test]

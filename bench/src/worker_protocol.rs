@@ -1,6 +1,7 @@
 //! The lines a worker process prints on stdout, one JSON object each, and how the parent
-//! merges them. The parent writes to the worker's stdin with the line `hold` once every
-//! worker has reported `connected`.
+//! merges them. The parent writes commands to the worker's stdin, one per line: `sign_in`
+//! once every worker has reported `opened` (only in a run that opens every connection
+//! first), and `hold` once every worker has reported `connected`.
 
 use std::collections::BTreeMap;
 
@@ -13,12 +14,29 @@ use crate::stats::{self, ErrorCounts, HistogramCodecError};
 /// The line the parent sends to start the hold.
 pub(crate) const HOLD_COMMAND: &str = "hold";
 
+/// The line the parent sends to let the open connections of a worker sign in.
+pub(crate) const SIGN_IN_COMMAND: &str = "sign_in";
+
 /// One line of worker output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub(crate) enum WorkerEvent {
     /// Connect-phase progress, once a second.
-    Progress { done: u64, signed_in: u64 },
+    Progress {
+        done: u64,
+        signed_in: u64,
+        /// In a run that opens every connection first, the connections open so far.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opened: Option<u64>,
+    },
+    /// The worker's open phase has ended, and it waits for `sign_in` on stdin. Sent only in a run
+    /// that opens every connection first. The failures are counted again, by kind, in
+    /// `connected`.
+    Opened {
+        attempted: u64,
+        opened: u64,
+        failed: u64,
+    },
     /// The worker's connect phase has ended; it waits for `hold` on stdin.
     Connected {
         attempted: u64,
@@ -234,11 +252,46 @@ mod tests {
         let event = WorkerEvent::Progress {
             done: 10,
             signed_in: 9,
+            opened: None,
         };
 
         let line = event.to_line();
 
         assert_eq!(line, r#"{"event":"progress","done":10,"signed_in":9}"#);
+        assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
+    }
+
+    #[test]
+    fn progress_line_with_opened_round_trips() {
+        let event = WorkerEvent::Progress {
+            done: 2,
+            signed_in: 0,
+            opened: Some(40),
+        };
+
+        let line = event.to_line();
+
+        assert_eq!(
+            line,
+            r#"{"event":"progress","done":2,"signed_in":0,"opened":40}"#
+        );
+        assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
+    }
+
+    #[test]
+    fn opened_line_round_trips() {
+        let event = WorkerEvent::Opened {
+            attempted: 50,
+            opened: 48,
+            failed: 2,
+        };
+
+        let line = event.to_line();
+
+        assert_eq!(
+            line,
+            r#"{"event":"opened","attempted":50,"opened":48,"failed":2}"#
+        );
         assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
     }
 

@@ -1,8 +1,8 @@
 //! The parent side of a run with several worker processes: start the workers, each with a
 //! slice of the users, merge their progress and figures, start their hold together, and read
-//! the engine's memory while they hold.
+//! the engine's memory while they hold. With `--open-first` every worker opens its
+//! connections, and the parent lets them all sign in together once the last has opened.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,13 +12,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cli::{RunArgs, SigninArgs};
-use crate::phases::{HoldFigures, CLOSE_GRACE};
+use crate::phases::{ConnectProgress, HoldFigures, CLOSE_GRACE};
 use crate::report::{EngineMemory, Report};
 use crate::signin::{self, EngineWatch};
-use crate::worker_protocol::{self, MergedConnect, WorkerEvent, HOLD_COMMAND};
+use crate::worker_protocol::{self, MergedConnect, WorkerEvent, HOLD_COMMAND, SIGN_IN_COMMAND};
 
 /// Time allowed beyond each phase's own limit for a worker to report: process start and
-/// token cache load before the connect report, and output after the close grace.
+/// token cache load before the first report, and output after each phase.
 pub(crate) const REPORT_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// The users of one worker: `first .. first + count`.
@@ -64,6 +64,7 @@ pub(crate) fn worker_flags(
     slice: Slice,
     sources: u64,
     concurrency: u64,
+    open_first: bool,
 ) -> Vec<String> {
     let flags = [
         ("--url", run.conn.url.clone()),
@@ -86,6 +87,9 @@ pub(crate) fn worker_flags(
         args.push(flag.to_owned());
         args.push(value);
     }
+    if open_first {
+        args.push("--open-first".to_owned());
+    }
     args
 }
 
@@ -99,7 +103,16 @@ enum WorkerMessage {
 /// Progress of one worker through the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WorkerState {
-    Connecting { done: u64, signed_in: u64 },
+    /// In its open phase or its sign-in phase, with its last progress report.
+    Connecting {
+        done: u64,
+        signed_in: u64,
+    },
+    /// Its open phase has ended, `failed` connections failed to open, and it waits for the
+    /// `sign_in` command.
+    Opened {
+        failed: u64,
+    },
     Connected,
     Finished,
     Failed,
@@ -110,12 +123,18 @@ struct Worker {
     stdin: Option<ChildStdin>,
     slice: Slice,
     state: WorkerState,
+    /// Connections open, from the last progress report or the `opened` report.
+    opened: u64,
 }
 
 /// The parent's view of all workers during a run.
 struct Fleet {
     workers: Vec<Worker>,
     messages: mpsc::UnboundedReceiver<WorkerMessage>,
+    /// Whether the workers open every connection before signing in.
+    open_first: bool,
+    /// Connections opened, summed over the workers' `opened` reports.
+    opened: u64,
     connect: MergedConnect,
     hold: HoldFigures,
 }
@@ -130,6 +149,30 @@ pub(crate) async fn measure(
     let exe = std::env::current_exe().map_err(WorkersError::CurrentExe)?;
     let slices = split(args.connections, args.workers);
     let concurrency = args.run.conn.concurrency.div_ceil(slices.len() as u64);
+    let commands = slices.iter().map(|slice| {
+        let mut command = Command::new(&exe);
+        command
+            .args(worker_flags(
+                &args.run,
+                *slice,
+                sources,
+                concurrency,
+                args.open_first,
+            ))
+            .env("IM_BENCH_PASSWORD", &args.run.conn.password);
+        (command, *slice)
+    });
+    run_fleet(commands, args, engine).await
+}
+
+/// Starts a worker process for each command and runs the phases of `args` with them: with
+/// `args.open_first` the open phase and the sign-in phase, otherwise one connect phase, and
+/// then the hold.
+async fn run_fleet(
+    commands: impl IntoIterator<Item = (Command, Slice)>,
+    args: &SigninArgs,
+    engine: &EngineWatch,
+) -> Result<Report, WorkersError> {
     let mut memory = EngineMemory {
         processes: engine.processes(),
         before: engine.sample(),
@@ -137,10 +180,27 @@ pub(crate) async fn measure(
     };
 
     let started = Instant::now();
-    let mut fleet = Fleet::start(&exe, &args.run, &slices, sources, concurrency)?;
-    let connect_limit = Duration::from_secs(args.run.conn.connect_timeout_secs) + REPORT_ALLOWANCE;
+    let mut fleet = Fleet::start(commands, args.open_first)?;
+    let phase_limit = Duration::from_secs(args.run.conn.connect_timeout_secs) + REPORT_ALLOWANCE;
+    let mut opened = None;
+    let mut sign_in_started = started;
+    if args.open_first {
+        // The open phase includes the start of the worker processes and their token cache
+        // loads, as the connect phase does without --open-first.
+        fleet
+            .wait_reports("opened", started + phase_limit, args.connections, started)
+            .await;
+        opened = Some((fleet.opened, started.elapsed()));
+        sign_in_started = Instant::now();
+        fleet.start_sign_in().await;
+    }
     fleet
-        .wait_connected(started + connect_limit, args.connections)
+        .wait_reports(
+            "connected",
+            sign_in_started + phase_limit,
+            args.connections,
+            started,
+        )
         .await;
     let connect_elapsed = started.elapsed();
 
@@ -158,7 +218,7 @@ pub(crate) async fn measure(
         connections: args.connections,
         signed_in: fleet.connect.signed_in,
         connect_elapsed,
-        opened: None,
+        opened,
         signin_latency: fleet.connect.latency,
         signin_errors: fleet.connect.errors,
         hold: fleet.hold,
@@ -167,19 +227,16 @@ pub(crate) async fn measure(
 }
 
 impl Fleet {
+    /// Starts one worker process for each command and its slice, with piped stdin and
+    /// stdout.
     fn start(
-        exe: &PathBuf,
-        run: &RunArgs,
-        slices: &[Slice],
-        sources: u64,
-        concurrency: u64,
+        commands: impl IntoIterator<Item = (Command, Slice)>,
+        open_first: bool,
     ) -> Result<Fleet, WorkersError> {
         let (tx, messages) = mpsc::unbounded_channel();
-        let mut workers = Vec::with_capacity(slices.len());
-        for (index, slice) in slices.iter().enumerate() {
-            let mut child = Command::new(exe)
-                .args(worker_flags(run, *slice, sources, concurrency))
-                .env("IM_BENCH_PASSWORD", &run.conn.password)
+        let mut workers = Vec::new();
+        for (index, (mut command, slice)) in commands.into_iter().enumerate() {
+            let mut child = command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -192,25 +249,34 @@ impl Fleet {
             workers.push(Worker {
                 stdin: child.stdin.take(),
                 child,
-                slice: *slice,
+                slice,
                 state: WorkerState::Connecting {
                     done: 0,
                     signed_in: 0,
                 },
+                opened: 0,
             });
         }
         Ok(Fleet {
             workers,
             messages,
+            open_first,
+            opened: 0,
             connect: MergedConnect::default(),
             hold: HoldFigures::default(),
         })
     }
 
-    /// Waits until every worker has reported `connected` or failed, printing merged progress
-    /// every second. Workers still connecting at `deadline` count as failed.
-    async fn wait_connected(&mut self, deadline: Instant, total: u64) {
-        let started = Instant::now();
+    /// Waits until no worker is still in a connect phase: each has sent its `report`
+    /// (`opened` or `connected`) or failed. Prints merged progress every second, timed from
+    /// `started`. Workers still connecting at `deadline` count as failed.
+    async fn wait_reports(
+        &mut self,
+        report: &str,
+        deadline: Instant,
+        total: u64,
+        started: Instant,
+    ) {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.tick().await;
         while self.any(|state| matches!(state, WorkerState::Connecting { .. })) {
@@ -220,41 +286,63 @@ impl Fleet {
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    let (done, signed_in) = self.connect_progress();
-                    eprintln!("{}", signin::progress_line(done, signed_in, total, started.elapsed()));
+                    let progress = self.connect_progress();
+                    eprintln!("{}", signin::progress_line(&progress, total, started.elapsed()));
                 }
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
         for index in 0..self.workers.len() {
             if matches!(self.workers[index].state, WorkerState::Connecting { .. }) {
-                eprintln!("worker {index}: no connect report by the deadline");
+                eprintln!("worker {index}: no {report} report by the deadline");
                 self.fail(index, "worker_no_report");
             }
         }
-        let (done, signed_in) = self.connect_progress();
+        let progress = self.connect_progress();
         eprintln!(
             "{}",
-            signin::progress_line(done, signed_in, total, started.elapsed())
+            signin::progress_line(&progress, total, started.elapsed())
         );
+    }
+
+    /// Sends the sign-in command to every worker whose open phase has ended, one right after
+    /// the other.
+    async fn start_sign_in(&mut self) {
+        for index in 0..self.workers.len() {
+            let WorkerState::Opened { failed } = self.workers[index].state else {
+                continue;
+            };
+            if self.send(index, SIGN_IN_COMMAND).await {
+                self.workers[index].state = WorkerState::Connecting {
+                    done: failed,
+                    signed_in: 0,
+                };
+            }
+        }
     }
 
     /// Sends the hold command to every connected worker.
     async fn start_hold(&mut self) {
         for index in 0..self.workers.len() {
-            if self.workers[index].state != WorkerState::Connected {
-                continue;
-            }
-            let line = format!("{HOLD_COMMAND}\n");
-            let sent = match self.workers[index].stdin.as_mut() {
-                Some(stdin) => stdin.write_all(line.as_bytes()).await.is_ok(),
-                None => false,
-            };
-            if !sent {
-                eprintln!("worker {index}: sending the hold command failed");
-                self.fail(index, "worker_failed");
+            if self.workers[index].state == WorkerState::Connected {
+                self.send(index, HOLD_COMMAND).await;
             }
         }
+    }
+
+    /// Writes `command` as one line to worker `index`. Returns false, and marks the worker
+    /// failed, when that fails.
+    async fn send(&mut self, index: usize, command: &str) -> bool {
+        let line = format!("{command}\n");
+        let sent = match self.workers[index].stdin.as_mut() {
+            Some(stdin) => stdin.write_all(line.as_bytes()).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            eprintln!("worker {index}: sending the {command} command failed");
+            self.fail(index, "worker_failed");
+        }
+        sent
     }
 
     /// Handles worker output until `deadline` or until no worker is still holding.
@@ -303,9 +391,26 @@ impl Fleet {
     }
 
     fn handle_event(&mut self, index: usize, event: WorkerEvent) {
+        let worker = &mut self.workers[index];
+        if matches!(worker.state, WorkerState::Finished | WorkerState::Failed) {
+            // A failed worker's slice counts as errors already, so its late reports are
+            // not merged.
+            return;
+        }
         let absorbed = match event {
-            WorkerEvent::Progress { done, signed_in } => {
-                self.workers[index].state = WorkerState::Connecting { done, signed_in };
+            WorkerEvent::Progress {
+                done,
+                signed_in,
+                opened,
+            } => {
+                worker.state = WorkerState::Connecting { done, signed_in };
+                worker.opened = opened.unwrap_or(worker.opened);
+                Ok(())
+            }
+            WorkerEvent::Opened { opened, failed, .. } => {
+                worker.state = WorkerState::Opened { failed };
+                worker.opened = opened;
+                self.opened += opened;
                 Ok(())
             }
             WorkerEvent::Connected {
@@ -314,7 +419,7 @@ impl Fleet {
                 signin_histogram,
                 errors,
             } => {
-                self.workers[index].state = WorkerState::Connected;
+                worker.state = WorkerState::Connected;
                 self.connect
                     .absorb(attempted, signed_in, &signin_histogram, &errors)
             }
@@ -323,7 +428,7 @@ impl Fleet {
                 heartbeats_after_hold,
                 errors,
             } => {
-                self.workers[index].state = WorkerState::Finished;
+                worker.state = WorkerState::Finished;
                 worker_protocol::absorb_finished(
                     &mut self.hold,
                     &heartbeat_histogram,
@@ -338,12 +443,12 @@ impl Fleet {
         }
     }
 
-    /// Marks worker `index` failed. A worker that fails before its connect report counts
+    /// Marks worker `index` failed. A worker that fails before its `connected` report counts
     /// each connection of its slice as an error of `kind`; later it counts once.
     fn fail(&mut self, index: usize, kind: &str) {
         let worker = &mut self.workers[index];
         match worker.state {
-            WorkerState::Connecting { .. } => {
+            WorkerState::Connecting { .. } | WorkerState::Opened { .. } => {
                 self.connect.attempted += worker.slice.count;
                 self.connect.errors.add(kind, worker.slice.count);
             }
@@ -358,23 +463,28 @@ impl Fleet {
         self.workers.iter().any(|worker| test(worker.state))
     }
 
-    /// Sums progress: reports of connecting workers plus the full slices of the others.
-    fn connect_progress(&self) -> (u64, u64) {
-        let mut done = 0;
-        let mut signed_in = self.connect.signed_in;
+    /// Sums progress: reports of connecting workers, the failures to open of workers waiting
+    /// to sign in, and the full slices of the others.
+    fn connect_progress(&self) -> ConnectProgress {
+        let mut progress = ConnectProgress {
+            done: 0,
+            signed_in: self.connect.signed_in,
+            opened: None,
+        };
         for worker in &self.workers {
             match worker.state {
-                WorkerState::Connecting {
-                    done: worker_done,
-                    signed_in: worker_signed_in,
-                } => {
-                    done += worker_done;
-                    signed_in += worker_signed_in;
+                WorkerState::Connecting { done, signed_in } => {
+                    progress.done += done;
+                    progress.signed_in += signed_in;
                 }
-                _ => done += worker.slice.count,
+                WorkerState::Opened { failed } => progress.done += failed,
+                _ => progress.done += worker.slice.count,
             }
         }
-        (done, signed_in)
+        if self.open_first {
+            progress.opened = Some(self.workers.iter().map(|worker| worker.opened).sum());
+        }
+        progress
     }
 }
 
@@ -398,10 +508,191 @@ async fn forward_lines(
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use clap::Parser as _;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::cli::Cli;
+    use crate::phases::ConnectFigures;
+    use crate::stats::{self, ErrorCounts};
+
+    /// A stand-in for a worker process with --open-first: it prints the reports given in its
+    /// environment and reads the parent's commands. It creates its file MARK before it
+    /// reports `opened`, and on `sign_in` exits with status 5 unless every file of ALL_MARKS
+    /// exists, so that a sign-in command sent before every worker opened fails the run.
+    const FAKE_WORKER: &str = r#"
+if [ -n "$OPEN_DELAY" ]; then sleep "$OPEN_DELAY"; fi
+touch "$MARK"
+printf '%s\n' "$OPENED"
+read -r command || exit 3
+[ "$command" = sign_in ] || exit 4
+for mark in $ALL_MARKS; do
+    [ -e "$mark" ] || { echo "sign_in before $mark existed" >&2; exit 5; }
+done
+printf '%s\n' "$CONNECTED"
+read -r command || exit 6
+[ "$command" = hold ] || exit 7
+printf '%s\n' "$FINISHED"
+"#;
+
+    /// Creates a fresh directory for the fake workers' files.
+    fn scratch_dir(name: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("im-bench-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    /// Builds a fake worker whose whole slice opens and signs in, after `open_delay`.
+    fn fake_worker(
+        slice: Slice,
+        mark: &Path,
+        all_marks: &[PathBuf],
+        open_delay: &str,
+    ) -> (Command, Slice) {
+        let opened = WorkerEvent::Opened {
+            attempted: slice.count,
+            opened: slice.count,
+            failed: 0,
+        };
+        let mut latency = stats::latency_histogram();
+        for _ in 0..slice.count {
+            stats::record(&mut latency, Duration::from_millis(2));
+        }
+        let connected = ConnectFigures {
+            attempted: slice.count,
+            signed_in: slice.count,
+            elapsed: Duration::from_secs(1),
+            opened: None,
+            latency,
+            errors: ErrorCounts::default(),
+        };
+        let mut hold = HoldFigures::default();
+        stats::record(&mut hold.heartbeat_rtt, Duration::from_micros(300));
+        let all_marks: Vec<String> = all_marks
+            .iter()
+            .map(|mark| mark.display().to_string())
+            .collect();
+
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", FAKE_WORKER])
+            .env("OPEN_DELAY", open_delay)
+            .env("MARK", mark)
+            .env("ALL_MARKS", all_marks.join(" "))
+            .env("OPENED", opened.to_line())
+            .env(
+                "CONNECTED",
+                WorkerEvent::connected(&connected)
+                    .expect("encode")
+                    .to_line(),
+            )
+            .env(
+                "FINISHED",
+                WorkerEvent::finished(&hold).expect("encode").to_line(),
+            );
+        (command, slice)
+    }
+
+    fn signin_args(flags: &[&str]) -> SigninArgs {
+        let argv = ["im-bench", "signin"].iter().chain(flags);
+        let cli = Cli::try_parse_from(argv).expect("parse");
+        let Some(crate::cli::Command::Signin(args)) = cli.command else {
+            panic!("signin expected");
+        };
+        args
+    }
+
+    #[tokio::test]
+    async fn open_first_signs_in_after_last_open() {
+        let dir = scratch_dir("open-first");
+        let marks = [dir.join("worker-0"), dir.join("worker-1")];
+        let slices = split(5, 2);
+        // Worker 1 opens half a second after worker 0, so a sign-in command sent to worker 0
+        // at its own report would find worker 1's mark missing.
+        let commands = vec![
+            fake_worker(slices[0], &marks[0], &marks, ""),
+            fake_worker(slices[1], &marks[1], &marks, "0.5"),
+        ];
+        let args = signin_args(&[
+            "--open-first",
+            "--workers",
+            "2",
+            "--connections",
+            "5",
+            "--hold-secs",
+            "0",
+            "--connect-timeout-secs",
+            "5",
+            "--url",
+            "ws://127.0.0.1:9/ws",
+        ]);
+        let engine = EngineWatch::find(&[], &args.run.conn.url);
+
+        let report = run_fleet(commands, &args, &engine).await.expect("run");
+        std::fs::remove_dir_all(&dir).expect("remove scratch dir");
+
+        assert!(
+            report.signin_errors.0.is_empty(),
+            "{:?}",
+            report.signin_errors
+        );
+        assert!(report.hold.errors.0.is_empty(), "{:?}", report.hold.errors);
+        assert_eq!(report.signed_in, 5);
+        assert_eq!(report.signin_latency.len(), 5);
+        let (opened, open_elapsed) = report.opened.expect("open phase figures");
+        assert_eq!(opened, 5);
+        assert!(
+            open_elapsed >= Duration::from_millis(500),
+            "{open_elapsed:?}"
+        );
+        assert!(report.connect_elapsed >= open_elapsed);
+        assert_eq!(report.hold.heartbeat_rtt.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn silent_worker_fails_open_phase() {
+        let dir = scratch_dir("silent-worker");
+        let mark = dir.join("worker-0");
+        let slices = split(7, 2);
+        let mut silent = Command::new("sh");
+        silent.args(["-c", "exec sleep 30"]);
+        let commands = vec![
+            fake_worker(slices[0], &mark, std::slice::from_ref(&mark), ""),
+            (silent, slices[1]),
+        ];
+        let mut fleet = Fleet::start(commands, true).expect("start");
+
+        let started = Instant::now();
+        fleet
+            .wait_reports("opened", started + Duration::from_secs(2), 7, started)
+            .await;
+        let open_elapsed = started.elapsed();
+        fleet.start_sign_in().await;
+        fleet
+            .wait_reports(
+                "connected",
+                Instant::now() + Duration::from_secs(5),
+                7,
+                started,
+            )
+            .await;
+        std::fs::remove_dir_all(&dir).expect("remove scratch dir");
+
+        assert!(open_elapsed >= Duration::from_secs(2), "{open_elapsed:?}");
+        assert_eq!(fleet.opened, 4);
+        assert_eq!(fleet.workers[0].state, WorkerState::Connected);
+        assert_eq!(fleet.workers[1].state, WorkerState::Failed);
+        assert_eq!(fleet.connect.attempted, 7);
+        assert_eq!(fleet.connect.signed_in, 4);
+        assert_eq!(fleet.connect.errors.0["worker_no_report"], 3);
+        assert_eq!(fleet.connect.errors.total(), 3);
+    }
 
     #[test]
     fn split_covers_all_connections() {
@@ -435,10 +726,10 @@ mod tests {
         };
 
         let mut argv = vec!["im-bench".to_owned()];
-        argv.extend(worker_flags(&cli.signin.run, slice, 2, 128));
+        argv.extend(worker_flags(&cli.signin.run, slice, 2, 128, true));
         let worker = Cli::try_parse_from(argv).expect("parse worker flags");
 
-        let Some(Command::SigninWorker(args)) = worker.command else {
+        let Some(crate::cli::Command::SigninWorker(args)) = worker.command else {
             panic!("signin-worker expected");
         };
         assert_eq!(args.first_index, 5000);
@@ -449,5 +740,6 @@ mod tests {
         assert_eq!(args.run.hold_secs, 7);
         assert_eq!(args.run.conn.url, cli.signin.run.conn.url);
         assert_eq!(args.run.conn.cache_dir, cli.signin.run.conn.cache_dir);
+        assert!(args.open_first);
     }
 }
