@@ -262,37 +262,31 @@ mod tests {
     }
 
     #[test]
-    fn progress_line_with_opened_round_trips() {
-        let event = WorkerEvent::Progress {
-            done: 2,
-            signed_in: 0,
-            opened: Some(40),
-        };
+    fn open_phase_lines_round_trip() {
+        let cases = [
+            (
+                WorkerEvent::Progress {
+                    done: 2,
+                    signed_in: 0,
+                    opened: Some(40),
+                },
+                r#"{"event":"progress","done":2,"signed_in":0,"opened":40}"#,
+            ),
+            (
+                WorkerEvent::Opened {
+                    attempted: 50,
+                    opened: 48,
+                    failed: 2,
+                },
+                r#"{"event":"opened","attempted":50,"opened":48,"failed":2}"#,
+            ),
+        ];
+        for (event, expected) in cases {
+            let line = event.to_line();
 
-        let line = event.to_line();
-
-        assert_eq!(
-            line,
-            r#"{"event":"progress","done":2,"signed_in":0,"opened":40}"#
-        );
-        assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
-    }
-
-    #[test]
-    fn opened_line_round_trips() {
-        let event = WorkerEvent::Opened {
-            attempted: 50,
-            opened: 48,
-            failed: 2,
-        };
-
-        let line = event.to_line();
-
-        assert_eq!(
-            line,
-            r#"{"event":"opened","attempted":50,"opened":48,"failed":2}"#
-        );
-        assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
+            assert_eq!(line, expected);
+            assert_eq!(WorkerEvent::parse(&line).expect("parse"), event);
+        }
     }
 
     #[test]
