@@ -104,8 +104,9 @@ pub(crate) struct Launch {
     started: Instant,
     permits: Arc<Semaphore>,
     outcomes: mpsc::UnboundedReceiver<SignInOutcome>,
-    /// One message per connection that opened, with [`Order::OpenAllFirst`].
-    opened: mpsc::UnboundedReceiver<()>,
+    /// One message per connection that opened or failed to open, with
+    /// [`Order::OpenAllFirst`]. Closed at the end of the open phase.
+    opened: mpsc::UnboundedReceiver<Result<(), String>>,
     sign_in: watch::Sender<bool>,
     stage: watch::Sender<Stage>,
     events: mpsc::UnboundedReceiver<SessionEvent>,
@@ -177,7 +178,8 @@ impl Launch {
     /// Waits until every connection has opened or failed to open, or until `deadline`, and
     /// records how many opened and when. Returns the progress at that point: `done` counts
     /// the failures, and no connection has signed in yet. Connections still opening at the
-    /// deadline go on and sign in after [`Launch::sign_in`] if they open before its deadline.
+    /// deadline count as `not_opened_by_deadline` and never sign in, so that the sign-in
+    /// phase measures sign-ins alone.
     ///
     /// With [`Order::SignInOnOpen`] it returns at once, because connections sign in as soon
     /// as they open.
@@ -187,14 +189,8 @@ impl Launch {
         progress: &mut dyn FnMut(ConnectProgress),
     ) -> ConnectProgress {
         if self.order == Order::OpenAllFirst && self.figures.opened.is_none() {
-            let (count, failed) = collect_opened(
-                &mut self.opened,
-                &mut self.outcomes,
-                &mut self.figures,
-                deadline,
-                progress,
-            )
-            .await;
+            let (count, failed) =
+                collect_opened(&mut self.opened, &mut self.figures, deadline, progress).await;
             self.done = failed;
             self.figures.opened = Some((count, self.started.elapsed()));
         }
@@ -251,28 +247,31 @@ impl Launch {
 }
 
 /// Counts connections as they open, and records the failures to open, until every connection
-/// did one or the other or `deadline` passed. Returns how many opened and how many failed.
+/// did one or the other or `deadline` passed. Then closes `opened`, so that connections still
+/// opening give up, and counts them as `not_opened_by_deadline`. Returns how many opened and
+/// how many did not, those counted as `not_opened_by_deadline` included.
 async fn collect_opened(
-    opened: &mut mpsc::UnboundedReceiver<()>,
-    outcomes: &mut mpsc::UnboundedReceiver<SignInOutcome>,
+    opened: &mut mpsc::UnboundedReceiver<Result<(), String>>,
     figures: &mut ConnectFigures,
     deadline: Instant,
     progress: &mut dyn FnMut(ConnectProgress),
 ) -> (u64, u64) {
     let (mut count, mut failed) = (0, 0);
+    let mut record = |status: Result<(), String>, count: &mut u64, failed: &mut u64| match status {
+        Ok(()) => *count += 1,
+        Err(kind) => {
+            *failed += 1;
+            figures.errors.add(kind, 1);
+        }
+    };
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
-    while count + failed < figures.attempted {
+    loop {
         tokio::select! {
-            signal = opened.recv() => {
-                if signal.is_none() { break }
-                count += 1;
-            }
-            outcome = outcomes.recv() => {
-                let Some(outcome) = outcome else { break };
-                failed += 1;
-                figures.record(outcome);
-            }
+            status = opened.recv() => match status {
+                Some(status) => record(status, &mut count, &mut failed),
+                None => break,
+            },
             _ = ticker.tick() => progress(ConnectProgress {
                 done: failed,
                 signed_in: 0,
@@ -280,8 +279,22 @@ async fn collect_opened(
             }),
             () = tokio::time::sleep_until(deadline) => break,
         }
+        if count + failed == figures.attempted {
+            break;
+        }
     }
-    (count, failed)
+
+    // A connection whose report was sent before the close is still counted, and one that
+    // reports later finds the channel closed and gives up.
+    opened.close();
+    while let Some(status) = opened.recv().await {
+        record(status, &mut count, &mut failed);
+    }
+    let late = figures.attempted - count - failed;
+    if late > 0 {
+        figures.errors.add("not_opened_by_deadline", late);
+    }
+    (count, failed + late)
 }
 
 /// Records outcomes until every connection reported or `deadline` passed, counting from `done`
@@ -553,6 +566,60 @@ mod tests {
             assert_eq!(connect.errors.0["connect_failed"], 3, "{order:?}");
             assert_eq!(connect.errors.total(), 3, "{order:?}");
         }
+    }
+
+    /// Starts a listener that forwards each connection to `upstream` after `delay`, so that
+    /// every WebSocket handshake through it takes at least that long.
+    async fn delaying_proxy(upstream: &str, delay: Duration) -> String {
+        let upstream = upstream
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut outbound = tokio::net::TcpStream::connect(upstream)
+                        .await
+                        .expect("connect upstream");
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn late_opens_do_not_sign_in() {
+        let engine = FakeEngine::start().await;
+        let url = delaying_proxy(&engine.url, Duration::from_millis(500)).await;
+        let mut launch = launch(
+            plan(&url, Duration::from_secs(5)),
+            targets(&["good"; 3]),
+            4,
+            Order::OpenAllFirst,
+        );
+
+        // Every handshake is still in progress at the end of the open phase.
+        let opened = launch
+            .wait_opened(Instant::now() + Duration::from_millis(100), &mut |_| {})
+            .await;
+        let (connect, connections) = launch
+            .sign_in(Instant::now() + Duration::from_secs(3), &mut |_| {})
+            .await;
+        connections.finish().await;
+
+        assert_eq!(opened.opened, Some(0));
+        assert_eq!(opened.done, 3);
+        assert_eq!(connect.opened.map(|(count, _)| count), Some(0));
+        assert_eq!(connect.signed_in, 0);
+        assert_eq!(connect.errors.0["not_opened_by_deadline"], 3);
+        assert_eq!(connect.errors.total(), 3);
     }
 
     #[tokio::test]

@@ -75,8 +75,9 @@ pub(crate) struct SessionLinks {
 
 /// Links of a run that opens every connection before any signs in.
 pub(crate) struct SplitLinks {
-    /// Told once this connection is open (WebSocket handshake done).
-    pub(crate) opened: mpsc::UnboundedSender<()>,
+    /// Receives `Ok` once this connection is open (WebSocket handshake done), or the error
+    /// kind when it failed to open. Closed by the coordinator when the open phase ends.
+    pub(crate) opened: mpsc::UnboundedSender<Result<(), String>>,
     /// Turns true when every connection should sign in.
     pub(crate) sign_in: watch::Receiver<bool>,
 }
@@ -140,13 +141,23 @@ async fn open_then_sign_in(
     mut split: SplitLinks,
 ) -> Steps {
     let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    if split.opened.is_closed() {
+        // The open phase has ended, and the coordinator counted this connection as not opened.
+        return None;
+    }
     let opened = open(plan, target).await;
     drop(permit);
-    let client = match opened {
-        Ok(client) => client,
-        Err(kind) => return Some((Err(kind), Duration::ZERO)),
-    };
-    let _ = split.opened.send(());
+    let status = opened.as_ref().map(|_| ()).map_err(Clone::clone);
+    if split.opened.send(status).is_err() {
+        // The open phase ended while this connection was opening, so it was counted as not
+        // opened and does not sign in.
+        if let Ok(client) = opened {
+            let _ = client.close().await;
+        }
+        return None;
+    }
+    // The coordinator has recorded a failure to open.
+    let client = opened.ok()?;
     if split.sign_in.wait_for(|go| *go).await.is_err() {
         // The coordinator gave up before the sign-in phase.
         let _ = client.close().await;
