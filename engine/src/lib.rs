@@ -395,8 +395,9 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// Accepted gRPC connections, with TCP_NODELAY. Without it a reply that h2 writes in two parts
-/// waits for the caller's delayed ACK, up to 40 ms on Linux, before its second part leaves.
+/// Returns the stream of accepted gRPC connections, each with TCP_NODELAY. Without it a reply
+/// that h2 writes in two parts waits for the caller's delayed ACK (40 ms at least on Linux)
+/// before its second part leaves.
 fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -258,7 +258,7 @@ pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManag
 }
 
 /// Parses `redis_url` and turns TCP_NODELAY on. redis-rs leaves Nagle's algorithm on by
-/// default, which holds a pipeline written while an earlier one is unacknowledged until the
+/// default, which delays a pipeline written while an earlier one is unacknowledged until the
 /// server's delayed ACK.
 fn connection_info(redis_url: &str) -> redis::RedisResult<ConnectionInfo> {
     Ok(redis_url
