@@ -93,6 +93,22 @@ pub(crate) fn worker_flags(
     args
 }
 
+/// Makes the kernel send SIGTERM to the process that `command` starts once the thread that
+/// starts it ends, so that a bench killed with SIGKILL leaves no worker sending load. The
+/// parent starts its workers from a runtime worker thread, which lives until the run ends.
+fn end_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec, and only makes one system
+    // call, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A line, or the end, of one worker's stdout.
 enum WorkerMessage {
     Event(usize, WorkerEvent),
@@ -236,6 +252,7 @@ impl Fleet {
         let (tx, messages) = mpsc::unbounded_channel();
         let mut workers = Vec::new();
         for (index, (mut command, slice)) in commands.into_iter().enumerate() {
+            end_with_parent(&mut command);
             let mut child = command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -741,5 +758,41 @@ printf '%s\n' "$FINISHED"
         assert_eq!(args.run.conn.url, cli.signin.run.conn.url);
         assert_eq!(args.run.conn.cache_dir, cli.signin.run.conn.cache_dir);
         assert!(args.open_first);
+    }
+
+    /// Reads the state letter of process `pid`, `None` once it is gone.
+    fn process_state(pid: u32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_name = stat.rsplit(')').next()?;
+        after_name.split_whitespace().next().map(str::to_owned)
+    }
+
+    #[test]
+    fn worker_ends_with_starting_thread() {
+        let pid = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut command = Command::new("sleep");
+                command.arg("30");
+                end_with_parent(&mut command);
+                // Without kill_on_drop, only the kernel's signal ends it.
+                let child = command.spawn().expect("spawn sleep");
+                child.id().expect("pid")
+            })
+        })
+        .join()
+        .expect("starting thread");
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(process_state(pid).as_deref(), None | Some("Z")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep {pid} still runs after the thread that started it ended"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
