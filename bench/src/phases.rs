@@ -219,8 +219,8 @@ impl Launch {
         )
         .await;
 
-        // Connections still waiting for a permit give up; those in flight find the outcome
-        // channel closed and close themselves.
+        // Connections still waiting for a permit give up, and those in flight find the
+        // outcome channel closed and close themselves.
         self.permits.close();
         drop(self.outcomes);
         let mut figures = self.figures;

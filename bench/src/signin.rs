@@ -82,7 +82,7 @@ async fn execute(args: &SigninArgs) -> Result<Report, SigninError> {
 
     let engine = EngineWatch::find(&args.engine_pid, &args.run.conn.url);
     // Workers with --open-first get the connect limit for the open phase and again for the
-    // sign-in phase; one process shares it between both. Workers may report up to one
+    // sign-in phase, while one process shares it between both. Workers may report up to one
     // allowance late after each phase, the hold included.
     let (connect_phases, worker_allowance) = match (args.workers, args.open_first) {
         (1, _) => (1, Duration::ZERO),
@@ -324,24 +324,21 @@ mod tests {
 
     #[test]
     fn capacity_error_suggests_workers() {
-        let args = signin_args(&["--connections", "30000"]);
+        for flags in [
+            &["--connections", "30000"][..],
+            &["--open-first", "--connections", "30000"][..],
+        ] {
+            let args = signin_args(flags);
 
-        let message = check_capacity(&args, &FILE_LIMIT)
-            .expect_err("over the limit")
-            .to_string();
+            let message = check_capacity(&args, &FILE_LIMIT)
+                .expect_err("over the limit")
+                .to_string();
 
-        assert!(message.contains("pass --workers 2 or more"), "{message}");
-    }
-
-    #[test]
-    fn open_first_capacity_error_suggests_workers() {
-        let args = signin_args(&["--open-first", "--connections", "30000"]);
-
-        let message = check_capacity(&args, &FILE_LIMIT)
-            .expect_err("over the limit")
-            .to_string();
-
-        assert!(message.contains("pass --workers 2 or more"), "{message}");
+            assert!(
+                message.contains("pass --workers 2 or more"),
+                "{flags:?}: {message}"
+            );
+        }
     }
 
     #[test]

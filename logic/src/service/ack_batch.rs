@@ -25,7 +25,7 @@ pub struct AckWrites {
 }
 
 impl AckWrites {
-    /// Writes to `pg`.
+    /// Returns the work that writes to `pg`.
     pub fn new(pg: PgStore) -> AckWrites {
         AckWrites { pg }
     }

@@ -32,8 +32,8 @@ pub trait BatchWork: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Self::Output>, LogicError>> + Send;
 }
 
-/// Handle for queueing items on one batching task. Cheap to clone; the task stops once every
-/// handle is dropped.
+/// Handle for queueing items on one batching task. It is cheap to clone, and the task stops
+/// once every handle is dropped.
 pub struct Batcher<W: BatchWork> {
     tx: mpsc::Sender<Job<W>>,
     timeout: Duration,
@@ -55,7 +55,7 @@ struct Job<W: BatchWork> {
 
 impl<W: BatchWork> Batcher<W> {
     /// Spawns the batching task on the current tokio runtime. `batch_max` caps the items per
-    /// batch (at least 1); `timeout` is the deadline of one item, queueing included.
+    /// batch (at least 1), and `timeout` is the deadline of one item, queueing included.
     pub fn spawn(work: W, batch_max: usize, timeout: Duration) -> Batcher<W> {
         let batch_max = batch_max.max(1);
         let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
@@ -77,7 +77,7 @@ impl<W: BatchWork> Batcher<W> {
 async fn run<W: BatchWork>(work: W, batch_max: usize, mut rx: mpsc::Receiver<Job<W>>) {
     let mut jobs = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut jobs, batch_max).await > 0 {
-        // A caller that gave up has dropped its receiver; its item is left out.
+        // A caller that gave up has dropped its receiver, so its item is left out.
         jobs.retain(|job| !job.reply.is_closed());
         if jobs.is_empty() {
             continue;

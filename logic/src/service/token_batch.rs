@@ -24,7 +24,7 @@ pub struct TokenReads {
 }
 
 impl TokenReads {
-    /// Reads from `pg`.
+    /// Returns the work that reads from `pg`.
     pub fn new(pg: PgStore) -> TokenReads {
         TokenReads { pg }
     }
