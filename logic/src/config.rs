@@ -42,6 +42,7 @@ pub const FIELDS: &[&str] = &[
     "server_secret",
     "sync_max_page",
     "sync_max_page_bytes",
+    "message_retention_days",
     "internal_secret",
 ];
 
@@ -129,6 +130,10 @@ pub struct Config {
     /// (but always contains at least one message) and says `has_more`, so that a reply stays below
     /// the engine's `max_outbound_bytes` queue limit. Default 262,144, range 1,024 to 16,777,216.
     pub sync_max_page_bytes: u32,
+    /// Days a stored message copy is kept. Default 0, which keeps every copy; otherwise 1 to
+    /// 36500. Every ten minutes each logic process deletes the copies that are older. Seqs
+    /// are not reused, so a device that syncs from an older seq gets the copies that are left.
+    pub message_retention_days: u32,
     /// Secret that engine nodes present in the "im-internal-secret" metadata of
     /// `DeviceIntService` calls, and that this process sends to their `ConnectIntService`.
     /// Default empty, which sends and checks none and is allowed only while `listen_addr` is a
@@ -162,6 +167,7 @@ impl Default for Config {
             server_secret: String::new(),
             sync_max_page: 500,
             sync_max_page_bytes: 256 * 1024,
+            message_retention_days: 0,
             internal_secret: String::new(),
         }
     }
@@ -192,6 +198,7 @@ impl std::fmt::Debug for Config {
             .field("server_secret", &redact_secret(&self.server_secret))
             .field("sync_max_page", &self.sync_max_page)
             .field("sync_max_page_bytes", &self.sync_max_page_bytes)
+            .field("message_retention_days", &self.message_retention_days)
             .field("internal_secret", &redact_secret(&self.internal_secret))
             .finish()
     }
@@ -285,6 +292,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync_max_page: Option<u32>,
+    /// Days a stored message is kept; 0 keeps every message.
+    #[arg(long, value_name = "DAYS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_retention_days: Option<u32>,
     // server_secret and internal_secret have no flag, because a command line is visible to every local user: set it
     // in the file or in IM_LOGIC_SERVER_SECRET.
 }
@@ -525,6 +536,13 @@ impl Config {
             1024,
             16 * 1024 * 1024,
         )?;
+        if self.message_retention_days > 36_500 {
+            return Err(ConfigError::Invalid {
+                field: "message_retention_days",
+                value: self.message_retention_days.to_string(),
+                fix: "use 0 to keep every message, or a number of days from 1 to 36500".to_owned(),
+            });
+        }
         let secret_len = self.server_secret.len();
         if secret_len == 0 || SERVER_SECRET_LEN.contains(&secret_len) {
             return Ok(());
@@ -691,6 +709,24 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 "invalid logic.db_pool_size = 0: use a value from 1 to 1024"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn message_retention_is_off_by_default_and_bounded() {
+        assert_eq!(Config::default().message_retention_days, 0);
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_MESSAGE_RETENTION_DAYS", "30");
+            let config = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(config.message_retention_days, 30);
+            jail.set_env("IM_LOGIC_MESSAGE_RETENTION_DAYS", "36501");
+            let err = load_in_jail(None, &Cli::default()).expect_err("too long");
+            assert_eq!(
+                err.to_string(),
+                "invalid logic.message_retention_days = 36501: use 0 to keep every message, \
+                 or a number of days from 1 to 36500"
             );
             Ok(())
         });

@@ -215,7 +215,11 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         }
         None => None,
     };
-    let retention = retention::spawn(logic.pg.clone());
+    let retention = retention::spawn(
+        logic.pg.clone(),
+        config.message_retention_days,
+        logic.metrics.clone(),
+    );
     let reaper = lease::spawn_reaper(
         logic.redis.clone(),
         logic.lapsed_nodes.clone(),

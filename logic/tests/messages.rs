@@ -382,6 +382,93 @@ async fn expired_send_key_is_reused_and_deleted() {
     logic.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn copies_past_the_retention_are_deleted_and_seqs_go_on() {
+    let mut logic = TestLogic::start_default().await;
+    let sender = new_device(&mut logic.client, "keep_s", conn(NODE, 1)).await;
+    let (_, receiver) = new_user_device(&mut logic.client, "keep_r", true, conn(NODE, 2)).await;
+    let mut ids = Vec::new();
+    for text in ["old 1", "old 2", "recent", "new"] {
+        let reply = send_text(&mut logic.client, &sender, receiver.user_id, text)
+            .await
+            .expect("send");
+        ids.push(i64::try_from(reply.message_id).expect("bigint"));
+    }
+    let db = postgres().await;
+    db.execute(
+        "UPDATE messages SET sent_at = now() - interval '49 hours' WHERE message_id = ANY($1)",
+        &[&ids[..2].to_vec()],
+    )
+    .await
+    .expect("copies aged past two days");
+    db.execute(
+        "UPDATE messages SET sent_at = now() - interval '47 hours' WHERE message_id = $1",
+        &[&ids[2]],
+    )
+    .await
+    .expect("copy aged below two days");
+
+    // The task of a server with a retention runs once at start. Other test servers keep every
+    // copy, so only this one deletes.
+    let keeper = TestLogic::start(im_logic::Config {
+        message_retention_days: 2,
+        ..common::test_config()
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let left = loop {
+        let left: i64 = db
+            .query_one(
+                "SELECT count(*) FROM messages WHERE message_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if left == 4 || tokio::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        left, 4,
+        "both copies of the two old messages are gone, the rest stay"
+    );
+    let rendered = keeper.server.metrics().render();
+    let expired: u64 = rendered
+        .lines()
+        .find_map(|line| line.strip_prefix("im_logic_message_copies_expired_total "))
+        .expect("counter rendered")
+        .parse()
+        .expect("a number");
+    assert!(expired >= 4, "{expired} copies counted");
+
+    let inbox = sync(&mut logic.client, &receiver, 0, 0)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), vec![3, 4], "SYNC from 0 gets the copies left");
+    assert_eq!(&inbox.messages[0].content[..], b"recent");
+    let next = send_text(&mut logic.client, &sender, receiver.user_id, "after")
+        .await
+        .expect("send after the deletion");
+    assert_eq!(next.seq, 5, "the sender's seqs are not reused");
+    let inbox = sync(&mut logic.client, &receiver, 4, 0)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), vec![5]);
+
+    // A second run finds nothing more to delete.
+    let pg = im_logic::store::pg::PgStore::new(&common::test_config()).expect("pool");
+    let mut batches = Vec::new();
+    let again = im_logic::retention::delete_expired_messages(&pg, 2, |count| batches.push(count))
+        .await
+        .expect("second run");
+    assert_eq!(again, 0);
+    assert_eq!(batches, vec![0]);
+    keeper.server.shutdown().await;
+    logic.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_get_gapless_seqs() {
     let mut logic = TestLogic::start_default().await;

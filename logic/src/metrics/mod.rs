@@ -279,6 +279,7 @@ pub struct Recorder {
     kicks: [AtomicU64; KICK_REASONS.len()],
     leases_reaped: AtomicU64,
     lease_statuses_removed: AtomicU64,
+    message_copies_expired: AtomicU64,
 }
 
 impl Recorder {
@@ -324,6 +325,12 @@ impl Recorder {
     /// changed.
     pub fn record_lease_statuses_removed(&self, count: u64) {
         self.lease_statuses_removed
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts message copies deleted because they passed `message_retention_days`.
+    pub fn record_message_copies_expired(&self, count: u64) {
+        self.message_copies_expired
             .fetch_add(count, Ordering::Relaxed);
     }
 

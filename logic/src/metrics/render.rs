@@ -79,6 +79,12 @@ impl LogicMetrics {
             "Message rows stored, one per recipient user.",
             load(&recorder.message_copies_stored),
         );
+        counter(
+            out,
+            "im_logic_message_copies_expired_total",
+            "Message rows deleted because they passed message_retention_days.",
+            load(&recorder.message_copies_expired),
+        );
         header(
             out,
             "im_logic_push_seconds",
@@ -412,6 +418,6 @@ mod tests {
             };
             assert_eq!(base, family, "sample {line:?} under the wrong family");
         }
-        assert_eq!(declared.len(), 15, "{declared:?}");
+        assert_eq!(declared.len(), 16, "{declared:?}");
     }
 }

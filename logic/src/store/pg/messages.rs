@@ -55,9 +55,23 @@ const NEWEST_UNACKED: &str = "SELECT m.seq, m.message_id, m.sender_user_id, m.se
                               ON k.device_id = a.device_id AND k.user_id = a.user_id \
                               WHERE m.seq > COALESCE(k.acked_seq, 0)";
 
+/// Deletes up to $2 copies stored more than $1 days ago. The inner query reads the blocks that
+/// the sent_at BRIN index names; the outer one deletes the rows it found by their address.
+const DELETE_EXPIRED: &str = "DELETE FROM messages \
+                              WHERE ctid = ANY (ARRAY( \
+                                  SELECT ctid FROM messages \
+                                  WHERE sent_at < now() - make_interval(days => $1) LIMIT $2)) \
+                              AND sent_at < now() - make_interval(days => $1)";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[INSERT_COPIES, PAGE, INSERT_BATCH, NEWEST_UNACKED]
+    &[
+        INSERT_COPIES,
+        PAGE,
+        INSERT_BATCH,
+        NEWEST_UNACKED,
+        DELETE_EXPIRED,
+    ]
 }
 
 /// A message as its sender wrote it, before it has per-recipient seqs.
@@ -290,6 +304,16 @@ pub async fn newest_unacked(
             })
         })
         .collect()
+}
+
+/// Deletes up to `limit` copies stored more than `days` days ago and returns how many it
+/// deleted. The user_seq rows stay, so later messages keep counting on from the deleted ones.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn delete_expired(pg: &PgStore, days: i32, limit: i64) -> Result<u64, LogicError> {
+    pg.execute(DELETE_EXPIRED, &[&days, &limit]).await
 }
 
 fn message_from_row(row: &Row) -> Result<Message, LogicError> {
