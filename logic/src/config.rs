@@ -131,8 +131,9 @@ pub struct Config {
     /// the engine's `max_outbound_bytes` queue limit. Default 262,144, range 1,024 to 16,777,216.
     pub sync_max_page_bytes: u32,
     /// Days a stored message copy is kept. Default 0, which keeps every copy; otherwise 1 to
-    /// 36500. Every ten minutes each logic process deletes the copies that are older. Seqs
-    /// are not reused, so a device that syncs from an older seq gets the copies that are left.
+    /// 36500. At start and every ten minutes each logic process deletes the copies that are
+    /// older, after building the index on `messages.sent_at` that the deletion needs. Seqs are
+    /// not reused, so a device that syncs from an older seq gets the copies that are left.
     pub message_retention_days: u32,
     /// Secret that engine nodes present in the "im-internal-secret" metadata of
     /// `DeviceIntService` calls, and that this process sends to their `ConnectIntService`.

@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ErrorChain, LogicError};
 use crate::metrics::Recorder;
-use crate::store::pg::{messages, sent_messages, PgStore};
+use crate::store::pg::messages::{self, IndexState};
+use crate::store::pg::{sent_messages, PgStore};
 
 /// Pause between runs.
 const RUN_INTERVAL: Duration = Duration::from_secs(600);
@@ -24,6 +25,12 @@ const MAX_KEY_BATCHES_PER_RUN: usize = 100;
 /// `message_retention_days` unless it is 0, now and every ten minutes. It runs until the handle
 /// is aborted or the runtime stops.
 pub fn spawn(pg: PgStore, message_retention_days: u32, metrics: Arc<Recorder>) -> JoinHandle<()> {
+    if message_retention_days > 0 {
+        tracing::info!(
+            days = message_retention_days,
+            "message retention on: older copies are deleted now and every ten minutes"
+        );
+    }
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(RUN_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,6 +89,10 @@ pub async fn delete_expired_keys(pg: &PgStore) -> Result<u64, LogicError> {
 /// deleted. Unlike the keys, the copies have no cap per run: a busy system stores more than
 /// any fixed number in ten minutes, and each batch is a short statement of its own.
 ///
+/// The first run builds the index on `messages.sent_at` that the batches walk (without
+/// blocking sends, but taking as long as two reads of the table). While another logic process
+/// builds it, the run deletes nothing.
+///
 /// # Errors
 ///
 /// [`LogicError::Internal`] for `days` above `i32::MAX`; store errors, with the copies deleted
@@ -92,6 +103,21 @@ pub async fn delete_expired_messages(
     mut on_batch: impl FnMut(u64),
 ) -> Result<u64, LogicError> {
     let days = i32::try_from(days).map_err(|_| LogicError::Internal("retention too long"))?;
+    match messages::ensure_sent_at_index(pg).await? {
+        IndexState::Ready => {}
+        IndexState::Built => tracing::info!(
+            index = messages::SENT_AT_INDEX,
+            "index for message retention built"
+        ),
+        IndexState::Busy => {
+            tracing::info!(
+                index = messages::SENT_AT_INDEX,
+                "another logic process is building the index for message retention; \
+                 deleting in ten minutes"
+            );
+            return Ok(0);
+        }
+    }
     let mut total = 0;
     loop {
         let deleted = messages::delete_expired(pg, days, BATCH_ROWS).await?;

@@ -465,6 +465,45 @@ async fn copies_past_the_retention_are_deleted_and_seqs_go_on() {
         .expect("second run");
     assert_eq!(again, 0);
     assert_eq!(batches, vec![0]);
+
+    // A build that failed leaves an invalid index. While another process holds the build lock,
+    // a run leaves it alone and deletes nothing; then the next run replaces it.
+    use im_logic::store::pg::messages::{ensure_sent_at_index, IndexState};
+    let index_valid = "SELECT indisvalid FROM pg_index \
+                       WHERE indexrelid = 'messages_sent_at_idx'::regclass";
+    db.execute(
+        "UPDATE pg_index SET indisvalid = false \
+         WHERE indexrelid = 'messages_sent_at_idx'::regclass",
+        &[],
+    )
+    .await
+    .expect("index marked invalid");
+    db.query_one("SELECT pg_advisory_lock(7596391274461143601)", &[])
+        .await
+        .expect("build lock taken");
+    let busy = ensure_sent_at_index(&pg)
+        .await
+        .expect("check under the lock");
+    assert_eq!(busy, IndexState::Busy);
+    let skipped = im_logic::retention::delete_expired_messages(&pg, 2, |_| {})
+        .await
+        .expect("run while another builds");
+    assert_eq!(skipped, 0);
+    db.query_one("SELECT pg_advisory_unlock(7596391274461143601)", &[])
+        .await
+        .expect("build lock released");
+    let rebuilt = ensure_sent_at_index(&pg).await.expect("rebuild");
+    assert_eq!(rebuilt, IndexState::Built);
+    let valid: bool = db
+        .query_one(index_valid, &[])
+        .await
+        .expect("index exists")
+        .get(0);
+    assert!(valid, "the rebuilt index is valid");
+    assert_eq!(
+        ensure_sent_at_index(&pg).await.expect("check"),
+        IndexState::Ready
+    );
     keeper.server.shutdown().await;
     logic.server.shutdown().await;
 }

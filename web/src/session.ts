@@ -451,10 +451,11 @@ export class Session {
 
   private async syncPages(): Promise<void> {
     for (;;) {
+      const afterSeq = this.store.heldSeq;
       let reply;
       try {
         reply = await this.socket.request(PacketType.SYNC, {
-          afterSeq: BigInt(this.store.heldSeq),
+          afterSeq: BigInt(afterSeq),
           limit: SYNC_PAGE,
         });
       } catch (error) {
@@ -462,7 +463,7 @@ export class Session {
         console.warn(`SYNC failed: ${failureText(error)}`);
         return;
       }
-      this.store.add(reply.messages);
+      this.store.addSyncPage(afterSeq, reply.messages);
       this.acknowledge();
       if (!reply.hasMore || reply.messages.length === 0) {
         return;

@@ -144,6 +144,29 @@ export class MessageStore {
     return { added, duplicates, gap: this.hasGap };
   }
 
+  /**
+   * Adds one SYNC page requested after `afterSeq`. A seq above `afterSeq` that the page passes
+   * over was deleted by the logic tier's `message_retention_days`: seqs are committed in order,
+   * so a page that contains a seq contains every lower one still stored. The held seq moves past
+   * such a seq instead of waiting for it.
+   */
+  addSyncPage(afterSeq: number, messages: Message[]): AddResult {
+    const result = this.add(messages);
+    if (this.contiguous < afterSeq) {
+      return result;
+    }
+    for (const message of messages) {
+      const seq = Number(message.seq);
+      if (seq > this.contiguous + 1) {
+        this.contiguous = seq - 1;
+      }
+      while (this.bySeq.has(this.contiguous + 1)) {
+        this.contiguous += 1;
+      }
+    }
+    return { ...result, gap: this.hasGap };
+  }
+
   /** Adds a message sent from this device that waits for its SEND reply. */
   addPending(conversation: string, text: string, clientMsgId: string): ChatMessage {
     const message: ChatMessage = {

@@ -188,7 +188,7 @@ impl Inbox {
         loop {
             let request = client.sync(after_seq, self.page_limit);
             let page = self.reading_pushes(client, request).await?;
-            match self.tracker.accept_page(page, &mut self.ready) {
+            match self.tracker.accept_page(after_seq, page, &mut self.ready) {
                 Some(next) => after_seq = next,
                 None => break,
             }

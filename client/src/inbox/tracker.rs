@@ -21,8 +21,9 @@ pub enum Arrival {
 
 /// The delivery cursor of one device's copy of a user's message sequence.
 ///
-/// Seqs of a user's messages run 1, 2, 3, ... without gaps. The tracker delivers each seq
-/// exactly once and in order, whatever order and however often messages are given to it.
+/// Seqs of a user's messages run 1, 2, 3, ... without gaps, except where the logic tier's
+/// `message_retention_days` deleted old copies. The tracker delivers each seq exactly once and
+/// in order, whatever order and however often messages are given to it.
 #[derive(Debug, Clone, Default)]
 pub struct SeqTracker {
     /// Highest seq delivered with every lower seq delivered too.
@@ -77,16 +78,29 @@ impl SeqTracker {
         Arrival::Delivered
     }
 
-    /// Takes one SYNC page, as [`accept`](Self::accept) takes each of its messages. Returns the
-    /// `after_seq` of the next page when the reply's `has_more` is set, and `None` when the
-    /// SYNC is complete.
+    /// Takes one SYNC page, requested with `after_seq`, as [`accept`](Self::accept) takes each
+    /// of its messages. Returns the `after_seq` of the next page when the reply's `has_more` is
+    /// set, and `None` when the SYNC is complete.
+    ///
+    /// A seq above `after_seq` that the page skips no longer exists, because the logic tier's
+    /// `message_retention_days` deleted it. Seqs are committed in order, so a page that
+    /// contains a seq contains every lower one still stored. The cursor moves past such a seq,
+    /// after delivering held messages below it, instead of waiting for it.
     ///
     /// The next page starts after the page's last seq, or after [`last_seq`](Self::last_seq)
     /// when pushes have already delivered further. A page that claims more but contains no
     /// message ends the SYNC, because paging from the same seq would repeat it forever.
-    pub fn accept_page(&mut self, page: SyncReply, out: &mut Vec<Message>) -> Option<u64> {
+    pub fn accept_page(
+        &mut self,
+        after_seq: u64,
+        page: SyncReply,
+        out: &mut Vec<Message>,
+    ) -> Option<u64> {
         let page_end = page.messages.last().map(|message| message.seq);
         for message in page.messages {
+            if self.last_seq >= after_seq && message.seq > self.last_seq + 1 {
+                self.skip_deleted_before(message.seq, out);
+            }
             self.accept(message, out);
         }
         match (page.has_more, page_end) {
@@ -104,6 +118,20 @@ impl SeqTracker {
     /// Records that MESSAGE_ACK with `seq` was sent.
     pub fn mark_acked(&mut self, seq: u64) {
         self.acked_seq = self.acked_seq.max(seq);
+    }
+
+    /// Moves the cursor to `seq - 1` because the seqs between it and `seq` were deleted.
+    /// Held messages below `seq` were stored before the deletion and are delivered first.
+    fn skip_deleted_before(&mut self, seq: u64, out: &mut Vec<Message>) {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() >= seq {
+                break;
+            }
+            let message = entry.remove();
+            self.last_seq = message.seq;
+            out.push(message);
+        }
+        self.last_seq = self.last_seq.max(seq - 1);
     }
 
     /// Delivers held messages that became contiguous, and drops any held at or below the
@@ -181,7 +209,7 @@ mod tests {
         let mut out = Vec::new();
         tracker.accept(message(21), &mut out);
 
-        let next = tracker.accept_page(page(1..=20, false), &mut out);
+        let next = tracker.accept_page(0, page(1..=20, false), &mut out);
 
         assert_eq!(next, None);
         assert_eq!(seqs(&out), (1..=21).collect::<Vec<_>>());
@@ -195,7 +223,7 @@ mod tests {
         let mut out = Vec::new();
         tracker.accept(message(3), &mut out);
 
-        tracker.accept_page(page(1..=5, false), &mut out);
+        tracker.accept_page(0, page(1..=5, false), &mut out);
 
         assert_eq!(seqs(&out), vec![1, 2, 3, 4, 5]);
         assert_eq!(tracker.held(), 0);
@@ -228,7 +256,7 @@ mod tests {
             tracker.accept(message(seq), &mut out);
         }
 
-        let next = tracker.accept_page(page(1..=4, false), &mut out);
+        let next = tracker.accept_page(0, page(1..=4, false), &mut out);
 
         assert_eq!(next, None);
         assert_eq!(seqs(&out), vec![1, 2, 3, 4]);
@@ -239,9 +267,9 @@ mod tests {
         let mut tracker = SeqTracker::new(0);
         let mut out = Vec::new();
 
-        let second = tracker.accept_page(page(1..=3, true), &mut out);
-        let third = tracker.accept_page(page(4..=6, true), &mut out);
-        let end = tracker.accept_page(page(7..=7, false), &mut out);
+        let second = tracker.accept_page(0, page(1..=3, true), &mut out);
+        let third = tracker.accept_page(3, page(4..=6, true), &mut out);
+        let end = tracker.accept_page(6, page(7..=7, false), &mut out);
 
         assert_eq!(second, Some(3));
         assert_eq!(third, Some(6));
@@ -253,13 +281,13 @@ mod tests {
     fn has_more_skips_to_cursor_moved_by_pushes() {
         let mut tracker = SeqTracker::new(0);
         let mut out = Vec::new();
-        tracker.accept_page(page(1..=3, true), &mut out);
+        tracker.accept_page(0, page(1..=3, true), &mut out);
         // Pushes of 4..=9 arrive before the next page is requested.
         for seq in 4..=9 {
             tracker.accept(message(seq), &mut out);
         }
 
-        let next = tracker.accept_page(page(4..=6, true), &mut out);
+        let next = tracker.accept_page(3, page(4..=6, true), &mut out);
 
         assert_eq!(next, Some(9));
         assert_eq!(seqs(&out), (1..=9).collect::<Vec<_>>());
@@ -270,8 +298,9 @@ mod tests {
         let mut tracker = SeqTracker::new(5);
         let mut out = Vec::new();
 
-        let next = tracker.accept_page(SyncReply::default(), &mut out);
+        let next = tracker.accept_page(5, SyncReply::default(), &mut out);
         let claimed = tracker.accept_page(
+            5,
             SyncReply {
                 messages: Vec::new(),
                 has_more: true,
@@ -285,17 +314,61 @@ mod tests {
     }
 
     #[test]
-    fn gap_inside_page_is_held() {
+    fn gap_inside_page_is_skipped() {
         let mut tracker = SeqTracker::new(0);
         let mut out = Vec::new();
+        // Seq 3 was deleted past the retention after seq 4 was stored.
         let reply = SyncReply {
             messages: vec![message(1), message(2), message(4)],
             has_more: false,
         };
 
-        tracker.accept_page(reply, &mut out);
+        tracker.accept_page(0, reply, &mut out);
 
-        assert_eq!(seqs(&out), vec![1, 2]);
+        assert_eq!(seqs(&out), vec![1, 2, 4]);
+        assert_eq!(tracker.last_seq(), 4);
+        assert!(!tracker.has_hole());
+    }
+
+    #[test]
+    fn deleted_seqs_before_page_are_skipped() {
+        let mut tracker = SeqTracker::new(2);
+        let mut out = Vec::new();
+
+        // Seqs 3..=40 were deleted past the retention, so the first page starts at 41.
+        let next = tracker.accept_page(2, page(41..=50, true), &mut out);
+        let end = tracker.accept_page(50, page(51..=52, false), &mut out);
+
+        assert_eq!(next, Some(50));
+        assert_eq!(end, None);
+        assert_eq!(seqs(&out), (41..=52).collect::<Vec<_>>());
+        assert!(!tracker.has_hole());
+        assert_eq!(tracker.ack_due(), Some(52));
+    }
+
+    #[test]
+    fn held_push_before_deleted_seqs_is_delivered() {
+        let mut tracker = SeqTracker::new(0);
+        let mut out = Vec::new();
+        // Seq 5 was pushed, then seqs 1..=7 were deleted before the SYNC read them.
+        tracker.accept(message(5), &mut out);
+
+        tracker.accept_page(0, page(8..=9, false), &mut out);
+
+        assert_eq!(seqs(&out), vec![5, 8, 9]);
+        assert_eq!(tracker.last_seq(), 9);
+        assert!(!tracker.has_hole());
+    }
+
+    #[test]
+    fn page_above_cursor_skips_nothing_below_it() {
+        let mut tracker = SeqTracker::new(2);
+        let mut out = Vec::new();
+
+        // Requested after seq 5, so the page cannot show whether seqs 3..=5 exist.
+        tracker.accept_page(5, page(6..=7, false), &mut out);
+
+        assert!(out.is_empty());
         assert_eq!(tracker.last_seq(), 2);
         assert!(tracker.has_hole());
     }
@@ -320,7 +393,7 @@ mod tests {
         let mut tracker = SeqTracker::new(10);
         let mut out = Vec::new();
 
-        tracker.accept_page(page(8..=12, false), &mut out);
+        tracker.accept_page(7, page(8..=12, false), &mut out);
 
         assert_eq!(seqs(&out), vec![11, 12]);
     }
@@ -368,6 +441,7 @@ mod tests {
         let mut after = tracker.last_seq();
         let mut pages = 0;
         while let Some(next) = tracker.accept_page(
+            after,
             page(after + 1..=(after + 4).min(30), after + 4 < 30),
             &mut out,
         ) {

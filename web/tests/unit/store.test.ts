@@ -213,6 +213,32 @@ describe("gap detection", () => {
     expect(store.heldSeq).toBe(0);
   });
 
+  it("moves past seqs that a SYNC page passes over", () => {
+    const store = new MessageStore(SELF);
+    // Seqs 1..=4 and 6 were deleted past the retention.
+    const page = store.addSyncPage(0, [direct(5, PEER, SELF, "e"), direct(7, PEER, SELF, "g")]);
+    expect(page.gap).toBe(false);
+    expect(store.heldSeq).toBe(7);
+    expect(texts(store, PEER_CHAT)).toEqual(["e", "g"]);
+  });
+
+  it("moves past deleted seqs behind a held push", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(2, PEER, SELF, "b")]);
+    store.addSyncPage(0, [direct(4, PEER, SELF, "d")]);
+    expect(store.heldSeq).toBe(4);
+    expect(store.hasGap).toBe(false);
+    expect(texts(store, PEER_CHAT)).toEqual(["b", "d"]);
+  });
+
+  it("keeps a gap below a page requested above the held seq", () => {
+    const store = new MessageStore(SELF);
+    store.add([direct(1, PEER, SELF, "a")]);
+    store.addSyncPage(3, [direct(4, PEER, SELF, "d")]);
+    expect(store.heldSeq).toBe(1);
+    expect(store.hasGap).toBe(true);
+  });
+
   it("a SEND reply can fill the gap below a push", () => {
     const store = new MessageStore(SELF);
     store.add([direct(1, PEER, SELF, "a")]);

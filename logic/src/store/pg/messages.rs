@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::user_seq::Copy;
-use super::{epoch_ms, execute, PgStore};
+use super::{epoch_ms, execute, row, row_opt, PgStore};
 use crate::error::LogicError;
 use crate::ids::{DeviceId, MessageId, UserId};
 
@@ -55,13 +55,34 @@ const NEWEST_UNACKED: &str = "SELECT m.seq, m.message_id, m.sender_user_id, m.se
                               ON k.device_id = a.device_id AND k.user_id = a.user_id \
                               WHERE m.seq > COALESCE(k.acked_seq, 0)";
 
-/// Deletes up to $2 copies stored more than $1 days ago. The inner query reads the blocks that
-/// the sent_at BRIN index names; the outer one deletes the rows it found by their address.
+/// Deletes up to $2 of the copies stored more than $1 days ago, oldest first. The inner query
+/// walks [`SENT_AT_INDEX`]; the outer one deletes the rows it found by their address.
 const DELETE_EXPIRED: &str = "DELETE FROM messages \
                               WHERE ctid = ANY (ARRAY( \
                                   SELECT ctid FROM messages \
-                                  WHERE sent_at < now() - make_interval(days => $1) LIMIT $2)) \
+                                  WHERE sent_at < now() - make_interval(days => $1) \
+                                  ORDER BY sent_at LIMIT $2)) \
                               AND sent_at < now() - make_interval(days => $1)";
+
+/// The index on `messages.sent_at` that [`DELETE_EXPIRED`] needs. Only the retention task
+/// builds it, so a deployment that keeps every message does not pay for it on each send.
+pub const SENT_AT_INDEX: &str = "messages_sent_at_idx";
+
+/// Whether [`SENT_AT_INDEX`] is valid: no row when it does not exist, false while a
+/// concurrent build runs or after one failed.
+const SENT_AT_INDEX_VALID: &str =
+    "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('messages_sent_at_idx')";
+
+/// Builds [`SENT_AT_INDEX`] without blocking sends. It cannot run inside a transaction.
+const BUILD_SENT_AT_INDEX: &str =
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_sent_at_idx ON messages (sent_at)";
+
+/// Drops what a failed build of [`SENT_AT_INDEX`] left behind.
+const DROP_SENT_AT_INDEX: &str = "DROP INDEX CONCURRENTLY IF EXISTS messages_sent_at_idx";
+
+/// Session advisory lock that lets one logic process at a time build [`SENT_AT_INDEX`].
+const INDEX_BUILD_LOCK: &str = "SELECT pg_try_advisory_lock(7596391274461143601)";
+const INDEX_BUILD_UNLOCK: &str = "SELECT pg_advisory_unlock(7596391274461143601)";
 
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
@@ -306,14 +327,72 @@ pub async fn newest_unacked(
         .collect()
 }
 
-/// Deletes up to `limit` copies stored more than `days` days ago and returns how many it
-/// deleted. The user_seq rows stay, so later messages keep counting on from the deleted ones.
+/// Deletes up to `limit` of the copies stored more than `days` days ago, oldest first, and
+/// returns how many it deleted. Call it only once [`ensure_sent_at_index`] has returned
+/// [`IndexState::Ready`] or [`IndexState::Built`]: without the index each call reads the whole
+/// table. The user_seq rows stay, so later messages keep counting on from the deleted ones.
 ///
 /// # Errors
 ///
 /// Store errors.
 pub async fn delete_expired(pg: &PgStore, days: i32, limit: i64) -> Result<u64, LogicError> {
     pg.execute(DELETE_EXPIRED, &[&days, &limit]).await
+}
+
+/// What [`ensure_sent_at_index`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexState {
+    /// The index was there and valid.
+    Ready,
+    /// This call built it.
+    Built,
+    /// Another logic process is building it.
+    Busy,
+}
+
+/// Builds [`SENT_AT_INDEX`] unless it exists and is valid, with `CREATE INDEX CONCURRENTLY`,
+/// so sends go on meanwhile; an invalid index that a failed build left is dropped first. One
+/// logic process at a time builds, under an advisory lock; the others get
+/// [`IndexState::Busy`]. The build has no deadline: on a large table it takes as long as
+/// reading the table twice.
+///
+/// # Errors
+///
+/// Store errors. A build that fails leaves an invalid index, which the next call replaces.
+pub async fn ensure_sent_at_index(pg: &PgStore) -> Result<IndexState, LogicError> {
+    let client = pg.client().await?;
+    if index_valid(&client).await? == Some(true) {
+        return Ok(IndexState::Ready);
+    }
+    let locked: bool = row(&client, INDEX_BUILD_LOCK, &[]).await?.try_get(0)?;
+    if !locked {
+        return Ok(IndexState::Busy);
+    }
+    let built = build_sent_at_index(&client).await;
+    // The lock belongs to the session, which goes back to the pool: release it in every case.
+    let unlocked = row(&client, INDEX_BUILD_UNLOCK, &[]).await;
+    let state = built?;
+    unlocked?;
+    Ok(state)
+}
+
+async fn build_sent_at_index(client: &deadpool_postgres::Object) -> Result<IndexState, LogicError> {
+    // Checked again under the lock: another process may have finished meanwhile.
+    match index_valid(client).await? {
+        Some(true) => return Ok(IndexState::Ready),
+        Some(false) => client.batch_execute(DROP_SENT_AT_INDEX).await?,
+        None => {}
+    }
+    client.batch_execute(BUILD_SENT_AT_INDEX).await?;
+    Ok(IndexState::Built)
+}
+
+async fn index_valid(client: &deadpool_postgres::Object) -> Result<Option<bool>, LogicError> {
+    row_opt(client, SENT_AT_INDEX_VALID, &[])
+        .await?
+        .map(|valid| valid.try_get(0))
+        .transpose()
+        .map_err(LogicError::from)
 }
 
 fn message_from_row(row: &Row) -> Result<Message, LogicError> {
