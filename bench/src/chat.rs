@@ -4,19 +4,14 @@
 
 use std::process::ExitCode;
 
-use futures::{StreamExt as _, TryStreamExt as _};
 use im_client::business::LogicApi;
 use im_client::{Client, ConversationType};
-use im_proto::v1::FriendState;
 
 use crate::cli::ChatArgs;
 use crate::messaging::{self, ScenarioError};
 use crate::schedule::Schedule;
 use crate::session::Target;
 use crate::traffic::{Destination, SenderSpec, TrafficFigures};
-
-/// Pairs whose friendship is checked or made at once.
-const SETUP_CONCURRENCY: usize = 32;
 
 /// Runs the scenario and returns the exit code: success only when no error was counted and
 /// every message arrived exactly once.
@@ -72,47 +67,8 @@ fn print_parameters(args: &ChatArgs, schedule: &Schedule) {
 /// Makes each pair (2k, 2k + 1) friends unless they are already. Returns how many pairs this
 /// run made friends.
 async fn make_friends(api: &LogicApi, targets: &[Target]) -> Result<u64, ScenarioError> {
-    futures::stream::iter(targets.chunks_exact(2))
-        .map(|pair| befriend(api, &pair[0], &pair[1]))
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .try_fold(0, |made, pair_made| async move {
-            Ok(made + u64::from(pair_made))
-        })
-        .await
-}
-
-/// Makes `sender` and `receiver` friends: the sender requests and the receiver accepts.
-/// Returns false when they already were. ALREADY_EXISTS from either call means an earlier,
-/// interrupted run got that far.
-async fn befriend(
-    api: &LogicApi,
-    sender: &Target,
-    receiver: &Target,
-) -> Result<bool, ScenarioError> {
-    let sender_api = messaging::api_as(api, sender)?;
-    let friends = sender_api
-        .list_friends()
-        .await
-        .map_err(messaging::setup_error("ListFriends", sender.user_id))?;
-    let state = friends
-        .iter()
-        .find(|friend| friend.user_id == receiver.user_id)
-        .map(|friend| friend.state());
-    match state {
-        Some(FriendState::Accepted) => Ok(false),
-        Some(FriendState::RequestReceived) => {
-            let accepted = sender_api.accept_friend(receiver.user_id).await;
-            messaging::made_unless_exists(accepted, "AcceptFriend", sender.user_id)
-        }
-        _ => {
-            let requested = sender_api.request_friend(receiver.user_id).await;
-            messaging::made_unless_exists(requested, "RequestFriend", sender.user_id)?;
-            let receiver_api = messaging::api_as(api, receiver)?;
-            let accepted = receiver_api.accept_friend(sender.user_id).await;
-            messaging::made_unless_exists(accepted, "AcceptFriend", receiver.user_id)?;
-            Ok(true)
-        }
-    }
+    let pairs = targets.chunks_exact(2).map(|pair| (&pair[0], &pair[1]));
+    messaging::befriend_all(api, pairs).await
 }
 
 /// Splits the connections, in target order, into senders (even) and receivers (odd). Pair k

@@ -178,7 +178,8 @@ fn group_name(args: &MessagingArgs, members: u64) -> String {
 
 /// Returns the id of the group `name` owned by the first target with every target as member:
 /// the cached group, else the owner's group of that name, else a new one. Adds members that
-/// are missing and saves the id in the group cache.
+/// are missing and saves the id in the group cache. The owner may add only friends, so it
+/// first befriends every member that is not in the group yet.
 async fn ensure_group(
     args: &MessagingArgs,
     api: &LogicApi,
@@ -205,6 +206,15 @@ async fn ensure_group(
         Some(group) => Some(group),
         None => group_named(&owner_api, name, owner.user_id).await?,
     };
+    let joining = members.iter().filter(|member| {
+        found
+            .as_ref()
+            .is_none_or(|group| !group.member_ids.contains(&member.user_id))
+    });
+    let made = messaging::befriend_all(api, joining.map(|member| (owner, member))).await?;
+    if made > 0 {
+        eprintln!("setup: {made} members made friends of the group's owner");
+    }
     let group = match found {
         Some(group) => group,
         None => owner_api

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use im_client::business::LogicApi;
 use im_client::{Client, ErrorCode, LogicApiError};
+use im_proto::v1::FriendState;
 use tokio::time::Instant;
 
 use crate::cache;
@@ -22,6 +23,9 @@ use crate::session::{self, SessionPlan, Target};
 use crate::sources;
 use crate::stats::ErrorCounts;
 use crate::traffic::{self, SenderSpec, TrafficFigures, TrafficPlan};
+
+/// Friendships checked or made at once during setup.
+const SETUP_CONCURRENCY: usize = 32;
 
 /// Time between the start of the receivers and the first intended send, so every receiving
 /// connection reads pushes before the first message is due.
@@ -253,6 +257,56 @@ pub(crate) fn api_as(api: &LogicApi, target: &Target) -> Result<LogicApi, Scenar
             user_id: target.user_id,
             source,
         })
+}
+
+/// Makes each pair of `pairs` friends unless they are already: the first user requests and
+/// the second accepts, with up to [`SETUP_CONCURRENCY`] pairs at once. Returns how many pairs
+/// this run made friends.
+pub(crate) async fn befriend_all<'a>(
+    api: &LogicApi,
+    pairs: impl Iterator<Item = (&'a Target, &'a Target)>,
+) -> Result<u64, ScenarioError> {
+    futures::stream::iter(pairs)
+        .map(|(sender, receiver)| befriend(api, sender, receiver))
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_fold(0, |made, pair_made| async move {
+            Ok(made + u64::from(pair_made))
+        })
+        .await
+}
+
+/// Makes `sender` and `receiver` friends: the sender requests and the receiver accepts.
+/// Returns false when they already were. ALREADY_EXISTS from either call means an earlier,
+/// interrupted run got that far.
+async fn befriend(
+    api: &LogicApi,
+    sender: &Target,
+    receiver: &Target,
+) -> Result<bool, ScenarioError> {
+    let sender_api = api_as(api, sender)?;
+    let friends = sender_api
+        .list_friends()
+        .await
+        .map_err(setup_error("ListFriends", sender.user_id))?;
+    let state = friends
+        .iter()
+        .find(|friend| friend.user_id == receiver.user_id)
+        .map(|friend| friend.state());
+    match state {
+        Some(FriendState::Accepted) => Ok(false),
+        Some(FriendState::RequestReceived) => {
+            let accepted = sender_api.accept_friend(receiver.user_id).await;
+            made_unless_exists(accepted, "AcceptFriend", sender.user_id)
+        }
+        _ => {
+            let requested = sender_api.request_friend(receiver.user_id).await;
+            made_unless_exists(requested, "RequestFriend", sender.user_id)?;
+            let receiver_api = api_as(api, receiver)?;
+            let accepted = receiver_api.accept_friend(sender.user_id).await;
+            made_unless_exists(accepted, "AcceptFriend", receiver.user_id)?;
+            Ok(true)
+        }
+    }
 }
 
 /// Turns the result of a setup call into whether it changed something: ALREADY_EXISTS means

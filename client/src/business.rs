@@ -200,12 +200,13 @@ impl LogicApi {
         Ok(())
     }
 
-    /// Creates a group owned by the caller with `member_ids` as its other members.
+    /// Creates a group owned by the caller with `member_ids` as its other members, each of
+    /// whom must be the caller's friend or open.
     ///
     /// # Errors
     ///
-    /// [`LogicApiError::Server`] with GROUP_FULL, NOT_FOUND or INVALID_ARGUMENT, or another
-    /// [`LogicApiError`].
+    /// [`LogicApiError::Server`] with GROUP_FULL, NOT_FOUND, NOT_FRIEND or INVALID_ARGUMENT, or
+    /// another [`LogicApiError`].
     pub async fn create_group(
         &self,
         name: &str,
@@ -223,12 +224,13 @@ impl LogicApi {
             .into_inner())
     }
 
-    /// Adds members to a group the caller belongs to.
+    /// Adds members to a group the caller belongs to; each must be the caller's friend or
+    /// open.
     ///
     /// # Errors
     ///
-    /// [`LogicApiError::Server`] with NOT_GROUP_MEMBER, ALREADY_EXISTS, GROUP_FULL or
-    /// NOT_FOUND, or another [`LogicApiError`].
+    /// [`LogicApiError::Server`] with NOT_GROUP_MEMBER, ALREADY_EXISTS, GROUP_FULL, NOT_FRIEND
+    /// or NOT_FOUND, or another [`LogicApiError`].
     pub async fn add_group_members(
         &self,
         group_id: u64,

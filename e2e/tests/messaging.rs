@@ -177,6 +177,8 @@ async fn group_message_reaches_online_and_offline_members() {
     let (alice, alice_client) = stack.new_user("grp-a").await;
     let (bob, bob_client) = stack.new_user("grp-b").await;
     let (carol, carol_client) = stack.new_user("grp-c").await;
+    make_friends(&alice, &bob).await;
+    make_friends(&alice, &carol).await;
     let group = alice
         .api
         .create_group("team", &[bob.id(), carol.id()])
@@ -369,6 +371,7 @@ async fn rejected_sends_store_nothing() {
     let (bob, bob_client) = stack.new_user("rej-b").await;
     let (carol, carol_client) = stack.new_user("rej-c").await;
     make_friends(&alice, &bob).await;
+    make_friends(&bob, &carol).await;
     let foreign_group = bob
         .api
         .create_group("without alice", &[carol.id()])

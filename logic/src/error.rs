@@ -93,6 +93,13 @@ pub enum LogicError {
     /// A direct message to a user who is neither a friend nor open to strangers.
     #[error("the receiver accepts direct messages only from friends")]
     NotFriend,
+    /// A group member added by a user who is neither a friend of the member nor allowed by
+    /// the member's `open` setting.
+    #[error(
+        "user {0} joins groups only through friends: become friends first (RequestFriend, \
+         then AcceptFriend by that user)"
+    )]
+    NotFriendToAdd(u64),
     /// The caller is not a member of the group.
     #[error("not a member of the group")]
     NotGroupMember,
@@ -150,7 +157,7 @@ impl LogicError {
             LogicError::ContentEmpty => ErrorCode::ContentEmpty,
             LogicError::ContentTooLarge { .. } => ErrorCode::ContentTooLarge,
             LogicError::ReceiverNotFound(_) => ErrorCode::ReceiverNotFound,
-            LogicError::NotFriend => ErrorCode::NotFriend,
+            LogicError::NotFriend | LogicError::NotFriendToAdd(_) => ErrorCode::NotFriend,
             LogicError::NotGroupMember => ErrorCode::NotGroupMember,
             LogicError::GroupFull { .. } => ErrorCode::GroupFull,
             LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
@@ -356,6 +363,11 @@ mod tests {
             ),
             (
                 LogicError::NotFriend,
+                Code::PermissionDenied,
+                ErrorCode::NotFriend,
+            ),
+            (
+                LogicError::NotFriendToAdd(7),
                 Code::PermissionDenied,
                 ErrorCode::NotFriend,
             ),

@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{as_device, conn, create_group, error_code, new_device, TestLogic, NODE};
+use common::{
+    as_device, conn, create_group, error_code, make_friends, new_device, new_user_device,
+    TestLogic, NODE,
+};
 use im_proto::v1::{
     CreateGroupRequest, ErrorCode, GetGroupRequest, GroupMembersRequest, ListGroupsRequest,
     LoginReply,
@@ -39,6 +42,7 @@ async fn create_group_makes_creator_owner_and_member() {
     let mut ext = logic.ext_client().await;
     let owner = new_device(&mut logic.client, "g_owner", conn(NODE, 1)).await;
     let member = new_device(&mut logic.client, "g_member", conn(NODE, 2)).await;
+    make_friends(&mut ext, &owner, &member).await;
 
     let request = CreateGroupRequest {
         name: "weekend plans".to_owned(),
@@ -81,7 +85,9 @@ async fn invalid_group_creations_are_rejected() {
     let owner = new_device(&mut logic.client, "bad_group", conn(NODE, 1)).await;
     let mut others = Vec::new();
     for i in 0..MAX_MEMBERS {
-        others.push(new_device(&mut logic.client, "crowd", conn(NODE, 10 + u64::from(i))).await);
+        let other = new_device(&mut logic.client, "crowd", conn(NODE, 10 + u64::from(i))).await;
+        make_friends(&mut ext, &owner, &other).await;
+        others.push(other);
     }
     let request = |name: &str, member_ids: Vec<u64>| CreateGroupRequest {
         name: name.to_owned(),
@@ -134,6 +140,98 @@ async fn invalid_group_creations_are_rejected() {
 }
 
 #[tokio::test]
+async fn strangers_join_only_when_open() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "st_owner", conn(NODE, 1)).await;
+    let friend = new_device(&mut logic.client, "st_friend", conn(NODE, 2)).await;
+    let stranger = new_device(&mut logic.client, "st_closed", conn(NODE, 3)).await;
+    let (_, open) = new_user_device(&mut logic.client, "st_open", true, conn(NODE, 4)).await;
+    make_friends(&mut ext, &owner, &friend).await;
+
+    let refused = ext
+        .create_group(as_device(
+            &owner,
+            CreateGroupRequest {
+                name: "uninvited".to_owned(),
+                member_ids: vec![friend.user_id, stranger.user_id],
+            },
+        ))
+        .await
+        .expect_err("a stranger in a new group");
+    assert_eq!(error_code(&refused), ErrorCode::NotFriend);
+    assert!(
+        refused.message().starts_with(&format!(
+            "user {} joins groups only through friends",
+            stranger.user_id
+        )),
+        "{}",
+        refused.message()
+    );
+    let listed = ext
+        .list_groups(as_device(&owner, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        listed.groups.is_empty(),
+        "the refused group was not created"
+    );
+
+    let group = ext
+        .create_group(as_device(
+            &owner,
+            CreateGroupRequest {
+                name: "invited".to_owned(),
+                member_ids: vec![friend.user_id, open.user_id],
+            },
+        ))
+        .await
+        .expect("a friend and an open user")
+        .into_inner();
+    assert_eq!(group.member_ids, sorted_ids(&[&owner, &friend, &open]));
+
+    // The friend is the owner's friend, not the stranger's: adding the stranger fails for both,
+    // and a refused add adds nobody.
+    let newcomer = new_device(&mut logic.client, "st_new", conn(NODE, 5)).await;
+    make_friends(&mut ext, &friend, &newcomer).await;
+    let mixed = ext
+        .add_group_members(as_device(
+            &friend,
+            members(group.group_id, &[&newcomer, &stranger]),
+        ))
+        .await
+        .expect_err("a stranger among the added");
+    assert_eq!(error_code(&mixed), ErrorCode::NotFriend);
+    let unchanged = ext
+        .get_group(as_device(
+            &owner,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(unchanged.member_ids, group.member_ids);
+
+    make_friends(&mut ext, &friend, &stranger).await;
+    let grown = ext
+        .add_group_members(as_device(
+            &friend,
+            members(group.group_id, &[&newcomer, &stranger]),
+        ))
+        .await
+        .expect("both are the friend's friends now")
+        .into_inner();
+    assert_eq!(
+        grown.member_ids,
+        sorted_ids(&[&owner, &friend, &open, &newcomer, &stranger])
+    );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn members_add_members_within_the_limit() {
     let mut logic = start().await;
     let mut ext = logic.ext_client().await;
@@ -143,6 +241,8 @@ async fn members_add_members_within_the_limit() {
     let outsider = new_device(&mut logic.client, "add_out", conn(NODE, 4)).await;
     let extra = new_device(&mut logic.client, "add_extra", conn(NODE, 5)).await;
     let group = create_group(&mut ext, &owner, &[&member]).await;
+    make_friends(&mut ext, &member, &newcomer).await;
+    make_friends(&mut ext, &owner, &extra).await;
 
     let grown = ext
         .add_group_members(as_device(&member, members(group.group_id, &[&newcomer])))
@@ -268,6 +368,7 @@ async fn group_outlives_owner_until_empty() {
     let first = new_device(&mut logic.client, "ho_first", conn(NODE, 2)).await;
     let group = create_group(&mut ext, &owner, &[&first]).await;
     let later = new_device(&mut logic.client, "ho_later", conn(NODE, 3)).await;
+    make_friends(&mut ext, &owner, &later).await;
     ext.add_group_members(as_device(&owner, members(group.group_id, &[&later])))
         .await
         .expect("add later");

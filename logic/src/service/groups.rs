@@ -1,6 +1,10 @@
 //! Groups: the creator is the owner and a member; members add members; the owner removes
 //! anyone and other members only themselves. When the owner leaves, the member who joined first
 //! becomes the owner; when the last member leaves, the group is deleted.
+//!
+//! A user joins a group only through a friend: the user who creates the group or adds it must
+//! be its friend, unless it is `open`, the same rule as for a direct message. So a stranger
+//! cannot put a user in a group and message it there.
 
 use im_proto::v1::{
     CreateGroupRequest, GetGroupRequest, GroupInfo, GroupMembersRequest, ListGroupsReply,
@@ -11,8 +15,8 @@ use super::caller::Caller;
 use super::Logic;
 use crate::error::LogicError;
 use crate::ids::{GroupId, UserId};
-use crate::store::pg::group_members;
 use crate::store::pg::groups::{self, Group, GroupHead};
+use crate::store::pg::{friendships, group_members};
 
 /// Length of a group name, in characters.
 const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
@@ -23,7 +27,8 @@ const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
 ///
 /// [`LogicError::InvalidArgument`] for a name outside 1 to 64 characters,
 /// [`LogicError::GroupFull`] for more than `max_group_members` members,
-/// [`LogicError::NotFound`] when a member does not exist; store errors.
+/// [`LogicError::NotFound`] when a member does not exist, [`LogicError::NotFriendToAdd`] when a
+/// member is neither the caller's friend nor open; store errors.
 pub async fn create_group(
     logic: &Logic,
     caller: Caller,
@@ -41,6 +46,7 @@ pub async fn create_group(
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
             let tx = client.transaction().await?;
+            check_may_add(&tx, caller, &members).await?;
             let id = groups::insert(&tx, &request.name, caller.user).await?;
             group_members::insert_many(&tx, id, &members).await?;
             tx.commit().await?;
@@ -62,9 +68,8 @@ pub async fn create_group(
 /// [`LogicError::InvalidArgument`] for an empty list, [`LogicError::NotFound`] for an unknown
 /// group or user, [`LogicError::NotGroupMember`] when the caller is not a member,
 /// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
-/// [`LogicError::GroupFull`]; store errors.
-// TODO: any member may add any user, friend or not; the added user can only leave
-// afterwards (RemoveGroupMembers with its own id). Ask for consent or require friendship.
+/// [`LogicError::GroupFull`], [`LogicError::NotFriendToAdd`] when one of them is neither the
+/// caller's friend nor open (nobody is added); store errors.
 pub async fn add_group_members(
     logic: &Logic,
     caller: Caller,
@@ -82,6 +87,7 @@ pub async fn add_group_members(
                 return Err(LogicError::AlreadyExists("group member"));
             }
             check_size(logic, members.len() + added.len())?;
+            check_may_add(&tx, caller, &added).await?;
             group_members::insert_many(&tx, group, &added).await?;
             tx.commit().await?;
 
@@ -190,6 +196,31 @@ async fn lock_as_member(
         return Err(LogicError::NotGroupMember);
     }
     Ok((head, members))
+}
+
+/// Checks that the caller may put each of `users` in a group: each is the caller, the caller's
+/// friend or open. One statement for all of them.
+async fn check_may_add(
+    tx: &deadpool_postgres::Transaction<'_>,
+    caller: Caller,
+    users: &[UserId],
+) -> Result<(), LogicError> {
+    let pairs: Vec<(UserId, UserId)> = users
+        .iter()
+        .filter(|user| **user != caller.user)
+        .map(|user| (caller.user, *user))
+        .collect();
+    let access = friendships::direct_access_many(tx, &pairs).await?;
+    for ((_, user), access) in pairs.iter().zip(access) {
+        match access {
+            None => return Err(LogicError::NotFound("user")),
+            Some(access) if !access.open && !access.friends => {
+                return Err(LogicError::NotFriendToAdd(user.0))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Returns the owner after a removal: the same owner if still a member, else the member who

@@ -343,12 +343,16 @@ pub(crate) async fn make_friends(ext: &mut ExtClient, a: &LoginReply, b: &LoginR
         .expect("accept succeeds");
 }
 
-/// Creates a group owned by `owner`'s user with `members` besides the owner.
+/// Makes `owner`'s user a friend of each of `members`, so that the owner may add them to a
+/// group, then creates a group owned by the owner with `members` besides the owner.
 pub(crate) async fn create_group(
     ext: &mut ExtClient,
     owner: &LoginReply,
     members: &[&LoginReply],
 ) -> GroupInfo {
+    for member in members {
+        make_friends(ext, owner, member).await;
+    }
     let request = CreateGroupRequest {
         name: "test group".to_owned(),
         member_ids: members.iter().map(|member| member.user_id).collect(),
