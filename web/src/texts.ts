@@ -30,8 +30,8 @@ const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.BUSY]: "The server is busy. Try again shortly.",
   [ErrorCode.RECEIVER_NOT_FOUND]: "That user or group does not exist.",
   [ErrorCode.NOT_FRIEND]:
-    "You can only message friends. Send this user a friend request under Friends, " +
-    "and write again once they accept it.",
+    "Only this user's friends can message them or add them to a group. Send a friend request " +
+    "under Friends, and try again once they accept it.",
   [ErrorCode.NOT_GROUP_MEMBER]: "You are not a member of this group.",
   [ErrorCode.CONTENT_EMPTY]: "The message is empty.",
   [ErrorCode.CONTENT_TOO_LARGE]: "The message is too long.",

@@ -81,7 +81,8 @@ impl Inbox {
     /// lower seq returned too. Messages taken in but not yet returned, such as the own copy
     /// from [`send`](Self::send), do not count until a call returns them.
     pub fn last_seq(&self) -> u64 {
-        // `ready` is contiguous and ends at the tracker's cursor.
+        // `ready` is in seq order and ends at the tracker's cursor. Every seq below its first
+        // message was returned earlier or deleted past the retention.
         match self.ready.first() {
             Some(first) => first.seq - 1,
             None => self.tracker.last_seq(),

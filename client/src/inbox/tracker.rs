@@ -122,6 +122,8 @@ impl SeqTracker {
 
     /// Moves the cursor to `seq - 1` because the seqs between it and `seq` were deleted.
     /// Held messages below `seq` were stored before the deletion and are delivered first.
+    /// Held messages from `seq` on that are now contiguous are delivered too, because
+    /// [`accept`](Self::accept) drops the page's copy of a held seq as a duplicate.
     fn skip_deleted_before(&mut self, seq: u64, out: &mut Vec<Message>) {
         while let Some(entry) = self.held.first_entry() {
             if *entry.key() >= seq {
@@ -132,6 +134,7 @@ impl SeqTracker {
             out.push(message);
         }
         self.last_seq = self.last_seq.max(seq - 1);
+        self.release_held(out);
     }
 
     /// Delivers held messages that became contiguous, and drops any held at or below the
@@ -357,6 +360,23 @@ mod tests {
 
         assert_eq!(seqs(&out), vec![5, 8, 9]);
         assert_eq!(tracker.last_seq(), 9);
+        assert!(!tracker.has_hole());
+    }
+
+    #[test]
+    fn page_delivers_held_push_after_skip() {
+        let mut tracker = SeqTracker::new(2);
+        let mut out = Vec::new();
+        // Seqs 3..=40 were deleted past the retention. Seqs 41 and 42 are pushed before the
+        // SYNC reply, which contains 41 only.
+        tracker.accept(message(41), &mut out);
+        tracker.accept(message(42), &mut out);
+
+        let next = tracker.accept_page(2, page(41..=41, false), &mut out);
+
+        assert_eq!(next, None);
+        assert_eq!(seqs(&out), vec![41, 42]);
+        assert_eq!(tracker.last_seq(), 42);
         assert!(!tracker.has_hole());
     }
 
