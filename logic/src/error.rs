@@ -96,8 +96,8 @@ pub enum LogicError {
     /// A group member added by a user who is neither a friend of the member nor allowed by
     /// the member's `open` setting.
     #[error(
-        "user {0} joins groups only through friends: become friends first (RequestFriend, \
-         then AcceptFriend by that user)"
+        "user {0} joins groups only through friends: become friends first (one of you sends \
+         RequestFriend, the other AcceptFriend)"
     )]
     NotFriendToAdd(u64),
     /// The caller is not a member of the group.
