@@ -17,6 +17,7 @@
 #   IM_REDIS_PORT          port of our Redis on 127.0.0.1, default 56379
 #   IM_DATA_DIR            directory for data, sockets and logs, default $REPO/.data
 #   IM_PG_BIN_DIR          PostgreSQL bin directory, default the newest /usr/lib/postgresql/*/bin
+#   IM_PG_SHARED_ROOT      where a cluster goes when IM_DATA_DIR cannot hold it, default /var/tmp
 #
 # Exported by start_services: IM_LOGIC_DATABASE_URL, IM_LOGIC_REDIS_URL, IM_PG_BIN_DIR,
 # IM_REDIS_SERVER_BIN (for tests that start throw-away instances of their own) and IM_DATA_DIR.
@@ -237,7 +238,7 @@ _im_pg_base_dir() {
 
     local key
     key=$(printf '%s' "$IM_DATA_DIR" | cksum | cut -d ' ' -f 1)
-    base=/var/tmp/im-pg-$key
+    base=${IM_PG_SHARED_ROOT:-/var/tmp}/im-pg-$key
     _im_log "$(_im_pg_owner) cannot use $IM_DATA_DIR (no access or socket path too long): keeping PostgreSQL in $base"
     printf '%s' "$base"
 }
@@ -252,6 +253,10 @@ _im_start_postgres() {
     _IM_PG_DATA=$data
 
     _im_prepare_pg_dirs "$base" "$data" "$socket_dir" "$log" || return 1
+    if [[ $base != "$IM_DATA_DIR" ]]; then
+        _im_claim_shared_pg_dir "$base" || return 1
+        _im_sweep_orphan_pg_dirs "$base"
+    fi
     if [[ ! -f $data/PG_VERSION ]]; then
         _im_init_pg_cluster "$data" "$log" || return 1
     fi
@@ -266,6 +271,31 @@ _im_start_postgres() {
 
     _im_create_pg_database "$port" im "$log" || return 1
     export IM_LOGIC_DATABASE_URL="postgres://postgres@127.0.0.1:$port/im"
+}
+
+# Records in a cluster directory outside IM_DATA_DIR which data directory it serves, so that
+# a later start can tell when that checkout is gone.
+_im_claim_shared_pg_dir() {
+    local base=$1 owner_dir
+    owner_dir=$(cd "$IM_DATA_DIR" && pwd) || return 1
+    printf '%s\n' "$owner_dir" >"$base/data-dir"
+}
+
+# Deletes the cluster directories under IM_PG_SHARED_ROOT whose data directory no longer
+# exists, such as those of deleted clean clones, except `keep`. A directory that names no data
+# directory (made before this check existed), or whose server still runs, is left alone.
+_im_sweep_orphan_pg_dirs() {
+    local keep=$1 dir owner_dir
+    for dir in "${IM_PG_SHARED_ROOT:-/var/tmp}"/im-pg-*; do
+        [[ -d $dir && $dir != "$keep" && -f $dir/data-dir ]] || continue
+        owner_dir=$(<"$dir/data-dir")
+        [[ $owner_dir == /* && ! -e $owner_dir ]] || continue
+        if [[ -f $dir/pg/postmaster.pid ]]; then
+            continue
+        fi
+        _im_log "removing $dir: the data directory it served, $owner_dir, is gone"
+        rm -rf -- "$dir"
+    done
 }
 
 _im_prepare_pg_dirs() {

@@ -1,0 +1,66 @@
+//! Shell functions of scripts/lib that need no running service.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Makes a cluster directory `im-pg-<name>` under `root` that names `owner` as its data
+/// directory, or names none when `owner` is `None`.
+fn cluster_dir(root: &Path, name: &str, owner: Option<&str>) -> PathBuf {
+    let dir = root.join(format!("im-pg-{name}"));
+    std::fs::create_dir_all(dir.join("pg")).expect("cluster directory");
+    if let Some(owner) = owner {
+        std::fs::write(dir.join("data-dir"), format!("{owner}\n")).expect("data-dir file");
+    }
+    dir
+}
+
+#[test]
+fn sweep_removes_only_clusters_of_deleted_checkouts() {
+    let root = std::env::temp_dir().join(format!("im-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let living = root.join("living-checkout");
+    std::fs::create_dir_all(&living).expect("living data directory");
+    let gone = root.join("deleted-checkout");
+    let gone = gone.to_str().expect("UTF-8 path");
+
+    let orphan = cluster_dir(&root, "orphan", Some(gone));
+    let kept = cluster_dir(&root, "kept", Some(gone));
+    let served = cluster_dir(&root, "served", Some(living.to_str().expect("UTF-8 path")));
+    let unnamed = cluster_dir(&root, "unnamed", None);
+    let relative = cluster_dir(&root, "relative", Some("deleted-checkout"));
+    let running = cluster_dir(&root, "running", Some(gone));
+    std::fs::write(running.join("pg/postmaster.pid"), "4242\n").expect("pid file");
+
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && _im_sweep_orphan_pg_dirs "$2""#)
+        .arg("sweep")
+        .arg(repo_file("scripts/lib/services.sh"))
+        .arg(&kept)
+        .env("IM_PG_SHARED_ROOT", &root)
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !orphan.exists(),
+        "the cluster of a deleted checkout is removed"
+    );
+    assert!(stderr.contains("im-pg-orphan"), "{stderr}");
+    assert!(kept.exists(), "the cluster being started stays");
+    assert!(served.exists(), "a cluster whose checkout exists stays");
+    assert!(unnamed.exists(), "a cluster that names no checkout stays");
+    assert!(
+        relative.exists(),
+        "a relative name proves nothing and stays"
+    );
+    assert!(running.exists(), "a cluster with a server pid file stays");
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
