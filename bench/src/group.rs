@@ -211,9 +211,9 @@ async fn ensure_group(
             .as_ref()
             .is_none_or(|group| !group.member_ids.contains(&member.user_id))
     });
-    let made = messaging::befriend_all(api, joining.map(|member| (owner, member))).await?;
-    if made > 0 {
-        eprintln!("setup: {made} members made friends of the group's owner");
+    let befriended = messaging::befriend_all(api, joining.map(|member| (owner, member))).await?;
+    if befriended > 0 {
+        eprintln!("setup: {befriended} members made friends of the group's owner");
     }
     let group = match found {
         Some(group) => group,

@@ -26,15 +26,15 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
     let _ = std::fs::remove_dir_all(&root);
     let living = root.join("living-checkout");
     std::fs::create_dir_all(&living).expect("living data directory");
-    let gone = root.join("deleted-checkout");
-    let gone = gone.to_str().expect("UTF-8 path");
+    let deleted = root.join("deleted-checkout");
+    let deleted = deleted.to_str().expect("UTF-8 path");
 
-    let orphan = cluster_dir(&root, "orphan", Some(gone));
-    let kept = cluster_dir(&root, "kept", Some(gone));
+    let orphan = cluster_dir(&root, "orphan", Some(deleted));
+    let starting = cluster_dir(&root, "starting", Some(deleted));
     let served = cluster_dir(&root, "served", Some(living.to_str().expect("UTF-8 path")));
     let unnamed = cluster_dir(&root, "unnamed", None);
     let relative = cluster_dir(&root, "relative", Some("deleted-checkout"));
-    let running = cluster_dir(&root, "running", Some(gone));
+    let running = cluster_dir(&root, "running", Some(deleted));
     std::fs::write(running.join("pg/postmaster.pid"), "4242\n").expect("pid file");
 
     let output = Command::new("bash")
@@ -42,7 +42,7 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
         .arg(r#"source "$1" && _im_sweep_orphan_pg_dirs "$2""#)
         .arg("sweep")
         .arg(repo_file("scripts/lib/services.sh"))
-        .arg(&kept)
+        .arg(&starting)
         .env("IM_PG_SHARED_ROOT", &root)
         .output()
         .expect("bash runs");
@@ -54,7 +54,7 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
         "the cluster of a deleted checkout is removed"
     );
     assert!(stderr.contains("im-pg-orphan"), "{stderr}");
-    assert!(kept.exists(), "the cluster being started stays");
+    assert!(starting.exists(), "the cluster being started stays");
     assert!(served.exists(), "a cluster whose checkout exists stays");
     assert!(unnamed.exists(), "a cluster that names no checkout stays");
     assert!(

@@ -149,7 +149,7 @@ async fn strangers_join_only_when_open() {
     let (_, open) = new_user_device(&mut logic.client, "st_open", true, conn(NODE, 4)).await;
     make_friends(&mut ext, &owner, &friend).await;
 
-    let refused = ext
+    let rejected = ext
         .create_group(as_device(
             &owner,
             CreateGroupRequest {
@@ -159,14 +159,14 @@ async fn strangers_join_only_when_open() {
         ))
         .await
         .expect_err("a stranger in a new group");
-    assert_eq!(error_code(&refused), ErrorCode::NotFriend);
+    assert_eq!(error_code(&rejected), ErrorCode::NotFriend);
     assert!(
-        refused.message().starts_with(&format!(
+        rejected.message().starts_with(&format!(
             "user {} joins groups only through friends",
             stranger.user_id
         )),
         "{}",
-        refused.message()
+        rejected.message()
     );
     let listed = ext
         .list_groups(as_device(&owner, ListGroupsRequest {}))
@@ -175,7 +175,7 @@ async fn strangers_join_only_when_open() {
         .into_inner();
     assert!(
         listed.groups.is_empty(),
-        "the refused group was not created"
+        "the rejected group was not created"
     );
 
     let group = ext
@@ -191,8 +191,8 @@ async fn strangers_join_only_when_open() {
         .into_inner();
     assert_eq!(group.member_ids, sorted_ids(&[&owner, &friend, &open]));
 
-    // The friend is the owner's friend, not the stranger's: adding the stranger fails for both,
-    // and a refused add adds nobody.
+    // The friend is the newcomer's friend but not the stranger's, so adding both fails, and
+    // a rejected add adds no user.
     let newcomer = new_device(&mut logic.client, "st_new", conn(NODE, 5)).await;
     make_friends(&mut ext, &friend, &newcomer).await;
     let mixed = ext

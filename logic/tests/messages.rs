@@ -383,7 +383,7 @@ async fn expired_send_key_is_reused_and_deleted() {
 }
 
 #[tokio::test]
-async fn copies_past_the_retention_are_deleted_and_seqs_go_on() {
+async fn retention_deletes_only_old_copies() {
     let mut logic = TestLogic::start_default().await;
     let sender = new_device(&mut logic.client, "keep_s", conn(NODE, 1)).await;
     let (_, receiver) = new_user_device(&mut logic.client, "keep_r", true, conn(NODE, 2)).await;

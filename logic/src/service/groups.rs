@@ -69,7 +69,7 @@ pub async fn create_group(
 /// group or user, [`LogicError::NotGroupMember`] when the caller is not a member,
 /// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
 /// [`LogicError::GroupFull`], [`LogicError::NotFriendToAdd`] when one of them is neither the
-/// caller's friend nor open (nobody is added); store errors.
+/// caller's friend nor open (no user is added); store errors.
 pub async fn add_group_members(
     logic: &Logic,
     caller: Caller,

@@ -339,7 +339,7 @@ pub async fn delete_expired(pg: &PgStore, days: i32, limit: i64) -> Result<u64, 
     pg.execute(DELETE_EXPIRED, &[&days, &limit]).await
 }
 
-/// What [`ensure_sent_at_index`] found or did.
+/// Outcome of [`ensure_sent_at_index`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexState {
     /// The index was there and valid.
@@ -350,11 +350,11 @@ pub enum IndexState {
     Busy,
 }
 
-/// Builds [`SENT_AT_INDEX`] unless it exists and is valid, with `CREATE INDEX CONCURRENTLY`,
-/// so sends go on meanwhile; an invalid index that a failed build left is dropped first. One
-/// logic process at a time builds, under an advisory lock; the others get
-/// [`IndexState::Busy`]. The build has no deadline: on a large table it takes as long as
-/// reading the table twice.
+/// Builds [`SENT_AT_INDEX`] with `CREATE INDEX CONCURRENTLY` unless it exists and is valid, so
+/// sends go on during the build. An invalid index that a failed build left is dropped first.
+///
+/// One logic process at a time builds, under an advisory lock, and the others get
+/// [`IndexState::Busy`]. The build has no deadline: on a large table it reads the table twice.
 ///
 /// # Errors
 ///
@@ -369,7 +369,7 @@ pub async fn ensure_sent_at_index(pg: &PgStore) -> Result<IndexState, LogicError
         return Ok(IndexState::Busy);
     }
     let built = build_sent_at_index(&client).await;
-    // The lock belongs to the session, which goes back to the pool: release it in every case.
+    // The lock belongs to the session, which goes back to the pool, so release it in every case.
     let unlocked = row(&client, INDEX_BUILD_UNLOCK, &[]).await;
     let state = built?;
     unlocked?;
@@ -377,7 +377,7 @@ pub async fn ensure_sent_at_index(pg: &PgStore) -> Result<IndexState, LogicError
 }
 
 async fn build_sent_at_index(client: &deadpool_postgres::Object) -> Result<IndexState, LogicError> {
-    // Checked again under the lock: another process may have finished meanwhile.
+    // Checked again under the lock, because another process may have finished meanwhile.
     match index_valid(client).await? {
         Some(true) => return Ok(IndexState::Ready),
         Some(false) => client.batch_execute(DROP_SENT_AT_INDEX).await?,
