@@ -83,7 +83,7 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Deadline of one PostgreSQL statement, waiting for a pooled connection and connecting
     /// included, in milliseconds. Default 3000, range 1 to 600000. A statement past it fails
-    /// with TIMEOUT.
+    /// with TIMEOUT, and the server cancels it (`statement_timeout` of each pooled session).
     pub db_timeout_ms: u64,
     /// Deadline of one Redis command, queueing in the pipeline included, in milliseconds.
     /// Default 1000, range 1 to 600000. A command past it fails with TIMEOUT.

@@ -347,7 +347,9 @@ async fn connect_postgres(config: &Config) -> Result<PgStore, StartError> {
     let url = redact_url(&config.database_url);
     let pg = PgStore::new(config).map_err(StartError::PgSetup)?;
     let budget = Duration::from_millis(config.startup_retry_ms);
-    let mut client = retry(Store::Postgres, &url, budget, || pg.client())
+    // Unpooled: a migration or the wait for another process's migration lock may take longer
+    // than db_timeout_ms.
+    let mut client = retry(Store::Postgres, &url, budget, || pg.unpooled_client())
         .await
         .map_err(|source| StartError::Postgres {
             url: url.clone(),

@@ -508,6 +508,76 @@ async fn retention_deletes_only_old_copies() {
     logic.server.shutdown().await;
 }
 
+/// A send that waits on a row lock past `db_timeout_ms` fails with TIMEOUT, and the server
+/// cancels its statement at the same deadline instead of leaving it queued on the lock, so the
+/// pooled connection and the locks it took are free again.
+#[tokio::test]
+async fn send_past_the_deadline_is_cancelled_on_the_server() {
+    let config = im_logic::Config {
+        db_timeout_ms: 500,
+        ..common::test_config()
+    };
+    let mut logic = TestLogic::start(config).await;
+    let sender = new_device(&mut logic.client, "deadline", conn(NODE, 1)).await;
+    let (_, receiver) = new_user_device(&mut logic.client, "open", true, conn(NODE, 2)).await;
+    send_text(&mut logic.client, &sender, receiver.user_id, "first")
+        .await
+        .expect("first send");
+    let receiver_id = i64::try_from(receiver.user_id).expect("id fits");
+
+    let mut holder = postgres().await;
+    let lock = holder.transaction().await.expect("begin");
+    lock.execute(
+        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
+        &[&receiver_id],
+    )
+    .await
+    .expect("lock the receiver's seq");
+    let holder_pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+
+    let status = send_text(&mut logic.client, &sender, receiver.user_id, "blocked")
+        .await
+        .expect_err("a send behind the lock fails");
+    assert_eq!(error_code(&status), ErrorCode::Timeout, "{status:?}");
+    let observer = postgres().await;
+    let mut waiting = i64::MAX;
+    for _ in 0..40 {
+        waiting = observer
+            .query_one(
+                // Index builds of other tests in this file wait on every open transaction.
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%user_seq%'",
+                &[&holder_pid],
+            )
+            .await
+            .expect("count waiters")
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waiting, 0,
+        "a statement still waits on the lock after its deadline"
+    );
+
+    lock.rollback().await.expect("release the lock");
+    let reply = send_text(&mut logic.client, &sender, receiver.user_id, "after")
+        .await
+        .expect("send after the lock is gone");
+    let inbox = sync(&mut logic.client, &receiver, 0, 0)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), vec![1, 2], "the cut-off send stored nothing");
+    assert_eq!(inbox.messages[1].message_id, reply.message_id);
+    logic.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_get_gapless_seqs() {
     let mut logic = TestLogic::start_default().await;

@@ -4,13 +4,13 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{ClientWrapper, GenericClient};
 use im_proto::v1::Message;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::user_seq::Copy;
-use super::{epoch_ms, execute, row, row_opt, PgStore};
+use super::{epoch_ms, execute, PgStore};
 use crate::error::LogicError;
 use crate::ids::{DeviceId, MessageId, UserId};
 
@@ -360,23 +360,24 @@ pub enum IndexState {
 ///
 /// Store errors. A build that fails leaves an invalid index, which the next call replaces.
 pub async fn ensure_sent_at_index(pg: &PgStore) -> Result<IndexState, LogicError> {
-    let client = pg.client().await?;
+    let client = pg.unpooled_client().await?;
     if index_valid(&client).await? == Some(true) {
         return Ok(IndexState::Ready);
     }
-    let locked: bool = row(&client, INDEX_BUILD_LOCK, &[]).await?.try_get(0)?;
+    let locked: bool = client.query_one(INDEX_BUILD_LOCK, &[]).await?.try_get(0)?;
     if !locked {
         return Ok(IndexState::Busy);
     }
     let built = build_sent_at_index(&client).await;
-    // The lock belongs to the session, which goes back to the pool, so release it in every case.
-    let unlocked = row(&client, INDEX_BUILD_UNLOCK, &[]).await;
+    // Closing the session would release the lock too, but only once the server has seen the
+    // connection end; unlocking here lets the next caller in at once.
+    let unlocked = client.query_one(INDEX_BUILD_UNLOCK, &[]).await;
     let state = built?;
     unlocked?;
     Ok(state)
 }
 
-async fn build_sent_at_index(client: &deadpool_postgres::Object) -> Result<IndexState, LogicError> {
+async fn build_sent_at_index(client: &ClientWrapper) -> Result<IndexState, LogicError> {
     // Checked again under the lock, because another process may have finished meanwhile.
     match index_valid(client).await? {
         Some(true) => return Ok(IndexState::Ready),
@@ -387,8 +388,9 @@ async fn build_sent_at_index(client: &deadpool_postgres::Object) -> Result<Index
     Ok(IndexState::Built)
 }
 
-async fn index_valid(client: &deadpool_postgres::Object) -> Result<Option<bool>, LogicError> {
-    row_opt(client, SENT_AT_INDEX_VALID, &[])
+async fn index_valid(client: &ClientWrapper) -> Result<Option<bool>, LogicError> {
+    client
+        .query_opt(SENT_AT_INDEX_VALID, &[])
         .await?
         .map(|valid| valid.try_get(0))
         .transpose()

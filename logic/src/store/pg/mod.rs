@@ -20,7 +20,8 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    ClientWrapper, GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
+    Runtime,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -87,6 +88,17 @@ impl PgStore {
                     source,
                 })?;
         pg_config.connect_timeout(timeout);
+        // The server cancels a statement at the same deadline as the client gives up on it, so
+        // that one cut off neither runs on nor holds its pooled connection and row locks.
+        let server_deadline = format!("-c statement_timeout={}", config.db_timeout_ms);
+        let options = match pg_config.get_options() {
+            Some(options) => format!("{options} {server_deadline}"),
+            None => server_deadline,
+        };
+        pg_config.options(options);
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("im-logic");
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -115,6 +127,19 @@ impl PgStore {
     /// [`LogicError::Database`] when connecting fails.
     pub async fn client(&self) -> Result<Object, LogicError> {
         self.pool.get().await.map_err(|err| self.pool_error(err))
+    }
+
+    /// Takes a connection out of the pool for work that may run past `db_timeout_ms`, such as
+    /// migrations and index builds: its statements have no deadline, and it closes when
+    /// dropped, so neither that setting nor a session lock it took ever returns to the pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgStore::client`], or [`LogicError::Database`] when lifting the deadline fails.
+    pub async fn unpooled_client(&self) -> Result<ClientWrapper, LogicError> {
+        let client = Object::take(self.client().await?);
+        client.batch_execute("SET statement_timeout = 0").await?;
+        Ok(client)
     }
 
     /// Runs `sql` and returns its only row, or `None`.
@@ -172,9 +197,9 @@ impl PgStore {
         .await
     }
 
-    /// Fails `work` with [`LogicError::Timeout`] when it runs past `db_timeout_ms`. A statement
-    /// cut off this way may still complete on the server; a transaction cut off this way is
-    /// rolled back when its handle is dropped.
+    /// Fails `work` with [`LogicError::Timeout`] when it runs past `db_timeout_ms`. The server
+    /// cancels each statement past the same deadline (`statement_timeout`), and a transaction cut
+    /// off this way is rolled back when its handle is dropped.
     pub(crate) async fn with_deadline<T>(
         &self,
         work: impl Future<Output = Result<T, LogicError>>,
