@@ -130,8 +130,8 @@ impl PgStore {
     }
 
     /// Takes a connection out of the pool for work that may run past `db_timeout_ms`, such as
-    /// migrations and index builds: its statements have no deadline, and it closes when
-    /// dropped, so neither that setting nor a session lock it took ever returns to the pool.
+    /// migrations and index builds. Its statements have no deadline. It closes when dropped, so
+    /// neither that setting nor a session lock it took returns to the pool.
     ///
     /// # Errors
     ///
