@@ -16,7 +16,7 @@ use crate::phases::{self, ConnectProgress, Order, CLOSE_GRACE};
 use crate::prepare::{self, PrepareError};
 use crate::signin;
 use crate::stats::HistogramCodecError;
-use crate::worker_protocol::{WorkerEvent, HOLD_COMMAND, SIGN_IN_COMMAND};
+use crate::worker_protocol::{unix_micros, WorkerEvent, HOLD_COMMAND, SIGN_IN_COMMAND};
 
 /// Time a worker waits for a command beyond the connect limit. The parent sends each command
 /// once the slowest worker has reported, which takes at most the connect limit plus its
@@ -95,6 +95,7 @@ async fn work(args: &WorkerArgs, targets: Vec<crate::session::Target>) -> Result
     } else {
         Order::SignInOnOpen
     };
+    let started_us = unix_micros();
     let mut launch = phases::launch(
         signin::session_plan(&args.run, args.sources),
         targets,
@@ -108,6 +109,8 @@ async fn work(args: &WorkerArgs, targets: Vec<crate::session::Target>) -> Result
             attempted,
             opened: opened.opened.unwrap_or(0),
             failed: opened.done,
+            started_us,
+            ended_us: unix_micros(),
         })?;
         commands.wait_for(SIGN_IN_COMMAND, command_limit).await?;
         // The sign-in phase gets its own limit, counted from the command, so that the wait

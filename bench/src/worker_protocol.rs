@@ -36,6 +36,13 @@ pub(crate) enum WorkerEvent {
         attempted: u64,
         opened: u64,
         failed: u64,
+        /// When the worker started opening and when its open phase ended, in microseconds
+        /// since the Unix epoch, so that the parent times the phase without the workers'
+        /// start-up; 0 when unknown.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        started_us: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        ended_us: u64,
     },
     /// The worker's connect phase has ended; it waits for `hold` on stdin.
     Connected {
@@ -54,6 +61,20 @@ pub(crate) enum WorkerEvent {
         heartbeats_after_hold: u64,
         errors: BTreeMap<String, u64>,
     },
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Returns the time since the Unix epoch in microseconds, the clock that worker processes share
+/// with the parent; 0 if the clock is before 1970.
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Errors in worker output.
@@ -277,6 +298,8 @@ mod tests {
                     attempted: 50,
                     opened: 48,
                     failed: 2,
+                    started_us: 0,
+                    ended_us: 0,
                 },
                 r#"{"event":"opened","attempted":50,"opened":48,"failed":2}"#,
             ),
