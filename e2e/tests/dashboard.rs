@@ -226,6 +226,101 @@ fn histogram_series_count_as_their_family() {
     assert!(!is_exported("c_total", &families));
 }
 
+/// Returns the `label="value"` matchers of the selectors in `expr` with their metric name,
+/// leaving out regular expressions, negations and values taken from dashboard variables.
+fn equality_matchers(expr: &str) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let name: String = rest[..open]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let close = rest[open..].find('}').map_or(rest.len(), |at| open + at);
+        for matcher in rest[open + 1..close].split(',') {
+            let Some((label, value)) = matcher.split_once('=') else {
+                continue;
+            };
+            let label = label.trim();
+            let value = value.trim();
+            if label.ends_with('!') || value.starts_with('~') || value.contains('$') {
+                continue;
+            }
+            found.push((
+                name.clone(),
+                label.to_owned(),
+                value.trim_matches('"').to_owned(),
+            ));
+        }
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    found
+}
+
+#[test]
+fn equality_matchers_skip_regexes_negations_and_variables() {
+    let expr =
+        r#"sum(rate(a_bucket{kind="login", code!="0", m=~"x|y", i="$node"}[5m])) / b{c="d"}"#;
+
+    let matchers = equality_matchers(expr);
+
+    assert_eq!(
+        matchers,
+        [
+            ("a_bucket".into(), "kind".into(), "login".into()),
+            ("b".into(), "c".into(), "d".into()),
+        ]
+    );
+}
+
+#[test]
+fn quantiles_and_rates_have_matching_units() {
+    let dashboard = load_dashboard();
+
+    for panel in panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or("untitled");
+        let exprs = expressions(panel);
+        if exprs.is_empty() {
+            continue;
+        }
+        let unit = panel["fieldConfig"]["defaults"]["unit"].as_str();
+        let quantiles = exprs
+            .iter()
+            .filter(|expr| expr.contains("histogram_quantile("))
+            .count();
+        for expr in &exprs {
+            if let Some(at) = expr.find("histogram_quantile(") {
+                let grouping = expr[at..].split_once("by (").map(|(_, after)| after);
+                let labels = grouping.and_then(|after| after.split_once(')'));
+                assert!(
+                    labels.is_some_and(|(labels, _)| labels.split(',').any(|l| l.trim() == "le")),
+                    "{title}: histogram_quantile must group by le: {expr}"
+                );
+            }
+        }
+        if quantiles == exprs.len() {
+            let seconds = exprs.iter().all(|expr| expr.contains("_seconds_bucket"));
+            assert!(
+                !seconds || unit == Some("s"),
+                "{title}: quantiles of seconds need unit s, not {unit:?}"
+            );
+        } else if quantiles == 0
+            && exprs
+                .iter()
+                .all(|expr| expr.contains("rate(") && !expr.contains(" / "))
+        {
+            assert!(
+                matches!(unit, Some("ops" | "reqps")),
+                "{title}: a rate needs a per-second unit (ops or reqps), not {unit:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn dashboard_uses_datasource_variable() {
     let dashboard = load_dashboard();
@@ -279,8 +374,8 @@ async fn dashboard_metrics_are_exported() {
         .and_then(|logic| logic.metrics_addr())
         .expect("logic metrics on");
 
-    let mut exported = families(&scrape(engine_addr).await);
-    exported.extend(families(&scrape(logic_addr).await));
+    let text = scrape(engine_addr).await + &scrape(logic_addr).await;
+    let exported = families(&text);
     stack.stop().await;
 
     let mut missing = Vec::new();
@@ -294,6 +389,16 @@ async fn dashboard_metrics_are_exported() {
                     missing.push(format!("{name} (panel \"{title}\")"));
                 }
             }
+            for (name, label, value) in equality_matchers(expr) {
+                let series = format!("{name}{{");
+                let matcher = format!("{label}=\"{value}\"");
+                let found = text
+                    .lines()
+                    .any(|line| line.starts_with(&series) && line.contains(&matcher));
+                if !found {
+                    missing.push(format!("{name}{{{matcher}}} (panel \"{title}\")"));
+                }
+            }
         }
     }
     assert!(
@@ -302,7 +407,7 @@ async fn dashboard_metrics_are_exported() {
     );
     assert!(
         missing.is_empty(),
-        "the dashboard queries metrics that neither /metrics exports: {}",
+        "the dashboard queries series that neither /metrics exports: {}",
         missing.join(", ")
     );
 }

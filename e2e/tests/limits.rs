@@ -169,7 +169,10 @@ async fn login_storm_gets_busy_then_succeeds() {
         busy_count
     );
     assert_eq!(
-        metric(&stack, "im_engine_sign_ins_total{result=\"busy\"}"),
+        metric(
+            &stack,
+            "im_engine_sign_ins_total{kind=\"login\",result=\"busy\"}"
+        ),
         busy_count
     );
     stack.stop().await;

@@ -85,7 +85,7 @@ mod tests {
         shard.note_churn();
         let accepted = churn(&metrics);
         assert_ne!(accepted, start);
-        shard.count_sign_in(im_proto::ErrorCode::Ok);
+        shard.count_sign_in(crate::metrics::SignInKind::SignIn, im_proto::ErrorCode::Ok);
         let signed_in = churn(&metrics);
         assert_ne!(signed_in, accepted);
         shard.count_close(Some(1000));

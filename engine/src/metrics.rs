@@ -50,6 +50,17 @@ impl Histogram {
     }
 }
 
+/// The `kind` label of the sign-in metrics: SIGN_IN checks a token, LOGIN waits for a password
+/// hash, so their latencies differ by orders of magnitude and are kept apart.
+pub const SIGN_IN_KINDS: [&str; 2] = ["sign_in", "login"];
+
+/// Which request a sign-in metric counts, as an index into [`SIGN_IN_KINDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignInKind {
+    SignIn = 0,
+    Login = 1,
+}
+
 /// Results of SIGN_IN and LOGIN, as the `result` label.
 pub const SIGN_IN_RESULTS: [&str; 6] = [
     "ok",
@@ -91,14 +102,16 @@ pub const LIMITS: [&str; 11] = [
 pub struct ShardMetrics {
     pub(crate) connections: AtomicI64,
     pub(crate) accepted: AtomicU64,
-    pub(crate) sign_ins: [AtomicU64; SIGN_IN_RESULTS.len()],
+    /// By [`SignInKind`], then result.
+    pub(crate) sign_ins: [[AtomicU64; SIGN_IN_RESULTS.len()]; SIGN_IN_KINDS.len()],
     pub(crate) closes: [AtomicU64; CLOSE_CODES.len()],
     pub(crate) limits: [AtomicU64; LIMITS.len()],
     pub(crate) packets_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) messages_missed: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
-    pub(crate) sign_in_seconds: Histogram,
+    /// By [`SignInKind`].
+    pub(crate) sign_in_seconds: [Histogram; SIGN_IN_KINDS.len()],
     pub(crate) send_seconds: Histogram,
     /// Connections accepted, signed in or closed, counted with or without the `metrics`
     /// feature: the heap trimmer reads it to know when to run. Not exported.
@@ -112,7 +125,7 @@ impl ShardMetrics {
         self.churn.store(current.wrapping_add(1), Ordering::Relaxed);
     }
 
-    pub(crate) fn count_sign_in(&self, code: im_proto::ErrorCode) {
+    pub(crate) fn count_sign_in(&self, kind: SignInKind, code: im_proto::ErrorCode) {
         self.note_churn();
         if !COUNTING {
             return;
@@ -126,7 +139,7 @@ impl ShardMetrics {
             ErrorCode::Busy => 5,
             _ => 1,
         };
-        self.sign_ins[index].fetch_add(1, Ordering::Relaxed);
+        self.sign_ins[kind as usize][index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_close(&self, code: Option<u16>) {
@@ -221,19 +234,19 @@ impl EngineMetrics {
             shards,
             |m| m.accepted.load(Ordering::Relaxed),
         );
-        labelled_sum(
-            &mut out,
-            "im_engine_sign_ins_total",
-            "SIGN_IN and LOGIN requests by result.",
-            "result",
-            &SIGN_IN_RESULTS,
-            |i| {
-                shards
+        let _ = writeln!(out, "# HELP im_engine_sign_ins_total SIGN_IN and LOGIN requests by kind and result.\n# TYPE im_engine_sign_ins_total counter");
+        for (kind_index, kind) in SIGN_IN_KINDS.iter().enumerate() {
+            for (index, result) in SIGN_IN_RESULTS.iter().enumerate() {
+                let count: u64 = shards
                     .iter()
-                    .map(|m| m.sign_ins[i].load(Ordering::Relaxed))
-                    .sum()
-            },
-        );
+                    .map(|m| m.sign_ins[kind_index][index].load(Ordering::Relaxed))
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "im_engine_sign_ins_total{{kind=\"{kind}\",result=\"{result}\"}} {count}"
+                );
+            }
+        }
         labelled_sum(
             &mut out,
             "im_engine_closes_total",
@@ -303,13 +316,15 @@ impl EngineMetrics {
         );
         let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Requests to the logic tier taken from the queue and not yet answered, on the wire or waiting to join a gathered call.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP im_engine_bridge_queue_depth Calls waiting in the queue from the shards to the bridge.\n# TYPE im_engine_bridge_queue_depth gauge\nim_engine_bridge_queue_depth {}", self.bridge.queued.load(Ordering::Relaxed));
-        histogram(
-            &mut out,
-            "im_engine_sign_in_seconds",
-            "Time from a SIGN_IN or LOGIN packet to its reply.",
-            "",
-            shards.iter().map(|m| &m.sign_in_seconds),
-        );
+        let _ = writeln!(out, "# HELP im_engine_sign_in_seconds Time from a SIGN_IN or LOGIN packet to its reply, by kind.\n# TYPE im_engine_sign_in_seconds histogram");
+        for (kind_index, kind) in SIGN_IN_KINDS.iter().enumerate() {
+            histogram_series(
+                &mut out,
+                "im_engine_sign_in_seconds",
+                &format!("kind=\"{kind}\""),
+                shards.iter().map(|m| &m.sign_in_seconds[kind_index]),
+            );
+        }
         histogram(
             &mut out,
             "im_engine_send_seconds",
@@ -456,24 +471,25 @@ mod tests {
             shards: vec![Arc::default(), Arc::default()],
             ..EngineMetrics::default()
         };
-        metrics.shards[0]
-            .sign_in_seconds
-            .observe(Duration::from_micros(50));
-        metrics.shards[1]
-            .sign_in_seconds
-            .observe(Duration::from_millis(3));
-        metrics.shards[1]
-            .sign_in_seconds
-            .observe(Duration::from_secs(60));
+        let sign_in = SignInKind::SignIn as usize;
+        metrics.shards[0].sign_in_seconds[sign_in].observe(Duration::from_micros(50));
+        metrics.shards[1].sign_in_seconds[sign_in].observe(Duration::from_millis(3));
+        metrics.shards[1].sign_in_seconds[sign_in].observe(Duration::from_secs(60));
+        metrics.shards[1].sign_in_seconds[SignInKind::Login as usize]
+            .observe(Duration::from_millis(800));
         let text = metrics.render();
+        let series = "im_engine_sign_in_seconds_bucket{kind=\"sign_in\",";
         assert!(
-            text.contains("im_engine_sign_in_seconds_bucket{le=\"0.0001\"} 1\n"),
+            text.contains(&format!("{series}le=\"0.0001\"}} 1\n")),
             "{text}"
         );
-        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"10\"} 2\n"));
-        assert!(text.contains("im_engine_sign_in_seconds_bucket{le=\"+Inf\"} 3\n"));
-        assert!(text.contains("im_engine_sign_in_seconds_count 3\n"));
+        assert!(text.contains(&format!("{series}le=\"0.005\"}} 2\n")));
+        assert!(text.contains(&format!("{series}le=\"10\"}} 2\n")));
+        assert!(text.contains(&format!("{series}le=\"+Inf\"}} 3\n")));
+        assert!(text.contains("im_engine_sign_in_seconds_count{kind=\"sign_in\"} 3\n"));
+        // A LOGIN lands in its own series only.
+        assert!(text.contains("im_engine_sign_in_seconds_bucket{kind=\"login\",le=\"0.5\"} 0\n"));
+        assert!(text.contains("im_engine_sign_in_seconds_bucket{kind=\"login\",le=\"1\"} 1\n"));
     }
 
     #[test]
@@ -488,7 +504,8 @@ mod tests {
         metrics.shards[1].count_close(None);
         ShardMetrics::add(&metrics.shards[0].packets_in, 2);
         ShardMetrics::add(&metrics.shards[0].packets_in, 3);
-        metrics.shards[0].count_sign_in(im_proto::ErrorCode::TokenInvalid);
+        metrics.shards[0].count_sign_in(SignInKind::SignIn, im_proto::ErrorCode::TokenInvalid);
+        metrics.shards[1].count_sign_in(SignInKind::Login, im_proto::ErrorCode::Ok);
         let text = metrics.render();
         assert!(
             text.contains("im_engine_closes_total{code=\"4003\"} 2\n"),
@@ -497,6 +514,8 @@ mod tests {
         assert!(text.contains("im_engine_closes_total{code=\"other\"} 1\n"));
         assert!(text.contains("im_engine_closes_total{code=\"none\"} 1\n"));
         assert_eq!(metrics.shards[0].packets_in.load(Ordering::Relaxed), 5);
-        assert!(text.contains("im_engine_sign_ins_total{result=\"rejected\"} 1\n"));
+        assert!(text.contains("im_engine_sign_ins_total{kind=\"sign_in\",result=\"rejected\"} 1\n"));
+        assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"ok\"} 1\n"));
+        assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"rejected\"} 0\n"));
     }
 }

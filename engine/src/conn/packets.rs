@@ -19,7 +19,7 @@ use super::rate::LimitKind;
 use super::{Connection, Ending, Session, SessionState};
 use crate::bridge::{Call, CallError, CallResult, Permits, SignInKind};
 use crate::close;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{self, ShardMetrics};
 use crate::registry::DeviceEntry;
 
 /// Time a shard waits for the bridge beyond the call's own deadline before it gives
@@ -153,7 +153,7 @@ impl Connection {
                 permits,
             })
             .await;
-        self.record_sign_in(started, &result);
+        self.record_sign_in(metrics::SignInKind::Login, started, &result);
         let result = result.map(|mut reply| {
             self.signed_in(reply.user_id, reply.device_id);
             reply.heartbeat_interval_ms = self.heartbeat_interval_ms();
@@ -188,7 +188,7 @@ impl Connection {
                 permits,
             })
             .await;
-        self.record_sign_in(started, &result);
+        self.record_sign_in(metrics::SignInKind::SignIn, started, &result);
         if let Err(err) = &result {
             // The logic tier may still carry the sign-in out, so the close sends an Offline.
             if matches!(err.code, ErrorCode::Timeout | ErrorCode::Unavailable) {
@@ -264,12 +264,17 @@ impl Connection {
         None
     }
 
-    fn record_sign_in<T>(&self, started: Instant, result: &CallResult<T>) {
+    fn record_sign_in<T>(
+        &self,
+        kind: metrics::SignInKind,
+        started: Instant,
+        result: &CallResult<T>,
+    ) {
         let code = result
             .as_ref()
             .map_or_else(|err| err.code, |_| ErrorCode::Ok);
-        self.ctx.metrics.count_sign_in(code);
-        self.ctx.metrics.sign_in_seconds.observe(started.elapsed());
+        self.ctx.metrics.count_sign_in(kind, code);
+        self.ctx.metrics.sign_in_seconds[kind as usize].observe(started.elapsed());
     }
 
     fn device_ref(&self) -> Option<DeviceRef> {

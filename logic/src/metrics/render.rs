@@ -27,7 +27,7 @@ impl LogicMetrics {
         header(
             out,
             "im_logic_requests_total",
-            "Finished gRPC calls, by method and ErrorCode name.",
+            "Finished requests, by method and ErrorCode name. A request inside a gathered call also counts under its single method.",
             "counter",
         );
         for method in Method::ALL {
@@ -76,7 +76,7 @@ impl LogicMetrics {
         counter(
             out,
             "im_logic_message_copies_stored_total",
-            "Message rows stored, one per recipient user.",
+            "Message rows stored, one per user who gets the message, the sender included.",
             load(&recorder.message_copies_stored),
         );
         counter(
