@@ -64,3 +64,44 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
     assert!(running.exists(), "a cluster with a server pid file stays");
     std::fs::remove_dir_all(&root).expect("clean up");
 }
+
+/// A SIGTERM while a script waits for a long command, such as the release build, stops the
+/// command and runs the script's trap at once instead of after the command ends.
+#[test]
+fn sigterm_stops_a_long_command_at_once() {
+    let script = r#"
+source "$1"
+on_term() {
+    im_stop_process build "${IM_FOREGROUND_PID:-}" 5
+    exit 0
+}
+trap on_term TERM
+im_run sleep 60
+echo "not interrupted"
+"#;
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("run")
+        .arg(repo_file("scripts/lib/processes.sh"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash runs");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let pid = i32::try_from(child.id()).expect("pid fits");
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().expect("bash exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the trap waited {:?} for the command",
+        started.elapsed()
+    );
+    assert!(stderr.contains("[build] stopped"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("not interrupted"));
+}

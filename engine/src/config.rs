@@ -90,7 +90,7 @@ pub struct Config {
     /// with UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
     /// Bytes queued for one connection's socket; past it the connection is closed with
-    /// 4008 (slow consumer).
+    /// 4008 (slow consumer). At least `max_message_bytes`.
     pub max_outbound_bytes: usize,
     /// Time a write may wait for the socket to drain before the connection is closed.
     pub write_timeout_ms: u64,
@@ -220,9 +220,12 @@ pub enum ConfigError {
     /// The file, an environment variable or a flag did not parse.
     #[error(
         "invalid engine configuration: {}; im.toml gives each setting's type and default",
-        describe(.0)
+        im_settings::describe(.0, "IM_ENGINE_")
     )]
     Parse(#[from] Box<figment::Error>),
+    /// The settings file is missing, unreadable, or holds an unknown table.
+    #[error(transparent)]
+    File(#[from] im_settings::FileError),
     /// A value parsed but is out of range.
     #[error("invalid engine setting {field} = {value}: {fix}")]
     Invalid {
@@ -230,30 +233,6 @@ pub enum ConfigError {
         value: String,
         fix: &'static str,
     },
-}
-
-/// Describes each error of `err`, naming the setting as im.toml spells it (figment's own text
-/// puts its profile name in front) and where the value came from.
-fn describe(err: &figment::Error) -> String {
-    err.clone()
-        .into_iter()
-        .map(|one| {
-            let source = match &one.metadata {
-                Some(metadata) => match &metadata.source {
-                    Some(source) => format!(" (from {} {source})", metadata.name),
-                    None => format!(" (from {})", metadata.name),
-                },
-                None => String::new(),
-            };
-            let key = one.path.join(".").to_lowercase();
-            if key.is_empty() {
-                format!("{}{source}", one.kind)
-            } else {
-                format!("{key}: {}{source}", one.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Command-line flags of `im-engine`. Each one overrides the setting of the same name.
@@ -319,6 +298,7 @@ impl Config {
             local.exists().then_some(local)
         });
         if let Some(path) = path {
+            im_settings::check_tables(&path)?;
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("engine"));
         }
         // Taken as raw text: figment would parse a secret of digits as a number.
@@ -377,6 +357,14 @@ impl Config {
                 "max_message_bytes",
                 &self.max_message_bytes,
                 "keep max_frame_bytes >= 126 and max_message_bytes >= max_frame_bytes",
+            );
+        }
+        if self.max_outbound_bytes < self.max_message_bytes {
+            return invalid(
+                "max_outbound_bytes",
+                &self.max_outbound_bytes,
+                "use at least max_message_bytes, and more than the logic tier's \
+                 sync_max_page_bytes, or SYNC replies close the connection with 4008",
             );
         }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
@@ -527,6 +515,16 @@ mod tests {
     }
 
     #[test]
+    fn outbound_queue_below_one_message_is_rejected() {
+        let config = Config {
+            max_outbound_bytes: 10,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_outbound_bytes = 10"), "{err}");
+    }
+
+    #[test]
     fn heartbeat_timeout_below_interval_is_rejected() {
         let config = Config {
             heartbeat_timeout_ms: 1_000,
@@ -575,7 +573,10 @@ mod tests {
             .merge(Figment::from(Toml::string("[engine]\nio_uring = \"FALSE\"")).focus("engine"));
         let err = figment.extract::<Config>().map_err(Box::new).unwrap_err();
         let message = ConfigError::from(err).to_string();
-        assert!(message.contains("io_uring: invalid type"), "{message}");
+        assert!(
+            message.contains("io_uring: found string \"FALSE\", expected a boolean"),
+            "{message}"
+        );
         assert!(!message.contains("default."), "{message}");
         assert!(
             message.contains("im.toml gives each setting's type"),

@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "im.toml";
 /// Prefix of the environment variables that override single fields.
 pub const ENV_PREFIX: &str = "IM_LOGIC_";
 
-/// Names of the `[logic]` fields; an environment variable is read only for these.
+/// Names of the `[logic]` fields, each documented in im.toml.
 pub const FIELDS: &[&str] = &[
     "listen_addr",
     "metrics_addr",
@@ -312,8 +312,14 @@ pub enum ConfigError {
     )]
     FileNotFound(PathBuf),
     /// The file does not parse, or a value has the wrong type or an unknown field name.
-    #[error("cannot read the [logic] configuration (each field is described in im.toml)")]
-    Parse(#[source] Box<figment::Error>),
+    #[error(
+        "invalid logic configuration: {}; im.toml describes each setting",
+        im_settings::describe(.0, ENV_PREFIX)
+    )]
+    Parse(Box<figment::Error>),
+    /// The settings file is unreadable or holds an unknown table.
+    #[error(transparent)]
+    File(#[from] im_settings::FileError),
     /// A value has the right type but is out of range.
     #[error("invalid logic.{field} = {value}: {fix}")]
     Invalid {
@@ -347,13 +353,11 @@ impl Config {
     pub fn load_from(file: Option<&Path>, cli: &Cli) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
+            im_settings::check_tables(path)?;
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("logic"));
         }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .only(FIELDS)
-                .ignore(RAW_TEXT_FIELDS),
-        );
+        // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(RAW_TEXT_FIELDS));
         for field in RAW_TEXT_FIELDS {
             let variable = format!("{ENV_PREFIX}{}", field.to_ascii_uppercase());
             if let Some(value) = std::env::var_os(&variable) {
@@ -696,8 +700,25 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("im.toml", "[logic]\ndb_pool_sise = 3\n")?;
             let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("typo rejected");
-            let chain = format!("{err}: {}", std::error::Error::source(&err).expect("cause"));
-            assert!(chain.contains("db_pool_sise"), "{chain}");
+            let text = err.to_string();
+            assert!(text.contains("db_pool_sise"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn misspelt_variable_or_table_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_DB_POOL", "3");
+            let err = load_in_jail(None, &Cli::default()).expect_err("unknown variable");
+            let text = err.to_string();
+            assert!(text.contains("unknown field: found `db_pool`"), "{text}");
+            assert!(text.contains("(from IM_LOGIC_DB_POOL)"), "{text}");
+            jail.clear_env();
+            jail.create_file("im.toml", "[logik]\ndb_pool_size = 3\n")?;
+            let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("unknown table");
+            let text = err.to_string();
+            assert!(text.contains("holds `logik`"), "{text}");
             Ok(())
         });
     }
@@ -738,10 +759,14 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("IM_LOGIC_REDIS_BATCH_MAX", "many");
             let err = load_in_jail(None, &Cli::default()).expect_err("text rejected");
-            let cause = std::error::Error::source(&err).expect("cause").to_string();
-            // figment names the variable's suffix in upper case, as it was set.
-            assert!(cause.contains("REDIS_BATCH_MAX"), "{cause}");
-            assert!(cause.contains("many"), "{cause}");
+            let text = err.to_string();
+            assert!(
+                text.contains(
+                    "redis_batch_max: found string \"many\", expected a whole number from 0 to \
+                     4294967295 (from IM_LOGIC_REDIS_BATCH_MAX)"
+                ),
+                "{text}"
+            );
             Ok(())
         });
     }

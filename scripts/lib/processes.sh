@@ -92,11 +92,28 @@ im_wait_for_addr() {
     return 1
 }
 
+# Runs COMMAND... in the background and waits for it. Bash runs a trap only once the foreground
+# command ends, so a SIGTERM during a long build would otherwise wait for the build. While the
+# command runs, IM_FOREGROUND_PID is its pid, for the trap to stop it.
+im_run() {
+    "$@" &
+    IM_FOREGROUND_PID=$!
+    local status=0
+    wait "$IM_FOREGROUND_PID" || status=$?
+    IM_FOREGROUND_PID=""
+    return "$status"
+}
+
 # Sends SIGTERM to PID and waits up to TIMEOUT_S seconds for it to exit, then sends SIGKILL.
-# Does nothing when PID is empty or already gone.
+# Does nothing when PID is empty, and only reports the stop when PID has exited already.
 im_stop_process() {
     local name=$1 pid=$2 timeout_s=${3:-10}
-    if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
+    if [[ -z $pid ]]; then
+        return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        _im_proc_log "$name" "stopped"
         return 0
     fi
 
