@@ -62,7 +62,9 @@ _im_port_in_use() {
 # because the server refuses to run as root, and the current user otherwise.
 _im_as_pg_owner() {
     if [[ $EUID -eq 0 ]]; then
-        runuser -u postgres -- "$@"
+        # From /, which postgres may enter, unlike a private checkout; else each command warns
+        # that it could not change to the working directory.
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
@@ -181,6 +183,8 @@ _im_locate_binaries() {
 start_services() {
     _im_locate_binaries || return 1
     mkdir -p "$IM_DATA_DIR" || return 1
+    # Absolute, because the PostgreSQL commands run from / (see _im_as_pg_owner).
+    IM_DATA_DIR=$(cd "$IM_DATA_DIR" && pwd) || return 1
     export IM_DATA_DIR
 
     if [[ -n ${IM_LOGIC_DATABASE_URL:-} ]]; then
