@@ -48,7 +48,8 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
         path: path.to_path_buf(),
         reason,
     };
-    if !path.is_file() {
+    // Not `is_file`: /dev/null, an empty file that is no regular file, must pass.
+    if !path.exists() {
         return Err(unreadable(
             "no such file: pass an existing file with --config or IM_CONFIG, or set neither to \
              use im.toml in the working directory if there is one, else the defaults"
@@ -190,6 +191,7 @@ mod tests {
             assert!(err.to_string().contains("holds `logik`"), "{err}");
             let err = check_tables(Path::new("loose.toml")).expect_err("loose key");
             assert!(err.to_string().contains("holds `shards`"), "{err}");
+            check_tables(Path::new("/dev/null")).expect("an empty file");
             let err = check_tables(Path::new("missing.toml")).expect_err("missing");
             assert!(
                 err.to_string().contains("missing.toml: no such file"),
