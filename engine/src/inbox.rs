@@ -23,9 +23,9 @@ pub(crate) enum ShardMessage {
         /// Receives whether the connection was still open.
         reply: Option<oneshot::Sender<bool>>,
     },
-    /// Write MESSAGE packets to connections of this shard.
+    /// Write MESSAGE or NOTICE packets to connections of this shard.
     Deliver {
-        items: Vec<TargetedMessage>,
+        items: Vec<TargetedPush>,
         /// Receives (delivered, missed) counts.
         reply: oneshot::Sender<(u32, u32)>,
     },
@@ -33,11 +33,20 @@ pub(crate) enum ShardMessage {
     Shutdown,
 }
 
-/// One message for one device, with the seq of its user's copy.
+/// The content of one delivery, written to each of its targets.
 #[derive(Debug)]
-pub(crate) struct TargetedMessage {
-    /// Shared by every target of the message; the shard sets the seq when encoding.
-    pub(crate) message: Arc<Message>,
+pub(crate) enum PushPayload {
+    /// A message; the shard sets each target's seq when encoding its MESSAGE packet.
+    Message(Message),
+    /// An encoded NOTICE packet, the same bytes for every target.
+    Notice(Vec<u8>),
+}
+
+/// One message or notice for one device; for a message, with the seq of its user's copy.
+#[derive(Debug)]
+pub(crate) struct TargetedPush {
+    /// Shared by every target of the delivery.
+    pub(crate) payload: Arc<PushPayload>,
     pub(crate) target: DeliveryTarget,
 }
 

@@ -109,6 +109,7 @@ pub struct ShardMetrics {
     pub(crate) packets_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) messages_missed: AtomicU64,
+    pub(crate) notices_out: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
     /// By [`SignInKind`].
     pub(crate) sign_in_seconds: [Histogram; SIGN_IN_KINDS.len()],
@@ -312,6 +313,15 @@ impl EngineMetrics {
             shards
                 .iter()
                 .map(|m| m.messages_missed.load(Ordering::Relaxed))
+                .sum(),
+        );
+        total(
+            &mut out,
+            "im_engine_notices_out_total",
+            "NOTICE packets queued to devices.",
+            shards
+                .iter()
+                .map(|m| m.notices_out.load(Ordering::Relaxed))
                 .sum(),
         );
         let _ = writeln!(out, "# HELP im_engine_bridge_in_flight Requests to the logic tier taken from the queue and not yet answered, on the wire or waiting to join a gathered call.\n# TYPE im_engine_bridge_in_flight gauge\nim_engine_bridge_in_flight {}", self.bridge.in_flight.load(Ordering::Relaxed));

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use im_proto::connect_int_service_server::ConnectIntService;
-use im_proto::{DeliverReply, DeliverRequest, KickReason, KickReply, KickRequest};
+use im_proto::{
+    DeliverReply, DeliverRequest, Delivery, KickReason, KickReply, KickRequest, Packet, PacketType,
+};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::inbox::{InboxSender, ShardMessage, TargetedMessage};
+use crate::inbox::{InboxSender, PushPayload, ShardMessage, TargetedPush};
 use crate::metrics::Histogram;
 use crate::registry::ConnId;
 
@@ -64,18 +67,15 @@ impl ConnectIntService for PushService {
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverReply>, Status> {
         let started = std::time::Instant::now();
-        let mut per_shard: Vec<Vec<TargetedMessage>> =
+        let mut per_shard: Vec<Vec<TargetedPush>> =
             (0..self.inboxes.len()).map(|_| Vec::new()).collect();
         let mut missed = 0u32;
-        for delivery in request.into_inner().deliveries {
-            let Some(message) = delivery.message else {
-                return Err(Status::invalid_argument("a delivery has no message"));
-            };
-            let message = Arc::new(message);
+        for (index, mut delivery) in request.into_inner().deliveries.into_iter().enumerate() {
+            let payload = Arc::new(take_payload(index, &mut delivery)?);
             for target in delivery.targets {
                 match per_shard.get_mut(ConnId(target.conn_id).shard()) {
-                    Some(items) => items.push(TargetedMessage {
-                        message: message.clone(),
+                    Some(items) => items.push(TargetedPush {
+                        payload: payload.clone(),
                         target,
                     }),
                     None => missed += 1,
@@ -100,5 +100,31 @@ impl ConnectIntService for PushService {
         }
         self.deliver_seconds.observe(started.elapsed());
         Ok(Response::new(DeliverReply { delivered, missed }))
+    }
+}
+
+/// Takes what `delivery` pushes: its message, or its notice encoded once as a NOTICE packet.
+///
+/// # Errors
+///
+/// INVALID_ARGUMENT, naming the delivery's index, when it has both a message and a notice or
+/// neither. The call is then rejected as a whole, before any target is written to.
+fn take_payload(index: usize, delivery: &mut Delivery) -> Result<PushPayload, Status> {
+    match (delivery.message.take(), delivery.notice.take()) {
+        (Some(message), None) => Ok(PushPayload::Message(message)),
+        (None, Some(notice)) => {
+            let packet = Packet {
+                r#type: PacketType::Notice as i32,
+                data: notice.encode_to_vec().into(),
+                ..Packet::default()
+            };
+            Ok(PushPayload::Notice(packet.encode_to_vec()))
+        }
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "delivery {index} has both a message and a notice; send one per delivery"
+        ))),
+        (None, None) => Err(Status::invalid_argument(format!(
+            "delivery {index} has neither a message nor a notice"
+        ))),
     }
 }

@@ -20,7 +20,7 @@ use crate::admission::Admission;
 use crate::bridge::BridgeHandle;
 use crate::config::Config;
 use crate::conn::rate::{RateLimits, ShardClock};
-use crate::inbox::{InboxReceiver, ShardMessage, TargetedMessage};
+use crate::inbox::{InboxReceiver, PushPayload, ShardMessage, TargetedPush};
 use crate::metrics::ShardMetrics;
 use crate::registry::{CloseRequest, ConnId, DeviceMap, ShardRegistry};
 use crate::tls::TlsCertificate;
@@ -295,44 +295,63 @@ async fn serve_inbox(
     }
 }
 
-/// Queues a MESSAGE packet on each target's connection. Returns (delivered, missed);
+/// Queues a MESSAGE or NOTICE packet on each target's connection. Returns (delivered, missed);
 /// a target is missed when its connection closed, changed device or is closing.
-fn deliver(ctx: &ShardContext, items: Vec<TargetedMessage>) -> (u32, u32) {
-    let (mut delivered, mut missed) = (0, 0);
+fn deliver(ctx: &ShardContext, items: Vec<TargetedPush>) -> (u32, u32) {
+    // Counts of (delivered, missed) messages and of (delivered, missed) notices.
+    let (mut messages, mut notices) = ((0u32, 0u32), (0u32, 0u32));
     for item in items {
-        let outbox = ctx
-            .registry
-            .get(ConnId(item.target.conn_id))
-            .filter(|outbox| outbox.device() == item.target.device_id)
-            .filter(|outbox| outbox.close_request().is_none());
-        let Some(outbox) = outbox else {
-            missed += 1;
-            continue;
+        let counts = match *item.payload {
+            PushPayload::Message(_) => &mut messages,
+            PushPayload::Notice(_) => &mut notices,
         };
-        let mut message = Message::clone(&item.message);
-        message.seq = item.target.seq;
-        let packet = Packet {
-            r#type: PacketType::Message as i32,
-            data: message.encode_to_vec().into(),
-            ..Packet::default()
-        };
-        let encoded = packet.encode_to_vec();
-        let queued = outbox.push(|buf| im_ws::encode_binary(&encoded, buf));
-        if queued > ctx.config.max_outbound_bytes {
-            debug!(
-                conn_id = item.target.conn_id,
-                queued, "outbound queue full; closing"
-            );
-            outbox.request_close(CloseRequest::SlowConsumer);
-            ctx.metrics.count_limit("outbound_queue");
-            missed += 1;
+        if deliver_one(ctx, &item) {
+            counts.0 += 1;
         } else {
-            delivered += 1;
+            counts.1 += 1;
         }
     }
-    ShardMetrics::add(&ctx.metrics.messages_out, u64::from(delivered));
-    ShardMetrics::add(&ctx.metrics.messages_missed, u64::from(missed));
-    (delivered, missed)
+    ShardMetrics::add(&ctx.metrics.messages_out, u64::from(messages.0));
+    ShardMetrics::add(&ctx.metrics.messages_missed, u64::from(messages.1));
+    ShardMetrics::add(&ctx.metrics.notices_out, u64::from(notices.0));
+    (messages.0 + notices.0, messages.1 + notices.1)
+}
+
+/// Queues the packet of `item` on its target's connection. Returns false when the target is
+/// missed.
+fn deliver_one(ctx: &ShardContext, item: &TargetedPush) -> bool {
+    let outbox = ctx
+        .registry
+        .get(ConnId(item.target.conn_id))
+        .filter(|outbox| outbox.device() == item.target.device_id)
+        .filter(|outbox| outbox.close_request().is_none());
+    let Some(outbox) = outbox else {
+        return false;
+    };
+    let queued = match &*item.payload {
+        PushPayload::Message(message) => {
+            let mut message = Message::clone(message);
+            message.seq = item.target.seq;
+            let packet = Packet {
+                r#type: PacketType::Message as i32,
+                data: message.encode_to_vec().into(),
+                ..Packet::default()
+            };
+            let encoded = packet.encode_to_vec();
+            outbox.push(|buf| im_ws::encode_binary(&encoded, buf))
+        }
+        PushPayload::Notice(encoded) => outbox.push(|buf| im_ws::encode_binary(encoded, buf)),
+    };
+    if queued > ctx.config.max_outbound_bytes {
+        debug!(
+            conn_id = item.target.conn_id,
+            queued, "outbound queue full; closing"
+        );
+        outbox.request_close(CloseRequest::SlowConsumer);
+        ctx.metrics.count_limit("outbound_queue");
+        return false;
+    }
+    true
 }
 
 /// Asks every connection to close with 1001 and waits, at most `grace`, for them to go.

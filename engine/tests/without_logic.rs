@@ -1,11 +1,16 @@
 //! Engine behaviour that needs no logic tier: the upgrade, frame rules, sign-in
-//! deadline, and sign-in while the logic tier is down. Real WebSocket over loopback.
+//! deadline, sign-in while the logic tier is down, and the checks of Deliver calls. Real
+//! WebSocket and gRPC over loopback.
 
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use im_engine::{Config, Engine};
-use im_proto::{ErrorCode, PacketType, SignInRequest};
+use im_proto::connect_int_service_client::ConnectIntServiceClient;
+use im_proto::{
+    DeliverRequest, Delivery, DeliveryTarget, ErrorCode, Message as ChatMessage, Notice,
+    NoticeKind, PacketType, SignInRequest,
+};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -306,5 +311,105 @@ async fn connections_over_node_limit_get_503_until_one_closes() {
         admitted,
         "the place of the closed connection was not released"
     );
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn notice_sent_by_device_gets_unknown_type() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    let notice = Notice {
+        kind: NoticeKind::FriendRequested as i32,
+        ..Notice::default()
+    };
+    socket
+        .send(packet(PacketType::Notice, 9, notice.encode_to_vec()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(
+        reply.r#type,
+        PacketType::Error as i32,
+        "never a NOTICE back"
+    );
+    assert_eq!(reply.request_id, 9);
+    assert_eq!(reply.code, ErrorCode::UnknownType as i32);
+    engine.shutdown();
+}
+
+/// Returns a target whose connection id names no open connection of the node.
+fn closed_target() -> DeliveryTarget {
+    DeliveryTarget {
+        device_id: 1,
+        conn_id: 1,
+        seq: 0,
+    }
+}
+
+fn notice_delivery() -> Delivery {
+    Delivery {
+        message: None,
+        targets: vec![closed_target()],
+        notice: Some(Notice {
+            kind: NoticeKind::GroupCreated as i32,
+            group_id: 5,
+            ..Notice::default()
+        }),
+    }
+}
+
+async fn push_client(engine: &Engine) -> ConnectIntServiceClient<tonic::transport::Channel> {
+    ConnectIntServiceClient::connect(format!("http://{}", engine.grpc_addr()))
+        .await
+        .expect("the engine serves gRPC")
+}
+
+#[tokio::test]
+async fn deliver_accepts_notice_delivery() {
+    let engine = start_engine(|_| {});
+    let mut client = push_client(&engine).await;
+
+    let reply = client
+        .deliver(DeliverRequest {
+            deliveries: vec![notice_delivery()],
+        })
+        .await
+        .expect("a notice delivery is accepted")
+        .into_inner();
+
+    assert_eq!(reply.delivered, 0);
+    assert_eq!(reply.missed, 1, "no connection holds the target's id");
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn deliver_rejects_delivery_without_one_payload() {
+    let engine = start_engine(|_| {});
+    let mut client = push_client(&engine).await;
+    let neither = Delivery {
+        message: None,
+        targets: vec![closed_target()],
+        notice: None,
+    };
+    let both = Delivery {
+        message: Some(ChatMessage::default()),
+        ..notice_delivery()
+    };
+
+    for (case, delivery, text) in [
+        ("neither", neither, "neither a message nor a notice"),
+        ("both", both, "both a message and a notice"),
+    ] {
+        let request = DeliverRequest {
+            deliveries: vec![notice_delivery(), delivery],
+        };
+        let status = client.deliver(request).await.expect_err(case);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}");
+        assert!(
+            status.message().contains("delivery 1"),
+            "{case}: {status:?}"
+        );
+        assert!(status.message().contains(text), "{case}: {status:?}");
+    }
     engine.shutdown();
 }

@@ -80,8 +80,8 @@ impl Connection {
                 "sign in first: send SIGN_IN or LOGIN",
             ),
             _ => {
-                // Typed ERROR, never the request's own type: a KICKED or MESSAGE sent up must
-                // not come back looking like a push.
+                // Typed ERROR, never the request's own type: a KICKED, MESSAGE or NOTICE sent
+                // up must not come back looking like a push.
                 let message = format!("packet type {} is not accepted from devices", packet.r#type);
                 self.reply_error(
                     PacketType::Error,

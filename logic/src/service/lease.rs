@@ -196,6 +196,7 @@ async fn catch_up(pg: &PgStore, pusher: &Pusher, node: &str, devices: &[OnlineDe
             .or_insert_with(|| Delivery {
                 message: Some(missed.message),
                 targets: Vec::new(),
+                notice: None,
             })
             .targets
             .push(DeliveryTarget {
