@@ -1,10 +1,15 @@
-//! Friend requests, accepts, lists and removal through `LogicExtService`.
+//! Friend requests, accepts, lists and removal through `LogicExtService`, and the notices they
+//! push to a recording engine node.
 
 mod common;
 
-use common::{as_device, conn, error_code, make_friends, new_device, send_text, TestLogic, NODE};
+use common::{
+    as_device, conn, error_code, login, make_friends, new_device, new_user_device, send_text,
+    EngineRecorder, TestLogic, NODE,
+};
 use im_proto::v1::{
-    ErrorCode, FriendRequest, FriendState, ListFriendsReply, ListFriendsRequest, LoginReply,
+    Delivery, DeliveryTarget, ErrorCode, FriendRequest, FriendState, ListFriendsReply,
+    ListFriendsRequest, LoginReply, NoticeKind,
 };
 use tonic::Code;
 
@@ -243,5 +248,147 @@ async fn remove_friend_declines_a_pending_request() {
     ext.request_friend(as_device(&a, to(&b)))
         .await
         .expect("a new request after the decline");
+    logic.server.shutdown().await;
+}
+
+/// Returns the targets of a notice delivery as (device id, conn id), sorted, after checking
+/// that no target carries a seq.
+fn notice_targets(delivery: &Delivery) -> Vec<(u64, u64)> {
+    let mut targets: Vec<(u64, u64)> = delivery
+        .targets
+        .iter()
+        .map(|target: &DeliveryTarget| {
+            assert_eq!(target.seq, 0, "a notice target with a seq");
+            (target.device_id, target.conn_id)
+        })
+        .collect();
+    targets.sort_unstable();
+    targets
+}
+
+/// Checks a friend notice: its kind, the acting user and the other user.
+fn assert_friend_notice(delivery: &Delivery, kind: NoticeKind, actor: u64, other: u64) {
+    let notice = delivery.notice.as_ref().expect("a notice");
+    assert_eq!(notice.kind, kind as i32, "{notice:?}");
+    assert_eq!(notice.actor_user_id, actor, "{notice:?}");
+    assert_eq!(notice.user_id, other, "{notice:?}");
+    assert_eq!(notice.group_id, 0, "{notice:?}");
+    assert!(notice.member_ids.is_empty(), "{notice:?}");
+    assert!(notice.at_ms > 0, "{notice:?}");
+}
+
+#[tokio::test]
+async fn friend_changes_push_notices_to_both_users() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let (a_name, a) =
+        new_user_device(&mut logic.client, "n_asker", false, conn(&node.node(), 1)).await;
+    let a_second = login(&mut logic.client, &a_name, 0, conn(&node.node(), 2))
+        .await
+        .expect("second device of the asker");
+    let b = new_device(&mut logic.client, "n_asked", conn(&node.node(), 3)).await;
+    // Every online device of both users, the calling one included.
+    let mut everyone = vec![(a.device_id, 1), (a_second.device_id, 2), (b.device_id, 3)];
+    everyone.sort_unstable();
+
+    ext.request_friend(as_device(&a, to(&b)))
+        .await
+        .expect("request");
+    let requested = node.next_notice().await;
+    assert_friend_notice(
+        &requested,
+        NoticeKind::FriendRequested,
+        a.user_id,
+        b.user_id,
+    );
+    assert_eq!(notice_targets(&requested), everyone);
+
+    ext.accept_friend(as_device(&b, to(&a)))
+        .await
+        .expect("accept");
+    let accepted = node.next_notice().await;
+    assert_friend_notice(&accepted, NoticeKind::FriendAccepted, b.user_id, a.user_id);
+    assert_eq!(notice_targets(&accepted), everyone);
+
+    ext.remove_friend(as_device(&a, to(&b)))
+        .await
+        .expect("remove");
+    let removed = node.next_notice().await;
+    assert_friend_notice(&removed, NoticeKind::FriendRemoved, a.user_id, b.user_id);
+    assert_eq!(notice_targets(&removed), everyone);
+
+    node.assert_no_more_notices().await;
+    node.assert_no_more_deliveries().await;
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_back_pushes_friend_accepted() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let a = new_device(&mut logic.client, "n_first", conn(&node.node(), 1)).await;
+    let b = new_device(&mut logic.client, "n_second", conn(&node.node(), 2)).await;
+    ext.request_friend(as_device(&a, to(&b)))
+        .await
+        .expect("a asks");
+    let requested = node.next_notice().await;
+    assert_friend_notice(
+        &requested,
+        NoticeKind::FriendRequested,
+        a.user_id,
+        b.user_id,
+    );
+
+    ext.request_friend(as_device(&b, to(&a)))
+        .await
+        .expect("b asks back");
+
+    let accepted = node.next_notice().await;
+    assert_friend_notice(&accepted, NoticeKind::FriendAccepted, b.user_id, a.user_id);
+    let mut both = vec![(a.device_id, 1), (b.device_id, 2)];
+    both.sort_unstable();
+    assert_eq!(notice_targets(&accepted), both);
+    node.assert_no_more_notices().await;
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_friend_changes_push_no_notice() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let a = new_device(&mut logic.client, "n_fail_a", conn(&node.node(), 1)).await;
+    let b = new_device(&mut logic.client, "n_fail_b", conn(&node.node(), 2)).await;
+
+    let accept = ext.accept_friend(as_device(&b, to(&a))).await;
+    assert_eq!(
+        error_code(&accept.expect_err("nothing to accept")),
+        ErrorCode::NotFound
+    );
+    let remove = ext.remove_friend(as_device(&a, to(&b))).await;
+    assert_eq!(
+        error_code(&remove.expect_err("nothing to remove")),
+        ErrorCode::NotFound
+    );
+    node.assert_no_more_notices().await;
+
+    ext.request_friend(as_device(&a, to(&b)))
+        .await
+        .expect("request");
+    let requested = node.next_notice().await;
+    assert_friend_notice(
+        &requested,
+        NoticeKind::FriendRequested,
+        a.user_id,
+        b.user_id,
+    );
+    let again = ext.request_friend(as_device(&a, to(&b))).await;
+    assert_eq!(
+        error_code(&again.expect_err("a pending request")),
+        ErrorCode::AlreadyExists
+    );
+    node.assert_no_more_notices().await;
     logic.server.shutdown().await;
 }

@@ -1,14 +1,15 @@
-//! Group creation, membership changes and look-ups through `LogicExtService`.
+//! Group creation, membership changes and look-ups through `LogicExtService`, and the notices
+//! they push to a recording engine node.
 
 mod common;
 
 use common::{
     as_device, conn, create_group, error_code, make_friends, new_device, new_user_device,
-    TestLogic, NODE,
+    EngineRecorder, TestLogic, NODE,
 };
 use im_proto::v1::{
-    CreateGroupRequest, ErrorCode, GetGroupRequest, GroupMembersRequest, ListGroupsRequest,
-    LoginReply,
+    CreateGroupRequest, Delivery, ErrorCode, GetGroupRequest, GroupMembersRequest,
+    ListGroupsRequest, LoginReply, NoticeKind,
 };
 use tonic::Code;
 
@@ -401,5 +402,172 @@ async fn group_outlives_owner_until_empty() {
         .await
         .expect_err("deleted");
     assert_eq!(error_code(&status), ErrorCode::NotFound);
+    logic.server.shutdown().await;
+}
+
+/// Returns the device ids of a notice delivery's targets, sorted.
+fn target_devices(delivery: &Delivery) -> Vec<u64> {
+    let mut devices: Vec<u64> = delivery
+        .targets
+        .iter()
+        .map(|target| target.device_id)
+        .collect();
+    devices.sort_unstable();
+    devices
+}
+
+fn sorted_devices(devices: &[&LoginReply]) -> Vec<u64> {
+    let mut ids: Vec<u64> = devices.iter().map(|device| device.device_id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Checks a group notice: its kind, the acting user, the group and the members it names.
+fn assert_group_notice(
+    delivery: &Delivery,
+    kind: NoticeKind,
+    actor: &LoginReply,
+    group_id: u64,
+    member_ids: Vec<u64>,
+) {
+    let notice = delivery.notice.as_ref().expect("a notice");
+    assert_eq!(notice.kind, kind as i32, "{notice:?}");
+    assert_eq!(notice.actor_user_id, actor.user_id, "{notice:?}");
+    assert_eq!(notice.group_id, group_id, "{notice:?}");
+    assert_eq!(notice.member_ids, member_ids, "{notice:?}");
+    assert_eq!(notice.user_id, 0, "{notice:?}");
+}
+
+/// Makes `a` and `b` friends and takes the two notices that this pushes to the node.
+async fn befriend(
+    ext: &mut common::ExtClient,
+    node: &mut EngineRecorder,
+    a: &LoginReply,
+    b: &LoginReply,
+) {
+    make_friends(ext, a, b).await;
+    for kind in [NoticeKind::FriendRequested, NoticeKind::FriendAccepted] {
+        let notice = node.next_notice().await;
+        assert_eq!(notice.notice.expect("a notice").kind, kind as i32);
+    }
+}
+
+#[tokio::test]
+async fn group_changes_push_notices_to_members() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let owner = new_device(&mut logic.client, "n_owner", conn(&node.node(), 1)).await;
+    let first = new_device(&mut logic.client, "n_first", conn(&node.node(), 2)).await;
+    let second = new_device(&mut logic.client, "n_second", conn(&node.node(), 3)).await;
+    befriend(&mut ext, &mut node, &owner, &first).await;
+    befriend(&mut ext, &mut node, &owner, &second).await;
+
+    let request = CreateGroupRequest {
+        name: "notices".to_owned(),
+        member_ids: vec![first.user_id],
+    };
+    let group = ext
+        .create_group(as_device(&owner, request))
+        .await
+        .expect("group created")
+        .into_inner();
+    let created = node.next_notice().await;
+    assert_group_notice(
+        &created,
+        NoticeKind::GroupCreated,
+        &owner,
+        group.group_id,
+        sorted_ids(&[&owner, &first]),
+    );
+    assert_eq!(target_devices(&created), sorted_devices(&[&owner, &first]));
+
+    ext.add_group_members(as_device(&owner, members(group.group_id, &[&second])))
+        .await
+        .expect("owner adds");
+    let added = node.next_notice().await;
+    assert_group_notice(
+        &added,
+        NoticeKind::GroupMembersAdded,
+        &owner,
+        group.group_id,
+        vec![second.user_id],
+    );
+    assert_eq!(
+        target_devices(&added),
+        sorted_devices(&[&owner, &first, &second]),
+        "every member after the add, the new one included"
+    );
+
+    ext.remove_group_members(as_device(&owner, members(group.group_id, &[&first])))
+        .await
+        .expect("owner removes");
+    let removed = node.next_notice().await;
+    assert_group_notice(
+        &removed,
+        NoticeKind::GroupMembersRemoved,
+        &owner,
+        group.group_id,
+        vec![first.user_id],
+    );
+    assert_eq!(
+        target_devices(&removed),
+        sorted_devices(&[&owner, &first, &second]),
+        "the remaining members and the removed one"
+    );
+
+    node.assert_no_more_notices().await;
+    node.assert_no_more_deliveries().await;
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_group_changes_push_no_notice() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let owner = new_device(&mut logic.client, "nf_owner", conn(&node.node(), 1)).await;
+    let member = new_device(&mut logic.client, "nf_member", conn(&node.node(), 2)).await;
+    let stranger = new_device(&mut logic.client, "nf_stranger", conn(&node.node(), 3)).await;
+    befriend(&mut ext, &mut node, &owner, &member).await;
+    let request = CreateGroupRequest {
+        name: "no notices".to_owned(),
+        member_ids: vec![member.user_id],
+    };
+    let group = ext
+        .create_group(as_device(&owner, request))
+        .await
+        .expect("group created")
+        .into_inner();
+    let created = node.next_notice().await;
+    assert_group_notice(
+        &created,
+        NoticeKind::GroupCreated,
+        &owner,
+        group.group_id,
+        sorted_ids(&[&owner, &member]),
+    );
+
+    let not_friend = ext
+        .add_group_members(as_device(&owner, members(group.group_id, &[&stranger])))
+        .await
+        .expect_err("a stranger who is not open");
+    assert_eq!(error_code(&not_friend), ErrorCode::NotFriend);
+    let not_owner = ext
+        .remove_group_members(as_device(&member, members(group.group_id, &[&owner])))
+        .await
+        .expect_err("a member removes the owner");
+    assert_eq!(error_code(&not_owner), ErrorCode::PermissionDenied);
+    let not_friend_create = CreateGroupRequest {
+        name: "with a stranger".to_owned(),
+        member_ids: vec![stranger.user_id],
+    };
+    let create = ext
+        .create_group(as_device(&owner, not_friend_create))
+        .await
+        .expect_err("a group with a stranger");
+    assert_eq!(error_code(&create), ErrorCode::NotFriend);
+
+    node.assert_no_more_notices().await;
     logic.server.shutdown().await;
 }

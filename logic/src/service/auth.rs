@@ -333,7 +333,7 @@ fn validate_device_info(info: &DeviceInfo) -> Result<(), LogicError> {
 
 /// Returns the wall-clock time in milliseconds since the Unix epoch; 0 if the clock is set
 /// before 1970.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

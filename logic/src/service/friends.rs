@@ -1,11 +1,14 @@
 //! Friends: a request, then the other user's accept, makes two users friends. Friends may send
-//! each other direct messages; users who registered as open accept them from anyone.
+//! each other direct messages; users who registered as open accept them from anyone. Each change
+//! pushes a notice to the online devices of both users once it has committed.
 
 use im_proto::v1::{
     Friend, FriendReply, FriendRequest, FriendState, ListFriendsReply, ListFriendsRequest,
+    NoticeKind,
 };
 
 use super::caller::Caller;
+use super::notices::friend_notice;
 use super::Logic;
 use crate::error::LogicError;
 use crate::ids::UserId;
@@ -27,16 +30,18 @@ pub async fn request_friend(
     request: FriendRequest,
 ) -> Result<FriendReply, LogicError> {
     let other = other_user(caller, &request)?;
-    logic
+    let kind = logic
         .pg
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
             let tx = client.transaction().await?;
-            request_or_accept(&tx, caller.user, other).await?;
+            let kind = request_or_accept(&tx, caller.user, other).await?;
             tx.commit().await?;
-            Ok(FriendReply {})
+            Ok(kind)
         })
-        .await
+        .await?;
+    push_friend_notice(logic, kind, caller.user, other);
+    Ok(FriendReply {})
 }
 
 /// Accepts the pending friend request that `request.user_id` sent to the caller.
@@ -62,9 +67,11 @@ pub async fn accept_friend(
             }
             friendships::accept_pair(&tx, caller.user, other).await?;
             tx.commit().await?;
-            Ok(FriendReply {})
+            Ok(())
         })
-        .await
+        .await?;
+    push_friend_notice(logic, NoticeKind::FriendAccepted, caller.user, other);
+    Ok(FriendReply {})
 }
 
 /// Ends a friendship, or withdraws or declines a pending request, in either direction.
@@ -92,9 +99,11 @@ pub async fn remove_friend(
             }
             friendships::delete_pair(&tx, caller.user, other).await?;
             tx.commit().await?;
-            Ok(FriendReply {})
+            Ok(())
         })
-        .await
+        .await?;
+    push_friend_notice(logic, NoticeKind::FriendRemoved, caller.user, other);
+    Ok(FriendReply {})
 }
 
 /// Lists the caller's friends and pending requests in both directions, by user id.
@@ -127,17 +136,24 @@ fn other_user(caller: Caller, request: &FriendRequest) -> Result<UserId, LogicEr
     })
 }
 
+/// Pushes a friend notice of `actor`'s change to both users' online devices.
+fn push_friend_notice(logic: &Logic, kind: NoticeKind, actor: UserId, other: UserId) {
+    let notice = friend_notice(kind, actor, other);
+    logic.pusher.push_notice(notice, &[actor, other]);
+}
+
 /// Inserts the request, or handles the pair that exists. The insert waits for a concurrent
 /// transaction on the same pair, so the following lock finds its rows. When that transaction
-/// deleted them instead, the insert is tried again.
+/// deleted them instead, the insert is tried again. Returns FRIEND_REQUESTED for a new request
+/// and FRIEND_ACCEPTED when the request accepted the other user's.
 async fn request_or_accept(
     tx: &deadpool_postgres::Transaction<'_>,
     user: UserId,
     other: UserId,
-) -> Result<(), LogicError> {
+) -> Result<NoticeKind, LogicError> {
     for _ in 0..REQUEST_ATTEMPTS {
         if friendships::insert_request(tx, user, other).await? {
-            return Ok(());
+            return Ok(NoticeKind::FriendRequested);
         }
         match friendships::lock_pair(tx, user, other).await? {
             Some(PairState::Accepted) => return Err(LogicError::AlreadyExists("friendship")),
@@ -146,7 +162,8 @@ async fn request_or_accept(
             }
             // The other user asked first: this request accepts theirs.
             Some(PairState::Requested { .. }) => {
-                return friendships::accept_pair(tx, user, other).await
+                friendships::accept_pair(tx, user, other).await?;
+                return Ok(NoticeKind::FriendAccepted);
             }
             None => continue,
         }

@@ -2,16 +2,20 @@
 //! anyone and other members only themselves. When the owner leaves, the member who joined first
 //! becomes the owner; when the last member leaves, the group is deleted.
 //!
+//! Each change pushes a notice to the online devices of every member once it has committed; a
+//! removal also to the removed users.
+//!
 //! A user joins a group only through a friend: the user who creates the group or adds it must
 //! be its friend, unless it is `open`, the same rule as for a direct message. So a stranger
 //! cannot put a user in a group and message it there.
 
 use im_proto::v1::{
     CreateGroupRequest, GetGroupRequest, GroupInfo, GroupMembersRequest, ListGroupsReply,
-    ListGroupsRequest,
+    ListGroupsRequest, NoticeKind,
 };
 
 use super::caller::Caller;
+use super::notices::group_notice;
 use super::Logic;
 use crate::error::LogicError;
 use crate::ids::{GroupId, UserId};
@@ -54,6 +58,8 @@ pub async fn create_group(
         })
         .await?;
     tracing::debug!(user_id = caller.user.0, room_id = id.0, "group created");
+    let notice = group_notice(NoticeKind::GroupCreated, caller.user, id, &members);
+    logic.pusher.push_notice(notice, &members);
     let head = GroupHead {
         name: request.name,
         owner: caller.user,
@@ -77,7 +83,7 @@ pub async fn add_group_members(
 ) -> Result<GroupInfo, LogicError> {
     let added = requested_users(&request)?;
     let group = GroupId(request.group_id);
-    logic
+    let (info, members) = logic
         .pg
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
@@ -93,9 +99,12 @@ pub async fn add_group_members(
 
             members.extend_from_slice(&added);
             members.sort_unstable();
-            Ok(group_info(group, head, &members))
+            Ok((group_info(group, head, &members), members))
         })
-        .await
+        .await?;
+    let notice = group_notice(NoticeKind::GroupMembersAdded, caller.user, group, &added);
+    logic.pusher.push_notice(notice, &members);
+    Ok(info)
 }
 
 /// Removes `user_ids` from the group. The owner may remove anyone, itself included; another
@@ -115,7 +124,7 @@ pub async fn remove_group_members(
 ) -> Result<GroupInfo, LogicError> {
     let removed = requested_users(&request)?;
     let group = GroupId(request.group_id);
-    logic
+    let (info, members) = logic
         .pg
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
@@ -134,14 +143,24 @@ pub async fn remove_group_members(
             }
             group_members::delete_many(&tx, group, &removed).await?;
             let remaining: Vec<UserId> = members
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|user| removed.binary_search(user).is_err())
                 .collect();
             head.owner = settle_owner(&tx, group, head.owner, &remaining).await?;
             tx.commit().await?;
-            Ok(group_info(group, head, &remaining))
+            Ok((group_info(group, head, &remaining), members))
         })
-        .await
+        .await?;
+    // The members before the removal: the remaining ones and the removed ones.
+    let notice = group_notice(
+        NoticeKind::GroupMembersRemoved,
+        caller.user,
+        group,
+        &removed,
+    );
+    logic.pusher.push_notice(notice, &members);
+    Ok(info)
 }
 
 /// Lists the groups the caller is a member of, by group id.

@@ -13,6 +13,7 @@ pub mod friends;
 pub mod groups;
 pub mod lease;
 pub mod messages;
+mod notices;
 pub mod presence;
 pub mod push;
 pub mod register;

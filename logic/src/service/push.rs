@@ -1,4 +1,5 @@
-//! Pushing stored messages to the online devices of their recipients.
+//! Pushing stored messages, and notices of friend and group changes, to the online devices of
+//! their recipients.
 //!
 //! The send batcher hands each committed batch to one routing task, in commit order. The task
 //! reads the online status of every recipient user of the batch at once, through the Redis
@@ -8,12 +9,17 @@
 //! batch of messages instead of one per message, and each device gets its messages in seq
 //! order. A push that fails is logged and dropped: the message is already stored, and the
 //! devices it missed get it by SYNC.
+//!
+//! Notices take the same path: the routing task reads the online status of their users and
+//! queues one delivery per node. A node's task sends them in Deliver calls of their own, never
+//! with messages, so that a node too old to know notices rejects only those calls. A notice
+//! that is not pushed is lost: devices learn the change when they list friends and groups.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message};
+use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message, Notice, NoticeKind};
 use tokio::sync::mpsc;
 
 use super::lease::LapsedNodes;
@@ -26,7 +32,7 @@ use crate::metrics::{DeliverResult, Recorder};
 use crate::store::pg::user_seq::Copy;
 use crate::store::redis::{OnlineDevice, RedisStore};
 
-/// Maximum deliveries (one message with its targets on one node) per Deliver call.
+/// Maximum deliveries (one message or notice with its targets on one node) per Deliver call.
 pub const DELIVER_BATCH_MAX: usize = 512;
 
 /// Committed batches waiting for the routing task. A batch beyond it is not pushed.
@@ -51,12 +57,20 @@ pub struct Push {
     pub replied_at: Instant,
 }
 
-/// Pushes stored messages to engine nodes. Cheap to clone: every clone feeds the same routing
-/// task.
+/// Pushes stored messages and notices to engine nodes. Cheap to clone: every clone feeds the
+/// same routing task.
 #[derive(Clone)]
 pub struct Pusher {
-    routes: mpsc::Sender<Vec<Push>>,
+    routes: mpsc::Sender<Route>,
     shared: Arc<Shared>,
+}
+
+/// Work for the routing task.
+enum Route {
+    /// The messages of one committed batch.
+    Messages(Vec<Push>),
+    /// A notice for every online device of `users`.
+    Notice { notice: Notice, users: Vec<UserId> },
 }
 
 /// State shared by the routing task and the node tasks.
@@ -73,10 +87,12 @@ struct Shared {
     nodes: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
 }
 
-/// One message for one node, with the node's targets.
+/// One message or notice for one node, with the node's targets.
 struct Queued {
     delivery: Delivery,
-    replied_at: Instant,
+    /// When the send's reply was ready, for a message; `None` for a notice, whose push latency
+    /// is not measured.
+    replied_at: Option<Instant>,
 }
 
 /// Deliver targets of one push, grouped by engine node address.
@@ -113,13 +129,30 @@ impl Pusher {
         if pushes.is_empty() {
             return;
         }
-        if let Err(err) = self.routes.try_send(pushes) {
-            let dropped = match &err {
-                mpsc::error::TrySendError::Full(pushes)
-                | mpsc::error::TrySendError::Closed(pushes) => pushes.len(),
-            };
+        let count = pushes.len();
+        if self.routes.try_send(Route::Messages(pushes)).is_err() {
             self.shared
-                .warn_dropped("the push routing queue is full or closed", dropped);
+                .warn_dropped("the push routing queue is full or closed", count);
+        }
+    }
+
+    /// Queues `notice` for every online device of `users` and returns at once. Call it only
+    /// after the change that the notice reports has committed.
+    pub fn push_notice(&self, notice: Notice, users: &[UserId]) {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        tracing::debug!(
+            kind = ?notice_kind(&notice),
+            user_id = notice.actor_user_id,
+            room_id = notice.group_id,
+            users = users.len(),
+            "notice queued"
+        );
+        let route = Route::Notice { notice, users };
+        if self.routes.try_send(route).is_err() {
+            self.shared
+                .warn_notice_dropped("the push routing queue is full or closed");
         }
     }
 }
@@ -131,15 +164,19 @@ impl Pusher {
     pub fn push_to_node(&self, node: &str, deliveries: Vec<Delivery>) {
         let now = Instant::now();
         for delivery in deliveries {
-            self.shared.enqueue(node.to_owned(), delivery, now);
+            self.shared.enqueue(node.to_owned(), delivery, Some(now));
         }
     }
 }
 
-/// Routes each committed batch, in order, to the queues of the nodes of its targets.
-async fn route(shared: Arc<Shared>, mut queued: mpsc::Receiver<Vec<Push>>) {
-    while let Some(pushes) = queued.recv().await {
-        shared.route_batch(pushes).await;
+/// Routes each committed batch and each notice, in order, to the queues of the nodes of its
+/// targets.
+async fn route(shared: Arc<Shared>, mut queued: mpsc::Receiver<Route>) {
+    while let Some(route) = queued.recv().await {
+        match route {
+            Route::Messages(pushes) => shared.route_batch(pushes).await,
+            Route::Notice { notice, users } => shared.route_notice(notice, &users).await,
+        }
     }
     tracing::debug!("push routing task stopped: every pusher was dropped");
 }
@@ -163,9 +200,45 @@ impl Shared {
                 let delivery = Delivery {
                     message: Some(push.message.clone()),
                     targets,
+                    notice: None,
                 };
-                self.enqueue(node, delivery, push.replied_at);
+                self.enqueue(node, delivery, Some(push.replied_at));
             }
+        }
+    }
+
+    /// Queues one notice-only delivery per node for the online devices of `users`, the device
+    /// whose call made the change included.
+    async fn route_notice(self: &Arc<Self>, notice: Notice, users: &[UserId]) {
+        let statuses = self.redis.online_devices(users).await;
+        let mut by_node = TargetsByNode::new();
+        for (user, status) in users.iter().zip(statuses) {
+            let devices = match status {
+                Ok(devices) => devices,
+                Err(err) => {
+                    self.warn_notice_status_failed(*user, &notice, &err);
+                    continue;
+                }
+            };
+            for online in devices {
+                by_node
+                    .entry(online.conn.node)
+                    .or_default()
+                    .push(DeliveryTarget {
+                        device_id: online.device.0,
+                        conn_id: online.conn.conn_id.0,
+                        seq: 0,
+                    });
+            }
+        }
+        by_node.retain(|node, _| !self.lapsed.contains(node));
+        for (node, targets) in by_node {
+            let delivery = Delivery {
+                message: None,
+                targets,
+                notice: Some(notice.clone()),
+            };
+            self.enqueue(node, delivery, None);
         }
     }
 
@@ -188,7 +261,7 @@ impl Shared {
     }
 
     /// Queues `delivery` for `node`, starting the node's Deliver task on first use.
-    fn enqueue(self: &Arc<Self>, node: String, delivery: Delivery, replied_at: Instant) {
+    fn enqueue(self: &Arc<Self>, node: String, delivery: Delivery, replied_at: Option<Instant>) {
         let queued = Queued {
             delivery,
             replied_at,
@@ -205,9 +278,13 @@ impl Shared {
             tokio::spawn(deliver_to_node(self.clone(), node.clone(), receiver));
             queue
         });
-        if queue.try_send(queued).is_err() {
+        if let Err(err) = queue.try_send(queued) {
             drop(nodes);
-            self.warn_dropped("the node's push queue is full", 1);
+            let reason = "the node's push queue is full";
+            match err.into_inner().delivery.notice {
+                Some(_) => self.warn_notice_dropped(reason),
+                None => self.warn_dropped(reason, 1),
+            }
         }
     }
 
@@ -223,9 +300,24 @@ impl Shared {
         }
     }
 
-    /// Sends one Deliver call with the deliveries of `batch` and logs its outcome.
-    async fn deliver(&self, node: &str, batch: Vec<Queued>) {
-        let replied_at: Vec<Instant> = batch.iter().map(|queued| queued.replied_at).collect();
+    fn warn_notice_dropped(&self, reason: &str) {
+        match self.warnings.admit() {
+            Some(suppressed) => tracing::warn!(
+                reason,
+                suppressed,
+                "notice dropped; its devices learn the change when they list friends and groups"
+            ),
+            None => tracing::debug!(reason, "notice dropped"),
+        }
+    }
+
+    /// Sends one Deliver call with the deliveries of `batch`, all messages or all notices as
+    /// `kind` names, and logs its outcome.
+    async fn deliver(&self, node: &str, kind: PushKind, batch: Vec<Queued>) {
+        let replied_at: Vec<Instant> = batch
+            .iter()
+            .filter_map(|queued| queued.replied_at)
+            .collect();
         let target_count: usize = batch
             .iter()
             .map(|queued| queued.delivery.targets.len())
@@ -233,31 +325,35 @@ impl Shared {
         let request = DeliverRequest {
             deliveries: batch.into_iter().map(|queued| queued.delivery).collect(),
         };
-        let messages = request.deliveries.len();
+        let deliveries = request.deliveries.len();
         let outcome = self.engines.deliver(node, request).await;
         self.record_deliver(&outcome, &replied_at);
         match outcome {
             Ok(reply) => tracing::debug!(
                 node = %node,
-                messages,
+                kind = kind.label(),
+                deliveries,
                 delivered = reply.delivered,
                 missed = reply.missed,
-                "messages pushed"
+                "pushed"
             ),
             Err(err) => {
                 let error = ErrorChain(&err);
                 match self.warnings.admit() {
                     Some(suppressed) => tracing::warn!(
                         node = %node,
-                        messages,
+                        kind = kind.label(),
+                        deliveries,
                         targets = target_count,
                         %error,
                         suppressed,
-                        "push to engine node failed; its devices get the messages by SYNC"
+                        recovery = kind.recovery(),
+                        "push to engine node failed"
                     ),
                     None => tracing::debug!(
                         node = %node,
-                        messages,
+                        kind = kind.label(),
+                        deliveries,
                         targets = target_count,
                         %error,
                         "push to engine node failed"
@@ -276,6 +372,26 @@ impl Shared {
                 self.metrics.record_deliver(DeliverResult::Ok);
             }
             Err(err) => self.metrics.record_deliver(deliver_failure(err)),
+        }
+    }
+
+    fn warn_notice_status_failed(&self, user: UserId, notice: &Notice, err: &LogicError) {
+        let error = ErrorChain(err);
+        let kind = notice_kind(notice);
+        match self.warnings.admit() {
+            Some(suppressed) => tracing::warn!(
+                user_id = user.0,
+                ?kind,
+                %error,
+                suppressed,
+                "cannot read online status; the user's devices get no notice of the change"
+            ),
+            None => tracing::debug!(
+                user_id = user.0,
+                ?kind,
+                %error,
+                "cannot read online status for a notice"
+            ),
         }
     }
 
@@ -299,14 +415,59 @@ impl Shared {
     }
 }
 
+/// The kind of deliveries that one Deliver call carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PushKind {
+    Messages,
+    Notices,
+}
+
+impl PushKind {
+    fn of(queued: &Queued) -> PushKind {
+        match queued.delivery.notice {
+            Some(_) => PushKind::Notices,
+            None => PushKind::Messages,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            PushKind::Messages => "messages",
+            PushKind::Notices => "notices",
+        }
+    }
+
+    /// Returns how the devices that a failed push missed catch up.
+    fn recovery(self) -> &'static str {
+        match self {
+            PushKind::Messages => "the devices get the messages by SYNC",
+            PushKind::Notices => "the devices learn the changes when they list friends and groups",
+        }
+    }
+}
+
 /// Sends the deliveries queued for `node`, up to [`DELIVER_BATCH_MAX`] per Deliver call and
-/// one call at a time, until the queue's sender is dropped.
+/// one call at a time, until the queue's sender is dropped. A batch is cut wherever it turns
+/// from messages to notices or back, and its runs are sent in queue order, so each call carries
+/// one kind and devices get messages and notices in the order they were queued.
 async fn deliver_to_node(shared: Arc<Shared>, node: String, mut queue: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(DELIVER_BATCH_MAX);
     while queue.recv_many(&mut batch, DELIVER_BATCH_MAX).await > 0 {
-        shared.deliver(&node, std::mem::take(&mut batch)).await;
+        let mut run = std::mem::take(&mut batch);
+        while let Some(first) = run.first() {
+            let kind = PushKind::of(first);
+            let run_len = run.iter().take_while(|queued| PushKind::of(queued) == kind);
+            let rest = run.split_off(run_len.count());
+            shared.deliver(&node, kind, run).await;
+            run = rest;
+        }
     }
     tracing::debug!(node = %node, "push task of engine node stopped");
+}
+
+/// Returns the notice's kind, or UNSPECIFIED for a number this build does not know.
+fn notice_kind(notice: &Notice) -> NoticeKind {
+    NoticeKind::try_from(notice.kind).unwrap_or(NoticeKind::Unspecified)
 }
 
 /// Classifies a failed Deliver call. tonic reports its own client deadline as CANCELLED.

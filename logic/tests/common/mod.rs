@@ -6,6 +6,7 @@
 
 pub(crate) mod redis_child;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,9 +16,10 @@ use im_proto::v1::device_int_service_client::DeviceIntServiceClient;
 use im_proto::v1::logic_ext_service_client::LogicExtServiceClient;
 use im_proto::v1::{
     ConnLoginRequest, ConnRef, ConnSendRequest, ConnSignInRequest, ConnSyncRequest,
-    ConversationType, CreateGroupRequest, DeliverReply, DeliverRequest, DeviceInfo, DeviceRef,
-    ErrorCode, FriendRequest, GroupInfo, KickReply, KickRequest, LoginReply, LoginRequest,
-    OfflineRequest, RegisterRequest, SendReply, SendRequest, SignInRequest, SyncReply, SyncRequest,
+    ConversationType, CreateGroupRequest, DeliverReply, DeliverRequest, Delivery, DeviceInfo,
+    DeviceRef, ErrorCode, FriendRequest, GroupInfo, KickReply, KickRequest, LoginReply,
+    LoginRequest, OfflineRequest, RegisterRequest, SendReply, SendRequest, SignInRequest,
+    SyncReply, SyncRequest,
 };
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -414,17 +416,22 @@ pub(crate) async fn free_port() -> u16 {
 }
 
 /// A `ConnectIntService` endpoint on loopback that records the kicks and deliveries it
-/// receives, standing in for an engine node.
+/// receives, standing in for an engine node. Deliver calls with a notice in any delivery go to
+/// `notices`, all others to `deliveries`, so that tests of messages see no notices.
 pub(crate) struct EngineRecorder {
     pub(crate) addr: SocketAddr,
     pub(crate) kicks: mpsc::UnboundedReceiver<KickRequest>,
     pub(crate) deliveries: mpsc::UnboundedReceiver<DeliverRequest>,
+    pub(crate) notices: mpsc::UnboundedReceiver<DeliverRequest>,
+    /// Notice deliveries of calls already received and not yet returned by `next_notice`.
+    pending_notices: VecDeque<Delivery>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 struct Recorder {
     kicks: mpsc::UnboundedSender<KickRequest>,
     deliveries: mpsc::UnboundedSender<DeliverRequest>,
+    notices: mpsc::UnboundedSender<DeliverRequest>,
 }
 
 #[tonic::async_trait]
@@ -440,7 +447,12 @@ impl ConnectIntService for Recorder {
     ) -> Result<Response<DeliverReply>, Status> {
         let request = request.into_inner();
         let targets: usize = request.deliveries.iter().map(|d| d.targets.len()).sum();
-        let _ = self.deliveries.send(request);
+        let has_notice = request.deliveries.iter().any(|d| d.notice.is_some());
+        let _ = if has_notice {
+            self.notices.send(request)
+        } else {
+            self.deliveries.send(request)
+        };
         Ok(Response::new(DeliverReply {
             delivered: u32::try_from(targets).expect("few targets"),
             missed: 0,
@@ -455,10 +467,12 @@ impl EngineRecorder {
         let addr = listener.local_addr().expect("local addr");
         let (kicks_tx, kicks) = mpsc::unbounded_channel();
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+        let (notices_tx, notices) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ConnectIntServiceServer::new(Recorder {
             kicks: kicks_tx,
             deliveries: deliveries_tx,
+            notices: notices_tx,
         });
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -473,6 +487,8 @@ impl EngineRecorder {
             addr,
             kicks,
             deliveries,
+            notices,
+            pending_notices: VecDeque::new(),
             stop: Some(stop),
         }
     }
@@ -498,6 +514,44 @@ impl EngineRecorder {
             .await
             .expect("a delivery arrives within 5 s")
             .expect("recorder running")
+    }
+
+    /// Returns the next notice delivery, waiting up to 5 s for its Deliver call: like messages,
+    /// notices are pushed from a spawned task after the reply. One call may carry several
+    /// notices. Asserts that the call carries notices only.
+    pub(crate) async fn next_notice(&mut self) -> Delivery {
+        if let Some(delivery) = self.pending_notices.pop_front() {
+            return delivery;
+        }
+        let request = tokio::time::timeout(Duration::from_secs(5), self.notices.recv())
+            .await
+            .expect("a notice delivery arrives within 5 s")
+            .expect("recorder running");
+        for delivery in &request.deliveries {
+            assert!(
+                delivery.message.is_none(),
+                "a message in a notice call: {request:?}"
+            );
+            assert!(
+                delivery.notice.is_some(),
+                "a delivery without a notice: {request:?}"
+            );
+        }
+        self.pending_notices.extend(request.deliveries);
+        self.pending_notices
+            .pop_front()
+            .expect("a Deliver call with at least one delivery")
+    }
+
+    /// Waits 300 ms and asserts that no further notice arrived.
+    pub(crate) async fn assert_no_more_notices(&mut self) {
+        assert!(
+            self.pending_notices.is_empty(),
+            "unexpected notices {:?}",
+            self.pending_notices
+        );
+        let extra = tokio::time::timeout(Duration::from_millis(300), self.notices.recv()).await;
+        assert!(extra.is_err(), "unexpected notice delivery {extra:?}");
     }
 
     /// Waits 300 ms and asserts that no further Deliver call arrived. Nothing is sent, so only
