@@ -313,6 +313,8 @@ fn note_push(packet: &im_client::Packet, events: &mpsc::UnboundedSender<SessionE
             send(events, error_push_kind(packet.code));
             false
         }
+        // A change to the user's friends or groups; nothing this scenario counts.
+        Ok(PacketType::Notice) => false,
         _ => {
             send(events, format!("unexpected_push_{}", packet.r#type));
             false

@@ -1,7 +1,7 @@
 //! Decoding of pushes: the packets a connection receives that are not replies to its
 //! requests.
 
-use im_proto::v1::{Kicked, Message, Packet, PacketType};
+use im_proto::v1::{Kicked, Message, Notice, Packet, PacketType};
 use prost::Message as _;
 
 /// A push, decoded by its packet type.
@@ -11,6 +11,9 @@ pub enum Push {
     Message(Message),
     /// KICKED: the device signed in on another connection; the server closes this one next.
     Kicked(Kicked),
+    /// NOTICE: the user's friends or groups changed. Reload the list it names. A notice is
+    /// not stored, so it is no record of the state.
+    Notice(Notice),
     /// ERROR: the engine could not tell which request failed, for example because a message
     /// was not a `Packet`.
     Error {
@@ -30,7 +33,8 @@ impl Push {
     ///
     /// # Errors
     ///
-    /// The decode error when a MESSAGE or KICKED packet's `data` does not decode as its type.
+    /// The decode error when a MESSAGE, KICKED or NOTICE packet's `data` does not decode as its
+    /// type.
     pub fn decode(packet: Packet) -> Result<Push, prost::DecodeError> {
         if packet.request_id != 0 {
             return Ok(Push::Other(packet));
@@ -38,6 +42,7 @@ impl Push {
         match PacketType::try_from(packet.r#type) {
             Ok(PacketType::Message) => Ok(Push::Message(Message::decode(packet.data)?)),
             Ok(PacketType::Kicked) => Ok(Push::Kicked(Kicked::decode(packet.data)?)),
+            Ok(PacketType::Notice) => Ok(Push::Notice(Notice::decode(packet.data)?)),
             Ok(PacketType::Error) => Ok(Push::Error {
                 code: packet.code,
                 message: packet.message,
@@ -49,7 +54,7 @@ impl Push {
 
 #[cfg(test)]
 mod tests {
-    use im_proto::v1::{ErrorCode, KickReason};
+    use im_proto::v1::{ErrorCode, KickReason, NoticeKind};
 
     use super::*;
 
@@ -86,6 +91,22 @@ mod tests {
         let push = Push::decode(packet(PacketType::Kicked, 0, kicked.encode_to_vec()));
 
         assert_eq!(push, Ok(Push::Kicked(kicked)));
+    }
+
+    #[test]
+    fn notice_push_decodes() {
+        let notice = Notice {
+            kind: NoticeKind::GroupMembersAdded as i32,
+            actor_user_id: 3,
+            group_id: 40,
+            member_ids: vec![5, 6],
+            at_ms: 1_700_000_000_000,
+            ..Notice::default()
+        };
+
+        let push = Push::decode(packet(PacketType::Notice, 0, notice.encode_to_vec()));
+
+        assert_eq!(push, Ok(Push::Notice(notice)));
     }
 
     #[test]

@@ -167,7 +167,12 @@ impl MessageCount {
     fn take(&mut self, packet: Packet) {
         let message = match Push::decode(packet) {
             Ok(Push::Message(message)) => message,
-            Ok(push) => return self.errors.add(traffic::unexpected_push_kind(&push), 1),
+            Ok(push) => {
+                if let Some(kind) = traffic::unexpected_push_kind(&push) {
+                    self.errors.add(kind, 1);
+                }
+                return;
+            }
             Err(_) => return self.errors.add("undecodable_push", 1),
         };
         let Some(payload) = Payload::decode(&message.content) else {

@@ -221,15 +221,19 @@ pub(crate) async fn close(client: Client) -> Option<String> {
     }
 }
 
-/// Names a push that the connection did not expect.
-pub(crate) fn unexpected_push_kind(push: &Push) -> String {
-    match push {
+/// Names a push that the connection did not expect, or returns `None` for a NOTICE: the
+/// scenarios befriend users and create groups while devices are signed in, so notices are
+/// neither messages nor errors.
+pub(crate) fn unexpected_push_kind(push: &Push) -> Option<String> {
+    let kind = match push {
+        Push::Notice(_) => return None,
         Push::Message(_) => "unexpected_message".into(),
         Push::Kicked(_) => "kicked".into(),
         Push::Error { code, .. } => stats::error_push_kind(*code),
         Push::Other(packet) if packet.request_id != 0 => format!("late_reply_{}", packet.r#type),
         Push::Other(packet) => format!("unexpected_push_{}", packet.r#type),
-    }
+    };
+    Some(kind)
 }
 
 #[cfg(test)]

@@ -128,7 +128,11 @@ impl Receiver<'_> {
     fn take(&mut self, packet: Packet) {
         match Push::decode(packet) {
             Ok(Push::Message(message)) => self.take_message(&message),
-            Ok(push) => self.tally.errors.add(unexpected_push_kind(&push), 1),
+            Ok(push) => {
+                if let Some(kind) = unexpected_push_kind(&push) {
+                    self.tally.errors.add(kind, 1);
+                }
+            }
             Err(_) => self.tally.errors.add("undecodable_push", 1),
         }
     }

@@ -100,9 +100,13 @@ async fn drive(
             Some(done) = in_flight.next() => record(tally, done),
             push = client.next_push(), if open => match push {
                 Some(packet) => {
-                    let kind = Push::decode(packet)
-                        .map_or_else(|_| "undecodable_push".into(), |push| unexpected_push_kind(&push));
-                    tally.errors.add(kind, 1);
+                    let kind = match Push::decode(packet) {
+                        Ok(push) => unexpected_push_kind(&push),
+                        Err(_) => Some("undecodable_push".into()),
+                    };
+                    if let Some(kind) = kind {
+                        tally.errors.add(kind, 1);
+                    }
                 }
                 None => {
                     open = false;

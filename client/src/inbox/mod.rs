@@ -6,6 +6,8 @@
 //! cursor fills the hole. After each batch the inbox acknowledges the highest contiguous seq
 //! with MESSAGE_ACK.
 //!
+//! NOTICE pushes that the inbox reads are kept apart, for [`Inbox::take_notices`].
+//!
 //! The inbox does not own the connection. Each call takes the [`Client`] to use, so after a
 //! reconnect and SIGN_IN the caller passes the new connection to [`Inbox::resync`] and keeps
 //! the inbox's cursor.
@@ -15,7 +17,7 @@ mod tracker;
 use std::future::Future;
 use std::time::Duration;
 
-use im_proto::v1::{ConversationType, Message, SendReply};
+use im_proto::v1::{ConversationType, Message, Notice, SendReply};
 use prost::bytes::Bytes;
 use tokio::time::Instant;
 
@@ -33,6 +35,11 @@ const FIRST_HOLE_RETRY: Duration = Duration::from_millis(50);
 /// Maximum wait between repeated SYNCs for a hole that stays open.
 const MAX_HOLE_RETRY: Duration = Duration::from_secs(2);
 
+/// Notices an inbox keeps until [`Inbox::take_notices`]. Beyond it the oldest are dropped, so a
+/// caller that takes notices less often may miss which list changed. Reloading both lists is
+/// then always correct.
+pub const MAX_KEPT_NOTICES: usize = 64;
+
 /// One device's view of its user's message sequence. See the module documentation.
 #[derive(Debug)]
 pub struct Inbox {
@@ -44,6 +51,8 @@ pub struct Inbox {
     page_limit: u32,
     /// Set while a hole stays open after a complete SYNC: repeated SYNCs back off.
     hole_retry: Option<HoleRetry>,
+    /// NOTICE pushes read but not yet taken, oldest first, at most [`MAX_KEPT_NOTICES`].
+    notices: Vec<Notice>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +76,7 @@ impl Inbox {
             device_id,
             page_limit: DEFAULT_PAGE_LIMIT,
             hole_retry: None,
+            notices: Vec::new(),
         }
     }
 
@@ -92,6 +102,13 @@ impl Inbox {
     /// Number of messages held back behind a hole.
     pub fn held(&self) -> usize {
         self.tracker.held()
+    }
+
+    /// Takes the NOTICE pushes read since the last call, oldest first. The inbox reads pushes
+    /// only inside its own calls, and [`recv`](Self::recv) does not return for a notice, so a
+    /// notice waits here until the next message or the next call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Sends a message as [`Client::send`] does, and places the device's own copy in the
@@ -276,6 +293,13 @@ impl Inbox {
         match Push::decode(packet).map_err(InboxError::Decode)? {
             Push::Message(message) => {
                 self.tracker.accept(message, &mut self.ready);
+                Ok(())
+            }
+            Push::Notice(notice) => {
+                if self.notices.len() == MAX_KEPT_NOTICES {
+                    self.notices.remove(0);
+                }
+                self.notices.push(notice);
                 Ok(())
             }
             Push::Kicked(kicked) => Err(InboxError::Kicked {

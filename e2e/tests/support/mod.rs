@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use im_client::business::LogicApi;
 use im_client::inbox::Inbox;
-use im_client::{Client, ClientError, ConnectOptions, InboxError, Packet, Push};
+use im_client::{Client, ClientError, ConnectOptions, InboxError, Packet, PacketType, Push};
 use im_engine::Engine;
 use im_logic::LogicServer;
 use im_proto::{DeviceInfo, ErrorCode, LoginReply, Message};
@@ -230,13 +230,13 @@ pub async fn sync_all(client: &Client, after_seq: u64, limit: u32) -> (Vec<Messa
     }
 }
 
-/// Waits for the next push and returns it decoded as a MESSAGE; panics on any other push or
-/// after `timeout`.
+/// Waits for the next push that is not a NOTICE and returns it decoded as a MESSAGE; panics on
+/// any other push or after `timeout`. Notices are skipped because the helpers that make
+/// friends and groups cause them on every signed-in device of the users involved.
 pub async fn next_message(client: &Client, timeout: Duration) -> Message {
-    let packet = tokio::time::timeout(timeout, client.next_push())
+    let packet = push_within(client, timeout)
         .await
-        .expect("a MESSAGE push in time")
-        .expect("connection open");
+        .expect("a MESSAGE push in time on an open connection");
     message_of(packet)
 }
 
@@ -248,12 +248,23 @@ pub fn message_of(packet: Packet) -> Message {
     }
 }
 
-/// Returns the first push that arrives within `wait`, if any.
+/// Returns the first push other than a NOTICE that arrives within `wait`, if any.
 pub async fn push_within(client: &Client, wait: Duration) -> Option<Packet> {
-    tokio::time::timeout(wait, client.next_push())
-        .await
-        .ok()
-        .flatten()
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let packet = tokio::time::timeout_at(deadline, client.next_push())
+            .await
+            .ok()
+            .flatten()?;
+        if !is_notice(&packet) {
+            return Some(packet);
+        }
+    }
+}
+
+/// Tells whether `packet` is a NOTICE push.
+pub fn is_notice(packet: &Packet) -> bool {
+    packet.request_id == 0 && packet.r#type == PacketType::Notice as i32
 }
 
 /// Runs `inbox.recv` until the inbox has delivered up to `last_seq`. Returns every message
