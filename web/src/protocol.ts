@@ -13,6 +13,7 @@ import {
   LoginRequestSchema,
   MessageAckSchema,
   MessageSchema,
+  NoticeSchema,
   PacketSchema,
   PacketType,
   RegisterReplySchema,
@@ -48,6 +49,7 @@ export type ReplyOf<T extends RequestType> = MessageShape<(typeof REQUEST_SCHEMA
 export const PUSH_SCHEMAS = {
   [PacketType.MESSAGE]: MessageSchema,
   [PacketType.KICKED]: KickedSchema,
+  [PacketType.NOTICE]: NoticeSchema,
 } as const;
 
 /** A failed request: the reply's code and text, or a local failure such as a deadline. */

@@ -51,6 +51,17 @@ export function routePath(route: Route): string {
   }
 }
 
+/**
+ * Returns where to go when the signed-in user was removed from group `groupId`: the group list
+ * when `route` is that group's conversation, else null (stay).
+ */
+export function routeAfterLeavingGroup(route: Route, groupId: string): Route | null {
+  if (route.name === "chat" && route.conversation === `group:${groupId}`) {
+    return { name: "groups" };
+  }
+  return null;
+}
+
 export const router = reactive({ route: currentRoute() });
 
 function currentRoute(): Route {

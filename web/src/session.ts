@@ -1,6 +1,7 @@
 // The signed-in device of this tab (devices.ts), LOGIN and REGISTER, SIGN_IN and SYNC after
-// every (re)connect, pushes into the message store, sends with their pending state, and the
-// names the views show. The views read `session.state` and `session.store`, both reactive.
+// every (re)connect, pushes into the message store, notices into list reloads, sends with their
+// pending state, and the names the views show. The views read `session.state` and
+// `session.store`, both reactive.
 
 import { reactive } from "vue";
 
@@ -8,7 +9,8 @@ import { ApiError, BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
 import { DevicePool, LOGOUT_KEY } from "./devices";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
-import type { Packet } from "./gen/im/v1/packet_pb";
+import type { Notice, Packet } from "./gen/im/v1/packet_pb";
+import { noticeEffect } from "./notices";
 import {
   ConnectionClosedError,
   DeadlineError,
@@ -48,6 +50,18 @@ export interface SessionState {
   /** User ids that a look-up found to name no user. */
   missingUsers: Record<string, true>;
   groups: Record<string, GroupInfo>;
+  /**
+   * Grows with each friend notice and each sign-in (which may follow missed notices). Views that
+   * show the friend list reload it when this changes.
+   */
+  friendListVersion: number;
+  /** As `friendListVersion`, for group notices and the group list. */
+  groupListVersion: number;
+  /**
+   * The group that the signed-in user was last removed from, by a notice. A new object each
+   * time, so a watcher sees every removal. Null before any.
+   */
+  leftGroup: { groupId: string } | null;
   /** Username of the most recently used stored device, to fill in the sign-in form. */
   lastUsername: string;
 }
@@ -112,6 +126,9 @@ export class Session {
       names: {},
       missingUsers: {},
       groups: {},
+      friendListVersion: 0,
+      groupListVersion: 0,
+      leftGroup: null,
       lastUsername: "",
     });
     this.store = reactive(new MessageStore("0")) as MessageStore;
@@ -399,6 +416,9 @@ export class Session {
     this.state.notice = "";
     this.socket.markHealthy();
     this.socket.startHeartbeat(heartbeatIntervalMs);
+    // Notices sent while this page was offline are lost, so the lists are reloaded.
+    this.state.friendListVersion += 1;
+    this.state.groupListVersion += 1;
     void this.refreshGroups().catch(() => undefined);
     await this.sync();
     this.resendPending();
@@ -428,8 +448,26 @@ export class Session {
       const kicked = decodePush(PacketType.KICKED, packet);
       this.kicked = true;
       this.state.notice = kickText(kicked.reason);
+    } else if (packet.type === PacketType.NOTICE) {
+      this.applyNotice(decodePush(PacketType.NOTICE, packet));
     } else if (packet.type === PacketType.ERROR) {
       console.warn(`server reported ${ErrorCode[packet.code]}: ${packet.message}`);
+    }
+  }
+
+  /** Reloads the list that a notice names. A notice of an unknown kind changes nothing. */
+  private applyNotice(notice: Notice): void {
+    const effect = noticeEffect(notice, this.state.credentials?.userId ?? "");
+    if (effect.reload === "friends") {
+      this.state.friendListVersion += 1;
+    } else if (effect.reload === "groups") {
+      if (effect.leftGroupId) {
+        // The reload only adds groups, so the one the user left goes here.
+        delete this.state.groups[effect.leftGroupId];
+        this.state.leftGroup = { groupId: effect.leftGroupId };
+      }
+      this.state.groupListVersion += 1;
+      void this.refreshGroups().catch(() => undefined);
     }
   }
 

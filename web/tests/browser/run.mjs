@@ -34,7 +34,7 @@ const pageUrl = `${origin}/?ws=${encodeURIComponent(`ws://${wsAddr}/ws`)}`;
 /** Bound of the whole test, processes and browser included. */
 const TOTAL_TIMEOUT_MS = 180_000;
 const STEP_TIMEOUT_MS = 15_000;
-/** The friend list reloads every 3 s, and a reconnect may wait up to 8 s of back-off. */
+/** Covers a reconnect, which may wait up to 8 s of back-off. */
 const RECONNECT_TIMEOUT_MS = 30_000;
 const START_TIMEOUT_MS = 60_000;
 const PASSWORD = "browser-test-password";
@@ -252,7 +252,8 @@ async function scenario(alice, bob, engine) {
     (text) => text.includes("friend") && !text.includes("wants"),
   );
   await screenshot(bob.page, "friend-accept");
-  // Alice's search result follows the friend list: the request turned into a friendship.
+  // Bob's accept pushes a NOTICE that reloads alice's friend list, which her search result
+  // follows: the request turned into a friendship.
   await until(
     "alice's search result shows bob as a friend",
     () => alice.testId("friend-found").getAttribute("data-relation", { timeout: 1_000 }).catch(() => ""),

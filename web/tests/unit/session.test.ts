@@ -3,7 +3,10 @@ import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
 import { DevicePool, NoDeviceLocks } from "../../src/devices";
+import { GroupInfoSchema } from "../../src/gen/im/v1/logic_pb";
 import {
+  NoticeKind,
+  NoticeSchema,
   PacketType,
   SendReplySchema,
   SendRequestSchema,
@@ -142,6 +145,88 @@ describe("session sends", () => {
     await vi.advanceTimersByTimeAsync(10_001);
     session.remove(clientMsgId);
     expect(session.store.messagesOf(PEER_CHAT)).toEqual([]);
+    await logOut(session);
+  });
+});
+
+/** Pushes a NOTICE to the page, as the engine does: request id 0. */
+async function pushNotice(ws: FakeWebSocket, init: MessageInitShape<typeof NoticeSchema>): Promise<void> {
+  const data = toBinary(NoticeSchema, create(NoticeSchema, init));
+  ws.serverSend(encodePacket({ type: PacketType.NOTICE, data }));
+  await vi.advanceTimersByTimeAsync(0);
+}
+
+describe("session notices", () => {
+  it("reloads the friend list on a friend notice", async () => {
+    const { session, ws } = await signedInSession();
+    const { friendListVersion, groupListVersion } = session.state;
+
+    await pushNotice(ws, { kind: NoticeKind.FRIEND_REQUESTED, actorUserId: 2n, userId: 1n });
+
+    expect(session.state.friendListVersion).toBe(friendListVersion + 1);
+    expect(session.state.groupListVersion).toBe(groupListVersion);
+    await logOut(session);
+  });
+
+  it("drops a group the user was removed from", async () => {
+    const { session, ws } = await signedInSession();
+    session.state.groups["70"] = create(GroupInfoSchema, {
+      groupId: 70n,
+      name: "left",
+      ownerId: 2n,
+      memberIds: [1n, 2n],
+    });
+    const { groupListVersion } = session.state;
+
+    await pushNotice(ws, {
+      kind: NoticeKind.GROUP_MEMBERS_REMOVED,
+      actorUserId: 2n,
+      groupId: 70n,
+      memberIds: [1n],
+    });
+
+    expect(session.state.groups["70"]).toBeUndefined();
+    expect(session.state.leftGroup).toEqual({ groupId: "70" });
+    expect(session.state.groupListVersion).toBe(groupListVersion + 1);
+    await logOut(session);
+  });
+
+  it("keeps a group when others were removed", async () => {
+    const { session, ws } = await signedInSession();
+
+    await pushNotice(ws, {
+      kind: NoticeKind.GROUP_MEMBERS_REMOVED,
+      actorUserId: 2n,
+      groupId: 70n,
+      memberIds: [3n],
+    });
+
+    expect(session.state.leftGroup).toBeNull();
+    await logOut(session);
+  });
+
+  it("ignores a notice of an unknown kind", async () => {
+    const { session, ws } = await signedInSession();
+    const before = { ...session.state };
+
+    await pushNotice(ws, { kind: 99 as NoticeKind, groupId: 70n, memberIds: [1n] });
+
+    expect(session.state.friendListVersion).toBe(before.friendListVersion);
+    expect(session.state.groupListVersion).toBe(before.groupListVersion);
+    expect(session.state.leftGroup).toBeNull();
+    await logOut(session);
+  });
+
+  it("reloads both lists after each sign-in", async () => {
+    const { session, ws } = await signedInSession();
+    const { friendListVersion, groupListVersion } = session.state;
+
+    ws.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(1_000);
+    await signIn(session);
+
+    expect(session.state.friendListVersion).toBe(friendListVersion + 1);
+    expect(session.state.groupListVersion).toBe(groupListVersion + 1);
     await logOut(session);
   });
 });
