@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    conn, create_group, login, new_user_device, send, send_text, text_to, EngineRecorder,
-    TestLogic, NODE,
+    conn, create_group, login, make_friends, new_user_device, send, send_text, text_to,
+    EngineRecorder, TestLogic, NODE,
 };
 use im_proto::v1::{ConversationType, DeliverRequest, DeliveryTarget, ServerSendRequest};
 
@@ -256,6 +256,33 @@ async fn send_burst_pushed_in_seq_order() {
     }
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "pushed in seq order");
     assert!(calls < 200, "{calls} Deliver calls for 200 messages");
+    node.assert_no_more_deliveries().await;
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn node_without_notices_still_gets_messages() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start_without_notices().await;
+    let (_, alice) =
+        new_user_device(&mut logic.client, "old_a", false, conn(&node.node(), 1)).await;
+    let (_, bob) = new_user_device(&mut logic.client, "old_b", false, conn(&node.node(), 2)).await;
+
+    // Both notices of the friendship are sent to the node, in calls of their own, and rejected.
+    make_friends(&mut ext, &alice, &bob).await;
+    node.next_notice().await;
+    node.next_notice().await;
+    let reply = send_text(&mut logic.client, &alice, bob.user_id, "after the notices")
+        .await
+        .expect("send");
+
+    let request = node.next_delivery().await;
+    assert_eq!(
+        single_delivery_targets(&request, reply.message_id),
+        vec![target(bob.device_id, 2, 1)]
+    );
+    assert!(request.deliveries[0].notice.is_none());
     node.assert_no_more_deliveries().await;
     logic.server.shutdown().await;
 }

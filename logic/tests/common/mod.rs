@@ -432,6 +432,9 @@ struct Recorder {
     kicks: mpsc::UnboundedSender<KickRequest>,
     deliveries: mpsc::UnboundedSender<DeliverRequest>,
     notices: mpsc::UnboundedSender<DeliverRequest>,
+    /// Rejects Deliver calls with a notice after recording them, as an engine node built
+    /// before notices does: it reads only `message` and finds none.
+    rejects_notices: bool,
 }
 
 #[tonic::async_trait]
@@ -453,6 +456,9 @@ impl ConnectIntService for Recorder {
         } else {
             self.deliveries.send(request)
         };
+        if has_notice && self.rejects_notices {
+            return Err(Status::invalid_argument("a delivery has no message"));
+        }
         Ok(Response::new(DeliverReply {
             delivered: u32::try_from(targets).expect("few targets"),
             missed: 0,
@@ -463,6 +469,16 @@ impl ConnectIntService for Recorder {
 impl EngineRecorder {
     /// Starts the endpoint on 127.0.0.1:0.
     pub(crate) async fn start() -> EngineRecorder {
+        EngineRecorder::start_with(false).await
+    }
+
+    /// Starts an endpoint that records Deliver calls with a notice and then rejects them, as an
+    /// engine node built before notices does.
+    pub(crate) async fn start_without_notices() -> EngineRecorder {
+        EngineRecorder::start_with(true).await
+    }
+
+    async fn start_with(rejects_notices: bool) -> EngineRecorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (kicks_tx, kicks) = mpsc::unbounded_channel();
@@ -473,6 +489,7 @@ impl EngineRecorder {
             kicks: kicks_tx,
             deliveries: deliveries_tx,
             notices: notices_tx,
+            rejects_notices,
         });
         tokio::spawn(async move {
             tonic::transport::Server::builder()
