@@ -335,7 +335,7 @@ impl Shared {
                 deliveries,
                 delivered = reply.delivered,
                 missed = reply.missed,
-                "pushed"
+                "pushed to engine node"
             ),
             Err(err) => {
                 let error = ErrorChain(&err);
@@ -447,22 +447,34 @@ impl PushKind {
 }
 
 /// Sends the deliveries queued for `node`, up to [`DELIVER_BATCH_MAX`] per Deliver call and
-/// one call at a time, until the queue's sender is dropped. A batch is cut wherever it turns
-/// from messages to notices or back, and its runs are sent in queue order, so each call carries
-/// one kind and devices get messages and notices in the order they were queued.
+/// one call at a time, until the queue's sender is dropped. Each run of [`split_runs`] goes in
+/// a call of its own, in queue order.
 async fn deliver_to_node(shared: Arc<Shared>, node: String, mut queue: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(DELIVER_BATCH_MAX);
     while queue.recv_many(&mut batch, DELIVER_BATCH_MAX).await > 0 {
-        let mut run = std::mem::take(&mut batch);
-        while let Some(first) = run.first() {
-            let kind = PushKind::of(first);
-            let run_len = run.iter().take_while(|queued| PushKind::of(queued) == kind);
-            let rest = run.split_off(run_len.count());
+        for (kind, run) in split_runs(std::mem::take(&mut batch)) {
             shared.deliver(&node, kind, run).await;
-            run = rest;
         }
     }
     tracing::debug!(node = %node, "push task of engine node stopped");
+}
+
+/// Cuts `batch` wherever it turns from messages to notices or back, and returns the runs in
+/// queue order. So no Deliver call mixes the two, and devices still get messages and notices
+/// in the order they were queued.
+fn split_runs(mut batch: Vec<Queued>) -> Vec<(PushKind, Vec<Queued>)> {
+    let mut runs = Vec::new();
+    while let Some(first) = batch.first() {
+        let kind = PushKind::of(first);
+        let length = batch
+            .iter()
+            .take_while(|queued| PushKind::of(queued) == kind)
+            .count();
+        let rest = batch.split_off(length);
+        runs.push((kind, batch));
+        batch = rest;
+    }
+    runs
 }
 
 /// Returns the notice's kind, or UNSPECIFIED for a number this build does not know.
@@ -563,6 +575,73 @@ mod tests {
         assert_eq!(by_node.len(), 2);
         assert_eq!(by_node["a:1"], vec![target(20, 200, 9)]);
         assert_eq!(by_node["b:1"], vec![target(11, 101, 4), target(21, 201, 9)]);
+    }
+
+    fn queued(message_id: u64, notice: bool) -> Queued {
+        let delivery = if notice {
+            Delivery {
+                notice: Some(Notice {
+                    group_id: message_id,
+                    ..Notice::default()
+                }),
+                ..Delivery::default()
+            }
+        } else {
+            Delivery {
+                message: Some(Message {
+                    message_id,
+                    ..Message::default()
+                }),
+                ..Delivery::default()
+            }
+        };
+        Queued {
+            delivery,
+            replied_at: None,
+        }
+    }
+
+    /// Returns the kind and the ids (message id or notice group id) of each run.
+    fn run_ids(runs: &[(PushKind, Vec<Queued>)]) -> Vec<(PushKind, Vec<u64>)> {
+        let id = |queued: &Queued| match (&queued.delivery.message, &queued.delivery.notice) {
+            (Some(message), _) => message.message_id,
+            (None, Some(notice)) => notice.group_id,
+            (None, None) => 0,
+        };
+        runs.iter()
+            .map(|(kind, run)| (*kind, run.iter().map(id).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn batch_splits_into_runs_of_one_kind() {
+        let batch = vec![
+            queued(1, false),
+            queued(2, false),
+            queued(3, true),
+            queued(4, false),
+            queued(5, true),
+            queued(6, true),
+        ];
+
+        let runs = split_runs(batch);
+
+        assert_eq!(
+            run_ids(&runs),
+            vec![
+                (PushKind::Messages, vec![1, 2]),
+                (PushKind::Notices, vec![3]),
+                (PushKind::Messages, vec![4]),
+                (PushKind::Notices, vec![5, 6]),
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_of_one_kind_is_one_run() {
+        let runs = split_runs(vec![queued(1, false), queued(2, false)]);
+        assert_eq!(run_ids(&runs), vec![(PushKind::Messages, vec![1, 2])]);
+        assert!(split_runs(Vec::new()).is_empty());
     }
 
     #[test]
