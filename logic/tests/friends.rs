@@ -279,7 +279,7 @@ fn assert_friend_notice(delivery: &Delivery, kind: NoticeKind, actor: u64, other
 
 #[tokio::test]
 async fn friend_changes_push_notices_to_both_users() {
-    let mut logic = TestLogic::start_default().await;
+    let mut logic = common::start_for_notices().await;
     let mut ext = logic.ext_client().await;
     let mut node = EngineRecorder::start().await;
     let (a_name, a) =
@@ -325,7 +325,7 @@ async fn friend_changes_push_notices_to_both_users() {
 
 #[tokio::test]
 async fn request_back_pushes_friend_accepted() {
-    let mut logic = TestLogic::start_default().await;
+    let mut logic = common::start_for_notices().await;
     let mut ext = logic.ext_client().await;
     let mut node = EngineRecorder::start().await;
     let a = new_device(&mut logic.client, "n_first", conn(&node.node(), 1)).await;
@@ -356,7 +356,7 @@ async fn request_back_pushes_friend_accepted() {
 
 #[tokio::test]
 async fn failed_friend_changes_push_no_notice() {
-    let mut logic = TestLogic::start_default().await;
+    let mut logic = common::start_for_notices().await;
     let mut ext = logic.ext_client().await;
     let mut node = EngineRecorder::start().await;
     let a = new_device(&mut logic.client, "n_fail_a", conn(&node.node(), 1)).await;

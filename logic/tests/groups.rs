@@ -24,6 +24,16 @@ async fn start() -> TestLogic {
     .await
 }
 
+/// As `common::start_for_notices`, with this file's member limit.
+async fn start_for_notices() -> TestLogic {
+    TestLogic::start(im_logic::Config {
+        max_group_members: MAX_MEMBERS,
+        engine_call_timeout_ms: 10_000,
+        ..common::test_config()
+    })
+    .await
+}
+
 fn members(group_id: u64, users: &[&LoginReply]) -> GroupMembersRequest {
     GroupMembersRequest {
         group_id,
@@ -454,7 +464,7 @@ async fn befriend(
 
 #[tokio::test]
 async fn group_changes_push_notices_to_members() {
-    let mut logic = start().await;
+    let mut logic = start_for_notices().await;
     let mut ext = logic.ext_client().await;
     let mut node = EngineRecorder::start().await;
     let owner = new_device(&mut logic.client, "n_owner", conn(&node.node(), 1)).await;
@@ -523,7 +533,7 @@ async fn group_changes_push_notices_to_members() {
 
 #[tokio::test]
 async fn failed_group_changes_push_no_notice() {
-    let mut logic = start().await;
+    let mut logic = start_for_notices().await;
     let mut ext = logic.ext_client().await;
     let mut node = EngineRecorder::start().await;
     let owner = new_device(&mut logic.client, "nf_owner", conn(&node.node(), 1)).await;

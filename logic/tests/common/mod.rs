@@ -56,6 +56,16 @@ pub(crate) fn redis_url() -> String {
     env_url("IM_LOGIC_REDIS_URL")
 }
 
+/// Starts a server for tests that wait for notices on a recording node: a Deliver call past
+/// `engine_call_timeout_ms` drops its notice, and the first call to a node also connects.
+pub(crate) async fn start_for_notices() -> TestLogic {
+    TestLogic::start(Config {
+        engine_call_timeout_ms: 10_000,
+        ..test_config()
+    })
+    .await
+}
+
 /// Returns a configuration for the test stores, free ports and cheap Argon2id parameters.
 pub(crate) fn test_config() -> Config {
     Config {
