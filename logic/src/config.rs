@@ -307,7 +307,8 @@ pub enum ConfigError {
     /// `--config` or `IM_CONFIG` names a file that does not exist.
     #[error(
         "config file {} not found: pass an existing file with --config or IM_CONFIG, \
-         or set neither to use the defaults",
+         or set neither to use im.toml in the working directory if there is one, else the \
+         defaults",
         .0.display()
     )]
     FileNotFound(PathBuf),
@@ -577,7 +578,9 @@ impl Config {
 /// it exists in the working directory, else none.
 fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     match explicit {
-        Some(path) if path.is_file() => Ok(Some(path.to_path_buf())),
+        // Not `is_file`: /dev/null must pass as an empty file, and the table check reports a
+        // directory as unreadable.
+        Some(path) if path.exists() => Ok(Some(path.to_path_buf())),
         Some(path) => Err(ConfigError::FileNotFound(path.to_path_buf())),
         None => {
             let default = Path::new(DEFAULT_CONFIG_FILE);
@@ -879,6 +882,24 @@ mod tests {
     fn missing_explicit_file_is_an_error() {
         let err = config_file(Some(Path::new("/nonexistent/im.toml"))).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/im.toml not found"));
+    }
+
+    #[test]
+    fn dev_null_and_directory_as_config() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("settings")?;
+            let cli = Cli::default();
+            let file = config_file(Some(Path::new("/dev/null"))).expect("/dev/null exists");
+            let config = Config::load_from(file.as_deref(), &cli);
+            assert!(config.is_ok(), "{config:?}");
+            let file = config_file(Some(Path::new("settings"))).expect("the directory exists");
+            let err = Config::load_from(file.as_deref(), &cli).expect_err("a directory");
+            assert!(
+                err.to_string().contains("cannot read the settings file"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -23,6 +23,19 @@ pub enum FileError {
         /// What went wrong.
         reason: String,
     },
+    /// A known table name is given a value that is not a single table, such as `[[engine]]` or
+    /// `engine = 5`, whose settings would otherwise be skipped.
+    #[error(
+        "the settings file {} gives `{key}` a value that is not a table: write its settings \
+         under one [{key}] header, not [[{key}]] or `{key} = ...`",
+        .path.display()
+    )]
+    NotATable {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key.
+        key: String,
+    },
     /// The file holds a key other than the known tables, such as a misspelt table name.
     #[error(
         "the settings file {} holds `{key}`, which is neither [engine] nor [logic]: \
@@ -37,8 +50,9 @@ pub enum FileError {
     },
 }
 
-/// Checks that `path` is a TOML file whose top level holds only [`TABLES`], so that a misspelt
-/// table is reported instead of being skipped with all its settings.
+/// Checks that `path` is a TOML file whose top level contains only [`TABLES`], each of them a
+/// table, so that a misspelt table or an array of tables is reported instead of being skipped
+/// with all its settings.
 ///
 /// # Errors
 ///
@@ -59,13 +73,21 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
     let top: BTreeMap<String, figment::value::Value> = Figment::from(Toml::file_exact(path))
         .extract()
         .map_err(|err| unreadable(describe(&err, "")))?;
-    match top.into_keys().find(|key| !TABLES.contains(&key.as_str())) {
-        Some(key) => Err(FileError::UnknownTable {
-            path: path.to_path_buf(),
-            key,
-        }),
-        None => Ok(()),
+    for (key, value) in top {
+        if !TABLES.contains(&key.as_str()) {
+            return Err(FileError::UnknownTable {
+                path: path.to_path_buf(),
+                key,
+            });
+        }
+        if value.as_dict().is_none() {
+            return Err(FileError::NotATable {
+                path: path.to_path_buf(),
+                key,
+            });
+        }
     }
+    Ok(())
 }
 
 /// Describes each error of `err`, joined by "; ": the setting as im.toml spells it, what is
@@ -84,8 +106,9 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
     let origin = match &one.metadata {
         Some(metadata) => match &metadata.source {
             Some(Source::File(path)) => format!(" (in {})", path.display()),
+            // A list element's path ends in its index, which is no part of the variable's name.
             _ if metadata.name.contains("environment variable") && !key.is_empty() => {
-                format!(" (from {env_prefix}{})", key.to_uppercase())
+                format!(" (from {env_prefix}{})", one.path[0].to_uppercase())
             }
             Some(source) => format!(" (from {} {source})", metadata.name),
             None => format!(" (from {})", metadata.name),
@@ -162,6 +185,19 @@ mod tests {
     }
 
     #[test]
+    fn list_element_error_names_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            jail.set_env("IM_TEST_ORIGINS", "[\"https://a\", 3]");
+            let err = load().expect_err("3 is no string");
+            let text = describe(&err, "IM_TEST_");
+            assert!(text.starts_with("origins.1: found unsigned int"), "{text}");
+            assert!(text.ends_with("(from IM_TEST_ORIGINS)"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn file_error_names_file_and_list_format() {
         Jail::expect_with(|jail| {
             jail.create_file("im.toml", "[engine]\norigins = \"https://a\"\n")?;
@@ -192,6 +228,22 @@ mod tests {
             let err = check_tables(Path::new("loose.toml")).expect_err("loose key");
             assert!(err.to_string().contains("holds `shards`"), "{err}");
             check_tables(Path::new("/dev/null")).expect("an empty file");
+            jail.create_file("array.toml", "[[engine]]\nshards = 2\n")?;
+            let err = check_tables(Path::new("array.toml")).expect_err("array of tables");
+            assert!(
+                err.to_string()
+                    .contains("`engine` a value that is not a table"),
+                "{err}"
+            );
+            jail.create_file("scalar.toml", "[engine]\nlogic = 5\n")?;
+            check_tables(Path::new("scalar.toml")).expect("a setting named logic in [engine]");
+            jail.create_file("scalar.toml", "logic = 5\n")?;
+            let err = check_tables(Path::new("scalar.toml")).expect_err("a number");
+            assert!(
+                err.to_string()
+                    .contains("`logic` a value that is not a table"),
+                "{err}"
+            );
             let err = check_tables(Path::new("missing.toml")).expect_err("missing");
             assert!(
                 err.to_string().contains("missing.toml: no such file"),

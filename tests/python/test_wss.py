@@ -77,6 +77,8 @@ def tls_engine(tmp_path_factory):
         IM_ENGINE_TLS_KEY_FILE=str(key),
     )
     env.pop("IM_CONFIG", None)
+    # The engine rejects every IM_ENGINE_* variable that is not a setting.
+    env.pop("IM_ENGINE_BIN", None)
     engine = subprocess.Popen([str(ENGINE_BIN), "--config", os.devnull], env=env)
     try:
         wait_until_listening(port, engine)
