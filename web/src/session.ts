@@ -108,6 +108,11 @@ export class Session {
   private ackedSeq = 0;
   private kicked = false;
   private loggingOut = false;
+  /** The group list reload on the wire, and the one queued behind it. */
+  private groupsLoading: Promise<GroupInfo[]> | null = null;
+  private groupsQueued: Promise<GroupInfo[]> | null = null;
+  /** Counts resets, so that a group list asked for before one is dropped. */
+  private groupsGeneration = 0;
   /** Group ids whose unknown name already triggered a reload of the group list. */
   private readonly groupsRequested = new Set<string>();
 
@@ -357,13 +362,49 @@ export class Session {
     void this.refreshGroups().catch(() => undefined);
   }
 
-  /** Reloads the groups the user belongs to. */
-  async refreshGroups(): Promise<GroupInfo[]> {
-    const groups = await this.api.listGroups();
-    for (const group of groups) {
-      this.state.groups[group.groupId.toString()] = group;
+  /**
+   * Reloads the groups the user belongs to and replaces the known list with them, so a group
+   * the user left while offline goes too. Calls made while a reload runs share one more reload
+   * after it: a burst of notices costs two calls, and the last one starts after the last notice.
+   */
+  refreshGroups(): Promise<GroupInfo[]> {
+    if (this.groupsQueued) {
+      return this.groupsQueued;
     }
-    return groups;
+    if (this.groupsLoading) {
+      const queued = this.groupsLoading
+        .catch(() => undefined)
+        .then(() => {
+          this.groupsQueued = null;
+          return this.loadGroups();
+        });
+      this.groupsQueued = queued;
+      return queued;
+    }
+    return this.loadGroups();
+  }
+
+  private loadGroups(): Promise<GroupInfo[]> {
+    const generation = this.groupsGeneration;
+    const loading = this.api.listGroups().then((groups) => {
+      // A reply for the user signed in before a reset is dropped.
+      if (generation === this.groupsGeneration) {
+        const fresh: Record<string, GroupInfo> = {};
+        for (const group of groups) {
+          fresh[group.groupId.toString()] = group;
+        }
+        this.state.groups = fresh;
+      }
+      return groups;
+    });
+    this.groupsLoading = loading;
+    const clear = (): void => {
+      if (this.groupsLoading === loading) {
+        this.groupsLoading = null;
+      }
+    };
+    loading.then(clear, clear);
+    return loading;
   }
 
   private resetFor(credentials: Credentials | null): void {
@@ -372,6 +413,7 @@ export class Session {
     this.state.names = credentials ? { [credentials.userId]: credentials.username } : {};
     this.state.missingUsers = {};
     this.state.groups = {};
+    this.groupsGeneration += 1;
     this.store.reset(credentials?.userId ?? "0");
     this.ackedSeq = 0;
     this.kicked = false;
@@ -462,7 +504,7 @@ export class Session {
       this.state.friendListVersion += 1;
     } else if (effect.reload === "groups") {
       if (effect.leftGroupId) {
-        // The reload only adds groups, so the one the user left goes here.
+        // At once: the reload below may wait behind another.
         delete this.state.groups[effect.leftGroupId];
         this.state.leftGroup = { groupId: effect.leftGroupId };
       }

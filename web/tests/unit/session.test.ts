@@ -3,7 +3,7 @@ import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
 import { DevicePool, NoDeviceLocks } from "../../src/devices";
-import { GroupInfoSchema } from "../../src/gen/im/v1/logic_pb";
+import { GroupInfoSchema, type GroupInfo } from "../../src/gen/im/v1/logic_pb";
 import {
   NoticeKind,
   NoticeSchema,
@@ -214,6 +214,34 @@ describe("session notices", () => {
     expect(session.state.friendListVersion).toBe(before.friendListVersion);
     expect(session.state.groupListVersion).toBe(before.groupListVersion);
     expect(session.state.leftGroup).toBeNull();
+    await logOut(session);
+  });
+
+  it("replaces the group list and shares reloads asked for meanwhile", async () => {
+    const { session } = await signedInSession();
+    const group = (id: bigint) =>
+      create(GroupInfoSchema, { groupId: id, name: `g${id}`, ownerId: 1n, memberIds: [1n] });
+    const replies: Array<(groups: GroupInfo[]) => void> = [];
+    const listGroups = vi
+      .spyOn(session.api, "listGroups")
+      .mockImplementation(() => new Promise((resolve) => replies.push(resolve)));
+
+    const first = session.refreshGroups();
+    const second = session.refreshGroups();
+    const third = session.refreshGroups();
+    expect(listGroups).toHaveBeenCalledTimes(1);
+    replies[0]([group(70n), group(71n)]);
+    await first;
+    expect(Object.keys(session.state.groups).sort()).toEqual(["70", "71"]);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(listGroups).toHaveBeenCalledTimes(2);
+    replies[1]([group(71n)]);
+    expect(second).toBe(third);
+    await second;
+
+    expect(listGroups).toHaveBeenCalledTimes(2);
+    expect(Object.keys(session.state.groups)).toEqual(["71"]);
+    listGroups.mockRestore();
     await logOut(session);
   });
 
