@@ -221,14 +221,7 @@ impl Shared {
                 }
             };
             for online in devices {
-                by_node
-                    .entry(online.conn.node)
-                    .or_default()
-                    .push(DeliveryTarget {
-                        device_id: online.device.0,
-                        conn_id: online.conn.conn_id.0,
-                        seq: 0,
-                    });
+                add_target(&mut by_node, online, 0);
             }
         }
         by_node.retain(|node, _| !self.lapsed.contains(node));
@@ -494,6 +487,18 @@ fn deliver_failure(err: &EngineCallError) -> DeliverResult {
     }
 }
 
+/// Adds `online` to the targets of its node, with `seq` (0 for a notice).
+fn add_target(by_node: &mut TargetsByNode, online: OnlineDevice, seq: u64) {
+    by_node
+        .entry(online.conn.node)
+        .or_default()
+        .push(DeliveryTarget {
+            device_id: online.device.0,
+            conn_id: online.conn.conn_id.0,
+            seq,
+        });
+}
+
 /// Groups the online devices of each copy's user by node, with the copy's seq, leaving out the
 /// sending device: it has the reply already. A back end's device 0 is never online, so a
 /// ServerSend reaches every device of the sender.
@@ -504,14 +509,7 @@ fn group_by_node(copies: Vec<(Copy, Vec<OnlineDevice>)>, sender: Sender) -> Targ
             if copy.user == sender.user && online.device == sender.device {
                 continue;
             }
-            by_node
-                .entry(online.conn.node)
-                .or_default()
-                .push(DeliveryTarget {
-                    device_id: online.device.0,
-                    conn_id: online.conn.conn_id.0,
-                    seq: copy.seq,
-                });
+            add_target(&mut by_node, online, copy.seq);
         }
     }
     by_node
