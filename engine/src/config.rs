@@ -223,7 +223,7 @@ pub enum ConfigError {
         im_settings::describe(.0, "IM_ENGINE_")
     )]
     Parse(#[from] Box<figment::Error>),
-    /// The settings file is missing, unreadable, or holds an unknown table.
+    /// The settings file is missing, unreadable, or contains an unknown table.
     #[error(transparent)]
     File(#[from] im_settings::FileError),
     /// A value parsed but is out of range.

@@ -54,7 +54,7 @@ impl Histogram {
 /// hash, so their latencies differ by orders of magnitude and are kept apart.
 pub const SIGN_IN_KINDS: [&str; 2] = ["sign_in", "login"];
 
-/// Which request a sign-in metric counts, as an index into [`SIGN_IN_KINDS`].
+/// Request kind of a sign-in metric, as an index into [`SIGN_IN_KINDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SignInKind {
     SignIn = 0,

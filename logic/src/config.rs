@@ -318,7 +318,7 @@ pub enum ConfigError {
         im_settings::describe(.0, ENV_PREFIX)
     )]
     Parse(Box<figment::Error>),
-    /// The settings file is unreadable or holds an unknown table.
+    /// The settings file is unreadable or contains an unknown table.
     #[error(transparent)]
     File(#[from] im_settings::FileError),
     /// A value has the right type but is out of range.

@@ -508,11 +508,11 @@ async fn retention_deletes_only_old_copies() {
     logic.server.shutdown().await;
 }
 
-/// A send that waits on a row lock past `db_timeout_ms` fails with TIMEOUT, and the server
-/// cancels its statement at the same deadline instead of leaving it queued on the lock, so the
-/// pooled connection and the locks it took are free again.
+/// A send that waits on a row lock past `db_timeout_ms` fails with TIMEOUT. The server cancels
+/// its statement at the same deadline instead of leaving it queued on the lock, so the pooled
+/// connection and its locks are free again.
 #[tokio::test]
-async fn send_past_the_deadline_is_cancelled_on_the_server() {
+async fn send_past_deadline_is_cancelled() {
     let config = im_logic::Config {
         db_timeout_ms: 500,
         ..common::test_config()

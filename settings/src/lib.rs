@@ -1,6 +1,6 @@
-//! What `im-engine` and `im-logic` share when they load their settings: error text that names a
-//! setting as im.toml and the environment spell it, in plain words, and the check that a
-//! settings file holds only the `[engine]` and `[logic]` tables.
+//! Settings helpers shared by `im-engine` and `im-logic`: plain error text that names a setting
+//! as im.toml and the environment spell it, and a check that a settings file contains only the
+//! `[engine]` and `[logic]` tables.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use figment::error::Kind;
 use figment::providers::{Format, Toml};
 use figment::{Figment, Source};
 
-/// The tables a settings file may hold.
+/// Tables allowed at the top level of a settings file.
 pub const TABLES: [&str; 2] = ["engine", "logic"];
 
 /// A settings file that cannot be used.
@@ -20,7 +20,7 @@ pub enum FileError {
     Unreadable {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
+        /// The reason, such as the I/O or TOML error.
         reason: String,
     },
     /// A known table name is given a value that is not a single table, such as `[[engine]]` or
@@ -36,7 +36,7 @@ pub enum FileError {
         /// The top-level key.
         key: String,
     },
-    /// The file holds a key other than the known tables, such as a misspelt table name.
+    /// A top-level key other than the known tables, such as a misspelt table name.
     #[error(
         "the settings file {} holds `{key}`, which is neither [engine] nor [logic]: \
          check its spelling, and put every setting inside one of those tables",
@@ -90,9 +90,9 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Describes each error of `err`, joined by "; ": the setting as im.toml spells it, what is
-/// wrong in plain words, and where the value came from, naming the variable for a value from
-/// the environment (`env_prefix` plus the setting in capitals).
+/// Describes each error of `err`, joined by "; ". Each part names the setting as im.toml spells
+/// it, says what is wrong in plain words, and names the source of the value. For a value from the
+/// environment, that source is the variable (`env_prefix` plus the setting in capitals).
 pub fn describe(err: &figment::Error, env_prefix: &str) -> String {
     err.clone()
         .into_iter()
@@ -128,7 +128,7 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
     }
 }
 
-/// Says what serde's name for a type means to someone who writes settings.
+/// Translates serde's name for an expected type into words for someone who writes settings.
 fn plain(expected: &str) -> String {
     let max = match expected {
         "u8" => u64::from(u8::MAX),

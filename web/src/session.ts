@@ -59,7 +59,7 @@ export interface SessionState {
   groupListVersion: number;
   /**
    * The group that the signed-in user was last removed from, by a notice. A new object each
-   * time, so a watcher sees every removal. Null before any.
+   * time, so a watcher is triggered by every removal. Null before any.
    */
   leftGroup: { groupId: string } | null;
   /** Username of the most recently used stored device, to fill in the sign-in form. */

@@ -1,7 +1,7 @@
 //! Notices of friend and group changes. The handlers in `friends` and `groups` build one after
 //! their transaction commits and hand it to [`Pusher::push_notice`], which pushes it to every
 //! online device of the users concerned, the calling device included. A notice is not stored:
-//! it asks online devices to reload a list, nothing more.
+//! it only tells online devices to reload a list.
 //!
 //! [`Pusher::push_notice`]: super::push::Pusher::push_notice
 

@@ -369,8 +369,8 @@ pub async fn ensure_sent_at_index(pg: &PgStore) -> Result<IndexState, LogicError
         return Ok(IndexState::Busy);
     }
     let built = build_sent_at_index(&client).await;
-    // Closing the session would release the lock too, but only once the server has seen the
-    // connection end; unlocking here lets the next caller in at once.
+    // Closing the session releases the lock too, but only once the server notices the closed
+    // connection. Unlocking here lets the next caller in at once.
     let unlocked = client.query_one(INDEX_BUILD_UNLOCK, &[]).await;
     let state = built?;
     unlocked?;
