@@ -193,9 +193,7 @@ async fn unreachable_node_does_not_fail_or_delay_send() {
     let mut logic = TestLogic::start(config).await;
     // The kernel completes TCP handshakes on this listener, but nothing ever replies, so the
     // push hangs until its 3 s deadline.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let silent = common::bind_node().await;
     let node = silent.local_addr().expect("local addr").to_string();
     let (_, sender) = new_user_device(&mut logic.client, "u_sender", false, conn(NODE, 1)).await;
     let (_, receiver) = new_user_device(&mut logic.client, "u_open", true, conn(&node, 2)).await;

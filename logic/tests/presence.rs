@@ -134,9 +134,7 @@ async fn hanging_old_node_does_not_delay_sign_in() {
     let mut logic = TestLogic::start(config).await;
     // The kernel completes TCP handshakes on this listener, but nothing ever replies, so the
     // kick hangs until its 3 s deadline.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let silent = common::bind_node().await;
     let node = silent.local_addr().expect("local addr").to_string();
     let device = new_device(&mut logic.client, "hang", conn(&node, 1)).await;
 

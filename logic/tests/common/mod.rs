@@ -419,6 +419,23 @@ pub(crate) async fn hget_in(url: &str, key: &str, field: u64) -> Option<String> 
         .expect("HGET succeeds")
 }
 
+/// Binds a listener for a stand-in engine node on a random loopback address, such as
+/// 127.83.5.201, with a port the kernel picks.
+///
+/// Every test shares one Redis, where the address of a node whose lease lapsed is remembered
+/// for ten minutes: pushes skip it and the reaper removes the statuses that name it. Engines of
+/// earlier tests leave such addresses on 127.0.0.1, and the kernel may give their ports to a
+/// later listener there, whose devices would then get nothing. A random address among 16
+/// million makes such a repeat negligible. 127.0.0.0/16 is left to the fixed node addresses of
+/// the tests and to the bench's source addresses.
+pub(crate) async fn bind_node() -> TcpListener {
+    let [_, b, c, d] = rand::rng().random::<u32>().to_be_bytes();
+    let ip = std::net::Ipv4Addr::new(127, b.max(1), c, d.clamp(1, 254));
+    TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|err| panic!("bind a node listener on {ip}: {err}"))
+}
+
 /// Returns a loopback port that was free a moment ago.
 pub(crate) async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -477,7 +494,7 @@ impl ConnectIntService for Recorder {
 }
 
 impl EngineRecorder {
-    /// Starts the endpoint on 127.0.0.1:0.
+    /// Starts the endpoint on a random loopback address (see [`bind_node`]).
     pub(crate) async fn start() -> EngineRecorder {
         EngineRecorder::start_with(false).await
     }
@@ -489,7 +506,7 @@ impl EngineRecorder {
     }
 
     async fn start_with(rejects_notices: bool) -> EngineRecorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = bind_node().await;
         let addr = listener.local_addr().expect("local addr");
         let (kicks_tx, kicks) = mpsc::unbounded_channel();
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
