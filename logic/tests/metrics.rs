@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    conn, error_code, login, new_user_device, register, send_text, sign_in, test_config,
+    as_device, conn, error_code, login, new_user_device, register, send_text, sign_in, test_config,
     unique_name, EngineRecorder, TestLogic, NODE,
 };
-use im_proto::v1::ErrorCode;
+use im_proto::v1::{ErrorCode, FriendRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -150,6 +150,51 @@ async fn metrics_count_sign_ins_and_send() {
     assert_eq!(scrape.expect_value("im_logic_push_seconds_count"), 1.0);
     assert_eq!(
         scrape.expect_value("im_logic_password_hashes_in_flight"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn push_targets_counted_by_result() {
+    // A node built before notices: it rejects each notice call and takes each message.
+    let mut engine = EngineRecorder::start_without_notices().await;
+    let node = engine.node();
+    let mut logic = TestLogic::start_default().await;
+    let addr = logic.server.metrics_addr().expect("metrics on");
+    let mut ext = logic.ext_client().await;
+    let client = &mut logic.client;
+    let (_, alice) = new_user_device(client, "push_count_a", true, conn(&node, 1)).await;
+    let (_, bob) = new_user_device(client, "push_count_b", true, conn(&node, 2)).await;
+
+    ext.request_friend(as_device(
+        &alice,
+        FriendRequest {
+            user_id: bob.user_id,
+        },
+    ))
+    .await
+    .expect("friend request");
+    let notice = engine.notices.recv().await.expect("a notice call");
+    send_text(client, &alice, bob.user_id, "hello")
+        .await
+        .expect("send succeeds");
+    engine.next_delivery().await;
+
+    let targets = |kind: &str, result: &str| {
+        format!(r#"im_logic_push_targets_total{{kind="{kind}",result="{result}"}}"#)
+    };
+    // The notice went to both devices in one rejected call; the message to Bob's device.
+    assert_eq!(notice.deliveries[0].targets.len(), 2);
+    scrape_until(addr, &targets("notice", "failed"), 2.0).await;
+    let scrape = scrape_until(addr, &targets("message", "delivered"), 1.0).await;
+    assert_eq!(scrape.expect_value(&targets("notice", "delivered")), 0.0);
+    assert_eq!(scrape.expect_value(&targets("message", "failed")), 0.0);
+    assert_eq!(
+        scrape.expect_value(r#"im_logic_deliver_calls_total{result="failed"}"#),
+        1.0
+    );
+    assert_eq!(
+        scrape.expect_value(r#"im_logic_pushes_dropped_total{kind="notice"}"#),
         0.0
     );
 }

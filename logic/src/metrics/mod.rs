@@ -249,6 +249,27 @@ pub enum DeliverResult {
     InvalidAddress = 4,
 }
 
+/// What a push carries, as the `kind` label of the push counters.
+pub const PUSH_KINDS: [&str; 2] = ["message", "notice"];
+
+/// What a push carries: a stored message or a notice of a friend or group change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    Message = 0,
+    Notice = 1,
+}
+
+impl PushKind {
+    /// Returns the kind's label, as in [`PUSH_KINDS`].
+    pub fn label(self) -> &'static str {
+        PUSH_KINDS[self as usize]
+    }
+}
+
+/// Outcomes of the device targets of Deliver calls, as the `result` label of
+/// `im_logic_push_targets_total`.
+pub const PUSH_TARGET_RESULTS: [&str; 3] = ["delivered", "missed", "failed"];
+
 /// Origin of a logout, as the `source` label of `im_logic_logouts_total`.
 pub const LOGOUT_SOURCES: [&str; 2] = ["device", "api"];
 
@@ -275,6 +296,8 @@ pub struct Recorder {
     message_copies_stored: AtomicU64,
     push_seconds: Histogram,
     deliver_calls: [AtomicU64; DELIVER_RESULTS.len()],
+    push_targets: [[AtomicU64; PUSH_TARGET_RESULTS.len()]; PUSH_KINDS.len()],
+    pushes_dropped: [AtomicU64; PUSH_KINDS.len()],
     logouts: [AtomicU64; LOGOUT_SOURCES.len()],
     kicks: [AtomicU64; KICK_REASONS.len()],
     leases_reaped: AtomicU64,
@@ -303,6 +326,23 @@ impl Recorder {
     /// Counts one Deliver call by its outcome.
     pub fn record_deliver(&self, result: DeliverResult) {
         self.deliver_calls[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the device targets of one Deliver call of `kind`: `delivered` and `missed` as
+    /// the node replied, or all `failed` when the call failed.
+    pub fn record_push_targets(&self, kind: PushKind, delivered: u64, missed: u64, failed: u64) {
+        let counts = &self.push_targets[kind as usize];
+        for (counter, count) in counts.iter().zip([delivered, missed, failed]) {
+            if count > 0 {
+                counter.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts `count` pushes of `kind` dropped before any Deliver call because a queue was
+    /// full: one per message or notice and engine node, or per message of a batch not routed.
+    pub fn record_pushes_dropped(&self, kind: PushKind, count: u64) {
+        self.pushes_dropped[kind as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts one logout that revoked a token.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
     Histogram, LogicMetrics, Method, CODES, DELIVER_RESULTS, KICK_REASONS, LATENCY_BUCKETS,
-    LOGOUT_SOURCES, SIGN_IN_RESULTS,
+    LOGOUT_SOURCES, PUSH_KINDS, PUSH_TARGET_RESULTS, SIGN_IN_RESULTS,
 };
 
 /// States of the PostgreSQL pool, as the `state` label of `im_logic_db_pool_connections`.
@@ -99,6 +99,31 @@ impl LogicMetrics {
             "result",
             &DELIVER_RESULTS,
             &recorder.deliver_calls,
+        );
+        header(
+            out,
+            "im_logic_push_targets_total",
+            "Devices targeted by Deliver calls, by what the push carried and by result: missed \
+             when the device's connection had closed or changed, failed when the call failed.",
+            "counter",
+        );
+        for (kind, counts) in PUSH_KINDS.iter().zip(&recorder.push_targets) {
+            for (result, counter) in PUSH_TARGET_RESULTS.iter().zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "im_logic_push_targets_total{{kind=\"{kind}\",result=\"{result}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+        labelled_counter(
+            out,
+            "im_logic_pushes_dropped_total",
+            "Pushes of messages and notices dropped because a push queue was full; their devices \
+             get the messages by SYNC and the changes when they list friends and groups.",
+            "kind",
+            &PUSH_KINDS,
+            &recorder.pushes_dropped,
         );
     }
 
@@ -236,7 +261,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::metrics::{DeliverResult, Recorder};
+    use crate::metrics::{DeliverResult, PushKind, Recorder};
     use crate::password::PasswordHasher;
     use crate::store::pg::PgStore;
     use crate::store::redis_batch::PipelineCounters;
@@ -357,6 +382,10 @@ mod tests {
         recorder.observe_push(Duration::from_millis(2));
         recorder.record_deliver(DeliverResult::Ok);
         recorder.record_deliver(DeliverResult::Timeout);
+        recorder.record_push_targets(PushKind::Message, 3, 1, 0);
+        recorder.record_push_targets(PushKind::Message, 0, 0, 4);
+        recorder.record_push_targets(PushKind::Notice, 2, 0, 0);
+        recorder.record_pushes_dropped(PushKind::Notice, 1);
 
         let text = metrics.render();
 
@@ -368,6 +397,29 @@ mod tests {
         assert_line(&text, r#"im_logic_deliver_calls_total{result="ok"} 1"#);
         assert_line(&text, r#"im_logic_deliver_calls_total{result="timeout"} 1"#);
         assert_line(&text, r#"im_logic_deliver_calls_total{result="failed"} 0"#);
+        let targets = "im_logic_push_targets_total";
+        assert_line(
+            &text,
+            &format!(r#"{targets}{{kind="message",result="delivered"}} 3"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"{targets}{{kind="message",result="missed"}} 1"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"{targets}{{kind="message",result="failed"}} 4"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"{targets}{{kind="notice",result="delivered"}} 2"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"{targets}{{kind="notice",result="failed"}} 0"#),
+        );
+        assert_line(&text, r#"im_logic_pushes_dropped_total{kind="message"} 0"#);
+        assert_line(&text, r#"im_logic_pushes_dropped_total{kind="notice"} 1"#);
     }
 
     #[test]
@@ -418,6 +470,6 @@ mod tests {
             };
             assert_eq!(base, family, "sample {line:?} under the wrong family");
         }
-        assert_eq!(declared.len(), 16, "{declared:?}");
+        assert_eq!(declared.len(), 18, "{declared:?}");
     }
 }

@@ -8,7 +8,8 @@
 //! in one `ConnectIntService.Deliver` call, one call at a time. So a node gets one call per
 //! batch of messages instead of one per message, and each device gets its messages in seq
 //! order. A push that fails is logged and dropped: the message is already stored, and the
-//! devices it missed get it by SYNC.
+//! devices it missed get it by SYNC. `im_logic_push_targets_total` counts the devices of each
+//! Deliver call by its outcome, and `im_logic_pushes_dropped_total` what a full queue dropped.
 //!
 //! Notices take the same path: the routing task reads the online status of their users and
 //! queues one delivery per node. A node's task sends them in Deliver calls of their own, never
@@ -19,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use im_proto::v1::{DeliverRequest, Delivery, DeliveryTarget, Message, Notice, NoticeKind};
+use im_proto::v1::{
+    DeliverReply, DeliverRequest, Delivery, DeliveryTarget, Message, Notice, NoticeKind,
+};
 use tokio::sync::mpsc;
 
 use super::lease::LapsedNodes;
@@ -28,7 +31,7 @@ use super::WarnLimiter;
 use crate::engine::{EngineCallError, EngineClients};
 use crate::error::{ErrorChain, LogicError};
 use crate::ids::UserId;
-use crate::metrics::{DeliverResult, Recorder};
+use crate::metrics::{DeliverResult, PushKind, Recorder};
 use crate::store::pg::user_seq::Copy;
 use crate::store::redis::{OnlineDevice, RedisStore};
 
@@ -131,8 +134,11 @@ impl Pusher {
         }
         let count = pushes.len();
         if self.routes.try_send(Route::Messages(pushes)).is_err() {
-            self.shared
-                .warn_dropped("the push routing queue is full or closed", count);
+            self.shared.drop_pushes(
+                PushKind::Message,
+                count,
+                "the push routing queue is full or closed",
+            );
         }
     }
 
@@ -151,8 +157,11 @@ impl Pusher {
         );
         let route = Route::Notice { notice, users };
         if self.routes.try_send(route).is_err() {
-            self.shared
-                .warn_notice_dropped("the push routing queue is full or closed");
+            self.shared.drop_pushes(
+                PushKind::Notice,
+                1,
+                "the push routing queue is full or closed",
+            );
         }
     }
 }
@@ -273,34 +282,24 @@ impl Shared {
         });
         if let Err(err) = queue.try_send(queued) {
             drop(nodes);
-            let reason = "the node's push queue is full";
-            match err.into_inner().delivery.notice {
-                Some(_) => self.warn_notice_dropped(reason),
-                None => self.warn_dropped(reason, 1),
-            }
+            let kind = kind_of(&err.into_inner());
+            self.drop_pushes(kind, 1, "the node's push queue is full");
         }
     }
 
-    fn warn_dropped(&self, reason: &str, messages: usize) {
+    /// Counts and logs `count` pushes of `kind` dropped for `reason`.
+    fn drop_pushes(&self, kind: PushKind, count: usize, reason: &str) {
+        self.metrics.record_pushes_dropped(kind, count as u64);
         match self.warnings.admit() {
             Some(suppressed) => tracing::warn!(
-                messages,
+                kind = kind.label(),
+                count,
                 reason,
                 suppressed,
-                "push dropped; its devices get the messages by SYNC"
+                recovery = recovery(kind),
+                "push dropped"
             ),
-            None => tracing::debug!(messages, reason, "push dropped"),
-        }
-    }
-
-    fn warn_notice_dropped(&self, reason: &str) {
-        match self.warnings.admit() {
-            Some(suppressed) => tracing::warn!(
-                reason,
-                suppressed,
-                "notice dropped; its devices learn the change when they list friends and groups"
-            ),
-            None => tracing::debug!(reason, "notice dropped"),
+            None => tracing::debug!(kind = kind.label(), count, reason, "push dropped"),
         }
     }
 
@@ -320,7 +319,7 @@ impl Shared {
         };
         let deliveries = request.deliveries.len();
         let outcome = self.engines.deliver(node, request).await;
-        self.record_deliver(&outcome, &replied_at);
+        self.record_deliver(kind, &outcome, &replied_at, target_count);
         match outcome {
             Ok(reply) => tracing::debug!(
                 node = %node,
@@ -340,7 +339,7 @@ impl Shared {
                         targets = target_count,
                         %error,
                         suppressed,
-                        recovery = kind.recovery(),
+                        recovery = recovery(kind),
                         "push to engine node failed"
                     ),
                     None => tracing::debug!(
@@ -356,15 +355,30 @@ impl Shared {
         }
     }
 
-    fn record_deliver<T>(&self, outcome: &Result<T, EngineCallError>, replied_at: &[Instant]) {
+    fn record_deliver(
+        &self,
+        kind: PushKind,
+        outcome: &Result<DeliverReply, EngineCallError>,
+        replied_at: &[Instant],
+        targets: usize,
+    ) {
         match outcome {
-            Ok(_) => {
+            Ok(reply) => {
                 for replied_at in replied_at {
                     self.metrics.observe_push(replied_at.elapsed());
                 }
                 self.metrics.record_deliver(DeliverResult::Ok);
+                self.metrics.record_push_targets(
+                    kind,
+                    reply.delivered.into(),
+                    reply.missed.into(),
+                    0,
+                );
             }
-            Err(err) => self.metrics.record_deliver(deliver_failure(err)),
+            Err(err) => {
+                self.metrics.record_deliver(deliver_failure(err));
+                self.metrics.record_push_targets(kind, 0, 0, targets as u64);
+            }
         }
     }
 
@@ -408,34 +422,19 @@ impl Shared {
     }
 }
 
-/// The kind of deliveries that one Deliver call carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PushKind {
-    Messages,
-    Notices,
+/// Returns what `queued` carries.
+fn kind_of(queued: &Queued) -> PushKind {
+    match queued.delivery.notice {
+        Some(_) => PushKind::Notice,
+        None => PushKind::Message,
+    }
 }
 
-impl PushKind {
-    fn of(queued: &Queued) -> PushKind {
-        match queued.delivery.notice {
-            Some(_) => PushKind::Notices,
-            None => PushKind::Messages,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            PushKind::Messages => "messages",
-            PushKind::Notices => "notices",
-        }
-    }
-
-    /// Returns how the devices that a failed push missed catch up.
-    fn recovery(self) -> &'static str {
-        match self {
-            PushKind::Messages => "the devices get the messages by SYNC",
-            PushKind::Notices => "the devices learn the changes when they list friends and groups",
-        }
+/// Returns how the devices that a failed push of `kind` missed catch up.
+fn recovery(kind: PushKind) -> &'static str {
+    match kind {
+        PushKind::Message => "the devices get the messages by SYNC",
+        PushKind::Notice => "the devices learn the changes when they list friends and groups",
     }
 }
 
@@ -458,10 +457,10 @@ async fn deliver_to_node(shared: Arc<Shared>, node: String, mut queue: mpsc::Rec
 fn split_runs(mut batch: Vec<Queued>) -> Vec<(PushKind, Vec<Queued>)> {
     let mut runs = Vec::new();
     while let Some(first) = batch.first() {
-        let kind = PushKind::of(first);
+        let kind = kind_of(first);
         let length = batch
             .iter()
-            .take_while(|queued| PushKind::of(queued) == kind)
+            .take_while(|queued| kind_of(queued) == kind)
             .count();
         let rest = batch.split_off(length);
         runs.push((kind, batch));
@@ -627,10 +626,10 @@ mod tests {
         assert_eq!(
             run_ids(&runs),
             vec![
-                (PushKind::Messages, vec![1, 2]),
-                (PushKind::Notices, vec![3]),
-                (PushKind::Messages, vec![4]),
-                (PushKind::Notices, vec![5, 6]),
+                (PushKind::Message, vec![1, 2]),
+                (PushKind::Notice, vec![3]),
+                (PushKind::Message, vec![4]),
+                (PushKind::Notice, vec![5, 6]),
             ]
         );
     }
@@ -638,7 +637,7 @@ mod tests {
     #[test]
     fn batch_of_one_kind_is_one_run() {
         let runs = split_runs(vec![queued(1, false), queued(2, false)]);
-        assert_eq!(run_ids(&runs), vec![(PushKind::Messages, vec![1, 2])]);
+        assert_eq!(run_ids(&runs), vec![(PushKind::Message, vec![1, 2])]);
         assert!(split_runs(Vec::new()).is_empty());
     }
 
