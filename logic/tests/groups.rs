@@ -8,7 +8,7 @@ use common::{
     EngineRecorder, TestLogic, NODE,
 };
 use im_proto::v1::{
-    CreateGroupRequest, Delivery, ErrorCode, GetGroupRequest, GroupMembersRequest,
+    CreateGroupRequest, Delivery, ErrorCode, FriendRequest, GetGroupRequest, GroupMembersRequest,
     ListGroupsRequest, LoginReply, NoticeKind,
 };
 use tonic::Code;
@@ -579,5 +579,221 @@ async fn failed_group_changes_push_no_notice() {
     assert_eq!(error_code(&create), ErrorCode::NotFriend);
 
     node.assert_no_more_notices().await;
+    logic.server.shutdown().await;
+}
+
+/// Begins a transaction on `holder` that ends the friendship of `a` and `b` as RemoveFriend
+/// does: it locks both rows of the pair FOR UPDATE and deletes them, and does not commit yet.
+/// Returns the transaction and the process id of its backend.
+async fn begin_unfriend<'a>(
+    holder: &'a mut tokio_postgres::Client,
+    a: &LoginReply,
+    b: &LoginReply,
+) -> (tokio_postgres::Transaction<'a>, i32) {
+    let a = i64::try_from(a.user_id).expect("id fits");
+    let b = i64::try_from(b.user_id).expect("id fits");
+    let unfriend = holder.transaction().await.expect("begin");
+    let locked = unfriend
+        .execute(
+            "SELECT 1 FROM friendships WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2) \
+             ORDER BY user_id FOR UPDATE",
+            &[&a, &b],
+        )
+        .await
+        .expect("lock the pair");
+    assert_eq!(locked, 2, "the pair has two rows");
+    let deleted = unfriend
+        .execute(
+            "DELETE FROM friendships WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2)",
+            &[&a, &b],
+        )
+        .await
+        .expect("delete the pair");
+    assert_eq!(deleted, 2, "both rows deleted");
+    let pid: i32 = unfriend
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    (unfriend, pid)
+}
+
+/// Polls until a statement on `friendships` waits for a lock that `holder_pid` holds, or until
+/// `call` has ended. Returns whether such a waiter was seen, within about 5 s.
+async fn friendship_waiter_seen<T>(holder_pid: i32, call: &tokio::task::JoinHandle<T>) -> bool {
+    let observer = common::postgres().await;
+    for _ in 0..100 {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%friendships%'",
+                &[&holder_pid],
+            )
+            .await
+            .expect("count waiters")
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        if call.is_finished() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn add_racing_unfriend_is_rejected() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "race_owner", conn(NODE, 1)).await;
+    let friend = new_device(&mut logic.client, "race_friend", conn(NODE, 2)).await;
+    let group = create_group(&mut ext, &owner, &[]).await;
+    make_friends(&mut ext, &owner, &friend).await;
+
+    let mut holder = common::postgres().await;
+    let (unfriend, holder_pid) = begin_unfriend(&mut holder, &friend, &owner).await;
+    let add = {
+        let mut ext = ext.clone();
+        let request = as_device(&owner, members(group.group_id, &[&friend]));
+        tokio::spawn(async move { ext.add_group_members(request).await })
+    };
+    let waited = friendship_waiter_seen(holder_pid, &add).await;
+    unfriend.commit().await.expect("commit the unfriending");
+
+    let status = add
+        .await
+        .expect("add task")
+        .expect_err("an add racing the unfriending fails");
+    assert_eq!(error_code(&status), ErrorCode::NotFriend, "{status:?}");
+    assert!(waited, "the add waited for the unfriending's lock");
+    let after = ext
+        .get_group(as_device(
+            &owner,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(after.member_ids, vec![owner.user_id], "nobody was added");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_racing_unfriend_is_rejected() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "race_creator", conn(NODE, 1)).await;
+    let friend = new_device(&mut logic.client, "race_invited", conn(NODE, 2)).await;
+    make_friends(&mut ext, &owner, &friend).await;
+
+    let mut holder = common::postgres().await;
+    let (unfriend, holder_pid) = begin_unfriend(&mut holder, &owner, &friend).await;
+    let create = {
+        let mut ext = ext.clone();
+        let request = as_device(
+            &owner,
+            CreateGroupRequest {
+                name: "too late".to_owned(),
+                member_ids: vec![friend.user_id],
+            },
+        );
+        tokio::spawn(async move { ext.create_group(request).await })
+    };
+    let waited = friendship_waiter_seen(holder_pid, &create).await;
+    unfriend.commit().await.expect("commit the unfriending");
+
+    let status = create
+        .await
+        .expect("create task")
+        .expect_err("a creation racing the unfriending fails");
+    assert_eq!(error_code(&status), ErrorCode::NotFriend, "{status:?}");
+    assert!(waited, "the creation waited for the unfriending's lock");
+    let listed = ext
+        .list_groups(as_device(&owner, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.groups.is_empty(), "no group was created");
+    logic.server.shutdown().await;
+}
+
+/// Runs three adds and two unfriendings over the same friendship rows at once. None may fail
+/// with a deadlock (INTERNAL), and each add adds all its users or none. This is a smoke test
+/// because 10 rounds need not hit every interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_and_unfriends_do_not_deadlock() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let a = new_device(&mut logic.client, "mesh_a", conn(NODE, 1)).await;
+    let b = new_device(&mut logic.client, "mesh_b", conn(NODE, 2)).await;
+    let c = new_device(&mut logic.client, "mesh_c", conn(NODE, 3)).await;
+    make_friends(&mut ext, &a, &c).await;
+
+    for round in 0..10 {
+        make_friends(&mut ext, &a, &b).await;
+        make_friends(&mut ext, &b, &c).await;
+        let mut groups = Vec::new();
+        for owner in [&a, &b, &c] {
+            groups.push(create_group(&mut ext, owner, &[]).await);
+        }
+
+        let adds = [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])]
+            .into_iter()
+            .zip(&groups)
+            .map(|((caller, added), group)| {
+                let mut ext = ext.clone();
+                let request = as_device(caller, members(group.group_id, &added));
+                tokio::spawn(async move { ext.add_group_members(request).await })
+            })
+            .collect::<Vec<_>>();
+        let removes = [(&b, &a), (&c, &b)]
+            .into_iter()
+            .map(|(caller, other)| {
+                let mut ext = ext.clone();
+                let request = as_device(
+                    caller,
+                    FriendRequest {
+                        user_id: other.user_id,
+                    },
+                );
+                tokio::spawn(async move { ext.remove_friend(request).await })
+            })
+            .collect::<Vec<_>>();
+
+        for remove in removes {
+            remove
+                .await
+                .expect("remove task")
+                .unwrap_or_else(|status| panic!("round {round}: remove failed: {status:?}"));
+        }
+        for (add, (group, owner)) in adds.into_iter().zip(groups.iter().zip([&a, &b, &c])) {
+            let expected = match add.await.expect("add task") {
+                Ok(_) => 3,
+                Err(status) => {
+                    assert_eq!(
+                        error_code(&status),
+                        ErrorCode::NotFriend,
+                        "round {round}: {status:?}"
+                    );
+                    1
+                }
+            };
+            let after = ext
+                .get_group(as_device(
+                    owner,
+                    GetGroupRequest {
+                        group_id: group.group_id,
+                    },
+                ))
+                .await
+                .expect("get")
+                .into_inner();
+            assert_eq!(after.member_ids.len(), expected, "round {round}: {after:?}");
+        }
+    }
     logic.server.shutdown().await;
 }

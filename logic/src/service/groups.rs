@@ -219,18 +219,23 @@ async fn lock_as_member(
 
 /// Checks that the caller may put each of `users` in a group: each is the caller, the caller's
 /// friend or open. One statement for all of them.
+///
+/// The statement locks the caller's friendship rows FOR SHARE until `tx` ends. So a
+/// RemoveFriend of one of these users either waits for `tx`, or commits first and the check
+/// no longer finds the friendship. RequestFriend, AcceptFriend and RemoveFriend lock no group
+/// row, so holding the group's lock while waiting here cannot deadlock with them.
 async fn check_may_add(
     tx: &deadpool_postgres::Transaction<'_>,
     caller: Caller,
     users: &[UserId],
 ) -> Result<(), LogicError> {
-    let pairs: Vec<(UserId, UserId)> = users
+    let others: Vec<UserId> = users
         .iter()
-        .filter(|user| **user != caller.user)
-        .map(|user| (caller.user, *user))
+        .copied()
+        .filter(|user| *user != caller.user)
         .collect();
-    let access = friendships::direct_access_many(tx, &pairs).await?;
-    for ((_, user), access) in pairs.iter().zip(access) {
+    let access = friendships::lock_direct_access_many(tx, caller.user, &others).await?;
+    for (user, access) in others.iter().zip(access) {
         match access {
             None => return Err(LogicError::NotFound("user")),
             Some(access) if !access.open && !access.friends => {

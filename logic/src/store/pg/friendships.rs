@@ -6,6 +6,7 @@
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
 
 use super::{execute, row_opt, rows, PgStore};
 use crate::error::LogicError;
@@ -27,6 +28,21 @@ const DIRECT_ACCESS_MANY: &str = "SELECT pairs.position, receiver.open, \
                                   JOIN users AS receiver ON receiver.id = pairs.receiver \
                                   LEFT JOIN friendships AS pair \
                                   ON pair.user_id = pairs.sender AND pair.friend_id = receiver.id";
+
+/// [`DIRECT_ACCESS_MANY`] for one sender, $1, and many receivers, $2, that also locks the
+/// sender's row of each pair that exists FOR SHARE, in receiver id order. $3 contains each
+/// receiver's position, returned with its row. When the lock waits for a transaction that
+/// deletes the row, PostgreSQL at READ COMMITTED skips the row once that transaction commits
+/// (manual, "Read Committed Isolation Level"), so the pair counts as no friendship.
+const LOCK_DIRECT_ACCESS_MANY: &str = "WITH pair AS (SELECT friend_id, state FROM friendships \
+                                       WHERE user_id = $1 AND friend_id = ANY($2::bigint[]) \
+                                       ORDER BY friend_id FOR SHARE) \
+                                       SELECT receivers.position, receiver.open, \
+                                       COALESCE(pair.state = 'accepted', false) \
+                                       FROM unnest($2::bigint[], $3::bigint[]) \
+                                       AS receivers (id, position) \
+                                       JOIN users AS receiver ON receiver.id = receivers.id \
+                                       LEFT JOIN pair ON pair.friend_id = receiver.id";
 
 const LOCK_PAIR: &str = "SELECT user_id, state, requested_by FROM friendships \
                          WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2) \
@@ -52,6 +68,7 @@ pub fn all_statements() -> &'static [&'static str] {
     &[
         DIRECT_ACCESS,
         DIRECT_ACCESS_MANY,
+        LOCK_DIRECT_ACCESS_MANY,
         LOCK_PAIR,
         INSERT_REQUEST,
         ACCEPT_PAIR,
@@ -140,17 +157,52 @@ pub async fn direct_access_many(
     if positions.is_empty() {
         return Ok(access);
     }
-    for row in rows(db, DIRECT_ACCESS_MANY, &[&senders, &receivers, &positions]).await? {
-        let position: i64 = row.try_get(0)?;
-        let slot = usize::try_from(position)
-            .ok()
-            .and_then(|index| access.get_mut(index))
-            .ok_or(LogicError::Internal("direct access row out of range"))?;
-        *slot = Some(DirectAccess {
-            open: row.try_get(1)?,
-            friends: row.try_get(2)?,
-        });
+    let found = rows(db, DIRECT_ACCESS_MANY, &[&senders, &receivers, &positions]).await?;
+    fill_access(&mut access, &found)?;
+    Ok(access)
+}
+
+/// Locks the sender's row of each pair FOR SHARE until the transaction ends and returns one
+/// entry per receiver as [`direct_access_many`] does, `None` when the receiver does not exist.
+/// One statement for all receivers.
+///
+/// The lock conflicts with the FOR UPDATE of [`lock_pair`]. So a concurrent change of a pair
+/// waits for this transaction to end, unless it locked the pair first. In that case this
+/// statement waits for the change to commit and then reads the pair as the change left it,
+/// without the rows it deleted.
+///
+/// A pair change that holds the sender's row and still waits has locked the row whose
+/// `user_id` is the lower id and waits for the other row. So it can wait only for this
+/// statement run by a sender with a higher id, and waits between pair changes and these
+/// statements cannot form a cycle. Only registration sets a receiver's `open` flag, so the
+/// statement reads it without a lock.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn lock_direct_access_many(
+    db: &impl GenericClient,
+    sender: UserId,
+    receivers: &[UserId],
+) -> Result<Vec<Option<DirectAccess>>, LogicError> {
+    let mut access = vec![None; receivers.len()];
+    let Some(sender) = sender.to_sql() else {
+        return Ok(access);
+    };
+    // An id above the bigint range names no user: its receiver keeps `None` and is not sent.
+    let mut ids = Vec::with_capacity(receivers.len());
+    let mut positions = Vec::with_capacity(receivers.len());
+    for (index, receiver) in receivers.iter().enumerate() {
+        if let Some(id) = receiver.to_sql() {
+            ids.push(id);
+            positions.push(index as i64);
+        }
     }
+    if positions.is_empty() {
+        return Ok(access);
+    }
+    let found = rows(db, LOCK_DIRECT_ACCESS_MANY, &[&sender, &ids, &positions]).await?;
+    fill_access(&mut access, &found)?;
     Ok(access)
 }
 
@@ -251,6 +303,23 @@ pub async fn list(pg: &PgStore, user: UserId) -> Result<Vec<FriendEntry>, LogicE
         });
     }
     Ok(entries)
+}
+
+/// Stores each row of a direct access statement (position, open, friends) in `access` at its
+/// position.
+fn fill_access(access: &mut [Option<DirectAccess>], found: &[Row]) -> Result<(), LogicError> {
+    for row in found {
+        let position: i64 = row.try_get(0)?;
+        let slot = usize::try_from(position)
+            .ok()
+            .and_then(|index| access.get_mut(index))
+            .ok_or(LogicError::Internal("direct access row out of range"))?;
+        *slot = Some(DirectAccess {
+            open: row.try_get(1)?,
+            friends: row.try_get(2)?,
+        });
+    }
+    Ok(())
 }
 
 fn pair_state(state: &str, requested_by: UserId) -> Result<PairState, LogicError> {
