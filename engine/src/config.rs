@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Every engine setting. Durations are in milliseconds, sizes in bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the WebSocket listener binds on every shard (SO_REUSEPORT). Port 0 picks a
     /// free port, shared by all shards.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
     pub ws_addr: SocketAddr,
     /// HTTP path of the WebSocket upgrade; any other path is rejected with 404.
     pub ws_path: String,
@@ -24,6 +26,7 @@ pub struct Config {
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
     pub tls_key_file: String,
     /// Address of the engine's own gRPC server (ConnectIntService), called by the logic tier.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus endpoint, `GET /metrics`. Empty turns it off.
     pub metrics_addr: String,
@@ -132,6 +135,21 @@ pub struct Config {
     pub internal_secret: Secret,
 }
 
+/// Deserializes an "ip:port" address like `SocketAddr`'s own implementation, but with an error
+/// that repeats the rejected text and shows the expected form.
+fn deserialize_socket_addr<'de, D>(deserializer: D) -> Result<SocketAddr, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        D::Error::invalid_value(
+            Unexpected::Str(&text),
+            &"an IP address and port such as 127.0.0.1:8080 or [::1]:8080, not a host name",
+        )
+    })
+}
+
 /// A setting that must not appear in logs: `Debug` prints "***" when it is set.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -226,6 +244,9 @@ pub enum ConfigError {
     /// The settings file is missing, unreadable, or contains an unknown table.
     #[error(transparent)]
     File(#[from] im_settings::FileError),
+    /// An `IM_ENGINE_` variable names no setting, such as `IM_ENGINE_` itself.
+    #[error(transparent)]
+    Env(#[from] im_settings::EnvError),
     /// A value parsed but is out of range.
     #[error("invalid engine setting {field} = {value}: {fix}")]
     Invalid {
@@ -290,7 +311,7 @@ impl Config {
     /// the flags, in rising precedence, and checks them.
     ///
     /// # Errors
-    /// A file that does not parse, an unknown key, or a value out of range.
+    /// A file that does not parse, an unknown key or variable, or a value out of range.
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         let path = cli.config.clone().or_else(|| {
@@ -301,6 +322,7 @@ impl Config {
             im_settings::check_tables(&path)?;
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("engine"));
         }
+        im_settings::check_env("IM_ENGINE_")?;
         // Taken as raw text: figment would parse a secret of digits as a number.
         figment = figment.merge(Env::prefixed("IM_ENGINE_").ignore(&["internal_secret"]));
         if let Some(secret) = std::env::var_os("IM_ENGINE_INTERNAL_SECRET") {
@@ -506,7 +528,11 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures must return `figment::Error`, which is large.
+#[allow(clippy::result_large_err)]
 mod tests {
+    use figment::Jail;
+
     use super::*;
 
     #[test]
@@ -685,9 +711,78 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let cli = Cli::parse_from(["im-engine", "--shards", "3", "--ws-path", "/chat"]);
-        let config = Config::load(&cli).unwrap();
-        assert_eq!(config.shards, 3);
-        assert_eq!(config.ws_path, "/chat");
+        // In a jail, so that the variables set by other tests are not read.
+        Jail::expect_with(|_| {
+            let cli = Cli::parse_from(["im-engine", "--shards", "3", "--ws-path", "/chat"]);
+            let config = Config::load(&cli).unwrap();
+            assert_eq!(config.shards, 3);
+            assert_eq!(config.ws_path, "/chat");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_in_file_gets_closest_field() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\nshard = 2\n")?;
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains("unknown setting `shard` (in im.toml): did you mean `shards`?"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("ws_path"),
+                "lists no other field: {message}"
+            );
+            assert!(
+                message.len() < 300,
+                "{} characters: {message}",
+                message.len()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn capitalised_key_in_file_names_lower_case_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\nSHARDS = 2\n")?;
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(message.contains("keys are lower case"), "{message}");
+            assert!(message.contains("write `shards`"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn empty_setting_name_in_variable_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_ENGINE_", "3");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(message.contains("IM_ENGINE_"), "{message}");
+            assert!(message.contains("no setting"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_ws_addr_names_value_and_form() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_ENGINE_WS_ADDR", "localhost:8080");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains("ws_addr: found string \"localhost:8080\""),
+                "{message}"
+            );
+            assert!(message.contains("127.0.0.1:8080"), "{message}");
+            assert!(message.contains("(from IM_ENGINE_WS_ADDR)"), "{message}");
+            jail.set_env("IM_ENGINE_WS_ADDR", "[::1]:8080");
+            let config = Config::load(&Cli::default()).expect("an IPv6 address loads");
+            assert_eq!(config.ws_addr, "[::1]:8080".parse().unwrap());
+            let cli = Cli::parse_from(["im-engine", "--ws-addr", "127.0.0.1:0"]);
+            let config = Config::load(&cli).expect("the flag's address loads");
+            assert_eq!(config.ws_addr, "127.0.0.1:0".parse().unwrap());
+            Ok(())
+        });
     }
 }

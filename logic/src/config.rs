@@ -321,6 +321,9 @@ pub enum ConfigError {
     /// The settings file is unreadable or contains an unknown table.
     #[error(transparent)]
     File(#[from] im_settings::FileError),
+    /// An `IM_LOGIC_` variable names no setting, such as `IM_LOGIC_` itself.
+    #[error(transparent)]
+    Env(#[from] im_settings::EnvError),
     /// A value has the right type but is out of range.
     #[error("invalid logic.{field} = {value}: {fix}")]
     Invalid {
@@ -357,7 +360,9 @@ impl Config {
             im_settings::check_tables(path)?;
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("logic"));
         }
-        // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field.
+        // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field. figment
+        // skips one that names no setting, such as IM_LOGIC_, which the check rejects instead.
+        im_settings::check_env(ENV_PREFIX)?;
         figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(RAW_TEXT_FIELDS));
         for field in RAW_TEXT_FIELDS {
             let variable = format!("{ENV_PREFIX}{}", field.to_ascii_uppercase());
@@ -704,7 +709,16 @@ mod tests {
             jail.create_file("im.toml", "[logic]\ndb_pool_sise = 3\n")?;
             let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("typo rejected");
             let text = err.to_string();
-            assert!(text.contains("db_pool_sise"), "{text}");
+            assert!(
+                text.contains(
+                    "unknown setting `db_pool_sise` (in im.toml): did you mean `db_pool_size`?"
+                ),
+                "{text}"
+            );
+            assert!(
+                !text.contains("listen_addr"),
+                "lists no other field: {text}"
+            );
             Ok(())
         });
     }
@@ -715,13 +729,29 @@ mod tests {
             jail.set_env("IM_LOGIC_DB_POOL", "3");
             let err = load_in_jail(None, &Cli::default()).expect_err("unknown variable");
             let text = err.to_string();
-            assert!(text.contains("unknown field: found `db_pool`"), "{text}");
-            assert!(text.contains("(from IM_LOGIC_DB_POOL)"), "{text}");
+            assert!(
+                text.contains(
+                    "unknown environment variable IM_LOGIC_DB_POOL: did you mean IM_LOGIC_DB_POOL_SIZE?"
+                ),
+                "{text}"
+            );
             jail.clear_env();
             jail.create_file("im.toml", "[logik]\ndb_pool_size = 3\n")?;
             let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("unknown table");
             let text = err.to_string();
             assert!(text.contains("holds `logik`"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn empty_setting_name_in_variable_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_", "3");
+            let err = load_in_jail(None, &Cli::default()).expect_err("no setting named");
+            let text = err.to_string();
+            assert!(text.contains("IM_LOGIC_"), "{text}");
+            assert!(text.contains("no setting"), "{text}");
             Ok(())
         });
     }
