@@ -87,14 +87,15 @@ impl ConnectIntService for PushService {
             if items.is_empty() {
                 continue;
             }
+            let targets = u32::try_from(items.len()).unwrap_or(u32::MAX);
             let (reply, counts) = futures::channel::oneshot::channel();
             inbox.send(ShardMessage::Deliver { items, reply });
-            replies.push(counts);
+            replies.push((targets, counts));
         }
         let mut delivered = 0u32;
-        for counts in replies {
-            // A stopped shard drops the reply: its devices sync later.
-            let (shard_delivered, shard_missed) = counts.await.unwrap_or((0, 0));
+        for (targets, counts) in replies {
+            // A stopped shard drops the reply: its targets count as missed, and they sync later.
+            let (shard_delivered, shard_missed) = counts.await.unwrap_or((0, targets));
             delivered += shard_delivered;
             missed += shard_missed;
         }
@@ -126,5 +127,44 @@ fn take_payload(index: usize, delivery: &mut Delivery) -> Result<PushPayload, St
         (None, None) => Err(Status::invalid_argument(format!(
             "delivery {index} has neither a message nor a notice"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use im_proto::{DeliveryTarget, Message};
+
+    use super::*;
+    use crate::inbox::inbox;
+
+    fn target(shard: usize, slot: usize) -> DeliveryTarget {
+        DeliveryTarget {
+            device_id: 1,
+            conn_id: ConnId::new(shard, 1, slot).0,
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn stopped_shard_targets_count_as_missed() {
+        let (sender, receiver) = inbox();
+        // The shard has stopped: nothing receives its inbox.
+        drop(receiver);
+        let service = PushService::new(vec![sender], Arc::default());
+        let request = DeliverRequest {
+            deliveries: vec![Delivery {
+                message: Some(Message::default()),
+                // Two targets on the stopped shard, one on a shard this node lacks.
+                targets: vec![target(0, 1), target(0, 2), target(3, 1)],
+                notice: None,
+            }],
+        };
+
+        let reply = futures::executor::block_on(service.deliver(Request::new(request)))
+            .expect("deliver")
+            .into_inner();
+
+        assert_eq!(reply.delivered, 0);
+        assert_eq!(reply.missed, 3);
     }
 }

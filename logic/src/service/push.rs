@@ -368,12 +368,8 @@ impl Shared {
                     self.metrics.observe_push(replied_at.elapsed());
                 }
                 self.metrics.record_deliver(DeliverResult::Ok);
-                self.metrics.record_push_targets(
-                    kind,
-                    reply.delivered.into(),
-                    reply.missed.into(),
-                    0,
-                );
+                let (delivered, missed) = target_counts(targets, reply);
+                self.metrics.record_push_targets(kind, delivered, missed, 0);
             }
             Err(err) => {
                 self.metrics.record_deliver(deliver_failure(err));
@@ -420,6 +416,17 @@ impl Shared {
             ),
         }
     }
+}
+
+/// Returns the delivered and missed targets of a Deliver call to `targets` devices that got
+/// `reply`. A target that the reply does not account for counts as missed: a node whose shard
+/// stopped during the call leaves its targets out of both counts.
+fn target_counts(targets: usize, reply: &DeliverReply) -> (u64, u64) {
+    let delivered = u64::from(reply.delivered);
+    let missed = (targets as u64)
+        .saturating_sub(delivered)
+        .max(reply.missed.into());
+    (delivered, missed)
 }
 
 /// Returns what `queued` carries.
@@ -599,6 +606,17 @@ mod tests {
     }
 
     /// Returns the kind and the ids (message id or notice group id) of each run.
+    #[test]
+    fn unaccounted_targets_count_as_missed() {
+        let reply = |delivered, missed| DeliverReply { delivered, missed };
+
+        assert_eq!(target_counts(3, &reply(1, 2)), (1, 2));
+        assert_eq!(target_counts(3, &reply(0, 0)), (0, 3));
+        assert_eq!(target_counts(3, &reply(2, 0)), (2, 1));
+        // A node that counts more than it was sent is taken at its word.
+        assert_eq!(target_counts(1, &reply(1, 1)), (1, 1));
+    }
+
     fn run_ids(runs: &[(PushKind, Vec<Queued>)]) -> Vec<(PushKind, Vec<u64>)> {
         let id = |queued: &Queued| match (&queued.delivery.message, &queued.delivery.notice) {
             (Some(message), _) => message.message_id,
