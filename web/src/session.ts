@@ -7,6 +7,7 @@ import { reactive } from "vue";
 
 import { ApiError, BusinessApi } from "./api";
 import type { Credentials, GroupInfo } from "./api";
+import { coalesce } from "./coalesce";
 import { DevicePool, LOGOUT_KEY } from "./devices";
 import { ConversationType, ErrorCode, PacketType } from "./gen/im/v1/packet_pb";
 import type { Notice, Packet } from "./gen/im/v1/packet_pb";
@@ -108,9 +109,6 @@ export class Session {
   private ackedSeq = 0;
   private kicked = false;
   private loggingOut = false;
-  /** The group list reload on the wire, and the one queued behind it. */
-  private groupsLoading: Promise<GroupInfo[]> | null = null;
-  private groupsQueued: Promise<GroupInfo[]> | null = null;
   /** Counts resets, so that a group list asked for before one is dropped. */
   private groupsGeneration = 0;
   /** Group ids whose unknown name already triggered a reload of the group list. */
@@ -367,26 +365,11 @@ export class Session {
    * the user left while offline goes too. Calls made while a reload runs share one more reload
    * after it: a burst of notices costs two calls, and the last one starts after the last notice.
    */
-  refreshGroups(): Promise<GroupInfo[]> {
-    if (this.groupsQueued) {
-      return this.groupsQueued;
-    }
-    if (this.groupsLoading) {
-      const queued = this.groupsLoading
-        .catch(() => undefined)
-        .then(() => {
-          this.groupsQueued = null;
-          return this.loadGroups();
-        });
-      this.groupsQueued = queued;
-      return queued;
-    }
-    return this.loadGroups();
-  }
+  readonly refreshGroups: () => Promise<GroupInfo[]> = coalesce(() => this.loadGroups());
 
   private loadGroups(): Promise<GroupInfo[]> {
     const generation = this.groupsGeneration;
-    const loading = this.api.listGroups().then((groups) => {
+    return this.api.listGroups().then((groups) => {
       // A reply for the user signed in before a reset is dropped.
       if (generation === this.groupsGeneration) {
         const fresh: Record<string, GroupInfo> = {};
@@ -397,14 +380,6 @@ export class Session {
       }
       return groups;
     });
-    this.groupsLoading = loading;
-    const clear = (): void => {
-      if (this.groupsLoading === loading) {
-        this.groupsLoading = null;
-      }
-    };
-    loading.then(clear, clear);
-    return loading;
   }
 
   private resetFor(credentials: Credentials | null): void {
