@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 
 import { coalesce } from "../../src/coalesce";
 
-/** A load whose runs end only when the test resolves or rejects them, in start order. */
+/** Returns a load whose runs end only when the test resolves or rejects them, in start order. */
 function controlledLoad() {
   const runs: { resolve: (value: number) => void; reject: (error: Error) => void }[] = [];
   const load = () =>
