@@ -293,7 +293,7 @@ pub(crate) fn logic_client(
 ) -> Result<LogicClient, crate::EngineError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|err| crate::EngineError::InvalidLogicUrl {
-            url: url.to_owned(),
+            url: im_settings::redact_url(url),
             reason: err.to_string(),
         })?
         .connect_timeout(connect_timeout)
@@ -361,7 +361,11 @@ pub(crate) fn start(
         .name("bridge".to_owned())
         .spawn(move || dispatcher.run(receiver))
         .map_err(crate::EngineError::Thread)?;
-    info!(logic_url = %config.logic_url, queue = config.queue, "bridge to the logic tier started");
+    info!(
+        logic_url = %im_settings::redact_url(&config.logic_url),
+        queue = config.queue,
+        "bridge to the logic tier started"
+    );
     let handle = BridgeHandle {
         calls,
         metrics,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -248,7 +248,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Env(#[from] im_settings::EnvError),
     /// A value parsed but is out of range.
-    #[error("invalid engine setting {field} = {value}: {fix}")]
+    #[error(
+        "invalid engine setting {field} = {}: {fix}",
+        im_settings::escape_control(.value)
+    )]
     Invalid {
         field: &'static str,
         value: String,
@@ -324,9 +327,11 @@ impl Config {
         }
         im_settings::check_env("IM_ENGINE_")?;
         // Taken as raw text: figment would parse a secret of digits as a number.
-        figment = figment.merge(Env::prefixed("IM_ENGINE_").ignore(&["internal_secret"]));
-        if let Some(secret) = std::env::var_os("IM_ENGINE_INTERNAL_SECRET") {
-            let secret = secret.to_string_lossy().into_owned();
+        figment = figment.merge(im_settings::prefixed_env(
+            "IM_ENGINE_",
+            &["internal_secret"],
+        ));
+        if let Some(secret) = im_settings::raw_env_value("IM_ENGINE_", "internal_secret") {
             figment = figment.merge(("internal_secret", secret));
         }
         let config: Config = figment
@@ -442,7 +447,11 @@ impl Config {
             return invalid("bridge_queue", &self.bridge_queue, "use at least 1");
         }
         if !self.logic_url.starts_with("http://") && !self.logic_url.starts_with("https://") {
-            return invalid("logic_url", &self.logic_url, "write it as http://host:port");
+            return invalid(
+                "logic_url",
+                &im_settings::redact_url(&self.logic_url),
+                "write it as http://host:port",
+            );
         }
         self.validate_rate_limits()?;
         self.validate_internal_secret()
@@ -782,6 +791,85 @@ mod tests {
             let cli = Cli::parse_from(["im-engine", "--ws-addr", "127.0.0.1:0"]);
             let config = Config::load(&cli).expect("the flag's address loads");
             assert_eq!(config.ws_addr, "127.0.0.1:0".parse().unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_variable_in_any_case_is_read() {
+        for name in [
+            "im_engine_internal_secret",
+            "Im_Engine_Internal_Secret",
+            "IM_ENGINE_INTERNAL_SECRET ",
+            " IM_ENGINE_ internal_secret",
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(name, "short");
+                let message = Config::load(&Cli::default()).unwrap_err().to_string();
+                assert!(
+                    message.contains("internal_secret = <5 bytes>"),
+                    "{name:?}: {message}"
+                );
+                assert!(!message.contains("short"), "{name:?}: {message}");
+                jail.set_env(name, "1234567890123456");
+                let config = Config::load(&Cli::default()).expect("16 digits load");
+                assert_eq!(config.internal_secret.expose(), "1234567890123456");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn numeric_secret_in_file_is_not_shown() {
+        Jail::expect_with(|jail| {
+            for value in [
+                "1234567890123456789",
+                "12345678901234567890123",
+                "1.2345678901234567e17",
+            ] {
+                jail.create_file("im.toml", &format!("[engine]\ninternal_secret = {value}\n"))?;
+                let message = Config::load(&Cli::default()).unwrap_err().to_string();
+                assert!(message.contains("internal_secret"), "{message}");
+                assert!(!message.contains("12345678"), "{message}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn logic_url_password_is_not_shown() {
+        let config = Config {
+            logic_url: "ftp://app:hunter2@127.0.0.1:50051".to_owned(),
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("logic_url = ftp://app:***@127.0.0.1:50051"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_value_are_escaped() {
+        let config = Config {
+            ws_path: "chat\n2026-01-01T00:00:00Z ERROR forged line".to_owned(),
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(!message.contains('\n'), "one line: {message}");
+        assert!(
+            message.contains("ws_path = chat\\n2026-01-01T00:00:00Z ERROR forged line"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn endless_config_file_is_rejected() {
+        Jail::expect_with(|_| {
+            let cli = Cli::parse_from(["im-engine", "--config", "/dev/zero"]);
+            let message = Config::load(&cli).unwrap_err().to_string();
+            assert!(message.contains("/dev/zero"), "{message}");
+            assert!(message.contains("1048576 bytes"), "{message}");
             Ok(())
         });
     }

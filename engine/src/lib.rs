@@ -48,7 +48,7 @@ pub enum EngineError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// `logic_url` is not a URL tonic accepts.
+    /// `logic_url` is not a URL tonic accepts. `url` has any password hidden.
     #[error("invalid logic_url {url:?}: {reason}")]
     InvalidLogicUrl { url: String, reason: String },
     /// The certificate or key of the wss:// listener cannot be used.

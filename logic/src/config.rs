@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+pub use im_settings::redact_url;
 
 /// File read when neither `--config` nor `IM_CONFIG` names one, if it exists in the working
 /// directory.
@@ -309,7 +311,7 @@ pub enum ConfigError {
         "config file {} not found: pass an existing file with --config or IM_CONFIG, \
          or set neither to use im.toml in the working directory if there is one, else the \
          defaults",
-        .0.display()
+        im_settings::escape_control(&.0.display().to_string())
     )]
     FileNotFound(PathBuf),
     /// The file does not parse, or a value has the wrong type or an unknown field name.
@@ -325,7 +327,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Env(#[from] im_settings::EnvError),
     /// A value has the right type but is out of range.
-    #[error("invalid logic.{field} = {value}: {fix}")]
+    #[error(
+        "invalid logic.{field} = {}: {fix}",
+        im_settings::escape_control(.value)
+    )]
     Invalid {
         /// Field name in the `[logic]` table.
         field: &'static str,
@@ -363,11 +368,10 @@ impl Config {
         // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field. figment
         // skips one that names no setting, such as IM_LOGIC_, which the check rejects instead.
         im_settings::check_env(ENV_PREFIX)?;
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(RAW_TEXT_FIELDS));
+        figment = figment.merge(im_settings::prefixed_env(ENV_PREFIX, RAW_TEXT_FIELDS));
         for field in RAW_TEXT_FIELDS {
-            let variable = format!("{ENV_PREFIX}{}", field.to_ascii_uppercase());
-            if let Some(value) = std::env::var_os(&variable) {
-                figment = figment.merge((*field, value.to_string_lossy().into_owned()));
+            if let Some(value) = im_settings::raw_env_value(ENV_PREFIX, field) {
+                figment = figment.merge((*field, value));
             }
         }
         let config: Config = figment
@@ -625,23 +629,6 @@ fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
         })
 }
 
-/// Returns `url` with the password of its user-info part, or of a `password=` key, replaced by
-/// "***", so that the URL can go into logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                let user_end = scheme_end + 3 + colon;
-                return format!("{}:***{}", &url[..user_end], &rest[at..]);
-            }
-        }
-        return url.to_owned();
-    }
-    redact_key_value(url)
-}
-
 /// Returns "***" for a set secret and "" for an empty one, so logs show whether it is set.
 fn redact_secret(secret: &str) -> &'static str {
     if secret.is_empty() {
@@ -649,18 +636,6 @@ fn redact_secret(secret: &str) -> &'static str {
     } else {
         "***"
     }
-}
-
-/// Redacts `password=...` in a libpq key-value string such as "host=db password=secret".
-fn redact_key_value(conninfo: &str) -> String {
-    conninfo
-        .split(' ')
-        .map(|part| match part.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => "password=***".to_owned(),
-            _ => part.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -1093,5 +1068,110 @@ mod tests {
             ..Config::default()
         };
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn secret_variables_in_any_case_are_read() {
+        for (name, field) in [
+            ("im_logic_internal_secret", "internal_secret"),
+            ("Im_Logic_Internal_Secret", "internal_secret"),
+            ("IM_LOGIC_INTERNAL_SECRET ", "internal_secret"),
+            ("im_logic_server_secret", "server_secret"),
+            ("Im_Logic_Server_Secret", "server_secret"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(name, "short");
+                let err = load_in_jail(None, &Cli::default()).expect_err("5 bytes");
+                let text = err.to_string();
+                assert!(
+                    text.starts_with(&format!("invalid logic.{field} = <5 bytes>")),
+                    "{name:?}: {text}"
+                );
+                assert!(!text.contains("short"), "{name:?}: {text}");
+                jail.set_env(name, "1234567890123456");
+                let config = load_in_jail(None, &Cli::default()).expect("16 digits load");
+                let value = match field {
+                    "internal_secret" => &config.internal_secret,
+                    _ => &config.server_secret,
+                };
+                assert_eq!(value, "1234567890123456", "{name:?}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn numeric_secrets_in_file_are_not_shown() {
+        Jail::expect_with(|jail| {
+            for file in [
+                "[logic]\nserver_secret = 1234567890123456789\n",
+                "[logic]\ninternal_secret = 1.2345678901234567e17\n",
+                "[logic]\nserver_secret = 12345678901234567890123\n",
+                "[engine]\ninternal_secret = 12345678901234567890123\n",
+            ] {
+                jail.create_file("im.toml", file)?;
+                let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err(file);
+                let text = err.to_string();
+                assert!(text.contains("_secret"), "{text}");
+                assert!(!text.contains("12345678"), "{text}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_store_urls_hide_passwords() {
+        for (database_url, redis_url, password) in [
+            (
+                "postgresql:/app:hunter2@127.0.0.1:1/im",
+                "redis://127.0.0.1:1/",
+                "hunter2",
+            ),
+            (
+                "host=127.0.0.1 port=x password='hun ter2' user=x",
+                "redis://127.0.0.1:1/",
+                "ter2",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:1/im",
+                "redis://:pa/ss@127.0.0.1:1/",
+                "pa/ss",
+            ),
+        ] {
+            let config = Config {
+                database_url: database_url.to_owned(),
+                redis_url: redis_url.to_owned(),
+                ..Config::default()
+            };
+            let err = config.validate().expect_err(database_url);
+            let text = err.to_string();
+            assert!(!text.contains(password), "{text}");
+        }
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_with_separators() {
+        for (url, redacted) in [
+            (
+                "postgres://app:pa/ss@127.0.0.1:1/im",
+                "postgres://app:***@127.0.0.1:1/im",
+            ),
+            (
+                "postgres://app:pa?ss@127.0.0.1:1/im",
+                "postgres://app:***@127.0.0.1:1/im",
+            ),
+            (
+                "postgres://app:pa#ss@127.0.0.1:1/im",
+                "postgres://app:***@127.0.0.1:1/im",
+            ),
+            ("redis://:pa/ss@127.0.0.1:1/", "redis://:***@127.0.0.1:1/"),
+            ("postgresql:/app:hunter2@host/db", "***"),
+            (
+                "host=127.0.0.1 port=x password='hun ter2' user=x",
+                "host=127.0.0.1 port=x password=*** user=x",
+            ),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+        }
     }
 }

@@ -1,4 +1,9 @@
-//! The check of environment variable names that the settings loader would skip.
+//! The check of environment variable names that the settings loader would skip, and the
+//! reading of variables that figment must not parse as TOML values.
+
+use figment::providers::Env;
+
+use crate::text::shown_name;
 
 /// An environment variable that starts with a settings prefix but names no setting.
 #[derive(Debug, thiserror::Error)]
@@ -7,7 +12,7 @@
      to {prefix}<SETTING> with a setting listed in im.toml, or unset it"
 )]
 pub struct EnvError {
-    /// The variable's name.
+    /// The variable's name, cut and escaped as [`shown_name`] does.
     pub variable: String,
     /// The prefix it starts with, such as `IM_ENGINE_`.
     pub prefix: String,
@@ -25,20 +30,52 @@ pub struct EnvError {
 pub fn check_env(prefix: &str) -> Result<(), EnvError> {
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        let trimmed = name.trim();
-        let Some(start) = trimmed.get(..prefix.len()) else {
+        let Some(setting) = strip_env_prefix(&name, prefix) else {
             continue;
         };
-        if !start.eq_ignore_ascii_case(prefix) {
-            continue;
-        }
-        let setting = trimmed[prefix.len()..].trim();
         if setting.split('.').any(str::is_empty) {
             return Err(EnvError {
-                variable: name.into_owned(),
+                variable: shown_name(&name),
                 prefix: prefix.to_owned(),
             });
         }
     }
     Ok(())
+}
+
+/// Returns figment's provider of the `prefix` variables without those that name one of
+/// `raw_text` settings, which [`raw_env_value`] reads instead. figment parses each value as a
+/// TOML value, so a secret of digits would become a number and fail to load as a string.
+pub fn prefixed_env(prefix: &str, raw_text: &'static [&'static str]) -> Env {
+    // figment 0.10.19 passes the name without the prefix, not yet trimmed, to the filter.
+    Env::prefixed(prefix).filter(move |key| {
+        !raw_text
+            .iter()
+            .any(|setting| key.as_str().trim().eq_ignore_ascii_case(setting))
+    })
+}
+
+/// Returns the raw value of the variable that sets `setting`, matched as figment 0.10.19's
+/// `Env::prefixed` matches names. The name is trimmed, and the prefix and the setting may be in
+/// any ASCII case, so `im_engine_internal_secret` and `"IM_ENGINE_INTERNAL_SECRET "` both set
+/// `internal_secret`. As in figment, the last matching variable in the environment wins, and
+/// a value that is not UTF-8 is converted lossily.
+pub fn raw_env_value(prefix: &str, setting: &str) -> Option<String> {
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            strip_env_prefix(&name, prefix).is_some_and(|rest| rest.eq_ignore_ascii_case(setting))
+        })
+        .last()
+        .map(|(_, value)| value.to_string_lossy().into_owned())
+}
+
+/// Returns the trimmed rest of the trimmed `name` after `prefix`, matched in any ASCII case, or
+/// `None` when `name` does not start with `prefix`.
+fn strip_env_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let trimmed = name.trim();
+    let start = trimmed.get(..prefix.len())?;
+    start
+        .eq_ignore_ascii_case(prefix)
+        .then(|| trimmed[prefix.len()..].trim())
 }

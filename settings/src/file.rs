@@ -1,15 +1,23 @@
 //! The check that a settings file is TOML with only the `[engine]` and `[logic]` tables.
 
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+
+use crate::text::{escape_control, is_secret, shown_name};
 
 /// Tables allowed at the top level of a settings file.
 pub const TABLES: [&str; 2] = ["engine", "logic"];
+
+/// Largest settings file read, in bytes (1 MiB). The example im.toml is about 13 KiB, and the
+/// limit stops a path such as /dev/zero from being read without end.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// A settings file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file is missing, unreadable or not TOML.
-    #[error("cannot read the settings file {}: {reason}", .path.display())]
+    #[error("cannot read the settings file {}: {reason}", shown_path(.path))]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -19,9 +27,10 @@ pub enum FileError {
     /// A decimal integer that does not fit the 64-bit signed integer of TOML, which the TOML
     /// parser rejects before any setting's own range is checked.
     #[error(
-        "the settings file {}, line {line}: {key} = {value}{} is out of range: a TOML integer \
-         must be from -9223372036854775808 to 9223372036854775807",
-        .path.display(),
+        "the settings file {}, line {line}: {key}{}{} is out of range: a TOML integer must be \
+         from -9223372036854775808 to 9223372036854775807",
+        shown_path(.path),
+        .value.as_ref().map(|value| format!(" = {value}")).unwrap_or_default(),
         .table.as_ref().map(|table| format!(" in {table}")).unwrap_or_default()
     )]
     IntegerOutOfRange {
@@ -31,8 +40,9 @@ pub enum FileError {
         line: usize,
         /// The key as written before `=`.
         key: String,
-        /// The integer as written.
-        value: String,
+        /// The integer as written, or `None` when the key names a secret, whose value no error
+        /// repeats.
+        value: Option<String>,
         /// The last table header before the line, such as `[engine]`, if any.
         table: Option<String>,
     },
@@ -41,7 +51,7 @@ pub enum FileError {
     #[error(
         "the settings file {} gives `{key}` a value that is not a table: write its settings \
          under one [{key}] header, not [[{key}]] or `{key} = ...`",
-        .path.display()
+        shown_path(.path)
     )]
     NotATable {
         /// The file.
@@ -53,7 +63,7 @@ pub enum FileError {
     #[error(
         "the settings file {} holds `{key}`, which is neither [engine] nor [logic]: \
          check its spelling, and put every setting inside one of those tables",
-        .path.display()
+        shown_path(.path)
     )]
     UnknownTable {
         /// The file.
@@ -70,28 +80,20 @@ pub enum FileError {
 /// # Errors
 ///
 /// [`FileError`] naming the file and, for an unknown key, that key. A TOML syntax error is
-/// reported with its line and column, and an integer beyond 64 bits with its key.
+/// reported with its line and column, and an integer beyond 64 bits with its key. A FIFO or a
+/// socket is rejected unread, and a file larger than [`MAX_FILE_BYTES`] once one byte past the
+/// limit has been read.
+// NOTE: the loaders read the file again through figment, without the size limit, so a file
+// that grows between the two reads is read whole.
 pub fn check_tables(path: &Path) -> Result<(), FileError> {
-    let unreadable = |reason: String| FileError::Unreadable {
-        path: path.to_path_buf(),
-        reason,
-    };
-    // Not `is_file`: /dev/null, an empty file that is no regular file, must pass.
-    if !path.exists() {
-        return Err(unreadable(
-            "no such file: pass an existing file with --config or IM_CONFIG, or set neither to \
-             use im.toml in the working directory if there is one, else the defaults"
-                .to_owned(),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|err| unreadable(err.to_string()))?;
+    let text = read_settings_file(path)?;
     let top: toml::Table =
         toml::from_str(&text).map_err(|err| describe_syntax_error(path, &text, &err))?;
     for (key, value) in top {
         if !TABLES.contains(&key.as_str()) {
             return Err(FileError::UnknownTable {
                 path: path.to_path_buf(),
-                key,
+                key: shown_name(&key),
             });
         }
         if !value.is_table() {
@@ -104,11 +106,63 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`]. Character devices are allowed, so
+/// that /dev/null reads as an empty file. A FIFO or a socket is rejected before it is opened,
+/// because opening a FIFO waits for a writer and a socket cannot be opened as a file.
+fn read_settings_file(path: &Path) -> Result<String, FileError> {
+    let unreadable = |reason: String| FileError::Unreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Not `is_file`: /dev/null, an empty file that is no regular file, must pass.
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unreadable(
+                "no such file: pass an existing file with --config or IM_CONFIG, or set neither \
+                 to use im.toml in the working directory if there is one, else the defaults"
+                    .to_owned(),
+            ));
+        }
+        Err(err) => return Err(unreadable(err.to_string())),
+    };
+    let file_type = metadata.file_type();
+    if file_type.is_fifo() {
+        return Err(unreadable(
+            "it is a FIFO (named pipe), which would block start-up until another process \
+             writes to it: pass a regular file"
+                .to_owned(),
+        ));
+    }
+    if file_type.is_socket() {
+        return Err(unreadable(
+            "it is a socket, not a file: pass a regular file".to_owned(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|err| unreadable(err.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| unreadable(err.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(unreadable(format!(
+            "it is larger than the maximum of {MAX_FILE_BYTES} bytes (1 MiB) for a settings file"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| unreadable("stream did not contain valid UTF-8".to_owned()))
+}
+
+/// Returns `path` for an error message, with control characters escaped.
+fn shown_path(path: &Path) -> String {
+    escape_control(&path.display().to_string()).into_owned()
+}
+
 /// Turns a TOML parse error into one line: [`FileError::IntegerOutOfRange`] when the line of
 /// the error reads `key = <decimal integer beyond i64>`, else the parser's message with its line
 /// and column, without the parser's multi-line excerpt of the file.
 fn describe_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> FileError {
-    let message = err.message().trim().replace('\n', " ");
+    let message = parser_message(err.message());
     let Some(offset) = err.span().map(|span| span.start) else {
         return FileError::Unreadable {
             path: path.to_path_buf(),
@@ -125,16 +179,48 @@ fn describe_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> File
         return FileError::IntegerOutOfRange {
             path: path.to_path_buf(),
             line: line_number,
-            key: key.to_owned(),
-            value: value.to_owned(),
-            table: last_table_header(&text[..line_start]),
+            key: shown_name(key),
+            value: (!is_secret(key)).then(|| shown_name(value)),
+            table: last_table_header(&text[..line_start]).map(|table| shown_name(&table)),
         };
     }
     let column = text[line_start..offset].chars().count() + 1;
+    let reason = if is_value_missing(&text[line_start..offset], &text[offset..line_end]) {
+        "a value is missing after `=`".to_owned()
+    } else {
+        message
+    };
     FileError::Unreadable {
         path: path.to_path_buf(),
-        reason: format!("line {line_number}, column {column}: {message}"),
+        reason: format!("line {line_number}, column {column}: {reason}"),
     }
+}
+
+/// Joins the lines of the TOML parser's message into one, such as "invalid table header:
+/// expected `.`, `]`". An empty message, which toml 0.8 gives for some errors at the end of
+/// the file, becomes "invalid TOML".
+fn parser_message(message: &str) -> String {
+    let mut parts = message
+        .lines()
+        .map(str::trim)
+        .filter(|part| !part.is_empty());
+    let Some(first) = parts.next() else {
+        return "invalid TOML".to_owned();
+    };
+    let rest = parts.collect::<Vec<_>>();
+    let joined = if rest.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first}: {}", rest.join("; "))
+    };
+    escape_control(&joined).into_owned()
+}
+
+/// True when an error at the boundary of `before` and `after`, the two parts of its line, comes
+/// from a `key =` with nothing but blanks or a comment after the `=`.
+fn is_value_missing(before: &str, after: &str) -> bool {
+    let after = after.trim();
+    before.trim_end().ends_with('=') && (after.is_empty() || after.starts_with('#'))
 }
 
 /// Returns the key and value of a `key = value` line whose value is a decimal integer that

@@ -1,37 +1,50 @@
 //! Settings helpers shared by `im-engine` and `im-logic`: plain error text that names a setting
 //! as im.toml and the environment spell it, a check that a settings file contains only the
 //! `[engine]` and `[logic]` tables, and a check for prefixed variables that name no setting.
+//! It also reads secret variables as raw text and hides passwords in connection strings
+//! ([`redact_url`]). Its errors never repeat the value of a secret setting ([`is_secret`]).
 
 mod env;
 mod file;
+mod redact;
+mod text;
 
 use figment::error::{Actual, Kind};
 use figment::Source;
 
-pub use env::{check_env, EnvError};
-pub use file::{check_tables, FileError, TABLES};
+pub use env::{check_env, prefixed_env, raw_env_value, EnvError};
+pub use file::{check_tables, FileError, MAX_FILE_BYTES, TABLES};
+pub use redact::redact_url;
+pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
 
 /// Describes each error of `err`, joined by "; ". Each part names the setting as im.toml spells
 /// it, says what is wrong in plain words, and names the source of the value. For a value from the
 /// environment, that source is the variable (`env_prefix` plus the setting in capitals). An
 /// unknown key or variable gets the closest known one as a guess, never the list of all fields.
+/// The value of a secret setting (see [`is_secret`]) is never repeated, a name longer than
+/// [`MAX_SHOWN_CHARS`] is cut, and control characters are escaped, so the text is one line.
 pub fn describe(err: &figment::Error, env_prefix: &str) -> String {
-    err.clone()
+    let text = err
+        .clone()
         .into_iter()
         .map(|one| describe_one(&one, env_prefix))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    escape_control(&text).into_owned()
 }
 
 fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
-    let key = one.path.join(".").to_lowercase();
+    let key = shown_name(&one.path.join(".").to_lowercase());
+    let secret = one.path.iter().any(|part| is_secret(part));
     let from_env = one
         .metadata
         .as_ref()
         .is_some_and(|metadata| metadata.name.contains("environment variable"));
     // A list element's path ends in its index, which is no part of the variable's name.
     let variable = match one.path.first() {
-        Some(first) if from_env => Some(format!("{env_prefix}{}", first.to_uppercase())),
+        Some(first) if from_env => {
+            Some(format!("{env_prefix}{}", shown_name(&first.to_uppercase())))
+        }
         _ => None,
     };
     let file = one
@@ -60,9 +73,21 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
                 None => describe_unknown_key(&one.path, found, fields, &origin),
             };
         }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) if secret => {
+            format!(
+                "found {} (value not shown), expected {}",
+                type_name(actual),
+                plain(expected)
+            )
+        }
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
             describe_mismatch(actual, expected)
         }
+        Kind::InvalidLength(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => {
+            one.kind.to_string().trim().replace('\n', " ")
+        }
+        // Every other kind may repeat the value.
+        _ if secret => "invalid value (not shown, because the setting is a secret)".to_owned(),
         other => other.to_string().trim().replace('\n', " "),
     };
     if key.is_empty() {
@@ -76,11 +101,11 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
 /// keys are case-sensitive, so a key in capitals is unknown even when its lower-case form is a
 /// field.
 fn describe_unknown_key(path: &[String], found: &str, fields: &[&str], origin: &str) -> String {
-    let name = if path.is_empty() {
+    let name = shown_name(&if path.is_empty() {
         found.to_owned()
     } else {
         path.join(".")
-    };
+    });
     let lower = found.to_lowercase();
     let hint = if lower == found {
         closest_field(found, fields).map(|field| format!(": did you mean `{field}`?"))
@@ -114,13 +139,37 @@ fn describe_unknown_variable(
     )
 }
 
+/// Names the type of `actual` without its value, such as "signed int" for `Actual::Signed`.
+fn type_name(actual: &Actual) -> String {
+    match actual {
+        Actual::Bool(_) => "bool".to_owned(),
+        Actual::Unsigned(_) => "unsigned int".to_owned(),
+        Actual::Signed(_) => "signed int".to_owned(),
+        Actual::Float(_) => "float".to_owned(),
+        Actual::Char(_) => "char".to_owned(),
+        Actual::Str(_) => "string".to_owned(),
+        Actual::Bytes(_) => "bytes".to_owned(),
+        Actual::Other(_) => "a value".to_owned(),
+        // The remaining kinds print no value.
+        other => other.to_string(),
+    }
+}
+
 /// Returns the field of `fields` closest to `key`, if one is close enough to be a likely
 /// misspelling: at most one edit in three characters apart (Damerau-Levenshtein distance), or a
 /// start of the field such as `db_pool` for `db_pool_size`. On a tie, the earlier field wins.
+/// A key longer than [`MAX_SHOWN_CHARS`] gets no guess, which also bounds the time the
+/// distance takes, since it grows with the product of both lengths.
 fn closest_field<'a>(key: &str, fields: &[&'a str]) -> Option<&'a str> {
-    let max_distance = (key.chars().count() / 3).max(1);
+    let key_chars = key.chars().count();
+    if key_chars > MAX_SHOWN_CHARS {
+        return None;
+    }
+    let max_distance = (key_chars / 3).max(1);
     let by_distance = fields
         .iter()
+        // The distance is at least the difference of the lengths.
+        .filter(|field| field.chars().count().abs_diff(key_chars) <= max_distance)
         .map(|field| (strsim::damerau_levenshtein(key, field), *field))
         .filter(|(distance, _)| *distance <= max_distance)
         .min_by_key(|(distance, _)| *distance)
@@ -189,6 +238,7 @@ mod tests {
     struct Settings {
         shards: u32,
         origins: Vec<String>,
+        internal_secret: String,
     }
 
     fn load() -> Result<Settings, figment::Error> {
@@ -459,6 +509,206 @@ mod tests {
                 err.to_string().contains("missing.toml: no such file"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_secret_in_file_is_not_shown() {
+        Jail::expect_with(|jail| {
+            for (value, kind) in [
+                ("1234567890123456789", "signed int"),
+                ("9.876543210987654e16", "float"),
+                ("true", "bool"),
+            ] {
+                jail.create_file("im.toml", &format!("[engine]\ninternal_secret = {value}\n"))?;
+                let err = load().expect_err("a secret is a string");
+                let text = describe(&err, "IM_TEST_");
+                assert!(
+                    text.starts_with(&format!(
+                        "internal_secret: found {kind} (value not shown), expected a string"
+                    )),
+                    "{text}"
+                );
+                assert!(text.contains("(in im.toml)"), "{text}");
+                assert!(!text.contains("123456"), "{text}");
+                assert!(!text.contains("9.87"), "{text}");
+                assert!(!text.contains("true"), "{text}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn huge_secret_integer_in_file_is_not_shown() {
+        Jail::expect_with(|jail| {
+            for key in ["internal_secret", "server_secret", "\"internal_secret\""] {
+                jail.create_file(
+                    "im.toml",
+                    &format!("[engine]\n{key} = 12345678901234567890123\n"),
+                )?;
+                let err = check_tables(Path::new("im.toml")).expect_err("beyond 64 bits");
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("line 2: {key} in [engine] is out of range")),
+                    "{text}"
+                );
+                assert!(!text.contains("1234567890"), "{text}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn very_long_unknown_key_is_cut() {
+        let key = "a".repeat(1_000_000);
+        assert_eq!(closest_field(&key, &["shards", "origins"]), None);
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", &format!("[engine]\n{key} = 1\n"))?;
+            let err = load().expect_err("an unknown key");
+            let text = describe(&err, "IM_TEST_");
+            let shown = format!("unknown setting `{}...` (in im.toml)", "a".repeat(64));
+            assert_eq!(text, shown);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn very_long_unknown_variable_is_cut() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            jail.set_env(format!("IM_TEST_{}", "A".repeat(100_000)), "1");
+            let err = load().expect_err("an unknown variable");
+            let text = describe(&err, "IM_TEST_");
+            assert_eq!(
+                text,
+                format!("unknown environment variable IM_TEST_{}...", "A".repeat(64))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn control_characters_in_keys_are_escaped() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "im.toml",
+                "[engine]\n\"shards\\n2026-01-01T00:00:00Z ERROR forged line\" = 2\n",
+            )?;
+            let text = describe(&load().expect_err("an unknown key"), "IM_TEST_");
+            assert!(!text.contains('\n'), "one line: {text}");
+            assert!(
+                text.starts_with(
+                    "unknown setting `shards\\n2026-01-01T00:00:00Z ERROR forged line`"
+                ),
+                "{text}"
+            );
+            jail.create_file("im.toml", "[engine]\n\"\\u001b[31mRED\" = 2\n")?;
+            let text = describe(&load().expect_err("an unknown key"), "IM_TEST_");
+            assert!(!text.contains('\u{1b}'), "no escape sequence: {text}");
+            assert!(
+                text.starts_with("unknown setting `\\u{1b}[31mRED`"),
+                "{text}"
+            );
+            jail.create_file("im.toml", "\"engine\\nFAKE LINE\" = 2\n")?;
+            let err = check_tables(Path::new("im.toml")).expect_err("an unknown table");
+            let text = err.to_string();
+            assert!(text.contains("holds `engine\\nFAKE LINE`"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn control_characters_in_variable_names_are_escaped() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            jail.set_env("IM_TEST_X\nFAKE LINE", "1");
+            let text = describe(&load().expect_err("an unknown variable"), "IM_TEST_");
+            assert_eq!(text, "unknown environment variable IM_TEST_X\\nFAKE LINE");
+            std::env::remove_var("IM_TEST_X\nFAKE LINE");
+            jail.set_env("IM_TEST_X..\nFAKE LINE", "1");
+            let text = check_env("IM_TEST_")
+                .expect_err("an empty part")
+                .to_string();
+            assert!(
+                text.starts_with("invalid environment variable `IM_TEST_X..\\nFAKE LINE`"),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_error_at_end_of_file_has_reason() {
+        Jail::expect_with(|jail| {
+            for (text, column) in [
+                ("[engine]\nshards =", 9),
+                ("[engine]\nshards =\n", 9),
+                ("[engine]\nshards = # none\n", 10),
+            ] {
+                jail.create_file("im.toml", text)?;
+                let err = check_tables(Path::new("im.toml")).expect_err("no value");
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "cannot read the settings file im.toml: line 2, column {column}: a value \
+                         is missing after `=`"
+                    ),
+                    "{text:?}"
+                );
+            }
+            jail.create_file("im.toml", "[engine\nshards = 2\n")?;
+            let err = check_tables(Path::new("im.toml")).expect_err("no closing bracket");
+            assert_eq!(
+                err.to_string(),
+                "cannot read the settings file im.toml: line 1, column 8: invalid table header: \
+                 expected `.`, `]`"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_over_size_limit_is_rejected() {
+        Jail::expect_with(|jail| {
+            let comment = format!("# {}\n", "x".repeat(1022));
+            jail.create_file("big.toml", &format!("[engine]\n{}", comment.repeat(2048)))?;
+            let err = check_tables(Path::new("big.toml")).expect_err("2 MiB");
+            assert_eq!(
+                err.to_string(),
+                "cannot read the settings file big.toml: it is larger than the maximum of \
+                 1048576 bytes (1 MiB) for a settings file"
+            );
+            jail.create_file("fits.toml", &format!("[engine]\n{}", comment.repeat(1000)))?;
+            check_tables(Path::new("fits.toml")).expect("1000 KiB");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn endless_device_is_rejected() {
+        let err = check_tables(Path::new("/dev/zero")).expect_err("endless");
+        let text = err.to_string();
+        assert!(text.contains("/dev/zero"), "{text}");
+        assert!(text.contains("1048576 bytes"), "{text}");
+    }
+
+    #[test]
+    fn fifo_is_rejected_without_blocking() {
+        Jail::expect_with(|jail| {
+            let fifo = jail.directory().join("im.toml");
+            let status = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo runs");
+            assert!(status.success(), "mkfifo {}", fifo.display());
+            let err = check_tables(&fifo).expect_err("a FIFO");
+            let text = err.to_string();
+            assert!(
+                text.contains("im.toml: it is a FIFO (named pipe)"),
+                "{text}"
+            );
+            assert!(text.contains("pass a regular file"), "{text}");
             Ok(())
         });
     }
