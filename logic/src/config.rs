@@ -946,27 +946,6 @@ mod tests {
     }
 
     #[test]
-    fn redact_url_hides_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/im"),
-            "postgres://app:***@db:5432/im"
-        );
-        assert_eq!(
-            redact_url("redis://:pw@127.0.0.1:6379/"),
-            "redis://:***@127.0.0.1:6379/"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/"),
-            "redis://127.0.0.1:6379/"
-        );
-        assert_eq!(redact_url("postgres://app@db/im"), "postgres://app@db/im");
-        assert_eq!(
-            redact_url("host=db password=x user=u"),
-            "host=db password=*** user=u"
-        );
-    }
-
-    #[test]
     fn server_secret_length_is_checked() {
         for (secret, valid) in [
             ("", true),
@@ -1146,32 +1125,6 @@ mod tests {
             let err = config.validate().expect_err(database_url);
             let text = err.to_string();
             assert!(!text.contains(password), "{text}");
-        }
-    }
-
-    #[test]
-    fn redact_url_hides_passwords_with_separators() {
-        for (url, redacted) in [
-            (
-                "postgres://app:pa/ss@127.0.0.1:1/im",
-                "postgres://app:***@127.0.0.1:1/im",
-            ),
-            (
-                "postgres://app:pa?ss@127.0.0.1:1/im",
-                "postgres://app:***@127.0.0.1:1/im",
-            ),
-            (
-                "postgres://app:pa#ss@127.0.0.1:1/im",
-                "postgres://app:***@127.0.0.1:1/im",
-            ),
-            ("redis://:pa/ss@127.0.0.1:1/", "redis://:***@127.0.0.1:1/"),
-            ("postgresql:/app:hunter2@host/db", "***"),
-            (
-                "host=127.0.0.1 port=x password='hun ter2' user=x",
-                "host=127.0.0.1 port=x password=*** user=x",
-            ),
-        ] {
-            assert_eq!(redact_url(url), redacted, "{url}");
         }
     }
 }
