@@ -210,7 +210,8 @@ fn plain(expected: &str) -> String {
         "u8" => u64::from(u8::MAX),
         "u16" => u64::from(u16::MAX),
         "u32" => u64::from(u32::MAX),
-        "u64" | "usize" => u64::MAX,
+        // The type's bound, about 1.8e19, says nothing useful about a setting.
+        "u64" | "usize" => return "a whole number, 0 or more".to_owned(),
         "a sequence" => {
             return "a list, written as a TOML array such as [\"https://a.example\", \
                     \"https://b.example\"], also in an environment variable"
@@ -246,6 +247,15 @@ mod tests {
             .merge(Figment::from(Toml::file_exact("im.toml")).focus("engine"))
             .merge(Env::prefixed("IM_TEST_"))
             .extract()
+    }
+
+    #[test]
+    fn integer_types_read_as_words() {
+        assert_eq!(plain("u16"), "a whole number from 0 to 65535");
+        assert_eq!(plain("u32"), "a whole number from 0 to 4294967295");
+        assert_eq!(plain("usize"), "a whole number, 0 or more");
+        assert_eq!(plain("u64"), "a whole number, 0 or more");
+        assert_eq!(plain("a string"), "a string");
     }
 
     #[test]
