@@ -753,6 +753,41 @@ mod tests {
     }
 
     #[test]
+    fn logic_setting_in_engine_names_its_table() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\ndb_pool_size = 4\n")?;
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains(
+                    "`db_pool_size` (in im.toml) is a setting of the [logic] table: move it \
+                     under [logic]"
+                ),
+                "{message}"
+            );
+            jail.clear_env();
+            jail.create_file("im.toml", "")?;
+            jail.set_env("IM_ENGINE_DATABASE_URL", "postgres://127.0.0.1/im");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains("set IM_LOGIC_DATABASE_URL for it instead"),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn engine_fields_list_every_setting() {
+        let defaults = figment::value::Value::serialize(Config::default()).unwrap();
+        let mut keys: Vec<String> = defaults.into_dict().unwrap().into_keys().collect();
+        keys.sort_unstable();
+        let mut listed: Vec<&str> = im_settings::ENGINE_FIELDS.to_vec();
+        listed.sort_unstable();
+
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
     fn capitalised_key_in_file_names_lower_case_key() {
         Jail::expect_with(|jail| {
             jail.create_file("im.toml", "[engine]\nSHARDS = 2\n")?;

@@ -21,32 +21,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "im.toml";
 pub const ENV_PREFIX: &str = "IM_LOGIC_";
 
 /// Names of the `[logic]` fields, each documented in im.toml.
-pub const FIELDS: &[&str] = &[
-    "listen_addr",
-    "metrics_addr",
-    "web_addr",
-    "web_root",
-    "database_url",
-    "redis_url",
-    "db_pool_size",
-    "db_timeout_ms",
-    "redis_timeout_ms",
-    "token_ttl_secs",
-    "argon2_memory_kib",
-    "argon2_iterations",
-    "argon2_parallelism",
-    "engine_call_timeout_ms",
-    "redis_batch_max",
-    "send_batch_max",
-    "startup_retry_ms",
-    "max_content_bytes",
-    "max_group_members",
-    "server_secret",
-    "sync_max_page",
-    "sync_max_page_bytes",
-    "message_retention_days",
-    "internal_secret",
-];
+pub use im_settings::LOGIC_FIELDS as FIELDS;
 
 /// Fields whose environment variable is taken as raw text. Figment parses other variables as
 /// TOML values, so a secret of digits would become a number and fail to load.
@@ -715,6 +690,29 @@ mod tests {
             let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("unknown table");
             let text = err.to_string();
             assert!(text.contains("holds `logik`"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn engine_setting_in_logic_names_its_table() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[logic]\nshards = 2\n")?;
+            let text = load_in_jail(Some("im.toml"), &Cli::default())
+                .expect_err("an engine setting")
+                .to_string();
+            assert!(
+                text.contains("`shards` (in im.toml) is a setting of the [engine] table"),
+                "{text}"
+            );
+            jail.set_env("IM_LOGIC_SHARDS", "2");
+            let text = load_in_jail(None, &Cli::default())
+                .expect_err("an engine variable")
+                .to_string();
+            assert!(
+                text.contains("set IM_ENGINE_SHARDS for it instead"),
+                "{text}"
+            );
             Ok(())
         });
     }

@@ -17,6 +17,81 @@ pub use file::{check_tables, FileError, MAX_FILE_BYTES, TABLES};
 pub use redact::redact_url;
 pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
 
+/// Settings of the `[engine]` table. im-engine's tests check this list against its settings.
+pub const ENGINE_FIELDS: &[&str] = &[
+    "ws_addr",
+    "ws_path",
+    "tls_cert_file",
+    "tls_key_file",
+    "grpc_addr",
+    "metrics_addr",
+    "node_addr",
+    "logic_url",
+    "shards",
+    "io_uring",
+    "ring_entries",
+    "sqpoll_idle_ms",
+    "ring_coop_taskrun",
+    "handshake_timeout_ms",
+    "sign_in_timeout_ms",
+    "heartbeat_interval_ms",
+    "heartbeat_timeout_ms",
+    "logic_call_timeout_ms",
+    "logic_connect_timeout_ms",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_frame_bytes",
+    "max_message_bytes",
+    "max_header_bytes",
+    "logic_max_in_flight",
+    "logic_max_password_calls",
+    "logic_gather_calls",
+    "logic_gather_window_ms",
+    "bridge_queue",
+    "max_outbound_bytes",
+    "write_timeout_ms",
+    "allowed_origins",
+    "offline_retries",
+    "shutdown_grace_ms",
+    "lease_interval_ms",
+    "lease_ttl_ms",
+    "rate_packets_per_sec",
+    "rate_packet_burst",
+    "rate_bytes_per_sec",
+    "rate_byte_burst",
+    "rate_limit_strikes",
+    "busy_retry_after_ms",
+    "internal_secret",
+];
+
+/// Settings of the `[logic]` table. im-logic's tests check this list against its settings.
+pub const LOGIC_FIELDS: &[&str] = &[
+    "listen_addr",
+    "metrics_addr",
+    "web_addr",
+    "web_root",
+    "database_url",
+    "redis_url",
+    "db_pool_size",
+    "db_timeout_ms",
+    "redis_timeout_ms",
+    "token_ttl_secs",
+    "argon2_memory_kib",
+    "argon2_iterations",
+    "argon2_parallelism",
+    "engine_call_timeout_ms",
+    "redis_batch_max",
+    "send_batch_max",
+    "startup_retry_ms",
+    "max_content_bytes",
+    "max_group_members",
+    "server_secret",
+    "sync_max_page",
+    "sync_max_page_bytes",
+    "message_retention_days",
+    "internal_secret",
+];
+
 /// Describes each error of `err`, joined by "; ". Each part names the setting as im.toml spells
 /// it, says what is wrong in plain words, and names the source of the value. For a value from the
 /// environment, that source is the variable (`env_prefix` plus the setting in capitals). An
@@ -70,7 +145,7 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
         Kind::UnknownField(found, fields) => {
             return match variable {
                 Some(variable) => describe_unknown_variable(&variable, found, fields, env_prefix),
-                None => describe_unknown_key(&one.path, found, fields, &origin),
+                None => describe_unknown_key(&one.path, found, fields, &origin, env_prefix),
             };
         }
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) if secret => {
@@ -97,16 +172,39 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
     }
 }
 
+/// Returns the table name and variable prefix of the tier that `env_prefix` does not name, with
+/// its settings, for telling a user that a setting belongs to the other table.
+fn other_tier(env_prefix: &str) -> Option<(&'static str, &'static str, &'static [&'static str])> {
+    match env_prefix {
+        "IM_ENGINE_" => Some(("logic", "IM_LOGIC_", LOGIC_FIELDS)),
+        "IM_LOGIC_" => Some(("engine", "IM_ENGINE_", ENGINE_FIELDS)),
+        _ => None,
+    }
+}
+
 /// Describes an unknown key of a file, with a guess among `fields` instead of all of them. TOML
 /// keys are case-sensitive, so a key in capitals is unknown even when its lower-case form is a
 /// field.
-fn describe_unknown_key(path: &[String], found: &str, fields: &[&str], origin: &str) -> String {
+fn describe_unknown_key(
+    path: &[String],
+    found: &str,
+    fields: &[&str],
+    origin: &str,
+    env_prefix: &str,
+) -> String {
     let name = shown_name(&if path.is_empty() {
         found.to_owned()
     } else {
         path.join(".")
     });
     let lower = found.to_lowercase();
+    if let Some((table, _, other_fields)) = other_tier(env_prefix) {
+        if lower == found && other_fields.contains(&found) {
+            return format!(
+                "`{name}`{origin} is a setting of the [{table}] table: move it under [{table}]"
+            );
+        }
+    }
     let hint = if lower == found {
         closest_field(found, fields).map(|field| format!(": did you mean `{field}`?"))
     } else if fields.contains(&lower.as_str()) {
@@ -131,6 +229,15 @@ fn describe_unknown_variable(
     fields: &[&str],
     env_prefix: &str,
 ) -> String {
+    if let Some((_, other_prefix, other_fields)) = other_tier(env_prefix) {
+        if other_fields.contains(&found) {
+            return format!(
+                "environment variable {variable} names a setting of the other tier: set \
+                 {other_prefix}{} for it instead",
+                shown_name(&found.to_uppercase())
+            );
+        }
+    }
     let guess = closest_field(found, fields)
         .map(|field| format!(": did you mean {env_prefix}{}?", field.to_uppercase()));
     format!(
