@@ -59,6 +59,20 @@ pub enum FileError {
         /// The top-level key.
         key: String,
     },
+    /// A known table name written in capitals, such as `[ENGINE]`: TOML names are
+    /// case-sensitive, so its settings would otherwise be rejected as an unknown table.
+    #[error(
+        "the settings file {} holds `{key}`: table names are lower case, write [{lower}]",
+        shown_path(.path)
+    )]
+    CapitalisedTable {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key as written.
+        key: String,
+        /// The table it names.
+        lower: &'static str,
+    },
     /// A top-level key other than the known tables, such as a misspelt table name.
     #[error(
         "the settings file {} holds `{key}`, which is neither [engine] nor [logic]: \
@@ -90,6 +104,16 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
     let top: toml::Table =
         toml::from_str(&text).map_err(|err| describe_syntax_error(path, &text, &err))?;
     for (key, value) in top {
+        if let Some(lower) = TABLES
+            .iter()
+            .find(|table| key != **table && key.eq_ignore_ascii_case(table))
+        {
+            return Err(FileError::CapitalisedTable {
+                path: path.to_path_buf(),
+                key: shown_name(&key),
+                lower,
+            });
+        }
         if !TABLES.contains(&key.as_str()) {
             return Err(FileError::UnknownTable {
                 path: path.to_path_buf(),

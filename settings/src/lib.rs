@@ -604,6 +604,13 @@ mod tests {
             assert!(err.to_string().contains("holds `logik`"), "{err}");
             let err = check_tables(Path::new("loose.toml")).expect_err("loose key");
             assert!(err.to_string().contains("holds `shards`"), "{err}");
+            jail.create_file("capital.toml", "[ENGINE]\nshards = 2\n")?;
+            let err = check_tables(Path::new("capital.toml")).expect_err("capital table");
+            assert!(
+                err.to_string()
+                    .contains("holds `ENGINE`: table names are lower case, write [engine]"),
+                "{err}"
+            );
             check_tables(Path::new("/dev/null")).expect("an empty file");
             jail.create_file("array.toml", "[[engine]]\nshards = 2\n")?;
             let err = check_tables(Path::new("array.toml")).expect_err("array of tables");
