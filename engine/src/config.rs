@@ -143,11 +143,23 @@ where
 {
     let text = String::deserialize(deserializer)?;
     text.parse().map_err(|_| {
-        D::Error::invalid_value(
-            Unexpected::Str(&text),
-            &"an IP address and port such as 127.0.0.1:8080 or [::1]:8080, not a host name",
-        )
+        let problem = address_problem(&text);
+        D::Error::invalid_value(Unexpected::Str(&text), &problem.as_str())
     })
+}
+
+/// Says what is wrong with `text`, which is not an "ip:port" address, for the error of
+/// [`deserialize_socket_addr`].
+fn address_problem(text: &str) -> String {
+    let form = "an IP address and port such as 127.0.0.1:8080 or [::1]:8080";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return format!("{form}: the port is missing");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_err() {
+        return format!("{form}: the port must be a whole number from 0 to 65535");
+    }
+    format!("{form}, not a host name")
 }
 
 /// A setting that must not appear in logs: `Debug` prints "***" when it is set.
@@ -750,6 +762,14 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn address_errors_say_what_is_wrong() {
+        assert!(address_problem("127.0.0.1").ends_with("the port is missing"));
+        assert!(address_problem("127.0.0.1:99999").ends_with("from 0 to 65535"));
+        assert!(address_problem("[::1]:x").ends_with("from 0 to 65535"));
+        assert!(address_problem("localhost:8080").ends_with("not a host name"));
     }
 
     #[test]

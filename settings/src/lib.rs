@@ -292,14 +292,19 @@ fn closest_field<'a>(key: &str, fields: &[&'a str]) -> Option<&'a str> {
 }
 
 /// Describes a value of the wrong type or out of the type's range. A float is shown with its
-/// decimal point (`1.0`, where figment writes `1`), and digits that fit no integer, which
-/// figment passes on as a string, are called out of range.
+/// decimal point (`1.0`, where figment writes `1`). Digits that fit no 64-bit integer, which
+/// figment passes on as a string, are called out of range; digits that fit one came as a
+/// string, quoted in the file, and are told to lose their quotes.
 fn describe_mismatch(actual: &Actual, expected: &str) -> String {
     let expected = plain(expected);
     match actual {
         Actual::Float(value) => format!("found float `{value:?}`, expected {expected}"),
         Actual::Str(text) if expected.starts_with("a whole number") && is_integer(text) => {
-            format!("{text} is out of range, expected {expected}")
+            if text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok() {
+                format!("found string \"{text}\", expected {expected}: write it without quotes")
+            } else {
+                format!("{text} is out of range, expected {expected}")
+            }
         }
         other => format!("found {other}, expected {expected}"),
     }
@@ -354,6 +359,22 @@ mod tests {
             .merge(Figment::from(Toml::file_exact("im.toml")).focus("engine"))
             .merge(Env::prefixed("IM_TEST_"))
             .extract()
+    }
+
+    #[test]
+    fn quoted_number_is_told_to_lose_its_quotes() {
+        let quoted = describe_mismatch(&Actual::Str("4".to_owned()), "u32");
+        let huge = describe_mismatch(&Actual::Str("99999999999999999999".to_owned()), "u32");
+
+        assert_eq!(
+            quoted,
+            "found string \"4\", expected a whole number from 0 to 4294967295: write it \
+             without quotes"
+        );
+        assert!(
+            huge.starts_with("99999999999999999999 is out of range"),
+            "{huge}"
+        );
     }
 
     #[test]
