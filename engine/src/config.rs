@@ -261,8 +261,10 @@ pub enum ConfigError {
     Env(#[from] im_settings::EnvError),
     /// A value parsed but is out of range.
     #[error(
-        "invalid engine setting {field} = {}: {fix}",
-        im_settings::escape_control(.value)
+        "invalid engine setting {field} = {}: {fix} (set by `{field}` under [engine] or \
+         IM_ENGINE_{})",
+        im_settings::escape_control(.value),
+        .field.to_uppercase()
     )]
     Invalid {
         field: &'static str,

@@ -303,8 +303,10 @@ pub enum ConfigError {
     Env(#[from] im_settings::EnvError),
     /// A value has the right type but is out of range.
     #[error(
-        "invalid logic.{field} = {}: {fix}",
-        im_settings::escape_control(.value)
+        "invalid logic.{field} = {}: {fix} (set by `{field}` under [logic] or \
+         IM_LOGIC_{})",
+        im_settings::escape_control(.value),
+        .field.to_uppercase()
     )]
     Invalid {
         /// Field name in the `[logic]` table.
@@ -736,7 +738,8 @@ mod tests {
             let err = load_in_jail(None, &Cli::default()).expect_err("0 rejected");
             assert_eq!(
                 err.to_string(),
-                "invalid logic.db_pool_size = 0: use a value from 1 to 1024"
+                "invalid logic.db_pool_size = 0: use a value from 1 to 1024 (set by \
+                 `db_pool_size` under [logic] or IM_LOGIC_DB_POOL_SIZE)"
             );
             Ok(())
         });
@@ -754,7 +757,8 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 "invalid logic.message_retention_days = 36501: use 0 to keep every message, \
-                 or a number of days from 1 to 36500"
+                 or a number of days from 1 to 36500 (set by `message_retention_days` under \
+                 [logic] or IM_LOGIC_MESSAGE_RETENTION_DAYS)"
             );
             Ok(())
         });
@@ -877,7 +881,8 @@ mod tests {
         let err = config.validate().expect_err("8 KiB for 2 lanes");
         assert_eq!(
             err.to_string(),
-            "invalid logic.argon2_memory_kib = 8: use a value from 16 to 4194304"
+            "invalid logic.argon2_memory_kib = 8: use a value from 16 to 4194304 (set by \
+             `argon2_memory_kib` under [logic] or IM_LOGIC_ARGON2_MEMORY_KIB)"
         );
     }
 
