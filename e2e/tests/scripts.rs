@@ -105,3 +105,47 @@ echo "not interrupted"
     assert!(stderr.contains("[build] stopped"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("not interrupted"));
 }
+
+/// `scripts/run` stops before it starts anything when a port it needs is taken, naming the
+/// variable that moves it; the metrics ports count too.
+#[test]
+fn run_refuses_a_taken_metrics_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let free = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let data = std::env::temp_dir().join(format!("im-run-ports-{}", std::process::id()));
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg(repo_file("scripts/run"))
+        .env("IM_DATA_DIR", &data)
+        .env("IM_LOGIC_LISTEN_ADDR", free())
+        .env("IM_ENGINE_WS_ADDR", free())
+        .env("IM_ENGINE_GRPC_ADDR", free())
+        .env("IM_LOGIC_WEB_ADDR", "")
+        .env("IM_ENGINE_METRICS_ADDR", free())
+        .env("IM_LOGIC_METRICS_ADDR", &taken_addr)
+        .output()
+        .expect("scripts/run runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    assert!(!output.status.success(), "{text}");
+    assert_eq!(output.status.code(), Some(1), "exits at the check: {text}");
+    assert!(
+        text.contains(&format!("{taken_addr} is already in use")),
+        "{text}"
+    );
+    assert!(text.contains("IM_LOGIC_METRICS_ADDR"), "{text}");
+    assert!(
+        !text.contains("starting PostgreSQL"),
+        "starts nothing: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
