@@ -228,7 +228,17 @@ impl Engine {
             }
         });
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        info!(%ws_addr, scheme, path = %config.ws_path, %grpc_addr, %node, ?metrics_addr, shards = shard_count, "engine started");
+        let metrics_at = metrics_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        info!(
+            %ws_addr,
+            scheme,
+            path = %config.ws_path,
+            %grpc_addr,
+            %node,
+            metrics_addr = %metrics_at,
+            shards = shard_count,
+            "engine started"
+        );
         Ok(Self {
             ws_addr,
             grpc_addr,

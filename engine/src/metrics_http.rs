@@ -17,8 +17,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: EngineMetrics) {
-    let addr = listener.local_addr().ok();
-    info!(addr = ?addr, "metrics endpoint listening");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string());
+    info!(addr = %addr, "metrics endpoint listening");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -1051,6 +1051,10 @@ async fn server_send_without_configured_secret_is_denied() {
     let status = ext.server_send(request).await.expect_err("disabled");
 
     assert_eq!(error_code(&status), ErrorCode::PermissionDenied);
+    assert!(
+        status.message().contains("set IM_LOGIC_SERVER_SECRET"),
+        "{status:?}"
+    );
     logic.server.shutdown().await;
 }
 

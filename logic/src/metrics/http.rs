@@ -17,8 +17,10 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Serves `/metrics` on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, metrics: LogicMetrics) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "metrics endpoint listening");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string());
+    tracing::info!(addr = %addr, "metrics endpoint listening");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -144,6 +144,12 @@ pub async fn authenticate(logic: &Logic, credentials: &Credentials) -> Result<Ca
 ///
 /// [`LogicError::PermissionDenied`] when the secret is missing or wrong, or none is configured.
 pub fn check_server_secret(logic: &Logic, credentials: &Credentials) -> Result<(), LogicError> {
+    if logic.server_secret.digest.is_none() {
+        return Err(LogicError::PermissionDenied(
+            "ServerSend is off because the server_secret setting is empty: set \
+             IM_LOGIC_SERVER_SECRET (16 to 1024 bytes) and send it as im-server-secret",
+        ));
+    }
     let presented = credentials.server_secret.as_deref().unwrap_or_default();
     if logic.server_secret.matches(presented) {
         Ok(())
