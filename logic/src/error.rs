@@ -52,6 +52,16 @@ pub enum LogicError {
         /// The rule the value breaks.
         reason: &'static str,
     },
+    /// A request field is above the limit that this server is configured with.
+    #[error("invalid {field}: {value} is above this server's maximum of {max}")]
+    AboveMaximum {
+        /// The field, as named in the .proto file.
+        field: &'static str,
+        /// The value sent.
+        value: u64,
+        /// The configured maximum.
+        max: u64,
+    },
     /// The username does not exist or the password does not match.
     #[error("invalid username or password")]
     InvalidCredentials,
@@ -144,7 +154,9 @@ impl LogicError {
     /// Returns the code the device receives.
     pub fn code(&self) -> ErrorCode {
         match self {
-            LogicError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            LogicError::InvalidArgument { .. } | LogicError::AboveMaximum { .. } => {
+                ErrorCode::InvalidArgument
+            }
             LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
             LogicError::TokenInvalid => ErrorCode::TokenInvalid,
             LogicError::TokenExpired => ErrorCode::TokenExpired,

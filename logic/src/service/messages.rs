@@ -296,9 +296,10 @@ fn page_size(limit: u32, max: u32) -> Result<u32, LogicError> {
     match limit {
         0 => Ok(DEFAULT_SYNC_PAGE.min(max)),
         limit if limit <= max => Ok(limit),
-        _ => Err(LogicError::InvalidArgument {
+        _ => Err(LogicError::AboveMaximum {
             field: "limit",
-            reason: "above the server's sync_max_page",
+            value: limit.into(),
+            max: max.into(),
         }),
     }
 }
