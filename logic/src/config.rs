@@ -291,7 +291,7 @@ pub enum ConfigError {
     FileNotFound(PathBuf),
     /// The file does not parse, or a value has the wrong type or an unknown field name.
     #[error(
-        "invalid logic configuration: {}; im.toml describes each setting",
+        "invalid logic configuration: {}; im.toml gives each setting's type and default",
         im_settings::describe(.0, ENV_PREFIX)
     )]
     Parse(Box<figment::Error>),

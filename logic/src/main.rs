@@ -15,7 +15,12 @@ async fn main() -> ExitCode {
 
     let config = match Config::load(&cli) {
         Ok(config) => config,
-        Err(err) => return fail(&err),
+        Err(err) => {
+            tracing::error!(error = %ErrorChain(&err), "configuration rejected");
+            // As the engine and clap do for a usage error, so a supervisor can tell a bad
+            // setting from a failed start.
+            return ExitCode::from(2);
+        }
     };
     let server = match im_logic::start(config).await {
         Ok(server) => server,
