@@ -149,3 +149,52 @@ fn run_refuses_a_taken_metrics_port() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// The web build is skipped while dist/ is newer than every source, and runs again once a
+/// source or a .proto file changes.
+#[test]
+fn web_build_is_skipped_only_while_up_to_date() {
+    let root = std::env::temp_dir().join(format!("im-web-built-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let script = r#"
+set -e
+root=$2
+mkdir -p "$root/web/src/gen" "$root/web/dist" "$root/proto"
+for f in web/src/main.ts web/src/gen/x.ts web/index.html web/package.json \
+    web/package-lock.json web/vite.config.ts web/tsconfig.json web/buf.gen.yaml \
+    proto/packet.proto; do
+    touch -d '2026-01-01 00:00' "$root/$f"
+done
+touch -d '2026-01-02 00:00' "$root/web/dist/index.html"
+IM_WEB_DIR=$root/web
+source "$1"
+_im_web_built && echo "fresh: built"
+touch -d '2026-01-03 00:00' "$root/web/src/gen/x.ts"
+_im_web_built && echo "generated code ignored: built"
+touch -d '2026-01-03 00:00' "$root/proto/packet.proto"
+_im_web_built || echo "proto changed: stale"
+touch -d '2026-01-04 00:00' "$root/web/dist/index.html"
+touch -d '2026-01-05 00:00' "$root/web/src/main.ts"
+_im_web_built || echo "source changed: stale"
+"#;
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("web")
+        .arg(repo_file("scripts/lib/web.sh"))
+        .arg(&root)
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let _ = std::fs::remove_dir_all(&root);
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "fresh: built\ngenerated code ignored: built\nproto changed: stale\nsource changed: stale\n"
+    );
+}

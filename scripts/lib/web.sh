@@ -3,6 +3,7 @@
 #
 #   im_web_install   npm ci in web/ when node_modules is missing or older than package-lock.json
 #   im_web_build     npm run build in web/ (generates the protocol code, type-checks, writes dist/)
+#                    unless dist/ is newer than every source of the build
 #
 # Both need node and npm on PATH and return non-zero with a message on stderr on failure.
 
@@ -38,9 +39,27 @@ im_web_install() {
 
 im_web_build() {
     _im_web_require_node || return 1
+    if _im_web_built; then
+        _im_web_log "the web client's build in dist/ is newer than its sources; not rebuilding"
+        return 0
+    fi
     _im_web_log "building the web client (npm run build)"
     if ! (cd "$IM_WEB_DIR" && npm run build); then
         _im_web_log "error: npm run build failed in $IM_WEB_DIR"
         return 1
     fi
+}
+
+# Succeeds when dist/index.html exists and no source of the build (the client's files, its
+# package files and configuration, and the .proto files it is generated from) is newer.
+# NOTE: a source file deleted since the build is not noticed; `npm run build` in web/ redoes it.
+_im_web_built() {
+    local built=$IM_WEB_DIR/dist/index.html
+    [[ -f $built ]] || return 1
+    local newer
+    newer=$(find "$IM_WEB_DIR/src" "$IM_WEB_DIR/index.html" "$IM_WEB_DIR/package.json" \
+        "$IM_WEB_DIR/package-lock.json" "$IM_WEB_DIR/vite.config.ts" "$IM_WEB_DIR/tsconfig.json" \
+        "$IM_WEB_DIR/buf.gen.yaml" "$IM_WEB_DIR/../proto" \
+        -path "$IM_WEB_DIR/src/gen" -prune -o -type f -newer "$built" -print -quit 2>/dev/null)
+    [[ -z $newer ]]
 }
