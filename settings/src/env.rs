@@ -5,40 +5,68 @@ use figment::providers::Env;
 
 use crate::text::shown_name;
 
-/// An environment variable that starts with a settings prefix but names no setting.
+/// An environment variable of a settings prefix that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid environment variable `{variable}`: it names no setting after {prefix}; rename it \
-     to {prefix}<SETTING> with a setting listed in im.toml, or unset it"
-)]
-pub struct EnvError {
-    /// The variable's name, cut and escaped as [`shown_name`] does.
-    pub variable: String,
-    /// The prefix it starts with, such as `IM_ENGINE_`.
-    pub prefix: String,
+pub enum EnvError {
+    /// A variable that starts with the prefix but names no setting.
+    #[error(
+        "invalid environment variable `{variable}`: it names no setting after {prefix}; rename \
+         it to {prefix}<SETTING> with a setting listed in im.toml, or unset it"
+    )]
+    NoSetting {
+        /// The variable's name, cut and escaped as [`shown_name`] does.
+        variable: String,
+        /// The prefix it starts with, such as `IM_ENGINE_`.
+        prefix: String,
+    },
+    /// Two variables that name the same setting in different case or spacing, such as
+    /// `IM_LOGIC_LISTEN_ADDR` and `im_logic_listen_addr`, of which figment would silently take
+    /// one.
+    #[error(
+        "environment variables `{first}` and `{second}` both set {setting}: unset one of them"
+    )]
+    Duplicate {
+        /// The name found first, cut and escaped.
+        first: String,
+        /// The name found second, cut and escaped.
+        second: String,
+        /// The setting, in lower case.
+        setting: String,
+    },
 }
 
 /// Rejects a variable named `prefix` followed by nothing, such as `IM_ENGINE_`, or by a name
 /// with an empty part between dots, such as `IM_ENGINE_SHARDS.`. figment's `Env::prefixed`
 /// skips such a variable without an error (figment 0.10.19), whereas it reports any other
 /// unknown name as an unknown field. Like figment, the check trims the name and matches the
-/// prefix in any case. The value is never read, since it may be a secret.
+/// prefix in any case, so it also rejects two variables that name one setting in different
+/// case. Values are never read, since they may be secrets.
 ///
 /// # Errors
 ///
 /// [`EnvError`] naming the first such variable.
 pub fn check_env(prefix: &str) -> Result<(), EnvError> {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let Some(setting) = strip_env_prefix(&name, prefix) else {
             continue;
         };
         if setting.split('.').any(str::is_empty) {
-            return Err(EnvError {
+            return Err(EnvError::NoSetting {
                 variable: shown_name(&name),
                 prefix: prefix.to_owned(),
             });
         }
+        let setting = setting.to_ascii_lowercase();
+        if let Some(first) = seen.get(&setting) {
+            return Err(EnvError::Duplicate {
+                first: shown_name(first),
+                second: shown_name(&name),
+                setting: shown_name(&setting),
+            });
+        }
+        seen.insert(setting, name.into_owned());
     }
     Ok(())
 }

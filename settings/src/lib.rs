@@ -612,6 +612,20 @@ mod tests {
     }
 
     #[test]
+    fn check_env_rejects_one_setting_in_two_cases() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_TEST_LISTEN_ADDR", "127.0.0.1:1");
+            jail.set_env("im_test_listen_addr", "127.0.0.1:2");
+            let text = check_env("IM_TEST_").expect_err("two names").to_string();
+            assert!(text.contains("both set listen_addr"), "{text}");
+            assert!(text.contains("IM_TEST_LISTEN_ADDR"), "{text}");
+            assert!(text.contains("im_test_listen_addr"), "{text}");
+            assert!(!text.contains("127.0.0.1"), "values stay hidden: {text}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn misspelt_table_is_rejected() {
         Jail::expect_with(|jail| {
             jail.create_file("good.toml", "[engine]\nshards = 2\n[logic]\n")?;
