@@ -285,6 +285,11 @@ pub struct Cli {
     #[arg(long, env = "IM_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Check the settings (file, environment and flags) and exit: status 0 when they are
+    /// valid, 2 with the error otherwise. Nothing is bound or connected.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// WebSocket listen address, for example 127.0.0.1:8080.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

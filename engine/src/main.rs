@@ -22,6 +22,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if cli.check_config {
+        tracing::info!("engine configuration is valid");
+        return std::process::ExitCode::SUCCESS;
+    }
     let engine = match Engine::start(config) {
         Ok(engine) => engine,
         Err(err) => {

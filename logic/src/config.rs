@@ -190,6 +190,11 @@ pub struct Cli {
     #[arg(long, env = "IM_CONFIG", value_name = "PATH")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Check the settings (file, environment and flags) and exit: status 0 when they are
+    /// valid, 2 with the error otherwise. Nothing is bound or connected.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// gRPC listen address, host:port.
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -22,6 +22,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.check_config {
+        tracing::info!("logic configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     let server = match im_logic::start(config).await {
         Ok(server) => server,
         Err(err) => return fail(&err),
