@@ -345,6 +345,12 @@ impl Config {
             figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("engine"));
         }
         im_settings::check_env("IM_ENGINE_")?;
+        for variable in im_settings::misspelt_prefix_vars("IM_ENGINE_") {
+            tracing::warn!(
+                %variable,
+                "ignored: the name looks like a misspelt IM_ENGINE_ setting; fix it or unset it"
+            );
+        }
         // Taken as raw text: figment would parse a secret of digits as a number.
         figment = figment.merge(im_settings::prefixed_env(
             "IM_ENGINE_",

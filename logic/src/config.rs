@@ -350,6 +350,12 @@ impl Config {
         // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field. figment
         // skips one that names no setting, such as IM_LOGIC_, which the check rejects instead.
         im_settings::check_env(ENV_PREFIX)?;
+        for variable in im_settings::misspelt_prefix_vars(ENV_PREFIX) {
+            tracing::warn!(
+                %variable,
+                "ignored: the name looks like a misspelt IM_LOGIC_ setting; fix it or unset it"
+            );
+        }
         figment = figment.merge(im_settings::prefixed_env(ENV_PREFIX, RAW_TEXT_FIELDS));
         for field in RAW_TEXT_FIELDS {
             if let Some(value) = im_settings::raw_env_value(ENV_PREFIX, field) {

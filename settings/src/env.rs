@@ -71,6 +71,30 @@ pub fn check_env(prefix: &str) -> Result<(), EnvError> {
     Ok(())
 }
 
+/// Returns the names of variables whose prefix is one or two edits away from `prefix`, such
+/// as `IM_ENIGNE_SHARDS` for `IM_ENGINE_`. figment never reads them, so their settings are left
+/// out without a word unless the caller warns. Names are cut and escaped as [`shown_name`] does.
+pub fn misspelt_prefix_vars(prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let upper = name.trim().to_ascii_uppercase();
+        if upper.starts_with(prefix) {
+            continue;
+        }
+        let close = (prefix.len().saturating_sub(1)..=prefix.len() + 1).any(|len| {
+            upper.get(..len).is_some_and(|head| {
+                head.ends_with('_') && strsim::damerau_levenshtein(head, prefix) <= 2
+            })
+        });
+        if close {
+            found.push(shown_name(&name));
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
 /// Returns figment's provider of the `prefix` variables without those that name one of
 /// `raw_text` settings, which [`raw_env_value`] reads instead. figment parses each value as a
 /// TOML value, so a secret of digits would become a number and fail to load as a string.

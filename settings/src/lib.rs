@@ -12,7 +12,7 @@ mod text;
 use figment::error::{Actual, Kind};
 use figment::Source;
 
-pub use env::{check_env, prefixed_env, raw_env_value, EnvError};
+pub use env::{check_env, misspelt_prefix_vars, prefixed_env, raw_env_value, EnvError};
 pub use file::{check_tables, FileError, MAX_FILE_BYTES, TABLES};
 pub use redact::redact_url;
 pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
@@ -607,6 +607,29 @@ mod tests {
                 assert!(!text.contains('3'), "the value stays hidden: {text}");
                 std::env::remove_var(name);
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_with_a_misspelt_prefix_are_found() {
+        Jail::expect_with(|jail| {
+            for name in [
+                "IM_ENIGNE_SHARDS",
+                "IM_ENGINES_SHARDS",
+                "im_engne_shards",
+                "IM_ENGINE_SHARDS",
+                "IM_LOGIC_DB_POOL_SIZE",
+                "IM_DATA_DIR",
+                "IM_CONFIG",
+            ] {
+                jail.set_env(name, "1");
+            }
+
+            assert_eq!(
+                misspelt_prefix_vars("IM_ENGINE_"),
+                vec!["IM_ENGINES_SHARDS", "IM_ENIGNE_SHARDS", "im_engne_shards"]
+            );
             Ok(())
         });
     }
