@@ -153,7 +153,7 @@ fn run_refuses_a_taken_metrics_port() {
 /// The web build is skipped while dist/ is newer than every source, and runs again once a
 /// source or a .proto file changes.
 #[test]
-fn web_build_is_skipped_only_while_up_to_date() {
+fn web_build_skipped_while_up_to_date() {
     let root = std::env::temp_dir().join(format!("im-web-built-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let script = r#"

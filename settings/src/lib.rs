@@ -293,8 +293,8 @@ fn closest_field<'a>(key: &str, fields: &[&'a str]) -> Option<&'a str> {
 
 /// Describes a value of the wrong type or out of the type's range. A float is shown with its
 /// decimal point (`1.0`, where figment writes `1`). Digits that fit no 64-bit integer, which
-/// figment passes on as a string, are called out of range; digits that fit one came as a
-/// string, quoted in the file, and are told to lose their quotes.
+/// figment passes on as a string, are reported as out of range. Digits that fit one were a
+/// quoted string in the file, and the message asks to remove the quotes.
 fn describe_mismatch(actual: &Actual, expected: &str) -> String {
     let expected = plain(expected);
     match actual {
@@ -322,7 +322,7 @@ fn plain(expected: &str) -> String {
         "u8" => u64::from(u8::MAX),
         "u16" => u64::from(u16::MAX),
         "u32" => u64::from(u32::MAX),
-        // The type's bound, about 1.8e19, says nothing useful about a setting.
+        // The type's bound, about 1.8e19, means nothing to someone writing settings.
         "u64" | "usize" => return "a whole number, 0 or more".to_owned(),
         "a sequence" => {
             return "a list, written as a TOML array such as [\"https://a.example\", \

@@ -249,10 +249,10 @@ pub enum DeliverResult {
     InvalidAddress = 4,
 }
 
-/// What a push carries, as the `kind` label of the push counters.
+/// Values of the `kind` label of the push counters, indexed by [`PushKind`].
 pub const PUSH_KINDS: [&str; 2] = ["message", "notice"];
 
-/// What a push carries: a stored message or a notice of a friend or group change.
+/// Content of a push: a stored message, or a notice of a friend or group change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushKind {
     Message = 0,

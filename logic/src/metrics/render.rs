@@ -397,27 +397,18 @@ mod tests {
         assert_line(&text, r#"im_logic_deliver_calls_total{result="ok"} 1"#);
         assert_line(&text, r#"im_logic_deliver_calls_total{result="timeout"} 1"#);
         assert_line(&text, r#"im_logic_deliver_calls_total{result="failed"} 0"#);
-        let targets = "im_logic_push_targets_total";
-        assert_line(
-            &text,
-            &format!(r#"{targets}{{kind="message",result="delivered"}} 3"#),
-        );
-        assert_line(
-            &text,
-            &format!(r#"{targets}{{kind="message",result="missed"}} 1"#),
-        );
-        assert_line(
-            &text,
-            &format!(r#"{targets}{{kind="message",result="failed"}} 4"#),
-        );
-        assert_line(
-            &text,
-            &format!(r#"{targets}{{kind="notice",result="delivered"}} 2"#),
-        );
-        assert_line(
-            &text,
-            &format!(r#"{targets}{{kind="notice",result="failed"}} 0"#),
-        );
+        for (kind, result, count) in [
+            ("message", "delivered", 3),
+            ("message", "missed", 1),
+            ("message", "failed", 4),
+            ("notice", "delivered", 2),
+            ("notice", "failed", 0),
+        ] {
+            let line = format!(
+                r#"im_logic_push_targets_total{{kind="{kind}",result="{result}"}} {count}"#
+            );
+            assert_line(&text, &line);
+        }
         assert_line(&text, r#"im_logic_pushes_dropped_total{kind="message"} 0"#);
         assert_line(&text, r#"im_logic_pushes_dropped_total{kind="notice"} 1"#);
     }

@@ -222,8 +222,9 @@ async fn lock_as_member(
 ///
 /// The statement locks the caller's friendship rows FOR SHARE until `tx` ends. So a
 /// RemoveFriend of one of these users either waits for `tx`, or commits first and the check
-/// no longer finds the friendship. RequestFriend, AcceptFriend and RemoveFriend lock no group
-/// row, so holding the group's lock while waiting here cannot deadlock with them.
+/// no longer finds the friendship. RequestFriend, AcceptFriend and RemoveFriend take no lock on
+/// a group row (see `friendships::lock_pair`), so waiting here with the group's lock held cannot
+/// deadlock with them.
 async fn check_may_add(
     tx: &deadpool_postgres::Transaction<'_>,
     caller: Caller,
