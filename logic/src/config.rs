@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::Serialized;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -344,8 +344,8 @@ impl Config {
     pub fn load_from(file: Option<&Path>, cli: &Cli) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            im_settings::check_tables(path)?;
-            figment = figment.merge(Figment::from(Toml::file_exact(path)).focus("logic"));
+            let file = im_settings::read_file(path)?;
+            figment = figment.merge(Figment::from(file).focus("logic"));
         }
         // Every IM_LOGIC_* variable is read, so a misspelt one fails as an unknown field. figment
         // skips one that names no setting, such as IM_LOGIC_, which the check rejects instead.
@@ -631,6 +631,7 @@ fn redact_secret(secret: &str) -> &'static str {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use figment::providers::{Format, Toml};
     use figment::Jail;
 
     fn load_in_jail(file: Option<&str>, cli: &Cli) -> Result<Config, ConfigError> {

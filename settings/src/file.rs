@@ -1,8 +1,13 @@
-//! The check that a settings file is TOML with only the `[engine]` and `[logic]` tables.
+//! Reading the settings file: once, within a size limit, checked to be TOML with only the
+//! `[engine]` and `[logic]` tables.
 
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map};
+use figment::{Metadata, Profile, Provider};
 
 use crate::text::{escape_control, is_secret, shown_name};
 
@@ -87,22 +92,47 @@ pub enum FileError {
     },
 }
 
-/// Checks that `path` is a TOML file whose top level contains only [`TABLES`], each of them a
-/// table, so that a misspelt table or an array of tables is reported instead of being skipped
-/// with all its settings.
+/// A settings file as [`read_file`] read it: figment parses this text instead of reading the
+/// file again, so the checks and the size limit apply to what it loads. Errors about its
+/// settings name the file, as for figment's own file provider.
+#[derive(Debug, Clone)]
+pub struct SettingsFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl Provider for SettingsFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Toml::string(&self.text).data()
+    }
+}
+
+/// Reads `path` once and checks that it is a TOML file whose top level holds only
+/// [`TABLES`], each of them a table. A misspelt table or an array of tables is then reported
+/// instead of being skipped with all its settings.
 ///
 /// # Errors
 ///
 /// [`FileError`] naming the file and, for an unknown key, that key. A TOML syntax error is
-/// reported with its line and column, and an integer beyond 64 bits with its key. A FIFO or a
-/// socket is rejected unread, and a file larger than [`MAX_FILE_BYTES`] once one byte past the
-/// limit has been read.
-// NOTE: the loaders read the file again through figment, without the size limit, so a file
-// that grows between the two reads is read whole.
-pub fn check_tables(path: &Path) -> Result<(), FileError> {
+/// reported with its line and column, and an integer beyond 64 bits with its key. A FIFO, a
+/// socket or a device other than /dev/null is rejected unread, and a file larger than
+/// [`MAX_FILE_BYTES`] once one byte past the limit has been read.
+pub fn read_file(path: &Path) -> Result<SettingsFile, FileError> {
     let text = read_settings_file(path)?;
+    check_tables(path, &text)?;
+    Ok(SettingsFile {
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+fn check_tables(path: &Path, text: &str) -> Result<(), FileError> {
     let top: toml::Table =
-        toml::from_str(&text).map_err(|err| describe_syntax_error(path, &text, &err))?;
+        toml::from_str(text).map_err(|err| describe_syntax_error(path, text, &err))?;
     for (key, value) in top {
         if let Some(lower) = TABLES
             .iter()
@@ -130,9 +160,10 @@ pub fn check_tables(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`]. Character devices are allowed, so
-/// that /dev/null reads as an empty file. A FIFO or a socket is rejected before it is opened,
-/// because opening a FIFO waits for a writer and a socket cannot be opened as a file.
+/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`]. Of the devices only /dev/null is
+/// allowed, and reads as an empty file. A FIFO, a socket or another device is rejected before
+/// it is opened: opening a FIFO waits for a writer, a socket cannot be opened as a file, and a
+/// device such as a terminal may wait for input forever.
 fn read_settings_file(path: &Path) -> Result<String, FileError> {
     let unreadable = |reason: String| FileError::Unreadable {
         path: path.to_path_buf(),
@@ -161,6 +192,15 @@ fn read_settings_file(path: &Path) -> Result<String, FileError> {
     if file_type.is_socket() {
         return Err(unreadable(
             "it is a socket, not a file: pass a regular file".to_owned(),
+        ));
+    }
+    let is_dev_null =
+        || std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == metadata.rdev());
+    if file_type.is_block_device() || (file_type.is_char_device() && !is_dev_null()) {
+        return Err(unreadable(
+            "it is a device, which may wait for input or never end: pass a regular file, or \
+             /dev/null for no settings"
+                .to_owned(),
         ));
     }
     let file = std::fs::File::open(path).map_err(|err| unreadable(err.to_string()))?;

@@ -13,7 +13,7 @@ use figment::error::{Actual, Kind};
 use figment::Source;
 
 pub use env::{check_env, misspelt_prefix_vars, prefixed_env, raw_env_value, EnvError};
-pub use file::{check_tables, FileError, MAX_FILE_BYTES, TABLES};
+pub use file::{read_file, FileError, SettingsFile, MAX_FILE_BYTES, TABLES};
 pub use redact::redact_url;
 pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
 
@@ -507,7 +507,7 @@ mod tests {
                 "im.toml",
                 "[logic]\n\n[engine]\nshards = 99999999999999999999999 # many\n",
             )?;
-            let err = check_tables(Path::new("im.toml")).expect_err("beyond 64 bits");
+            let err = read_file(Path::new("im.toml")).expect_err("beyond 64 bits");
             let text = err.to_string();
             assert!(text.contains("im.toml, line 4"), "{text}");
             assert!(
@@ -563,7 +563,7 @@ mod tests {
     fn toml_syntax_error_gives_line_and_column() {
         Jail::expect_with(|jail| {
             jail.create_file("im.toml", "[engine]\nshards = = 2\n")?;
-            let err = check_tables(Path::new("im.toml")).expect_err("two equals signs");
+            let err = read_file(Path::new("im.toml")).expect_err("two equals signs");
             let text = err.to_string();
             assert!(
                 text.starts_with("cannot read the settings file im.toml: line 2, column 10: "),
@@ -578,7 +578,7 @@ mod tests {
     fn huge_integer_without_table_names_key() {
         Jail::expect_with(|jail| {
             jail.create_file("im.toml", "shards = -99999999999999999999\n")?;
-            let err = check_tables(Path::new("im.toml")).expect_err("beyond 64 bits");
+            let err = read_file(Path::new("im.toml")).expect_err("beyond 64 bits");
             let text = err.to_string();
             assert!(
                 text.starts_with(
@@ -657,36 +657,36 @@ mod tests {
                 "[engine]\nshards = 2\n[logik]\ndb_pool_size = 4\n",
             )?;
             jail.create_file("loose.toml", "shards = 2\n")?;
-            check_tables(Path::new("good.toml")).expect("known tables");
-            let err = check_tables(Path::new("bad.toml")).expect_err("logik");
+            read_file(Path::new("good.toml")).expect("known tables");
+            let err = read_file(Path::new("bad.toml")).expect_err("logik");
             assert!(err.to_string().contains("holds `logik`"), "{err}");
-            let err = check_tables(Path::new("loose.toml")).expect_err("loose key");
+            let err = read_file(Path::new("loose.toml")).expect_err("loose key");
             assert!(err.to_string().contains("holds `shards`"), "{err}");
             jail.create_file("capital.toml", "[ENGINE]\nshards = 2\n")?;
-            let err = check_tables(Path::new("capital.toml")).expect_err("capital table");
+            let err = read_file(Path::new("capital.toml")).expect_err("capital table");
             assert!(
                 err.to_string()
                     .contains("holds `ENGINE`: table names are lower case, write [engine]"),
                 "{err}"
             );
-            check_tables(Path::new("/dev/null")).expect("an empty file");
+            read_file(Path::new("/dev/null")).expect("an empty file");
             jail.create_file("array.toml", "[[engine]]\nshards = 2\n")?;
-            let err = check_tables(Path::new("array.toml")).expect_err("array of tables");
+            let err = read_file(Path::new("array.toml")).expect_err("array of tables");
             assert!(
                 err.to_string()
                     .contains("`engine` a value that is not a table"),
                 "{err}"
             );
             jail.create_file("scalar.toml", "[engine]\nlogic = 5\n")?;
-            check_tables(Path::new("scalar.toml")).expect("a setting named logic in [engine]");
+            read_file(Path::new("scalar.toml")).expect("a setting named logic in [engine]");
             jail.create_file("scalar.toml", "logic = 5\n")?;
-            let err = check_tables(Path::new("scalar.toml")).expect_err("a number");
+            let err = read_file(Path::new("scalar.toml")).expect_err("a number");
             assert!(
                 err.to_string()
                     .contains("`logic` a value that is not a table"),
                 "{err}"
             );
-            let err = check_tables(Path::new("missing.toml")).expect_err("missing");
+            let err = read_file(Path::new("missing.toml")).expect_err("missing");
             assert!(
                 err.to_string().contains("missing.toml: no such file"),
                 "{err}"
@@ -729,7 +729,7 @@ mod tests {
                     "im.toml",
                     &format!("[engine]\n{key} = 12345678901234567890123\n"),
                 )?;
-                let err = check_tables(Path::new("im.toml")).expect_err("beyond 64 bits");
+                let err = read_file(Path::new("im.toml")).expect_err("beyond 64 bits");
                 let text = err.to_string();
                 assert!(
                     text.contains(&format!("line 2: {key} in [engine] is out of range")),
@@ -793,7 +793,7 @@ mod tests {
                 "{text}"
             );
             jail.create_file("im.toml", "\"engine\\nFAKE LINE\" = 2\n")?;
-            let err = check_tables(Path::new("im.toml")).expect_err("an unknown table");
+            let err = read_file(Path::new("im.toml")).expect_err("an unknown table");
             let text = err.to_string();
             assert!(text.contains("holds `engine\\nFAKE LINE`"), "{text}");
             Ok(())
@@ -829,7 +829,7 @@ mod tests {
                 ("[engine]\nshards = # none\n", 10),
             ] {
                 jail.create_file("im.toml", text)?;
-                let err = check_tables(Path::new("im.toml")).expect_err("no value");
+                let err = read_file(Path::new("im.toml")).expect_err("no value");
                 assert_eq!(
                     err.to_string(),
                     format!(
@@ -840,7 +840,7 @@ mod tests {
                 );
             }
             jail.create_file("im.toml", "[engine\nshards = 2\n")?;
-            let err = check_tables(Path::new("im.toml")).expect_err("no closing bracket");
+            let err = read_file(Path::new("im.toml")).expect_err("no closing bracket");
             assert_eq!(
                 err.to_string(),
                 "cannot read the settings file im.toml: line 1, column 8: invalid table header: \
@@ -855,24 +855,29 @@ mod tests {
         Jail::expect_with(|jail| {
             let comment = format!("# {}\n", "x".repeat(1022));
             jail.create_file("big.toml", &format!("[engine]\n{}", comment.repeat(2048)))?;
-            let err = check_tables(Path::new("big.toml")).expect_err("2 MiB");
+            let err = read_file(Path::new("big.toml")).expect_err("2 MiB");
             assert_eq!(
                 err.to_string(),
                 "cannot read the settings file big.toml: it is larger than the maximum of \
                  1048576 bytes (1 MiB) for a settings file"
             );
             jail.create_file("fits.toml", &format!("[engine]\n{}", comment.repeat(1000)))?;
-            check_tables(Path::new("fits.toml")).expect("1000 KiB");
+            read_file(Path::new("fits.toml")).expect("1000 KiB");
             Ok(())
         });
     }
 
     #[test]
-    fn endless_device_is_rejected() {
-        let err = check_tables(Path::new("/dev/zero")).expect_err("endless");
-        let text = err.to_string();
-        assert!(text.contains("/dev/zero"), "{text}");
-        assert!(text.contains("1048576 bytes"), "{text}");
+    fn devices_other_than_dev_null_are_rejected_unread() {
+        for device in ["/dev/zero", "/dev/tty", "/dev/urandom"] {
+            if !Path::new(device).exists() {
+                continue;
+            }
+            let err = read_file(Path::new(device)).expect_err("a device");
+            let text = err.to_string();
+            assert!(text.contains(device), "{text}");
+            assert!(text.contains("it is a device"), "{text}");
+        }
     }
 
     #[test]
@@ -884,7 +889,7 @@ mod tests {
                 .status()
                 .expect("mkfifo runs");
             assert!(status.success(), "mkfifo {}", fifo.display());
-            let err = check_tables(&fifo).expect_err("a FIFO");
+            let err = read_file(&fifo).expect_err("a FIFO");
             let text = err.to_string();
             assert!(
                 text.contains("im.toml: it is a FIFO (named pipe)"),
