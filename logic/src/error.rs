@@ -52,6 +52,23 @@ pub enum LogicError {
         /// The rule the value breaks.
         reason: &'static str,
     },
+    /// A text field contains a control character (Unicode category Cc).
+    #[error(
+        "invalid {field}: contains control character U+{code_point:04X} at character \
+         {position}; remove it"
+    )]
+    ControlCharacter {
+        /// The field, as named in the .proto file.
+        field: &'static str,
+        /// The first control character found.
+        code_point: u32,
+        /// Its position in the field, in characters from 0.
+        position: usize,
+    },
+    /// The request message does not decode, because it is not valid protobuf or a string field
+    /// is not UTF-8. The text is the decoder's, which names the message and the field.
+    #[error("invalid request message: {0}")]
+    Undecodable(String),
     /// A request field is above the limit that this server is configured with.
     #[error("invalid {field}: {value} is above this server's maximum of {max}")]
     AboveMaximum {
@@ -80,9 +97,9 @@ pub enum LogicError {
     /// The device id belongs to another user.
     #[error("device belongs to another user")]
     DeviceNotOwned,
-    /// The username is already registered.
-    #[error("username already taken")]
-    UsernameTaken,
+    /// The username, in any letter case, is already registered.
+    #[error("username {0} is taken (usernames match in any letter case); choose another")]
+    UsernameTaken(String),
     /// The request metadata lacks a credential of the caller, or it does not parse.
     #[error("missing or malformed {0} metadata")]
     MissingCredentials(&'static str),
@@ -98,11 +115,20 @@ pub enum LogicError {
         max: u32,
     },
     /// The receiving user or group does not exist.
-    #[error("receiving {0} not found")]
-    ReceiverNotFound(&'static str),
-    /// A direct message to a user who is neither a friend nor open to strangers.
-    #[error("the receiver accepts direct messages only from friends")]
-    NotFriend,
+    #[error("receiving {kind} {id} not found")]
+    ReceiverNotFound {
+        /// "user" or "group".
+        kind: &'static str,
+        /// The request's `receiver_id`.
+        id: u64,
+    },
+    /// A direct message to a user, with this id, who is neither a friend nor open to
+    /// strangers.
+    #[error(
+        "user {0} accepts direct messages only from friends: become friends first (one of you \
+         sends RequestFriend, the other AcceptFriend)"
+    )]
+    NotFriend(u64),
     /// A group member added by a user who is neither a friend of the member nor allowed by
     /// the member's `open` setting.
     #[error(
@@ -110,24 +136,28 @@ pub enum LogicError {
          RequestFriend, the other AcceptFriend)"
     )]
     NotFriendToAdd(u64),
-    /// The caller is not a member of the group.
-    #[error("not a member of the group")]
-    NotGroupMember,
+    /// The caller is not a member of the group with this id.
+    #[error("not a member of group {0}")]
+    NotGroupMember(u64),
     /// The group would have more than `max_group_members` members.
-    #[error("a group has at most {max} members")]
+    #[error("a group has at most {max} members, but this request would give it {members}")]
     GroupFull {
         /// `max_group_members`.
         max: u32,
+        /// The members the group would have after the request, its owner included.
+        members: usize,
     },
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
-    /// The friend request, friendship or group member already exists.
-    #[error("{0} already exists")]
-    AlreadyExists(&'static str),
-    /// The named user, friend request, group or group member does not exist.
-    #[error("{0} not found")]
-    NotFound(&'static str),
+    /// The friend request, friendship or group member already exists. The text is a sentence
+    /// that names it, such as "user 7 is a member of group 3 already".
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The user, friend request, group or group member does not exist. The text is a sentence
+    /// that names it, such as "user 7 not found".
+    #[error("{0}")]
+    NotFound(String),
     /// A PostgreSQL request failed.
     #[error("PostgreSQL request failed")]
     Database(#[source] tokio_postgres::Error),
@@ -154,23 +184,24 @@ impl LogicError {
     /// Returns the code the device receives.
     pub fn code(&self) -> ErrorCode {
         match self {
-            LogicError::InvalidArgument { .. } | LogicError::AboveMaximum { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            LogicError::InvalidArgument { .. }
+            | LogicError::ControlCharacter { .. }
+            | LogicError::Undecodable(_)
+            | LogicError::AboveMaximum { .. } => ErrorCode::InvalidArgument,
             LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
             LogicError::TokenInvalid => ErrorCode::TokenInvalid,
             LogicError::TokenExpired => ErrorCode::TokenExpired,
             LogicError::TokenRevoked => ErrorCode::TokenRevoked,
             LogicError::DeviceUnknown => ErrorCode::DeviceUnknown,
             LogicError::DeviceNotOwned => ErrorCode::DeviceNotOwned,
-            LogicError::UsernameTaken => ErrorCode::UsernameTaken,
+            LogicError::UsernameTaken(_) => ErrorCode::UsernameTaken,
             // The token check's own code: the device must present its identity and token.
             LogicError::MissingCredentials(_) => ErrorCode::TokenInvalid,
             LogicError::ContentEmpty => ErrorCode::ContentEmpty,
             LogicError::ContentTooLarge { .. } => ErrorCode::ContentTooLarge,
-            LogicError::ReceiverNotFound(_) => ErrorCode::ReceiverNotFound,
-            LogicError::NotFriend | LogicError::NotFriendToAdd(_) => ErrorCode::NotFriend,
-            LogicError::NotGroupMember => ErrorCode::NotGroupMember,
+            LogicError::ReceiverNotFound { .. } => ErrorCode::ReceiverNotFound,
+            LogicError::NotFriend(_) | LogicError::NotFriendToAdd(_) => ErrorCode::NotFriend,
+            LogicError::NotGroupMember(_) => ErrorCode::NotGroupMember,
             LogicError::GroupFull { .. } => ErrorCode::GroupFull,
             LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             LogicError::AlreadyExists(_) => ErrorCode::AlreadyExists,
@@ -336,7 +367,7 @@ mod tests {
                 ErrorCode::DeviceNotOwned,
             ),
             (
-                LogicError::UsernameTaken,
+                LogicError::UsernameTaken("bob".to_owned()),
                 Code::AlreadyExists,
                 ErrorCode::UsernameTaken,
             ),
@@ -369,12 +400,15 @@ mod tests {
                 ErrorCode::ContentTooLarge,
             ),
             (
-                LogicError::ReceiverNotFound("group"),
+                LogicError::ReceiverNotFound {
+                    kind: "group",
+                    id: 7,
+                },
                 Code::NotFound,
                 ErrorCode::ReceiverNotFound,
             ),
             (
-                LogicError::NotFriend,
+                LogicError::NotFriend(7),
                 Code::PermissionDenied,
                 ErrorCode::NotFriend,
             ),
@@ -384,17 +418,17 @@ mod tests {
                 ErrorCode::NotFriend,
             ),
             (
-                LogicError::GroupFull { max: 5 },
+                LogicError::GroupFull { max: 5, members: 6 },
                 Code::FailedPrecondition,
                 ErrorCode::GroupFull,
             ),
             (
-                LogicError::AlreadyExists("friend request"),
+                LogicError::AlreadyExists("friend request to user 7 is pending already".to_owned()),
                 Code::AlreadyExists,
                 ErrorCode::AlreadyExists,
             ),
             (
-                LogicError::NotFound("group"),
+                LogicError::NotFound("group 7 not found".to_owned()),
                 Code::NotFound,
                 ErrorCode::NotFound,
             ),

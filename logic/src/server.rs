@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use im_proto::v1::device_int_service_server::DeviceIntServiceServer;
-use im_proto::v1::logic_ext_service_server::LogicExtServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -329,7 +328,7 @@ async fn serve(
             DeviceService::new(logic.clone()),
             check_secret,
         ))
-        .add_service(LogicExtServiceServer::new(ExtService::new(logic)));
+        .add_service(ExtService::new(logic).into_server());
     let shutdown = async {
         // A dropped sender also stops the server, because no other handle could stop it.
         let _ = stopped.await;

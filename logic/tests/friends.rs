@@ -392,3 +392,55 @@ async fn failed_friend_changes_push_no_notice() {
     node.assert_no_more_notices().await;
     logic.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn friend_errors_name_the_other_user() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let a = new_device(&mut logic.client, "fname", conn(NODE, 1)).await;
+    let b = new_device(&mut logic.client, "fname", conn(NODE, 2)).await;
+    let c = new_device(&mut logic.client, "fname", conn(NODE, 3)).await;
+    ext.request_friend(as_device(&a, to(&b)))
+        .await
+        .expect("request");
+    make_friends(&mut ext, &a, &c).await;
+    let unknown = i64::MAX as u64;
+
+    let pending = ext
+        .request_friend(as_device(&a, to(&b)))
+        .await
+        .expect_err("pending");
+    let friends = ext
+        .request_friend(as_device(&a, to(&c)))
+        .await
+        .expect_err("friends");
+    let missing = ext
+        .request_friend(as_device(&a, FriendRequest { user_id: unknown }))
+        .await
+        .expect_err("unknown user");
+    let no_request = ext
+        .accept_friend(as_device(&c, to(&b)))
+        .await
+        .expect_err("no request to accept");
+    let no_pair = ext
+        .remove_friend(as_device(&b, to(&c)))
+        .await
+        .expect_err("nothing to remove");
+
+    let cases = [
+        (pending, ErrorCode::AlreadyExists, b.user_id, "pending"),
+        (friends, ErrorCode::AlreadyExists, c.user_id, "friends"),
+        (missing, ErrorCode::NotFound, unknown, "unknown user"),
+        (no_request, ErrorCode::NotFound, b.user_id, "no request"),
+        (no_pair, ErrorCode::NotFound, c.user_id, "no pair"),
+    ];
+    for (status, expected, named, case) in cases {
+        assert_eq!(error_code(&status), expected, "{case}");
+        assert!(
+            status.message().contains(&named.to_string()),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    logic.server.shutdown().await;
+}

@@ -797,3 +797,239 @@ async fn adds_and_unfriends_do_not_deadlock() {
     }
     logic.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn group_names_reject_control_characters() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "ctl_owner", conn(NODE, 1)).await;
+    let cases = [
+        (
+            "nul\0byte",
+            "name",
+            "NUL, which PostgreSQL text cannot hold",
+        ),
+        ("two\nlines", "U+000A", "line feed"),
+        ("bell\u{7}", "U+0007", "bell"),
+        ("\u{1b}[31mred", "U+001B", "terminal escape"),
+        ("c1\u{85}", "U+0085", "C1 control"),
+        ("   ", "white space", "only spaces"),
+        ("\u{3000}\u{a0}", "white space", "only other white space"),
+    ];
+
+    for (name, named, case) in cases {
+        let request = CreateGroupRequest {
+            name: name.to_owned(),
+            member_ids: Vec::new(),
+        };
+        let status = ext
+            .create_group(as_device(&owner, request))
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument, "{case}");
+        assert!(
+            status.message().contains("name"),
+            "{case}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(named),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    let listed = ext
+        .list_groups(as_device(&owner, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.groups.is_empty(), "no rejected name was stored");
+
+    let request = CreateGroupRequest {
+        name: "Ünïcode 👋 tab-free".to_owned(),
+        member_ids: Vec::new(),
+    };
+    let group = ext
+        .create_group(as_device(&owner, request))
+        .await
+        .expect("printable Unicode passes")
+        .into_inner();
+    assert_eq!(group.name, "Ünïcode 👋 tab-free");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn zero_ids_in_group_calls_are_invalid() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "zero_owner", conn(NODE, 1)).await;
+    let member = new_device(&mut logic.client, "zero_member", conn(NODE, 2)).await;
+    let group = create_group(&mut ext, &owner, &[&member]).await;
+
+    let get = ext
+        .get_group(as_device(&owner, GetGroupRequest { group_id: 0 }))
+        .await
+        .expect_err("group 0");
+    let create = ext
+        .create_group(as_device(
+            &owner,
+            CreateGroupRequest {
+                name: "zero".to_owned(),
+                member_ids: vec![member.user_id, 0],
+            },
+        ))
+        .await
+        .expect_err("member 0");
+    let add_to_zero = ext
+        .add_group_members(as_device(&owner, members(0, &[&member])))
+        .await
+        .expect_err("add to group 0");
+    let add_zero = ext
+        .add_group_members(as_device(
+            &owner,
+            GroupMembersRequest {
+                group_id: group.group_id,
+                user_ids: vec![0],
+            },
+        ))
+        .await
+        .expect_err("add user 0");
+    let remove_from_zero = ext
+        .remove_group_members(as_device(&owner, members(0, &[&member])))
+        .await
+        .expect_err("remove from group 0");
+    let remove_zero = ext
+        .remove_group_members(as_device(
+            &owner,
+            GroupMembersRequest {
+                group_id: group.group_id,
+                user_ids: vec![member.user_id, 0],
+            },
+        ))
+        .await
+        .expect_err("remove user 0");
+
+    let cases = [
+        (get, "group_id", "GetGroup"),
+        (create, "member_ids", "CreateGroup"),
+        (add_to_zero, "group_id", "AddGroupMembers to group 0"),
+        (add_zero, "user_ids", "AddGroupMembers of user 0"),
+        (
+            remove_from_zero,
+            "group_id",
+            "RemoveGroupMembers from group 0",
+        ),
+        (remove_zero, "user_ids", "RemoveGroupMembers of user 0"),
+    ];
+    for (status, field, case) in cases {
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument, "{case}");
+        assert!(
+            status.message().contains(field),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    let unchanged = ext
+        .get_group(as_device(
+            &owner,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(unchanged.member_ids, group.member_ids);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn group_errors_name_the_user_and_group() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "name_owner", conn(NODE, 1)).await;
+    let member = new_device(&mut logic.client, "name_member", conn(NODE, 2)).await;
+    let outsider = new_device(&mut logic.client, "name_out", conn(NODE, 3)).await;
+    let group = create_group(&mut ext, &owner, &[&member]).await;
+    let group_id = group.group_id.to_string();
+    let unknown_user = i64::MAX as u64;
+    let unknown_group = i64::MAX as u64;
+
+    let add_self = ext
+        .add_group_members(as_device(&owner, members(group.group_id, &[&owner])))
+        .await
+        .expect_err("the owner adds itself again");
+    assert_eq!(error_code(&add_self), ErrorCode::AlreadyExists);
+    let message = add_self.message();
+    assert!(message.contains(&owner.user_id.to_string()), "{message}");
+    assert!(message.contains(&group_id), "{message}");
+
+    let add_unknown = ext
+        .add_group_members(as_device(
+            &owner,
+            GroupMembersRequest {
+                group_id: group.group_id,
+                user_ids: vec![unknown_user],
+            },
+        ))
+        .await
+        .expect_err("an unknown user");
+    assert_eq!(error_code(&add_unknown), ErrorCode::NotFound);
+    let message = add_unknown.message();
+    assert!(message.contains(&unknown_user.to_string()), "{message}");
+
+    let remove_outsider = ext
+        .remove_group_members(as_device(&owner, members(group.group_id, &[&outsider])))
+        .await
+        .expect_err("a user outside the group");
+    assert_eq!(error_code(&remove_outsider), ErrorCode::NotFound);
+    let message = remove_outsider.message();
+    assert!(message.contains(&outsider.user_id.to_string()), "{message}");
+    assert!(message.contains(&group_id), "{message}");
+
+    let get_unknown = ext
+        .get_group(as_device(
+            &owner,
+            GetGroupRequest {
+                group_id: unknown_group,
+            },
+        ))
+        .await
+        .expect_err("an unknown group");
+    assert_eq!(error_code(&get_unknown), ErrorCode::NotFound);
+    let message = get_unknown.message();
+    assert!(message.contains(&unknown_group.to_string()), "{message}");
+
+    let read_outside = ext
+        .get_group(as_device(
+            &outsider,
+            GetGroupRequest {
+                group_id: group.group_id,
+            },
+        ))
+        .await
+        .expect_err("a non-member reads the group");
+    assert_eq!(error_code(&read_outside), ErrorCode::NotGroupMember);
+    let message = read_outside.message();
+    assert!(message.contains(&group_id), "{message}");
+
+    // Ids far above any registered user, so the group would have these and the owner.
+    let crowd: Vec<u64> = (1 << 40..).take(100_000).collect();
+    let too_many = ext
+        .create_group(as_device(
+            &owner,
+            CreateGroupRequest {
+                name: "crowd".to_owned(),
+                member_ids: crowd,
+            },
+        ))
+        .await
+        .expect_err("100,000 members");
+    assert_eq!(error_code(&too_many), ErrorCode::GroupFull);
+    let message = too_many.message();
+    assert!(message.contains(&MAX_MEMBERS.to_string()), "{message}");
+    assert!(message.contains("100001"), "{message}");
+    logic.server.shutdown().await;
+}

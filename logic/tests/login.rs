@@ -208,6 +208,60 @@ async fn login_without_conn_is_invalid_argument() {
     logic.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn login_rejects_control_characters_in_device() {
+    let mut logic = TestLogic::start_default().await;
+    let username = unique_name("devinfo");
+    let user_id = register(&mut logic.client, &username).await;
+    let info = |platform: &str, model: &str, app_version: &str| im_proto::v1::DeviceInfo {
+        platform: platform.to_owned(),
+        model: model.to_owned(),
+        app_version: app_version.to_owned(),
+    };
+    let cases = [
+        (info("we\0b", "m", "1"), "device.platform", "NUL"),
+        (info("web", "two\nlines", "1"), "device.model", "line feed"),
+        (
+            info("web", "m", "\u{1b}[2J"),
+            "device.app_version",
+            "escape",
+        ),
+    ];
+
+    for (device, field, case) in cases {
+        let request = im_proto::v1::ConnLoginRequest {
+            login: Some(im_proto::v1::LoginRequest {
+                username: username.clone(),
+                password: common::PASSWORD.to_owned(),
+                device_id: 0,
+                device: Some(device),
+            }),
+            conn: Some(conn(NODE, 1)),
+            client_addr: "127.0.0.1:40000".to_owned(),
+        };
+        let status = logic.client.conn_login(request).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument, "{case}");
+        assert!(
+            status.message().contains(field),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    let user_id = i64::try_from(user_id).expect("bigint id");
+    let devices: i64 = common::postgres()
+        .await
+        .query_one(
+            "SELECT count(*) FROM devices WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await
+        .expect("count devices")
+        .get(0);
+    assert_eq!(devices, 0, "no rejected login created a device");
+    logic.server.shutdown().await;
+}
+
 fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -46,6 +46,24 @@ async fn register_duplicate_username_is_taken() {
 }
 
 #[tokio::test]
+async fn register_taken_error_names_the_username() {
+    let mut logic = TestLogic::start_default().await;
+    let username = unique_name("named");
+    register(&mut logic.client, &username).await;
+    let upper = username.to_uppercase();
+
+    let status = logic
+        .client
+        .register(request(&upper, "another password"))
+        .await
+        .expect_err("taken");
+
+    assert_eq!(error_code(&status), ErrorCode::UsernameTaken);
+    assert!(status.message().contains(&upper), "{}", status.message());
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn register_username_in_other_case_is_taken() {
     let mut logic = TestLogic::start_default().await;
     let username = unique_name("case");

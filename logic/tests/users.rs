@@ -2,9 +2,13 @@
 
 mod common;
 
+use bytes::{Buf, BufMut};
 use common::{as_device, conn, error_code, new_user_device, TestLogic, NODE};
 use im_proto::v1::{ErrorCode, FindUserRequest, GetUserRequest, ListGroupsRequest};
-use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 #[tokio::test]
 async fn get_and_find_user_show_the_open_flag() {
@@ -155,5 +159,128 @@ async fn calls_without_valid_credentials_are_unauthenticated() {
     ext.list_groups(as_device(&device, ListGroupsRequest {}))
         .await
         .expect("valid credentials pass");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_lookup_errors_name_the_value() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let (_, caller) = new_user_device(&mut logic.client, "namer", false, conn(NODE, 1)).await;
+    let unknown = i64::MAX as u64;
+
+    let zero = ext
+        .get_user(as_device(&caller, GetUserRequest { user_id: 0 }))
+        .await
+        .expect_err("user 0");
+    let by_id = ext
+        .get_user(as_device(&caller, GetUserRequest { user_id: unknown }))
+        .await
+        .expect_err("unknown id");
+    let by_name = ext
+        .find_user(as_device(
+            &caller,
+            FindUserRequest {
+                username: "nobody_by_this_name".to_owned(),
+            },
+        ))
+        .await
+        .expect_err("unknown name");
+
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    assert_eq!(error_code(&zero), ErrorCode::InvalidArgument);
+    assert!(zero.message().contains("user_id"), "{}", zero.message());
+    assert_eq!(error_code(&by_id), ErrorCode::NotFound);
+    assert!(
+        by_id.message().contains(&unknown.to_string()),
+        "{}",
+        by_id.message()
+    );
+    assert_eq!(error_code(&by_name), ErrorCode::NotFound);
+    assert!(
+        by_name.message().contains("nobody_by_this_name"),
+        "{}",
+        by_name.message()
+    );
+    logic.server.shutdown().await;
+}
+
+/// Sends and receives message bytes as they are, so that a test can send what the typed client
+/// cannot encode, such as a string field that is not UTF-8.
+struct RawCodec;
+
+struct RawCoder;
+
+impl Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut message = vec![0; src.remaining()];
+        src.copy_to_slice(&mut message);
+        Ok(Some(message))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    let mut logic = TestLogic::start_default().await;
+    let (_, caller) = new_user_device(&mut logic.client, "raw", false, conn(NODE, 1)).await;
+    let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
+        .expect("valid URI")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let cases: [(&[u8], &str); 2] = [
+        // FindUserRequest.username (field 1, length 3) with bytes that are not UTF-8.
+        (&[0x0a, 0x03, 0xff, 0xfe, b'a'], "string not UTF-8"),
+        // Field 1 claims 16 bytes, and 1 follows.
+        (&[0x0a, 0x10, b'a'], "truncated message"),
+    ];
+
+    for (message, case) in cases {
+        grpc.ready().await.expect("channel ready");
+        let status = grpc
+            .unary(
+                as_device(&caller, message.to_vec()),
+                PathAndQuery::from_static("/im.v1.LogicExtService/FindUser"),
+                RawCodec,
+            )
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(error_code(&status), ErrorCode::InvalidArgument, "{case}");
+        assert!(
+            status.message().contains("FindUserRequest.username"),
+            "{case}: {}",
+            status.message()
+        );
+    }
     logic.server.shutdown().await;
 }

@@ -361,6 +361,45 @@ async fn grpc_web_rejects_bad_token() {
 }
 
 #[tokio::test]
+async fn grpc_web_undecodable_request_is_invalid() {
+    let root = WebRoot::create();
+    let mut logic = start_with_root(&root.root).await;
+    let addr = web_addr(&logic);
+    let (_, device) =
+        new_user_device(&mut logic.client, "webraw", false, common::conn(NODE, 1)).await;
+    // FindUserRequest.username (field 1, length 3) with bytes that are not UTF-8.
+    let payload = [0x0a, 0x03, 0xff, 0xfe, b'a'];
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let head = format!(
+        "POST /im.v1.LogicExtService/FindUser HTTP/1.1\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         im-user-id: {}\r\nim-device-id: {}\r\nim-token: {}",
+        device.user_id, device.device_id, device.token
+    );
+
+    let response = request(addr, &head, &body).await;
+
+    assert_eq!(response.status, 200, "gRPC errors travel in grpc-status");
+    let (messages, trailers) = grpc_web_frames(&response.body);
+    assert!(messages.is_empty(), "no reply message");
+    assert_eq!(
+        grpc_status(&response, &trailers).as_deref(),
+        Some("3"),
+        "INVALID_ARGUMENT: {:?}",
+        response.headers
+    );
+    assert_eq!(
+        response.header("im-error-code"),
+        Some("5"),
+        "the INVALID_ARGUMENT error code: {:?}",
+        response.headers
+    );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn empty_web_addr_turns_server_off() {
     let logic = TestLogic::start(test_config()).await;
     assert_eq!(logic.server.web_addr(), None);

@@ -9,6 +9,7 @@ use im_proto::v1::{
 };
 
 use super::register::{validate_password, validate_username};
+use super::text::check_no_control;
 use super::{presence, CallIds, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
@@ -327,6 +328,7 @@ fn validate_device_info(info: &DeviceInfo) -> Result<(), LogicError> {
         if value.len() > max {
             return Err(LogicError::InvalidArgument { field, reason });
         }
+        check_no_control(field, value)?;
     }
     Ok(())
 }

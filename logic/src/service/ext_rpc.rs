@@ -2,17 +2,22 @@
 //! Register, ServerSend and KickDevice first authenticates the calling user from the request
 //! metadata; ServerSend and KickDevice check the server secret instead.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use im_proto::v1::logic_ext_service_server::LogicExtService;
+use im_proto::v1::logic_ext_service_server::{LogicExtService, LogicExtServiceServer};
 use im_proto::v1::{
     CreateGroupRequest, FindUserRequest, FriendReply, FriendRequest, GetGroupRequest,
     GetUserRequest, GroupInfo, GroupMembersRequest, KickDeviceReply, KickDeviceRequest,
     ListFriendsReply, ListFriendsRequest, ListGroupsReply, ListGroupsRequest, LogoutReply,
     LogoutRequest, RegisterReply, RegisterRequest, SendReply, ServerSendRequest, UserInfo,
 };
-use tonic::{Request, Response, Status};
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status};
 
 use super::caller::{self, Caller, Credentials};
 use super::{friends, groups, messages, register, respond, revoke, users, CallIds, Logic};
@@ -29,6 +34,14 @@ impl ExtService {
     /// Serves calls with `logic`.
     pub fn new(logic: Arc<Logic>) -> ExtService {
         ExtService { logic }
+    }
+
+    /// Returns the tower service that serves these calls over HTTP/2 or, behind
+    /// `tonic_web::GrpcWebLayer`, over gRPC-Web.
+    pub fn into_server(self) -> ExtServer {
+        ExtServer {
+            inner: LogicExtServiceServer::new(self),
+        }
     }
 
     /// Authenticates the calling user from the metadata of `request`, then runs `handler` as
@@ -189,4 +202,62 @@ impl LogicExtService for ExtService {
         let call = messages::server_send(&self.logic, &credentials, request);
         respond(&self.logic, Method::ServerSend, &ids, call).await
     }
+}
+
+/// Start of the text of prost's `DecodeError`, which tonic-prost 0.14 (`from_decode_error`)
+/// returns with code INTERNAL when a request message does not decode.
+const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+
+/// `LogicExtServiceServer` that rejects a request whose message does not decode, such as a
+/// string field that is not UTF-8, with INVALID_ARGUMENT and the `im-error-code` of every other
+/// rejected call. tonic-prost returns INTERNAL without an error code there, citing gRPC's table
+/// of status codes, but the caller sent the bad bytes and is the one to fix the request.
+#[derive(Clone)]
+pub struct ExtServer {
+    inner: LogicExtServiceServer<ExtService>,
+}
+
+impl NamedService for ExtServer {
+    const NAME: &'static str = <LogicExtServiceServer<ExtService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for ExtServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(reject_undecodable(&path, response))
+        })
+    }
+}
+
+/// Turns a trailers-only response that reports an undecodable request into INVALID_ARGUMENT;
+/// returns every other response unchanged. tonic rejects such a request before the handler
+/// runs, so the response carries its status in the headers.
+fn reject_undecodable(path: &str, response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers();
+    if headers.get("grpc-status").map(|value| value.as_bytes()) != Some(b"13") {
+        return response;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return response;
+    };
+    if status.code() != Code::Internal || !status.message().starts_with(DECODE_ERROR_PREFIX) {
+        return response;
+    }
+    tracing::debug!(
+        path,
+        error = status.message(),
+        "request rejected: its message does not decode"
+    );
+    Status::from(LogicError::Undecodable(status.message().to_owned())).into_http()
 }

@@ -63,7 +63,9 @@ pub async fn accept_friend(
             let tx = client.transaction().await?;
             let state = friendships::lock_pair(&tx, caller.user, other).await?;
             if state != Some(PairState::Requested { by: other }) {
-                return Err(LogicError::NotFound("friend request"));
+                return Err(LogicError::NotFound(format!(
+                    "no pending friend request from user {other}"
+                )));
             }
             friendships::accept_pair(&tx, caller.user, other).await?;
             tx.commit().await?;
@@ -95,7 +97,9 @@ pub async fn remove_friend(
                 .await?
                 .is_none()
             {
-                return Err(LogicError::NotFound("friend"));
+                return Err(LogicError::NotFound(format!(
+                    "user {other} is neither a friend nor in a pending friend request with you"
+                )));
             }
             friendships::delete_pair(&tx, caller.user, other).await?;
             tx.commit().await?;
@@ -156,9 +160,15 @@ async fn request_or_accept(
             return Ok(NoticeKind::FriendRequested);
         }
         match friendships::lock_pair(tx, user, other).await? {
-            Some(PairState::Accepted) => return Err(LogicError::AlreadyExists("friendship")),
+            Some(PairState::Accepted) => {
+                return Err(LogicError::AlreadyExists(format!(
+                    "user {other} is your friend already"
+                )))
+            }
             Some(PairState::Requested { by }) if by == user => {
-                return Err(LogicError::AlreadyExists("friend request"))
+                return Err(LogicError::AlreadyExists(format!(
+                    "your friend request to user {other} is pending already"
+                )))
             }
             // The other user asked first: this request accepts theirs.
             Some(PairState::Requested { .. }) => {

@@ -16,6 +16,7 @@ use im_proto::v1::{
 
 use super::caller::Caller;
 use super::notices::group_notice;
+use super::text::check_no_control;
 use super::Logic;
 use crate::error::LogicError;
 use crate::ids::{GroupId, UserId};
@@ -29,7 +30,8 @@ const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
 ///
 /// # Errors
 ///
-/// [`LogicError::InvalidArgument`] for a name outside 1 to 64 characters,
+/// [`LogicError::InvalidArgument`] for a name outside 1 to 64 characters or of white space only,
+/// or a member id 0, [`LogicError::ControlCharacter`] for a name with a control character,
 /// [`LogicError::GroupFull`] for more than `max_group_members` members,
 /// [`LogicError::NotFound`] when a member does not exist, [`LogicError::NotFriendToAdd`] when a
 /// member is neither the caller's friend nor open; store errors.
@@ -39,7 +41,7 @@ pub async fn create_group(
     request: CreateGroupRequest,
 ) -> Result<GroupInfo, LogicError> {
     validate_name(&request.name)?;
-    let mut members = distinct_users(&request.member_ids);
+    let mut members = distinct_users("member_ids", &request.member_ids)?;
     if let Err(at) = members.binary_search(&caller.user) {
         members.insert(at, caller.user);
     }
@@ -71,8 +73,9 @@ pub async fn create_group(
 ///
 /// # Errors
 ///
-/// [`LogicError::InvalidArgument`] for an empty list, [`LogicError::NotFound`] for an unknown
-/// group or user, [`LogicError::NotGroupMember`] when the caller is not a member,
+/// [`LogicError::InvalidArgument`] for group 0, an empty list or user 0,
+/// [`LogicError::NotFound`] for an unknown group or user, [`LogicError::NotGroupMember`] when
+/// the caller is not a member,
 /// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
 /// [`LogicError::GroupFull`], [`LogicError::NotFriendToAdd`] when one of them is neither the
 /// caller's friend nor open (no user is added); store errors.
@@ -81,16 +84,21 @@ pub async fn add_group_members(
     caller: Caller,
     request: GroupMembersRequest,
 ) -> Result<GroupInfo, LogicError> {
+    let group = requested_group(request.group_id)?;
     let added = requested_users(&request)?;
-    let group = GroupId(request.group_id);
     let (info, members) = logic
         .pg
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
             let tx = client.transaction().await?;
             let (head, mut members) = lock_as_member(&tx, group, caller).await?;
-            if added.iter().any(|user| members.binary_search(user).is_ok()) {
-                return Err(LogicError::AlreadyExists("group member"));
+            if let Some(user) = added
+                .iter()
+                .find(|user| members.binary_search(user).is_ok())
+            {
+                return Err(LogicError::AlreadyExists(format!(
+                    "user {user} is a member of group {group} already"
+                )));
             }
             check_size(logic, members.len() + added.len())?;
             check_may_add(&tx, caller, &added).await?;
@@ -113,17 +121,18 @@ pub async fn add_group_members(
 ///
 /// # Errors
 ///
-/// [`LogicError::InvalidArgument`] for an empty list, [`LogicError::NotFound`] for an unknown
-/// group or a user who is not a member, [`LogicError::NotGroupMember`] when the caller is not
-/// a member, [`LogicError::PermissionDenied`] when a member who is not the owner removes
-/// someone else; store errors.
+/// [`LogicError::InvalidArgument`] for group 0, an empty list or user 0.
+/// [`LogicError::NotFound`] for an unknown group or a user who is not a member.
+/// [`LogicError::NotGroupMember`] when the caller is not a member.
+/// [`LogicError::PermissionDenied`] when a member who is not the owner removes someone else.
+/// Store errors.
 pub async fn remove_group_members(
     logic: &Logic,
     caller: Caller,
     request: GroupMembersRequest,
 ) -> Result<GroupInfo, LogicError> {
+    let group = requested_group(request.group_id)?;
     let removed = requested_users(&request)?;
-    let group = GroupId(request.group_id);
     let (info, members) = logic
         .pg
         .with_deadline(async {
@@ -135,11 +144,13 @@ pub async fn remove_group_members(
                     "only the group owner removes other members",
                 ));
             }
-            if removed
+            if let Some(user) = removed
                 .iter()
-                .any(|user| members.binary_search(user).is_err())
+                .find(|user| members.binary_search(user).is_err())
             {
-                return Err(LogicError::NotFound("group member"));
+                return Err(LogicError::NotFound(format!(
+                    "user {user} is not a member of group {group}"
+                )));
             }
             group_members::delete_many(&tx, group, &removed).await?;
             let remaining: Vec<UserId> = members
@@ -185,18 +196,19 @@ pub async fn list_groups(
 ///
 /// # Errors
 ///
-/// [`LogicError::NotFound`] for an unknown group, [`LogicError::NotGroupMember`] when the caller
-/// is not a member; store errors.
+/// [`LogicError::InvalidArgument`] for group 0, [`LogicError::NotFound`] for an unknown group,
+/// [`LogicError::NotGroupMember`] when the caller is not a member; store errors.
 pub async fn get_group(
     logic: &Logic,
     caller: Caller,
     request: GetGroupRequest,
 ) -> Result<GroupInfo, LogicError> {
-    let Group { id, head, members } = groups::find(&logic.pg, GroupId(request.group_id))
+    let group = requested_group(request.group_id)?;
+    let Group { id, head, members } = groups::find(&logic.pg, group)
         .await?
-        .ok_or(LogicError::NotFound("group"))?;
+        .ok_or_else(|| group_not_found(group))?;
     if members.binary_search(&caller.user).is_err() {
-        return Err(LogicError::NotGroupMember);
+        return Err(LogicError::NotGroupMember(group.0));
     }
     Ok(group_info(id, head, &members))
 }
@@ -209,10 +221,10 @@ async fn lock_as_member(
 ) -> Result<(GroupHead, Vec<UserId>), LogicError> {
     let head = groups::lock(tx, group)
         .await?
-        .ok_or(LogicError::NotFound("group"))?;
+        .ok_or_else(|| group_not_found(group))?;
     let members = group_members::members(tx, group).await?;
     if members.binary_search(&caller.user).is_err() {
-        return Err(LogicError::NotGroupMember);
+        return Err(LogicError::NotGroupMember(group.0));
     }
     Ok((head, members))
 }
@@ -238,7 +250,7 @@ async fn check_may_add(
     let access = friendships::lock_direct_access_many(tx, caller.user, &others).await?;
     for (user, access) in others.iter().zip(access) {
         match access {
-            None => return Err(LogicError::NotFound("user")),
+            None => return Err(LogicError::NotFound(format!("user {user} not found"))),
             Some(access) if !access.open && !access.friends => {
                 return Err(LogicError::NotFriendToAdd(user.0))
             }
@@ -270,14 +282,37 @@ async fn settle_owner(
     Ok(successor)
 }
 
+/// Checks a group name: 1 to 64 characters, not white space only, and no control character.
 fn validate_name(name: &str) -> Result<(), LogicError> {
-    if NAME_CHARS.contains(&name.chars().count()) {
-        return Ok(());
+    if !NAME_CHARS.contains(&name.chars().count()) {
+        return Err(LogicError::InvalidArgument {
+            field: "name",
+            reason: "must have 1 to 64 characters",
+        });
     }
-    Err(LogicError::InvalidArgument {
-        field: "name",
-        reason: "must have 1 to 64 characters",
-    })
+    check_no_control("name", name)?;
+    if name.chars().all(char::is_whitespace) {
+        return Err(LogicError::InvalidArgument {
+            field: "name",
+            reason: "must contain a character other than white space",
+        });
+    }
+    Ok(())
+}
+
+/// Returns the group a request names, rejecting id 0.
+fn requested_group(group_id: u64) -> Result<GroupId, LogicError> {
+    if group_id == 0 {
+        return Err(LogicError::InvalidArgument {
+            field: "group_id",
+            reason: "must not be 0",
+        });
+    }
+    Ok(GroupId(group_id))
+}
+
+fn group_not_found(group: GroupId) -> LogicError {
+    LogicError::NotFound(format!("group {group} not found"))
 }
 
 /// Returns the request's users, sorted and without repeats.
@@ -288,20 +323,27 @@ fn requested_users(request: &GroupMembersRequest) -> Result<Vec<UserId>, LogicEr
             reason: "must name at least one user",
         });
     }
-    Ok(distinct_users(&request.user_ids))
+    distinct_users("user_ids", &request.user_ids)
 }
 
-fn distinct_users(ids: &[u64]) -> Vec<UserId> {
+/// Returns the users of list `field`, sorted and without repeats, rejecting user 0.
+fn distinct_users(field: &'static str, ids: &[u64]) -> Result<Vec<UserId>, LogicError> {
+    if ids.contains(&0) {
+        return Err(LogicError::InvalidArgument {
+            field,
+            reason: "must not contain user 0",
+        });
+    }
     let mut users: Vec<UserId> = ids.iter().map(|&id| UserId(id)).collect();
     users.sort_unstable();
     users.dedup();
-    users
+    Ok(users)
 }
 
 fn check_size(logic: &Logic, members: usize) -> Result<(), LogicError> {
     let max = logic.limits.max_group_members;
     if members > max as usize {
-        return Err(LogicError::GroupFull { max });
+        return Err(LogicError::GroupFull { max, members });
     }
     Ok(())
 }
@@ -322,12 +364,16 @@ mod tests {
     #[test]
     fn names_follow_the_rules() {
         assert!(validate_name("a").is_ok());
+        assert!(validate_name(" padded ").is_ok());
         assert!(
             validate_name(&"é".repeat(64)).is_ok(),
             "characters, not bytes"
         );
         assert!(validate_name("").is_err());
         assert!(validate_name(&"x".repeat(65)).is_err());
+        assert!(validate_name("a\0b").is_err());
+        assert!(validate_name("a\nb").is_err());
+        assert!(validate_name(" \u{3000}").is_err(), "white space only");
     }
 
     #[test]
@@ -344,5 +390,10 @@ mod tests {
             user_ids: Vec::new(),
         };
         assert!(requested_users(&empty).is_err());
+        let with_zero = GroupMembersRequest {
+            group_id: 1,
+            user_ids: vec![4, 0],
+        };
+        assert!(requested_users(&with_zero).is_err());
     }
 }

@@ -13,6 +13,7 @@ use im_proto::v1::{
 };
 
 use super::caller::{self, Credentials};
+use super::text::check_no_control;
 use super::{CallIds, Limits, Logic};
 use crate::error::LogicError;
 use crate::ids::{require_ids, DeviceId, UserId};
@@ -151,7 +152,10 @@ pub async fn server_send(
     };
     // A device's user exists because it signed in; a back end may name anyone.
     if users::profile(&logic.pg, sender.user).await?.is_none() {
-        return Err(LogicError::NotFound("sender"));
+        return Err(LogicError::NotFound(format!(
+            "sender user {} not found",
+            sender.user
+        )));
     }
     store_and_push(logic, sender, draft).await
 }
@@ -345,6 +349,7 @@ fn validate_content(limits: &Limits, request: &SendRequest) -> Result<(), LogicE
             reason: "longer than 64 bytes",
         });
     }
+    check_no_control("content_type", &request.content_type)?;
     let id_len = request.client_msg_id.len();
     if id_len == 0 || id_len > CLIENT_MSG_ID_MAX_BYTES {
         return Err(LogicError::InvalidArgument {
@@ -352,7 +357,7 @@ fn validate_content(limits: &Limits, request: &SendRequest) -> Result<(), LogicE
             reason: "must have 1 to 64 bytes",
         });
     }
-    Ok(())
+    check_no_control("client_msg_id", &request.client_msg_id)
 }
 
 /// Returns the message as pushed; each delivery target carries its own seq.

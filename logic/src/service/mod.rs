@@ -19,6 +19,7 @@ pub mod push;
 pub mod register;
 pub mod revoke;
 pub mod send_batch;
+pub mod text;
 pub mod token_batch;
 pub mod users;
 

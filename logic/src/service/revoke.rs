@@ -98,7 +98,9 @@ pub async fn kick_device(
     let device = (request.device_id != 0).then_some(DeviceId(request.device_id));
     if let Some(device) = device {
         if devices::find_owner(&logic.pg, device).await? != Some(user) {
-            return Err(LogicError::NotFound("device of this user"));
+            return Err(LogicError::NotFound(format!(
+                "user {user} has no device {device}"
+            )));
         }
     }
 

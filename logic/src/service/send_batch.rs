@@ -465,11 +465,12 @@ fn recipients(
 ) -> Result<Vec<UserId>, LogicError> {
     let sender = job.sender.user;
     if let Some(group) = group_of(job) {
-        let members = members
-            .get(&group)
-            .ok_or(LogicError::ReceiverNotFound("group"))?;
+        let members = members.get(&group).ok_or(LogicError::ReceiverNotFound {
+            kind: "group",
+            id: group.0,
+        })?;
         if members.binary_search(&sender).is_err() {
-            return Err(LogicError::NotGroupMember);
+            return Err(LogicError::NotGroupMember(group.0));
         }
         return Ok(members.clone());
     }
@@ -477,9 +478,12 @@ fn recipients(
     let Some(access) = direct else {
         return Ok(vec![sender]);
     };
-    let access = access.ok_or(LogicError::ReceiverNotFound("user"))?;
+    let access = access.ok_or(LogicError::ReceiverNotFound {
+        kind: "user",
+        id: receiver.0,
+    })?;
     if !access.open && !access.friends {
-        return Err(LogicError::NotFriend);
+        return Err(LogicError::NotFriend(receiver.0));
     }
     let mut users = vec![sender, receiver];
     users.sort_unstable();

@@ -13,19 +13,27 @@ use crate::store::pg::users::{self, Profile};
 ///
 /// # Errors
 ///
-/// [`LogicError::NotFound`] for an unknown user; store errors.
+/// [`LogicError::InvalidArgument`] for user 0, [`LogicError::NotFound`] for an unknown user;
+/// store errors.
 pub async fn get_user(
     logic: &Logic,
     _caller: Caller,
     request: GetUserRequest,
 ) -> Result<UserInfo, LogicError> {
-    let profile = users::profile(&logic.pg, UserId(request.user_id))
+    if request.user_id == 0 {
+        return Err(LogicError::InvalidArgument {
+            field: "user_id",
+            reason: "must not be 0",
+        });
+    }
+    let user = UserId(request.user_id);
+    let profile = users::profile(&logic.pg, user)
         .await?
-        .ok_or(LogicError::NotFound("user"))?;
+        .ok_or_else(|| LogicError::NotFound(format!("user {user} not found")))?;
     Ok(user_info(profile))
 }
 
-/// Returns the user named `request.username`; names match case-sensitively.
+/// Returns the user named `request.username`; names match in any letter case.
 ///
 /// # Errors
 ///
@@ -39,7 +47,10 @@ pub async fn find_user(
     validate_username(&request.username)?;
     let profile = users::profile_by_username(&logic.pg, &request.username)
         .await?
-        .ok_or(LogicError::NotFound("user"))?;
+        .ok_or_else(|| {
+            // The name passed the username rules, so it is plain ASCII and safe to repeat.
+            LogicError::NotFound(format!("no user is named {}", request.username))
+        })?;
     Ok(user_info(profile))
 }
 

@@ -3,16 +3,17 @@
 //! share an origin and need no CORS.
 //!
 //! gRPC-Web requests are routed by path (`/im.v1.LogicExtService/METHOD`); every other request
-//! is a static file request (see [`files`]).
+//! is a static file request (see [`files`]). [`guard`] bounds the open connections, closes idle
+//! ones and limits the time and size of request bodies.
 
 pub mod files;
+pub mod guard;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use im_proto::v1::logic_ext_service_server::LogicExtServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -22,6 +23,7 @@ use tower_layer::Layer;
 
 use crate::service::{ExtService, Logic};
 use files::StaticFiles;
+use guard::{guard_router, GuardedListener};
 
 /// Time the server gives open requests to finish after a stop before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -70,20 +72,28 @@ pub fn spawn(
     let local_addr = listener.local_addr()?;
     let files = StaticFiles::new(root);
     files.warn_if_unbuilt();
-    let grpc_web = GrpcWebLayer::new().layer(LogicExtServiceServer::new(ExtService::new(logic)));
+    let grpc_web = GrpcWebLayer::new().layer(ExtService::new(logic).into_server());
     let router = Routes::new(grpc_web)
         .prepare()
         .into_axum_router()
         .fallback(move |request| files::respond(files.clone(), request));
 
+    let max_connections = guard::max_connections();
+    let listener = GuardedListener::new(listener, max_connections, guard::IDLE_TIMEOUT);
+
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        tracing::info!(addr = %local_addr, "web server listening");
+        tracing::info!(
+            addr = %local_addr,
+            max_connections,
+            idle_timeout_s = guard::IDLE_TIMEOUT.as_secs(),
+            "web server listening"
+        );
         let shutdown = async {
             // A dropped sender also stops the server, because no other handle could stop it.
             let _ = stopped.await;
         };
-        if let Err(err) = axum::serve(listener, router)
+        if let Err(err) = axum::serve(listener, guard_router(router))
             .with_graceful_shutdown(shutdown)
             .await
         {

@@ -241,16 +241,20 @@ pub async fn insert_request(
     from: UserId,
     to: UserId,
 ) -> Result<bool, LogicError> {
-    let (Some(from_sql), Some(to_sql)) = (from.to_sql(), to.to_sql()) else {
-        return Err(LogicError::NotFound("user"));
+    let Some(from_sql) = from.to_sql() else {
+        return Err(user_not_found(from));
+    };
+    let Some(to_sql) = to.to_sql() else {
+        return Err(user_not_found(to));
     };
     let (low, high) = (from_sql.min(to_sql), from_sql.max(to_sql));
     match execute(db, INSERT_REQUEST, &[&low, &high, &from_sql]).await {
         Ok(2) => Ok(true),
         Ok(0) => Ok(false),
         Ok(_) => Err(LogicError::Internal("friendship pair has one row")),
+        // `from` is the caller, whose row exists.
         Err(LogicError::Database(err)) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            Err(LogicError::NotFound("user"))
+            Err(user_not_found(to))
         }
         Err(err) => Err(err),
     }
@@ -333,6 +337,11 @@ fn pair_state(state: &str, requested_by: UserId) -> Result<PairState, LogicError
 fn pair_to_sql(user: UserId, other: UserId) -> Result<(i64, i64), LogicError> {
     match (user.to_sql(), other.to_sql()) {
         (Some(a), Some(b)) => Ok((a, b)),
-        _ => Err(LogicError::NotFound("user")),
+        (None, _) => Err(user_not_found(user)),
+        (_, None) => Err(user_not_found(other)),
     }
+}
+
+fn user_not_found(user: UserId) -> LogicError {
+    LogicError::NotFound(format!("user {user} not found"))
 }

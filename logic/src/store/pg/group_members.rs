@@ -56,17 +56,26 @@ pub async fn insert_many(
     group: GroupId,
     users: &[UserId],
 ) -> Result<(), LogicError> {
-    let group = group_to_sql(group)?;
-    let users: Option<Vec<i64>> = users.iter().map(|user| user.to_sql()).collect();
-    let users = users.ok_or(LogicError::NotFound("user"))?;
-    match execute(db, INSERT_MANY, &[&group, &users]).await {
+    let group_id = group_to_sql(group)?;
+    let mut ids = Vec::with_capacity(users.len());
+    for user in users {
+        let id = user
+            .to_sql()
+            .ok_or_else(|| LogicError::NotFound(format!("user {user} not found")))?;
+        ids.push(id);
+    }
+    // The callers check each user before the insert, so these errors are a fallback. They name
+    // no user, because only PostgreSQL's error detail does and callers never see it.
+    match execute(db, INSERT_MANY, &[&group_id, &ids]).await {
         Ok(_) => Ok(()),
         Err(LogicError::Database(err)) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            Err(LogicError::NotFound("user"))
+            Err(LogicError::NotFound(format!(
+                "a user added to group {group} was not found"
+            )))
         }
-        Err(LogicError::Database(err)) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            Err(LogicError::AlreadyExists("group member"))
-        }
+        Err(LogicError::Database(err)) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(
+            LogicError::AlreadyExists(format!("a user added to group {group} is a member already")),
+        ),
         Err(err) => Err(err),
     }
 }

@@ -61,7 +61,7 @@ pub async fn insert(
     let row = pg
         .query_one(INSERT, &[&username, &password_hash, &open])
         .await
-        .map_err(username_taken)?;
+        .map_err(|err| username_taken(err, username))?;
     UserId::from_sql(row.try_get(0)?)
 }
 
@@ -123,10 +123,10 @@ fn profile_from_row(row: &Row) -> Result<Profile, LogicError> {
     })
 }
 
-fn username_taken(err: LogicError) -> LogicError {
+fn username_taken(err: LogicError, username: &str) -> LogicError {
     match &err {
         LogicError::Database(db) if db.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            LogicError::UsernameTaken
+            LogicError::UsernameTaken(username.to_owned())
         }
         _ => err,
     }
