@@ -12,9 +12,9 @@ use im_client::{Client, ClientError, ConversationType, ErrorCode};
 use procs::device::{sync_from_zero, SendOutcome, SendResult};
 use procs::fleet::Fleet;
 use procs::ledger::verify;
-use procs::servers::EngineSettings;
-use procs::system::{connect, open_users, test_device, System};
-use procs::{run, PASSWORD};
+use procs::servers::{scrape, EngineSettings};
+use procs::system::{connect, open_users, test_device, Account, System};
+use procs::{run, wait_for, PASSWORD};
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 
@@ -188,6 +188,15 @@ async fn redis_restart() {
             );
         }
     }
+    // Every device is marked online again: the reconnected ones wrote their status at
+    // sign-in, and the engine reported the others after its next lease renewal.
+    let devices = fleet.devices.len();
+    wait_for(
+        "every connected device is marked online again",
+        Duration::from_secs(15),
+        || async { system.online_devices().await == devices },
+    )
+    .await;
     let online_devices = system.online_devices().await;
 
     let results = load.await.expect("load task");
@@ -376,6 +385,179 @@ async fn engine_kill() {
         assert_eq!(report.counters.lost_connections, 0, "{:?}", report.counters);
     }
     verify(&fleet.ledger, &reports).assert_clean("engine kill");
+}
+
+/// Devices on the node that the lease test kills, and the lease settings of its nodes: short,
+/// so that the test waits little.
+const KILLED_NODE_DEVICES: usize = 20;
+const SHORT_LEASE_INTERVAL_MS: u64 = 300;
+const SHORT_LEASE_TTL_MS: u64 = 1_500;
+/// The logic tier's reaper runs every second, and one more second covers a loaded machine.
+const REAP_MARGIN: Duration = Duration::from_secs(2);
+
+#[test]
+fn killed_engine_statuses_lapse_with_lease() {
+    run(
+        "engine kill, devices stay away",
+        Duration::from_secs(90),
+        killed_engine_lease(),
+    );
+}
+
+/// Kills a node with SIGKILL, so that it sends no Offline for its devices. Their online status
+/// must go when the node's lease lapses, without the devices signing in anywhere, and the logic
+/// tier must stop pushing to the node. The messages sent meanwhile reach each device by SYNC
+/// once it signs in on the other node.
+async fn killed_engine_lease() {
+    let settings = EngineSettings {
+        lease_interval_ms: SHORT_LEASE_INTERVAL_MS,
+        lease_ttl_ms: SHORT_LEASE_TTL_MS,
+        ..EngineSettings::default()
+    };
+    let mut system = System::start("engine-lease", 2, &settings);
+    let (doomed_url, survivor_url) = (system.ws_url(0), system.ws_url(1));
+    let doomed_node = system.engines[0].grpc_addr.to_string();
+    let survivor_node = system.engines[1].grpc_addr.to_string();
+    let mut users = open_users(&survivor_url, "kl", KILLED_NODE_DEVICES + 1, 1).await;
+    let sender_account = users.remove(0).remove(0);
+    let recipients: Vec<_> = users
+        .into_iter()
+        .map(|mut devices| devices.remove(0))
+        .collect();
+    let sender = connect(&survivor_url).await;
+    sender
+        .sign_in(
+            sender_account.user_id(),
+            sender_account.device_id(),
+            &sender_account.login.token,
+        )
+        .await
+        .expect("the sender signs in on the surviving node");
+    let mut on_doomed = Vec::new();
+    for recipient in &recipients {
+        let client = connect(&doomed_url).await;
+        client
+            .sign_in(
+                recipient.user_id(),
+                recipient.device_id(),
+                &recipient.login.token,
+            )
+            .await
+            .expect("sign-in on the node that dies");
+        let status = system.online_status(recipient.user_id()).await;
+        let value = &status[&recipient.device_id().to_string()];
+        assert!(value.starts_with(&format!("{doomed_node}|")), "{value}");
+        on_doomed.push(client);
+    }
+    send_to_each(&sender, &recipients, "before").await;
+    for client in &on_doomed {
+        let push = tokio::time::timeout(Duration::from_secs(5), client.next_push())
+            .await
+            .expect("a push from the live node");
+        assert!(push.is_some(), "the connection closed before the push");
+    }
+
+    system.engines[0].kill();
+    let killed = Instant::now();
+    let reap_deadline = Duration::from_millis(SHORT_LEASE_TTL_MS) + REAP_MARGIN;
+    let reaped = async {
+        let wait = reap_deadline + Duration::from_secs(3);
+        let end = Instant::now() + wait;
+        loop {
+            if statuses_gone(&system, &recipients, &doomed_node).await {
+                return killed.elapsed();
+            }
+            assert!(
+                Instant::now() < end,
+                "statuses still name the dead node after {wait:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Sent while the lease still runs: the logic tier still pushes to the dead node, and each
+    // send must be stored all the same.
+    let (took, ()) = tokio::join!(reaped, send_to_each(&sender, &recipients, "lapsing"));
+    assert!(
+        took <= reap_deadline,
+        "statuses removed {took:?} after the kill, more than {reap_deadline:?}"
+    );
+
+    // Deliver calls to the dead node that were queued before the reap may still fail within
+    // the logic tier's engine_call_timeout_ms (1 s). No call may follow them.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let failed_before = failed_deliver_calls(&system).await;
+    send_to_each(&sender, &recipients, "after").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        failed_deliver_calls(&system).await,
+        failed_before,
+        "the logic tier still pushes to the dead node"
+    );
+
+    for recipient in &recipients {
+        let moved = connect(&survivor_url).await;
+        moved
+            .sign_in(
+                recipient.user_id(),
+                recipient.device_id(),
+                &recipient.login.token,
+            )
+            .await
+            .expect("sign-in on the surviving node");
+        let messages = sync_from_zero(&moved).await.expect("sync");
+        let seqs: Vec<u64> = messages.iter().map(|message| message.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3], "user {}", recipient.user_id());
+        let texts: Vec<&[u8]> = messages
+            .iter()
+            .map(|message| message.content.as_ref())
+            .collect();
+        assert_eq!(texts, [b"before".as_slice(), b"lapsing", b"after"]);
+        let status = system.online_status(recipient.user_id()).await;
+        let value = &status[&recipient.device_id().to_string()];
+        assert!(value.starts_with(&format!("{survivor_node}|")), "{value}");
+        close(moved).await;
+    }
+    close(sender).await;
+}
+
+/// Sends `text` to each of `recipients`, one after another; panics when a send fails.
+async fn send_to_each(sender: &Client, recipients: &[Account], text: &str) {
+    for recipient in recipients {
+        sender
+            .send(
+                ConversationType::User,
+                recipient.user_id(),
+                text.to_owned(),
+                "text/plain",
+                &format!("{text}-{}", recipient.user_id()),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("send {text} to {}: {error}", recipient.user_id()));
+    }
+}
+
+/// Tells whether no recipient's online status names `node`.
+async fn statuses_gone(system: &System, recipients: &[Account], node: &str) -> bool {
+    for recipient in recipients {
+        let status = system.online_status(recipient.user_id()).await;
+        if status
+            .get(&recipient.device_id().to_string())
+            .is_some_and(|value| value.starts_with(&format!("{node}|")))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Deliver calls of the logic tier that did not succeed, from its metrics.
+async fn failed_deliver_calls(system: &System) -> u64 {
+    let text = scrape(system.logic.metrics_addr).await;
+    text.lines()
+        .filter(|line| line.starts_with("im_logic_deliver_calls_total{"))
+        .filter(|line| !line.contains("result=\"ok\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]

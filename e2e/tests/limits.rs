@@ -561,7 +561,8 @@ fn resident_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_declared_payloads_close_before_allocating() {
-    let stack = Stack::start().await;
+    // One shard, so that the bystander shares it with every offending connection.
+    let stack = Stack::start_with(logic_config(), |engine| engine.shards = 1).await;
     let (user, bystander) = stack.new_user("huge").await;
     let (second_device, _client) = stack.another_device(&user).await;
     let resident_before = resident_kib();
@@ -574,6 +575,10 @@ async fn huge_declared_payloads_close_before_allocating() {
     header.extend_from_slice(&[0u8; 10]);
     stream.write_all(&header).await.unwrap();
     assert_eq!(raw_close_code(&mut stream).await, 1009);
+    bystander
+        .heartbeat()
+        .await
+        .expect("the bystander is served after the 2^62 header");
 
     // A 100 MiB message as a thousand 100 KiB frames: the first frame header is over
     // max_frame_bytes (64 KiB), so the engine closes before the first payload.
@@ -612,6 +617,10 @@ async fn huge_declared_payloads_close_before_allocating() {
         .expect("writes end once the engine closed")
         .unwrap();
     assert!(written < 1000, "the engine read all of 100 MiB");
+    bystander
+        .heartbeat()
+        .await
+        .expect("the bystander is served after the 100 MiB message");
 
     // A 64-bit length with its most significant bit set (RFC 6455 section 5.2).
     let mut stream = raw_signed_in(&stack, &second_device).await;
@@ -621,6 +630,10 @@ async fn huge_declared_payloads_close_before_allocating() {
     header.extend_from_slice(&[0u8; 10]);
     stream.write_all(&header).await.unwrap();
     assert_eq!(raw_close_code(&mut stream).await, 1002);
+    bystander
+        .heartbeat()
+        .await
+        .expect("the bystander is served after the reserved length bit");
 
     // An upgrade request with a 1 MiB header.
     let mut stream = TcpStream::connect(stack.engine().ws_addr()).await.unwrap();
@@ -643,7 +656,7 @@ async fn huge_declared_payloads_close_before_allocating() {
     bystander
         .heartbeat()
         .await
-        .expect("the first device is still served");
+        .expect("the bystander is served after the 1 MiB upgrade header");
     stack.stop().await;
 }
 

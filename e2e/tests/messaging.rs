@@ -4,17 +4,20 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use im_client::inbox::Inbox;
+use im_client::business::LogicApi;
+use im_client::inbox::{Arrival, Inbox, SeqTracker};
 use im_client::tungstenite::Message as WsMessage;
-use im_client::{Client, InboxError};
+use im_client::{Client, ConnectOptions, InboxError};
 use im_proto::{
     ConversationType, ErrorCode, LoginReply, Message, Packet, PacketType, SendReply, SendRequest,
 };
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use support::front::{self, Play};
 use support::*;
 use tokio::sync::{mpsc, oneshot};
 
@@ -496,6 +499,317 @@ async fn live_push_racing_sync_delivers_each_once() {
     assert_eq!(texts(&delivered), expected);
     assert_eq!(inbox.held(), 0);
     assert!(extra.is_err(), "delivered after seq 23: {extra:?}");
+    stack.stop().await;
+}
+
+/// Members of the group in `group_fanout_calls_each_node_per_message`: online on each of two
+/// nodes, offline with a device, and without any device. The sender is a member as well.
+const FANOUT_ONLINE_PER_NODE: usize = 20;
+const FANOUT_OFFLINE_DEVICES: usize = 10;
+const FANOUT_WITHOUT_DEVICE: usize = 100;
+/// Messages the sender posts to the group, at 50 a second.
+const FANOUT_MESSAGES: u64 = 20;
+
+/// A group spread over two engine nodes. The logic tier must send each node one Deliver call
+/// per message that carries all of that node's recipients (or fewer calls, each carrying
+/// several messages), not one call per member. Every online member gets every message once
+/// and in order, and offline members get them by SYNC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fanout_calls_each_node_per_message() {
+    init_tracing();
+    let logic = im_logic::start(logic_config())
+        .await
+        .expect("logic tier starts");
+    let nodes = [
+        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+    ];
+    let urls = nodes
+        .each_ref()
+        .map(|node| format!("ws://{}/ws", node.ws_addr()));
+    let api = LogicApi::connect(
+        &format!("http://{}", logic.local_addr()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("business API reachable");
+
+    let sender = connect_to(&urls[0]).await;
+    let (_, sender_login) = register_and_login(&sender, "fan-sender").await;
+    let mut online = Vec::new();
+    for index in 0..2 * FANOUT_ONLINE_PER_NODE {
+        let client = connect_to(&urls[index % 2]).await;
+        let login = login_open_user(&api, &client, "fan-on").await;
+        online.push((login, client));
+    }
+    let mut offline = Vec::new();
+    for _ in 0..FANOUT_OFFLINE_DEVICES {
+        let client = connect_to(&urls[1]).await;
+        offline.push(login_open_user(&api, &client, "fan-off").await);
+        client.close().await.expect("the member goes offline");
+    }
+    let mut member_ids: Vec<u64> = online.iter().map(|(login, _)| login.user_id).collect();
+    member_ids.extend(offline.iter().map(|login| login.user_id));
+    let mut without_device = Vec::new();
+    for _ in 0..FANOUT_WITHOUT_DEVICE {
+        let username = unique_username("fan-none");
+        let user_id = api
+            .register(&username, PASSWORD, true)
+            .await
+            .expect("register an open user");
+        member_ids.push(user_id);
+        without_device.push(username);
+    }
+    let calls_before = nodes.each_ref().map(deliver_calls);
+    let group = api
+        .as_user(
+            sender_login.user_id,
+            sender_login.device_id,
+            &sender_login.token,
+        )
+        .expect("token is a valid header value")
+        .create_group("fan-out", &member_ids)
+        .await
+        .expect("create group");
+    for (login, client) in &online {
+        let push = tokio::time::timeout(PUSH_WAIT, client.next_push()).await;
+        let notice = push.ok().flatten();
+        assert!(
+            notice.as_ref().is_some_and(is_notice),
+            "user {} got {notice:?} instead of the group notice",
+            login.user_id
+        );
+    }
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for index in 0..FANOUT_MESSAGES {
+        ticker.tick().await;
+        sender
+            .send(
+                ConversationType::Group,
+                group.group_id,
+                format!("g{index}"),
+                TEXT,
+                &format!("fan-{index}"),
+            )
+            .await
+            .expect("send to the group");
+    }
+    let expected: Vec<String> = (0..FANOUT_MESSAGES)
+        .map(|index| format!("g{index}"))
+        .collect();
+    for (login, client) in &online {
+        let mut received = Vec::new();
+        for _ in 0..FANOUT_MESSAGES {
+            received.push(next_message(client, PUSH_WAIT).await);
+        }
+        assert_eq!(
+            seqs(&received),
+            (1..=FANOUT_MESSAGES).collect::<Vec<_>>(),
+            "user {}",
+            login.user_id
+        );
+        assert_eq!(texts(&received), expected, "user {}", login.user_id);
+    }
+    tokio::time::sleep(QUIET).await;
+    for (login, client) in &online {
+        while let Some(packet) = client.try_next_push() {
+            assert!(
+                is_notice(&packet),
+                "user {} got a push after the last message: {packet:?}",
+                login.user_id
+            );
+        }
+    }
+    let calls = [0, 1].map(|index| deliver_calls(&nodes[index]) - calls_before[index]);
+
+    // One call more for the group's notice.
+    for (index, calls) in calls.iter().enumerate() {
+        assert!(*calls >= 2, "node {index} got {calls} Deliver calls");
+        assert!(
+            *calls <= FANOUT_MESSAGES + 1,
+            "node {index} got {calls} Deliver calls for the notice and {FANOUT_MESSAGES} \
+             messages to {FANOUT_ONLINE_PER_NODE} online members"
+        );
+    }
+    for login in &offline {
+        let client = connect_to(&urls[0]).await;
+        client
+            .sign_in(login.user_id, login.device_id, &login.token)
+            .await
+            .expect("sign-in after the messages");
+        let (messages, _) = sync_all(&client, 0, 100).await;
+        assert_eq!(texts(&messages), expected, "user {}", login.user_id);
+        client.close().await.expect("close");
+    }
+    // A member without a device gets the messages on the first device it logs in.
+    let client = connect_to(&urls[1]).await;
+    client
+        .login(&without_device[0], PASSWORD, 0, test_device())
+        .await
+        .expect("login of a first device");
+    let (messages, _) = sync_all(&client, 0, 100).await;
+    assert_eq!(texts(&messages), expected);
+
+    drop(online);
+    for node in nodes {
+        tokio::task::spawn_blocking(move || node.shutdown())
+            .await
+            .unwrap();
+    }
+    logic.shutdown().await;
+}
+
+async fn connect_to(url: &str) -> Client {
+    Client::connect(url, &ConnectOptions::default())
+        .await
+        .expect("websocket connects")
+}
+
+/// Registers a user open to messages from anyone and logs its first device in on `client`.
+async fn login_open_user(api: &LogicApi, client: &Client, prefix: &str) -> LoginReply {
+    let username = unique_username(prefix);
+    api.register(&username, PASSWORD, true)
+        .await
+        .expect("register an open user");
+    client
+        .login(&username, PASSWORD, 0, test_device())
+        .await
+        .expect("login")
+}
+
+/// Returns how many Deliver calls `node` has served, from its metrics.
+fn deliver_calls(node: &im_engine::Engine) -> u64 {
+    node.metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix("im_engine_deliver_seconds_count "))
+        .and_then(|value| value.parse().ok())
+        .expect("im_engine_deliver_seconds_count in the engine metrics")
+}
+
+/// How long the logic tier's front holds back each SYNC reply in
+/// `pushes_during_held_sync_wait_behind_hole`.
+const SYNC_HOLD: Duration = Duration::from_secs(2);
+
+/// A SYNC whose reply comes late, as from a slow logic tier: the messages sent meanwhile reach
+/// the device before the page with the older ones. The client's cursor must stay below the hole
+/// until the page fills it, and then every message is delivered once and in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_during_held_sync_wait_behind_hole() {
+    init_tracing();
+    let logic_config = logic_config();
+    let logic = im_logic::start(logic_config.clone())
+        .await
+        .expect("logic tier starts");
+    let script = Arc::new(|method: &str| {
+        if method == "Sync" {
+            Play::ReplyAfter(SYNC_HOLD)
+        } else {
+            Play::Forward
+        }
+    });
+    let (front, seen) = front::start(logic.local_addr(), script).await;
+    let mut config = engine_config(front);
+    // Longer than the hold, so that the engine waits for the late reply.
+    config.logic_call_timeout_ms = 10_000;
+    let engine = im_engine::Engine::start(config).expect("engine starts");
+    let stack = Stack {
+        logic: Some(logic),
+        logic_config,
+        engine: Some(engine),
+    };
+    let (alice, alice_client) = stack.new_user("held-a").await;
+    let (bob, bob_client) = stack.new_user("held-b").await;
+    make_friends(&alice, &bob).await;
+    alice_client.close().await.expect("alice goes offline");
+    for index in 0..20 {
+        bob_client
+            .send(
+                ConversationType::User,
+                alice.id(),
+                format!("b{index}"),
+                TEXT,
+                &format!("held-{index}"),
+            )
+            .await
+            .expect("send while alice is offline");
+    }
+
+    let alice_client = stack.sign_in(&alice.login).await;
+    let live_sends = async {
+        let holding = eventually(PUSH_WAIT, || async { seen.count("Sync") == 1 }).await;
+        assert!(holding, "the SYNC did not reach the logic tier's front");
+        // The front passed the call on at once, so the logic tier has read the page by now and
+        // it ends at seq 20.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for index in 20..23 {
+            bob_client
+                .send(
+                    ConversationType::User,
+                    alice.id(),
+                    format!("b{index}"),
+                    TEXT,
+                    &format!("held-{index}"),
+                )
+                .await
+                .expect("live send");
+        }
+    };
+    let mut tracker = SeqTracker::new(0);
+    let mut delivered = Vec::new();
+    let mut early_arrivals = Vec::new();
+    let mut sends_done = false;
+    let mut sync = std::pin::pin!(alice_client.sync(0, 100));
+    let mut live_sends = std::pin::pin!(live_sends);
+    // Pushes first: the engine handles a connection's packets one at a time, so it writes the
+    // pushes queued while the SYNC waited just ahead of the reply. They are in the client's
+    // push queue by the time the reply resolves the request.
+    let page = loop {
+        tokio::select! {
+            biased;
+            push = alice_client.next_push() => {
+                let packet = push.expect("alice's connection stays open");
+                if is_notice(&packet) {
+                    continue;
+                }
+                let message = message_of(packet);
+                let seq = message.seq;
+                early_arrivals.push((seq, tracker.accept(message, &mut delivered)));
+                assert_eq!(tracker.last_seq(), 0, "the push of seq {seq} moved the cursor");
+            }
+            () = &mut live_sends, if !sends_done => sends_done = true,
+            page = &mut sync => break page.expect("sync"),
+        }
+    };
+    assert!(sends_done, "the live sends outlasted the held SYNC");
+    assert_eq!(
+        early_arrivals,
+        vec![
+            (21, Arrival::Held),
+            (22, Arrival::Held),
+            (23, Arrival::Held)
+        ],
+        "pushes taken in while the SYNC reply was held back"
+    );
+    assert!(
+        delivered.is_empty(),
+        "delivered before the page: {delivered:?}"
+    );
+    assert_eq!(seqs(&page.messages), (1..=20).collect::<Vec<_>>());
+    assert!(!page.has_more);
+
+    let next = tracker.accept_page(0, page, &mut delivered);
+    let extra = push_within(&alice_client, QUIET).await;
+
+    assert_eq!(next, None, "one page holds every stored message");
+    assert_eq!(seqs(&delivered), (1..=23).collect::<Vec<_>>());
+    let expected: Vec<String> = (0..23).map(|index| format!("b{index}")).collect();
+    assert_eq!(texts(&delivered), expected);
+    assert_eq!(tracker.last_seq(), 23);
+    assert_eq!(tracker.held(), 0);
+    assert!(extra.is_none(), "pushed again after the page: {extra:?}");
+    assert_eq!(seen.count("Sync"), 1);
     stack.stop().await;
 }
 

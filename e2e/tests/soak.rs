@@ -102,13 +102,20 @@ fn check_back_to_level(before: ProcStats, after: ProcStats) {
     );
 }
 
-/// Waits until the engine has no connection and no device is marked online.
+/// Waits until the engine has no connection and no signed-in device, and no device is marked
+/// online.
 async fn wait_idle(system: &System) {
     let engine: &Engine = &system.engines[0];
     wait_for(
         "the engine's connection count returns to 0",
         Duration::from_secs(15),
         || async { engine.connections().await == 0 },
+    )
+    .await;
+    wait_for(
+        "the engine's device map empties",
+        Duration::from_secs(15),
+        || async { engine.signed_in_devices().await == 0 },
     )
     .await;
     wait_for(

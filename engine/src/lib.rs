@@ -152,6 +152,7 @@ impl Engine {
         )?;
 
         let devices = Arc::new(registry::DeviceMap::new());
+        metrics.devices = devices.clone();
         // Renewed before the shards accept, so devices sign in under this incarnation.
         let lease = lease::Lease::start(
             lease::LeaseConfig {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::registry::DeviceMap;
+
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 16] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -214,6 +216,8 @@ pub struct EngineMetrics {
     pub(crate) shards: Vec<Arc<ShardMetrics>>,
     pub(crate) bridge: Arc<BridgeMetrics>,
     pub(crate) deliver_seconds: Arc<Histogram>,
+    /// The node's map from device id to connection, read for its size.
+    pub(crate) devices: Arc<DeviceMap>,
 }
 
 impl EngineMetrics {
@@ -228,6 +232,7 @@ impl EngineMetrics {
             shards,
             |m| m.connections.load(Ordering::Relaxed),
         );
+        let _ = writeln!(out, "# HELP im_engine_signed_in_devices Devices signed in on this node: entries of its map from device id to connection.\n# TYPE im_engine_signed_in_devices gauge\nim_engine_signed_in_devices {}", self.devices.len());
         counter_per_shard(
             &mut out,
             "im_engine_accepted_total",
@@ -527,5 +532,23 @@ mod tests {
         assert!(text.contains("im_engine_sign_ins_total{kind=\"sign_in\",result=\"rejected\"} 1\n"));
         assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"ok\"} 1\n"));
         assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"rejected\"} 0\n"));
+    }
+
+    #[test]
+    fn signed_in_devices_is_device_map_size() {
+        let metrics = EngineMetrics::default();
+        let entry = crate::registry::DeviceEntry {
+            conn: crate::registry::ConnId(1),
+            user_id: 3,
+        };
+        metrics.devices.insert(7, entry);
+        metrics.devices.insert(8, entry);
+        let two = metrics.render();
+        metrics.devices.remove(&7);
+        metrics.devices.remove(&8);
+        let none = metrics.render();
+
+        assert!(two.contains("\nim_engine_signed_in_devices 2\n"), "{two}");
+        assert!(none.contains("\nim_engine_signed_in_devices 0\n"), "{none}");
     }
 }

@@ -145,6 +145,8 @@ pub struct EngineSettings {
     pub logic_call_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    pub lease_interval_ms: u64,
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for EngineSettings {
@@ -155,6 +157,9 @@ impl Default for EngineSettings {
             shutdown_grace_ms: 2_000,
             // Test devices send no heartbeats; no test runs this long.
             heartbeat_timeout_ms: 600_000,
+            // The engine's defaults.
+            lease_interval_ms: 2_000,
+            lease_ttl_ms: 6_000,
         }
     }
 }
@@ -203,6 +208,11 @@ impl Engine {
                 "IM_ENGINE_HEARTBEAT_TIMEOUT_MS",
                 settings.heartbeat_timeout_ms.to_string(),
             )
+            .env(
+                "IM_ENGINE_LEASE_INTERVAL_MS",
+                settings.lease_interval_ms.to_string(),
+            )
+            .env("IM_ENGINE_LEASE_TTL_MS", settings.lease_ttl_ms.to_string())
             .env("IM_ENGINE_SIGN_IN_TIMEOUT_MS", "30000")
             .env("IM_ENGINE_MAX_CONNECTIONS", "0")
             .env("IM_ENGINE_MAX_CONNECTIONS_PER_IP", "0");
@@ -267,6 +277,16 @@ impl Engine {
             .filter_map(|value| value.parse::<f64>().ok())
             .map(|value| value as i64)
             .sum()
+    }
+
+    /// Returns the `im_engine_signed_in_devices` gauge from `/metrics`: entries of the node's map
+    /// from device id to connection.
+    pub async fn signed_in_devices(&self) -> i64 {
+        let text = scrape(self.metrics_addr).await;
+        text.lines()
+            .find_map(|line| line.strip_prefix("im_engine_signed_in_devices "))
+            .and_then(|value| value.parse().ok())
+            .expect("im_engine_signed_in_devices in the engine metrics")
     }
 
     pub fn log_tail(&self) -> String {

@@ -58,6 +58,20 @@ impl System {
         self.engines[engine].ws_url()
     }
 
+    /// Returns the online status of a user's devices: device id -> "node|conn_id".
+    pub async fn online_status(&self, user_id: u64) -> std::collections::HashMap<String, String> {
+        let client = redis::Client::open(self.redis.url()).expect("valid Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's Redis");
+        redis::cmd("HGETALL")
+            .arg(format!("online:{user_id}"))
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL")
+    }
+
     /// Number of `online:*` hashes in Redis: users with a device marked online.
     pub async fn online_users(&self) -> usize {
         self.redis.keys("online:*").await.len()
