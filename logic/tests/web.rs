@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{new_user_device, test_config, unique_name, TestLogic, NODE};
-use im_proto::v1::{FindUserRequest, UserInfo};
+use im_proto::v1::{
+    ConversationType, FindUserRequest, KickDeviceRequest, SendRequest, ServerSendRequest, UserInfo,
+};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -403,5 +405,85 @@ async fn grpc_web_undecodable_request_is_invalid() {
 async fn empty_web_addr_turns_server_off() {
     let logic = TestLogic::start(test_config()).await;
     assert_eq!(logic.server.web_addr(), None);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_web_refuses_back_end_calls_with_the_right_secret() {
+    const SERVER_SECRET: &str = "a server secret of the back end";
+    let root = WebRoot::create();
+    let config = im_logic::Config {
+        web_addr: "127.0.0.1:0".to_owned(),
+        web_root: root.root.display().to_string(),
+        server_secret: SERVER_SECRET.to_owned(),
+        ..test_config()
+    };
+    let mut logic = TestLogic::start(config).await;
+    let addr = web_addr(&logic);
+    let (_, bot) = new_user_device(&mut logic.client, "webbot", true, common::conn(NODE, 1)).await;
+    let send = SendRequest {
+        conversation_type: ConversationType::User as i32,
+        receiver_id: bot.user_id,
+        content: bytes::Bytes::from_static(b"hello"),
+        content_type: "text/plain".to_owned(),
+        client_msg_id: unique_name("web-server-send"),
+    };
+    let calls = [
+        (
+            "ServerSend",
+            grpc_web_frame(&ServerSendRequest {
+                sender_user_id: bot.user_id,
+                send: Some(send.clone()),
+            }),
+        ),
+        (
+            "KickDevice",
+            grpc_web_frame(&KickDeviceRequest {
+                user_id: bot.user_id,
+                device_id: bot.device_id,
+            }),
+        ),
+    ];
+    for (method, body) in calls {
+        let head = format!(
+            "POST /im.v1.LogicExtService/{method} HTTP/1.1\r\n\
+             Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+             im-server-secret: {SERVER_SECRET}"
+        );
+        let response = request(addr, &head, &body).await;
+        assert_eq!(response.status, 200, "gRPC errors travel in grpc-status");
+        let (messages, trailers) = grpc_web_frames(&response.body);
+        assert!(messages.is_empty(), "{method}: no reply message");
+        assert_eq!(
+            grpc_status(&response, &trailers).as_deref(),
+            Some("7"),
+            "{method}: PERMISSION_DENIED: {:?} {trailers}",
+            response.headers
+        );
+        let text = format!("{:?} {trailers}", response.headers);
+        assert!(text.contains("listen_addr"), "{method}: {text}");
+    }
+
+    // The same secret works on the gRPC address, so the refusal is the web port's.
+    let mut ext = logic.ext_client().await;
+    let mut call = tonic::Request::new(ServerSendRequest {
+        sender_user_id: bot.user_id,
+        send: Some(send),
+    });
+    call.metadata_mut()
+        .insert("im-server-secret", SERVER_SECRET.parse().expect("ascii"));
+    ext.server_send(call).await.expect("ServerSend over gRPC");
+    let mut kick = tonic::Request::new(KickDeviceRequest {
+        user_id: bot.user_id,
+        device_id: bot.device_id,
+    });
+    kick.metadata_mut()
+        .insert("im-server-secret", SERVER_SECRET.parse().expect("ascii"));
+    let kicked = ext.kick_device(kick).await.expect("KickDevice over gRPC");
+    assert_eq!(
+        kicked.into_inner().revoked,
+        1,
+        "the bot's device was revoked"
+    );
     logic.server.shutdown().await;
 }

@@ -28,12 +28,40 @@ use crate::metrics::Method;
 #[derive(Clone)]
 pub struct ExtService {
     logic: Arc<Logic>,
+    /// Whether ServerSend and KickDevice are served. The web port refuses them, so that the
+    /// server secret cannot be guessed through the port that faces browsers.
+    back_end_calls: bool,
 }
 
+/// The refusal of a back-end call on the web port.
+const BACK_END_ONLY: &str = "ServerSend and KickDevice are for back ends: call them on the \
+                             logic tier's gRPC address (listen_addr), not on the web port";
+
 impl ExtService {
-    /// Serves calls with `logic`.
+    /// Serves every call with `logic`, as the gRPC server on `listen_addr` does.
     pub fn new(logic: Arc<Logic>) -> ExtService {
-        ExtService { logic }
+        ExtService {
+            logic,
+            back_end_calls: true,
+        }
+    }
+
+    /// Serves the calls of devices with `logic`, and refuses ServerSend and KickDevice with
+    /// PERMISSION_DENIED, as the web port does.
+    pub fn for_web(logic: Arc<Logic>) -> ExtService {
+        ExtService {
+            logic,
+            back_end_calls: false,
+        }
+    }
+
+    /// Returns PERMISSION_DENIED when back-end calls are refused here.
+    fn check_back_end_call(&self) -> Result<(), LogicError> {
+        if self.back_end_calls {
+            Ok(())
+        } else {
+            Err(LogicError::PermissionDenied(BACK_END_ONLY))
+        }
     }
 
     /// Returns the tower service that serves these calls over HTTP/2 or, behind
@@ -87,7 +115,11 @@ impl LogicExtService for ExtService {
         let credentials = Credentials::from_metadata(request.metadata());
         let request = request.into_inner();
         let ids = CallIds::new(request.user_id, request.device_id, 0);
-        let call = revoke::kick_device(&self.logic, &credentials, request);
+        let allowed = self.check_back_end_call();
+        let call = async {
+            allowed?;
+            revoke::kick_device(&self.logic, &credentials, request).await
+        };
         respond(&self.logic, Method::KickDevice, &ids, call).await
     }
 
@@ -199,7 +231,11 @@ impl LogicExtService for ExtService {
         let credentials = Credentials::from_metadata(request.metadata());
         let request = request.into_inner();
         let ids = CallIds::new(request.sender_user_id, 0, 0);
-        let call = messages::server_send(&self.logic, &credentials, request);
+        let allowed = self.check_back_end_call();
+        let call = async {
+            allowed?;
+            messages::server_send(&self.logic, &credentials, request).await
+        };
         respond(&self.logic, Method::ServerSend, &ids, call).await
     }
 }

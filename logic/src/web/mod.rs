@@ -72,7 +72,7 @@ pub fn spawn(
     let local_addr = listener.local_addr()?;
     let files = StaticFiles::new(root);
     files.warn_if_unbuilt();
-    let grpc_web = GrpcWebLayer::new().layer(ExtService::new(logic).into_server());
+    let grpc_web = GrpcWebLayer::new().layer(ExtService::for_web(logic).into_server());
     let router = Routes::new(grpc_web)
         .prepare()
         .into_axum_router()
