@@ -205,8 +205,8 @@ impl LogicApi {
     ///
     /// # Errors
     ///
-    /// [`LogicApiError::Server`] with GROUP_FULL, NOT_FOUND, NOT_FRIEND or INVALID_ARGUMENT, or
-    /// another [`LogicApiError`].
+    /// [`LogicApiError::Server`] with GROUP_FULL, TOO_MANY_GROUPS, NOT_FOUND, NOT_FRIEND or
+    /// INVALID_ARGUMENT, or another [`LogicApiError`].
     pub async fn create_group(
         &self,
         name: &str,
@@ -229,8 +229,8 @@ impl LogicApi {
     ///
     /// # Errors
     ///
-    /// [`LogicApiError::Server`] with NOT_GROUP_MEMBER, ALREADY_EXISTS, GROUP_FULL, NOT_FRIEND
-    /// or NOT_FOUND, or another [`LogicApiError`].
+    /// [`LogicApiError::Server`] with NOT_GROUP_MEMBER, ALREADY_EXISTS, GROUP_FULL,
+    /// TOO_MANY_GROUPS, NOT_FRIEND or NOT_FOUND, or another [`LogicApiError`].
     pub async fn add_group_members(
         &self,
         group_id: u64,

@@ -96,6 +96,11 @@ pub struct Config {
     /// to a group is stored once per member in one transaction, so this bounds the work of one
     /// send. Creating or growing a group past it fails with GROUP_FULL.
     pub max_group_members: u32,
+    /// Maximum groups one user is a member of. Default 1000, range 1 to 100000. ListGroups
+    /// returns every group of the caller with its member ids in one reply, so this bounds that
+    /// reply. Creating a group, or adding a user to one, that would pass it for any user
+    /// involved fails with TOO_MANY_GROUPS.
+    pub max_groups_per_user: u32,
     /// Secret that back ends present in the "im-server-secret" metadata of ServerSend. Default
     /// empty, which rejects every ServerSend with PERMISSION_DENIED; otherwise 16 to 1024 bytes.
     /// Never logged.
@@ -142,6 +147,7 @@ impl Default for Config {
             startup_retry_ms: 30_000,
             max_content_bytes: 16_384,
             max_group_members: 500,
+            max_groups_per_user: 1000,
             server_secret: String::new(),
             sync_max_page: 500,
             sync_max_page_bytes: 256 * 1024,
@@ -173,6 +179,7 @@ impl std::fmt::Debug for Config {
             .field("startup_retry_ms", &self.startup_retry_ms)
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_group_members", &self.max_group_members)
+            .field("max_groups_per_user", &self.max_groups_per_user)
             .field("server_secret", &redact_secret(&self.server_secret))
             .field("sync_max_page", &self.sync_max_page)
             .field("sync_max_page_bytes", &self.sync_max_page_bytes)
@@ -271,6 +278,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_group_members: Option<u32>,
+    /// Maximum groups one user is a member of.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_groups_per_user: Option<u32>,
     /// Largest SYNC page, in messages.
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -532,6 +543,12 @@ impl Config {
             1,
             10_000,
         )?;
+        check_range(
+            "max_groups_per_user",
+            self.max_groups_per_user.into(),
+            1,
+            100_000,
+        )?;
         check_range("sync_max_page", self.sync_max_page.into(), 1, 10_000)?;
         check_range(
             "sync_max_page_bytes",
@@ -772,6 +789,29 @@ mod tests {
                  or a number of days from 1 to 36500 (set by `message_retention_days` under \
                  [logic] or IM_LOGIC_MESSAGE_RETENTION_DAYS)"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn max_groups_per_user_is_read_and_bounded() {
+        assert_eq!(Config::default().max_groups_per_user, 1000);
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_MAX_GROUPS_PER_USER", "100000");
+            let config = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(config.max_groups_per_user, 100_000);
+            for rejected in ["0", "100001"] {
+                jail.set_env("IM_LOGIC_MAX_GROUPS_PER_USER", rejected);
+                let err = load_in_jail(None, &Cli::default()).expect_err("out of range");
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "invalid logic.max_groups_per_user = {rejected}: use a value from 1 to \
+                         100000 (set by `max_groups_per_user` under [logic] or \
+                         IM_LOGIC_MAX_GROUPS_PER_USER)"
+                    )
+                );
+            }
             Ok(())
         });
     }

@@ -147,6 +147,17 @@ pub enum LogicError {
         /// The members the group would have after the request, its owner included.
         members: usize,
     },
+    /// A user would be a member of more than `max_groups_per_user` groups.
+    #[error(
+        "user {user} is a member of {max} groups, the maximum this server allows \
+         (max_groups_per_user), so they must leave a group first"
+    )]
+    TooManyGroups {
+        /// The user who is a member of `max` groups already.
+        user: u64,
+        /// `max_groups_per_user`.
+        max: u32,
+    },
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
@@ -203,6 +214,7 @@ impl LogicError {
             LogicError::NotFriend(_) | LogicError::NotFriendToAdd(_) => ErrorCode::NotFriend,
             LogicError::NotGroupMember(_) => ErrorCode::NotGroupMember,
             LogicError::GroupFull { .. } => ErrorCode::GroupFull,
+            LogicError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
             LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             LogicError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             LogicError::NotFound(_) => ErrorCode::NotFound,
@@ -299,7 +311,7 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::UsernameTaken | ErrorCode::AlreadyExists => Code::AlreadyExists,
         ErrorCode::ReceiverNotFound | ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::GroupFull => Code::FailedPrecondition,
+        ErrorCode::GroupFull | ErrorCode::TooManyGroups => Code::FailedPrecondition,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Timeout => Code::DeadlineExceeded,
         _ => Code::Internal,
@@ -421,6 +433,11 @@ mod tests {
                 LogicError::GroupFull { max: 5, members: 6 },
                 Code::FailedPrecondition,
                 ErrorCode::GroupFull,
+            ),
+            (
+                LogicError::TooManyGroups { user: 7, max: 3 },
+                Code::FailedPrecondition,
+                ErrorCode::TooManyGroups,
             ),
             (
                 LogicError::AlreadyExists("friend request to user 7 is pending already".to_owned()),

@@ -302,6 +302,7 @@ fn build_logic(
         limits: Limits {
             max_content_bytes: config.max_content_bytes,
             max_group_members: config.max_group_members,
+            max_groups_per_user: config.max_groups_per_user,
             sync_max_page: config.sync_max_page,
             sync_max_page_bytes: config.sync_max_page_bytes,
         },

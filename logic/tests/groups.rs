@@ -1033,3 +1033,189 @@ async fn group_errors_name_the_user_and_group() {
     assert!(message.contains("100001"), "{message}");
     logic.server.shutdown().await;
 }
+
+/// `max_groups_per_user` in the group cap tests, small enough to reach.
+const MAX_GROUPS: u32 = 3;
+
+async fn start_with_group_cap() -> TestLogic {
+    TestLogic::start(im_logic::Config {
+        max_groups_per_user: MAX_GROUPS,
+        ..common::test_config()
+    })
+    .await
+}
+
+/// Creates a group owned by `owner` with `members`, each of whom must be open or a friend of
+/// the owner.
+async fn try_create_group(
+    ext: &mut common::ExtClient,
+    owner: &LoginReply,
+    members: &[&LoginReply],
+) -> Result<im_proto::v1::GroupInfo, tonic::Status> {
+    let request = CreateGroupRequest {
+        name: "capped".to_owned(),
+        member_ids: members.iter().map(|member| member.user_id).collect(),
+    };
+    ext.create_group(as_device(owner, request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Registers an open user and puts it in `groups` groups, each with its own owner.
+async fn open_user_in_groups(
+    logic: &mut TestLogic,
+    ext: &mut common::ExtClient,
+    prefix: &str,
+    groups: u32,
+) -> (LoginReply, Vec<u64>) {
+    let (_, user) = new_user_device(&mut logic.client, prefix, true, conn(NODE, 1)).await;
+    let mut group_ids = Vec::new();
+    for _ in 0..groups {
+        let owner = new_device(&mut logic.client, "cap_owner", conn(NODE, 2)).await;
+        let group = try_create_group(ext, &owner, &[&user])
+            .await
+            .expect("group below the cap");
+        group_ids.push(group.group_id);
+    }
+    (user, group_ids)
+}
+
+async fn group_count(ext: &mut common::ExtClient, user: &LoginReply) -> usize {
+    ext.list_groups(as_device(user, ListGroupsRequest {}))
+        .await
+        .expect("list groups")
+        .into_inner()
+        .groups
+        .len()
+}
+
+#[tokio::test]
+async fn add_past_group_cap_is_rejected() {
+    let mut logic = start_with_group_cap().await;
+    let mut ext = logic.ext_client().await;
+    let (target, group_ids) =
+        open_user_in_groups(&mut logic, &mut ext, "cap_add", MAX_GROUPS).await;
+    let adder = new_device(&mut logic.client, "cap_adder", conn(NODE, 3)).await;
+    let fourth = try_create_group(&mut ext, &adder, &[])
+        .await
+        .expect("the adder's own group");
+
+    let rejected = ext
+        .add_group_members(as_device(&adder, members(fourth.group_id, &[&target])))
+        .await
+        .expect_err("a user at the cap added to a fourth group");
+    assert_eq!(error_code(&rejected), ErrorCode::TooManyGroups);
+    assert_eq!(rejected.code(), Code::FailedPrecondition);
+    let message = rejected.message();
+    assert!(
+        message.contains(&format!("user {} ", target.user_id)),
+        "{message}"
+    );
+    assert!(message.contains("max_groups_per_user"), "{message}");
+    assert!(message.contains(&MAX_GROUPS.to_string()), "{message}");
+
+    let after = ext
+        .get_group(as_device(
+            &adder,
+            GetGroupRequest {
+                group_id: fourth.group_id,
+            },
+        ))
+        .await
+        .expect("get the fourth group")
+        .into_inner();
+    assert_eq!(after, fourth, "the rejected add changed the group");
+    assert_eq!(group_count(&mut ext, &target).await, MAX_GROUPS as usize);
+
+    ext.remove_group_members(as_device(&target, members(group_ids[0], &[&target])))
+        .await
+        .expect("the user leaves a group");
+    let added = ext
+        .add_group_members(as_device(&adder, members(fourth.group_id, &[&target])))
+        .await
+        .expect("an add below the cap")
+        .into_inner();
+    assert_eq!(added.member_ids, sorted_ids(&[&adder, &target]));
+    assert_eq!(group_count(&mut ext, &target).await, MAX_GROUPS as usize);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_past_group_cap_is_rejected() {
+    let mut logic = start_with_group_cap().await;
+    let mut ext = logic.ext_client().await;
+    let (target, _) = open_user_in_groups(&mut logic, &mut ext, "cap_create", MAX_GROUPS).await;
+    let creator = new_device(&mut logic.client, "cap_creator", conn(NODE, 3)).await;
+
+    let as_member = try_create_group(&mut ext, &creator, &[&target])
+        .await
+        .expect_err("a new group with a member at the cap");
+    assert_eq!(error_code(&as_member), ErrorCode::TooManyGroups);
+    let message = as_member.message();
+    assert!(
+        message.contains(&format!("user {} ", target.user_id)),
+        "{message}"
+    );
+    assert_eq!(
+        group_count(&mut ext, &creator).await,
+        0,
+        "a group was stored"
+    );
+
+    let as_creator = try_create_group(&mut ext, &target, &[])
+        .await
+        .expect_err("a new group by a creator at the cap");
+    assert_eq!(error_code(&as_creator), ErrorCode::TooManyGroups);
+    let message = as_creator.message();
+    assert!(
+        message.contains(&format!("user {} ", target.user_id)),
+        "{message}"
+    );
+    assert_eq!(group_count(&mut ext, &target).await, MAX_GROUPS as usize);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_adds_respect_group_cap() {
+    let mut logic = start_with_group_cap().await;
+    let mut ext = logic.ext_client().await;
+    // Several users, each added to two groups at once, so that a race has several chances.
+    const ROUNDS: usize = 6;
+    let mut targets = Vec::new();
+    let mut adds = Vec::new();
+    for _ in 0..ROUNDS {
+        let (target, _) =
+            open_user_in_groups(&mut logic, &mut ext, "cap_race", MAX_GROUPS - 1).await;
+        for _ in 0..2 {
+            let adder = new_device(&mut logic.client, "cap_racer", conn(NODE, 3)).await;
+            let group = try_create_group(&mut ext, &adder, &[])
+                .await
+                .expect("the adder's own group");
+            adds.push((adder, group.group_id, target.user_id));
+        }
+        targets.push(target);
+    }
+
+    let calls = adds.iter().map(|(adder, group_id, user_id)| {
+        let mut ext = ext.clone();
+        let request = GroupMembersRequest {
+            group_id: *group_id,
+            user_ids: vec![*user_id],
+        };
+        async move { ext.add_group_members(as_device(adder, request)).await }
+    });
+    let results = futures::future::join_all(calls).await;
+
+    for (round, target) in targets.iter().enumerate() {
+        let pair = &results[2 * round..2 * round + 2];
+        let added = pair.iter().filter(|result| result.is_ok()).count();
+        assert_eq!(added, 1, "user {}: {pair:?}", target.user_id);
+        for result in pair {
+            if let Err(status) = result {
+                assert_eq!(error_code(status), ErrorCode::TooManyGroups, "{status:?}");
+            }
+        }
+        assert_eq!(group_count(&mut ext, target).await, MAX_GROUPS as usize);
+    }
+    logic.server.shutdown().await;
+}

@@ -85,6 +85,7 @@ pub const LOGIC_FIELDS: &[&str] = &[
     "startup_retry_ms",
     "max_content_bytes",
     "max_group_members",
+    "max_groups_per_user",
     "server_secret",
     "sync_max_page",
     "sync_max_page_bytes",

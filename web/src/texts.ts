@@ -39,6 +39,9 @@ const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.PERMISSION_DENIED]: "You are not allowed to do that.",
   [ErrorCode.ALREADY_EXISTS]: "That friend request, friendship or group member already exists.",
   [ErrorCode.NOT_FOUND]: "The user, friend request or group was not found.",
+  [ErrorCode.TOO_MANY_GROUPS]:
+    "You or a user you added is in as many groups as the server allows. That user must leave " +
+    "a group first.",
 };
 
 /** Returns the user-facing sentence for an error code, with the server's detail when given. */

@@ -158,7 +158,7 @@ impl Method {
 }
 
 /// Result codes of the logic tier's calls, as the `code` label (the `ErrorCode` name).
-pub const CODES: [ErrorCode; 21] = [
+pub const CODES: [ErrorCode; 22] = [
     ErrorCode::Ok,
     ErrorCode::InvalidArgument,
     ErrorCode::InvalidCredentials,
@@ -180,6 +180,7 @@ pub const CODES: [ErrorCode; 21] = [
     ErrorCode::PermissionDenied,
     ErrorCode::AlreadyExists,
     ErrorCode::NotFound,
+    ErrorCode::TooManyGroups,
 ];
 
 /// Returns the position of `code` in [`CODES`].
@@ -206,6 +207,7 @@ fn code_index(code: ErrorCode) -> usize {
         ErrorCode::PermissionDenied => 18,
         ErrorCode::AlreadyExists => 19,
         ErrorCode::NotFound => 20,
+        ErrorCode::TooManyGroups => 21,
         // Only the engine sends these, so a call that returned one is a fault of ours.
         ErrorCode::InvalidPacket
         | ErrorCode::UnknownType

@@ -7,7 +7,8 @@
 //!
 //! A user joins a group only through a friend: the user who creates the group or adds it must
 //! be its friend, unless it is `open`, the same rule as for a direct message. So a stranger
-//! cannot put a user in a group and message it there.
+//! cannot put a user in a group and message it there. Since anyone may add an `open` user, no
+//! user joins more than `max_groups_per_user` groups, which bounds the ListGroups reply.
 
 use im_proto::v1::{
     CreateGroupRequest, GetGroupRequest, GroupInfo, GroupMembersRequest, ListGroupsReply,
@@ -34,7 +35,8 @@ const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
 /// or a member id 0, [`LogicError::ControlCharacter`] for a name with a control character,
 /// [`LogicError::GroupFull`] for more than `max_group_members` members,
 /// [`LogicError::NotFound`] when a member does not exist, [`LogicError::NotFriendToAdd`] when a
-/// member is neither the caller's friend nor open; store errors.
+/// member is neither the caller's friend nor open, [`LogicError::TooManyGroups`] when the caller
+/// or a member is in `max_groups_per_user` groups already; store errors.
 pub async fn create_group(
     logic: &Logic,
     caller: Caller,
@@ -53,6 +55,7 @@ pub async fn create_group(
             let mut client = logic.pg.client().await?;
             let tx = client.transaction().await?;
             check_may_add(&tx, caller, &members).await?;
+            check_group_counts(&tx, logic, &members).await?;
             let id = groups::insert(&tx, &request.name, caller.user).await?;
             group_members::insert_many(&tx, id, &members).await?;
             tx.commit().await?;
@@ -78,7 +81,8 @@ pub async fn create_group(
 /// the caller is not a member,
 /// [`LogicError::AlreadyExists`] when one of them is a member already (nobody is added),
 /// [`LogicError::GroupFull`], [`LogicError::NotFriendToAdd`] when one of them is neither the
-/// caller's friend nor open (no user is added); store errors.
+/// caller's friend nor open (no user is added), [`LogicError::TooManyGroups`] when one of them
+/// is in `max_groups_per_user` groups already (no user is added); store errors.
 pub async fn add_group_members(
     logic: &Logic,
     caller: Caller,
@@ -102,6 +106,7 @@ pub async fn add_group_members(
             }
             check_size(logic, members.len() + added.len())?;
             check_may_add(&tx, caller, &added).await?;
+            check_group_counts(&tx, logic, &added).await?;
             group_members::insert_many(&tx, group, &added).await?;
             tx.commit().await?;
 
@@ -256,6 +261,27 @@ async fn check_may_add(
             }
             Some(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// Checks that each of `users` is a member of fewer than `max_groups_per_user` groups, so that
+/// joining one more keeps them within it. Locks their `users` rows until `tx` ends, so that
+/// concurrent adds of the same user are checked one after the other. Call it as the last step
+/// before the insert, because `group_members::lock_group_counts` must be the last lock taken.
+async fn check_group_counts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    logic: &Logic,
+    users: &[UserId],
+) -> Result<(), LogicError> {
+    let max = logic.limits.max_groups_per_user;
+    let counts = group_members::lock_group_counts(tx, users).await?;
+    if let Some((user, _)) = users
+        .iter()
+        .zip(counts)
+        .find(|(_, count)| *count >= u64::from(max))
+    {
+        return Err(LogicError::TooManyGroups { user: user.0, max });
     }
     Ok(())
 }

@@ -87,6 +87,8 @@ pub struct Limits {
     pub max_content_bytes: u32,
     /// Maximum members of a group, its owner included.
     pub max_group_members: u32,
+    /// Maximum groups one user is a member of.
+    pub max_groups_per_user: u32,
     /// Largest SYNC page, in messages.
     pub sync_max_page: u32,
     /// Most content bytes in one SYNC page.

@@ -33,6 +33,16 @@ const RECIPIENTS_MANY: &str = "SELECT g.id, array_agg(member.user_id ORDER BY me
                                LEFT JOIN group_members AS member ON member.group_id = g.id \
                                WHERE g.id = ANY($1::bigint[]) GROUP BY g.id";
 
+/// Locks the listed users' rows in ascending id order. FOR NO KEY UPDATE conflicts with itself
+/// but not with the FOR KEY SHARE locks that foreign-key checks take, so inserts of rows that
+/// reference these users do not wait for it.
+const LOCK_USERS: &str = "SELECT id FROM users WHERE id = ANY($1::bigint[]) \
+                          ORDER BY id FOR NO KEY UPDATE";
+
+/// The number of groups each listed user is a member of. A user in no group has no row.
+const GROUP_COUNTS: &str = "SELECT user_id, count(*) FROM group_members \
+                            WHERE user_id = ANY($1::bigint[]) GROUP BY user_id";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
     &[
@@ -42,6 +52,8 @@ pub fn all_statements() -> &'static [&'static str] {
         LONGEST_MEMBER,
         RECIPIENTS,
         RECIPIENTS_MANY,
+        LOCK_USERS,
+        GROUP_COUNTS,
     ]
 }
 
@@ -78,6 +90,42 @@ pub async fn insert_many(
         ),
         Err(err) => Err(err),
     }
+}
+
+/// Locks the rows of `users` in the `users` table until the transaction ends and returns the
+/// number of groups each of them is a member of, in the order of `users`. Two statements for
+/// all users: the lock, then the count.
+///
+/// Every transaction that adds group members calls this before its insert. So a concurrent add
+/// of the same user waits here until the other transaction ends, and the count, which is a
+/// separate statement with a new snapshot at READ COMMITTED, then includes what it committed.
+/// Locking and counting in one statement would count from the snapshot taken before the wait.
+///
+/// The rows are locked in ascending id order. After this call a caller locks nothing else
+/// except through the foreign-key checks of its inserts, whose FOR KEY SHARE locks do not
+/// conflict with these. So a transaction that holds one of these locks waits only for another
+/// of them, and waits cannot form a cycle.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn lock_group_counts(
+    db: &impl GenericClient,
+    users: &[UserId],
+) -> Result<Vec<u64>, LogicError> {
+    // An id above the bigint range names no user, so it is in no group.
+    let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
+    rows(db, LOCK_USERS, &[&ids]).await?;
+    let mut counts = HashMap::with_capacity(ids.len());
+    for found in rows(db, GROUP_COUNTS, &[&ids]).await? {
+        let count: i64 = found.try_get(1)?;
+        let count = u64::try_from(count).map_err(|_| LogicError::Internal("negative count"))?;
+        counts.insert(UserId::from_sql(found.try_get(0)?)?, count);
+    }
+    Ok(users
+        .iter()
+        .map(|user| counts.get(user).copied().unwrap_or(0))
+        .collect())
 }
 
 /// Removes `users` from the group and returns how many were members.
