@@ -282,5 +282,11 @@ async fn undecodable_requests_are_invalid_argument() {
             status.message()
         );
     }
+    // Rejected before any handler runs, yet counted as the handlers count their errors.
+    let text = logic.server.metrics().render();
+    assert!(
+        text.contains("im_logic_requests_total{method=\"FindUser\",code=\"INVALID_ARGUMENT\"} 2\n"),
+        "{text}"
+    );
     logic.server.shutdown().await;
 }

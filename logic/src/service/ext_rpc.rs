@@ -6,8 +6,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use im_proto::v1::logic_ext_service_server::{LogicExtService, LogicExtServiceServer};
+use im_proto::v1::ErrorCode;
 use im_proto::v1::{
     CreateGroupRequest, FindUserRequest, FriendReply, FriendRequest, GetGroupRequest,
     GetUserRequest, GroupInfo, GroupMembersRequest, KickDeviceReply, KickDeviceRequest,
@@ -22,7 +24,7 @@ use tonic::{Code, Request, Response, Status};
 use super::caller::{self, Caller, Credentials};
 use super::{friends, groups, messages, register, respond, revoke, users, CallIds, Logic};
 use crate::error::LogicError;
-use crate::metrics::Method;
+use crate::metrics::{Method, Recorder};
 
 /// The `LogicExtService` server: the business API for back ends.
 #[derive(Clone)]
@@ -68,6 +70,7 @@ impl ExtService {
     /// `tonic_web::GrpcWebLayer`, over gRPC-Web.
     pub fn into_server(self) -> ExtServer {
         ExtServer {
+            metrics: self.logic.metrics.clone(),
             inner: LogicExtServiceServer::new(self),
         }
     }
@@ -251,6 +254,8 @@ const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
 #[derive(Clone)]
 pub struct ExtServer {
     inner: LogicExtServiceServer<ExtService>,
+    /// Counts the rejected requests, which never reach a handler.
+    metrics: Arc<Recorder>,
 }
 
 impl NamedService for ExtServer {
@@ -267,33 +272,45 @@ impl Service<http::Request<Body>> for ExtServer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let started = Instant::now();
         let path = request.uri().path().to_owned();
         let call = self.inner.call(request);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let response = call.await?;
-            Ok(reject_undecodable(&path, response))
+            let Some(rejection) = reject_undecodable(&path, &response) else {
+                return Ok(response);
+            };
+            if let Some(method) = method_of(&path) {
+                metrics.record_request(method, ErrorCode::InvalidArgument, started.elapsed());
+            }
+            Ok(rejection)
         })
     }
 }
 
-/// Turns a trailers-only response that reports an undecodable request into INVALID_ARGUMENT;
-/// returns every other response unchanged. tonic rejects such a request before the handler
-/// runs, so the response carries its status in the headers.
-fn reject_undecodable(path: &str, response: http::Response<Body>) -> http::Response<Body> {
+/// Returns the method a request path such as `/im.v1.LogicExtService/FindUser` names.
+fn method_of(path: &str) -> Option<Method> {
+    let name = path.rsplit('/').next()?;
+    Method::ALL.into_iter().find(|method| method.name() == name)
+}
+
+/// Returns INVALID_ARGUMENT for a trailers-only response that reports an undecodable request,
+/// and `None` for every other response, which goes out unchanged. tonic rejects such a request
+/// before the handler runs, so the response carries its status in the headers.
+fn reject_undecodable(path: &str, response: &http::Response<Body>) -> Option<http::Response<Body>> {
     let headers = response.headers();
     if headers.get("grpc-status").map(|value| value.as_bytes()) != Some(b"13") {
-        return response;
+        return None;
     }
-    let Some(status) = Status::from_header_map(headers) else {
-        return response;
-    };
+    let status = Status::from_header_map(headers)?;
     if status.code() != Code::Internal || !status.message().starts_with(DECODE_ERROR_PREFIX) {
-        return response;
+        return None;
     }
     tracing::debug!(
         path,
         error = status.message(),
         "request rejected: its message does not decode"
     );
-    Status::from(LogicError::Undecodable(status.message().to_owned())).into_http()
+    Some(Status::from(LogicError::Undecodable(status.message().to_owned())).into_http())
 }
