@@ -166,6 +166,17 @@ async fn kick_device_checks_secret_and_owner() {
         .await
         .expect_err("user 0");
     assert_eq!(error_code(&status), ErrorCode::InvalidArgument);
+    let unknown_user = i64::MAX as u64;
+    let status = ext
+        .kick_device(kick(unknown_user, 0, SERVER_SECRET))
+        .await
+        .expect_err("a user who does not exist");
+    assert_eq!(error_code(&status), ErrorCode::NotFound);
+    assert!(
+        status.message().contains(&unknown_user.to_string()),
+        "{}",
+        status.message()
+    );
     sign_in(
         &mut logic.client,
         device.user_id,

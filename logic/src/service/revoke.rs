@@ -14,7 +14,7 @@ use super::Logic;
 use crate::error::{ErrorChain, LogicError};
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
 use crate::metrics::LogoutSource;
-use crate::store::pg::{device_tokens, devices};
+use crate::store::pg::{device_tokens, devices, users};
 
 /// Revokes the token of a device that sent LOGOUT and removes its online status, if the
 /// status still names the request's connection. The engine closes the connection itself.
@@ -80,8 +80,8 @@ pub async fn logout(
 /// # Errors
 ///
 /// [`LogicError::PermissionDenied`] for a missing or wrong secret,
-/// [`LogicError::InvalidArgument`] for user id 0, [`LogicError::NotFound`] for a device that is
-/// not the user's, store errors.
+/// [`LogicError::InvalidArgument`] for user id 0, [`LogicError::NotFound`] for a user who does
+/// not exist or a device that is not the user's, store errors.
 pub async fn kick_device(
     logic: &Logic,
     credentials: &Credentials,
@@ -96,11 +96,20 @@ pub async fn kick_device(
     }
     let user = UserId(request.user_id);
     let device = (request.device_id != 0).then_some(DeviceId(request.device_id));
-    if let Some(device) = device {
-        if devices::find_owner(&logic.pg, device).await? != Some(user) {
-            return Err(LogicError::NotFound(format!(
-                "user {user} has no device {device}"
-            )));
+    match device {
+        Some(device) => {
+            if devices::find_owner(&logic.pg, device).await? != Some(user) {
+                return Err(LogicError::NotFound(format!(
+                    "user {user} has no device {device}"
+                )));
+            }
+        }
+        // A back end that names a user who does not exist has a wrong id, which a reply of
+        // 0 revoked would hide.
+        None => {
+            if users::profile(&logic.pg, user).await?.is_none() {
+                return Err(LogicError::NotFound(format!("user {user} not found")));
+            }
         }
     }
 
