@@ -4,9 +4,11 @@
 //! forever nor open them without bound.
 //!
 //! [`GuardedListener`] accepts a connection only while fewer than its maximum are open; the
-//! others wait in the kernel's accept queue. [`GuardedStream`] fails a connection on which no
-//! byte was read or written for the idle timeout while no call of it was in progress, and hyper
-//! then closes it. [`guard_router`] reads each request body within a deadline and a size
+//! others wait in the kernel's accept queue. [`GuardedStream`] gives a connection the idle
+//! timeout to start a call, from its accept or from the end of its last call (and one more
+//! timeout to send that call's response); it fails the connection when none started, and hyper
+//! then closes it. Bytes the client sends do not extend that time, so a client that trickles a
+//! request head, or pings, cannot hold a connection. [`guard_router`] reads each request body within a deadline and a size
 //! limit, and counts the call as in progress only after that, so a client cannot hold a
 //! connection by stopping inside a request body either.
 
@@ -14,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -125,34 +127,45 @@ impl Listener for GuardedListener {
     }
 }
 
-/// A connection of a [`GuardedListener`]. Reads and writes fail with `TimedOut` once the
-/// connection has transferred nothing for the idle timeout while none of its calls was in
-/// progress. Dropping it frees its place among the open connections.
+/// A connection of a [`GuardedListener`]. Reads and writes fail with `TimedOut` once the idle
+/// timeout has passed with no call in progress and none ended since the timeout last passed.
+/// Dropping it frees its place among the open connections.
 pub struct GuardedStream {
     stream: TcpStream,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
-    /// Calls of this connection in progress, counted by [`count_call`].
-    calls: Arc<AtomicUsize>,
+    /// The calls of this connection, counted by [`count_call`].
+    calls: Arc<CallState>,
     _permit: OwnedSemaphorePermit,
 }
 
+/// The calls of one connection.
+#[derive(Default)]
+struct CallState {
+    /// Calls in progress.
+    in_progress: AtomicUsize,
+    /// Whether a call ended since the idle timeout last passed.
+    ended: AtomicBool,
+}
+
 impl GuardedStream {
-    fn record_activity(&mut self) {
+    fn restart_idle(&mut self) {
         let deadline = Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
     }
 
     /// Returns the error that ends a pending read or write once the idle timeout has passed
-    /// without a call in progress, or `None` while time is left. `cx` is woken when the timeout
-    /// passes. hyper keeps reading while a call runs, so a call that outlasts the timeout
-    /// restarts it here.
+    /// with no call in progress and none ended meanwhile, or `None` while time is left. `cx` is
+    /// woken when the timeout passes. A call in progress restarts the timeout whenever it
+    /// passes, and a call that ended gives one more, for its response and the next request.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.idle.as_mut().poll(cx).is_pending() {
             return None;
         }
-        if self.calls.load(Ordering::Acquire) > 0 {
-            self.record_activity();
+        if self.calls.in_progress.load(Ordering::Acquire) > 0
+            || self.calls.ended.swap(false, Ordering::AcqRel)
+        {
+            self.restart_idle();
             // Registers `cx` with the new deadline.
             let _ = self.idle.as_mut().poll(cx);
             return None;
@@ -166,7 +179,7 @@ impl GuardedStream {
 
 /// The call counter of a connection, which [`guard_router`] hands to each of its requests.
 #[derive(Clone)]
-pub struct ConnectionCalls(Arc<AtomicUsize>);
+pub struct ConnectionCalls(Arc<CallState>);
 
 impl Connected<IncomingStream<'_, GuardedListener>> for ConnectionCalls {
     fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
@@ -232,15 +245,16 @@ fn body_rejected(path: &str, err: &axum::Error) -> Response {
 
 async fn count_call(calls: ConnectionCalls, request: Request, next: Next) -> Response {
     /// Ends the count when the call ends, also when the client cancels it.
-    struct InProgress(Arc<AtomicUsize>);
+    struct InProgress(Arc<CallState>);
 
     impl Drop for InProgress {
         fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::AcqRel);
+            self.0.ended.store(true, Ordering::Release);
+            self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    calls.0.fetch_add(1, Ordering::AcqRel);
+    calls.0.in_progress.fetch_add(1, Ordering::AcqRel);
     let _in_progress = InProgress(calls.0);
     next.run(request).await
 }
@@ -251,15 +265,11 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Bytes read do not restart the idle timeout: otherwise a client could hold the
+        // connection by sending a request head one byte at a time.
         let this = self.get_mut();
-        let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.record_activity();
-                }
-                Poll::Ready(result)
-            }
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => match this.poll_idle(cx) {
                 Some(err) => Poll::Ready(Err(err)),
                 None => Poll::Pending,
@@ -277,8 +287,10 @@ impl AsyncWrite for GuardedStream {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.record_activity();
+                // A response that makes progress during a call keeps the connection; writes
+                // outside a call, such as answers to HTTP/2 pings, do not.
+                if written > 0 && this.calls.in_progress.load(Ordering::Acquire) > 0 {
+                    this.restart_idle();
                 }
                 Poll::Ready(Ok(written))
             }
@@ -425,6 +437,68 @@ mod tests {
         let reply = waiting.await.expect("task").expect("a reply within 5 s");
 
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn trickled_request_heads_do_not_hold_connections() {
+        let addr = serve_guarded().await;
+        let mut trickling = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream
+                .write_all(b"GET /fast HTTP/1.1\r\nX-A: ")
+                .await
+                .expect("write");
+            trickling.push(stream);
+        }
+        // Both places are taken; the third client waits while the others send a byte every
+        // 0.6 idle timeouts.
+        let waiting = tokio::spawn(get(addr, "/fast"));
+        let trickle = async {
+            loop {
+                tokio::time::sleep(TEST_IDLE * 3 / 5).await;
+                for stream in &mut trickling {
+                    if stream.write_all(b"a").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let raced = async {
+            tokio::select! {
+                reply = waiting => reply.expect("task"),
+                () = trickle => None,
+            }
+        };
+        let served = tokio::time::timeout(Duration::from_secs(5), raced)
+            .await
+            .expect("the trickling connections are closed within 5 s");
+        // Their close stopped the trickle and let the third client in; its reply comes either
+        // way once they are gone.
+        let reply = match served {
+            Some(reply) => reply,
+            None => get(addr, "/fast").await.expect("a reply within 5 s"),
+        };
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connection_serves_a_request_after_a_call() {
+        let addr = serve_guarded().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = b"GET /fast HTTP/1.1\r\nHost: test\r\n\r\n";
+        stream.write_all(request).await.expect("first request");
+        let mut buf = vec![0u8; 1024];
+        let n = stream.read(&mut buf).await.expect("first reply");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Within the idle timeout after the call, the next request is served.
+        tokio::time::sleep(TEST_IDLE / 2).await;
+        stream.write_all(request).await.expect("second request");
+        let n = stream.read(&mut buf).await.expect("second reply");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Without another call, the connection closes within two timeouts of the last one.
+        let closed = read_until_closed(&mut stream, TEST_IDLE * 4).await;
+        assert!(closed.is_some(), "an idle keep-alive connection is closed");
     }
 
     #[test]
