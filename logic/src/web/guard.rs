@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::connect_info::{Connected, IntoMakeServiceWithConnectInfo};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,11 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request body read, in bytes. It is above tonic's default limit of 4 MiB per
 /// message, even in base64 (gRPC-Web text), so that tonic's error names that limit.
 const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Request body bytes that all connections together may hold at once, read or being read
+/// (64 MiB), counted in KiB. A chunked body, whose size is not known, counts as
+/// [`MAX_BODY_BYTES`].
+const BODY_BUDGET_KIB: usize = 64 * 1024;
 
 /// Open web connections allowed when the open-file limit cannot be read: half of 1024, the
 /// usual default soft limit on Linux.
@@ -190,8 +195,16 @@ impl Connected<IncomingStream<'_, GuardedListener>> for ConnectionCalls {
 /// Returns the service that [`axum::serve`] needs to run `router` on a [`GuardedListener`]:
 /// `router` behind [`read_then_count_call`].
 pub fn guard_router(router: Router) -> IntoMakeServiceWithConnectInfo<Router, ConnectionCalls> {
+    guard_router_with_budget(router, BODY_BUDGET_KIB)
+}
+
+fn guard_router_with_budget(
+    router: Router,
+    budget_kib: usize,
+) -> IntoMakeServiceWithConnectInfo<Router, ConnectionCalls> {
+    let budget = Arc::new(Semaphore::new(budget_kib));
     router
-        .layer(middleware::from_fn(read_then_count_call))
+        .layer(middleware::from_fn_with_state(budget, read_then_count_call))
         .into_make_service_with_connect_info::<ConnectionCalls>()
 }
 
@@ -200,7 +213,12 @@ pub fn guard_router(router: Router) -> IntoMakeServiceWithConnectInfo<Router, Co
 /// timeout spares the connection meanwhile. A body that is late gets 408, one whose
 /// Content-Length is too large 413, and one that is broken off or grows too large without a
 /// Content-Length 400, all without running the call.
+///
+/// The body's bytes come out of a budget that all connections share, from before it is read
+/// until the call ends. A request that finds too little of it left gets 503 at once, so that
+/// many clients sending large bodies together cannot exhaust the memory.
 async fn read_then_count_call(
+    State(budget): State<Arc<Semaphore>>,
     ConnectInfo(calls): ConnectInfo<ConnectionCalls>,
     request: Request,
     next: Next,
@@ -217,6 +235,21 @@ async fn read_then_count_call(
         let text = "request body larger than 8 MiB: send a smaller request\n";
         return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
     }
+    // hyper knows the size of a body with a Content-Length, and that a request with neither
+    // it nor chunked encoding has none; a chunked body may reach the limit.
+    let body_bytes = HttpBody::size_hint(&body)
+        .upper()
+        .unwrap_or(MAX_BODY_BYTES as u64);
+    let kib = u32::try_from(body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(_body_budget) = budget.try_acquire_many_owned(kib.max(1)) else {
+        tracing::debug!(
+            path,
+            content_length = declared,
+            "request refused: the request body budget is in use"
+        );
+        let text = "the server is reading many request bodies at once: retry in a moment\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    };
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
         .await
     {
@@ -321,6 +354,11 @@ mod tests {
     /// Serves GET /fast at once and GET /slow after three idle timeouts on a guarded listener
     /// with room for two connections.
     async fn serve_guarded() -> SocketAddr {
+        serve_with(2, BODY_BUDGET_KIB).await
+    }
+
+    /// [`serve_guarded`] with room for `connections` and a body budget of `budget_kib`.
+    async fn serve_with(connections: usize, budget_kib: usize) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let router = axum::Router::new()
@@ -332,8 +370,9 @@ mod tests {
                     "slow"
                 }),
             );
-        let guarded = GuardedListener::new(listener, 2, TEST_IDLE);
-        tokio::spawn(async move { axum::serve(guarded, guard_router(router)).await });
+        let guarded = GuardedListener::new(listener, connections, TEST_IDLE);
+        let service = guard_router_with_budget(router, budget_kib);
+        tokio::spawn(async move { axum::serve(guarded, service).await });
         addr
     }
 
@@ -499,6 +538,32 @@ mod tests {
         // Without another call, the connection closes within two timeouts of the last one.
         let closed = read_until_closed(&mut stream, TEST_IDLE * 4).await;
         assert!(closed.is_some(), "an idle keep-alive connection is closed");
+    }
+
+    #[tokio::test]
+    async fn bodies_beyond_the_shared_budget_get_503() {
+        // Room for one 8 MiB body and a little more.
+        let addr = serve_with(4, MAX_BODY_BYTES / 1024 + 1024).await;
+        let mut large = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /fast HTTP/1.1\r\nHost: test\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\npart"
+        );
+        large.write_all(head.as_bytes()).await.expect("write");
+        // Let the server take the first body's share before the second asks for one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let head = "POST /fast HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Content-Length: 2097152\r\n\r\n";
+        second.write_all(head.as_bytes()).await.expect("write");
+        let refused = read_until_closed(&mut second, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+        let small = get(addr, "/fast").await.expect("a reply within 5 s");
+        assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        drop(large);
     }
 
     #[test]
