@@ -409,7 +409,7 @@ async fn empty_web_addr_turns_server_off() {
 }
 
 #[tokio::test]
-async fn grpc_web_refuses_back_end_calls_with_the_right_secret() {
+async fn grpc_web_rejects_back_end_calls() {
     const SERVER_SECRET: &str = "a server secret of the back end";
     let root = WebRoot::create();
     let config = im_logic::Config {

@@ -30,12 +30,12 @@ use crate::metrics::{Method, Recorder};
 #[derive(Clone)]
 pub struct ExtService {
     logic: Arc<Logic>,
-    /// Whether ServerSend and KickDevice are served. The web port refuses them, so that the
+    /// Whether ServerSend and KickDevice are served. The web port rejects them, so that the
     /// server secret cannot be guessed through the port that faces browsers.
     back_end_calls: bool,
 }
 
-/// The refusal of a back-end call on the web port.
+/// The error message of a back-end call rejected on the web port.
 const BACK_END_ONLY: &str = "ServerSend and KickDevice are for back ends: call them on the \
                              logic tier's gRPC address (listen_addr), not on the web port";
 
@@ -48,7 +48,7 @@ impl ExtService {
         }
     }
 
-    /// Serves the calls of devices with `logic`, and refuses ServerSend and KickDevice with
+    /// Serves the calls of devices with `logic`, and rejects ServerSend and KickDevice with
     /// PERMISSION_DENIED, as the web port does.
     pub fn for_web(logic: Arc<Logic>) -> ExtService {
         ExtService {
@@ -57,7 +57,7 @@ impl ExtService {
         }
     }
 
-    /// Returns PERMISSION_DENIED when back-end calls are refused here.
+    /// Returns PERMISSION_DENIED when this service rejects back-end calls.
     fn check_back_end_call(&self) -> Result<(), LogicError> {
         if self.back_end_calls {
             Ok(())
@@ -289,7 +289,7 @@ impl Service<http::Request<Body>> for ExtServer {
     }
 }
 
-/// Returns the method a request path such as `/im.v1.LogicExtService/FindUser` names.
+/// Returns the method named by a request path such as `/im.v1.LogicExtService/FindUser`.
 fn method_of(path: &str) -> Option<Method> {
     let name = path.rsplit('/').next()?;
     Method::ALL.into_iter().find(|method| method.name() == name)

@@ -5,12 +5,14 @@
 //!
 //! [`GuardedListener`] accepts a connection only while fewer than its maximum are open; the
 //! others wait in the kernel's accept queue. [`GuardedStream`] gives a connection the idle
-//! timeout to start a call, from its accept or from the end of its last call (and one more
-//! timeout to send that call's response); it fails the connection when none started, and hyper
-//! then closes it. Bytes the client sends do not extend that time, so a client that trickles a
-//! request head, or pings, cannot hold a connection. [`guard_router`] reads each request body within a deadline and a size
-//! limit, and counts the call as in progress only after that, so a client cannot hold a
-//! connection by stopping inside a request body either.
+//! timeout to start a call, counted from its accept or from the end of its last call, and one
+//! more timeout to send that call's response. When no call starts in time, it fails the
+//! connection, and hyper then closes it. Bytes the client sends do not extend that time, so a
+//! client that trickles a request head, or sends pings, cannot hold a connection.
+//!
+//! [`guard_router`] reads each request body within a deadline and a size limit, and counts the
+//! call as in progress only after that, so a client cannot hold a connection by stopping
+//! inside a request body either.
 
 use std::future::Future;
 use std::io;
@@ -225,31 +227,28 @@ async fn read_then_count_call(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+
+    // hyper reports the exact size of a body with a Content-Length, and 0 for a request with
+    // neither a Content-Length nor chunked encoding. A chunked body's size is unknown.
+    let declared = HttpBody::size_hint(&body).exact();
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         tracing::debug!(path, content_length = declared, "request body too large");
         let text = "request body larger than 8 MiB: send a smaller request\n";
         return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
     }
-    // hyper knows the size of a body with a Content-Length, and that a request with neither
-    // it nor chunked encoding has none; a chunked body may reach the limit.
-    let body_bytes = HttpBody::size_hint(&body)
-        .upper()
-        .unwrap_or(MAX_BODY_BYTES as u64);
+
+    let body_bytes = declared.unwrap_or(MAX_BODY_BYTES as u64);
     let kib = u32::try_from(body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
     let Ok(_body_budget) = budget.try_acquire_many_owned(kib.max(1)) else {
         tracing::debug!(
             path,
             content_length = declared,
-            "request refused: the request body budget is in use"
+            "request rejected: the shared request body budget is in use"
         );
         let text = "the server is reading many request bodies at once: retry in a moment\n";
         return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
     };
+
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
         .await
     {
@@ -320,8 +319,8 @@ impl AsyncWrite for GuardedStream {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(Ok(written)) => {
-                // A response that makes progress during a call keeps the connection; writes
-                // outside a call, such as answers to HTTP/2 pings, do not.
+                // A response that makes progress during a call keeps the connection. Writes
+                // outside a call, such as the replies to HTTP/2 pings, do not.
                 if written > 0 && this.calls.in_progress.load(Ordering::Acquire) > 0 {
                     this.restart_idle();
                 }
@@ -479,7 +478,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn trickled_request_heads_do_not_hold_connections() {
+    async fn trickled_heads_release_connections() {
         let addr = serve_guarded().await;
         let mut trickling = Vec::new();
         for _ in 0..2 {
@@ -490,7 +489,8 @@ mod tests {
                 .expect("write");
             trickling.push(stream);
         }
-        // Both places are taken; the third client waits while the others send a byte every
+
+        // Both places are taken, so the third client waits while the others send a byte every
         // 0.6 idle timeouts.
         let waiting = tokio::spawn(get(addr, "/fast"));
         let trickle = async {
@@ -509,6 +509,7 @@ mod tests {
                 () = trickle => None,
             }
         };
+
         let served = tokio::time::timeout(Duration::from_secs(5), raced)
             .await
             .expect("the trickling connections are closed within 5 s");
@@ -522,7 +523,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keep_alive_connection_serves_a_request_after_a_call() {
+    async fn keep_alive_serves_next_request() {
         let addr = serve_guarded().await;
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = b"GET /fast HTTP/1.1\r\nHost: test\r\n\r\n";
@@ -549,7 +550,7 @@ mod tests {
             "POST /fast HTTP/1.1\r\nHost: test\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\npart"
         );
         large.write_all(head.as_bytes()).await.expect("write");
-        // Let the server take the first body's share before the second asks for one.
+        // Let the server take the first body's share before the second request arrives.
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         let mut second = TcpStream::connect(addr).await.expect("connect");

@@ -141,6 +141,22 @@ pub(crate) fn error_code(status: &Status) -> ErrorCode {
     ErrorCode::try_from(number).expect("a known ErrorCode")
 }
 
+/// Asserts that `status` rejects a request as INVALID_ARGUMENT, in its gRPC code and its
+/// ErrorCode, with a message that contains `named` (a field or value). `case` labels failures.
+pub(crate) fn assert_invalid(status: &Status, named: &str, case: &str) {
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{case}: {status:?}"
+    );
+    assert_eq!(error_code(status), ErrorCode::InvalidArgument, "{case}");
+    assert!(
+        status.message().contains(named),
+        "{case}: {}",
+        status.message()
+    );
+}
+
 /// Returns a connection reference on `node`.
 pub(crate) fn conn(node: &str, conn_id: u64) -> ConnRef {
     ConnRef {
