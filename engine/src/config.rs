@@ -933,6 +933,88 @@ mod tests {
     }
 
     #[test]
+    fn whole_number_errors_give_setting_range() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_ENGINE_SHARDS", "all");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains(
+                    "shards: found string \"all\", expected a whole number from 0 to 255 \
+                     (from IM_ENGINE_SHARDS)"
+                ),
+                "{message}"
+            );
+            jail.clear_env();
+            jail.create_file("im.toml", "[engine]\nlogic_gather_calls = -4\n")?;
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.contains(
+                    "logic_gather_calls: found signed int `-4`, expected a whole number from 1 \
+                     to 64 (in im.toml)"
+                ),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dotted_variable_is_named_as_written() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_ENGINE_SHARDS.X", "1");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.starts_with("invalid environment variable `IM_ENGINE_SHARDS.X`: "),
+                "{message}"
+            );
+            assert!(
+                message.ends_with("rename it to IM_ENGINE_SHARDS or unset it"),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    /// Returns the defaults with `settings` set, as a file or variables would set them.
+    fn config_with(settings: &[(&str, u64)]) -> Config {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        for (setting, value) in settings {
+            figment = figment.merge((*setting, *value));
+        }
+        figment.extract().expect("the values fit the types")
+    }
+
+    #[test]
+    fn setting_ranges_match_validation() {
+        for range in im_settings::ENGINE_RANGES {
+            let setting = range.setting;
+            // lease_ttl_ms must also exceed lease_interval_ms.
+            let mut lowest = vec![("lease_interval_ms", 1), (setting, range.min)];
+            if setting == "lease_interval_ms" {
+                lowest.truncate(1);
+            }
+            let result = config_with(&lowest).validate();
+            assert!(result.is_ok(), "{setting} = {}: {result:?}", range.min);
+            if let Some(below) = range.min.checked_sub(1) {
+                lowest.pop();
+                lowest.push((setting, below));
+                let message = config_with(&lowest).validate().unwrap_err().to_string();
+                assert!(message.contains(setting), "{setting} = {below}: {message}");
+            }
+            if let Some(max) = range.max {
+                let result = config_with(&[(setting, max)]).validate();
+                assert!(result.is_ok(), "{setting} = {max}: {result:?}");
+                let above = max + 1;
+                let message = config_with(&[(setting, above)])
+                    .validate()
+                    .unwrap_err()
+                    .to_string();
+                assert!(message.contains(setting), "{setting} = {above}: {message}");
+            }
+        }
+    }
+
+    #[test]
     fn device_as_config_file_is_rejected() {
         Jail::expect_with(|_| {
             let cli = Cli::parse_from(["im-engine", "--config", "/dev/zero"]);

@@ -3,6 +3,7 @@
 //! logic server with PostgreSQL and Redis.
 //!
 //! Requests go over raw TCP so that paths reach the server exactly as written, `..` included.
+//! The test of HTTP/2 uses hyper's client.
 
 mod common;
 
@@ -398,6 +399,42 @@ async fn grpc_web_undecodable_request_is_invalid() {
         "the INVALID_ARGUMENT error code: {:?}",
         response.headers
     );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_refused() {
+    let root = WebRoot::create();
+    let logic = start_with_root(&root.root).await;
+    let addr = web_addr(&logic);
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let exchange = async {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        let call = grpc_web_frame(&FindUserRequest {
+            username: "nobody".to_owned(),
+        });
+        let request = hyper::Request::post(format!("http://{addr}/im.v1.LogicExtService/FindUser"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(axum::body::Body::from(call))
+            .expect("a request");
+        sender.send_request(request).await
+    };
+
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .expect("the HTTP/2 client gets an answer or an error in time");
+
+    if let Ok(response) = outcome {
+        panic!("HTTP/2 was served: {}", response.status());
+    }
+    let page = get(addr, "/").await;
+    assert_eq!(page.status, 200, "HTTP/1.1 is still served");
     logic.server.shutdown().await;
 }
 

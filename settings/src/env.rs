@@ -19,6 +19,20 @@ pub enum EnvError {
         /// The prefix it starts with, such as `IM_ENGINE_`.
         prefix: String,
     },
+    /// A variable whose name has a dot after the prefix, such as `IM_ENGINE_SHARDS.X`. figment
+    /// takes the part after the dot as a key inside the setting, but no setting is a table. So
+    /// figment would fail with a type error or an unknown field, named after the part before
+    /// the dot.
+    #[error(
+        "invalid environment variable `{variable}`: a dot in the name sets a key inside a \
+         table, but no setting is a table: rename it to {setting_variable} or unset it"
+    )]
+    Dotted {
+        /// The variable's name, cut and escaped as [`shown_name`] does.
+        variable: String,
+        /// The variable of the setting before the first dot, such as `IM_ENGINE_SHARDS`.
+        setting_variable: String,
+    },
     /// Two variables that name the same setting in different case or spacing, such as
     /// `IM_LOGIC_LISTEN_ADDR` and `im_logic_listen_addr`, of which figment would silently take
     /// one.
@@ -38,9 +52,11 @@ pub enum EnvError {
 /// Rejects a variable named `prefix` followed by nothing, such as `IM_ENGINE_`, or by a name
 /// with an empty part between dots, such as `IM_ENGINE_SHARDS.`. figment's `Env::prefixed`
 /// skips such a variable without an error (figment 0.10.19), whereas it reports any other
-/// unknown name as an unknown field. Like figment, the check trims the name and matches the
-/// prefix in any case, so it also rejects two variables that name one setting in different
-/// case. Values are never read, since they may be secrets.
+/// unknown name as an unknown field. It also rejects any other name with a dot, such as
+/// `IM_ENGINE_SHARDS.X`, which figment would report under the name before the dot. Like
+/// figment, the check trims the name and matches the prefix in any case, so it also rejects two
+/// variables that name one setting in different case. Values are never read, since they may be
+/// secrets.
 ///
 /// # Errors
 ///
@@ -56,6 +72,15 @@ pub fn check_env(prefix: &str) -> Result<(), EnvError> {
             return Err(EnvError::NoSetting {
                 variable: shown_name(&name),
                 prefix: prefix.to_owned(),
+            });
+        }
+        if let Some((first, _)) = setting.split_once('.') {
+            return Err(EnvError::Dotted {
+                variable: shown_name(&name),
+                setting_variable: shown_name(&format!(
+                    "{prefix}{}",
+                    first.trim().to_ascii_uppercase()
+                )),
             });
         }
         let setting = setting.to_ascii_lowercase();
@@ -124,7 +149,7 @@ pub fn raw_env_value(prefix: &str, setting: &str) -> Option<String> {
 
 /// Returns the trimmed rest of the trimmed `name` after `prefix`, matched in any ASCII case, or
 /// `None` when `name` does not start with `prefix`.
-fn strip_env_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+pub(crate) fn strip_env_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
     let trimmed = name.trim();
     let start = trimmed.get(..prefix.len())?;
     start

@@ -2,7 +2,9 @@
 //! `[engine]` and `[logic]` tables.
 
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Format, Toml};
@@ -119,8 +121,9 @@ impl Provider for SettingsFile {
 ///
 /// [`FileError`] naming the file and, for an unknown key, that key. A TOML syntax error is
 /// reported with its line and column, and an integer beyond 64 bits with its key. A FIFO, a
-/// socket or a device other than /dev/null is rejected unread, and a file larger than
-/// [`MAX_FILE_BYTES`] once one byte past the limit has been read.
+/// socket, a device other than /dev/null and a file of /proc, /sys or another kernel file
+/// system are rejected unread. A file whose read would wait for input fails at once, and a
+/// file larger than [`MAX_FILE_BYTES`] fails once one byte past the limit has been read.
 pub fn read_file(path: &Path) -> Result<SettingsFile, FileError> {
     let text = read_settings_file(path)?;
     check_tables(path, &text)?;
@@ -160,10 +163,16 @@ fn check_tables(path: &Path, text: &str) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`]. Of the devices only /dev/null is
-/// allowed, and reads as an empty file. A FIFO, a socket or another device is rejected before
-/// it is opened: opening a FIFO waits for a writer, a socket cannot be opened as a file, and a
-/// device such as a terminal may wait for input forever.
+/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`], without ever waiting for input.
+/// Of the devices only /dev/null is allowed, and reads as an empty file. A FIFO, a socket or
+/// another device is rejected before it is opened: opening a FIFO waits for a writer, a socket
+/// cannot be opened as a file, and a device such as a terminal may wait for input forever. A
+/// file of a kernel file system such as /proc is rejected before it is opened too (see
+/// [`KERNEL_FILE_SYSTEMS`]). The file is opened with `O_NONBLOCK`, which changes nothing for a
+/// regular file on disk, and both checks are repeated on the open file, so a path replaced in
+/// between fails instead of blocking.
+// NOTE: O_NONBLOCK has no effect on regular files, so a file on a network or FUSE file system
+// that stops responding can still block the read.
 fn read_settings_file(path: &Path) -> Result<String, FileError> {
     let unreadable = |reason: String| FileError::Unreadable {
         path: path.to_path_buf(),
@@ -181,40 +190,115 @@ fn read_settings_file(path: &Path) -> Result<String, FileError> {
         }
         Err(err) => return Err(unreadable(err.to_string())),
     };
+    check_file_type(&metadata).map_err(unreadable)?;
+    check_file_system(path_file_system(path)).map_err(unreadable)?;
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| unreadable(err.to_string()))?;
+    let opened = file.metadata().map_err(|err| unreadable(err.to_string()))?;
+    check_file_type(&opened).map_err(unreadable)?;
+    check_file_system(open_file_system(&file)).map_err(unreadable)?;
+    read_to_limit(file).map_err(unreadable)
+}
+
+/// Rejects a FIFO, a socket, and a device other than /dev/null, with the reason.
+fn check_file_type(metadata: &std::fs::Metadata) -> Result<(), String> {
     let file_type = metadata.file_type();
     if file_type.is_fifo() {
-        return Err(unreadable(
-            "it is a FIFO (named pipe), which would block start-up until another process \
-             writes to it: pass a regular file"
-                .to_owned(),
-        ));
+        let reason = "it is a FIFO (named pipe), which would block start-up until another \
+                      process writes to it: pass a regular file";
+        return Err(reason.to_owned());
     }
     if file_type.is_socket() {
-        return Err(unreadable(
-            "it is a socket, not a file: pass a regular file".to_owned(),
-        ));
+        return Err("it is a socket, not a file: pass a regular file".to_owned());
     }
     let is_dev_null =
         || std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == metadata.rdev());
     if file_type.is_block_device() || (file_type.is_char_device() && !is_dev_null()) {
-        return Err(unreadable(
+        return Err(
             "it is a device, which may wait for input or never end: pass a regular file, or \
              /dev/null for no settings"
                 .to_owned(),
-        ));
+        );
     }
-    let file = std::fs::File::open(path).map_err(|err| unreadable(err.to_string()))?;
+    Ok(())
+}
+
+/// File systems whose files the kernel generates when they are read, with the `f_type` that
+/// statfs(2) reports for them (Linux, include/uapi/linux/magic.h). Some of their files look
+/// like empty regular files yet wait for input (/proc/kmsg, tracefs's trace_pipe), and some
+/// change state when read (/proc/kmsg hands each kernel message to one reader only).
+const KERNEL_FILE_SYSTEMS: [(i128, &str); 5] = [
+    (0x9fa0, "procfs (/proc)"),
+    (0x6265_6572, "sysfs (/sys)"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+];
+
+/// Rejects a file of one of the [`KERNEL_FILE_SYSTEMS`], given the `f_type` of its file system.
+/// A file system that statfs(2) cannot identify is let through, and `O_NONBLOCK` still keeps a
+/// pipe, a terminal or a kernel interface such as /proc/kmsg from blocking the read.
+fn check_file_system(file_system: Option<i128>) -> Result<(), String> {
+    let Some(file_system) = file_system else {
+        return Ok(());
+    };
+    match KERNEL_FILE_SYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == file_system)
+    {
+        Some((_, name)) => Err(format!(
+            "it is a file of {name}, which the kernel generates when it is read and which may \
+             wait for input or change when read: pass a regular file"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Returns the `f_type` of the file system that contains `path`, following symbolic links, or
+/// `None` when statfs(2) fails.
+fn path_file_system(path: &Path) -> Option<i128> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string, and `stat` is writable memory of the size of
+    // the structure that statfs fills. It is read only when the call succeeds.
+    let result = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
+    // SAFETY: statfs returned 0, so it filled `stat`.
+    (result == 0).then(|| i128::from(unsafe { stat.assume_init() }.f_type))
+}
+
+/// Returns the `f_type` of the file system that contains the open `file`, or `None` when
+/// fstatfs(2) fails.
+fn open_file_system(file: &std::fs::File) -> Option<i128> {
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the descriptor stays open while `file` is borrowed, and `stat` is writable memory
+    // of the size of the structure that fstatfs fills. It is read only when the call succeeds.
+    let result = unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) };
+    // SAFETY: fstatfs returned 0, so it filled `stat`.
+    (result == 0).then(|| i128::from(unsafe { stat.assume_init() }.f_type))
+}
+
+/// Reads `file`, opened with `O_NONBLOCK`, as UTF-8 text of at most [`MAX_FILE_BYTES`]. A read
+/// that would wait for input fails with `EAGAIN` instead, which becomes the error's reason.
+fn read_to_limit(file: std::fs::File) -> Result<String, String> {
+    let would_block = "reading it would wait for input, as from a terminal, a pipe or a kernel \
+                       interface: pass a regular file";
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|err| unreadable(err.to_string()))?;
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::WouldBlock => would_block.to_owned(),
+            _ => err.to_string(),
+        })?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(unreadable(format!(
+        return Err(format!(
             "it is larger than the maximum of {MAX_FILE_BYTES} bytes (1 MiB) for a settings file"
-        )));
+        ));
     }
-    String::from_utf8(bytes)
-        .map_err(|_| unreadable("stream did not contain valid UTF-8".to_owned()))
+    String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_owned())
 }
 
 /// Returns `path` for an error message, with control characters escaped.
@@ -312,4 +396,79 @@ fn last_table_header(text: &str) -> Option<String> {
             .all(|c| c.is_ascii_alphanumeric() || "_-.[] \"'".contains(c));
         is_key.then(|| line.to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    /// Creates a FIFO at a fresh path under the temporary directory.
+    fn make_fifo(name: &str) -> PathBuf {
+        let fifo = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(status.success(), "mkfifo {}", fifo.display());
+        fifo
+    }
+
+    #[test]
+    fn silent_fifo_read_fails_without_blocking() {
+        let fifo = make_fifo("im-settings-silent-fifo");
+        // A writer that never writes: a blocking read would wait for it forever. O_RDWR opens a
+        // FIFO on Linux without waiting for the other end.
+        let _writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .expect("open the writing end");
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the reading end");
+
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(read_to_limit(reader));
+        });
+        let result = receiver.recv_timeout(std::time::Duration::from_secs(10));
+        let _ = std::fs::remove_file(&fifo);
+
+        let reason = result
+            .expect("the read ends within 10 s")
+            .expect_err("no input");
+        assert_eq!(
+            reason,
+            "reading it would wait for input, as from a terminal, a pipe or a kernel interface: \
+             pass a regular file"
+        );
+    }
+
+    #[test]
+    fn kernel_file_systems_are_named() {
+        let proc_fs = path_file_system(Path::new("/proc/self/status"));
+        let proc_reason = check_file_system(proc_fs).expect_err("procfs");
+        let tmp_fs = path_file_system(&std::env::temp_dir());
+
+        assert_eq!(proc_fs, Some(0x9fa0));
+        assert!(proc_reason.contains("procfs (/proc)"), "{proc_reason}");
+        assert!(check_file_system(tmp_fs).is_ok(), "{tmp_fs:?}");
+        assert!(check_file_system(None).is_ok());
+    }
+
+    #[test]
+    fn regular_file_is_read_through_nonblocking_open() {
+        let path = std::env::temp_dir().join(format!("im-settings-plain-{}", std::process::id()));
+        std::fs::write(&path, "[engine]\nshards = 2\n").expect("write");
+
+        let text = read_settings_file(&path);
+        let _ = std::fs::remove_file(&path);
+
+        assert_eq!(text.expect("a regular file"), "[engine]\nshards = 2\n");
+    }
 }

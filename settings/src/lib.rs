@@ -6,6 +6,7 @@
 
 mod env;
 mod file;
+mod ranges;
 mod redact;
 mod text;
 
@@ -14,6 +15,7 @@ use figment::Source;
 
 pub use env::{check_env, misspelt_prefix_vars, prefixed_env, raw_env_value, EnvError};
 pub use file::{read_file, FileError, SettingsFile, MAX_FILE_BYTES, TABLES};
+pub use ranges::{SettingRange, ENGINE_RANGES, LOGIC_RANGES};
 pub use redact::redact_url;
 pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
 
@@ -79,6 +81,8 @@ pub const LOGIC_FIELDS: &[&str] = &[
     "argon2_memory_kib",
     "argon2_iterations",
     "argon2_parallelism",
+    "max_password_hashes",
+    "password_hash_wait_ms",
     "engine_call_timeout_ms",
     "redis_batch_max",
     "send_batch_max",
@@ -86,6 +90,7 @@ pub const LOGIC_FIELDS: &[&str] = &[
     "max_content_bytes",
     "max_group_members",
     "max_groups_per_user",
+    "max_friends_per_user",
     "server_secret",
     "sync_max_page",
     "sync_max_page_bytes",
@@ -95,7 +100,10 @@ pub const LOGIC_FIELDS: &[&str] = &[
 
 /// Describes each error of `err`, joined by "; ". Each part names the setting as im.toml spells
 /// it, says what is wrong in plain words, and names the source of the value. For a value from the
-/// environment, that source is the variable (`env_prefix` plus the setting in capitals). An
+/// environment, that source is the variable as written in the environment, or `env_prefix` plus
+/// the setting in capitals when no variable of that setting is found. A value that is no whole
+/// number of the setting's type gets the setting's range from [`ENGINE_RANGES`] or
+/// [`LOGIC_RANGES`] (chosen by `env_prefix`) where it has one, else the type's bound. An
 /// unknown key or variable gets the closest known one as a guess, never the list of all fields.
 /// The value of a secret setting (see [`is_secret`]) is never repeated, a name longer than
 /// [`MAX_SHOWN_CHARS`] is cut, and control characters are escaped, so the text is one line.
@@ -118,11 +126,14 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
         .is_some_and(|metadata| metadata.name.contains("environment variable"));
     // A list element's path ends in its index, which is no part of the variable's name.
     let variable = match one.path.first() {
-        Some(first) if from_env => {
-            Some(format!("{env_prefix}{}", shown_name(&first.to_uppercase())))
-        }
+        Some(first) if from_env => Some(variable_name(env_prefix, first)),
         _ => None,
     };
+    let range = one.path.first().and_then(|setting| {
+        ranges::ranges_for(env_prefix)
+            .iter()
+            .find(|range| range.setting == setting)
+    });
     let file = one
         .metadata
         .as_ref()
@@ -157,7 +168,10 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
             )
         }
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
-            describe_mismatch(actual, expected)
+            let expected = range
+                .and_then(|range| ranges::describe_range(range, expected))
+                .unwrap_or_else(|| plain(expected));
+            describe_mismatch(actual, &expected)
         }
         Kind::InvalidLength(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => {
             one.kind.to_string().trim().replace('\n', " ")
@@ -171,6 +185,28 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
     } else {
         format!("{key}: {what}{origin}")
     }
+}
+
+/// Returns the names of the variables that set `setting`, as written in the environment and
+/// joined by " and ", such as `im_engine_shards` or `IM_ENGINE_SHARDS.X`. figment matches the
+/// prefix in any case, trims the name, and takes a dotted name as a key inside the setting.
+/// When no such variable is found, returns `env_prefix` followed by `setting` in capitals.
+fn variable_name(env_prefix: &str, setting: &str) -> String {
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| {
+            env::strip_env_prefix(name, env_prefix).is_some_and(|rest| {
+                let first = rest.split('.').next().unwrap_or_default().trim();
+                first.eq_ignore_ascii_case(setting)
+            })
+        })
+        .map(|name| shown_name(&name))
+        .collect();
+    if names.is_empty() {
+        return format!("{env_prefix}{}", shown_name(&setting.to_uppercase()));
+    }
+    names.sort_unstable();
+    names.join(" and ")
 }
 
 /// Returns the table name and variable prefix of the tier that `env_prefix` does not name, with
@@ -319,20 +355,15 @@ fn is_integer(text: &str) -> bool {
 
 /// Translates serde's name for an expected type into words for someone who writes settings.
 fn plain(expected: &str) -> String {
-    let max = match expected {
-        "u8" => u64::from(u8::MAX),
-        "u16" => u64::from(u16::MAX),
-        "u32" => u64::from(u32::MAX),
-        // The type's bound, about 1.8e19, means nothing to someone writing settings.
-        "u64" | "usize" => return "a whole number, 0 or more".to_owned(),
-        "a sequence" => {
-            return "a list, written as a TOML array such as [\"https://a.example\", \
-                    \"https://b.example\"], also in an environment variable"
-                .to_owned()
-        }
-        other => return other.to_owned(),
-    };
-    format!("a whole number from 0 to {max}")
+    if let Some(max) = ranges::unsigned_type_max(expected) {
+        return ranges::whole_numbers(0, max);
+    }
+    match expected {
+        "a sequence" => "a list, written as a TOML array such as [\"https://a.example\", \
+                         \"https://b.example\"], also in an environment variable"
+            .to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 // figment's Jail closures return its large error type, as `load` does.
@@ -400,6 +431,152 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    /// Settings named as in the `[engine]` and `[logic]` tables, with their types.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct TierSettings {
+        shards: usize,
+        logic_gather_calls: usize,
+        db_pool_size: u32,
+        ring_entries: u32,
+    }
+
+    fn load_tier(env_prefix: &str) -> Result<TierSettings, figment::Error> {
+        Figment::from(Serialized::defaults(TierSettings::default()))
+            .merge(Figment::from(Toml::file_exact("im.toml")).focus("engine"))
+            .merge(Env::prefixed(env_prefix))
+            .extract()
+    }
+
+    #[test]
+    fn whole_number_error_gives_setting_range() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            for (variable, value, expected) in [
+                (
+                    "IM_ENGINE_SHARDS",
+                    "abc",
+                    "shards: found string \"abc\", expected a whole number from 0 to 255 \
+                     (from IM_ENGINE_SHARDS)",
+                ),
+                (
+                    "IM_ENGINE_SHARDS",
+                    "-1",
+                    "shards: found signed int `-1`, expected a whole number from 0 to 255 \
+                     (from IM_ENGINE_SHARDS)",
+                ),
+                (
+                    "IM_ENGINE_SHARDS",
+                    "99999999999999999999999",
+                    "shards: 99999999999999999999999 is out of range, expected a whole number \
+                     from 0 to 255 (from IM_ENGINE_SHARDS)",
+                ),
+                (
+                    "IM_LOGIC_DB_POOL_SIZE",
+                    "5000000000",
+                    "db_pool_size: found unsigned int `5000000000`, expected a whole number \
+                     from 1 to 1024 (from IM_LOGIC_DB_POOL_SIZE)",
+                ),
+                (
+                    "IM_LOGIC_DB_POOL_SIZE",
+                    "\"16\"",
+                    "db_pool_size: found string \"16\", expected a whole number from 1 to \
+                     1024: write it without quotes (from IM_LOGIC_DB_POOL_SIZE)",
+                ),
+            ] {
+                jail.clear_env();
+                jail.set_env(variable, value);
+                let prefix = if variable.starts_with("IM_ENGINE_") {
+                    "IM_ENGINE_"
+                } else {
+                    "IM_LOGIC_"
+                };
+                let err = load_tier(prefix).expect_err(value);
+                assert_eq!(describe(&err, prefix), expected, "{variable}={value}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn whole_number_error_in_file_gives_setting_range() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\nlogic_gather_calls = 2.5\n")?;
+            let err = load_tier("IM_ENGINE_").expect_err("a float");
+            assert_eq!(
+                describe(&err, "IM_ENGINE_"),
+                "logic_gather_calls: found float `2.5`, expected a whole number from 1 to 64 \
+                 (in im.toml)"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn setting_without_range_gives_type_bound() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            jail.set_env("IM_ENGINE_RING_ENTRIES", "many");
+            let err = load_tier("IM_ENGINE_").expect_err("no number");
+            assert_eq!(
+                describe(&err, "IM_ENGINE_"),
+                "ring_entries: found string \"many\", expected a whole number from 0 to \
+                 4294967295 (from IM_ENGINE_RING_ENTRIES)"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variable_is_named_as_written() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\n")?;
+            for (variable, shown) in [
+                ("IM_TEST_SHARDS.X", "(from IM_TEST_SHARDS.X)"),
+                ("im_test_shards", "(from im_test_shards)"),
+                ("Im_Test_Shards.x.Y", "(from Im_Test_Shards.x.Y)"),
+            ] {
+                jail.clear_env();
+                jail.set_env(variable, "abc");
+                let text = describe(&load().expect_err(variable), "IM_TEST_");
+                assert!(text.starts_with("shards: "), "{variable}: {text}");
+                assert!(text.ends_with(shown), "{variable}: {text}");
+            }
+            jail.clear_env();
+            jail.set_env("IM_TEST_SHARDZ.X", "1");
+            let text = describe(&load().expect_err("unknown"), "IM_TEST_");
+            assert!(
+                text.starts_with(
+                    "unknown environment variable IM_TEST_SHARDZ.X: did you mean \
+                                  IM_TEST_SHARDS?"
+                ),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn ranges_name_known_settings_once() {
+        for (ranges, fields) in [(ENGINE_RANGES, ENGINE_FIELDS), (LOGIC_RANGES, LOGIC_FIELDS)] {
+            for (index, range) in ranges.iter().enumerate() {
+                assert!(fields.contains(&range.setting), "{}", range.setting);
+                assert!(
+                    ranges[index + 1..]
+                        .iter()
+                        .all(|other| other.setting != range.setting),
+                    "{} appears twice",
+                    range.setting
+                );
+                assert!(
+                    range.max.is_none_or(|max| range.min <= max),
+                    "{}",
+                    range.setting
+                );
+            }
+        }
     }
 
     #[test]
@@ -613,6 +790,29 @@ mod tests {
     }
 
     #[test]
+    fn check_env_rejects_dotted_variable() {
+        Jail::expect_with(|jail| {
+            for (name, setting_variable) in [
+                ("IM_TEST_SHARDS.X", "IM_TEST_SHARDS"),
+                ("im_test_shards.x.y", "IM_TEST_SHARDS"),
+            ] {
+                jail.clear_env();
+                jail.set_env(name, "31337");
+                let text = check_env("IM_TEST_").expect_err(name).to_string();
+                assert_eq!(
+                    text,
+                    format!(
+                        "invalid environment variable `{name}`: a dot in the name sets a key \
+                         inside a table, but no setting is a table: rename it to \
+                         {setting_variable} or unset it"
+                    )
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn variables_with_a_misspelt_prefix_are_found() {
         Jail::expect_with(|jail| {
             for name in [
@@ -765,7 +965,7 @@ mod tests {
             let text = describe(&err, "IM_TEST_");
             assert_eq!(
                 text,
-                format!("unknown environment variable IM_TEST_{}...", "A".repeat(64))
+                format!("unknown environment variable IM_TEST_{}...", "A".repeat(56))
             );
             Ok(())
         });
@@ -878,6 +1078,46 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(device), "{text}");
             assert!(text.contains("it is a device"), "{text}");
+        }
+    }
+
+    /// Runs [`read_file`] on `path` in a thread and returns its error, or panics when the read
+    /// has not ended within 10 s.
+    fn read_file_error_within_deadline(path: &'static str) -> FileError {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(read_file(Path::new(path)));
+        });
+        match receiver.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(result) => result.expect_err(path),
+            Err(_) => panic!("reading {path} blocked for 10 s"),
+        }
+    }
+
+    #[test]
+    fn kernel_files_are_rejected_without_blocking() {
+        for (path, file_system) in [
+            ("/proc/kmsg", "procfs (/proc)"),
+            ("/proc/self/status", "procfs (/proc)"),
+            ("/sys/kernel/tracing/trace_pipe", "tracefs"),
+            (
+                "/sys/kernel/mm/transparent_hugepage/enabled",
+                "sysfs (/sys)",
+            ),
+        ] {
+            if !Path::new(path).exists() {
+                continue;
+            }
+            let text = read_file_error_within_deadline(path).to_string();
+            assert!(
+                text.starts_with(&format!("cannot read the settings file {path}: ")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("it is a file of {file_system}")),
+                "{text}"
+            );
+            assert!(text.ends_with("pass a regular file"), "{text}");
         }
     }
 

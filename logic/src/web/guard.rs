@@ -13,6 +13,9 @@
 //! [`guard_router`] reads each request body within a deadline and a size limit, and counts the
 //! call as in progress only after that, so a client cannot hold a connection by stopping
 //! inside a request body either.
+//!
+//! These limits assume that a connection carries one request at a time, so the port serves
+//! HTTP/1.1 only ([`serve`](super::serve)).
 
 use std::future::Future;
 use std::io;
@@ -24,12 +27,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::connect_info::{Connected, IntoMakeServiceWithConnectInfo};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use axum::Router;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -156,6 +158,11 @@ struct CallState {
 }
 
 impl GuardedStream {
+    /// Returns the call counter of this connection, for its requests.
+    pub fn calls(&self) -> ConnectionCalls {
+        ConnectionCalls(self.calls.clone())
+    }
+
     fn restart_idle(&mut self) {
         let deadline = Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
@@ -184,30 +191,20 @@ impl GuardedStream {
     }
 }
 
-/// The call counter of a connection, which [`guard_router`] hands to each of its requests.
+/// The call counter of a connection, which [`serve_http1`](super::serve::serve_http1) hands to
+/// each of its requests as [`ConnectInfo`].
 #[derive(Clone)]
 pub struct ConnectionCalls(Arc<CallState>);
 
-impl Connected<IncomingStream<'_, GuardedListener>> for ConnectionCalls {
-    fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
-        ConnectionCalls(stream.io().calls.clone())
-    }
-}
-
-/// Returns the service that [`axum::serve`] needs to run `router` on a [`GuardedListener`]:
-/// `router` behind [`read_then_count_call`].
-pub fn guard_router(router: Router) -> IntoMakeServiceWithConnectInfo<Router, ConnectionCalls> {
+/// Returns `router` behind [`read_then_count_call`], to run on a [`GuardedListener`] with
+/// [`serve_http1`](super::serve::serve_http1).
+pub fn guard_router(router: Router) -> Router {
     guard_router_with_budget(router, BODY_BUDGET_KIB)
 }
 
-fn guard_router_with_budget(
-    router: Router,
-    budget_kib: usize,
-) -> IntoMakeServiceWithConnectInfo<Router, ConnectionCalls> {
+fn guard_router_with_budget(router: Router, budget_kib: usize) -> Router {
     let budget = Arc::new(Semaphore::new(budget_kib));
-    router
-        .layer(middleware::from_fn_with_state(budget, read_then_count_call))
-        .into_make_service_with_connect_info::<ConnectionCalls>()
+    router.layer(middleware::from_fn_with_state(budget, read_then_count_call))
 }
 
 /// Reads the request body, within [`BODY_TIMEOUT`] and [`MAX_BODY_BYTES`], then runs the call
@@ -346,6 +343,7 @@ impl AsyncWrite for GuardedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::serve::serve_http1;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const TEST_IDLE: Duration = Duration::from_millis(300);
@@ -371,7 +369,7 @@ mod tests {
             );
         let guarded = GuardedListener::new(listener, connections, TEST_IDLE);
         let service = guard_router_with_budget(router, budget_kib);
-        tokio::spawn(async move { axum::serve(guarded, service).await });
+        tokio::spawn(serve_http1(guarded, service, std::future::pending()));
         addr
     }
 
@@ -565,6 +563,54 @@ mod tests {
         let small = get(addr, "/fast").await.expect("a reply within 5 s");
         assert!(small.starts_with("HTTP/1.1 200"), "{small}");
         drop(large);
+    }
+
+    #[tokio::test]
+    async fn http2_prior_knowledge_gets_no_response() {
+        let addr = serve_guarded().await;
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let exchange = async {
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await?;
+            tokio::spawn(connection);
+            let request = axum::http::Request::get(format!("http://{addr}/fast"))
+                .body(Body::empty())
+                .expect("a request");
+            sender.send_request(request).await
+        };
+
+        let outcome = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("the HTTP/2 client gets an answer or an error within 5 s");
+
+        match outcome {
+            Ok(response) => panic!("HTTP/2 was served: {}", response.status()),
+            Err(err) => assert!(!err.is_timeout(), "{err}"),
+        }
+        let reply = get(addr, "/fast").await.expect("a reply within 5 s");
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "HTTP/1.1 still served: {reply}"
+        );
+    }
+
+    #[tokio::test]
+    async fn h2c_upgrade_is_answered_in_http1() {
+        let addr = serve_guarded().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = "GET /fast HTTP/1.1\r\nHost: test\r\nConnection: Upgrade, HTTP2-Settings, \
+                       close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("write");
+
+        let reply = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("fast"), "{reply}");
     }
 
     #[test]

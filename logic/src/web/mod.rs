@@ -4,10 +4,12 @@
 //!
 //! gRPC-Web requests are routed by path (`/im.v1.LogicExtService/METHOD`); every other request
 //! is a static file request (see [`files`]). [`guard`] bounds the open connections, closes idle
-//! ones and limits the time and size of request bodies.
+//! ones and limits the time and size of request bodies. The port speaks HTTP/1.1 only; [`serve`]
+//! says why.
 
 pub mod files;
 pub mod guard;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use tower_layer::Layer;
 use crate::service::{ExtService, Logic};
 use files::StaticFiles;
 use guard::{guard_router, GuardedListener};
+use serve::serve_http1;
 
 /// Time the server gives open requests to finish after a stop before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -85,6 +88,7 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         tracing::info!(
             addr = %local_addr,
+            protocol = "HTTP/1.1",
             max_connections,
             idle_timeout_s = guard::IDLE_TIMEOUT.as_secs(),
             "web server listening"
@@ -93,12 +97,7 @@ pub fn spawn(
             // A dropped sender also stops the server, because no other handle could stop it.
             let _ = stopped.await;
         };
-        if let Err(err) = axum::serve(listener, guard_router(router))
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %err, "web server failed");
-        }
+        serve_http1(listener, guard_router(router), shutdown).await;
     });
     Ok(WebServer {
         local_addr,
