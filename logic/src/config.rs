@@ -27,6 +27,10 @@ pub use im_settings::LOGIC_FIELDS as FIELDS;
 /// TOML values, so a secret of digits would become a number and fail to load.
 const RAW_TEXT_FIELDS: &[&str] = &["server_secret", "internal_secret"];
 
+/// Largest accepted `max_friends_per_user`: at 48 bytes an entry, 80,000 entries make a
+/// ListFriends reply of 3,840,000 bytes, below gRPC's 4 MiB message limit.
+const MAX_FRIENDS_PER_USER_LIMIT: u64 = 80_000;
+
 /// Shortest and longest accepted `server_secret`, in bytes, when it is set.
 const SERVER_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
 
@@ -69,14 +73,23 @@ pub struct Config {
     /// 315360000 (10 years). SIGN_IN with an older token fails with TOKEN_EXPIRED.
     pub token_ttl_secs: u64,
     /// Argon2id memory cost of new password hashes, in KiB. Default 19456 (19 MiB), range
-    /// 8 × `argon2_parallelism` to 4194304. Each hash in progress uses this much memory. At most one
-    /// hash per CPU runs at a time, and further LOGIN and REGISTER calls wait.
+    /// 8 × `argon2_parallelism` to 4194304. Each hash in progress uses this much memory, and at
+    /// most `max_password_hashes` run at a time.
     pub argon2_memory_kib: u32,
     /// Argon2id passes over memory for new password hashes. Default 2, range 1 to 100.
     pub argon2_iterations: u32,
     /// Argon2id lanes for new password hashes. Default 1, range 1 to 64. The hash is computed
     /// on one thread whatever this value is.
     pub argon2_parallelism: u32,
+    /// Password hashes (REGISTER) and checks (LOGIN) that run at once, each on a thread of its
+    /// own. Default 0, which means one per CPU; range 0 to 1024. Further calls wait for a place
+    /// up to `password_hash_wait_ms`.
+    pub max_password_hashes: u32,
+    /// Maximum time a REGISTER or LOGIN waits for one of the `max_password_hashes` places, in
+    /// milliseconds. Default 1000, range 0 to 60000, where 0 does not wait. A call that waited
+    /// this long is rejected with BUSY and hashes nothing, so that a burst of calls cannot
+    /// build a queue without end.
+    pub password_hash_wait_ms: u64,
     /// Deadline of a call to an engine node (connecting included), in milliseconds.
     /// Default 2000, range 1 to 600000. A kick past it is logged and dropped.
     pub engine_call_timeout_ms: u64,
@@ -101,6 +114,15 @@ pub struct Config {
     /// reply. Creating a group, or adding a user to one, that would pass it for any user
     /// involved fails with TOO_MANY_GROUPS.
     pub max_groups_per_user: u32,
+    /// Maximum entries of one user's friend list: friends and pending friend requests in both
+    /// directions together. Default 10000, range 1 to 80000. ListFriends returns the whole list
+    /// in one reply, which a gRPC client takes only up to 4 MiB (4,194,304 bytes). An entry is
+    /// at most 48 bytes on the wire: a user id of up to 9 varint bytes, a username of up to 32
+    /// bytes and the state, each with its tag, plus the entry's own tag and length. So the
+    /// default bounds the reply at 480,000 bytes and the maximum at 3,840,000. A friend request
+    /// that would give either user more entries fails with TOO_MANY_FRIENDS; accepting a
+    /// pending request adds no entry.
+    pub max_friends_per_user: u32,
     /// Secret that back ends present in the "im-server-secret" metadata of ServerSend. Default
     /// empty, which rejects every ServerSend with PERMISSION_DENIED; otherwise 16 to 1024 bytes.
     /// Never logged.
@@ -141,6 +163,8 @@ impl Default for Config {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            max_password_hashes: 0,
+            password_hash_wait_ms: 1_000,
             engine_call_timeout_ms: 2_000,
             redis_batch_max: 512,
             send_batch_max: 256,
@@ -148,6 +172,7 @@ impl Default for Config {
             max_content_bytes: 16_384,
             max_group_members: 500,
             max_groups_per_user: 1000,
+            max_friends_per_user: 10_000,
             server_secret: String::new(),
             sync_max_page: 500,
             sync_max_page_bytes: 256 * 1024,
@@ -173,6 +198,8 @@ impl std::fmt::Debug for Config {
             .field("argon2_memory_kib", &self.argon2_memory_kib)
             .field("argon2_iterations", &self.argon2_iterations)
             .field("argon2_parallelism", &self.argon2_parallelism)
+            .field("max_password_hashes", &self.max_password_hashes)
+            .field("password_hash_wait_ms", &self.password_hash_wait_ms)
             .field("engine_call_timeout_ms", &self.engine_call_timeout_ms)
             .field("redis_batch_max", &self.redis_batch_max)
             .field("send_batch_max", &self.send_batch_max)
@@ -180,6 +207,7 @@ impl std::fmt::Debug for Config {
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_group_members", &self.max_group_members)
             .field("max_groups_per_user", &self.max_groups_per_user)
+            .field("max_friends_per_user", &self.max_friends_per_user)
             .field("server_secret", &redact_secret(&self.server_secret))
             .field("sync_max_page", &self.sync_max_page)
             .field("sync_max_page_bytes", &self.sync_max_page_bytes)
@@ -282,6 +310,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_groups_per_user: Option<u32>,
+    /// Maximum friends and pending friend requests of one user.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_friends_per_user: Option<u32>,
     /// Largest SYNC page, in messages.
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -549,6 +581,12 @@ impl Config {
             1,
             100_000,
         )?;
+        check_range(
+            "max_friends_per_user",
+            self.max_friends_per_user.into(),
+            1,
+            MAX_FRIENDS_PER_USER_LIMIT,
+        )?;
         check_range("sync_max_page", self.sync_max_page.into(), 1, 10_000)?;
         check_range(
             "sync_max_page_bytes",
@@ -577,6 +615,18 @@ impl Config {
     fn validate_argon2(&self) -> Result<(), ConfigError> {
         check_range("argon2_parallelism", self.argon2_parallelism.into(), 1, 64)?;
         check_range("argon2_iterations", self.argon2_iterations.into(), 1, 100)?;
+        check_range(
+            "max_password_hashes",
+            self.max_password_hashes.into(),
+            0,
+            1024,
+        )?;
+        check_range(
+            "password_hash_wait_ms",
+            self.password_hash_wait_ms,
+            0,
+            60_000,
+        )?;
         let min_memory = 8 * u64::from(self.argon2_parallelism);
         check_range(
             "argon2_memory_kib",
@@ -658,6 +708,41 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
+    }
+
+    fn config_with(setting: &str, value: u64) -> Config {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge((setting, value))
+            .extract()
+            .expect("the value fits the type")
+    }
+
+    #[test]
+    fn setting_ranges_match_validation() {
+        for range in im_settings::LOGIC_RANGES {
+            let setting = range.setting;
+            let result = config_with(setting, range.min).validate();
+            assert!(result.is_ok(), "{setting} = {}: {result:?}", range.min);
+            if let Some(below) = range.min.checked_sub(1) {
+                let message = config_with(setting, below)
+                    .validate()
+                    .unwrap_err()
+                    .to_string();
+                assert!(message.contains(setting), "{setting} = {below}: {message}");
+            }
+            let max = range.max.expect("every logic range has a maximum");
+            let result = config_with(setting, max).validate();
+            assert!(result.is_ok(), "{setting} = {max}: {result:?}");
+            let message = config_with(setting, max + 1)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(setting),
+                "{setting} = {}: {message}",
+                max + 1
+            );
+        }
     }
 
     #[test]
@@ -817,6 +902,61 @@ mod tests {
     }
 
     #[test]
+    fn max_friends_per_user_is_read_and_bounded() {
+        assert_eq!(Config::default().max_friends_per_user, 10_000);
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_MAX_FRIENDS_PER_USER", "80000");
+            let config = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(config.max_friends_per_user, 80_000);
+            for rejected in ["0", "80001"] {
+                jail.set_env("IM_LOGIC_MAX_FRIENDS_PER_USER", rejected);
+                let err = load_in_jail(None, &Cli::default()).expect_err("out of range");
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "invalid logic.max_friends_per_user = {rejected}: use a value from 1 to \
+                         80000 (set by `max_friends_per_user` under [logic] or \
+                         IM_LOGIC_MAX_FRIENDS_PER_USER)"
+                    )
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_hash_limits_are_read_and_bounded() {
+        let defaults = Config::default();
+        assert_eq!(defaults.max_password_hashes, 0, "one per CPU");
+        assert_eq!(defaults.password_hash_wait_ms, 1000);
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_MAX_PASSWORD_HASHES", "1024");
+            jail.set_env("IM_LOGIC_PASSWORD_HASH_WAIT_MS", "0");
+            let config = load_in_jail(None, &Cli::default()).expect("loads");
+            assert_eq!(config.max_password_hashes, 1024);
+            assert_eq!(config.password_hash_wait_ms, 0);
+            jail.set_env("IM_LOGIC_MAX_PASSWORD_HASHES", "1025");
+            let err = load_in_jail(None, &Cli::default()).expect_err("too many");
+            assert!(
+                err.to_string().starts_with(
+                    "invalid logic.max_password_hashes = 1025: use a value from 0 to 1024"
+                ),
+                "{err}"
+            );
+            jail.set_env("IM_LOGIC_MAX_PASSWORD_HASHES", "2");
+            jail.set_env("IM_LOGIC_PASSWORD_HASH_WAIT_MS", "60001");
+            let err = load_in_jail(None, &Cli::default()).expect_err("too long");
+            assert!(
+                err.to_string().starts_with(
+                    "invalid logic.password_hash_wait_ms = 60001: use a value from 0 to 60000"
+                ),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn wrong_type_names_the_field() {
         Jail::expect_with(|jail| {
             jail.set_env("IM_LOGIC_REDIS_BATCH_MAX", "many");
@@ -824,8 +964,8 @@ mod tests {
             let text = err.to_string();
             assert!(
                 text.contains(
-                    "redis_batch_max: found string \"many\", expected a whole number from 0 to \
-                     4294967295 (from IM_LOGIC_REDIS_BATCH_MAX)"
+                    "redis_batch_max: found string \"many\", expected a whole number from 1 to \
+                     65536 (from IM_LOGIC_REDIS_BATCH_MAX)"
                 ),
                 "{text}"
             );

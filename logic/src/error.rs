@@ -39,6 +39,9 @@ pub enum Side {
     Dependency,
     /// The logic tier itself is broken: error.
     Internal,
+    /// The logic tier turned the request away because it has as much of some work as it
+    /// allows: warn.
+    Overload,
 }
 
 /// Error of a call to the logic tier.
@@ -61,6 +64,22 @@ pub enum LogicError {
         /// The field, as named in the .proto file.
         field: &'static str,
         /// The first control character found.
+        code_point: u32,
+        /// Its position in the field, in characters from 0.
+        position: usize,
+    },
+    /// A text field contains a bidirectional control character (U+061C, U+200E, U+200F,
+    /// U+202A to U+202E, U+2066 to U+2069), which makes the text display in another order than
+    /// the one it is stored in.
+    #[error(
+        "invalid {field}: contains bidirectional control character U+{code_point:04X} at \
+         character {position}, which can make the text display differently from what it \
+         contains; remove it"
+    )]
+    BidiControl {
+        /// The field, as named in the .proto file.
+        field: &'static str,
+        /// The first bidirectional control character found.
         code_point: u32,
         /// Its position in the field, in characters from 0.
         position: usize,
@@ -158,6 +177,30 @@ pub enum LogicError {
         /// `max_groups_per_user`.
         max: u32,
     },
+    /// A friend request would give a user more than `max_friends_per_user` friends and
+    /// pending friend requests.
+    #[error(
+        "user {user} has {max} friends and pending friend requests, the maximum this server \
+         allows (max_friends_per_user), so one of them must be removed first"
+    )]
+    TooManyFriends {
+        /// The user whose list is full.
+        user: u64,
+        /// `max_friends_per_user`.
+        max: u32,
+    },
+    /// A password hash or check found every one of the `max_password_hashes` places taken for
+    /// `password_hash_wait_ms`, and was rejected without being run.
+    #[error(
+        "the server is busy hashing passwords: all {max} places (max_password_hashes) stayed \
+         taken for {wait_ms} ms (password_hash_wait_ms); retry after a pause"
+    )]
+    PasswordsBusy {
+        /// Hashes that run at once: `max_password_hashes`, or the number of CPUs.
+        max: usize,
+        /// `password_hash_wait_ms`.
+        wait_ms: u64,
+    },
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
@@ -197,6 +240,7 @@ impl LogicError {
         match self {
             LogicError::InvalidArgument { .. }
             | LogicError::ControlCharacter { .. }
+            | LogicError::BidiControl { .. }
             | LogicError::Undecodable(_)
             | LogicError::AboveMaximum { .. } => ErrorCode::InvalidArgument,
             LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
@@ -215,6 +259,8 @@ impl LogicError {
             LogicError::NotGroupMember(_) => ErrorCode::NotGroupMember,
             LogicError::GroupFull { .. } => ErrorCode::GroupFull,
             LogicError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
+            LogicError::TooManyFriends { .. } => ErrorCode::TooManyFriends,
+            LogicError::PasswordsBusy { .. } => ErrorCode::Busy,
             LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             LogicError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             LogicError::NotFound(_) => ErrorCode::NotFound,
@@ -231,6 +277,7 @@ impl LogicError {
         match self.code() {
             ErrorCode::Unavailable | ErrorCode::Timeout => Side::Dependency,
             ErrorCode::Internal => Side::Internal,
+            ErrorCode::Busy => Side::Overload,
             _ => Side::Client,
         }
     }
@@ -311,7 +358,10 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::UsernameTaken | ErrorCode::AlreadyExists => Code::AlreadyExists,
         ErrorCode::ReceiverNotFound | ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::GroupFull | ErrorCode::TooManyGroups => Code::FailedPrecondition,
+        ErrorCode::GroupFull | ErrorCode::TooManyGroups | ErrorCode::TooManyFriends => {
+            Code::FailedPrecondition
+        }
+        ErrorCode::Busy => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Timeout => Code::DeadlineExceeded,
         _ => Code::Internal,
@@ -438,6 +488,25 @@ mod tests {
                 LogicError::TooManyGroups { user: 7, max: 3 },
                 Code::FailedPrecondition,
                 ErrorCode::TooManyGroups,
+            ),
+            (
+                LogicError::TooManyFriends { user: 7, max: 3 },
+                Code::FailedPrecondition,
+                ErrorCode::TooManyFriends,
+            ),
+            (
+                LogicError::PasswordsBusy { max: 2, wait_ms: 5 },
+                Code::ResourceExhausted,
+                ErrorCode::Busy,
+            ),
+            (
+                LogicError::BidiControl {
+                    field: "name",
+                    code_point: 0x202e,
+                    position: 1,
+                },
+                Code::InvalidArgument,
+                ErrorCode::InvalidArgument,
             ),
             (
                 LogicError::AlreadyExists("friend request to user 7 is pending already".to_owned()),

@@ -1,7 +1,13 @@
-//! Argon2id password hashing off the async threads, at most one hash per CPU at a time.
+//! Argon2id password hashing off the async threads, with a bounded number of hashes at a time
+//! and a bounded wait for one of them.
+//!
+//! REGISTER and LOGIN each hash once, and the business API's Register can be called as fast as a
+//! client likes. A hash that finds every place taken waits up to `password_hash_wait_ms` for one
+//! and is then rejected with BUSY, so callers never queue without limit.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -10,13 +16,20 @@ use tokio::sync::Semaphore;
 
 use crate::error::LogicError;
 
+/// Maximum wait of a hash for a place, as [`PasswordHasher::new`] sets it.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(1000);
+
 /// Hashes new passwords with the configured parameters and verifies stored hashes.
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
-    /// Bounds the hashes in progress, so memory stays at CPUs × `argon2_memory_kib`. Each
-    /// permit is held until its hash ends, even when the caller stopped waiting.
+    /// Bounds the hashes in progress, so memory stays at `max_parallel` × `argon2_memory_kib`.
+    /// Each permit is held until its hash ends, even when the caller stopped waiting.
     permits: Arc<Semaphore>,
+    /// The permits there are: hashes that run at once.
+    max_parallel: usize,
+    /// Maximum wait for a permit, after which the hash is rejected.
+    max_wait: Duration,
     /// Hash of a random password, verified when the user does not exist, so that an unknown
     /// username takes about as long as a wrong password.
     dummy_hash: Arc<str>,
@@ -25,28 +38,55 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Builds the hasher and computes its dummy hash, which blocks for one hash.
+    /// Builds a hasher that runs one hash per CPU at a time and waits [`DEFAULT_MAX_WAIT`]
+    /// for a place, as [`PasswordHasher::with_limits`] does.
     ///
     /// # Errors
     ///
     /// [`LogicError::Internal`] when hashing fails.
     pub fn new(params: Params) -> Result<PasswordHasher, LogicError> {
+        PasswordHasher::with_limits(params, 0, DEFAULT_MAX_WAIT)
+    }
+
+    /// Builds the hasher and computes its dummy hash, which blocks for one hash. At most
+    /// `max_parallel` hashes run at once, one per CPU when it is 0, and a hash that waits
+    /// longer than `max_wait` for its turn is rejected.
+    ///
+    /// # Errors
+    ///
+    /// [`LogicError::Internal`] when hashing fails.
+    pub fn with_limits(
+        params: Params,
+        max_parallel: usize,
+        max_wait: Duration,
+    ) -> Result<PasswordHasher, LogicError> {
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max_parallel = match max_parallel {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let dummy_password = crate::token::generate();
         let dummy_hash = hash_blocking(&argon2, &dummy_password)?;
         Ok(PasswordHasher {
             argon2,
-            permits: Arc::new(Semaphore::new(cpus)),
+            permits: Arc::new(Semaphore::new(max_parallel)),
+            max_parallel,
+            max_wait,
             dummy_hash: dummy_hash.into(),
             in_flight: Arc::default(),
         })
+    }
+
+    /// Returns how many hashes run at once.
+    pub fn max_parallel(&self) -> usize {
+        self.max_parallel
     }
 
     /// Returns the Argon2id PHC string of `password` with a fresh random salt.
     ///
     /// # Errors
     ///
+    /// [`LogicError::PasswordsBusy`] when no place came free within the wait,
     /// [`LogicError::Internal`] when hashing fails.
     pub async fn hash(&self, password: String) -> Result<String, LogicError> {
         let argon2 = self.argon2.clone();
@@ -59,6 +99,7 @@ impl PasswordHasher {
     ///
     /// # Errors
     ///
+    /// [`LogicError::PasswordsBusy`] when no place came free within the wait,
     /// [`LogicError::Internal`] when the stored hash does not parse.
     pub async fn verify(
         &self,
@@ -79,20 +120,28 @@ impl PasswordHasher {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Runs `work` on the blocking pool once a permit is free. The permit and the in-flight
-    /// count move into the blocking task, so a caller that gives up while the hash runs does
-    /// not free the permit before the hash ends.
+    /// Runs `work` on the blocking pool once a permit is free, or rejects it when none came
+    /// free within `max_wait`. Waiters get permits in the order they came. The permit and the
+    /// in-flight count move into the blocking task, so a caller that gives up while the hash
+    /// runs does not free the permit before the hash ends.
     async fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, LogicError> + Send + 'static,
     ) -> Result<T, LogicError> {
         let counted = InFlight::enter(&self.in_flight);
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| LogicError::Internal("password hashing semaphore closed"))?;
+        // The timeout polls the acquire first, so a free permit is taken even with no wait.
+        let acquired = tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned());
+        let permit = match acquired.await {
+            Ok(permit) => {
+                permit.map_err(|_| LogicError::Internal("password hashing semaphore closed"))?
+            }
+            Err(_) => {
+                return Err(LogicError::PasswordsBusy {
+                    max: self.max_parallel,
+                    wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let _held = (permit, counted);
             work()
@@ -191,6 +240,54 @@ mod tests {
         drop(waiting);
         assert_eq!(hasher.in_flight(), 0);
         drop(all_permits);
+    }
+
+    #[tokio::test]
+    async fn hash_that_waits_too_long_is_rejected() {
+        let params = Params::new(1024, 1, 1, None).expect("valid params");
+        let hasher =
+            PasswordHasher::with_limits(params, 1, Duration::from_millis(20)).expect("hasher");
+        assert_eq!(hasher.max_parallel(), 1);
+        let only_permit = hasher.permits.clone().acquire_owned().await;
+
+        let rejected = hasher.hash("password".to_owned()).await;
+        match rejected {
+            Err(LogicError::PasswordsBusy {
+                max: 1,
+                wait_ms: 20,
+            }) => {}
+            other => panic!("expected PasswordsBusy, got {other:?}"),
+        }
+        assert_eq!(hasher.in_flight(), 0);
+
+        drop(only_permit);
+        let hash = hasher
+            .hash("password".to_owned())
+            .await
+            .expect("a free place");
+        assert!(hasher
+            .verify("password".to_owned(), Some(hash))
+            .await
+            .expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn no_wait_still_takes_a_free_place() {
+        let params = Params::new(1024, 1, 1, None).expect("valid params");
+        let hasher = PasswordHasher::with_limits(params, 1, Duration::ZERO).expect("hasher");
+        hasher
+            .hash("password".to_owned())
+            .await
+            .expect("a free place");
+    }
+
+    #[test]
+    fn zero_means_one_hash_per_cpu() {
+        let params = Params::new(1024, 1, 1, None).expect("valid params");
+        let hasher = PasswordHasher::with_limits(params, 0, DEFAULT_MAX_WAIT).expect("hasher");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(hasher.max_parallel(), cpus);
+        assert_eq!(hasher.permits.available_permits(), cpus);
     }
 
     #[tokio::test]

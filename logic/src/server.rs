@@ -298,11 +298,13 @@ fn build_logic(
         engines,
         token_ttl: Duration::from_secs(config.token_ttl_secs),
         store_warnings: WarnLimiter::new(WARNING_INTERVAL),
+        overload_warnings: WarnLimiter::new(WARNING_INTERVAL),
         kick_warnings: Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
         limits: Limits {
             max_content_bytes: config.max_content_bytes,
             max_group_members: config.max_group_members,
             max_groups_per_user: config.max_groups_per_user,
+            max_friends_per_user: config.max_friends_per_user,
             sync_max_page: config.sync_max_page,
             sync_max_page_bytes: config.sync_max_page_bytes,
         },
@@ -384,7 +386,9 @@ async fn connect_redis(config: &Config) -> Result<RedisStore, StartError> {
 /// Builds the password hasher, whose dummy hash takes one full hash to compute.
 async fn password_hasher(config: &Config) -> Result<PasswordHasher, StartError> {
     let params = config.argon2_params()?;
-    tokio::task::spawn_blocking(move || PasswordHasher::new(params))
+    let max_parallel = config.max_password_hashes as usize;
+    let max_wait = Duration::from_millis(config.password_hash_wait_ms);
+    tokio::task::spawn_blocking(move || PasswordHasher::with_limits(params, max_parallel, max_wait))
         .await
         .map_err(|_| StartError::Password(LogicError::Internal("password set-up panicked")))?
         .map_err(StartError::Password)

@@ -444,3 +444,243 @@ async fn friend_errors_name_the_other_user() {
     }
     logic.server.shutdown().await;
 }
+
+/// `max_friends_per_user` in the friend cap tests, small enough to reach.
+const MAX_FRIENDS: u32 = 3;
+
+/// Starts a server with `max_friends_per_user` at [`MAX_FRIENDS`] and enough pooled
+/// connections for the concurrent calls to hold transactions at once.
+async fn start_with_friend_cap() -> TestLogic {
+    TestLogic::start(im_logic::Config {
+        max_friends_per_user: MAX_FRIENDS,
+        db_pool_size: 16,
+        ..common::test_config()
+    })
+    .await
+}
+
+/// Asserts that `status` is TOO_MANY_FRIENDS naming `user` and the setting.
+fn assert_too_many_friends(status: &tonic::Status, user: &LoginReply, case: &str) {
+    assert_eq!(
+        error_code(status),
+        ErrorCode::TooManyFriends,
+        "{case}: {status:?}"
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition, "{case}");
+    let message = status.message();
+    assert!(
+        message.contains(&format!("user {} ", user.user_id)),
+        "{case}: {message}"
+    );
+    assert!(
+        message.contains("max_friends_per_user"),
+        "{case}: {message}"
+    );
+    assert!(
+        message.contains(&MAX_FRIENDS.to_string()),
+        "{case}: {message}"
+    );
+}
+
+#[tokio::test]
+async fn request_past_friend_cap_is_rejected() {
+    let mut logic = start_with_friend_cap().await;
+    let mut ext = logic.ext_client().await;
+    let full = new_device(&mut logic.client, "cap_full", conn(NODE, 1)).await;
+    // Two requests sent and one received: every kind of entry counts.
+    let sent_to = new_device(&mut logic.client, "cap_sent", conn(NODE, 2)).await;
+    let friend = new_device(&mut logic.client, "cap_friend", conn(NODE, 3)).await;
+    let asker = new_device(&mut logic.client, "cap_asker", conn(NODE, 4)).await;
+    ext.request_friend(as_device(&full, to(&sent_to)))
+        .await
+        .expect("first entry");
+    make_friends(&mut ext, &full, &friend).await;
+    ext.request_friend(as_device(&asker, to(&full)))
+        .await
+        .expect("third entry");
+    let before = friend_states(&mut ext, &full).await;
+    assert_eq!(before.len(), MAX_FRIENDS as usize);
+
+    let outsider = new_device(&mut logic.client, "cap_out", conn(NODE, 5)).await;
+    let by_full = ext
+        .request_friend(as_device(&full, to(&outsider)))
+        .await
+        .expect_err("a request by a user at the cap");
+    assert_too_many_friends(&by_full, &full, "request by the full user");
+    let to_full = ext
+        .request_friend(as_device(&outsider, to(&full)))
+        .await
+        .expect_err("a request to a user at the cap");
+    assert_too_many_friends(&to_full, &full, "request to the full user");
+    assert_eq!(friend_states(&mut ext, &full).await, before);
+    assert_eq!(
+        friend_states(&mut ext, &outsider).await,
+        vec![],
+        "a rejected request was stored"
+    );
+
+    // Accepting turns a pending entry into a friend: the list does not grow.
+    ext.accept_friend(as_device(&full, to(&asker)))
+        .await
+        .expect("an accept at the cap");
+    assert_eq!(
+        friend_states(&mut ext, &full).await.len(),
+        MAX_FRIENDS as usize
+    );
+
+    ext.remove_friend(as_device(&full, to(&sent_to)))
+        .await
+        .expect("withdraw a request");
+    ext.request_friend(as_device(&outsider, to(&full)))
+        .await
+        .expect("a request below the cap");
+    assert_eq!(
+        friend_states(&mut ext, &full).await.len(),
+        MAX_FRIENDS as usize
+    );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_respect_friend_cap() {
+    let mut logic = start_with_friend_cap().await;
+    let ext = logic.ext_client().await;
+    // Each round gives a fresh user more concurrent requests than the cap allows, some sent by
+    // it and some to it, so that requests race on both of its rows.
+    const ROUNDS: usize = 4;
+    const TO_TARGET: usize = 5;
+    const BY_TARGET: usize = 4;
+    for round in 0..ROUNDS {
+        let target = new_device(&mut logic.client, "race_target", conn(NODE, 1)).await;
+        let mut others = Vec::new();
+        for _ in 0..TO_TARGET + BY_TARGET {
+            others.push(new_device(&mut logic.client, "race_other", conn(NODE, 2)).await);
+        }
+        let calls = others.iter().enumerate().map(|(index, other)| {
+            let mut ext = ext.clone();
+            let target = &target;
+            async move {
+                if index < TO_TARGET {
+                    ext.request_friend(as_device(other, to(target))).await
+                } else {
+                    ext.request_friend(as_device(target, to(other))).await
+                }
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+
+        let codes: Vec<Option<ErrorCode>> = results
+            .iter()
+            .map(|result| result.as_ref().err().map(error_code))
+            .collect();
+        let stored = results.iter().filter(|result| result.is_ok()).count();
+        assert_eq!(stored, MAX_FRIENDS as usize, "round {round}: {codes:?}");
+        for result in &results {
+            if let Err(status) = result {
+                assert_too_many_friends(status, &target, &format!("round {round}"));
+            }
+        }
+        let mut ext = ext.clone();
+        assert_eq!(
+            friend_states(&mut ext, &target).await.len(),
+            MAX_FRIENDS as usize,
+            "round {round}"
+        );
+    }
+    logic.server.shutdown().await;
+}
+
+/// Codes that show a failure of the server rather than a rejection: a transaction that
+/// PostgreSQL aborted to break a deadlock is INTERNAL, one that waited too long TIMEOUT.
+fn is_fault(status: &tonic::Status) -> bool {
+    matches!(
+        error_code(status),
+        ErrorCode::Internal | ErrorCode::Timeout | ErrorCode::Unavailable
+    )
+}
+
+#[tokio::test]
+async fn concurrent_friend_and_group_changes_do_not_deadlock() {
+    let mut logic = start_with_friend_cap().await;
+    let mut ext = logic.ext_client().await;
+    // Four users who are friends of each other, so each is at the cap. Every wave runs these
+    // calls at once. Each user requests each other user again, which locks the pair's rows.
+    // Each creates a group with the others, which locks its friendship rows and then the
+    // members' users rows. A stranger requests each user, which inserts a pair and then locks
+    // the users rows of both. A transaction that took these locks in another order would
+    // deadlock with the others.
+    const USERS: usize = 4;
+    const WAVES: usize = 20;
+    let mut users = Vec::new();
+    for _ in 0..USERS {
+        users.push(new_device(&mut logic.client, "lock_order", conn(NODE, 1)).await);
+    }
+    for (index, a) in users.iter().enumerate() {
+        for b in &users[index + 1..] {
+            make_friends(&mut ext, a, b).await;
+        }
+    }
+    let mut strangers = Vec::new();
+    for _ in 0..USERS {
+        strangers.push(new_device(&mut logic.client, "lock_stranger", conn(NODE, 2)).await);
+    }
+
+    for wave in 0..WAVES {
+        let mut calls: Vec<futures::future::BoxFuture<'_, Result<(), tonic::Status>>> = Vec::new();
+        for (index, caller) in users.iter().enumerate() {
+            for other in users.iter().filter(|other| other.user_id != caller.user_id) {
+                let mut ext = ext.clone();
+                calls.push(Box::pin(async move {
+                    ext.request_friend(as_device(caller, to(other)))
+                        .await
+                        .map(|_| ())
+                }));
+            }
+            let mut ext_group = ext.clone();
+            let request = im_proto::v1::CreateGroupRequest {
+                name: "lock order".to_owned(),
+                member_ids: users
+                    .iter()
+                    .filter(|member| member.user_id != caller.user_id)
+                    .map(|member| member.user_id)
+                    .collect(),
+            };
+            calls.push(Box::pin(async move {
+                ext_group
+                    .create_group(as_device(caller, request))
+                    .await
+                    .map(|_| ())
+            }));
+            let mut ext_stranger = ext.clone();
+            let stranger = &strangers[(index + wave) % USERS];
+            calls.push(Box::pin(async move {
+                ext_stranger
+                    .request_friend(as_device(stranger, to(caller)))
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        let results = futures::future::join_all(calls).await;
+
+        let codes: Vec<Option<ErrorCode>> = results
+            .iter()
+            .map(|result| result.as_ref().err().map(error_code))
+            .collect();
+        let faults: Vec<_> = results
+            .iter()
+            .filter_map(|result| result.as_ref().err())
+            .filter(|status| is_fault(status))
+            .collect();
+        assert!(faults.is_empty(), "wave {wave}: {faults:?}");
+        let rejected = codes
+            .iter()
+            .filter(|code| **code == Some(ErrorCode::TooManyFriends))
+            .count();
+        assert_eq!(rejected, USERS, "wave {wave}: {codes:?}");
+    }
+    for user in &users {
+        let states = friend_states(&mut ext, user).await;
+        assert_eq!(states.len(), MAX_FRIENDS as usize, "user {}", user.user_id);
+    }
+    logic.server.shutdown().await;
+}

@@ -854,6 +854,80 @@ async fn group_names_reject_control_characters() {
 }
 
 #[tokio::test]
+async fn group_names_reject_bidirectional_controls() {
+    let mut logic = start().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "bidi_owner", conn(NODE, 1)).await;
+    // Each would make the name display as other text than it holds.
+    let cases = [
+        (
+            "txt.\u{202e}exe",
+            "U+202E at character 4",
+            "right-to-left override",
+        ),
+        (
+            "\u{202a}left",
+            "U+202A at character 0",
+            "left-to-right embedding",
+        ),
+        (
+            "a\u{2067}b\u{2069}",
+            "U+2067 at character 1",
+            "right-to-left isolate",
+        ),
+        ("ab\u{200f}", "U+200F at character 2", "right-to-left mark"),
+        ("x\u{061c}", "U+061C at character 1", "Arabic letter mark"),
+        (
+            "👨\u{200d}👩\u{2066}",
+            "U+2066 at character 3",
+            "after a joiner",
+        ),
+    ];
+
+    for (name, named, case) in cases {
+        let request = CreateGroupRequest {
+            name: name.to_owned(),
+            member_ids: Vec::new(),
+        };
+        let status = ext
+            .create_group(as_device(&owner, request))
+            .await
+            .expect_err(case);
+        common::assert_invalid(&status, "name", case);
+        assert!(
+            status.message().contains(named),
+            "{case}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("bidirectional"),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    let listed = ext
+        .list_groups(as_device(&owner, ListGroupsRequest {}))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.groups.is_empty(), "no rejected name was stored");
+
+    // The zero-width joiner builds emoji sequences, and right-to-left scripts need no control.
+    let name = "👨\u{200d}👩\u{200d}👧 עברית";
+    let request = CreateGroupRequest {
+        name: name.to_owned(),
+        member_ids: Vec::new(),
+    };
+    let group = ext
+        .create_group(as_device(&owner, request))
+        .await
+        .expect("a joiner and a right-to-left script pass")
+        .into_inner();
+    assert_eq!(group.name, name);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn zero_ids_in_group_calls_are_invalid() {
     let mut logic = start().await;
     let mut ext = logic.ext_client().await;

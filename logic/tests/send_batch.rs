@@ -146,6 +146,54 @@ async fn rejected_sends_fail_alone_and_free_their_keys() {
     logic.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidirectional_controls_fail_alone() {
+    let mut logic = TestLogic::start_default().await;
+    let sender = new_device(&mut logic.client, "bidi_batch", conn(NODE, 1)).await;
+    let (_, open) = new_user_device(&mut logic.client, "bidi_open", true, conn(NODE, 2)).await;
+    // Every third send carries a bidirectional control in a checked text field; the content
+    // contains one too, and content is opaque bytes that nothing checks.
+    let requests: Vec<_> = (0..30usize)
+        .map(|n| {
+            let mut request = text_to(
+                ConversationType::User,
+                open.user_id,
+                &format!("m{n} \u{202e}"),
+            );
+            match n % 6 {
+                0 => request.content_type = "text/\u{202e}plain".to_owned(),
+                3 => request.client_msg_id = format!("{}\u{2067}", request.client_msg_id),
+                _ => {}
+            }
+            request
+        })
+        .collect();
+
+    let replies = send_all(&logic, &sender, &requests).await;
+
+    for (n, reply) in replies.iter().enumerate() {
+        match (n % 6, reply) {
+            (0, Err(status)) => {
+                common::assert_invalid(status, "content_type", &format!("send {n}"));
+                assert!(status.message().contains("U+202E at character 5"));
+            }
+            (3, Err(status)) => {
+                common::assert_invalid(status, "client_msg_id", &format!("send {n}"));
+                assert!(status.message().contains("U+2067"));
+            }
+            (0 | 3, Ok(_)) => panic!("send {n} was stored"),
+            (_, reply) => assert!(reply.is_ok(), "send {n}: {reply:?}"),
+        }
+    }
+    let inbox = sync(&mut logic.client, &open, 0, 100).await.expect("sync");
+    assert_eq!(seqs(&inbox), (1..=20).collect::<Vec<u64>>());
+    assert!(inbox
+        .messages
+        .iter()
+        .all(|message| message.content.ends_with("\u{202e}".as_bytes())));
+    logic.server.shutdown().await;
+}
+
 async fn send_all(
     logic: &TestLogic,
     sender: &im_proto::v1::LoginReply,

@@ -42,6 +42,9 @@ const ERROR_TEXTS: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.TOO_MANY_GROUPS]:
     "You or a user you added is in as many groups as the server allows. That user must leave " +
     "a group first.",
+  [ErrorCode.TOO_MANY_FRIENDS]:
+    "You or that user has as many friends and pending friend requests as the server allows. " +
+    "Remove a friend or a pending request first.",
 };
 
 /** Returns the user-facing sentence for an error code, with the server's detail when given. */

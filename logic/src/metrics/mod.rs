@@ -158,7 +158,7 @@ impl Method {
 }
 
 /// Result codes of the logic tier's calls, as the `code` label (the `ErrorCode` name).
-pub const CODES: [ErrorCode; 22] = [
+pub const CODES: [ErrorCode; 24] = [
     ErrorCode::Ok,
     ErrorCode::InvalidArgument,
     ErrorCode::InvalidCredentials,
@@ -181,6 +181,8 @@ pub const CODES: [ErrorCode; 22] = [
     ErrorCode::AlreadyExists,
     ErrorCode::NotFound,
     ErrorCode::TooManyGroups,
+    ErrorCode::TooManyFriends,
+    ErrorCode::Busy,
 ];
 
 /// Returns the position of `code` in [`CODES`].
@@ -208,24 +210,26 @@ fn code_index(code: ErrorCode) -> usize {
         ErrorCode::AlreadyExists => 19,
         ErrorCode::NotFound => 20,
         ErrorCode::TooManyGroups => 21,
+        ErrorCode::TooManyFriends => 22,
+        ErrorCode::Busy => 23,
         // Only the engine sends these, so a call that returned one is a fault of ours.
         ErrorCode::InvalidPacket
         | ErrorCode::UnknownType
         | ErrorCode::NotSignedIn
         | ErrorCode::AlreadySignedIn
-        | ErrorCode::RateLimited
-        | ErrorCode::Busy => 11,
+        | ErrorCode::RateLimited => 11,
     }
 }
 
 /// Results of ConnLogin and ConnSignIn, as the `result` label of `im_logic_sign_ins_total`.
-/// "rejected" covers every code a client caused (a wrong password or token, a bad request).
+/// "rejected" covers every code a client caused (a wrong password or token, a bad request), and
+/// "unavailable" a LOGIN turned away as BUSY too.
 pub const SIGN_IN_RESULTS: [&str; 5] = ["ok", "rejected", "unavailable", "timeout", "internal"];
 
 fn sign_in_result_index(code: ErrorCode) -> usize {
     match code {
         ErrorCode::Ok => 0,
-        ErrorCode::Unavailable => 2,
+        ErrorCode::Unavailable | ErrorCode::Busy => 2,
         ErrorCode::Timeout => 3,
         ErrorCode::Internal => 4,
         _ => 1,

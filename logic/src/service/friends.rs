@@ -1,6 +1,12 @@
 //! Friends: a request, then the other user's accept, makes two users friends. Friends may send
 //! each other direct messages; users who registered as open accept them from anyone. Each change
 //! pushes a notice to the online devices of both users once it has committed.
+//!
+//! A user's friend list contains its friends and its pending requests in both directions, and
+//! ListFriends returns all of it in one reply. A new request adds an entry to both users' lists,
+//! and it is rejected when either list contains `max_friends_per_user` entries already, which
+//! bounds that reply. Accepting a request turns its entries into friends and adds none, so the
+//! cap never rejects an accept.
 
 use im_proto::v1::{
     Friend, FriendReply, FriendRequest, FriendState, ListFriendsReply, ListFriendsRequest,
@@ -23,7 +29,8 @@ const REQUEST_ATTEMPTS: usize = 3;
 ///
 /// [`LogicError::InvalidArgument`] for a request to oneself or to user 0,
 /// [`LogicError::NotFound`] for an unknown user, [`LogicError::AlreadyExists`] when the two are
-/// friends already or the caller's request is pending; store errors.
+/// friends already or the caller's request is pending, [`LogicError::TooManyFriends`] when a new
+/// request would pass `max_friends_per_user` for either user (nothing is stored); store errors.
 pub async fn request_friend(
     logic: &Logic,
     caller: Caller,
@@ -35,7 +42,8 @@ pub async fn request_friend(
         .with_deadline(async {
             let mut client = logic.pg.client().await?;
             let tx = client.transaction().await?;
-            let kind = request_or_accept(&tx, caller.user, other).await?;
+            let max = logic.limits.max_friends_per_user;
+            let kind = request_or_accept(&tx, caller.user, other, max).await?;
             tx.commit().await?;
             Ok(kind)
         })
@@ -150,13 +158,19 @@ fn push_friend_notice(logic: &Logic, kind: NoticeKind, actor: UserId, other: Use
 /// transaction on the same pair, so the following lock finds its rows. When that transaction
 /// deleted them instead, the insert is tried again. Returns FRIEND_REQUESTED for a new request
 /// and FRIEND_ACCEPTED when the request accepted the other user's.
+///
+/// A new request is checked against `max` after its insert, because the users' rows must be
+/// the last lock the transaction takes (see `friendships::lock_friend_counts`). When it fails
+/// the check, the caller drops the transaction, which rolls the insert back.
 async fn request_or_accept(
     tx: &deadpool_postgres::Transaction<'_>,
     user: UserId,
     other: UserId,
+    max: u32,
 ) -> Result<NoticeKind, LogicError> {
     for _ in 0..REQUEST_ATTEMPTS {
         if friendships::insert_request(tx, user, other).await? {
+            check_friend_counts(tx, user, other, max).await?;
             return Ok(NoticeKind::FriendRequested);
         }
         match friendships::lock_pair(tx, user, other).await? {
@@ -183,6 +197,27 @@ async fn request_or_accept(
     ))
 }
 
+/// Checks that the lists of `user` and `other`, with the request just inserted, contain at most
+/// `max` entries each. The caller's own list is checked first, so a caller at the cap learns
+/// about its own list.
+async fn check_friend_counts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user: UserId,
+    other: UserId,
+    max: u32,
+) -> Result<(), LogicError> {
+    let users = [user, other];
+    let counts = friendships::lock_friend_counts(tx, &users).await?;
+    match users
+        .iter()
+        .zip(counts)
+        .find(|(_, count)| *count > u64::from(max))
+    {
+        Some((full, _)) => Err(LogicError::TooManyFriends { user: full.0, max }),
+        None => Ok(()),
+    }
+}
+
 fn friend_from_entry(caller: UserId, entry: FriendEntry) -> Friend {
     let state = match entry.state {
         PairState::Accepted => FriendState::Accepted,
@@ -193,5 +228,33 @@ fn friend_from_entry(caller: UserId, entry: FriendEntry) -> Friend {
         user_id: entry.user.0,
         username: entry.username,
         state: state as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// The size that `max_friends_per_user`'s default and range are computed from.
+    #[test]
+    fn largest_friend_list_entry_takes_48_bytes() {
+        let entry = Friend {
+            // User ids are positive bigints.
+            user_id: i64::MAX as u64,
+            // Usernames have at most 32 ASCII characters.
+            username: "u".repeat(32),
+            state: FriendState::RequestReceived as i32,
+        };
+        let one = ListFriendsReply {
+            friends: vec![entry.clone()],
+        };
+        assert_eq!(one.encoded_len(), 48);
+        let many = ListFriendsReply {
+            friends: vec![entry; 80_000],
+        };
+        assert_eq!(many.encoded_len(), 3_840_000);
+        assert!(many.encoded_len() < 4 * 1024 * 1024);
     }
 }

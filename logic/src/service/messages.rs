@@ -386,6 +386,7 @@ mod tests {
             max_content_bytes: 8,
             max_group_members: 5,
             max_groups_per_user: 10,
+            max_friends_per_user: 10,
             sync_max_page: 500,
             sync_max_page_bytes: 1024,
         }

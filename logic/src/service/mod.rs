@@ -60,6 +60,8 @@ pub struct Logic {
     pub token_ttl: Duration,
     /// Rate limit of the warnings about failed store requests.
     pub store_warnings: WarnLimiter,
+    /// Rate limit of the warnings about requests turned away for overload.
+    pub overload_warnings: WarnLimiter,
     /// Rate limit of the warnings about failed kicks, shared with the kick tasks.
     pub kick_warnings: Arc<WarnLimiter>,
     /// Limits on messages, groups and SYNC pages.
@@ -89,6 +91,8 @@ pub struct Limits {
     pub max_group_members: u32,
     /// Maximum groups one user is a member of.
     pub max_groups_per_user: u32,
+    /// Maximum friends and pending friend requests of one user.
+    pub max_friends_per_user: u32,
     /// Largest SYNC page, in messages.
     pub sync_max_page: u32,
     /// Most content bytes in one SYNC page.
@@ -303,6 +307,16 @@ fn report(logic: &Logic, rpc: &'static str, ids: &CallIds, err: &LogicError) {
             let error = ErrorChain(err);
             tracing::error!(rpc, user_id, device_id, conn_id, code, %error, "request failed");
         }
+        Side::Overload => match logic.overload_warnings.admit() {
+            Some(suppressed) => tracing::warn!(
+                rpc, user_id, device_id, conn_id, code, error = %err, suppressed,
+                "request rejected: overloaded"
+            ),
+            None => tracing::debug!(
+                rpc, user_id, device_id, conn_id, code, error = %err,
+                "request rejected: overloaded"
+            ),
+        },
     }
 }
 

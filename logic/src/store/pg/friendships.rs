@@ -3,12 +3,22 @@
 //!
 //! Statements that change a pair first lock its rows with [`lock_pair`], in ascending user id
 //! order, so that two users acting on the same pair at once cannot deadlock.
+//!
+//! Transactions that change friendships or groups take their locks in one order and leave out
+//! what they do not need. A group's row comes first. Friendship rows come next: those of
+//! [`lock_pair`] or [`lock_direct_access_many`], or the two rows [`insert_request`] inserts.
+//! Rows of the `users` table come last, in ascending id order ([`lock_friend_counts`] and
+//! `group_members::lock_group_counts`). A transaction waits only for a lock later in that order
+//! than the ones it holds, or for one of the same kind taken in the same ascending order, so
+//! waits cannot form a cycle.
+
+use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use super::{execute, row_opt, rows, PgStore};
+use super::{execute, row_opt, rows, users, PgStore};
 use crate::error::LogicError;
 use crate::ids::UserId;
 
@@ -59,6 +69,11 @@ const ACCEPT_PAIR: &str = "UPDATE friendships SET state = 'accepted' \
 const DELETE_PAIR: &str =
     "DELETE FROM friendships WHERE user_id IN ($1, $2) AND friend_id IN ($1, $2)";
 
+/// The entries of each listed user's friend list, friends and pending requests together. A
+/// user with none has no row.
+const FRIEND_COUNTS: &str = "SELECT user_id, count(*) FROM friendships \
+                             WHERE user_id = ANY($1::bigint[]) GROUP BY user_id";
+
 const LIST: &str = "SELECT pair.friend_id, friend.username, pair.state, pair.requested_by \
                     FROM friendships AS pair JOIN users AS friend ON friend.id = pair.friend_id \
                     WHERE pair.user_id = $1 ORDER BY pair.friend_id";
@@ -73,6 +88,7 @@ pub fn all_statements() -> &'static [&'static str] {
         INSERT_REQUEST,
         ACCEPT_PAIR,
         DELETE_PAIR,
+        FRIEND_COUNTS,
         LIST,
     ]
 }
@@ -258,6 +274,41 @@ pub async fn insert_request(
         }
         Err(err) => Err(err),
     }
+}
+
+/// Locks the rows of `users` in the `users` table ([`users::lock_many`]) until the transaction
+/// ends and returns the number of entries in each one's friend list, friends and pending
+/// requests in both directions, in the order of `users`. The count includes rows this
+/// transaction inserted.
+///
+/// Call it after [`insert_request`], as the last lock of the transaction (see the module's lock
+/// order). A concurrent request that involves one of these users waits here until this
+/// transaction ends, and its count, a separate statement with a new snapshot at READ
+/// COMMITTED, then includes what this one committed. Until this transaction ends, the only
+/// statement that waits for the rows [`insert_request`] inserted is another insert of the same
+/// pair, which a transaction makes before it holds any lock. The locking reads of other
+/// transactions do not see the rows at all.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn lock_friend_counts(
+    db: &impl GenericClient,
+    users: &[UserId],
+) -> Result<Vec<u64>, LogicError> {
+    // An id above the bigint range names no user, so its list is empty.
+    let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
+    users::lock_many(db, &ids).await?;
+    let mut counts = HashMap::with_capacity(ids.len());
+    for found in rows(db, FRIEND_COUNTS, &[&ids]).await? {
+        let count: i64 = found.try_get(1)?;
+        let count = u64::try_from(count).map_err(|_| LogicError::Internal("negative count"))?;
+        counts.insert(UserId::from_sql(found.try_get(0)?)?, count);
+    }
+    Ok(users
+        .iter()
+        .map(|user| counts.get(user).copied().unwrap_or(0))
+        .collect())
 }
 
 /// Marks the pair as friends. Lock it with [`lock_pair`] first.

@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
 use super::groups::user_ids;
-use super::{execute, row, rows};
+use super::{execute, row, rows, users};
 use crate::error::LogicError;
 use crate::ids::{GroupId, UserId};
 
@@ -33,12 +33,6 @@ const RECIPIENTS_MANY: &str = "SELECT g.id, array_agg(member.user_id ORDER BY me
                                LEFT JOIN group_members AS member ON member.group_id = g.id \
                                WHERE g.id = ANY($1::bigint[]) GROUP BY g.id";
 
-/// Locks the listed users' rows in ascending id order. FOR NO KEY UPDATE conflicts with itself
-/// but not with the FOR KEY SHARE locks that foreign-key checks take, so inserts of rows that
-/// reference these users do not wait for it.
-const LOCK_USERS: &str = "SELECT id FROM users WHERE id = ANY($1::bigint[]) \
-                          ORDER BY id FOR NO KEY UPDATE";
-
 /// The number of groups each listed user is a member of. A user in no group has no row.
 const GROUP_COUNTS: &str = "SELECT user_id, count(*) FROM group_members \
                             WHERE user_id = ANY($1::bigint[]) GROUP BY user_id";
@@ -52,7 +46,6 @@ pub fn all_statements() -> &'static [&'static str] {
         LONGEST_MEMBER,
         RECIPIENTS,
         RECIPIENTS_MANY,
-        LOCK_USERS,
         GROUP_COUNTS,
     ]
 }
@@ -92,9 +85,9 @@ pub async fn insert_many(
     }
 }
 
-/// Locks the rows of `users` in the `users` table until the transaction ends and returns the
-/// number of groups each of them is a member of, in the order of `users`. Two statements for
-/// all users: the lock, then the count.
+/// Locks the rows of `users` in the `users` table ([`users::lock_many`]) until the transaction
+/// ends and returns the number of groups each of them is a member of, in the order of `users`.
+/// Two statements for all users: the lock, then the count.
 ///
 /// Every transaction that adds group members calls this before its insert. So a concurrent add
 /// of the same user waits here until the other transaction ends, and the count, which is a
@@ -104,7 +97,8 @@ pub async fn insert_many(
 /// The rows are locked in ascending id order. After this call a caller locks nothing else
 /// except through the foreign-key checks of its inserts, whose FOR KEY SHARE locks do not
 /// conflict with these. So a transaction that holds one of these locks waits only for another
-/// of them, and waits cannot form a cycle.
+/// of them, and waits cannot form a cycle. A friend request takes the same locks, also last
+/// (`friendships::lock_friend_counts`).
 ///
 /// # Errors
 ///
@@ -115,7 +109,7 @@ pub async fn lock_group_counts(
 ) -> Result<Vec<u64>, LogicError> {
     // An id above the bigint range names no user, so it is in no group.
     let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
-    rows(db, LOCK_USERS, &[&ids]).await?;
+    users::lock_many(db, &ids).await?;
     let mut counts = HashMap::with_capacity(ids.len());
     for found in rows(db, GROUP_COUNTS, &[&ids]).await? {
         let count: i64 = found.try_get(1)?;

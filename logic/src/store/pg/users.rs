@@ -2,10 +2,11 @@
 
 use std::time::SystemTime;
 
+use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use super::{epoch_ms, PgStore};
+use super::{epoch_ms, rows, PgStore};
 use crate::error::LogicError;
 use crate::ids::UserId;
 
@@ -21,9 +22,21 @@ const PROFILE_BY_ID: &str = "SELECT id, username, open, created_at FROM users WH
 const PROFILE_BY_USERNAME: &str =
     "SELECT id, username, open, created_at FROM users WHERE lower(username) = lower($1)";
 
+/// Locks the listed users' rows in ascending id order. FOR NO KEY UPDATE conflicts with itself
+/// but not with the FOR KEY SHARE locks that foreign-key checks take, so inserts of rows that
+/// reference these users do not wait for it.
+const LOCK_MANY: &str = "SELECT id FROM users WHERE id = ANY($1::bigint[]) \
+                         ORDER BY id FOR NO KEY UPDATE";
+
 /// Returns every statement of this module.
 pub fn all_statements() -> &'static [&'static str] {
-    &[INSERT, FIND_BY_USERNAME, PROFILE_BY_ID, PROFILE_BY_USERNAME]
+    &[
+        INSERT,
+        FIND_BY_USERNAME,
+        PROFILE_BY_ID,
+        PROFILE_BY_USERNAME,
+        LOCK_MANY,
+    ]
 }
 
 /// What anyone may see of a user.
@@ -63,6 +76,21 @@ pub async fn insert(
         .await
         .map_err(|err| username_taken(err, username))?;
     UserId::from_sql(row.try_get(0)?)
+}
+
+/// Locks the rows of `ids` FOR NO KEY UPDATE, in ascending id order, until the transaction
+/// ends. Ids without a row are skipped.
+///
+/// Transactions that count what a user holds before adding to it (its groups, its friend list)
+/// take this lock as their last one, so that two of them for the same user count one after the
+/// other. A transaction that holds one of these locks then waits only for another of them,
+/// taken in the same order, so waits cannot form a cycle.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn lock_many(db: &impl GenericClient, ids: &[i64]) -> Result<(), LogicError> {
+    rows(db, LOCK_MANY, &[&ids]).await.map(|_| ())
 }
 
 /// Returns the id and password hash of `username`, or `None` when no such user exists.
