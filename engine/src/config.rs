@@ -311,21 +311,45 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logic_url: Option<String>,
     /// Number of shards; 0 means one per CPU.
-    #[arg(long)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = whole_number::<usize>("shards")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
     /// Signed-in idle time before close 4002, in milliseconds.
-    #[arg(long)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("heartbeat_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
     /// Time from upgrade to sign-in before close 4001, in milliseconds.
-    #[arg(long)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("sign_in_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sign_in_timeout_ms: Option<u64>,
     /// Deadline of each logic-tier call, in milliseconds.
-    #[arg(long)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("logic_call_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logic_call_timeout_ms: Option<u64>,
+}
+
+/// Returns the parser of the flag of the whole-number setting `setting`, which accepts the range
+/// that [`im_settings::ENGINE_RANGES`] gives it and names that range in its error.
+fn whole_number<T: im_settings::WholeNumber>(
+    setting: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    im_settings::whole_number_flag(im_settings::ENGINE_RANGES, setting)
 }
 
 impl Config {
@@ -354,10 +378,12 @@ impl Config {
         // Taken as raw text: figment would parse a secret of digits as a number.
         figment = figment.merge(im_settings::prefixed_env(
             "IM_ENGINE_",
-            &["internal_secret"],
+            im_settings::ENGINE_SECRETS,
         ));
-        if let Some(secret) = im_settings::raw_env_value("IM_ENGINE_", "internal_secret") {
-            figment = figment.merge(("internal_secret", secret));
+        for setting in im_settings::ENGINE_SECRETS {
+            if let Some(secret) = im_settings::raw_env_value("IM_ENGINE_", setting) {
+                figment = figment.merge((*setting, secret));
+            }
         }
         let config: Config = figment
             .merge(Serialized::defaults(cli))
@@ -565,6 +591,9 @@ impl Config {
 // figment's `Jail` closures must return `figment::Error`, which is large.
 #[allow(clippy::result_large_err)]
 mod tests {
+    use std::any::TypeId;
+
+    use clap::CommandFactory;
     use figment::Jail;
 
     use super::*;
@@ -1023,5 +1052,100 @@ mod tests {
             assert!(message.contains("it is a device"), "{message}");
             Ok(())
         });
+    }
+
+    /// Returns the largest value of the whole-number type that `parser` returns, or `None` for
+    /// any other type.
+    fn whole_number_max(parser: &clap::builder::ValueParser) -> Option<u64> {
+        let type_id = parser.type_id();
+        [
+            (TypeId::of::<u8>(), u64::from(u8::MAX)),
+            (TypeId::of::<u16>(), u64::from(u16::MAX)),
+            (TypeId::of::<u32>(), u64::from(u32::MAX)),
+            (TypeId::of::<u64>(), u64::MAX),
+            (
+                TypeId::of::<usize>(),
+                u64::try_from(usize::MAX).unwrap_or(u64::MAX),
+            ),
+        ]
+        .into_iter()
+        .find(|(id, _)| type_id == *id)
+        .map(|(_, max)| max)
+    }
+
+    /// Parses `args` after the program name.
+    fn parse_flags(args: &[String]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("im-engine".to_owned()).chain(args.iter().cloned()))
+    }
+
+    #[test]
+    fn whole_number_flags_take_setting_ranges() {
+        let defaults = figment::value::Value::serialize(Config::default())
+            .unwrap()
+            .into_dict()
+            .unwrap();
+        let command = Cli::command();
+        let mut checked = Vec::new();
+        for arg in command.get_arguments() {
+            let setting = arg.get_id().as_str();
+            let is_whole_number_setting = defaults
+                .get(setting)
+                .is_some_and(|value| value.to_u128().is_some());
+            let Some(type_max) = whole_number_max(arg.get_value_parser()) else {
+                assert!(!is_whole_number_setting, "{setting} takes no whole number");
+                continue;
+            };
+            assert!(
+                is_whole_number_setting,
+                "{setting} is no whole-number setting"
+            );
+            let flag = format!("--{}", arg.get_long().expect("a long flag"));
+            let range = im_settings::ENGINE_RANGES
+                .iter()
+                .find(|range| range.setting == setting);
+            let min = range.map_or(0, |range| range.min);
+            let max = range.and_then(|range| range.max).unwrap_or(type_max);
+            let expected = if max == u64::MAX {
+                format!("a whole number, {min} or more")
+            } else {
+                format!("a whole number from {min} to {max}")
+            };
+
+            for value in [min, max] {
+                let cli = parse_flags(&[format!("{flag}={value}")]).expect("a value in range");
+                let flags = figment::value::Value::serialize(&cli)
+                    .unwrap()
+                    .into_dict()
+                    .unwrap();
+                assert_eq!(
+                    flags.get(setting).and_then(figment::value::Value::to_u128),
+                    Some(u128::from(value)),
+                    "{flag}={value}"
+                );
+            }
+            let mut rejected = vec!["-1".to_owned(), "many".to_owned()];
+            rejected.extend(min.checked_sub(1).map(|below| below.to_string()));
+            rejected.extend((max < u64::MAX).then(|| (max + 1).to_string()));
+            for value in rejected {
+                for args in [
+                    vec![format!("{flag}={value}")],
+                    vec![flag.clone(), value.clone()],
+                ] {
+                    let text = parse_flags(&args).expect_err(&value).to_string();
+                    assert!(text.contains(&flag), "{args:?}: {text}");
+                    assert!(text.contains(&expected), "{args:?}: {text}");
+                }
+            }
+            checked.push(setting);
+        }
+        assert_eq!(
+            checked,
+            [
+                "shards",
+                "heartbeat_timeout_ms",
+                "sign_in_timeout_ms",
+                "logic_call_timeout_ms"
+            ]
+        );
     }
 }

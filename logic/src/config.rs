@@ -255,75 +255,168 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     /// Maximum pooled PostgreSQL connections.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("db_pool_size")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_pool_size: Option<u32>,
     /// PostgreSQL statement deadline, in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("db_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_timeout_ms: Option<u64>,
     /// Redis command deadline, in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("redis_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_timeout_ms: Option<u64>,
     /// Token lifetime, in seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("token_ttl_secs")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ttl_secs: Option<u64>,
     /// Argon2id memory cost, in KiB.
-    #[arg(long, value_name = "KIB")]
+    #[arg(
+        long,
+        value_name = "KIB",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("argon2_memory_kib")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argon2_memory_kib: Option<u32>,
     /// Argon2id passes.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("argon2_iterations")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argon2_iterations: Option<u32>,
     /// Argon2id lanes.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("argon2_parallelism")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argon2_parallelism: Option<u32>,
     /// Engine call deadline, in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("engine_call_timeout_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_call_timeout_ms: Option<u64>,
     /// Maximum Redis commands per pipeline.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("redis_batch_max")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_batch_max: Option<u32>,
     /// Maximum sends per PostgreSQL transaction.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("send_batch_max")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_batch_max: Option<u32>,
     /// How long start-up retries unreachable stores, in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("startup_retry_ms")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup_retry_ms: Option<u64>,
     /// Largest message content, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("max_content_bytes")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_content_bytes: Option<u32>,
     /// Maximum members of a group.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("max_group_members")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_group_members: Option<u32>,
     /// Maximum groups one user is a member of.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("max_groups_per_user")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_groups_per_user: Option<u32>,
     /// Maximum friends and pending friend requests of one user.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("max_friends_per_user")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_friends_per_user: Option<u32>,
     /// Largest SYNC page, in messages.
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("sync_max_page")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync_max_page: Option<u32>,
     /// Days a stored message is kept; 0 keeps every message.
-    #[arg(long, value_name = "DAYS")]
+    #[arg(
+        long,
+        value_name = "DAYS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u32>("message_retention_days")
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_retention_days: Option<u32>,
     // server_secret and internal_secret have no flag, because a command line is visible to every local user: set it
     // in the file or in IM_LOGIC_SERVER_SECRET.
+}
+
+/// Returns the parser of the flag of the whole-number setting `setting`, which accepts the range
+/// that [`im_settings::LOGIC_RANGES`] gives it and names that range in its error.
+fn whole_number<T: im_settings::WholeNumber>(
+    setting: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    im_settings::whole_number_flag(im_settings::LOGIC_RANGES, setting)
 }
 
 /// Error from loading the configuration.
@@ -697,7 +790,10 @@ fn redact_secret(secret: &str) -> &'static str {
 // figment's `Jail` closures must return `figment::Error`, which is large.
 #[allow(clippy::result_large_err)]
 mod tests {
+    use std::any::TypeId;
+
     use super::*;
+    use clap::CommandFactory;
     use figment::providers::{Format, Toml};
     use figment::Jail;
 
@@ -1320,6 +1416,137 @@ mod tests {
             let err = config.validate().expect_err(database_url);
             let text = err.to_string();
             assert!(!text.contains(password), "{text}");
+        }
+    }
+
+    /// Returns the largest value of the whole-number type that `parser` returns, or `None` for
+    /// any other type.
+    fn whole_number_max(parser: &clap::builder::ValueParser) -> Option<u64> {
+        let type_id = parser.type_id();
+        [
+            (TypeId::of::<u8>(), u64::from(u8::MAX)),
+            (TypeId::of::<u16>(), u64::from(u16::MAX)),
+            (TypeId::of::<u32>(), u64::from(u32::MAX)),
+            (TypeId::of::<u64>(), u64::MAX),
+            (
+                TypeId::of::<usize>(),
+                u64::try_from(usize::MAX).unwrap_or(u64::MAX),
+            ),
+        ]
+        .into_iter()
+        .find(|(id, _)| type_id == *id)
+        .map(|(_, max)| max)
+    }
+
+    /// Parses `args` after the program name.
+    fn parse_flags(args: &[String]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("im-logic".to_owned()).chain(args.iter().cloned()))
+    }
+
+    #[test]
+    fn whole_number_flags_take_setting_ranges() {
+        let defaults = figment::value::Value::serialize(Config::default())
+            .expect("serializes")
+            .into_dict()
+            .expect("a table");
+        let command = Cli::command();
+        let mut checked = Vec::new();
+        for arg in command.get_arguments() {
+            let setting = arg.get_id().as_str();
+            let is_whole_number_setting = defaults
+                .get(setting)
+                .is_some_and(|value| value.to_u128().is_some());
+            let Some(type_max) = whole_number_max(arg.get_value_parser()) else {
+                assert!(!is_whole_number_setting, "{setting} takes no whole number");
+                continue;
+            };
+            assert!(
+                is_whole_number_setting,
+                "{setting} is no whole-number setting"
+            );
+            let flag = format!("--{}", arg.get_long().expect("a long flag"));
+            let range = im_settings::LOGIC_RANGES
+                .iter()
+                .find(|range| range.setting == setting);
+            let min = range.map_or(0, |range| range.min);
+            let max = range.and_then(|range| range.max).unwrap_or(type_max);
+            let expected = if max == u64::MAX {
+                format!("a whole number, {min} or more")
+            } else {
+                format!("a whole number from {min} to {max}")
+            };
+
+            for value in [min, max] {
+                let cli = parse_flags(&[format!("{flag}={value}")]).expect("a value in range");
+                let flags = figment::value::Value::serialize(&cli)
+                    .expect("serializes")
+                    .into_dict()
+                    .expect("a table");
+                assert_eq!(
+                    flags.get(setting).and_then(figment::value::Value::to_u128),
+                    Some(u128::from(value)),
+                    "{flag}={value}"
+                );
+            }
+            let mut rejected = vec!["-1".to_owned(), "many".to_owned()];
+            rejected.extend(min.checked_sub(1).map(|below| below.to_string()));
+            rejected.extend((max < u64::MAX).then(|| (max + 1).to_string()));
+            for value in rejected {
+                for args in [
+                    vec![format!("{flag}={value}")],
+                    vec![flag.clone(), value.clone()],
+                ] {
+                    let text = parse_flags(&args).expect_err(&value).to_string();
+                    assert!(text.contains(&flag), "{args:?}: {text}");
+                    assert!(text.contains(&expected), "{args:?}: {text}");
+                }
+            }
+            checked.push(setting);
+        }
+        assert_eq!(checked.len(), 17, "{checked:?}");
+    }
+
+    #[test]
+    fn max_friends_flag_names_setting_range() {
+        let err = parse_flags(&["--max-friends-per-user=-1".to_owned()]).expect_err("-1");
+
+        assert_eq!(
+            err.to_string().lines().next(),
+            Some(
+                "error: invalid value '-1' for '--max-friends-per-user <N>': -1 is out of range, \
+                 expected a whole number from 1 to 80000"
+            )
+        );
+    }
+
+    #[test]
+    fn raw_text_fields_are_the_secrets() {
+        assert_eq!(RAW_TEXT_FIELDS, im_settings::LOGIC_SECRETS);
+    }
+
+    /// The settings that `Debug` hides are those that the settings crate lists as secrets or
+    /// connection strings, so that errors and logs treat each setting alike.
+    #[test]
+    fn debug_hides_listed_settings_only() {
+        let defaults = figment::value::Value::serialize(Config::default())
+            .expect("serializes")
+            .into_dict()
+            .expect("a table");
+        let marker = "app:hunter2@host";
+        for (setting, value) in defaults {
+            if value.as_str().is_none() {
+                continue;
+            }
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge((setting.as_str(), marker))
+                .extract()
+                .expect("a string setting takes any text");
+
+            let debug = format!("{config:?}");
+
+            let listed = im_settings::LOGIC_SECRETS.contains(&setting.as_str())
+                || im_settings::LOGIC_URLS.contains(&setting.as_str());
+            assert_eq!(!debug.contains("hunter2"), listed, "{setting}: {debug}");
         }
     }
 }

@@ -11,7 +11,9 @@ use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map};
 use figment::{Metadata, Profile, Provider};
 
+use crate::ranges::{self, SettingRange};
 use crate::text::{escape_control, is_secret, shown_name};
+use crate::{ENGINE_FIELDS, LOGIC_FIELDS};
 
 /// Tables allowed at the top level of a settings file.
 pub const TABLES: [&str; 2] = ["engine", "logic"];
@@ -32,13 +34,15 @@ pub enum FileError {
         reason: String,
     },
     /// A decimal integer that does not fit the 64-bit signed integer of TOML, which the TOML
-    /// parser rejects before any setting's own range is checked.
+    /// parser rejects before any setting's own range is checked. The error gives the setting's
+    /// range from [`crate::ENGINE_RANGES`] or [`crate::LOGIC_RANGES`] when it has one, else
+    /// TOML's bound.
     #[error(
-        "the settings file {}, line {line}: {key}{}{} is out of range: a TOML integer must be \
-         from -9223372036854775808 to 9223372036854775807",
+        "the settings file {}, line {line}: {key}{}{} is out of range{}",
         shown_path(.path),
         .value.as_ref().map(|value| format!(" = {value}")).unwrap_or_default(),
-        .table.as_ref().map(|table| format!(" in {table}")).unwrap_or_default()
+        .table.as_ref().map(|table| format!(" in {table}")).unwrap_or_default(),
+        out_of_range_reason(*.range)
     )]
     IntegerOutOfRange {
         /// The file.
@@ -47,11 +51,14 @@ pub enum FileError {
         line: usize,
         /// The key as written before `=`.
         key: String,
-        /// The integer as written, or `None` when the key names a secret, whose value no error
-        /// repeats.
+        /// The integer as written, or `None` when the key names a secret or no setting, whose
+        /// value no error repeats.
         value: Option<String>,
         /// The last table header before the line, such as `[engine]`, if any.
         table: Option<String>,
+        /// The range of the setting that the key names, or `None` when it names no setting
+        /// with a range.
+        range: Option<&'static SettingRange>,
     },
     /// A known table name is given a value that is not a single table, such as `[[engine]]` or
     /// `engine = 5`, whose settings would otherwise be skipped.
@@ -227,58 +234,134 @@ fn check_file_type(metadata: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-/// File systems whose files the kernel generates when they are read, with the `f_type` that
-/// statfs(2) reports for them (Linux, include/uapi/linux/magic.h). Some of their files look
-/// like empty regular files yet wait for input (/proc/kmsg, tracefs's trace_pipe), and some
-/// change state when read (/proc/kmsg hands each kernel message to one reader only).
-const KERNEL_FILE_SYSTEMS: [(i128, &str); 5] = [
-    (0x9fa0, "procfs (/proc)"),
-    (0x6265_6572, "sysfs (/sys)"),
-    (0x6462_6720, "debugfs"),
-    (0x7472_6163, "tracefs"),
-    (0x7363_6673, "securityfs"),
+/// A file system whose files the kernel generates when they are read, or whose files are kernel
+/// objects rather than stored data.
+struct KernelFileSystem {
+    /// The `f_type` that statfs(2) reports for it.
+    magic: u32,
+    /// The name that errors give.
+    name: &'static str,
+    /// Its type names in /proc/filesystems and /proc/self/mountinfo.
+    // Read by the tests, which match these names against the mounts of the host.
+    #[cfg_attr(not(test), allow(dead_code))]
+    types: &'static [&'static str],
+}
+
+const fn kernel(
+    magic: u32,
+    name: &'static str,
+    types: &'static [&'static str],
+) -> KernelFileSystem {
+    KernelFileSystem { magic, name, types }
+}
+
+/// File systems whose files are no settings file, with the `f_type` of each as Linux defines it
+/// in include/uapi/linux/magic.h, or where a comment names another source file. Some of their
+/// files look like empty regular files yet wait for input (/proc/kmsg, tracefs's trace_pipe),
+/// and some change state when read (/proc/kmsg hands each kernel message to one reader only).
+///
+/// File systems that store what programs write are not listed, so their files pass: disk and
+/// network file systems, FUSE, overlay, tmpfs (which devtmpfs is), ramfs and hugetlbfs. A
+/// hugetlbfs file contains the huge pages a program has mapped, and reading it returns them
+/// without waiting. Also unlisted are autofs, whose directories only trigger mounts of other
+/// file systems, and bdev, dax and the like, which no path reaches.
+const KERNEL_FILE_SYSTEMS: &[KernelFileSystem] = &[
+    kernel(0x9fa0, "procfs (/proc)", &["proc"]),
+    kernel(0x6265_6572, "sysfs (/sys)", &["sysfs"]),
+    kernel(0x6462_6720, "debugfs", &["debugfs"]),
+    kernel(0x7472_6163, "tracefs", &["tracefs"]),
+    kernel(0x7363_6673, "securityfs", &["securityfs"]),
+    // A cpuset mount is a cgroup v1 hierarchy of the cpuset controller.
+    kernel(0x0027_e0eb, "cgroup", &["cgroup", "cpuset"]),
+    kernel(0x6367_7270, "cgroup2", &["cgroup2"]),
+    kernel(0xcafe_4a11, "bpf", &["bpf"]),
+    kernel(0x6165_676c, "pstore", &["pstore"]),
+    kernel(0xde5e_81e4, "efivarfs", &["efivarfs"]),
+    // fs/configfs/mount.c.
+    kernel(0x6265_6570, "configfs", &["configfs"]),
+    // fs/fuse/control.c: the control files of FUSE connections, not a FUSE file system.
+    kernel(0x6573_5543, "fusectl", &["fusectl"]),
+    // ipc/mqueue.c.
+    kernel(0x1980_0202, "mqueue", &["mqueue"]),
+    kernel(0x1cd1, "devpts", &["devpts"]),
+    kernel(0x4249_4e4d, "binfmt_misc", &["binfmt_misc"]),
+    kernel(0xf97c_ff8c, "selinuxfs", &["selinuxfs"]),
+    kernel(0x4341_5d53, "smackfs", &["smackfs"]),
+    kernel(0x5a3c_69f0, "apparmorfs", &["apparmorfs"]),
+    kernel(0x0765_5821, "resctrl", &["resctrl"]),
+    kernel(0x6c6f_6f70, "binderfs", &["binder"]),
+    kernel(0x9fa1, "openpromfs", &["openpromfs"]),
+    kernel(0x9fa2, "usbfs", &["usbfs"]),
+    kernel(0xabba_1974, "xenfs", &["xenfs"]),
+    // fs/nfsd/nfsctl.c: the NFS server's control files.
+    kernel(0x6e66_7364, "nfsd", &["nfsd"]),
+    // net/sunrpc/rpc_pipe.c: pipes between the kernel and the NFS daemons.
+    kernel(0x6759_6969, "rpc_pipefs", &["rpc_pipefs"]),
+    // These are reached only through a link in /proc/<pid>/fd, such as /dev/stdin when the
+    // standard input is an eventfd.
+    kernel(0x5049_5045, "pipefs", &["pipefs"]),
+    kernel(0x534f_434b, "sockfs", &["sockfs"]),
+    kernel(0x0904_1934, "anon_inodefs", &["anon_inodefs"]),
+    kernel(0x6e73_6673, "nsfs", &["nsfs"]),
+    kernel(0x5049_4446, "pidfs", &["pidfs"]),
+    kernel(0x444d_4142, "dmabuf", &["dmabuf"]),
+    kernel(0x5345_434d, "secretmem", &["secretmem"]),
 ];
 
 /// Rejects a file of one of the [`KERNEL_FILE_SYSTEMS`], given the `f_type` of its file system.
 /// A file system that statfs(2) cannot identify is let through, and `O_NONBLOCK` still keeps a
 /// pipe, a terminal or a kernel interface such as /proc/kmsg from blocking the read.
-fn check_file_system(file_system: Option<i128>) -> Result<(), String> {
+fn check_file_system(file_system: Option<u32>) -> Result<(), String> {
     let Some(file_system) = file_system else {
         return Ok(());
     };
     match KERNEL_FILE_SYSTEMS
         .iter()
-        .find(|(magic, _)| *magic == file_system)
+        .find(|kernel| kernel.magic == file_system)
     {
-        Some((_, name)) => Err(format!(
-            "it is a file of {name}, which the kernel generates when it is read and which may \
-             wait for input or change when read: pass a regular file"
+        Some(kernel) => Err(format!(
+            "it is a file of {}, which the kernel generates when it is read and which may \
+             wait for input or change when read: pass a regular file",
+            kernel.name
         )),
         None => Ok(()),
     }
 }
 
-/// Returns the `f_type` of the file system that contains `path`, following symbolic links, or
-/// `None` when statfs(2) fails.
-fn path_file_system(path: &Path) -> Option<i128> {
+/// Returns the low 32 bits of an `f_type`, in which Linux defines every magic number. The
+/// type of `f_type` differs between architectures (a signed `long` on most, `unsigned int` on
+/// s390x), and on a 32-bit `long` a magic such as 0xcafe4a11 reads as a negative number.
+fn magic_number(f_type: i128) -> Option<u32> {
+    u32::try_from(f_type & 0xffff_ffff).ok()
+}
+
+/// Returns the magic number of the file system that contains `path`, following symbolic links,
+/// or `None` when statfs(2) fails.
+fn path_file_system(path: &Path) -> Option<u32> {
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `path` is a NUL-terminated string, and `stat` is writable memory of the size of
     // the structure that statfs fills. It is read only when the call succeeds.
     let result = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if result != 0 {
+        return None;
+    }
     // SAFETY: statfs returned 0, so it filled `stat`.
-    (result == 0).then(|| i128::from(unsafe { stat.assume_init() }.f_type))
+    magic_number(i128::from(unsafe { stat.assume_init() }.f_type))
 }
 
-/// Returns the `f_type` of the file system that contains the open `file`, or `None` when
+/// Returns the magic number of the file system that contains the open `file`, or `None` when
 /// fstatfs(2) fails.
-fn open_file_system(file: &std::fs::File) -> Option<i128> {
+fn open_file_system(file: &std::fs::File) -> Option<u32> {
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: the descriptor stays open while `file` is borrowed, and `stat` is writable memory
     // of the size of the structure that fstatfs fills. It is read only when the call succeeds.
     let result = unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) };
+    if result != 0 {
+        return None;
+    }
     // SAFETY: fstatfs returned 0, so it filled `stat`.
-    (result == 0).then(|| i128::from(unsafe { stat.assume_init() }.f_type))
+    magic_number(i128::from(unsafe { stat.assume_init() }.f_type))
 }
 
 /// Reads `file`, opened with `O_NONBLOCK`, as UTF-8 text of at most [`MAX_FILE_BYTES`]. A read
@@ -324,12 +407,14 @@ fn describe_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> File
         .map_or(text.len(), |end| offset + end);
     let line = &text[line_start..line_end];
     if let Some((key, value)) = integer_beyond_i64(line) {
+        let table = last_table_header(&text[..line_start]);
         return FileError::IntegerOutOfRange {
             path: path.to_path_buf(),
             line: line_number,
             key: shown_name(key),
-            value: (!is_secret(key)).then(|| shown_name(value)),
-            table: last_table_header(&text[..line_start]).map(|table| shown_name(&table)),
+            value: may_show_value(key).then(|| shown_name(value)),
+            range: setting_range(table.as_deref(), key),
+            table: table.map(|table| shown_name(&table)),
         };
     }
     let column = text[line_start..offset].chars().count() + 1;
@@ -383,6 +468,51 @@ fn integer_beyond_i64(line: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((key.trim(), value))
+}
+
+/// Returns the reason that [`FileError::IntegerOutOfRange`] gives after "is out of range".
+fn out_of_range_reason(range: Option<&SettingRange>) -> String {
+    match range {
+        Some(range) => format!(", expected {}", ranges::describe_file_range(range)),
+        None => {
+            ": a TOML integer must be from -9223372036854775808 to 9223372036854775807".to_owned()
+        }
+    }
+}
+
+/// True when an error may repeat the value of `key`: it names a setting of either table, and
+/// no secret one. A key that names no setting may be a misspelt secret.
+fn may_show_value(key: &str) -> bool {
+    let setting = key_parts(key).pop().unwrap_or_default();
+    let known =
+        ENGINE_FIELDS.contains(&setting.as_str()) || LOGIC_FIELDS.contains(&setting.as_str());
+    known && !is_secret(key)
+}
+
+/// Returns the range in [`crate::ENGINE_RANGES`] or [`crate::LOGIC_RANGES`] of the setting
+/// that `key` names under the header `table`, such as `max_friends_per_user` under `[logic]` or
+/// `logic.max_friends_per_user` with no header. Returns `None` when the key names no setting
+/// with a range.
+fn setting_range(table: Option<&str>, key: &str) -> Option<&'static SettingRange> {
+    let mut parts = table
+        .map(|header| key_parts(header.trim_start_matches('[').trim_end_matches(']')))
+        .unwrap_or_default();
+    parts.extend(key_parts(key));
+    let [table, setting] = parts.as_slice() else {
+        return None;
+    };
+    ranges::ranges_for_table(table)
+        .iter()
+        .find(|range| range.setting == setting)
+}
+
+/// Splits a TOML key such as `logic."max_friends_per_user"` into its parts, without the spaces
+/// and quotes around each.
+// NOTE: a quoted part that contains a dot is split at that dot too.
+fn key_parts(key: &str) -> Vec<String> {
+    key.split('.')
+        .map(|part| part.trim().trim_matches(['"', '\'']).trim().to_owned())
+        .collect()
 }
 
 /// Returns the last table header, such as `[engine]`, in `text`.
@@ -459,6 +589,161 @@ mod tests {
         assert!(proc_reason.contains("procfs (/proc)"), "{proc_reason}");
         assert!(check_file_system(tmp_fs).is_ok(), "{tmp_fs:?}");
         assert!(check_file_system(None).is_ok());
+    }
+
+    /// File systems that /proc/filesystems may list as `nodev` whose files are stored data, so
+    /// a settings file may be on them (see [`KERNEL_FILE_SYSTEMS`]).
+    const DATA_FILE_SYSTEMS: &[&str] = &[
+        "tmpfs",
+        "devtmpfs",
+        "ramfs",
+        "hugetlbfs",
+        "fuse",
+        "overlay",
+        "autofs",
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "9p",
+        "virtiofs",
+        "ceph",
+        "afs",
+    ];
+
+    #[test]
+    fn kernel_file_system_table_has_no_duplicates() {
+        for (index, kernel) in KERNEL_FILE_SYSTEMS.iter().enumerate() {
+            for other in &KERNEL_FILE_SYSTEMS[index + 1..] {
+                assert_ne!(
+                    kernel.magic, other.magic,
+                    "{} and {}",
+                    kernel.name, other.name
+                );
+                for name in kernel.types {
+                    assert!(!other.types.contains(name), "{name} appears twice");
+                }
+            }
+            for name in kernel.types {
+                assert!(!DATA_FILE_SYSTEMS.contains(name), "{name} is in both lists");
+            }
+        }
+    }
+
+    /// Returns each file system type that this host's kernel registers, from /proc/filesystems,
+    /// with whether it is `nodev`: one that needs no block device.
+    fn registered_file_systems() -> Vec<(bool, String)> {
+        let text = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (flag, name) = line.split_once('\t')?;
+                Some((flag == "nodev", name.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Every file system without a device of its own is either generated by the kernel or
+    /// stores data. A file system new to this host's kernel fails here until it is sorted into
+    /// one of the lists, so that it cannot pass as a settings file unnoticed. It depends on
+    /// the kernel the tests run on, so the suite leaves it out: run it on a new kernel with
+    /// `cargo test -p im-settings -- --ignored`.
+    #[test]
+    #[ignore = "depends on the file systems of the host's kernel"]
+    fn nodev_file_systems_of_host_are_sorted() {
+        let kernel_types: Vec<&str> = KERNEL_FILE_SYSTEMS
+            .iter()
+            .flat_map(|kernel| kernel.types.iter().copied())
+            .collect();
+        for (nodev, name) in registered_file_systems() {
+            if !nodev {
+                continue;
+            }
+            assert!(
+                kernel_types.contains(&name.as_str()) || DATA_FILE_SYSTEMS.contains(&name.as_str()),
+                "{name} is neither in KERNEL_FILE_SYSTEMS nor in DATA_FILE_SYSTEMS"
+            );
+        }
+    }
+
+    /// Returns the type and mount point of each mount of this process, from
+    /// /proc/self/mountinfo. A mount point with an escaped character, such as `\040` for a
+    /// space, is left out.
+    fn mounts() -> Vec<(String, PathBuf)> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (mount, rest) = line.split_once(" - ")?;
+                let file_system = rest.split_whitespace().next()?;
+                let mount_point = mount.split_whitespace().nth(4)?;
+                (!mount_point.contains('\\'))
+                    .then(|| (file_system.to_owned(), PathBuf::from(mount_point)))
+            })
+            .collect()
+    }
+
+    /// Returns a regular file at most two levels below `directory`, found without reading any
+    /// file: reading some kernel files waits for input or changes state.
+    fn regular_file_below(directory: &Path) -> Option<PathBuf> {
+        let mut directories = vec![directory.to_path_buf()];
+        for _ in 0..2 {
+            let mut next = Vec::new();
+            for directory in directories {
+                let Ok(entries) = std::fs::read_dir(&directory) else {
+                    continue;
+                };
+                let mut entries: Vec<_> = entries.flatten().take(200).collect();
+                entries.sort_by_key(std::fs::DirEntry::file_name);
+                for entry in entries {
+                    match entry.file_type() {
+                        Ok(kind) if kind.is_file() => return Some(entry.path()),
+                        Ok(kind) if kind.is_dir() => next.push(entry.path()),
+                        _ => {}
+                    }
+                }
+            }
+            directories = next;
+        }
+        None
+    }
+
+    /// Each mount of a listed type on this host, such as a cgroup or cgroup2 hierarchy under
+    /// /sys/fs/cgroup, reports the listed magic number, and a regular file in it is rejected as a
+    /// settings file before it is opened.
+    #[test]
+    fn files_of_kernel_mounts_are_rejected_unread() {
+        let mut checked = Vec::new();
+        for (file_system, mount_point) in mounts() {
+            let Some(kernel) = KERNEL_FILE_SYSTEMS
+                .iter()
+                .find(|kernel| kernel.types.contains(&file_system.as_str()))
+            else {
+                continue;
+            };
+            let magic = path_file_system(&mount_point);
+            assert_eq!(
+                magic,
+                Some(kernel.magic),
+                "{file_system} at {}",
+                mount_point.display()
+            );
+            let Some(file) = regular_file_below(&mount_point) else {
+                continue;
+            };
+
+            let result = read_settings_file(&file);
+
+            let reason = match result {
+                Ok(_) => panic!("{} was read as a settings file", file.display()),
+                Err(err) => err.to_string(),
+            };
+            assert!(
+                reason.contains(&format!("it is a file of {}", kernel.name)),
+                "{}: {reason}",
+                file.display()
+            );
+            checked.push(file);
+        }
+        eprintln!("rejected {} kernel files: {checked:?}", checked.len());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Settings helpers shared by `im-engine` and `im-logic`: plain error text that names a setting
 //! as im.toml and the environment spell it, a check that a settings file contains only the
 //! `[engine]` and `[logic]` tables, and a check for prefixed variables that name no setting.
-//! It also reads secret variables as raw text and hides passwords in connection strings
-//! ([`redact_url`]). Its errors never repeat the value of a secret setting ([`is_secret`]).
+//! It also reads secret variables as raw text, hides passwords in connection strings
+//! ([`redact_url`]), and parses whole-number flags within the ranges that errors about the file
+//! and the environment give ([`whole_number_flag`]). Its errors never repeat the value of a
+//! secret setting ([`is_secret`]).
 
 mod env;
 mod file;
@@ -15,9 +17,9 @@ use figment::Source;
 
 pub use env::{check_env, misspelt_prefix_vars, prefixed_env, raw_env_value, EnvError};
 pub use file::{read_file, FileError, SettingsFile, MAX_FILE_BYTES, TABLES};
-pub use ranges::{SettingRange, ENGINE_RANGES, LOGIC_RANGES};
+pub use ranges::{whole_number_flag, SettingRange, WholeNumber, ENGINE_RANGES, LOGIC_RANGES};
 pub use redact::redact_url;
-pub use text::{escape_control, is_secret, shown_name, MAX_SHOWN_CHARS};
+pub use text::{escape_control, is_secret, is_url_setting, shown_name, MAX_SHOWN_CHARS};
 
 /// Settings of the `[engine]` table. im-engine's tests check this list against its settings.
 pub const ENGINE_FIELDS: &[&str] = &[
@@ -98,6 +100,22 @@ pub const LOGIC_FIELDS: &[&str] = &[
     "internal_secret",
 ];
 
+/// Settings of the `[engine]` table whose value no error repeats ([`is_secret`]). Their
+/// variables are read as raw text, so that a secret of digits stays a string.
+pub const ENGINE_SECRETS: &[&str] = &["internal_secret"];
+
+/// Settings of the `[logic]` table whose value no error repeats ([`is_secret`]). Their
+/// variables are read as raw text, so that a secret of digits stays a string.
+pub const LOGIC_SECRETS: &[&str] = &["server_secret", "internal_secret"];
+
+/// Settings of the `[engine]` table that hold a URL, which may carry a password: errors show
+/// their value through [`redact_url`].
+pub const ENGINE_URLS: &[&str] = &["logic_url"];
+
+/// Settings of the `[logic]` table that hold a connection string, which may carry a password:
+/// errors and logs show their value through [`redact_url`].
+pub const LOGIC_URLS: &[&str] = &["database_url", "redis_url"];
+
 /// Describes each error of `err`, joined by "; ". Each part names the setting as im.toml spells
 /// it, says what is wrong in plain words, and names the source of the value. For a value from the
 /// environment, that source is the variable as written in the environment, or `env_prefix` plus
@@ -105,7 +123,8 @@ pub const LOGIC_FIELDS: &[&str] = &[
 /// number of the setting's type gets the setting's range from [`ENGINE_RANGES`] or
 /// [`LOGIC_RANGES`] (chosen by `env_prefix`) where it has one, else the type's bound. An
 /// unknown key or variable gets the closest known one as a guess, never the list of all fields.
-/// The value of a secret setting (see [`is_secret`]) is never repeated, a name longer than
+/// The value of a secret setting (see [`is_secret`]) is never repeated, and that of a
+/// connection string (see [`is_url_setting`]) only through [`redact_url`]. A name longer than
 /// [`MAX_SHOWN_CHARS`] is cut, and control characters are escaped, so the text is one line.
 pub fn describe(err: &figment::Error, env_prefix: &str) -> String {
     let text = err
@@ -120,6 +139,10 @@ pub fn describe(err: &figment::Error, env_prefix: &str) -> String {
 fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
     let key = shown_name(&one.path.join(".").to_lowercase());
     let secret = one.path.iter().any(|part| is_secret(part));
+    let url = one
+        .path
+        .first()
+        .is_some_and(|setting| is_url_setting(setting));
     let from_env = one
         .metadata
         .as_ref()
@@ -171,19 +194,35 @@ fn describe_one(one: &figment::Error, env_prefix: &str) -> String {
             let expected = range
                 .and_then(|range| ranges::describe_range(range, expected))
                 .unwrap_or_else(|| plain(expected));
-            describe_mismatch(actual, &expected)
+            if url {
+                describe_mismatch(&redacted(actual), &expected)
+            } else {
+                describe_mismatch(actual, &expected)
+            }
         }
         Kind::InvalidLength(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => {
             one.kind.to_string().trim().replace('\n', " ")
         }
         // Every other kind may repeat the value.
         _ if secret => "invalid value (not shown, because the setting is a secret)".to_owned(),
+        _ if url => "invalid value (not shown, because it may contain a password)".to_owned(),
         other => other.to_string().trim().replace('\n', " "),
     };
     if key.is_empty() {
         format!("{what}{origin}")
     } else {
         format!("{key}: {what}{origin}")
+    }
+}
+
+/// Returns `actual` with any password in its text hidden by [`redact_url`], for a setting whose
+/// value is a connection string.
+fn redacted(actual: &Actual) -> Actual {
+    match actual {
+        Actual::Str(text) => Actual::Str(redact_url(text)),
+        Actual::Other(text) => Actual::Other(redact_url(text)),
+        Actual::Bytes(bytes) => Actual::Str(redact_url(&String::from_utf8_lossy(bytes))),
+        other => other.clone(),
     }
 }
 
@@ -348,7 +387,7 @@ fn describe_mismatch(actual: &Actual, expected: &str) -> String {
 }
 
 /// True for decimal digits with an optional sign, such as `-12`.
-fn is_integer(text: &str) -> bool {
+pub(crate) fn is_integer(text: &str) -> bool {
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
     !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
 }
@@ -558,6 +597,113 @@ mod tests {
         });
     }
 
+    /// Settings whose names contain "password" but whose values are no secret, with the types
+    /// the tiers give them.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    #[allow(dead_code)]
+    struct PasswordLimits {
+        max_password_hashes: u32,
+        password_hash_wait_ms: u64,
+        logic_max_password_calls: usize,
+    }
+
+    #[test]
+    fn password_limit_errors_show_value_and_range() {
+        for (toml, env_prefix, expected) in [
+            (
+                "max_password_hashes = -1",
+                "IM_LOGIC_",
+                "max_password_hashes: found signed int `-1`, expected a whole number from 0 to \
+                 1024",
+            ),
+            (
+                "password_hash_wait_ms = \"many\"",
+                "IM_LOGIC_",
+                "password_hash_wait_ms: found string \"many\", expected a whole number from 0 \
+                 to 60000",
+            ),
+            (
+                "password_hash_wait_ms = \"5\"",
+                "IM_LOGIC_",
+                "password_hash_wait_ms: found string \"5\", expected a whole number from 0 to \
+                 60000: write it without quotes",
+            ),
+            (
+                "logic_max_password_calls = 2.5",
+                "IM_ENGINE_",
+                "logic_max_password_calls: found float `2.5`, expected a whole number, 1 or more",
+            ),
+        ] {
+            let err = Figment::from(Toml::string(toml))
+                .extract::<PasswordLimits>()
+                .expect_err("a value of the wrong type");
+
+            let text = describe(&err, env_prefix);
+
+            assert_eq!(
+                text,
+                format!("{expected} (from TOML source string)"),
+                "{toml}"
+            );
+        }
+    }
+
+    /// A setting named as a connection string, of a type that rejects every string.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    #[allow(dead_code)]
+    struct TypedUrl {
+        database_url: u32,
+    }
+
+    #[test]
+    fn url_setting_error_hides_password() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_LOGIC_DATABASE_URL", "postgres://app:hunter2@db/im");
+            let err = Figment::from(Env::prefixed("IM_LOGIC_"))
+                .extract::<TypedUrl>()
+                .expect_err("a string");
+
+            let text = describe(&err, "IM_LOGIC_");
+
+            assert!(
+                text.starts_with("database_url: found string \"postgres://app:***@db/im\""),
+                "{text}"
+            );
+            assert!(!text.contains("hunter2"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_lists_name_every_sensitive_field() {
+        for (fields, secrets, urls) in [
+            (ENGINE_FIELDS, ENGINE_SECRETS, ENGINE_URLS),
+            (LOGIC_FIELDS, LOGIC_SECRETS, LOGIC_URLS),
+        ] {
+            for setting in secrets.iter().chain(urls) {
+                assert!(fields.contains(setting), "{setting} is no setting");
+            }
+            for setting in secrets {
+                assert!(!urls.contains(setting), "{setting} is in both lists");
+            }
+            for setting in fields {
+                let sensitive = ["_secret", "_url", "_password", "_token"]
+                    .iter()
+                    .any(|suffix| setting.ends_with(suffix))
+                    || ["password", "secret", "token"].contains(setting);
+                let listed = secrets.contains(setting) || urls.contains(setting);
+                assert!(
+                    listed || !sensitive,
+                    "{setting} looks like a secret or a connection string but is in neither list"
+                );
+                assert_eq!(is_secret(setting), secrets.contains(setting), "{setting}");
+                assert_eq!(is_url_setting(setting), urls.contains(setting), "{setting}");
+            }
+        }
+    }
+
     #[test]
     fn ranges_name_known_settings_once() {
         for (ranges, fields) in [(ENGINE_RANGES, ENGINE_FIELDS), (LOGIC_RANGES, LOGIC_FIELDS)] {
@@ -694,6 +840,69 @@ mod tests {
             );
             assert!(text.contains("out of range"), "{text}");
             assert!(!text.contains('^'), "no snippet of the line: {text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn huge_integer_in_file_names_setting_range() {
+        Jail::expect_with(|jail| {
+            for (text, expected) in [
+                (
+                    "[logic]\nmax_friends_per_user = 99999999999999999999\n",
+                    "line 2: max_friends_per_user = 99999999999999999999 in [logic] is out of \
+                     range, expected a whole number from 1 to 80000",
+                ),
+                (
+                    "[engine]\n\"shards\" = -99999999999999999999\n",
+                    "line 2: \"shards\" = -99999999999999999999 in [engine] is out of range, \
+                     expected a whole number from 0 to 255",
+                ),
+                (
+                    "logic.db_pool_size = 99999999999999999999\n",
+                    "line 1: logic.db_pool_size = 99999999999999999999 is out of range, \
+                     expected a whole number from 1 to 1024",
+                ),
+                (
+                    "[engine]\nbridge_queue = 99999999999999999999\n",
+                    "line 2: bridge_queue = 99999999999999999999 in [engine] is out of range, \
+                     expected a whole number from 1 to 9223372036854775807",
+                ),
+                (
+                    "[engine]\nring_entries = 99999999999999999999\n",
+                    "line 2: ring_entries = 99999999999999999999 in [engine] is out of range: a \
+                     TOML integer must be from -9223372036854775808 to 9223372036854775807",
+                ),
+            ] {
+                jail.create_file("im.toml", text)?;
+                let err = read_file(Path::new("im.toml")).expect_err("beyond 64 bits");
+
+                assert_eq!(
+                    err.to_string(),
+                    format!("the settings file im.toml, {expected}"),
+                    "{text:?}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn huge_integer_of_unknown_key_is_not_shown() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "im.toml",
+                "[engine]\ninternal_secert = 12345678901234567890123\n",
+            )?;
+            let text = read_file(Path::new("im.toml"))
+                .expect_err("beyond 64 bits")
+                .to_string();
+
+            assert!(
+                text.contains("line 2: internal_secert in [engine] is out of range"),
+                "{text}"
+            );
+            assert!(!text.contains("1234567890"), "{text}");
             Ok(())
         });
     }

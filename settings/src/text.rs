@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::{ENGINE_SECRETS, ENGINE_URLS, LOGIC_SECRETS, LOGIC_URLS};
+
 /// Characters of a name that an error repeats in full. A longer name is cut to this many
 /// characters, followed by "...".
 pub const MAX_SHOWN_CHARS: usize = 64;
@@ -38,17 +40,29 @@ pub fn shown_name(name: &str) -> String {
     }
 }
 
-/// True for a setting whose value no error may repeat: a name with a dotted part that ends in
-/// `secret`, such as `internal_secret` or `server_secret.x`, or contains `password`, in any
-/// case. Spaces and TOML quotes around a part are ignored, so `"internal_secret"` counts.
+/// True for a setting whose value no error may repeat: a name with a dotted part that is one of
+/// [`ENGINE_SECRETS`] or [`LOGIC_SECRETS`], such as `internal_secret` or `server_secret.x`, in
+/// any case. Spaces and TOML quotes around a part are ignored, so `"internal_secret"` counts.
+/// A name is no secret for what it contains: `max_password_hashes` is a number of hashes.
 pub fn is_secret(name: &str) -> bool {
+    names_one_of(name, ENGINE_SECRETS) || names_one_of(name, LOGIC_SECRETS)
+}
+
+/// True for a setting whose value is a connection string that may contain a password, so an
+/// error shows it only through [`crate::redact_url`]: a name with a dotted part that is one of
+/// [`ENGINE_URLS`] or [`LOGIC_URLS`], matched as [`is_secret`] matches.
+pub fn is_url_setting(name: &str) -> bool {
+    names_one_of(name, ENGINE_URLS) || names_one_of(name, LOGIC_URLS)
+}
+
+/// True when a dotted part of `name`, without spaces or TOML quotes around it, is one of
+/// `settings` in any ASCII case.
+fn names_one_of(name: &str, settings: &[&str]) -> bool {
     name.split('.').any(|part| {
-        let part = part
-            .trim()
-            .trim_matches(['"', '\''])
-            .trim()
-            .to_ascii_lowercase();
-        part.ends_with("secret") || part.contains("password")
+        let part = part.trim().trim_matches(['"', '\'']).trim();
+        settings
+            .iter()
+            .any(|setting| part.eq_ignore_ascii_case(setting))
     })
 }
 
@@ -65,12 +79,36 @@ mod tests {
             "engine.internal_secret",
             "internal_secret.x",
             "INTERNAL_SECRET",
-            "ssl_password",
+            " 'server_secret' ",
         ] {
             assert!(is_secret(name), "{name}");
         }
-        for name in ["shards", "database_url", "secret_santa", "ws_path"] {
+        for name in [
+            "shards",
+            "database_url",
+            "secret_santa",
+            "ws_path",
+            "max_password_hashes",
+            "password_hash_wait_ms",
+            "logic_max_password_calls",
+            "internal_secrets",
+        ] {
             assert!(!is_secret(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn url_settings_are_recognised() {
+        for name in [
+            "database_url",
+            "redis_url",
+            "logic_url",
+            "logic.\"REDIS_URL\"",
+        ] {
+            assert!(is_url_setting(name), "{name}");
+        }
+        for name in ["internal_secret", "web_root", "database_urls", "url"] {
+            assert!(!is_url_setting(name), "{name}");
         }
     }
 
