@@ -191,10 +191,7 @@ pub enum LogicError {
     },
     /// A password hash or check found every one of the `max_password_hashes` places taken for
     /// `password_hash_wait_ms`, and was rejected without being run.
-    #[error(
-        "the server is busy hashing passwords: all {max} places (max_password_hashes) stayed \
-         taken for {wait_ms} ms (password_hash_wait_ms); retry after a pause"
-    )]
+    #[error("{}", crate::password::busy_message(*max, *wait_ms))]
     PasswordsBusy {
         /// Hashes that run at once: `max_password_hashes`, or the number of CPUs.
         max: usize,

@@ -151,6 +151,31 @@ impl PasswordHasher {
     }
 }
 
+/// Builds the text of [`LogicError::PasswordsBusy`] for `max` places and a wait of `wait_ms`.
+/// It says which places were busy, how long the call waited and how long to pause before a
+/// retry, and it names the settings that an operator can raise.
+pub(crate) fn busy_message(max: usize, wait_ms: u64) -> String {
+    let places = match max {
+        1 => "the 1 password hash place (max_password_hashes) is busy".to_owned(),
+        _ => format!("all {max} password hash places (max_password_hashes) are busy"),
+    };
+    let freed = match max {
+        1 => "it did not come free",
+        _ => "none came free",
+    };
+    if wait_ms == 0 {
+        format!(
+            "the server is busy hashing passwords: {places}, and password_hash_wait_ms is 0, so \
+             the call did not wait; retry after a short pause"
+        )
+    } else {
+        format!(
+            "the server is busy hashing passwords: {places}, and {freed} within {wait_ms} ms \
+             (password_hash_wait_ms); retry after a pause of about {wait_ms} ms"
+        )
+    }
+}
+
 /// One unit of the in-flight gauge, given back on drop.
 struct InFlight(Arc<AtomicI64>);
 
@@ -269,6 +294,40 @@ mod tests {
             .verify("password".to_owned(), Some(hash))
             .await
             .expect("verify"));
+    }
+
+    #[test]
+    fn busy_message_fits_the_count() {
+        let one = busy_message(1, 100);
+        assert_eq!(
+            one,
+            "the server is busy hashing passwords: the 1 password hash place \
+             (max_password_hashes) is busy, and it did not come free within 100 ms \
+             (password_hash_wait_ms); retry after a pause of about 100 ms"
+        );
+        let four = busy_message(4, 250);
+        assert_eq!(
+            four,
+            "the server is busy hashing passwords: all 4 password hash places \
+             (max_password_hashes) are busy, and none came free within 250 ms \
+             (password_hash_wait_ms); retry after a pause of about 250 ms"
+        );
+        let no_wait = busy_message(2, 0);
+        assert_eq!(
+            no_wait,
+            "the server is busy hashing passwords: all 2 password hash places \
+             (max_password_hashes) are busy, and password_hash_wait_ms is 0, so the call did \
+             not wait; retry after a short pause"
+        );
+    }
+
+    #[test]
+    fn busy_error_displays_busy_message() {
+        let err = LogicError::PasswordsBusy {
+            max: 3,
+            wait_ms: 40,
+        };
+        assert_eq!(err.to_string(), busy_message(3, 40));
     }
 
     #[tokio::test]

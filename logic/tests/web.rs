@@ -2,14 +2,15 @@
 //! fallback, path traversal, a missing build) and `LogicExtService` over gRPC-Web, on a real
 //! logic server with PostgreSQL and Redis.
 //!
-//! Requests go over raw TCP so that paths reach the server exactly as written, `..` included.
-//! The test of HTTP/2 uses hyper's client.
+//! Requests go over raw TCP so that paths reach the server exactly as written, `..` included,
+//! and so that a test can stop partway through a request. The test of HTTP/2 uses hyper's
+//! client.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{new_user_device, test_config, unique_name, TestLogic, NODE};
 use im_proto::v1::{
@@ -104,6 +105,14 @@ async fn request(addr: SocketAddr, head: &str, body: &[u8]) -> HttpResponse {
         .await
         .unwrap_or_else(|_| panic!("no response to {head:?} within {REQUEST_TIMEOUT:?}"));
     parse_response(&raw)
+}
+
+/// Reads from `stream` until the server closes it or [`REQUEST_TIMEOUT`] passes, and returns
+/// what was read. A reset connection counts as closed.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.read_to_end(&mut raw)).await;
+    raw
 }
 
 async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
@@ -523,4 +532,110 @@ async fn grpc_web_rejects_back_end_calls() {
         "the bot's device was revoked"
     );
     logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_uploads_do_not_block_get() {
+    let root = WebRoot::create();
+    let logic = start_with_root(&root.root).await;
+    let addr = web_addr(&logic);
+    assert_eq!(get(addr, "/index.html").await.status, 200);
+
+    // Eight chunked bodies of unknown size, once charged 8 MiB each of the 64 MiB budget
+    // before any byte arrived, start and send nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /im.v1.LogicExtService/FindUser HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/grpc-web+proto\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        stalled.push(stream);
+    }
+    // Lets the server parse the heads and start waiting for the bodies.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let page = get(addr, "/index.html").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(page.text(), INDEX_HTML);
+    drop(stalled);
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_request_in_progress() {
+    let root = WebRoot::create();
+    let mut logic = start_with_root(&root.root).await;
+    let addr = web_addr(&logic);
+    let (username, device) =
+        new_user_device(&mut logic.client, "web_stop", false, common::conn(NODE, 1)).await;
+    let body = grpc_web_frame(&FindUserRequest {
+        username: username.clone(),
+    });
+    let head = format!(
+        "POST /im.v1.LogicExtService/FindUser HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         im-user-id: {}\r\nim-device-id: {}\r\nim-token: {}\r\nContent-Length: {}\r\n\r\n",
+        device.user_id,
+        device.device_id,
+        device.token,
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream
+        .write_all(&body[..3])
+        .await
+        .expect("write part of the body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(logic.server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(&body[3..])
+        .await
+        .expect("write the rest of the body");
+    let response = parse_response(&read_until_closed(&mut stream).await);
+
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    let (messages, trailers) = grpc_web_frames(&response.body);
+    assert_eq!(grpc_status(&response, &trailers).as_deref(), Some("0"));
+    assert_eq!(messages.len(), 1, "one reply message");
+    let user = UserInfo::decode(messages[0].as_slice()).expect("UserInfo decodes");
+    assert_eq!(user.username, username);
+    // With its last request answered, the web server need not wait out its 5 s grace period.
+    tokio::time::timeout(Duration::from_secs(4), stopping)
+        .await
+        .expect("shutdown returns within 4 s")
+        .expect("shutdown task");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn no_request_served_after_shutdown() {
+    let root = WebRoot::create();
+    let logic = start_with_root(&root.root).await;
+    let addr = web_addr(&logic);
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let half_head = format!("GET /index.html HTTP/1.1\r\nHost: {addr}\r\n");
+    stream
+        .write_all(half_head.as_bytes())
+        .await
+        .expect("write half a head");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The request never completes within the grace period, so its connection is dropped.
+    logic.server.shutdown().await;
+
+    // The write may fail because the connection is closed, as it should be.
+    let _ = stream.write_all(b"Connection: close\r\n\r\n").await;
+    let reply = read_until_closed(&mut stream).await;
+    assert!(
+        reply.is_empty(),
+        "a request finished after shutdown was served: {}",
+        String::from_utf8_lossy(&reply)
+    );
 }

@@ -12,7 +12,9 @@
 //!
 //! [`guard_router`] reads each request body within a deadline and a size limit, and counts the
 //! call as in progress only after that, so a client cannot hold a connection by stopping
-//! inside a request body either.
+//! inside a request body either. The bytes of a body are charged to a budget that all
+//! connections share as they arrive, and returned when the call ends. So a request without a
+//! body takes nothing from the budget, and a stalled upload holds only what it has sent.
 //!
 //! These limits assume that a connection carries one request at a time, so the port serves
 //! HTTP/1.1 only ([`serve`](super::serve)).
@@ -33,6 +35,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::Listener;
 use axum::Router;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,10 +53,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// message, even in base64 (gRPC-Web text), so that tonic's error names that limit.
 const MAX_BODY_BYTES: usize = 8 << 20;
 
-/// Request body bytes that all connections together may hold at once, read or being read
-/// (64 MiB), counted in KiB. A chunked body, whose size is not known, counts as
-/// [`MAX_BODY_BYTES`].
-const BODY_BUDGET_KIB: usize = 64 * 1024;
+/// Request body bytes that all connections together may hold at once, received or being
+/// received (64 MiB). Each body is charged the bytes it has sent so far.
+const BODY_BUDGET_BYTES: usize = 64 << 20;
 
 /// Open web connections allowed when the open-file limit cannot be read: half of 1024, the
 /// usual default soft limit on Linux.
@@ -199,23 +202,24 @@ pub struct ConnectionCalls(Arc<CallState>);
 /// Returns `router` behind [`read_then_count_call`], to run on a [`GuardedListener`] with
 /// [`serve_http1`](super::serve::serve_http1).
 pub fn guard_router(router: Router) -> Router {
-    guard_router_with_budget(router, BODY_BUDGET_KIB)
+    guard_router_with_budget(router, Arc::new(Semaphore::new(BODY_BUDGET_BYTES)))
 }
 
-fn guard_router_with_budget(router: Router, budget_kib: usize) -> Router {
-    let budget = Arc::new(Semaphore::new(budget_kib));
+/// [`guard_router`] with `budget` as the shared request body budget, one permit a byte.
+fn guard_router_with_budget(router: Router, budget: Arc<Semaphore>) -> Router {
     router.layer(middleware::from_fn_with_state(budget, read_then_count_call))
 }
 
 /// Reads the request body, within [`BODY_TIMEOUT`] and [`MAX_BODY_BYTES`], then runs the call
 /// counted as in progress on its connection until its response is ready, so that the idle
-/// timeout spares the connection meanwhile. A body that is late gets 408, one whose
-/// Content-Length is too large 413, and one that is broken off or grows too large without a
-/// Content-Length 400, all without running the call.
+/// timeout spares the connection meanwhile. A body that is late gets 408, one that is or grows
+/// too large 413, and one that is broken off 400, all without running the call.
 ///
-/// The body's bytes come out of a budget that all connections share, from before it is read
-/// until the call ends. A request that finds too little of it left gets 503 at once, so that
-/// many clients sending large bodies together cannot exhaust the memory.
+/// Each piece of the body takes its bytes from a budget that all connections share (one permit
+/// a byte) when it arrives, and the request gives them back when its call ends. A body that
+/// finds too little of the budget left for its next piece, or whose Content-Length is more
+/// than is left, gets 503 at once, so that many clients sending large bodies together cannot
+/// exhaust the memory. A request without a body takes nothing.
 async fn read_then_count_call(
     State(budget): State<Arc<Semaphore>>,
     ConnectInfo(calls): ConnectInfo<ConnectionCalls>,
@@ -230,27 +234,24 @@ async fn read_then_count_call(
     let declared = HttpBody::size_hint(&body).exact();
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         tracing::debug!(path, content_length = declared, "request body too large");
-        let text = "request body larger than 8 MiB: send a smaller request\n";
-        return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
+        return body_too_large();
     }
-
-    let body_bytes = declared.unwrap_or(MAX_BODY_BYTES as u64);
-    let kib = u32::try_from(body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    let Ok(_body_budget) = budget.try_acquire_many_owned(kib.max(1)) else {
+    // Nothing is reserved here, so this only rejects early a body that could not be read to
+    // its end now. The bytes are taken as they arrive.
+    if declared.is_some_and(|length| length > budget.available_permits() as u64) {
         tracing::debug!(
             path,
             content_length = declared,
             "request rejected: the shared request body budget is in use"
         );
-        let text = "the server is reading many request bodies at once: retry in a moment\n";
-        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
-    };
+        return budget_exhausted();
+    }
 
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
-        .await
-    {
+    // Held until the call ends, because the body's bytes stay in memory until then.
+    let mut charge = BodyCharge::new(budget);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body, &mut charge)).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(err)) => return body_rejected(&path, &err),
+        Ok(Err(err)) => return body_rejected(&path, err),
         Err(_) => {
             tracing::debug!(
                 path,
@@ -265,11 +266,107 @@ async fn read_then_count_call(
     count_call(calls, request, next).await
 }
 
-/// Returns 400 for a request body that broke off or passed [`MAX_BODY_BYTES`] while it was read.
-fn body_rejected(path: &str, err: &axum::Error) -> Response {
-    tracing::debug!(path, error = %err, "request body rejected");
-    let text = format!("request body could not be read (at most 8 MiB): {err}\n");
-    (StatusCode::BAD_REQUEST, text).into_response()
+/// Request body bytes taken from the shared budget. Dropping it gives them back.
+struct BodyCharge {
+    budget: Arc<Semaphore>,
+    /// One permit per byte taken, `None` before the first byte.
+    permits: Option<OwnedSemaphorePermit>,
+    /// Bytes taken.
+    bytes: usize,
+}
+
+impl BodyCharge {
+    fn new(budget: Arc<Semaphore>) -> BodyCharge {
+        BodyCharge {
+            budget,
+            permits: None,
+            bytes: 0,
+        }
+    }
+
+    /// Takes `bytes` more from the budget without waiting, or fails when the body would pass
+    /// [`MAX_BODY_BYTES`] or the budget has less than `bytes` left.
+    fn take(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let total = self.bytes.saturating_add(bytes);
+        if total > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        // At most MAX_BODY_BYTES, so it fits a u32.
+        let count = u32::try_from(bytes).map_err(|_| BodyError::TooLarge)?;
+        let permits = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| BodyError::BudgetExhausted)?;
+        match &mut self.permits {
+            Some(taken) => taken.merge(permits),
+            None => self.permits = Some(permits),
+        }
+        self.bytes = total;
+        Ok(())
+    }
+}
+
+/// Reason a request body was not read to its end.
+#[derive(Debug)]
+enum BodyError {
+    /// The body passed [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// The shared budget had too little left for the next piece of the body.
+    BudgetExhausted,
+    /// The body broke off or was malformed.
+    Read(axum::Error),
+}
+
+/// Reads `body` to its end, taking each piece's bytes from `charge` as it arrives.
+async fn read_body(body: Body, charge: &mut BodyCharge) -> Result<Bytes, BodyError> {
+    let mut pieces = body.into_data_stream();
+    let mut received = Vec::new();
+    while let Some(piece) = pieces.next().await {
+        let piece = piece.map_err(BodyError::Read)?;
+        charge.take(piece.len())?;
+        received.push(piece);
+    }
+    if received.len() == 1 {
+        return Ok(received.swap_remove(0));
+    }
+    let mut joined = BytesMut::with_capacity(charge.bytes);
+    for piece in received {
+        joined.extend_from_slice(&piece);
+    }
+    Ok(joined.freeze())
+}
+
+fn body_too_large() -> Response {
+    let text = "request body larger than 8 MiB: send a smaller request\n";
+    (StatusCode::PAYLOAD_TOO_LARGE, text).into_response()
+}
+
+fn budget_exhausted() -> Response {
+    let text = "the server is reading many request bodies at once: retry in a moment\n";
+    (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+}
+
+/// Returns the response for a request body that could not be read to its end.
+fn body_rejected(path: &str, err: BodyError) -> Response {
+    match err {
+        BodyError::TooLarge => {
+            tracing::debug!(path, "request body grew too large");
+            body_too_large()
+        }
+        BodyError::BudgetExhausted => {
+            tracing::debug!(
+                path,
+                "request body rejected: the shared request body budget is in use"
+            );
+            budget_exhausted()
+        }
+        BodyError::Read(err) => {
+            tracing::debug!(path, error = %err, "request body could not be read");
+            let text = format!("request body could not be read: {err}\n");
+            (StatusCode::BAD_REQUEST, text).into_response()
+        }
+    }
 }
 
 async fn count_call(calls: ConnectionCalls, request: Request, next: Next) -> Response {
@@ -348,14 +445,20 @@ mod tests {
 
     const TEST_IDLE: Duration = Duration::from_millis(300);
 
-    /// Serves GET /fast at once and GET /slow after three idle timeouts on a guarded listener
-    /// with room for two connections.
+    /// Serves GET /fast at once, GET /slow after three idle timeouts, and POST /upload with the
+    /// body's length, on a guarded listener with room for two connections.
     async fn serve_guarded() -> SocketAddr {
-        serve_with(2, BODY_BUDGET_KIB).await
+        let budget = Arc::new(Semaphore::new(BODY_BUDGET_BYTES));
+        serve_with(2, TEST_IDLE, budget).await
     }
 
-    /// [`serve_guarded`] with room for `connections` and a body budget of `budget_kib`.
-    async fn serve_with(connections: usize, budget_kib: usize) -> SocketAddr {
+    /// [`serve_guarded`] with room for `connections`, an idle timeout of `idle_timeout`, and
+    /// `budget` as the shared request body budget.
+    async fn serve_with(
+        connections: usize,
+        idle_timeout: Duration,
+        budget: Arc<Semaphore>,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let router = axum::Router::new()
@@ -366,10 +469,15 @@ mod tests {
                     tokio::time::sleep(TEST_IDLE * 3).await;
                     "slow"
                 }),
+            )
+            .route(
+                "/upload",
+                axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
             );
-        let guarded = GuardedListener::new(listener, connections, TEST_IDLE);
-        let service = guard_router_with_budget(router, budget_kib);
-        tokio::spawn(serve_http1(guarded, service, std::future::pending()));
+        let guarded = GuardedListener::new(listener, connections, idle_timeout);
+        let service = guard_router_with_budget(router, budget);
+        let shutdown = std::future::pending();
+        tokio::spawn(serve_http1(guarded, service, shutdown, Duration::ZERO));
         addr
     }
 
@@ -539,30 +647,144 @@ mod tests {
         assert!(closed.is_some(), "an idle keep-alive connection is closed");
     }
 
+    /// Idle timeout of the body budget tests, longer than any of them runs.
+    const BUDGET_TEST_IDLE: Duration = Duration::from_secs(30);
+
+    /// Waits until `budget` has exactly `available` permits left, for at most 5 s.
+    async fn wait_for_available(budget: &Semaphore, available: usize) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while budget.available_permits() != available {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "budget has {} bytes left, not {available}",
+            budget.available_permits()
+        );
+    }
+
+    /// Sends `head` and `body` on a new connection without waiting for a reply.
+    async fn send(addr: SocketAddr, head: &str, body: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        stream.write_all(body).await.expect("write body");
+        stream
+    }
+
     #[tokio::test]
     async fn bodies_beyond_the_shared_budget_get_503() {
-        // Room for one 8 MiB body and a little more.
-        let addr = serve_with(4, MAX_BODY_BYTES / 1024 + 1024).await;
-        let mut large = TcpStream::connect(addr).await.expect("connect");
-        let head = format!(
-            "POST /fast HTTP/1.1\r\nHost: test\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\npart"
-        );
-        large.write_all(head.as_bytes()).await.expect("write");
-        // Let the server take the first body's share before the second request arrives.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Room for 1 MiB of body bytes and 64 KiB more. The long idle timeout keeps the
+        // stalled connection open for the whole test.
+        let budget = Arc::new(Semaphore::new((1 << 20) + (64 << 10)));
+        let addr = serve_with(5, BUDGET_TEST_IDLE, budget.clone()).await;
+        // The first body sends 1 MiB of its 1 MiB and 32 KiB, and stops, holding 1 MiB.
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 1081344\r\n\r\n";
+        let large = send(addr, head, &vec![b'x'; 1 << 20]).await;
+        wait_for_available(&budget, 64 << 10).await;
 
-        let mut second = TcpStream::connect(addr).await.expect("connect");
-        let head = "POST /fast HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-                    Content-Length: 2097152\r\n\r\n";
-        second.write_all(head.as_bytes()).await.expect("write");
-        let refused = read_until_closed(&mut second, Duration::from_secs(5))
+        // A Content-Length above what is left is rejected before its body is read.
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Content-Length: 131072\r\n\r\n";
+        let mut declared = send(addr, head, &[]).await;
+        let refused = read_until_closed(&mut declared, Duration::from_secs(5))
             .await
             .expect("a reply within 5 s");
         assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
 
-        let small = get(addr, "/fast").await.expect("a reply within 5 s");
-        assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        // A chunked body is rejected when a chunk finds too little left.
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n20000\r\n";
+        let mut chunked = send(addr, head, &[b'x'; 0x20000]).await;
+        // The server may reply and close before the rest is written.
+        let _ = chunked.write_all(b"\r\n0\r\n\r\n").await;
+        let refused = read_until_closed(&mut chunked, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+        // A body that fits in what is left, and a request without a body, are served.
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Content-Length: 1000\r\n\r\n";
+        let mut small = send(addr, head, &[b'x'; 1000]).await;
+        let served = read_until_closed(&mut small, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        assert!(served.ends_with("1000"), "{served}");
+        let fast = get(addr, "/fast").await.expect("a reply within 5 s");
+        assert!(fast.starts_with("HTTP/1.1 200"), "{fast}");
+
+        // The stalled body's bytes come back when its client goes away.
         drop(large);
+        wait_for_available(&budget, (1 << 20) + (64 << 10)).await;
+    }
+
+    #[tokio::test]
+    async fn budget_returns_when_the_call_ends() {
+        // Room for one 1 MiB body at a time.
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let addr = serve_with(2, BUDGET_TEST_IDLE, budget.clone()).await;
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Content-Length: 1048576\r\n\r\n";
+        for round in 0..3 {
+            let mut stream = send(addr, head, &vec![b'x'; 1 << 20]).await;
+            let reply = read_until_closed(&mut stream, Duration::from_secs(5))
+                .await
+                .expect("a reply within 5 s");
+            assert!(reply.starts_with("HTTP/1.1 200"), "round {round}: {reply}");
+            assert!(reply.ends_with("1048576"), "round {round}: {reply}");
+        }
+        assert_eq!(budget.available_permits(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn stalled_chunked_bodies_take_no_budget() {
+        // Room for 16 KiB, much less than the 8 MiB each chunked body was once charged.
+        let budget = Arc::new(Semaphore::new(16 << 10));
+        let addr = serve_with(8, BUDGET_TEST_IDLE, budget.clone()).await;
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            stalled.push(send(addr, head, &[]).await);
+        }
+        // Let the server parse the heads and start waiting for the bodies.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(budget.available_permits(), 16 << 10);
+
+        let fast = get(addr, "/fast").await.expect("a reply within 5 s");
+        assert!(fast.starts_with("HTTP/1.1 200"), "{fast}");
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Content-Length: 8192\r\n\r\n";
+        let mut upload = send(addr, head, &[b'x'; 8192]).await;
+        let served = read_until_closed(&mut upload, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        drop(stalled);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_past_the_limit_gets_413() {
+        let addr = serve_guarded().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("write");
+        // 9 chunks of 1 MiB; the server may reply and close before all are written.
+        let chunk = [b"100000\r\n".as_slice(), &[b'x'; 1 << 20], b"\r\n"].concat();
+        for _ in 0..9 {
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+
+        let reply = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s");
+
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     }
 
     #[tokio::test]

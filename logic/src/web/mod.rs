@@ -4,8 +4,9 @@
 //!
 //! gRPC-Web requests are routed by path (`/im.v1.LogicExtService/METHOD`); every other request
 //! is a static file request (see [`files`]). [`guard`] bounds the open connections, closes idle
-//! ones and limits the time and size of request bodies. The port speaks HTTP/1.1 only; [`serve`]
-//! says why.
+//! ones and limits the time and size of request bodies and the bytes they hold together. The
+//! port speaks HTTP/1.1 only. [`serve`] explains why and describes how a shutdown closes the
+//! connections.
 
 pub mod files;
 pub mod guard;
@@ -28,7 +29,8 @@ use files::StaticFiles;
 use guard::{guard_router, GuardedListener};
 use serve::serve_http1;
 
-/// Time the server gives open requests to finish after a stop before it drops them.
+/// Time the server gives open connections to finish their requests after a stop before it
+/// drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A running web server; [`WebServer::shutdown`] stops it.
@@ -44,21 +46,14 @@ impl WebServer {
         self.local_addr
     }
 
-    /// Stops accepting connections and waits up to 5 s for open requests to finish.
+    /// Stops accepting connections, lets each open connection finish the request it has begun,
+    /// and drops the connections still open after 5 s. No request is served after it returns.
     pub async fn shutdown(self) {
         // The task may have ended already, dropping the receiver: nothing left to stop.
         let _ = self.stop.send(());
-        let mut task = self.task;
-        match tokio::time::timeout(STOP_GRACE, &mut task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => tracing::error!("web server task panicked"),
-            Err(_) => {
-                task.abort();
-                tracing::warn!(
-                    grace_ms = STOP_GRACE.as_millis() as u64,
-                    "web server requests still open after the grace period; dropped"
-                );
-            }
+        // The task returns within the grace period plus the time to drop its connections.
+        if self.task.await.is_err() {
+            tracing::error!("web server task panicked");
         }
         tracing::info!(addr = %self.local_addr, "web server stopped");
     }
@@ -97,7 +92,7 @@ pub fn spawn(
             // A dropped sender also stops the server, because no other handle could stop it.
             let _ = stopped.await;
         };
-        serve_http1(listener, guard_router(router), shutdown).await;
+        serve_http1(listener, guard_router(router), shutdown, STOP_GRACE).await;
     });
     Ok(WebServer {
         local_addr,
