@@ -466,18 +466,18 @@ impl Config {
                 "set it above lease_interval_ms (typically 3 intervals) and at most 600000",
             );
         }
-        if self.logic_max_password_calls == 0 {
+        if !(1..=65_536).contains(&self.logic_max_password_calls) {
             return invalid(
                 "logic_max_password_calls",
                 &self.logic_max_password_calls,
-                "use at least 1",
+                "use 1 to 65536",
             );
         }
-        if self.logic_max_in_flight == 0 {
+        if !(1..=1_048_576).contains(&self.logic_max_in_flight) {
             return invalid(
                 "logic_max_in_flight",
                 &self.logic_max_in_flight,
-                "use at least 1",
+                "use 1 to 1048576",
             );
         }
         if !(1..=64).contains(&self.logic_gather_calls) {
@@ -494,8 +494,9 @@ impl Config {
                 "use 0 to 1000",
             );
         }
-        if self.bridge_queue == 0 {
-            return invalid("bridge_queue", &self.bridge_queue, "use at least 1");
+        // The bridge's channel allocates all of its slots at start, about 230 bytes each.
+        if !(1..=1_048_576).contains(&self.bridge_queue) {
+            return invalid("bridge_queue", &self.bridge_queue, "use 1 to 1048576");
         }
         if !self.logic_url.starts_with("http://") && !self.logic_url.starts_with("https://") {
             return invalid(

@@ -632,7 +632,8 @@ mod tests {
             (
                 "logic_max_password_calls = 2.5",
                 "IM_ENGINE_",
-                "logic_max_password_calls: found float `2.5`, expected a whole number, 1 or more",
+                "logic_max_password_calls: found float `2.5`, expected a whole number from 1 to \
+                 65536",
             ),
         ] {
             let err = Figment::from(Toml::string(toml))
@@ -866,7 +867,12 @@ mod tests {
                 (
                     "[engine]\nbridge_queue = 99999999999999999999\n",
                     "line 2: bridge_queue = 99999999999999999999 in [engine] is out of range, \
-                     expected a whole number from 1 to 9223372036854775807",
+                     expected a whole number from 1 to 1048576",
+                ),
+                (
+                    "[engine]\nlease_interval_ms = 99999999999999999999\n",
+                    "line 2: lease_interval_ms = 99999999999999999999 in [engine] is out of \
+                     range, expected a whole number from 1 to 9223372036854775807",
                 ),
                 (
                     "[engine]\nring_entries = 99999999999999999999\n",

@@ -39,11 +39,11 @@ pub const ENGINE_RANGES: &[SettingRange] = &[
     at_least("max_frame_bytes", 126),
     at_least("lease_interval_ms", 1),
     range("lease_ttl_ms", 2, 600_000),
-    at_least("logic_max_password_calls", 1),
-    at_least("logic_max_in_flight", 1),
+    range("logic_max_password_calls", 1, 65_536),
+    range("logic_max_in_flight", 1, 1_048_576),
     range("logic_gather_calls", 1, 64),
     range("logic_gather_window_ms", 0, 1_000),
-    at_least("bridge_queue", 1),
+    range("bridge_queue", 1, 1_048_576),
     range("rate_packet_burst", 1, 1_000_000),
     range("busy_retry_after_ms", 1, 600_000),
 ];
@@ -156,9 +156,10 @@ impl WholeNumber for usize {
 
 /// Returns a parser of a command-line flag's value for `setting`, a setting of type `T` whose
 /// range, if it has one, is in `ranges`: [`ENGINE_RANGES`] or [`LOGIC_RANGES`]. It is meant for
-/// clap's `value_parser`, so that a flag accepts what the file and the environment accept, and
-/// its error names the same range instead of the bound of `T`. A value outside the range is
-/// rejected, as the tier's validation would reject it.
+/// clap's `value_parser`, so that a flag's error names the same range as the file's and the
+/// environment's instead of the bound of `T`. A value outside the range is rejected, as the
+/// tier's validation would reject it. A flag takes decimal digits only: the environment also
+/// takes surrounding blanks, and the file TOML's other integer forms such as `0x10`.
 pub fn whole_number_flag<T: WholeNumber>(
     ranges: &'static [SettingRange],
     setting: &'static str,
@@ -209,6 +210,26 @@ mod tests {
 
     fn parse_logic<T: WholeNumber>(setting: &'static str, text: &str) -> Result<T, String> {
         whole_number_flag::<T>(LOGIC_RANGES, setting)(text)
+    }
+
+    /// Settings that size what the engine allocates or counts at start: a tokio semaphore
+    /// panics past `usize::MAX >> 3` permits, and the bridge's queue allocates all its slots.
+    #[test]
+    fn engine_sizes_have_maxima() {
+        for setting in [
+            "logic_max_in_flight",
+            "logic_max_password_calls",
+            "bridge_queue",
+        ] {
+            let range = ENGINE_RANGES
+                .iter()
+                .find(|range| range.setting == setting)
+                .unwrap_or_else(|| panic!("{setting} has no range"));
+            let max = range
+                .max
+                .unwrap_or_else(|| panic!("{setting} has no maximum"));
+            assert!(max <= 1 << 24, "{setting} accepts up to {max}");
+        }
     }
 
     #[test]
@@ -276,7 +297,7 @@ mod tests {
 
     #[test]
     fn flag_range_without_maximum_ends_at_type_bound() {
-        let parse = whole_number_flag::<usize>(ENGINE_RANGES, "bridge_queue");
+        let parse = whole_number_flag::<u64>(ENGINE_RANGES, "lease_interval_ms");
 
         assert_eq!(parse("1"), Ok(1));
         assert_eq!(
@@ -298,7 +319,7 @@ mod tests {
             Some("a whole number from 1 to 80000".to_owned())
         );
         assert_eq!(
-            find("engine", "bridge_queue").map(describe_file_range),
+            find("engine", "lease_interval_ms").map(describe_file_range),
             Some("a whole number from 1 to 9223372036854775807".to_owned())
         );
         assert_eq!(find("engine", "max_friends_per_user"), None);
