@@ -6,6 +6,10 @@
 # the script, which then stops the processes in order. Functions return non-zero with a message
 # on stderr on failure.
 
+_IM_PROC_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Pid of the command that im_run is waiting for, for a signal trap to stop; empty otherwise.
+IM_FOREGROUND_PID=""
+
 _im_proc_log() {
     printf '[%s] %s\n' "$1" "$2" >&2
 }
@@ -42,14 +46,36 @@ im_tcp_accepts() {
     timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
 }
 
+# Prints the pid of the process that listens on TCP port PORT, when ss(8) can see it (a
+# process of another user needs root).
+_im_listener_pid() {
+    local port=$1
+    command -v ss >/dev/null || return 1
+    ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d = -f 2
+}
+
 # Fails with a message when something already listens on ADDR, because a readiness wait on that
-# address would then succeed for the wrong process.
+# address would then succeed for the wrong process. The message names the listening process
+# when ss(8) shows it, and points out a process whose executable lies in this checkout.
 im_require_free_addr() {
-    local name=$1 addr=$2 variable=$3
-    if im_tcp_accepts "$addr"; then
-        _im_proc_log "$name" "error: $addr is already in use by another program: stop it or set $variable"
-        return 1
+    local name=$1 addr=$2 variable=$3 pid exe
+    if ! im_tcp_accepts "$addr"; then
+        return 0
     fi
+    pid=$(_im_listener_pid "${addr##*:}" || true)
+    exe=""
+    if [[ -n $pid ]]; then
+        exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+        exe=${exe% (deleted)}
+    fi
+    if [[ -n $exe && $exe == "$_IM_PROC_REPO"/* ]]; then
+        _im_proc_log "$name" "error: $addr is already in use by ${exe##*/} (pid $pid) of this checkout, likely left running by an earlier scripts/run: stop it with: kill $pid"
+    elif [[ -n $pid ]]; then
+        _im_proc_log "$name" "error: $addr is already in use by another program (pid $pid${exe:+, $exe}): stop it or set $variable"
+    else
+        _im_proc_log "$name" "error: $addr is already in use by another program: stop it or set $variable"
+    fi
+    return 1
 }
 
 # Starts COMMAND... in the background with stdout and stderr written to LOG (truncated first),

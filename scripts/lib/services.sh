@@ -4,6 +4,8 @@
 # Source this file, then call:
 #   ensure_packages   install the PostgreSQL and Redis server packages with apt-get if missing
 #   ensure_chromium   install Debian's chromium (for the web client's browser test) if missing
+#   check_script_settings  reject a variable that has the prefix of a setting below but is
+#                     not one, such as a misspelt IM_PG_PROT (start_services calls it)
 #   start_services    start (or reuse) our own instances and export their URLs
 #   stop_services     stop the instances that start_services started in this shell
 #
@@ -18,6 +20,7 @@
 #   IM_DATA_DIR            directory for data, sockets and logs, default $REPO/.data
 #   IM_PG_BIN_DIR          PostgreSQL bin directory, default the newest /usr/lib/postgresql/*/bin
 #   IM_PG_SHARED_ROOT      where a cluster goes when IM_DATA_DIR cannot hold it, default /var/tmp
+#   IM_REDIS_SERVER_BIN    redis-server executable, default the one in PATH
 #
 # Exported by start_services: IM_LOGIC_DATABASE_URL, IM_LOGIC_REDIS_URL, IM_PG_BIN_DIR,
 # IM_REDIS_SERVER_BIN (for tests that start throw-away instances of their own) and IM_DATA_DIR.
@@ -27,6 +30,13 @@
 
 IM_REPO_ROOT=${IM_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 IM_DATA_DIR=${IM_DATA_DIR:-$IM_REPO_ROOT/.data}
+
+# The variables that scripts/lib reads (the settings above, IM_WEB_DIR of web.sh and
+# IM_REPO_ROOT), and their prefixes. Another variable with one of these prefixes is most likely
+# misspelt, and the default would apply in its place without a word.
+_IM_KNOWN_SETTINGS=(IM_PG_PORT IM_PG_BIN_DIR IM_PG_SHARED_ROOT IM_REDIS_PORT
+    IM_REDIS_SERVER_BIN IM_DATA_DIR IM_WEB_DIR IM_REPO_ROOT)
+_IM_SETTING_PREFIXES=(IM_PG_ IM_REDIS_ IM_DATA_ IM_WEB_ IM_REPO_)
 
 # Set to 1 by start_services for each instance that it started in this shell.
 _IM_PG_STARTED=0
@@ -58,6 +68,14 @@ _im_port_in_use() {
     timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
 }
 
+# Records a started server with im_note_started of scripts/lib/checkout.sh, when the caller
+# sourced that file, so that a later scripts/run can stop it if this one is killed.
+_im_note_started() {
+    if declare -F im_note_started >/dev/null; then
+        im_note_started "$@"
+    fi
+}
+
 # Runs a command as the account that owns the PostgreSQL data: `postgres` when we are root,
 # because the server refuses to run as root, and the current user otherwise.
 _im_as_pg_owner() {
@@ -85,6 +103,31 @@ _im_find_pg_bin_dir() {
         return 1
     fi
     dirname "$newest"
+}
+
+# Fails, naming the known settings, when the environment contains a variable with one of
+# _IM_SETTING_PREFIXES that is not in _IM_KNOWN_SETTINGS.
+check_script_settings() {
+    local name prefix unknown=()
+    for name in $(compgen -e); do
+        for prefix in "${_IM_SETTING_PREFIXES[@]}"; do
+            if [[ $name == "$prefix"* && " ${_IM_KNOWN_SETTINGS[*]} " != *" $name "* ]]; then
+                unknown+=("$name")
+            fi
+        done
+    done
+    if [[ ${#unknown[@]} -eq 0 ]]; then
+        return 0
+    fi
+    local names known
+    names=$(printf '%s, ' "${unknown[@]}")
+    known=$(printf '%s, ' "${_IM_KNOWN_SETTINGS[@]}")
+    if [[ ${#unknown[@]} -eq 1 ]]; then
+        _im_error "unknown variable ${names%, }: the scripts read ${known%, }; fix the name or unset it"
+    else
+        _im_error "unknown variables ${names%, }: the scripts read ${known%, }; fix the names or unset them"
+    fi
+    return 1
 }
 
 # Installs the postgresql and redis-server packages with apt-get, each only if its server is missing.
@@ -181,6 +224,7 @@ _im_locate_binaries() {
 
 # Starts our PostgreSQL and Redis unless their URLs are given, and exports the URLs.
 start_services() {
+    check_script_settings || return 1
     _im_locate_binaries || return 1
     mkdir -p "$IM_DATA_DIR" || return 1
     # Absolute, because the PostgreSQL commands run from / (see _im_as_pg_owner).
@@ -271,6 +315,7 @@ _im_start_postgres() {
     else
         _im_launch_postgres "$data" "$socket_dir" "$port" "$log" || return 1
         _IM_PG_STARTED=1
+        _im_note_started postgres "$(head -n 1 "$data/postmaster.pid" 2>/dev/null)" "$data"
     fi
 
     _im_create_pg_database "$port" im "$log" || return 1
@@ -458,6 +503,7 @@ _im_start_redis() {
     else
         _im_launch_redis "$port" "$dir" "$log" || return 1
         _IM_REDIS_STARTED=1
+        _im_note_started redis "$(cat "$_IM_REDIS_PIDFILE" 2>/dev/null)" "$dir"
     fi
     export IM_LOGIC_REDIS_URL="redis://127.0.0.1:$port/"
 }

@@ -1,0 +1,135 @@
+# shellcheck shell=bash
+# One scripts/run per checkout, and the processes that a run started, for scripts/run.
+#
+#   im_lock_checkout LOCK_FILE   take the lock that one scripts/run holds for its lifetime, or
+#                                fail naming the pid of the run that holds it
+#   im_note_started NAME PID KEY record a started process in $IM_STARTED_PIDS_FILE
+#   im_stop_leftovers            stop the recorded processes that an earlier run left behind
+#
+# The lock is a flock(1) on file descriptor 9, which the kernel releases when the script exits
+# in any way, kill -9 included. Every process that the script starts inherits its descriptors,
+# and one that kept descriptor 9 open would hold the lock after the script is gone. So callers
+# close it with `9>&-` on each command that starts a process that may outlive the script
+# (bash keeps its own copy of the descriptor close-on-exec while the command runs).
+#
+# Functions return non-zero with a message on stderr on failure.
+
+# File of started processes, one "NAME PID KEY" line each, or empty to record nothing. KEY
+# distinguishes the process from an unrelated one that later got the same pid: it is the
+# executable of im-logic and im-engine, the data directory of PostgreSQL and the working
+# directory of Redis.
+IM_STARTED_PIDS_FILE=""
+
+_im_checkout_log() {
+    printf '[run] %s\n' "$*" >&2
+}
+
+# Takes an exclusive lock on LOCK_FILE (created if missing) on descriptor 9 and writes this
+# script's pid into it. Fails, naming the pid written there, when another process has it locked.
+im_lock_checkout() {
+    local path=$1 holder
+    # Opened for appending, so that a run that fails to get the lock keeps the holder's pid.
+    exec 9>>"$path"
+    if ! flock -n 9; then
+        holder=$(<"$path")
+        exec 9>&-
+        if [[ $holder =~ ^[0-9]+$ ]]; then
+            _im_checkout_log "error: scripts/run is already running in this checkout (pid $holder): stop it with Ctrl-C in its terminal or with: kill $holder"
+        else
+            _im_checkout_log "error: scripts/run is already running in this checkout (lock $path held): stop that run first"
+        fi
+        return 1
+    fi
+    printf '%s\n' "$$" >"$path"
+}
+
+# Appends "NAME PID KEY" to IM_STARTED_PIDS_FILE when that is set.
+im_note_started() {
+    local name=$1 pid=$2 key=$3
+    if [[ -n $IM_STARTED_PIDS_FILE && -n $pid ]]; then
+        printf '%s %s %s\n' "$name" "$pid" "$key" >>"$IM_STARTED_PIDS_FILE"
+    fi
+}
+
+# Prints the path of the executable of process PID, without the " (deleted)" that Linux
+# appends when the file was replaced since the start, as a rebuild does.
+_im_process_exe() {
+    local exe
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+    printf '%s' "${exe% (deleted)}"
+}
+
+# Succeeds when process PID is alive and is the NAME process identified by KEY, so a pid that
+# the kernel has since given to an unrelated process is never signalled.
+_im_is_started_process() {
+    local name=$1 pid=$2 key=$3 exe
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    exe=$(_im_process_exe "$pid") || return 1
+    case $name in
+    logic | engine)
+        [[ $exe == "$key" ]]
+        ;;
+    postgres)
+        # The postmaster runs as `postgres -D DATA`.
+        [[ ${exe##*/} == postgres ]] && tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$key"
+        ;;
+    redis)
+        # Redis overwrites its command line with its address, but runs in its --dir.
+        [[ ${exe##*/} == redis-* && $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$key" ]]
+        ;;
+    *)
+        return 1
+        ;;
+    esac
+}
+
+# Sends SIGNAL to PID and waits up to TIMEOUT_S seconds for it to exit.
+_im_stop_leftover() {
+    local name=$1 pid=$2 signal=$3 timeout_s=$4
+    _im_checkout_log "stopping $name (pid $pid), left running by an earlier scripts/run of this checkout"
+    kill "-$signal" "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + timeout_s))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    _im_checkout_log "error: $name (pid $pid) is still running $timeout_s s after SIG$signal: stop it with: kill -KILL $pid"
+    return 1
+}
+
+# Stops the processes listed in IM_STARTED_PIDS_FILE that still run, then empties the file.
+# They were started by a run of this checkout that ended without stopping them, as after
+# kill -9 or an out-of-memory kill. The caller holds the lock, so no live run owns them any more.
+# They are stopped rather than reported, because a user who starts scripts/run again wants a
+# running system, and their ports and data directories would block the new run anyway.
+im_stop_leftovers() {
+    local file=$IM_STARTED_PIDS_FILE
+    [[ -n $file && -f $file ]] || return 0
+    local -A pids=() keys=()
+    local name pid key status=0
+    while read -r name pid key; do
+        if [[ -n $name ]] && _im_is_started_process "$name" "$pid" "$key"; then
+            pids[$name]=$pid
+            keys[$name]=$key
+        fi
+    done <"$file"
+
+    # The order of a normal stop: the engine, the logic tier, then the services. PostgreSQL
+    # gets SIGINT, its fast shutdown, and the others get SIGTERM.
+    for name in engine logic redis postgres; do
+        [[ -n ${pids[$name]:-} ]] || continue
+        if [[ $name == postgres ]]; then
+            _im_stop_leftover "PostgreSQL in ${keys[$name]}" "${pids[$name]}" INT 30 || status=1
+        elif [[ $name == redis ]]; then
+            _im_stop_leftover Redis "${pids[$name]}" TERM 10 || status=1
+        else
+            _im_stop_leftover "im-$name" "${pids[$name]}" TERM 15 || status=1
+        fi
+    done
+    if [[ $status -eq 0 ]]; then
+        : >"$file"
+    fi
+    return "$status"
+}
