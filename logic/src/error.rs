@@ -88,6 +88,12 @@ pub enum LogicError {
     /// is not UTF-8. The text is the decoder's, which names the message and the field.
     #[error("invalid request message: {0}")]
     Undecodable(String),
+    /// The request body contains no request message at all, not even an empty one.
+    #[error(
+        "invalid request: the request body is empty; send one request message (a message with \
+         every field at its default is 5 bytes: the gRPC frame header with length 0)"
+    )]
+    EmptyRequest,
     /// A request field is above the limit that this server is configured with.
     #[error("invalid {field}: {value} is above this server's maximum of {max}")]
     AboveMaximum {
@@ -116,6 +122,12 @@ pub enum LogicError {
     /// The device id belongs to another user.
     #[error("device belongs to another user")]
     DeviceNotOwned,
+    /// LOGIN named a device id, given here, that does not exist.
+    #[error("device {0} not found; log in with device_id 0 to get a new device")]
+    LoginDeviceUnknown(u64),
+    /// LOGIN named a device id, given here, that belongs to another user.
+    #[error("device {0} belongs to another user; log in with device_id 0 to get a new device")]
+    LoginDeviceNotOwned(u64),
     /// The username, in any letter case, is already registered.
     #[error("username {0} is taken (usernames match in any letter case); choose another")]
     UsernameTaken(String),
@@ -201,6 +213,13 @@ pub enum LogicError {
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
+    /// A call made with the server secret, named here, while the `server_secret` setting is
+    /// empty.
+    #[error(
+        "permission denied: {0} is off because the server_secret setting is empty: set \
+         IM_LOGIC_SERVER_SECRET (16 to 1024 bytes) and send it as im-server-secret"
+    )]
+    ServerSecretUnset(&'static str),
     /// The friend request, friendship or group member already exists. The text is a sentence
     /// that names it, such as "user 7 is a member of group 3 already".
     #[error("{0}")]
@@ -239,13 +258,18 @@ impl LogicError {
             | LogicError::ControlCharacter { .. }
             | LogicError::BidiControl { .. }
             | LogicError::Undecodable(_)
+            | LogicError::EmptyRequest
             | LogicError::AboveMaximum { .. } => ErrorCode::InvalidArgument,
             LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
             LogicError::TokenInvalid => ErrorCode::TokenInvalid,
             LogicError::TokenExpired => ErrorCode::TokenExpired,
             LogicError::TokenRevoked => ErrorCode::TokenRevoked,
-            LogicError::DeviceUnknown => ErrorCode::DeviceUnknown,
-            LogicError::DeviceNotOwned => ErrorCode::DeviceNotOwned,
+            LogicError::DeviceUnknown | LogicError::LoginDeviceUnknown(_) => {
+                ErrorCode::DeviceUnknown
+            }
+            LogicError::DeviceNotOwned | LogicError::LoginDeviceNotOwned(_) => {
+                ErrorCode::DeviceNotOwned
+            }
             LogicError::UsernameTaken(_) => ErrorCode::UsernameTaken,
             // The token check's own code: the device must present its identity and token.
             LogicError::MissingCredentials(_) => ErrorCode::TokenInvalid,
@@ -258,7 +282,9 @@ impl LogicError {
             LogicError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
             LogicError::TooManyFriends { .. } => ErrorCode::TooManyFriends,
             LogicError::PasswordsBusy { .. } => ErrorCode::Busy,
-            LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            LogicError::PermissionDenied(_) | LogicError::ServerSecretUnset(_) => {
+                ErrorCode::PermissionDenied
+            }
             LogicError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             LogicError::NotFound(_) => ErrorCode::NotFound,
             LogicError::Database(err) => postgres_code(err),
@@ -521,6 +547,91 @@ mod tests {
             assert_eq!(status.code(), grpc);
             assert_eq!(status_code_number(&status), Some(code as i32));
         }
+    }
+
+    /// Returns the rows of the table of `im-error-code` values and gRPC statuses in
+    /// docs/protocol.md, as (code number, gRPC status name).
+    fn documented_grpc_statuses() -> Vec<(i32, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+        let text = std::fs::read_to_string(path).expect("docs/protocol.md is readable");
+        let section = text
+            .split("### Errors of the business API")
+            .nth(1)
+            .expect("docs/protocol.md has the section Errors of the business API");
+        let section = section.split("\n#").next().unwrap_or_default();
+        let mut rows = Vec::new();
+        for line in section.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // A row is "| 31 | `NOT_FRIEND` | `PERMISSION_DENIED` |".
+            let [_, number, _, status, _] = cells[..] else {
+                continue;
+            };
+            let Ok(number) = number.parse::<i32>() else {
+                continue;
+            };
+            rows.push((number, status.trim_matches('`').to_owned()));
+        }
+        rows
+    }
+
+    /// Returns the name of a gRPC status code as gRPC's documentation spells it.
+    fn grpc_status_name(code: Code) -> String {
+        let mut name = String::new();
+        for (index, letter) in format!("{code:?}").chars().enumerate() {
+            if letter.is_ascii_uppercase() && index > 0 {
+                name.push('_');
+            }
+            name.push(letter.to_ascii_uppercase());
+        }
+        name
+    }
+
+    #[test]
+    fn protocol_doc_maps_codes_to_grpc_statuses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+        let text = std::fs::read_to_string(path).expect("docs/protocol.md is readable");
+        assert!(
+            text.contains(&format!("`{}`", im_proto::ERROR_CODE_METADATA_KEY)),
+            "docs/protocol.md names the metadata key"
+        );
+        let rows = documented_grpc_statuses();
+        for (number, status) in &rows {
+            let code = ErrorCode::try_from(*number)
+                .unwrap_or_else(|_| panic!("docs/protocol.md lists unknown code {number}"));
+            assert_eq!(
+                status,
+                &grpc_status_name(grpc_code(code)),
+                "gRPC status of {}",
+                code.as_str_name()
+            );
+        }
+        // Every code with its own gRPC status, and INTERNAL, which is what the logic tier
+        // returns. The other codes fall through to INTERNAL and come from the engine only.
+        for number in 0..=255 {
+            let Ok(code) = ErrorCode::try_from(number) else {
+                continue;
+            };
+            if grpc_code(code) == Code::Internal && code != ErrorCode::Internal {
+                continue;
+            }
+            assert!(
+                rows.iter().any(|(row, _)| *row == number),
+                "docs/protocol.md lists {} ({number})",
+                code.as_str_name()
+            );
+        }
+    }
+
+    #[test]
+    fn login_device_errors_say_to_use_device_zero() {
+        let unknown = LogicError::LoginDeviceUnknown(42);
+        assert_eq!(unknown.code(), ErrorCode::DeviceUnknown);
+        assert!(unknown.to_string().contains("device 42"), "{unknown}");
+        assert!(unknown.to_string().contains("device_id 0"), "{unknown}");
+        let foreign = LogicError::LoginDeviceNotOwned(42);
+        assert_eq!(foreign.code(), ErrorCode::DeviceNotOwned);
+        assert!(foreign.to_string().contains("device 42"), "{foreign}");
+        assert!(foreign.to_string().contains("device_id 0"), "{foreign}");
     }
 
     #[test]

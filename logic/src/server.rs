@@ -38,9 +38,10 @@ use im_proto::internal_secret::CheckSecret;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// At most one warning per this interval about failed store requests, one about failed kicks
-/// and one about failed pushes; the others go to debug.
-const WARNING_INTERVAL: Duration = Duration::from_secs(1);
+/// Interval of the warning limiters: at most one warning per interval about failed store
+/// requests, and one each about failed kicks, failed pushes and failed PostgreSQL connections.
+/// The others go to debug.
+pub(crate) const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Error from starting a logic server. Store URLs in messages have their passwords hidden.
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +165,16 @@ impl LogicServer {
     }
 }
 
-/// Applies migrations, connects the stores, binds `listen_addr` and serves `DeviceIntService`
-/// and `LogicExtService` on it in a spawned task, and serves `GET /metrics` on `metrics_addr`
-/// and the web client (static files and `LogicExtService` as gRPC-Web) on `web_addr` unless
-/// each is empty.
+/// Binds `listen_addr`, `metrics_addr` and `web_addr` (unless empty), then applies migrations
+/// and connects the stores. Then it serves `DeviceIntService` and `LogicExtService` on
+/// `listen_addr`, `GET /metrics` on `metrics_addr`, and the web client (static files and
+/// `LogicExtService` as gRPC-Web) on `web_addr`, each in a spawned task.
+///
+/// Every address is bound before any store is touched, so that a port in use fails the start at
+/// once, without connecting to or migrating the database. No listener is served before the
+/// stores are ready, because every call and the metrics need them: connections that arrive
+/// meanwhile wait in the listen backlog and are served once start-up ends, or reset when it
+/// fails.
 ///
 /// An unreachable store is retried with back-off for up to `startup_retry_ms`.
 ///
@@ -183,6 +190,7 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         redis_url = %redact_url(&config.redis_url),
         "logic starting"
     );
+    let listeners = bind_all(&config, listen_addr).await?;
 
     let pg = connect_postgres(&config).await?;
     let redis = connect_redis(&config).await?;
@@ -195,18 +203,12 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         logic.passwords.clone(),
     );
 
-    let (listener, local_addr) = bind(listen_addr).await?;
-    let metrics_endpoint = match config.metrics_socket_addr()? {
-        Some(addr) => {
-            let (metrics_listener, bound) = bind(addr).await?;
-            let task = tokio::spawn(metrics::http::serve(metrics_listener, metrics.clone()));
-            Some((bound, task))
-        }
-        None => None,
-    };
-    let web = match config.web_socket_addr()? {
-        Some(addr) => {
-            let (web_listener, _) = bind(addr).await?;
+    let metrics_endpoint = listeners.metrics.map(|(metrics_listener, bound)| {
+        let task = tokio::spawn(metrics::http::serve(metrics_listener, metrics.clone()));
+        (bound, task)
+    });
+    let web = match listeners.web {
+        Some((web_listener, addr)) => {
             let root = PathBuf::from(&config.web_root);
             let server = web::spawn(web_listener, root, logic.clone())
                 .map_err(|source| StartError::Bind { addr, source })?;
@@ -223,11 +225,12 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         logic.redis.clone(),
         logic.lapsed_nodes.clone(),
         logic.metrics.clone(),
-        Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
+        Arc::new(WarnLimiter::new(lease::REAPER_WARNING_INTERVAL)),
     );
     let send_batches = logic.sends.counters();
     let (stop, stopped) = oneshot::channel();
     let check_secret = CheckSecret::new(&config.internal_secret);
+    let (listener, local_addr) = listeners.grpc;
     let task = tokio::spawn(serve(listener, logic, check_secret, stopped));
     Ok(LogicServer {
         local_addr,
@@ -240,6 +243,33 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
         metrics_endpoint,
         web,
     })
+}
+
+/// The bound listeners of a starting server, each with its bound address.
+struct Listeners {
+    grpc: (TcpListener, SocketAddr),
+    metrics: Option<(TcpListener, SocketAddr)>,
+    web: Option<(TcpListener, SocketAddr)>,
+}
+
+/// Binds `listen_addr`, then `metrics_addr` and `web_addr` unless they are empty.
+async fn bind_all(config: &Config, listen_addr: SocketAddr) -> Result<Listeners, StartError> {
+    let grpc = bind(listen_addr).await?;
+    let metrics = match config.metrics_socket_addr()? {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let web = match config.web_socket_addr()? {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(
+        addr = %grpc.1,
+        metrics_addr = ?metrics.as_ref().map(|(_, addr)| addr),
+        web_addr = ?web.as_ref().map(|(_, addr)| addr),
+        "ports bound; connecting to the stores before serving them"
+    );
+    Ok(Listeners { grpc, metrics, web })
 }
 
 /// Binds `addr` and returns the listener with its bound address.

@@ -160,6 +160,9 @@ async fn login_foreign_device_is_not_owned() {
 
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(error_code(&status), ErrorCode::DeviceNotOwned);
+    let device = format!("device {}", owner.device_id);
+    assert!(status.message().contains(&device), "{status:?}");
+    assert!(status.message().contains("device_id 0"), "{status:?}");
     let owner_status = hget(&format!("online:{}", owner.user_id), owner.device_id).await;
     assert_eq!(
         owner_status.as_deref(),
@@ -184,6 +187,11 @@ async fn login_with_nonexistent_device_is_device_unknown() {
             ErrorCode::DeviceUnknown,
             "device {device_id}"
         );
+        // A LOGIN with the same id fails the same way, so "log in again" would loop.
+        let device = format!("device {device_id}");
+        assert!(status.message().contains(&device), "{status:?}");
+        assert!(status.message().contains("device_id 0"), "{status:?}");
+        assert!(!status.message().contains("no token stored"), "{status:?}");
     }
     logic.server.shutdown().await;
 }

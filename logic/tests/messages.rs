@@ -1058,6 +1058,7 @@ async fn server_send_without_configured_secret_is_denied() {
         status.message().contains("set IM_LOGIC_SERVER_SECRET"),
         "{status:?}"
     );
+    assert!(status.message().contains("ServerSend"), "{status:?}");
     logic.server.shutdown().await;
 }
 

@@ -1,14 +1,16 @@
-//! Redis stopping and returning while the logic server runs, and stores unreachable at start.
-//! Uses a private redis-server child process on a free loopback port.
+//! Redis stopping and returning while the logic server runs, and stores unreachable or ports in
+//! use at start. Uses a private redis-server child process on a free loopback port.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::log_capture::LogCapture;
 use common::redis_child::RedisChild;
 use common::{conn, error_code, login, register, sign_in, unique_name, TestLogic, NODE};
 use im_logic::{start, StartError};
 use im_proto::v1::ErrorCode;
+use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn redis_outage_fails_fast_and_recovers() {
@@ -199,4 +201,97 @@ async fn start_retries_until_redis_appears() {
         .expect("start succeeds");
 
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn start_with_port_in_use_touches_no_store() {
+    // Stand-ins for the stores. They never reply, so a start that contacts a store waits for
+    // it, and the connection shows up as one to accept.
+    let postgres = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let redis = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let postgres_addr = postgres.local_addr().expect("local addr");
+    let redis_addr = redis.local_addr().expect("local addr");
+    let in_use = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let taken_addr = in_use.local_addr().expect("local addr");
+    let base = im_logic::Config {
+        database_url: format!("postgres://app:secret@{postgres_addr}/im"),
+        redis_url: format!("redis://{redis_addr}/"),
+        startup_retry_ms: 10_000,
+        ..common::test_config()
+    };
+    let cases = [
+        (
+            "listen_addr",
+            im_logic::Config {
+                listen_addr: taken_addr.to_string(),
+                ..base.clone()
+            },
+        ),
+        (
+            "metrics_addr",
+            im_logic::Config {
+                metrics_addr: taken_addr.to_string(),
+                ..base.clone()
+            },
+        ),
+        (
+            "web_addr",
+            im_logic::Config {
+                web_addr: taken_addr.to_string(),
+                ..base.clone()
+            },
+        ),
+    ];
+
+    for (case, config) in cases {
+        let started = Instant::now();
+        let err = start(config).await.err().expect("start fails");
+        let elapsed = started.elapsed();
+
+        assert!(
+            matches!(&err, StartError::Bind { addr, .. } if *addr == taken_addr),
+            "{case}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(&taken_addr.to_string()),
+            "{case}: {err}"
+        );
+        assert!(elapsed < Duration::from_secs(2), "{case}: took {elapsed:?}");
+        let contacted = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(contacted, postgres.accept())
+                .await
+                .is_err(),
+            "{case}: PostgreSQL was contacted"
+        );
+        assert!(
+            tokio::time::timeout(contacted, redis.accept())
+                .await
+                .is_err(),
+            "{case}: Redis was contacted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lease_reaper_warns_once_per_interval_during_outage() {
+    let (logs, _guard) = LogCapture::install();
+    let port = common::free_port().await;
+    let mut redis = RedisChild::start(port).await;
+    let config = im_logic::Config {
+        redis_url: redis.url(),
+        redis_timeout_ms: 300,
+        ..common::test_config()
+    };
+    let logic = TestLogic::start(config).await;
+
+    redis.stop();
+    // The reaper runs a pass every second: about four fail in this time.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+
+    let failed = logs.lines_with("lease reaper pass failed");
+    let warnings: Vec<&String> = failed.iter().filter(|line| line.contains("WARN")).collect();
+    assert!(failed.len() >= 3, "passes failed: {failed:#?}");
+    assert_eq!(warnings.len(), 1, "one warning per interval: {warnings:#?}");
+    logic.server.shutdown().await;
 }

@@ -137,6 +137,32 @@ async fn revoked_token_is_rejected_by_the_business_api() {
 }
 
 #[tokio::test]
+async fn kick_device_without_configured_secret_names_it() {
+    let mut logic = TestLogic::start_default().await;
+    let device = new_device(&mut logic.client, "kicknosecret", conn(NODE_A, 1)).await;
+    let mut ext = logic.ext_client().await;
+    let mut request = tonic::Request::new(KickDeviceRequest {
+        user_id: device.user_id,
+        device_id: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("im-server-secret", "".parse().expect("ASCII"));
+
+    let status = ext.kick_device(request).await.expect_err("disabled");
+
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(error_code(&status), ErrorCode::PermissionDenied);
+    assert!(status.message().contains("KickDevice is off"), "{status:?}");
+    assert!(!status.message().contains("ServerSend"), "{status:?}");
+    assert!(
+        status.message().contains("set IM_LOGIC_SERVER_SECRET"),
+        "{status:?}"
+    );
+    logic.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn kick_device_checks_secret_and_owner() {
     let (mut logic, _redis) = start_logic().await;
     let (name, device) =

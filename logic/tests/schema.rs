@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::log_capture::LogCapture;
 use deadpool_postgres::{Manager, Pool};
 use im_logic::migrate::{self, MigrationError};
 use im_logic::store::pg;
@@ -110,4 +111,39 @@ async fn failed_migration_names_file_and_sql_error() {
     assert!(message.contains("V2__broken.sql"), "{message}");
     assert!(message.contains("syntax error"), "{message}");
     assert!(good_exists, "migrations before the broken one stay applied");
+}
+
+#[tokio::test]
+async fn lost_connection_log_names_its_cause() {
+    let (logs, _guard) = LogCapture::install();
+    let store = pg::PgStore::new(&common::test_config()).expect("pool");
+    let pooled = store.client().await.expect("pooled connection");
+    let backend: i32 = pooled
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let (admin, _task) = connect(&common::database_url()).await;
+
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .expect("terminate the pooled connection");
+
+    // The server's reason is the source of tokio-postgres's "db error".
+    let cause = "terminating connection due to administrator command";
+    for _ in 0..50 {
+        if !logs.lines_with(cause).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let lines = logs.lines_with(cause);
+    assert_eq!(lines.len(), 1, "{}", logs.text());
+    assert!(
+        lines[0].contains("PostgreSQL connection failed"),
+        "{}",
+        lines[0]
+    );
+    drop(pooled);
 }

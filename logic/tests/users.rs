@@ -284,3 +284,54 @@ async fn undecodable_requests_are_invalid_argument() {
     );
     logic.server.shutdown().await;
 }
+
+/// Every `LogicExtService` method, as named in its request path.
+const EXT_METHODS: [&str; 15] = [
+    "Register",
+    "GetUser",
+    "FindUser",
+    "RequestFriend",
+    "AcceptFriend",
+    "ListFriends",
+    "RemoveFriend",
+    "CreateGroup",
+    "AddGroupMembers",
+    "RemoveGroupMembers",
+    "ListGroups",
+    "GetGroup",
+    "ServerSend",
+    "Logout",
+    "KickDevice",
+];
+
+#[tokio::test]
+async fn empty_request_bodies_are_invalid_argument() {
+    let logic = TestLogic::start_default().await;
+    let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
+        .expect("valid URI")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+
+    for method in EXT_METHODS {
+        let path = format!("/im.v1.LogicExtService/{method}");
+        grpc.ready().await.expect("channel ready");
+        // A client stream that ends at once sends a request body without any message.
+        let status = grpc
+            .client_streaming(
+                tonic::Request::new(futures::stream::empty::<Vec<u8>>()),
+                PathAndQuery::try_from(path).expect("valid path"),
+                RawCodec,
+            )
+            .await
+            .expect_err(method);
+        common::assert_invalid(&status, "request body is empty", method);
+    }
+    let text = logic.server.metrics().render();
+    assert!(
+        text.contains("im_logic_requests_total{method=\"Register\",code=\"INVALID_ARGUMENT\"} 1\n"),
+        "{text}"
+    );
+    logic.server.shutdown().await;
+}

@@ -33,8 +33,8 @@ const APP_VERSION_MAX_BYTES: usize = 32;
 /// # Errors
 ///
 /// [`LogicError::InvalidArgument`], [`LogicError::InvalidCredentials`] for an unknown user or a
-/// wrong password, [`LogicError::DeviceUnknown`] or [`LogicError::DeviceNotOwned`] for a device
-/// id that is not the user's, store errors.
+/// wrong password, [`LogicError::LoginDeviceUnknown`] or [`LogicError::LoginDeviceNotOwned`]
+/// for a device id that is not the user's, store errors.
 pub async fn login(
     logic: &Logic,
     request: ConnLoginRequest,
@@ -200,8 +200,8 @@ async fn claim_device(
         return Ok(device);
     }
     match devices::find_owner(&logic.pg, device).await? {
-        None => Err(LogicError::DeviceUnknown),
-        Some(owner) if owner != user => Err(LogicError::DeviceNotOwned),
+        None => Err(LogicError::LoginDeviceUnknown(device.0)),
+        Some(owner) if owner != user => Err(LogicError::LoginDeviceNotOwned(device.0)),
         Some(_) => Err(LogicError::Internal(
             "device row matched its owner but the login update changed nothing",
         )),

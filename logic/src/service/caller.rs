@@ -1,6 +1,6 @@
 //! Authentication of `LogicExtService` callers. A user call carries "im-user-id",
-//! "im-device-id" and "im-token" in its metadata, checked like SIGN_IN. A ServerSend carries the
-//! server secret in "im-server-secret".
+//! "im-device-id" and "im-token" in its metadata, checked like SIGN_IN. ServerSend and
+//! KickDevice carry the server secret in "im-server-secret" instead.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -9,6 +9,7 @@ use tonic::metadata::MetadataMap;
 use super::{auth, Logic};
 use crate::error::LogicError;
 use crate::ids::{DeviceId, UserId};
+use crate::metrics::Method;
 
 /// Metadata keys of a user call.
 pub const USER_ID_KEY: &str = "im-user-id";
@@ -16,7 +17,7 @@ pub const USER_ID_KEY: &str = "im-user-id";
 pub const DEVICE_ID_KEY: &str = "im-device-id";
 /// See [`USER_ID_KEY`].
 pub const TOKEN_KEY: &str = "im-token";
-/// Metadata key of ServerSend's secret.
+/// Metadata key of the server secret that ServerSend and KickDevice carry.
 pub const SERVER_SECRET_KEY: &str = "im-server-secret";
 
 /// An authenticated user and the device whose token it presented.
@@ -86,7 +87,7 @@ pub struct ServerSecret {
 }
 
 impl ServerSecret {
-    /// Wraps the configured secret; an empty one disables ServerSend.
+    /// Wraps the configured secret; an empty one disables ServerSend and KickDevice.
     pub fn new(secret: &str) -> ServerSecret {
         let digest = (!secret.is_empty()).then(|| Sha256::digest(secret.as_bytes()).into());
         ServerSecret { digest }
@@ -138,17 +139,19 @@ pub async fn authenticate(logic: &Logic, credentials: &Credentials) -> Result<Ca
     Ok(Caller { user, device })
 }
 
-/// Checks the server secret of a ServerSend.
+/// Checks the server secret of a call to `method` (ServerSend or KickDevice).
 ///
 /// # Errors
 ///
-/// [`LogicError::PermissionDenied`] when the secret is missing or wrong, or none is configured.
-pub fn check_server_secret(logic: &Logic, credentials: &Credentials) -> Result<(), LogicError> {
+/// [`LogicError::ServerSecretUnset`], naming `method`, when none is configured, and
+/// [`LogicError::PermissionDenied`] when the secret is missing or wrong.
+pub fn check_server_secret(
+    logic: &Logic,
+    method: Method,
+    credentials: &Credentials,
+) -> Result<(), LogicError> {
     if logic.server_secret.digest.is_none() {
-        return Err(LogicError::PermissionDenied(
-            "ServerSend is off because the server_secret setting is empty: set \
-             IM_LOGIC_SERVER_SECRET (16 to 1024 bytes) and send it as im-server-secret",
-        ));
+        return Err(LogicError::ServerSecretUnset(method.name()));
     }
     let presented = credentials.server_secret.as_deref().unwrap_or_default();
     if logic.server_secret.matches(presented) {

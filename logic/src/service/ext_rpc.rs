@@ -247,10 +247,15 @@ impl LogicExtService for ExtService {
 /// returns with code INTERNAL when a request message does not decode.
 const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
 
-/// `LogicExtServiceServer` that rejects a request whose message does not decode, such as a
-/// string field that is not UTF-8, with INVALID_ARGUMENT and the `im-error-code` of every other
-/// rejected call. tonic-prost returns INTERNAL without an error code there, citing gRPC's table
-/// of status codes, but the caller sent the bad bytes and is the one to fix the request.
+/// Text of the INTERNAL status that tonic 0.14 (`Grpc::map_request_unary`) returns when the
+/// request body ends before it contains one message.
+const MISSING_MESSAGE: &str = "Missing request message.";
+
+/// `LogicExtServiceServer` that rejects a request with INVALID_ARGUMENT and the `im-error-code`
+/// of every other rejected call when its body is empty or its message does not decode (not
+/// valid protobuf, or a string field that is not UTF-8). tonic returns INTERNAL without an
+/// error code there, citing gRPC's table of status codes. But the caller sent the bad request
+/// and is the one to fix it.
 #[derive(Clone)]
 pub struct ExtServer {
     inner: LogicExtServiceServer<ExtService>,
@@ -278,7 +283,7 @@ impl Service<http::Request<Body>> for ExtServer {
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let response = call.await?;
-            let Some(rejection) = reject_undecodable(&path, &response) else {
+            let Some(rejection) = reject_bad_request(&path, &response) else {
                 return Ok(response);
             };
             if let Some(method) = method_of(&path) {
@@ -295,22 +300,26 @@ fn method_of(path: &str) -> Option<Method> {
     Method::ALL.into_iter().find(|method| method.name() == name)
 }
 
-/// Returns INVALID_ARGUMENT for a trailers-only response that reports an undecodable request,
-/// and `None` for every other response, which goes out unchanged. tonic rejects such a request
-/// before the handler runs, so the response carries its status in the headers.
-fn reject_undecodable(path: &str, response: &http::Response<Body>) -> Option<http::Response<Body>> {
+/// Returns INVALID_ARGUMENT for a trailers-only response that reports an empty request body or
+/// an undecodable request message, and `None` for every other response, which goes out
+/// unchanged. tonic rejects such a request before the handler runs, so the response carries
+/// its status in the headers.
+fn reject_bad_request(path: &str, response: &http::Response<Body>) -> Option<http::Response<Body>> {
     let headers = response.headers();
     if headers.get("grpc-status").map(|value| value.as_bytes()) != Some(b"13") {
         return None;
     }
     let status = Status::from_header_map(headers)?;
-    if status.code() != Code::Internal || !status.message().starts_with(DECODE_ERROR_PREFIX) {
+    if status.code() != Code::Internal {
         return None;
     }
-    tracing::debug!(
-        path,
-        error = status.message(),
-        "request rejected: its message does not decode"
-    );
-    Some(Status::from(LogicError::Undecodable(status.message().to_owned())).into_http())
+    let err = if status.message() == MISSING_MESSAGE {
+        LogicError::EmptyRequest
+    } else if status.message().starts_with(DECODE_ERROR_PREFIX) {
+        LogicError::Undecodable(status.message().to_owned())
+    } else {
+        return None;
+    };
+    tracing::debug!(path, error = %err, "request rejected before its handler");
+    Some(Status::from(err).into_http())
 }

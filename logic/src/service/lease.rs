@@ -23,6 +23,11 @@ use crate::store::redis::RedisStore;
 /// Interval between two reaper passes; a lapsed lease is acted on at most this late.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// At most one warning per this interval about failed reaper passes. A pass runs every
+/// [`REAP_INTERVAL`], so a Redis outage logs one warning per 30 passes, each counting the
+/// passes held back since the last one.
+pub const REAPER_WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Maximum online statuses one pass removes per lapsed node. A pass runs as one Lua script, so
 /// this bounds how long it blocks Redis; the next passes remove the rest.
 const REAP_BATCH: u32 = 1000;
@@ -248,10 +253,19 @@ pub fn spawn_reaper(
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(REAP_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed_passes = 0u64;
         loop {
             ticks.tick().await;
-            if let Err(err) = reap_once(&redis, &lapsed, &metrics).await {
-                warn_failed(&warnings, &err);
+            match reap_once(&redis, &lapsed, &metrics).await {
+                Ok(()) if failed_passes > 0 => {
+                    tracing::info!(failed_passes, "lease reaper pass succeeded again");
+                    failed_passes = 0;
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    failed_passes = failed_passes.saturating_add(1);
+                    warn_failed(&warnings, &err);
+                }
             }
         }
     })

@@ -126,7 +126,8 @@ async fn store_and_push(
 ///
 /// # Errors
 ///
-/// [`LogicError::PermissionDenied`] for a missing or wrong secret or when none is configured,
+/// [`LogicError::PermissionDenied`] for a missing or wrong secret,
+/// [`LogicError::ServerSecretUnset`] when none is configured,
 /// [`LogicError::InvalidArgument`] for sender 0 or a missing `send`, [`LogicError::NotFound`]
 /// for an unknown sender, and the errors of [`send_message`].
 pub async fn server_send(
@@ -134,7 +135,7 @@ pub async fn server_send(
     credentials: &Credentials,
     request: ServerSendRequest,
 ) -> Result<SendReply, LogicError> {
-    caller::check_server_secret(logic, credentials)?;
+    caller::check_server_secret(logic, Method::ServerSend, credentials)?;
     if request.sender_user_id == 0 {
         return Err(LogicError::InvalidArgument {
             field: "sender_user_id",

@@ -13,7 +13,7 @@ use super::caller::{self, Caller, Credentials};
 use super::Logic;
 use crate::error::{ErrorChain, LogicError};
 use crate::ids::{require_ids, ConnRef, DeviceId, UserId};
-use crate::metrics::LogoutSource;
+use crate::metrics::{LogoutSource, Method};
 use crate::store::pg::{device_tokens, devices, users};
 
 /// Revokes the token of a device that sent LOGOUT and removes its online status, if the
@@ -80,6 +80,7 @@ pub async fn logout(
 /// # Errors
 ///
 /// [`LogicError::PermissionDenied`] for a missing or wrong secret,
+/// [`LogicError::ServerSecretUnset`] when none is configured,
 /// [`LogicError::InvalidArgument`] for user id 0, [`LogicError::NotFound`] for a user who does
 /// not exist or a device that is not the user's, store errors.
 pub async fn kick_device(
@@ -87,7 +88,7 @@ pub async fn kick_device(
     credentials: &Credentials,
     request: KickDeviceRequest,
 ) -> Result<KickDeviceReply, LogicError> {
-    caller::check_server_secret(logic, credentials)?;
+    caller::check_server_secret(logic, Method::KickDevice, credentials)?;
     if request.user_id == 0 {
         return Err(LogicError::InvalidArgument {
             field: "user_id",

@@ -4,6 +4,7 @@
 //! Each test file uses a different subset, so unused helpers are expected.
 #![allow(dead_code)]
 
+pub(crate) mod log_capture;
 pub(crate) mod redis_child;
 
 use std::collections::VecDeque;

@@ -17,17 +17,22 @@ pub mod user_seq;
 pub mod users;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{
-    ClientWrapper, GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
-    Runtime,
+    ClientWrapper, Connect, GenericClient, Manager, ManagerConfig, Object, Pool, PoolError,
+    RecyclingMethod, Runtime,
 };
+use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::config::{redact_url, Config};
-use crate::error::{LogicError, Store};
+use crate::error::{ErrorChain, LogicError, Store};
+use crate::server::WARNING_INTERVAL;
+use crate::service::WarnLimiter;
 
 /// Returns every statement of every table module, for a test that prepares each against the
 /// schema.
@@ -102,7 +107,10 @@ impl PgStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = Manager::from_config(pg_config, NoTls, manager_config);
+        let connect = LoggedConnect {
+            warnings: Arc::new(WarnLimiter::new(WARNING_INTERVAL)),
+        };
+        let manager = Manager::from_connect(pg_config, connect, manager_config);
         let pool = Pool::builder(manager)
             .max_size(config.db_pool_size as usize)
             .runtime(Runtime::Tokio1)
@@ -225,6 +233,54 @@ impl PgStore {
                 LogicError::Internal("PostgreSQL pool misconfigured")
             }
         }
+    }
+}
+
+/// Opens pooled connections as deadpool's own `ConfigConnectImpl` does, but logs a connection
+/// that ends with an error with the whole error chain, rate-limited. deadpool logs only the
+/// top error's text, such as "db error", whose source contains the server's reason.
+struct LoggedConnect {
+    warnings: Arc<WarnLimiter>,
+}
+
+impl Connect for LoggedConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> Pin<
+        Box<
+            dyn Future<
+                    Output = Result<
+                        (tokio_postgres::Client, JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let pg_config = pg_config.clone();
+        let warnings = self.warnings.clone();
+        Box::pin(async move {
+            let (client, connection) = pg_config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    log_connection_error(&warnings, &err);
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+/// Logs the error that ended a pooled connection: one warning per [`WARNING_INTERVAL`], the
+/// others at debug.
+fn log_connection_error(warnings: &WarnLimiter, err: &tokio_postgres::Error) {
+    let error = ErrorChain(err);
+    match warnings.admit() {
+        Some(suppressed) => {
+            tracing::warn!(%error, suppressed, "PostgreSQL connection failed; the pool opens a new one on demand");
+        }
+        None => tracing::debug!(%error, "PostgreSQL connection failed"),
     }
 }
 
