@@ -58,3 +58,18 @@ fn misspelt_variable_exits_two_with_a_guess() {
         );
     }
 }
+
+#[test]
+fn logs_go_to_stderr() {
+    for (name, line) in [
+        ("im-engine", "engine configuration is valid"),
+        ("im-logic", "logic configuration is valid"),
+    ] {
+        let output = check(name, &[]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert!(stdout.is_empty(), "{name} wrote to stdout: {stdout}");
+        assert!(stderr.contains(line), "{name}: {stderr}");
+    }
+}

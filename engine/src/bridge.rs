@@ -49,6 +49,11 @@ const ACK_MANY_METHOD: usize = 6;
 /// Index of OfflineMany in `BRIDGE_METHODS`.
 const OFFLINE_MANY_METHOD: usize = 3;
 
+/// Indexes in `BRIDGE_METHODS` of the gathered calls whose reply has an outcome per request, so
+/// that `im_engine_logic_outcomes_total` counts requests and not calls: ConnSignInMany,
+/// OfflineMany and SendMany.
+const REQUEST_OUTCOME_METHODS: [usize; 3] = [2, OFFLINE_MANY_METHOD, 4];
+
 /// Maximum Offline requests of one call logged one by one when they are given up on.
 const OFFLINE_LOG_MAX: usize = 16;
 
@@ -795,6 +800,7 @@ async fn call_gathered<G: Gathered>(
     for pending in batch {
         let deadline = pending.queued_at + context.timeout;
         if deadline <= now || pending.reply.is_canceled() {
+            context.metrics.count_outcome(G::METHOD, ErrorCode::Timeout);
             let _ = pending.reply.send(Err(CallError::timed_out()));
             continue;
         }
@@ -829,7 +835,7 @@ async fn call_gathered<G: Gathered>(
     } else {
         context.run_within(G::METHOD, last - now, call).boxed()
     };
-    let result = answer_expired(call, &mut waiting).await;
+    let result = answer_expired(call, &mut waiting, &context.metrics, G::METHOD).await;
     match result {
         Ok(outcomes) => {
             if outcomes.len() != count {
@@ -851,10 +857,10 @@ async fn call_gathered<G: Gathered>(
                     },
                     G::result,
                 );
-                if result.is_err() {
-                    context.metrics.call_errors[G::METHOD].fetch_add(1, Ordering::Relaxed);
+                if let Err(err) = &result {
+                    context.metrics.count_failure(G::METHOD, err.code);
                 }
-                waiting.answer(result);
+                waiting.answer(result, &context.metrics, G::METHOD);
             }
         }
         Err(err) => {
@@ -867,7 +873,7 @@ async fn call_gathered<G: Gathered>(
                 "gathered call failed"
             );
             for waiting in &mut waiting {
-                waiting.answer(Err(err.clone()));
+                waiting.answer(Err(err.clone()), &context.metrics, G::METHOD);
             }
         }
     }
@@ -884,8 +890,14 @@ struct Waiting<R> {
 }
 
 impl<R> Waiting<R> {
-    fn answer(&mut self, result: CallResult<R>) {
+    /// Sends `result` unless the request has its reply already, and counts it as an outcome of
+    /// method number `method`.
+    fn answer(&mut self, result: CallResult<R>, metrics: &BridgeMetrics, method: usize) {
         if let Some(reply) = self.reply.take() {
+            let code = result
+                .as_ref()
+                .map_or_else(|err| err.code, |_| ErrorCode::Ok);
+            metrics.count_outcome(method, code);
             let _ = reply.send(result);
         }
     }
@@ -896,6 +908,8 @@ impl<R> Waiting<R> {
 async fn answer_expired<T, R>(
     call: futures::future::BoxFuture<'_, CallResult<T>>,
     waiting: &mut [Waiting<R>],
+    metrics: &BridgeMetrics,
+    method: usize,
 ) -> CallResult<T> {
     let mut call = call;
     let mut next = 0;
@@ -906,7 +920,7 @@ async fn answer_expired<T, R>(
         tokio::select! {
             result = &mut call => return result,
             () = tokio::time::sleep_until(deadline.into()) => {
-                waiting[next].answer(Err(CallError::timed_out()));
+                waiting[next].answer(Err(CallError::timed_out()), metrics, method);
                 next += 1;
             }
         }
@@ -1090,10 +1104,16 @@ impl CallContext {
         self.record(method, started, result)
     }
 
+    /// Times a call and counts it as failed when it failed on the server's side or in transport.
+    /// Counts its outcome too, unless the method counts the outcome of each request it carries.
     fn record<T>(&self, method: usize, started: Instant, result: CallResult<T>) -> CallResult<T> {
         self.metrics.call_seconds[method].observe(started.elapsed());
-        if result.is_err() {
-            self.metrics.call_errors[method].fetch_add(1, Ordering::Relaxed);
+        let code = result
+            .as_ref()
+            .map_or_else(|err| err.code, |_| ErrorCode::Ok);
+        self.metrics.count_failure(method, code);
+        if !REQUEST_OUTCOME_METHODS.contains(&method) {
+            self.metrics.count_outcome(method, code);
         }
         result
     }
@@ -1205,6 +1225,7 @@ async fn send_offlines(
     context: &CallContext,
     retries: u32,
 ) {
+    let metrics = &context.metrics;
     let mut backoff = Duration::from_millis(200);
     for attempt in 0..=retries {
         let call = offline_many(
@@ -1213,12 +1234,13 @@ async fn send_offlines(
             &context.many,
             &context.metrics.single_calls[OFFLINE_MANY_METHOD],
         );
-        // The call's own failure is counted by `run`; failed outcomes are counted here.
-        let (failed, call_failed): (Vec<(OfflineRequest, CallError)>, bool) =
+        // `run` counts the call's own failure, and this loop the outcome of each request, on
+        // every attempt.
+        let failed: Vec<(OfflineRequest, CallError)> =
             match context.run(OFFLINE_MANY_METHOD, call).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
-                    let failed = offlines
+                    offlines
                         .drain(..)
                         .filter_map(|request| {
                             let result = outcomes.next().map_or_else(
@@ -1230,18 +1252,22 @@ async fn send_offlines(
                                 },
                                 |outcome| outcome_result(outcome.code, outcome.message),
                             );
+                            let code = result
+                                .as_ref()
+                                .map_or_else(|err| err.code, |()| ErrorCode::Ok);
+                            metrics.count_outcome(OFFLINE_MANY_METHOD, code);
+                            metrics.count_failure(OFFLINE_MANY_METHOD, code);
                             result.err().map(|err| (request, err))
                         })
-                        .collect();
-                    (failed, false)
+                        .collect()
                 }
-                Err(err) => {
-                    let failed = offlines
-                        .drain(..)
-                        .map(|request| (request, err.clone()))
-                        .collect();
-                    (failed, true)
-                }
+                Err(err) => offlines
+                    .drain(..)
+                    .map(|request| {
+                        metrics.count_outcome(OFFLINE_MANY_METHOD, err.code);
+                        (request, err.clone())
+                    })
+                    .collect(),
             };
         let mut given_up = 0usize;
         for (request, err) in failed {
@@ -1250,9 +1276,6 @@ async fn send_offlines(
                 continue;
             }
             given_up += 1;
-            if !call_failed {
-                context.metrics.call_errors[OFFLINE_MANY_METHOD].fetch_add(1, Ordering::Relaxed);
-            }
             // One line per device, up to a bound, so that a mass failure does not flood the log.
             if given_up <= OFFLINE_LOG_MAX {
                 warn!(
@@ -1462,11 +1485,158 @@ mod tests {
             Ok::<u32, CallError>(7)
         };
 
-        let result = answer_expired(call.boxed(), &mut waiting).await;
+        let metrics = BridgeMetrics::default();
+        let result = answer_expired(call.boxed(), &mut waiting, &metrics, 4).await;
         assert_eq!(result, Ok(7));
         let first = replies.remove(0).await.expect("first answered");
         assert_eq!(first, Err(CallError::timed_out()));
         assert!(waiting[1].reply.is_some(), "the second is still waiting");
+    }
+
+    fn call_context() -> CallContext {
+        CallContext {
+            limit: Arc::new(Semaphore::new(8)),
+            metrics: Arc::default(),
+            timeout: Duration::from_secs(5),
+            many: ManySupport::new(SINGLE_FOR, COPY_FOR),
+        }
+    }
+
+    fn outcome_count(metrics: &BridgeMetrics, method: usize, code: ErrorCode) -> u64 {
+        let index = crate::metrics::OUTCOME_CODES
+            .iter()
+            .position(|known| *known == code)
+            .expect("code is in the label list");
+        metrics.outcomes[method][index].load(Ordering::Relaxed)
+    }
+
+    fn status_with_code(code: ErrorCode, message: &str) -> tonic::Status {
+        let mut status = tonic::Status::unauthenticated(message);
+        let value = (code as i32).to_string().parse().unwrap();
+        status
+            .metadata_mut()
+            .insert(im_proto::ERROR_CODE_METADATA_KEY, value);
+        status
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_not_a_failed_call() {
+        let context = call_context();
+        let login = 1;
+        let wrong_password = status_with_code(ErrorCode::InvalidCredentials, "wrong password");
+
+        let result = context
+            .run(login, async {
+                Err::<tonic::Response<()>, _>(wrong_password)
+            })
+            .await;
+
+        assert_eq!(result.unwrap_err().code, ErrorCode::InvalidCredentials);
+        let metrics = &context.metrics;
+        assert_eq!(metrics.call_errors[login].load(Ordering::Relaxed), 0);
+        assert_eq!(
+            outcome_count(metrics, login, ErrorCode::InvalidCredentials),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_logic_is_a_failed_call() {
+        let context = call_context();
+        let login = 1;
+        let refused = tonic::Status::unavailable("connection refused");
+
+        let result = context
+            .run(login, async { Err::<tonic::Response<()>, _>(refused) })
+            .await;
+        let ok = context
+            .run(login, async { Ok(tonic::Response::new(())) })
+            .await;
+
+        assert_eq!(result.unwrap_err().code, ErrorCode::Unavailable);
+        assert!(ok.is_ok());
+        let metrics = &context.metrics;
+        assert_eq!(metrics.call_errors[login].load(Ordering::Relaxed), 1);
+        assert_eq!(outcome_count(metrics, login, ErrorCode::Unavailable), 1);
+        assert_eq!(outcome_count(metrics, login, ErrorCode::Ok), 1);
+    }
+
+    /// SEND through a gathered call whose reply carries the outcomes queued in `OUTCOMES`.
+    struct ScriptedSends;
+
+    static OUTCOMES: std::sync::Mutex<Vec<SendOutcome>> = std::sync::Mutex::new(Vec::new());
+
+    impl Gathered for ScriptedSends {
+        type Request = ConnSendRequest;
+        type Reply = SendReply;
+        type Outcome = SendOutcome;
+        const METHOD: usize = Sends::METHOD;
+        const ADMITTED: bool = false;
+
+        fn call(_client: LogicClient, requests: Vec<ConnSendRequest>) -> GatheredCall<SendOutcome> {
+            let outcomes: Vec<SendOutcome> = OUTCOMES.lock().unwrap().drain(..).collect();
+            assert_eq!(outcomes.len(), requests.len(), "one outcome per request");
+            Box::pin(async move { Ok(outcomes) })
+        }
+
+        fn call_one(
+            _client: LogicClient,
+            _request: ConnSendRequest,
+        ) -> futures::future::BoxFuture<'static, SendOutcome> {
+            unreachable!("the gathered call is served")
+        }
+
+        fn result(outcome: SendOutcome) -> CallResult<SendReply> {
+            Sends::result(outcome)
+        }
+
+        fn device(request: &ConnSendRequest) -> (u64, u64) {
+            Sends::device(request)
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_outcomes_count_only_server_failures() {
+        // Never connected: the scripted calls do not use it.
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let client = DeviceIntServiceClient::with_interceptor(channel, AttachSecret::new("test"));
+        let context = call_context();
+        let outcome = |code: ErrorCode| SendOutcome {
+            code: code.into(),
+            reply: (code == ErrorCode::Ok).then(SendReply::default),
+            message: String::new(),
+        };
+        *OUTCOMES.lock().unwrap() = vec![
+            outcome(ErrorCode::Ok),
+            outcome(ErrorCode::NotFriend),
+            outcome(ErrorCode::Internal),
+        ];
+        let mut replies = Vec::new();
+        let batch = (0..3)
+            .map(|_| {
+                let (reply, receiver) = oneshot::channel();
+                replies.push(receiver);
+                Pending::<ScriptedSends>::new(ConnSendRequest::default(), reply, None, None)
+            })
+            .collect();
+
+        call_gathered(client, batch, &context).await;
+
+        let mut codes = Vec::new();
+        for receiver in replies {
+            let result = receiver.await.expect("answered");
+            codes.push(result.map_or_else(|err| err.code, |_| ErrorCode::Ok));
+        }
+        assert_eq!(
+            codes,
+            vec![ErrorCode::Ok, ErrorCode::NotFriend, ErrorCode::Internal]
+        );
+        let metrics = &context.metrics;
+        let send = Sends::METHOD;
+        assert_eq!(metrics.call_errors[send].load(Ordering::Relaxed), 1);
+        assert_eq!(outcome_count(metrics, send, ErrorCode::Ok), 1);
+        assert_eq!(outcome_count(metrics, send, ErrorCode::NotFriend), 1);
+        assert_eq!(outcome_count(metrics, send, ErrorCode::Internal), 1);
     }
 
     #[test]

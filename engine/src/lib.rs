@@ -382,6 +382,12 @@ fn bind_reuseport(
     addr: SocketAddr,
     count: usize,
 ) -> Result<(Vec<StdListener>, SocketAddr), EngineError> {
+    if is_address_held(addr) {
+        info!(
+            %addr,
+            "ws_addr port is shared with another listener on this host through SO_REUSEPORT, so new connections are split between them; expected only for several engine nodes on one host"
+        );
+    }
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
@@ -394,6 +400,26 @@ fn bind_reuseport(
         listeners.push(listener);
     }
     Ok((listeners, bound))
+}
+
+/// Checks whether another socket on this host already listens on `addr`. The probe binds
+/// without SO_REUSEPORT, which the kernel rejects with EADDRINUSE while a socket listens on
+/// the address. SO_REUSEADDR keeps connections in TIME_WAIT from counting. Port 0 is never held.
+fn is_address_held(addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let probe = || -> std::io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    match probe() {
+        Ok(()) => false,
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => true,
+        // The real bind reports anything else with its own error.
+        Err(_) => false,
+    }
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<StdListener> {
@@ -418,6 +444,20 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn held_address_is_detected() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = bind_one(loopback).expect("bind loopback");
+        let addr = first.local_addr().expect("bound address");
+
+        assert!(is_address_held(addr), "{addr} has a listener");
+        // A second node on the same host still binds, sharing the port.
+        let second = bind_one(addr).expect("bind with SO_REUSEPORT");
+        drop((first, second));
+        assert!(!is_address_held(addr), "{addr} has no listener left");
+        assert!(!is_address_held(loopback), "port 0 is never held");
+    }
 
     #[tokio::test]
     async fn grpc_connections_send_without_delay() {

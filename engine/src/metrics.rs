@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use im_proto::ErrorCode;
+
 use crate::registry::DeviceMap;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
@@ -133,7 +135,6 @@ impl ShardMetrics {
         if !COUNTING {
             return;
         }
-        use im_proto::ErrorCode;
         let index = match code {
             ErrorCode::Ok => 0,
             ErrorCode::Unavailable => 2,
@@ -189,11 +190,82 @@ pub struct BridgeMetrics {
     pub(crate) queued: AtomicI64,
     pub(crate) queue_rejected: AtomicU64,
     pub(crate) call_seconds: [Histogram; BRIDGE_METHODS.len()],
+    /// Calls that failed on the server's side or in transport, by method. [`is_server_failure`]
+    /// lists the codes of such failures.
     pub(crate) call_errors: [AtomicU64; BRIDGE_METHODS.len()],
+    /// Results of requests by method, then by index in [`OUTCOME_CODES`]. The last index counts
+    /// codes outside that list.
+    pub(crate) outcomes: [[AtomicU64; OUTCOME_CODES.len() + 1]; BRIDGE_METHODS.len()],
     /// Requests of gathered methods sent as single calls, because the logic tier lacks the
     /// gathered call.
     pub(crate) single_calls: [AtomicU64; BRIDGE_METHODS.len()],
 }
+
+impl BridgeMetrics {
+    /// Counts one request of method number `method` that ended with `code`.
+    pub(crate) fn count_outcome(&self, method: usize, code: ErrorCode) {
+        if !COUNTING {
+            return;
+        }
+        let index = OUTCOME_CODES
+            .iter()
+            .position(|known| *known == code)
+            .unwrap_or(OUTCOME_CODES.len());
+        self.outcomes[method][index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed call of method number `method` when `code` is a failure on the server's
+    /// side or in transport, and not a user error.
+    pub(crate) fn count_failure(&self, method: usize, code: ErrorCode) {
+        if COUNTING && is_server_failure(code) {
+            self.call_errors[method].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// True for the codes of a call that failed on the server's side or in transport: the logic
+/// tier or a store behind it was unreachable, too slow, overloaded or faulty. Other codes are
+/// the reply to a request that the user can fix, such as a wrong password.
+pub(crate) fn is_server_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Internal | ErrorCode::Busy
+    )
+}
+
+/// Codes of the `code` label of `im_engine_logic_outcomes_total`, named as in the protocol.
+/// A code outside this list counts as `OTHER`.
+pub const OUTCOME_CODES: [ErrorCode; 29] = [
+    ErrorCode::Ok,
+    ErrorCode::InvalidPacket,
+    ErrorCode::UnknownType,
+    ErrorCode::NotSignedIn,
+    ErrorCode::AlreadySignedIn,
+    ErrorCode::InvalidArgument,
+    ErrorCode::InvalidCredentials,
+    ErrorCode::TokenInvalid,
+    ErrorCode::TokenExpired,
+    ErrorCode::TokenRevoked,
+    ErrorCode::DeviceUnknown,
+    ErrorCode::DeviceNotOwned,
+    ErrorCode::UsernameTaken,
+    ErrorCode::Unavailable,
+    ErrorCode::Timeout,
+    ErrorCode::Internal,
+    ErrorCode::RateLimited,
+    ErrorCode::Busy,
+    ErrorCode::ReceiverNotFound,
+    ErrorCode::NotFriend,
+    ErrorCode::NotGroupMember,
+    ErrorCode::ContentEmpty,
+    ErrorCode::ContentTooLarge,
+    ErrorCode::GroupFull,
+    ErrorCode::PermissionDenied,
+    ErrorCode::AlreadyExists,
+    ErrorCode::NotFound,
+    ErrorCode::TooManyGroups,
+    ErrorCode::TooManyFriends,
+];
 
 /// Logic-tier methods the bridge calls, as the `method` label.
 pub const BRIDGE_METHODS: [&str; 8] = [
@@ -366,11 +438,26 @@ impl EngineMetrics {
         labelled_sum(
             &mut out,
             "im_engine_logic_call_errors_total",
-            "Failed calls to the logic tier, by method.",
+            "Calls to the logic tier that failed on the server's side or in transport (UNAVAILABLE, TIMEOUT, INTERNAL or BUSY), by method. A request of a gathered call whose own outcome is such a failure counts as one failed call too. User errors such as INVALID_CREDENTIALS are counted in im_engine_logic_outcomes_total only.",
             "method",
             &BRIDGE_METHODS,
             |i| self.bridge.call_errors[i].load(Ordering::Relaxed),
         );
+        let _ = writeln!(out, "# HELP im_engine_logic_outcomes_total Results of requests to the logic tier, by method and error code (OK for success, OTHER for a code the engine does not know). Gathered methods count each request they carry; AckMany counts calls, because its reply only gives the number of acks not stored.\n# TYPE im_engine_logic_outcomes_total counter");
+        for (method_index, method) in BRIDGE_METHODS.iter().enumerate() {
+            let counts = &self.bridge.outcomes[method_index];
+            let names = OUTCOME_CODES
+                .iter()
+                .map(ErrorCode::as_str_name)
+                .chain(std::iter::once("OTHER"));
+            for (name, count) in names.zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "im_engine_logic_outcomes_total{{method=\"{method}\",code=\"{name}\"}} {}",
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP im_engine_logic_single_calls_total Requests sent as single calls because the logic tier lacks the gathered call (it is older than the engine), by gathered method.\n# TYPE im_engine_logic_single_calls_total counter");
         for index in GATHERED_METHODS {
             let _ = writeln!(
@@ -532,6 +619,39 @@ mod tests {
         assert!(text.contains("im_engine_sign_ins_total{kind=\"sign_in\",result=\"rejected\"} 1\n"));
         assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"ok\"} 1\n"));
         assert!(text.contains("im_engine_sign_ins_total{kind=\"login\",result=\"rejected\"} 0\n"));
+    }
+
+    #[test]
+    fn outcome_codes_cover_the_protocol() {
+        for number in 0..=255 {
+            if let Ok(code) = ErrorCode::try_from(number) {
+                assert!(OUTCOME_CODES.contains(&code), "{code:?} has no label");
+            }
+        }
+    }
+
+    #[test]
+    fn outcomes_are_rendered_by_method_and_code() {
+        let metrics = EngineMetrics::default();
+        let login = 1;
+        metrics
+            .bridge
+            .count_outcome(login, ErrorCode::InvalidCredentials);
+        metrics
+            .bridge
+            .count_failure(login, ErrorCode::InvalidCredentials);
+        metrics.bridge.count_outcome(login, ErrorCode::Unavailable);
+        metrics.bridge.count_failure(login, ErrorCode::Unavailable);
+        let text = metrics.render();
+        let outcome = "im_engine_logic_outcomes_total{method=\"ConnLogin\",code=";
+        assert!(
+            text.contains(&format!("{outcome}\"INVALID_CREDENTIALS\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{outcome}\"UNAVAILABLE\"}} 1\n")));
+        assert!(text.contains(&format!("{outcome}\"OK\"}} 0\n")));
+        assert!(text.contains(&format!("{outcome}\"OTHER\"}} 0\n")));
+        assert!(text.contains("im_engine_logic_call_errors_total{method=\"ConnLogin\"} 1\n"));
     }
 
     #[test]
