@@ -9,8 +9,10 @@
 //!
 //! LOGIN succeeds for any password, except that a username ending in `-busyN` gets BUSY for
 //! its first N attempts, as an engine with too many password calls in flight replies.
+//! REGISTER succeeds once per username and then gets USERNAME_TAKEN. Both are recorded in
+//! [`FakeEngine::password_requests`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures::{SinkExt as _, StreamExt as _};
 use im_proto::v1::{
     ConversationType, ErrorCode, LoginReply, LoginRequest, Message as ProtoMessage, Packet,
-    PacketType, SendReply, SendRequest, SignInReply, SignInRequest,
+    PacketType, RegisterReply, RegisterRequest, SendReply, SendRequest, SignInReply, SignInRequest,
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -35,6 +37,8 @@ pub(crate) struct FakeEngine {
     /// WebSocket handshakes completed before the first SIGN_IN arrived; `usize::MAX` until
     /// then.
     pub(crate) opened_before_sign_in: Arc<AtomicUsize>,
+    /// REGISTER and LOGIN requests in arrival order, as `"REGISTER name"` or `"LOGIN name"`.
+    pub(crate) password_requests: Arc<Mutex<Vec<String>>>,
 }
 
 /// State shared by every connection of a fake engine.
@@ -53,6 +57,9 @@ struct Shared {
     drop_every: Option<u64>,
     /// LOGIN attempts so far, by username.
     logins: Mutex<HashMap<String, u64>>,
+    /// Usernames registered so far.
+    registered: Mutex<HashSet<String>>,
+    password_requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeEngine {
@@ -94,6 +101,7 @@ impl FakeEngine {
             closes: Arc::clone(&shared.closes),
             acks: Arc::clone(&shared.acks),
             opened_before_sign_in: Arc::clone(&shared.opened_before_sign_in),
+            password_requests: Arc::clone(&shared.password_requests),
         };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -170,8 +178,23 @@ fn handle(
     };
     match PacketType::try_from(packet.r#type) {
         Ok(PacketType::Heartbeat) => Some(reply),
+        Ok(PacketType::Register) => {
+            let request = RegisterRequest::decode(packet.data).expect("RegisterRequest");
+            note_password_request(shared, "REGISTER", &request.username);
+            let mut registered = shared.registered.lock().expect("registered lock");
+            if registered.insert(request.username) {
+                let body = RegisterReply {
+                    user_id: registered.len() as u64,
+                };
+                reply.data = body.encode_to_vec().into();
+            } else {
+                reply.code = ErrorCode::UsernameTaken as i32;
+            }
+            Some(reply)
+        }
         Ok(PacketType::Login) => {
             let request = LoginRequest::decode(packet.data).expect("LoginRequest");
+            note_password_request(shared, "LOGIN", &request.username);
             let attempts = {
                 let mut logins = shared.logins.lock().expect("logins lock");
                 let attempts = logins.entry(request.username.clone()).or_default();
@@ -239,6 +262,11 @@ fn handle(
         }
         _ => None,
     }
+}
+
+fn note_password_request(shared: &Shared, kind: &str, username: &str) {
+    let mut requests = shared.password_requests.lock().expect("requests lock");
+    requests.push(format!("{kind} {username}"));
 }
 
 /// Pushes a sent message to its recipients' connections. Seqs of recipients are not tracked,

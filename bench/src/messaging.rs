@@ -135,8 +135,8 @@ fn print_error(error: &ScenarioError) {
         ScenarioError::Prepare(PrepareError::UsersFailed { errors, .. }) => errors,
         _ => return,
     };
-    for (kind, count) in &errors.0 {
-        eprintln!("  {kind}: {count}");
+    for line in errors.lines() {
+        eprintln!("  {line}");
     }
 }
 
@@ -383,7 +383,7 @@ pub(crate) async fn sign_in_all(
     for result in results {
         match result {
             Ok(client) => clients.push(client),
-            Err(kind) => errors.add(kind, 1),
+            Err(failure) => errors.add_failure(failure),
         }
     }
     if errors.total() > 0 {

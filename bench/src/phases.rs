@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::session::{
     self, SessionEvent, SessionLinks, SessionPlan, SignInOutcome, SplitLinks, Stage, Target,
 };
-use crate::stats::{self, ErrorCounts};
+use crate::stats::{self, ErrorCounts, Failure};
 
 /// How long connections may take to close after the hold, before they are dropped.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(20);
@@ -106,7 +106,7 @@ pub(crate) struct Launch {
     outcomes: mpsc::UnboundedReceiver<SignInOutcome>,
     /// One message per connection that opened or failed to open, with
     /// [`Order::OpenAllFirst`]. Closed at the end of the open phase.
-    opened: mpsc::UnboundedReceiver<Result<(), String>>,
+    opened: mpsc::UnboundedReceiver<Result<(), Failure>>,
     sign_in: watch::Sender<bool>,
     stage: watch::Sender<Stage>,
     events: mpsc::UnboundedReceiver<SessionEvent>,
@@ -251,17 +251,17 @@ impl Launch {
 /// opening give up, and counts them as `not_opened_by_deadline`. Returns how many opened and
 /// how many did not, those counted as `not_opened_by_deadline` included.
 async fn collect_opened(
-    opened: &mut mpsc::UnboundedReceiver<Result<(), String>>,
+    opened: &mut mpsc::UnboundedReceiver<Result<(), Failure>>,
     figures: &mut ConnectFigures,
     deadline: Instant,
     progress: &mut dyn FnMut(ConnectProgress),
 ) -> (u64, u64) {
     let (mut count, mut failed) = (0, 0);
-    let mut record = |status: Result<(), String>, count: &mut u64, failed: &mut u64| match status {
+    let mut record = |status: Result<(), Failure>, count: &mut u64, failed: &mut u64| match status {
         Ok(()) => *count += 1,
-        Err(kind) => {
+        Err(failure) => {
             *failed += 1;
-            figures.errors.add(kind, 1);
+            figures.errors.add_failure(failure);
         }
     };
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -334,7 +334,7 @@ impl ConnectFigures {
                 self.signed_in += 1;
                 stats::record(&mut self.latency, latency);
             }
-            SignInOutcome::Failed(kind) => self.errors.add(kind, 1),
+            SignInOutcome::Failed(failure) => self.errors.add_failure(failure),
         }
     }
 }
@@ -565,6 +565,9 @@ mod tests {
             assert_eq!(connect.signed_in, 0, "{order:?}");
             assert_eq!(connect.errors.0["connect_failed"], 3, "{order:?}");
             assert_eq!(connect.errors.total(), 3, "{order:?}");
+            let first = &connect.errors.1["connect_failed"];
+            assert!(first.contains(&url), "{order:?}: {first}");
+            assert!(first.contains("os error"), "{order:?}: {first}");
         }
     }
 

@@ -13,13 +13,16 @@ use tokio::time::Instant;
 
 use crate::cache::{CachedToken, TokenCache};
 use crate::session::Target;
-use crate::stats::{connect_error_kind, request_error_kind, ErrorCounts};
+use crate::stats::{connect_failure, request_failure, ErrorCounts, Failure};
 
 /// A cached token is reused only while it stays valid this much longer.
 const REUSE_MARGIN_MS: i64 = 86_400_000;
 
 /// New tokens between two saves of the cache, so an interrupted run keeps most of its work.
 const SAVE_EVERY: usize = 1000;
+
+/// Time between two progress lines of token preparation.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings of token preparation.
 #[derive(Debug, Clone)]
@@ -68,8 +71,8 @@ pub(crate) fn username(prefix: &str, index: u64) -> String {
     format!("{prefix}-{index}")
 }
 
-/// Ensures users 0..connections have tokens, logging in (and registering first where needed)
-/// for those without a reusable cached token. Prints progress to stderr every second.
+/// Ensures users 0..connections have tokens, registering and logging in those without a
+/// reusable cached token. Prints progress to stderr every [`PROGRESS_EVERY`].
 pub(crate) async fn prepare(
     config: &PrepareConfig,
     connections: u64,
@@ -89,7 +92,7 @@ pub(crate) async fn prepare(
 
     let needed = users_needing_login(config, &cache, connections, now_ms());
     eprintln!(
-        "prepare: {connections} users, {} cached tokens reused, {} need LOGIN",
+        "prepare: {connections} users, {} cached tokens reused, {} need a token",
         connections - needed.len() as u64,
         needed.len()
     );
@@ -164,15 +167,12 @@ async fn log_in_all(
     let mut tasks = JoinSet::new();
     for index in needed {
         let name = username(&config.user_prefix, index);
-        let device_id = cache
-            .entries
-            .get(&name)
-            .map_or(0, |cached| cached.device_id);
+        let cached_device = cache.entries.get(&name).map(|cached| cached.device_id);
         let permits = Arc::clone(&permits);
         let config = config.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let result = log_in_user(&config, &name, device_id).await;
+            let result = log_in_user(&config, &name, cached_device).await;
             (name, result)
         });
     }
@@ -188,14 +188,14 @@ async fn log_in_all(
                 cache.entries.insert(name, token);
                 unsaved += 1;
             }
-            Ok((_, Err(kind))) => errors.add(kind, 1),
+            Ok((_, Err(failure))) => errors.add_failure(failure),
             Err(_) => errors.add("prepare_task_failed", 1),
         }
         if unsaved >= SAVE_EVERY {
             save(cache, config)?;
             unsaved = 0;
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
+        if last_report.elapsed() >= PROGRESS_EVERY {
             eprintln!("prepare: {done}/{total} done, {} failed", errors.total());
             last_report = Instant::now();
         }
@@ -222,24 +222,24 @@ fn save(cache: &TokenCache, config: &PrepareConfig) -> Result<(), PrepareError> 
         })
 }
 
-/// Logs user `name` in on a fresh connection, registering the user first when LOGIN
-/// returns INVALID_CREDENTIALS. Returns the token or the error kind.
+/// Gets a token for user `name` on a fresh connection, as [`log_in_or_register`] does.
+/// `cached_device` is the device of the user's cached token, if the cache has one.
 async fn log_in_user(
     config: &PrepareConfig,
     name: &str,
-    device_id: u64,
-) -> Result<CachedToken, String> {
+    cached_device: Option<u64>,
+) -> Result<CachedToken, Failure> {
     let options = ConnectOptions {
         timeout: config.timeout,
         ..ConnectOptions::default()
     };
     let client = Client::connect(&config.url, &options)
         .await
-        .map_err(|error| connect_error_kind(&error))?;
-    let reply = log_in_retrying_busy(&client, name, &config.password, device_id).await;
+        .map_err(|error| connect_failure(&config.url, &error))?;
+    let reply = log_in_retrying_busy(&client, name, &config.password, cached_device).await;
     // The token is what matters here; a failed close costs the server nothing lasting.
     let _ = client.close().await;
-    let reply = reply.map_err(|error| request_error_kind("login", &error))?;
+    let reply = reply.map_err(|error| request_failure("login", &error))?;
     Ok(CachedToken {
         user_id: reply.user_id,
         device_id: reply.device_id,
@@ -248,23 +248,24 @@ async fn log_in_user(
     })
 }
 
-/// Max LOGIN attempts per user while the engine replies BUSY, TIMEOUT or UNAVAILABLE.
+/// Max attempts per user while the engine replies BUSY, TIMEOUT or UNAVAILABLE.
 const BUSY_ATTEMPTS: u32 = 20;
 
 /// Runs [`log_in_or_register`], waiting and trying again while the engine replies BUSY (it has
 /// more password calls in flight than its `logic_max_password_calls` allows), TIMEOUT or
 /// UNAVAILABLE (password hashing on loaded cores can pass the call deadline). A retry is safe:
-/// a REGISTER that went through before its reply was lost makes the next LOGIN succeed. The wait
+/// a REGISTER that went through before its reply was lost makes the next one return
+/// USERNAME_TAKEN, and LOGIN follows. The wait
 /// is random between 250 and 750 ms, so that the users turned away together come back spread out.
 async fn log_in_retrying_busy(
     client: &Client,
     name: &str,
     password: &str,
-    device_id: u64,
+    cached_device: Option<u64>,
 ) -> Result<LoginReply, ClientError> {
     let mut attempt = 1;
     loop {
-        match log_in_or_register(client, name, password, device_id).await {
+        match log_in_or_register(client, name, password, cached_device).await {
             Err(ClientError::Server {
                 code: ErrorCode::Busy | ErrorCode::Timeout | ErrorCode::Unavailable,
                 ..
@@ -278,12 +279,29 @@ async fn log_in_retrying_busy(
     }
 }
 
+/// Logs user `name` in. Each REGISTER and LOGIN costs the logic tier a password hash, failing
+/// ones included, so the request likely to succeed goes first. A user without a cached device
+/// is likely new: REGISTER, then LOGIN, also after USERNAME_TAKEN (an earlier run registered the
+/// user but its token is not cached). A user with one is likely registered: LOGIN with that
+/// device, and REGISTER first only when LOGIN returns INVALID_CREDENTIALS (the database was
+/// reset).
 async fn log_in_or_register(
     client: &Client,
     name: &str,
     password: &str,
-    device_id: u64,
+    cached_device: Option<u64>,
 ) -> Result<LoginReply, ClientError> {
+    let Some(device_id) = cached_device else {
+        match client.register(name, password).await {
+            Ok(_)
+            | Err(ClientError::Server {
+                code: ErrorCode::UsernameTaken,
+                ..
+            }) => {}
+            Err(error) => return Err(error),
+        }
+        return client.login(name, password, 0, device()).await;
+    };
     match client.login(name, password, device_id, device()).await {
         Err(ClientError::Server {
             code: ErrorCode::InvalidCredentials,
@@ -328,7 +346,7 @@ mod tests {
             .await
             .expect("connect");
 
-        let reply = log_in_retrying_busy(&client, "user-busy3", "secret-password", 0).await;
+        let reply = log_in_retrying_busy(&client, "user-busy3", "secret-password", Some(7)).await;
 
         assert_eq!(reply.expect("login after BUSY").token, "good");
     }
@@ -340,7 +358,7 @@ mod tests {
             .await
             .expect("connect");
 
-        let reply = log_in_retrying_busy(&client, "user-busy99", "secret-password", 0).await;
+        let reply = log_in_retrying_busy(&client, "user-busy99", "secret-password", Some(7)).await;
 
         assert!(
             matches!(
@@ -352,6 +370,58 @@ mod tests {
             ),
             "{reply:?}"
         );
+    }
+
+    /// Returns the REGISTER and LOGIN requests `engine` received, after logging in `name` with
+    /// `cached_device`.
+    async fn password_requests(
+        engine: &crate::fake_engine::FakeEngine,
+        name: &str,
+        cached_device: Option<u64>,
+    ) -> Vec<String> {
+        let client = Client::connect(&engine.url, &ConnectOptions::default())
+            .await
+            .expect("connect");
+        let reply = log_in_or_register(&client, name, "secret-password", cached_device).await;
+        assert_eq!(reply.expect("token").token, "good");
+        engine.password_requests.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn new_user_registers_before_login() {
+        let engine = crate::fake_engine::FakeEngine::start().await;
+
+        let requests = password_requests(&engine, "bench-0", None).await;
+
+        assert_eq!(requests, vec!["REGISTER bench-0", "LOGIN bench-0"]);
+    }
+
+    #[tokio::test]
+    async fn taken_username_logs_in() {
+        let engine = crate::fake_engine::FakeEngine::start().await;
+        let earlier = Client::connect(&engine.url, &ConnectOptions::default())
+            .await
+            .expect("connect");
+        earlier
+            .register("bench-0", "secret-password")
+            .await
+            .expect("register");
+
+        let requests = password_requests(&engine, "bench-0", None).await;
+
+        assert_eq!(
+            requests,
+            vec!["REGISTER bench-0", "REGISTER bench-0", "LOGIN bench-0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_user_logs_in_only() {
+        let engine = crate::fake_engine::FakeEngine::start().await;
+
+        let requests = password_requests(&engine, "bench-0", Some(100)).await;
+
+        assert_eq!(requests, vec!["LOGIN bench-0"]);
     }
 
     fn config(refresh: bool) -> PrepareConfig {

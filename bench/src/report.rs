@@ -221,12 +221,7 @@ pub(crate) fn errors(counts: &ErrorCounts) -> String {
     if counts.0.is_empty() {
         return "none".into();
     }
-    counts
-        .0
-        .iter()
-        .map(|(kind, count)| format!("{kind} {count}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    counts.lines().join(", ")
 }
 
 #[cfg(test)]
@@ -263,6 +258,25 @@ mod tests {
         assert!(!stale_tokens(&counts));
         counts.add("DEVICE_UNKNOWN", 3);
         assert!(stale_tokens(&counts));
+    }
+
+    #[test]
+    fn errors_show_first_text_of_each_kind() {
+        let mut counts = ErrorCounts::default();
+        counts.add_failure(stats::Failure {
+            kind: "connect_failed".into(),
+            text: "connect to ws://127.0.0.1:1/ws: refused".into(),
+        });
+        counts.add_failure(stats::Failure {
+            kind: "connect_failed".into(),
+            text: "later text".into(),
+        });
+        counts.add("worker_no_report", 1);
+
+        assert_eq!(
+            errors(&counts),
+            "connect_failed: 2 (first: connect to ws://127.0.0.1:1/ws: refused), worker_no_report: 1"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::sources;
-use crate::stats::{connect_error_kind, error_push_kind, request_error_kind};
+use crate::stats::{
+    connect_failure, error_push_kind, request_error_kind, request_failure, Failure,
+};
 
 /// Settings shared by every connection of one process.
 #[derive(Debug, Clone)]
@@ -48,8 +50,7 @@ pub(crate) enum Stage {
 pub(crate) enum SignInOutcome {
     /// Time from the start of the TCP connect to the SIGN_IN reply.
     SignedIn(Duration),
-    /// The error kind.
-    Failed(String),
+    Failed(Failure),
 }
 
 /// Something that happened to a signed-in connection.
@@ -75,9 +76,9 @@ pub(crate) struct SessionLinks {
 
 /// Links of a run that opens every connection before any signs in.
 pub(crate) struct SplitLinks {
-    /// Receives `Ok` once this connection is open (WebSocket handshake done), or the error
-    /// kind when it failed to open. Closed by the coordinator when the open phase ends.
-    pub(crate) opened: mpsc::UnboundedSender<Result<(), String>>,
+    /// Receives `Ok` once this connection is open (WebSocket handshake done), or the failure
+    /// when it failed to open. Closed by the coordinator when the open phase ends.
+    pub(crate) opened: mpsc::UnboundedSender<Result<(), Failure>>,
     /// Turns true when every connection should sign in.
     pub(crate) sign_in: watch::Receiver<bool>,
 }
@@ -95,8 +96,8 @@ pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, mut links: Sessi
 
     let client = match result {
         Ok(client) => client,
-        Err(kind) => {
-            let _ = links.outcomes.send(SignInOutcome::Failed(kind));
+        Err(failure) => {
+            let _ = links.outcomes.send(SignInOutcome::Failed(failure));
             return;
         }
     };
@@ -115,7 +116,7 @@ pub(crate) async fn run(plan: Arc<SessionPlan>, target: Target, mut links: Sessi
 
 /// Outcome of the sign-in steps and the time they took, or None when the connect phase
 /// ended before this connection got its turn.
-type Steps = Option<(Result<Client, String>, Duration)>;
+type Steps = Option<(Result<Client, Failure>, Duration)>;
 
 /// Connects and signs in within one permit; the latency spans both.
 async fn connect_and_sign_in(
@@ -171,15 +172,14 @@ async fn open_then_sign_in(
     let result = client
         .sign_in(target.user_id, target.device_id, &target.token)
         .await
-        .map_err(|error| request_error_kind("sign_in", &error));
+        .map_err(|error| request_failure("sign_in", &error));
     let latency = started.elapsed();
     drop(permit);
     Some((result.map(|_| client), latency))
 }
 
 /// Connects from the target's source address and completes the WebSocket handshake.
-/// Returns the error kind on failure.
-async fn open(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+async fn open(plan: &SessionPlan, target: &Target) -> Result<Client, Failure> {
     let index = usize::try_from(target.index).unwrap_or(usize::MAX);
     let options = ConnectOptions {
         local_addr: Some(sources::source_addr(index, plan.sources)),
@@ -188,16 +188,16 @@ async fn open(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
     };
     Client::connect(&plan.url, &options)
         .await
-        .map_err(|error| connect_error_kind(&error))
+        .map_err(|error| connect_failure(&plan.url, &error))
 }
 
-/// Connects from the target's source address and signs in. Returns the error kind on failure.
-pub(crate) async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, String> {
+/// Connects from the target's source address and signs in.
+pub(crate) async fn sign_in(plan: &SessionPlan, target: &Target) -> Result<Client, Failure> {
     let client = open(plan, target).await?;
     client
         .sign_in(target.user_id, target.device_id, &target.token)
         .await
-        .map_err(|error| request_error_kind("sign_in", &error))?;
+        .map_err(|error| request_failure("sign_in", &error))?;
     Ok(client)
 }
 

@@ -255,11 +255,11 @@ fn print_error_details(error: &SigninError) {
     let SigninError::Prepare(PrepareError::UsersFailed { errors, .. }) = error else {
         return;
     };
-    for (kind, count) in &errors.0 {
-        eprintln!("  {kind}: {count}");
+    for line in errors.lines() {
+        eprintln!("  {line}");
     }
-    if errors.0.contains_key("USERNAME_TAKEN") {
-        eprintln!("  USERNAME_TAKEN: the users exist with another password; pass the right --password or another --user-prefix");
+    if errors.0.contains_key("USERNAME_TAKEN") || errors.0.contains_key("INVALID_CREDENTIALS") {
+        eprintln!("  USERNAME_TAKEN or INVALID_CREDENTIALS: the users exist with another password; pass the right --password or another --user-prefix");
     }
 }
 

@@ -53,22 +53,57 @@ impl LatencySamples {
 /// Failed attempts counted by kind. Kinds are short stable strings (`connect_failed`,
 /// `TOKEN_INVALID`, `closed_4001`), so counts from worker processes merge by key.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct ErrorCounts(pub(crate) BTreeMap<String, u64>);
+pub(crate) struct ErrorCounts(
+    /// Count by kind.
+    pub(crate) BTreeMap<String, u64>,
+    /// Error text of the first failure of each kind that had one.
+    pub(crate) BTreeMap<String, String>,
+);
 
 impl ErrorCounts {
     pub(crate) fn add(&mut self, kind: impl Into<String>, count: u64) {
         *self.0.entry(kind.into()).or_default() += count;
     }
 
+    /// Counts `failure` and keeps its text if it is the first of its kind.
+    pub(crate) fn add_failure(&mut self, failure: Failure) {
+        self.1.entry(failure.kind.clone()).or_insert(failure.text);
+        self.add(failure.kind, 1);
+    }
+
+    /// Adds the counts of `other`, and its first texts of the kinds that have none here.
     pub(crate) fn merge(&mut self, other: &ErrorCounts) {
         for (kind, count) in &other.0 {
             self.add(kind.clone(), *count);
+        }
+        for (kind, text) in &other.1 {
+            self.1.entry(kind.clone()).or_insert_with(|| text.clone());
         }
     }
 
     pub(crate) fn total(&self) -> u64 {
         self.0.values().sum()
     }
+
+    /// Formats each kind as `kind: count`, followed by the text of its first failure when it had
+    /// one.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(kind, count)| match self.1.get(kind) {
+                Some(text) => format!("{kind}: {count} (first: {text})"),
+                None => format!("{kind}: {count}"),
+            })
+            .collect()
+    }
+}
+
+/// One failed attempt: its kind, which is counted, and its error text, which is reported for
+/// the first failure of each kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) kind: String,
+    pub(crate) text: String,
 }
 
 /// Names the kind of a failed [`im_client::Client::connect`]. Socket errors are
@@ -79,6 +114,35 @@ pub(crate) fn connect_error_kind(error: &ClientError) -> String {
         ClientError::Timeout => "connect_timeout".into(),
         _ => "handshake_failed".into(),
     }
+}
+
+/// Describes a failed connect to `url`: its kind as [`connect_error_kind`] names it, and a text
+/// with the URL and the error, the OS error included.
+pub(crate) fn connect_failure(url: &str, error: &ClientError) -> Failure {
+    Failure {
+        kind: connect_error_kind(error),
+        text: format!("connect to {url}: {}", error_chain(error)),
+    }
+}
+
+/// Describes a failed request: its kind as [`request_error_kind`] names it, and the error text.
+pub(crate) fn request_failure(request: &str, error: &ClientError) -> Failure {
+    Failure {
+        kind: request_error_kind(request, error),
+        text: error_chain(error),
+    }
+}
+
+/// Formats `error` with its sources, such as the OS error under a socket error, joined by ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Names the kind of a failed request: the server's ErrorCode name, or `<request>_timeout`,

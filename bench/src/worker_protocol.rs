@@ -51,6 +51,9 @@ pub(crate) enum WorkerEvent {
         /// Sign-in latency, HdrHistogram V2 in base64.
         signin_histogram: String,
         errors: BTreeMap<String, u64>,
+        /// Error text of the first failure of each kind that had one.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        first_errors: BTreeMap<String, String>,
     },
     /// The hold and the close have ended; the worker exits.
     Finished {
@@ -60,6 +63,9 @@ pub(crate) enum WorkerEvent {
         #[serde(default)]
         heartbeats_after_hold: u64,
         errors: BTreeMap<String, u64>,
+        /// Error text of the first failure of each kind that had one.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        first_errors: BTreeMap<String, String>,
     },
 }
 
@@ -94,6 +100,7 @@ impl WorkerEvent {
             signed_in: figures.signed_in,
             signin_histogram: stats::encode_histogram(&figures.latency)?,
             errors: figures.errors.0.clone(),
+            first_errors: figures.errors.1.clone(),
         })
     }
 
@@ -103,6 +110,7 @@ impl WorkerEvent {
             heartbeat_histogram: stats::encode_histogram(&figures.heartbeat_rtt)?,
             heartbeats_after_hold: figures.heartbeats_after_hold,
             errors: figures.errors.0.clone(),
+            first_errors: figures.errors.1.clone(),
         })
     }
 
@@ -145,13 +153,13 @@ impl MergedConnect {
         attempted: u64,
         signed_in: u64,
         histogram: &str,
-        errors: &BTreeMap<String, u64>,
+        errors: &ErrorCounts,
     ) -> Result<(), HistogramCodecError> {
         let histogram = stats::decode_histogram(histogram)?;
         stats::merge_histogram(&mut self.latency, &histogram);
         self.attempted += attempted;
         self.signed_in += signed_in;
-        self.errors.merge(&ErrorCounts(errors.clone()));
+        self.errors.merge(errors);
         Ok(())
     }
 }
@@ -161,12 +169,12 @@ pub(crate) fn absorb_finished(
     target: &mut HoldFigures,
     histogram: &str,
     heartbeats_after_hold: u64,
-    errors: &BTreeMap<String, u64>,
+    errors: &ErrorCounts,
 ) -> Result<(), HistogramCodecError> {
     let histogram = stats::decode_histogram(histogram)?;
     stats::merge_histogram(&mut target.heartbeat_rtt, &histogram);
     target.heartbeats_after_hold += heartbeats_after_hold;
-    target.errors.merge(&ErrorCounts(errors.clone()));
+    target.errors.merge(errors);
     Ok(())
 }
 
@@ -201,12 +209,18 @@ mod tests {
             signed_in,
             signin_histogram,
             errors,
+            first_errors,
         } = WorkerEvent::parse(line).expect("parse")
         else {
             panic!("connected expected");
         };
         merged
-            .absorb(attempted, signed_in, &signin_histogram, &errors)
+            .absorb(
+                attempted,
+                signed_in,
+                &signin_histogram,
+                &ErrorCounts(errors, first_errors),
+            )
             .expect("absorb");
     }
 
@@ -250,6 +264,7 @@ mod tests {
                 heartbeat_histogram,
                 heartbeats_after_hold,
                 errors,
+                first_errors,
             } = WorkerEvent::parse(&line).expect("parse")
             else {
                 panic!("finished expected");
@@ -258,7 +273,7 @@ mod tests {
                 &mut merged,
                 &heartbeat_histogram,
                 heartbeats_after_hold,
-                &errors,
+                &ErrorCounts(errors, first_errors),
             )
             .expect("absorb");
         }
@@ -328,11 +343,13 @@ mod tests {
             signed_in,
             signin_histogram,
             errors,
+            first_errors,
         } = WorkerEvent::parse(line).expect("parse")
         else {
             panic!("connected expected");
         };
 
+        let errors = ErrorCounts(errors, first_errors);
         let result =
             MergedConnect::default().absorb(attempted, signed_in, &signin_histogram, &errors);
 

@@ -15,6 +15,7 @@ use crate::cli::{RunArgs, SigninArgs};
 use crate::phases::{ConnectProgress, HoldFigures, CLOSE_GRACE};
 use crate::report::{EngineMemory, Report};
 use crate::signin::{self, EngineWatch};
+use crate::stats::ErrorCounts;
 use crate::worker_protocol::{self, MergedConnect, WorkerEvent, HOLD_COMMAND, SIGN_IN_COMMAND};
 
 /// Time allowed beyond each phase's own limit for a worker to report: process start and
@@ -456,8 +457,10 @@ impl Fleet {
                 signed_in,
                 signin_histogram,
                 errors,
+                first_errors,
             } => {
                 worker.state = WorkerState::Connected;
+                let errors = ErrorCounts(errors, first_errors);
                 self.connect
                     .absorb(attempted, signed_in, &signin_histogram, &errors)
             }
@@ -465,13 +468,14 @@ impl Fleet {
                 heartbeat_histogram,
                 heartbeats_after_hold,
                 errors,
+                first_errors,
             } => {
                 worker.state = WorkerState::Finished;
                 worker_protocol::absorb_finished(
                     &mut self.hold,
                     &heartbeat_histogram,
                     heartbeats_after_hold,
-                    &errors,
+                    &ErrorCounts(errors, first_errors),
                 )
             }
         };
