@@ -790,10 +790,8 @@ fn redact_secret(secret: &str) -> &'static str {
 // figment's `Jail` closures must return `figment::Error`, which is large.
 #[allow(clippy::result_large_err)]
 mod tests {
-    use std::any::TypeId;
 
     use super::*;
-    use clap::CommandFactory;
     use figment::providers::{Format, Toml};
     use figment::Jail;
 
@@ -1419,25 +1417,6 @@ mod tests {
         }
     }
 
-    /// Returns the largest value of the whole-number type that `parser` returns, or `None` for
-    /// any other type.
-    fn whole_number_max(parser: &clap::builder::ValueParser) -> Option<u64> {
-        let type_id = parser.type_id();
-        [
-            (TypeId::of::<u8>(), u64::from(u8::MAX)),
-            (TypeId::of::<u16>(), u64::from(u16::MAX)),
-            (TypeId::of::<u32>(), u64::from(u32::MAX)),
-            (TypeId::of::<u64>(), u64::MAX),
-            (
-                TypeId::of::<usize>(),
-                u64::try_from(usize::MAX).unwrap_or(u64::MAX),
-            ),
-        ]
-        .into_iter()
-        .find(|(id, _)| type_id == *id)
-        .map(|(_, max)| max)
-    }
-
     /// Parses `args` after the program name.
     fn parse_flags(args: &[String]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("im-logic".to_owned()).chain(args.iter().cloned()))
@@ -1445,64 +1424,11 @@ mod tests {
 
     #[test]
     fn whole_number_flags_take_setting_ranges() {
-        let defaults = figment::value::Value::serialize(Config::default())
-            .expect("serializes")
-            .into_dict()
-            .expect("a table");
-        let command = Cli::command();
-        let mut checked = Vec::new();
-        for arg in command.get_arguments() {
-            let setting = arg.get_id().as_str();
-            let is_whole_number_setting = defaults
-                .get(setting)
-                .is_some_and(|value| value.to_u128().is_some());
-            let Some(type_max) = whole_number_max(arg.get_value_parser()) else {
-                assert!(!is_whole_number_setting, "{setting} takes no whole number");
-                continue;
-            };
-            assert!(
-                is_whole_number_setting,
-                "{setting} is no whole-number setting"
-            );
-            let flag = format!("--{}", arg.get_long().expect("a long flag"));
-            let range = im_settings::LOGIC_RANGES
-                .iter()
-                .find(|range| range.setting == setting);
-            let min = range.map_or(0, |range| range.min);
-            let max = range.and_then(|range| range.max).unwrap_or(type_max);
-            let expected = if max == u64::MAX {
-                format!("a whole number, {min} or more")
-            } else {
-                format!("a whole number from {min} to {max}")
-            };
-
-            for value in [min, max] {
-                let cli = parse_flags(&[format!("{flag}={value}")]).expect("a value in range");
-                let flags = figment::value::Value::serialize(&cli)
-                    .expect("serializes")
-                    .into_dict()
-                    .expect("a table");
-                assert_eq!(
-                    flags.get(setting).and_then(figment::value::Value::to_u128),
-                    Some(u128::from(value)),
-                    "{flag}={value}"
-                );
-            }
-            let mut rejected = vec!["-1".to_owned(), "many".to_owned()];
-            rejected.extend(min.checked_sub(1).map(|below| below.to_string()));
-            rejected.extend((max < u64::MAX).then(|| (max + 1).to_string()));
-            for value in rejected {
-                for args in [
-                    vec![format!("{flag}={value}")],
-                    vec![flag.clone(), value.clone()],
-                ] {
-                    let text = parse_flags(&args).expect_err(&value).to_string();
-                    assert!(text.contains(&flag), "{args:?}: {text}");
-                    assert!(text.contains(&expected), "{args:?}: {text}");
-                }
-            }
-            checked.push(setting);
-        }
+        let checked = im_settings::testing::check_whole_number_flags::<Cli>(
+            "im-logic",
+            &Config::default(),
+            im_settings::LOGIC_RANGES,
+        );
         assert_eq!(checked.len(), 17, "{checked:?}");
     }
 

@@ -10,6 +10,8 @@ mod env;
 mod file;
 mod ranges;
 mod redact;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod text;
 
 use figment::error::{Actual, Kind};
