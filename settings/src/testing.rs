@@ -35,10 +35,11 @@ fn dict(value: &impl Serialize) -> Dict {
 }
 
 /// Checks every flag of `C`, the command line of `program`, against the whole-number settings
-/// among `defaults` and their `ranges`: a flag takes a whole number exactly when its setting is
-/// one; it takes both ends of the setting's range, as `--flag=value`; and it rejects -1, a word
-/// and the values just outside the range, in both `--flag=value` and `--flag value` form, with
-/// an error that names the flag and the range. Returns the settings checked, in flag order.
+/// among `defaults` and their `ranges`. A flag must take a whole number exactly when its
+/// setting is one, and take both ends of the setting's range as `--flag=value`. It must reject
+/// -1, a word and the values just outside the range, as `--flag=value` and as `--flag value`,
+/// with an error that names the flag and the range. Returns the settings checked, in flag
+/// order.
 ///
 /// # Panics
 ///
