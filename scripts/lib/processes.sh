@@ -69,7 +69,7 @@ im_require_free_addr() {
         exe=${exe% (deleted)}
     fi
     if [[ -n $exe && $exe == "$_IM_PROC_REPO"/* ]]; then
-        _im_proc_log "$name" "error: $addr is already in use by ${exe##*/} (pid $pid) of this checkout, likely left running by an earlier scripts/run: stop it with: kill $pid"
+        _im_proc_log "$name" "error: $addr is already in use by ${exe##*/} (pid $pid) of this checkout, likely left running by an earlier scripts/run: stop it with: kill $pid, or set $variable"
     elif [[ -n $pid ]]; then
         _im_proc_log "$name" "error: $addr is already in use by another program (pid $pid${exe:+, $exe}): stop it or set $variable"
     else
