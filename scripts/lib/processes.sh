@@ -94,10 +94,11 @@ im_start_process() {
     _im_proc_log "$name" "started (pid $IM_STARTED_PID, log: $log)"
 }
 
-# Waits up to TIMEOUT_S seconds until ADDR accepts TCP connections. Fails early, with the last
-# lines of LOG, when process PID exits first.
+# Waits up to TIMEOUT_S seconds until ADDR accepts TCP connections and, when READY_LINE is
+# given, LOG holds a line containing it (a process may bind its port before it serves). Fails
+# early, with the last lines of LOG, when process PID exits first.
 im_wait_for_addr() {
-    local name=$1 pid=$2 addr=$3 timeout_s=$4 log=$5
+    local name=$1 pid=$2 addr=$3 timeout_s=$4 log=$5 ready_line=${6:-}
     local deadline=$((SECONDS + timeout_s))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -107,13 +108,13 @@ im_wait_for_addr() {
             im_show_log_tail "$log"
             return 1
         fi
-        if im_tcp_accepts "$addr"; then
+        if im_tcp_accepts "$addr" && { [[ -z $ready_line ]] || grep -qF -- "$ready_line" "$log"; }; then
             _im_proc_log "$name" "ready on $addr"
             return 0
         fi
         sleep 0.2
     done
-    _im_proc_log "$name" "error: not accepting connections on $addr after $timeout_s s"
+    _im_proc_log "$name" "error: not serving on $addr after $timeout_s s"
     im_show_log_tail "$log"
     return 1
 }

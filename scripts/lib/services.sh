@@ -313,8 +313,10 @@ _im_start_postgres() {
     if _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" status -D "$data" >/dev/null 2>&1; then
         _im_reuse_postgres "$data" "$port" || return 1
     else
-        _im_launch_postgres "$data" "$socket_dir" "$port" "$log" || return 1
+        # Set before the launch: a signal that arrives while pg_ctl waits for the server runs
+        # the caller's trap as soon as pg_ctl returns, and the trap must stop what started.
         _IM_PG_STARTED=1
+        _im_launch_postgres "$data" "$socket_dir" "$port" "$log" || return 1
         _im_note_started postgres "$(head -n 1 "$data/postmaster.pid" 2>/dev/null)" "$data"
     fi
 
@@ -469,6 +471,9 @@ _im_create_pg_database() {
 }
 
 _im_stop_postgres() {
+    if ! _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" status -D "$_IM_PG_DATA" >/dev/null 2>&1; then
+        return 0
+    fi
     _im_log "stopping PostgreSQL ($_IM_PG_DATA)"
     if ! _im_as_pg_owner "$IM_PG_BIN_DIR/pg_ctl" stop -D "$_IM_PG_DATA" -m fast -w -t 30 >/dev/null; then
         _im_error "PostgreSQL in $_IM_PG_DATA did not stop within 30 s"
@@ -501,8 +506,9 @@ _im_start_redis() {
     if _im_port_in_use "$port"; then
         _im_reuse_redis "$port" "$dir" || return 1
     else
-        _im_launch_redis "$port" "$dir" "$log" || return 1
+        # Set before the launch, for the same reason as _IM_PG_STARTED.
         _IM_REDIS_STARTED=1
+        _im_launch_redis "$port" "$dir" "$log" || return 1
         _im_note_started redis "$(cat "$_IM_REDIS_PIDFILE" 2>/dev/null)" "$dir"
     fi
     export IM_LOGIC_REDIS_URL="redis://127.0.0.1:$port/"
