@@ -95,7 +95,7 @@ im_start_process() {
 }
 
 # Waits up to TIMEOUT_S seconds until ADDR accepts TCP connections and, when READY_LINE is
-# given, LOG holds a line containing it (a process may bind its port before it serves). Fails
+# given, LOG has a line that contains it (a process may bind its port before it serves). Fails
 # early, with the last lines of LOG, when process PID exits first.
 im_wait_for_addr() {
     local name=$1 pid=$2 addr=$3 timeout_s=$4 log=$5 ready_line=${6:-}
