@@ -152,8 +152,8 @@ impl PasswordHasher {
 }
 
 /// Builds the text of [`LogicError::PasswordsBusy`] for `max` places and a wait of `wait_ms`.
-/// It says which places were busy, how long the call waited and how long to pause before a
-/// retry, and it names the settings that an operator can raise.
+/// The text names the busy places, the time the call waited and the pause before a retry,
+/// and the settings that an operator can raise.
 pub(crate) fn busy_message(max: usize, wait_ms: u64) -> String {
     let places = match max {
         1 => "the 1 password hash place (max_password_hashes) is busy".to_owned(),

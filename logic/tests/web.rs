@@ -606,7 +606,7 @@ async fn shutdown_answers_request_in_progress() {
     assert_eq!(messages.len(), 1, "one reply message");
     let user = UserInfo::decode(messages[0].as_slice()).expect("UserInfo decodes");
     assert_eq!(user.username, username);
-    // With its last request answered, the web server need not wait out its 5 s grace period.
+    // Once its last request has a response, the web server returns before its 5 s grace period.
     tokio::time::timeout(Duration::from_secs(4), stopping)
         .await
         .expect("shutdown returns within 4 s")

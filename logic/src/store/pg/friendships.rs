@@ -12,8 +12,6 @@
 //! than the ones it holds, or for one of the same kind taken in the same ascending order, so
 //! waits cannot form a cycle.
 
-use std::collections::HashMap;
-
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
@@ -296,19 +294,7 @@ pub async fn lock_friend_counts(
     db: &impl GenericClient,
     users: &[UserId],
 ) -> Result<Vec<u64>, LogicError> {
-    // An id above the bigint range names no user, so its list is empty.
-    let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
-    users::lock_many(db, &ids).await?;
-    let mut counts = HashMap::with_capacity(ids.len());
-    for found in rows(db, FRIEND_COUNTS, &[&ids]).await? {
-        let count: i64 = found.try_get(1)?;
-        let count = u64::try_from(count).map_err(|_| LogicError::Internal("negative count"))?;
-        counts.insert(UserId::from_sql(found.try_get(0)?)?, count);
-    }
-    Ok(users
-        .iter()
-        .map(|user| counts.get(user).copied().unwrap_or(0))
-        .collect())
+    users::lock_and_count(db, users, FRIEND_COUNTS).await
 }
 
 /// Marks the pair as friends. Lock it with [`lock_pair`] first.

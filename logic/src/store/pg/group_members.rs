@@ -107,19 +107,7 @@ pub async fn lock_group_counts(
     db: &impl GenericClient,
     users: &[UserId],
 ) -> Result<Vec<u64>, LogicError> {
-    // An id above the bigint range names no user, so it is in no group.
-    let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
-    users::lock_many(db, &ids).await?;
-    let mut counts = HashMap::with_capacity(ids.len());
-    for found in rows(db, GROUP_COUNTS, &[&ids]).await? {
-        let count: i64 = found.try_get(1)?;
-        let count = u64::try_from(count).map_err(|_| LogicError::Internal("negative count"))?;
-        counts.insert(UserId::from_sql(found.try_get(0)?)?, count);
-    }
-    Ok(users
-        .iter()
-        .map(|user| counts.get(user).copied().unwrap_or(0))
-        .collect())
+    users::lock_and_count(db, users, GROUP_COUNTS).await
 }
 
 /// Removes `users` from the group and returns how many were members.

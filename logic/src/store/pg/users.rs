@@ -1,5 +1,6 @@
 //! The `users` table: accounts, their password hashes and whether strangers may message them.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use deadpool_postgres::GenericClient;
@@ -91,6 +92,34 @@ pub async fn insert(
 /// Store errors.
 pub async fn lock_many(db: &impl GenericClient, ids: &[i64]) -> Result<(), LogicError> {
     rows(db, LOCK_MANY, &[&ids]).await.map(|_| ())
+}
+
+/// Locks the rows of `users` as [`lock_many`] does, then runs `count_statement`, which returns
+/// (user id, count) rows for the ids in `$1`, and returns each user's count in the order of
+/// `users`, 0 for a user without a row. The count is a statement of its own, so it reads what
+/// transactions committed before the lock was granted.
+///
+/// # Errors
+///
+/// Store errors.
+pub async fn lock_and_count(
+    db: &impl GenericClient,
+    users: &[UserId],
+    count_statement: &str,
+) -> Result<Vec<u64>, LogicError> {
+    // An id above the bigint range names no user, so its count is 0.
+    let ids: Vec<i64> = users.iter().filter_map(|user| user.to_sql()).collect();
+    lock_many(db, &ids).await?;
+    let mut counts = HashMap::with_capacity(ids.len());
+    for found in rows(db, count_statement, &[&ids]).await? {
+        let count: i64 = found.try_get(1)?;
+        let count = u64::try_from(count).map_err(|_| LogicError::Internal("negative count"))?;
+        counts.insert(UserId::from_sql(found.try_get(0)?)?, count);
+    }
+    Ok(users
+        .iter()
+        .map(|user| counts.get(user).copied().unwrap_or(0))
+        .collect())
 }
 
 /// Returns the id and password hash of `username`, or `None` when no such user exists.
