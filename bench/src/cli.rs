@@ -282,6 +282,13 @@ pub(crate) struct CompareArgs {
     /// The Node.js executable.
     #[arg(long, default_value = "node")]
     pub(crate) node_bin: PathBuf,
+    /// Threads each server handles its connections on, 1 to 256: the engine's shards
+    /// (IM_ENGINE_SHARDS) and the tokio workers of rust-tungstenite (TOKIO_WORKER_THREADS).
+    /// node-ws runs its JavaScript on one thread whatever this says. On a host where the
+    /// bench shares the cores, equal thread counts keep the comparison fair. Default: each
+    /// server's own, one per CPU for the engine and for tokio.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) server_threads: Option<u32>,
     /// Loopback source addresses, as for `signin`. Default: enough for N.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCES as u64))]
     pub(crate) sources: Option<u64>,
@@ -469,6 +476,25 @@ mod tests {
         assert_eq!(args.connections, 5000);
         assert_eq!(args.targets, ["engine", "rust-tungstenite", "node-ws"]);
         assert_eq!(args.engine_bin, PathBuf::from("target/release/im-engine"));
+        assert_eq!(args.server_threads, None);
+    }
+
+    #[test]
+    fn compare_server_threads_bounded() {
+        let parse = |threads: &str| {
+            Cli::try_parse_from(["im-bench", "compare", "--server-threads", threads])
+        };
+
+        assert!(parse("0").is_err());
+        assert!(parse("257").is_err());
+        let Ok(Cli {
+            command: Some(Command::Compare(args)),
+            ..
+        }) = parse("1")
+        else {
+            panic!("compare with one thread expected");
+        };
+        assert_eq!(args.server_threads, Some(1));
     }
 
     #[test]

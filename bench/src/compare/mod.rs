@@ -112,6 +112,9 @@ async fn execute(args: &CompareArgs) -> Result<CompareReport, CompareError> {
     println!("  connections  {}", args.connections);
     let names: Vec<&str> = specs.iter().map(TargetSpec::name).collect();
     println!("  targets      {}", names.join(","));
+    if let Some(threads) = args.server_threads {
+        println!("  threads      {threads} per server (node-ws: one)");
+    }
     if args.passes > 1 {
         println!(
             "  passes       {} (every other one in reverse order; medians)",
@@ -230,8 +233,14 @@ fn named_specs(args: &CompareArgs) -> Result<Vec<TargetSpec>, CompareError> {
     args.targets
         .iter()
         .map(|name| match name.as_str() {
-            "engine" => Ok(server::engine_spec(args.engine_bin.clone())?),
-            "rust-tungstenite" => Ok(server::rust_peer_spec(args.rust_peer_bin.clone())),
+            "engine" => Ok(server::engine_spec(
+                args.engine_bin.clone(),
+                args.server_threads,
+            )?),
+            "rust-tungstenite" => Ok(server::rust_peer_spec(
+                args.rust_peer_bin.clone(),
+                args.server_threads,
+            )),
             "node-ws" => Ok(server::node_peer_spec(
                 args.node_bin.clone(),
                 args.node_peer_script.clone(),

@@ -97,10 +97,14 @@ impl TargetSpec {
 }
 
 /// The engine, with idle unsigned connections kept open, no metrics endpoint and its gRPC
-/// server on a free port. It needs no logic tier until a device signs in, so its logic_url
-/// names another port that was free a moment ago. Its lease renewals then fail at once,
-/// instead of reaching a logic tier that runs on the default address.
-pub(crate) fn engine_spec(program: PathBuf) -> Result<TargetSpec, ServerError> {
+/// server on a free port, on `threads` shards when given. It needs no logic tier until a
+/// device signs in, so its logic_url names another port that was free a moment ago. Its lease
+/// renewals then fail at once, instead of reaching a logic tier that runs on the default
+/// address.
+pub(crate) fn engine_spec(
+    program: PathBuf,
+    threads: Option<u32>,
+) -> Result<TargetSpec, ServerError> {
     let grpc_port = free_port()?;
     let logic_port = free_port()?;
     let env = [
@@ -114,25 +118,31 @@ pub(crate) fn engine_spec(program: PathBuf) -> Result<TargetSpec, ServerError> {
         ("IM_ENGINE_SIGN_IN_TIMEOUT_MS", "600000".to_owned()),
         ("IM_ENGINE_WS_PATH", "/ws".to_owned()),
     ];
+    let shards = threads.map(|threads| ("IM_ENGINE_SHARDS", threads.to_string()));
     Ok(TargetSpec::Spawn {
         name: "engine".to_owned(),
         program,
         args: Vec::new(),
         env: env
             .into_iter()
+            .chain(shards)
             .map(|(key, value)| (key.to_owned(), value))
             .collect(),
         path: "/ws".to_owned(),
     })
 }
 
-/// The tokio-tungstenite echo server of `bench/peers/rust-tungstenite`.
-pub(crate) fn rust_peer_spec(program: PathBuf) -> TargetSpec {
+/// The tokio-tungstenite echo server of `bench/peers/rust-tungstenite`, with `threads` tokio
+/// workers when given (`#[tokio::main]` reads TOKIO_WORKER_THREADS).
+pub(crate) fn rust_peer_spec(program: PathBuf, threads: Option<u32>) -> TargetSpec {
     TargetSpec::Spawn {
         name: "rust-tungstenite".to_owned(),
         program,
         args: vec!["--addr".to_owned(), "{addr}".to_owned()],
-        env: Vec::new(),
+        env: threads
+            .map(|threads| ("TOKIO_WORKER_THREADS".to_owned(), threads.to_string()))
+            .into_iter()
+            .collect(),
         path: "/".to_owned(),
     }
 }
@@ -293,7 +303,7 @@ mod tests {
     #[test]
     fn engine_spec_avoids_default_logic_url() {
         let TargetSpec::Spawn { env, .. } =
-            engine_spec(PathBuf::from("im-engine")).expect("free ports")
+            engine_spec(PathBuf::from("im-engine"), None).expect("free ports")
         else {
             panic!("the engine is started by the bench");
         };
@@ -307,6 +317,32 @@ mod tests {
             .and_then(|port| port.parse::<u16>().ok());
         assert!(port.is_some(), "logic_url {logic_url:?}");
         assert_ne!(port, Some(50051));
+    }
+
+    fn env_of(spec: &TargetSpec, key: &str) -> Option<String> {
+        let TargetSpec::Spawn { env, .. } = spec else {
+            panic!("the server is started by the bench");
+        };
+        env.iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.clone())
+    }
+
+    #[test]
+    fn server_threads_reach_engine_and_tokio_peer() {
+        let engine = |threads| engine_spec(PathBuf::from("im-engine"), threads).expect("ports");
+        let peer = |threads| rust_peer_spec(PathBuf::from("peer"), threads);
+
+        assert_eq!(
+            env_of(&engine(Some(3)), "IM_ENGINE_SHARDS").as_deref(),
+            Some("3")
+        );
+        assert_eq!(env_of(&engine(None), "IM_ENGINE_SHARDS"), None);
+        assert_eq!(
+            env_of(&peer(Some(1)), "TOKIO_WORKER_THREADS").as_deref(),
+            Some("1")
+        );
+        assert_eq!(env_of(&peer(None), "TOKIO_WORKER_THREADS"), None);
     }
 
     #[test]
