@@ -472,3 +472,116 @@ async fn key_insert_waits() -> bool {
     }
     false
 }
+
+/// A send whose data PostgreSQL rejects fails alone: the sends that shared its transaction are
+/// stored one at a time, and its device gets INTERNAL, not an UNAVAILABLE that invites a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_rejected_by_database_fails_alone() {
+    let mut logic = TestLogic::start_default().await;
+    let sender = new_device(&mut logic.client, "rejected", conn(NODE, 1)).await;
+    let (_, receiver) =
+        new_user_device(&mut logic.client, "rejected_to", true, conn(NODE, 2)).await;
+    let receiver_id = i64::try_from(receiver.user_id).unwrap();
+    send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "first"),
+    )
+    .await
+    .expect("first send creates the seq rows");
+
+    // The trigger plays the part of data that passes the logic tier's checks but not PostgreSQL's.
+    // It matches only this test's content, because other tests share the table.
+    let rejected_text = format!("rejected-{receiver_id}");
+    let trigger = format!("reject_message_{receiver_id}");
+    let db = postgres().await;
+    db.batch_execute(&format!(
+        "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'rejected by the test trigger' USING ERRCODE = 'check_violation'; \
+         END $$; \
+         CREATE TRIGGER {trigger} BEFORE INSERT ON messages FOR EACH ROW \
+         WHEN (NEW.content = '{rejected_text}'::bytea) EXECUTE FUNCTION {trigger}();"
+    ))
+    .await
+    .expect("create the trigger");
+
+    // A lock on the receiver's seq row stalls the batching task, so the sends queued meanwhile
+    // share the next transaction.
+    let mut locker = postgres().await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.execute(
+        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
+        &[&receiver_id],
+    )
+    .await
+    .expect("lock the seq row");
+    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
+    let mut client = logic.client.clone();
+    let held_sender = sender.clone();
+    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
+    assert!(
+        seq_update_waits().await,
+        "the first batch waits for the lock"
+    );
+    let requests: Vec<_> = (0..20usize)
+        .map(|n| {
+            let text = if n == 7 {
+                rejected_text.clone()
+            } else {
+                format!("m{n}")
+            };
+            text_to(ConversationType::User, receiver.user_id, &text)
+        })
+        .collect();
+    let queued = {
+        let (logic, sender, requests) = (&logic, &sender, &requests);
+        async move { send_all(logic, sender, requests).await }
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        lock.rollback().await.expect("release the lock");
+    };
+    let (replies, ()) = tokio::join!(queued, release);
+    held.await.expect("task").expect("held send succeeds");
+    db.batch_execute(&format!(
+        "DROP TRIGGER {trigger} ON messages; DROP FUNCTION {trigger}();"
+    ))
+    .await
+    .expect("drop the trigger");
+
+    for (n, reply) in replies.iter().enumerate() {
+        if n == 7 {
+            let status = reply.as_ref().expect_err("the rejected send fails");
+            assert_eq!(error_code(status), ErrorCode::Internal);
+        } else {
+            assert!(reply.is_ok(), "send {n}: {reply:?}");
+        }
+    }
+    let inbox = sync(&mut logic.client, &receiver, 0, 100)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), (1..=21).collect::<Vec<u64>>());
+    logic.server.shutdown().await;
+}
+
+/// Polls PostgreSQL for up to 5 s until a statement that takes seqs waits for a lock. Returns
+/// whether one did.
+async fn seq_update_waits() -> bool {
+    let watcher = postgres().await;
+    for _ in 0..250 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'",
+                &[],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}

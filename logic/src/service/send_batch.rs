@@ -20,9 +20,10 @@
 //!
 //! Batches run one at a time, so a user who receives k messages of a batch gets k consecutive
 //! seqs in the order of the sends, and the user_seq row lock orders batches of other logic
-//! processes. A send rejected by a check gets its own error; a store error fails the whole batch
-//! and stores nothing. A send whose key is already in the batch waits for the next batch, where
-//! it finds the first send's reply.
+//! processes. A send rejected by a check gets its own error. A store error fails the whole batch
+//! and stores nothing, unless PostgreSQL rejected the data (SQLSTATE class 22 or 23): then each
+//! send of the batch is stored alone, so only the one at fault fails. A send whose key is
+//! already in the batch waits for the next batch, where it finds the first send's reply.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,18 +174,19 @@ impl Worker {
             .sends
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match self.pg.with_deadline(store_batch(&self.pg, &jobs)).await {
-            Ok(outcomes) => {
-                let replied_at = Instant::now();
-                let mut pushes = Vec::with_capacity(jobs.len());
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    if let Some(push) = to_push(&job, &outcome, replied_at) {
-                        pushes.push(push);
-                    }
-                    // A caller that timed out meanwhile has dropped its receiver: nothing to do.
-                    let _ = job.reply.send(outcome);
+            Ok(outcomes) => self.reply_and_push(jobs, outcomes),
+            Err(err) if jobs.len() > 1 && is_rejected_data(&err) => {
+                // One send's data may have failed the whole transaction. Storing each alone
+                // confines the failure to that send instead of failing the sends of every
+                // batch it joins each time its device retries.
+                tracing::warn!(
+                    sends = jobs.len(),
+                    error = %ErrorChain(&err),
+                    "send batch rejected by PostgreSQL; storing its sends one at a time"
+                );
+                for job in jobs {
+                    self.store_alone(job).await;
                 }
-                // Batches commit one at a time, so they reach the pusher in commit order.
-                self.pusher.push_batch(pushes);
             }
             Err(err) => {
                 tracing::warn!(sends = jobs.len(), error = %ErrorChain(&err), "send batch failed");
@@ -194,6 +196,59 @@ impl Worker {
             }
         }
     }
+
+    /// Stores one send of a rejected batch in its own transaction.
+    async fn store_alone(&self, job: Job) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let alone = std::slice::from_ref(&job);
+        match self.pg.with_deadline(store_batch(&self.pg, alone)).await {
+            Ok(outcomes) => self.reply_and_push(vec![job], outcomes),
+            Err(err) => {
+                tracing::warn!(
+                    user_id = job.sender.user.0,
+                    device_id = job.sender.device.0,
+                    error = %ErrorChain(&err),
+                    "send failed alone"
+                );
+                let reply = if is_rejected_data(&err) {
+                    LogicError::Internal(
+                        "PostgreSQL rejected the data of this message; sending it again fails \
+                         the same way",
+                    )
+                } else {
+                    batch_error(&err)
+                };
+                let _ = job.reply.send(Err(reply));
+            }
+        }
+    }
+
+    /// Replies to each caller and hands the new messages to the pusher.
+    fn reply_and_push(&self, jobs: Vec<Job>, outcomes: Vec<Result<Stored, LogicError>>) {
+        let replied_at = Instant::now();
+        let mut pushes = Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            if let Some(push) = to_push(&job, &outcome, replied_at) {
+                pushes.push(push);
+            }
+            // A caller that timed out meanwhile has dropped its receiver: nothing to do.
+            let _ = job.reply.send(outcome);
+        }
+        // Batches commit one at a time, so they reach the pusher in commit order.
+        self.pusher.push_batch(pushes);
+    }
+}
+
+/// Tells whether PostgreSQL rejected the data of a statement: a data exception (SQLSTATE class
+/// 22, such as a NUL byte in text) or a violated constraint (class 23). Such an error follows
+/// the data of one send, while errors of other classes (a lost connection, a shutdown, a
+/// timeout) would fail any transaction.
+fn is_rejected_data(err: &LogicError) -> bool {
+    let LogicError::Database(err) = err else {
+        return false;
+    };
+    err.as_db_error()
+        .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
 }
 
 /// Returns the push of a newly stored message, or `None` for a repeated or failed send.
