@@ -99,6 +99,9 @@ pub enum StartError {
 /// Streams reset before the server accepted them that one connection may have pending.
 const PENDING_RESET_STREAMS: usize = 4096;
 
+/// Time calls in progress get to finish after a stop, on the gRPC and the web port alike.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A running logic server. Dropping it leaves the server running until the runtime stops; call
 /// [`LogicServer::shutdown`] to stop it.
 pub struct LogicServer {
@@ -144,13 +147,13 @@ impl LogicServer {
         &self.send_batches
     }
 
-    /// Stops accepting connections, lets calls in progress finish, and returns once the server
-    /// task has ended. The metrics endpoint stops at once; the web server gets up to 5 s for its
-    /// open requests.
+    /// Stops accepting connections and lets calls in progress finish for up to 5 s, the web
+    /// server's open requests too. The metrics endpoint stops at once.
+    ///
+    /// NOTE: a gRPC call still running after the grace period, such as one whose client stopped
+    /// sending its request body, is no longer waited for but keeps its connection task until
+    /// the runtime ends. The binary returns from `main` right after this, which ends it.
     pub async fn shutdown(self) {
-        if let Some(web) = self.web {
-            web.shutdown().await;
-        }
         // The task may have ended already, dropping the receiver: nothing left to stop.
         let _ = self.stop.send(());
         self.retention.abort();
@@ -158,9 +161,26 @@ impl LogicServer {
         if let Some((_, task)) = &self.metrics_endpoint {
             task.abort();
         }
-        if self.task.await.is_err() {
-            tracing::error!("logic server task panicked");
-        }
+        let web = async {
+            if let Some(web) = self.web {
+                web.shutdown().await;
+            }
+        };
+        let mut task = self.task;
+        let grpc = async {
+            match tokio::time::timeout(STOP_GRACE, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => tracing::error!("logic server task panicked"),
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!(
+                        grace_ms = u64::try_from(STOP_GRACE.as_millis()).unwrap_or(u64::MAX),
+                        "gRPC calls still running after the shutdown grace period were abandoned"
+                    );
+                }
+            }
+        };
+        tokio::join!(web, grpc);
         tracing::info!(addr = %self.local_addr, "logic stopped");
     }
 }

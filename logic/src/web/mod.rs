@@ -15,7 +15,6 @@ pub mod serve;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,14 +23,11 @@ use tonic::service::Routes;
 use tonic_web::GrpcWebLayer;
 use tower_layer::Layer;
 
+use crate::server::STOP_GRACE;
 use crate::service::{ExtService, Logic};
 use files::StaticFiles;
 use guard::{guard_router, GuardedListener};
 use serve::serve_http1;
-
-/// Time the server gives open connections to finish their requests after a stop before it
-/// drops them.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A running web server; [`WebServer::shutdown`] stops it.
 pub struct WebServer {
