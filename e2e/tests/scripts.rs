@@ -1,12 +1,54 @@
 //! Shell functions of scripts/lib that need no running service.
 
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(path)
+}
+
+/// A directory under the system's temporary directory, named after the test and this process,
+/// that is removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("im-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temporary directory");
+        Self(path.canonicalize().expect("canonical temporary directory"))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies scripts/run and scripts/lib into `root`. A run of the copy takes its lock and reads its
+/// record of started processes in `root`/.data, not in this checkout's .data, where a
+/// developer's scripts/run may hold them.
+fn copy_scripts(root: &Path) -> PathBuf {
+    let lib = root.join("scripts/lib");
+    std::fs::create_dir_all(&lib).expect("scripts/lib copy");
+    for entry in std::fs::read_dir(repo_file("scripts/lib")).expect("scripts/lib") {
+        let entry = entry.expect("scripts/lib entry");
+        std::fs::copy(entry.path(), lib.join(entry.file_name())).expect("library copy");
+    }
+    let run = root.join("scripts/run");
+    std::fs::copy(repo_file("scripts/run"), &run).expect("scripts/run copy");
+    run
 }
 
 /// Makes a cluster directory `im-pg-<name>` under `root` that names `owner` as its data
@@ -107,7 +149,8 @@ echo "not interrupted"
 }
 
 /// `scripts/run` stops before it starts anything when a port it needs is taken, naming the
-/// variable that moves it; the metrics ports count too.
+/// variable that moves it; the metrics ports count too. A copy of the scripts runs, so that the
+/// test neither fails on nor stops anything of a scripts/run in this checkout.
 #[test]
 fn run_refuses_a_taken_metrics_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -116,12 +159,13 @@ fn run_refuses_a_taken_metrics_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").to_string()
     };
-    let data = std::env::temp_dir().join(format!("im-run-ports-{}", std::process::id()));
+    let root = TempDir::new("run-ports");
+    let run = copy_scripts(root.path());
     let output = Command::new("timeout")
         .arg("60")
         .arg("bash")
-        .arg(repo_file("scripts/run"))
-        .env("IM_DATA_DIR", &data)
+        .arg(run)
+        .env("IM_DATA_DIR", root.path().join("data"))
         .env("IM_LOGIC_LISTEN_ADDR", free())
         .env("IM_ENGINE_WS_ADDR", free())
         .env("IM_ENGINE_GRPC_ADDR", free())
@@ -147,7 +191,6 @@ fn run_refuses_a_taken_metrics_port() {
         !text.contains("starting PostgreSQL"),
         "starts nothing: {text}"
     );
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// The web build is skipped while dist/ is newer than every source, and runs again once a
@@ -196,5 +239,505 @@ _im_web_built || echo "source changed: stale"
     assert_eq!(
         stdout,
         "fresh: built\ngenerated code ignored: built\nproto changed: stale\nsource changed: stale\n"
+    );
+}
+
+/// Runs `im_lock_checkout LOCK` in a new bash, which prints its pid once it holds the lock and
+/// then exits, releasing it.
+fn lock_once(lock: &Path) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && im_lock_checkout "$2" && echo "$$""#)
+        .arg("lock")
+        .arg(repo_file("scripts/lib/checkout.sh"))
+        .arg(lock)
+        .output()
+        .expect("bash runs")
+}
+
+/// A bash that took the lock of `im_lock_checkout` on a file and waits until its stdin closes,
+/// as scripts/run waits for its processes. It is killed with SIGKILL when dropped.
+struct LockHolder {
+    child: Child,
+    /// Pid of the process that the holder started with `im_start_process`, if any.
+    started_pid: Option<i32>,
+}
+
+impl LockHolder {
+    /// Takes the lock on `lock`, then runs the bash command `then`, which may start a process
+    /// with `im_start_process` of scripts/lib/processes.sh.
+    fn start(lock: &Path, then: &str) -> Self {
+        let script = r#"
+source "$1"
+source "$2"
+im_lock_checkout "$3" || exit 3
+eval "$4"
+echo "locked ${IM_STARTED_PID:-}"
+read -r _
+"#;
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("holder")
+            .arg(repo_file("scripts/lib/checkout.sh"))
+            .arg(repo_file("scripts/lib/processes.sh"))
+            .arg(lock)
+            .arg(then)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bash runs");
+        let mut holder = Self {
+            child,
+            started_pid: None,
+        };
+
+        let stdout = holder.child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("holder's stdout");
+        let Some(started) = line.trim_end().strip_prefix("locked") else {
+            holder.kill();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = holder.child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("the holder did not take the lock: {stderr}");
+        };
+        holder.started_pid = started.trim().parse().ok();
+        holder
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
+    /// Kills the holder with SIGKILL and waits until it has exited.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A process that this test cannot wait for because another process started it, such as one
+/// that a killed lock holder left running. It is killed with SIGKILL when dropped, unless its
+/// pid shows another command line by then.
+struct Orphan {
+    pid: i32,
+    cmdline: &'static str,
+}
+
+impl Orphan {
+    /// Returns whether the process runs `cmdline` (arguments joined by NUL bytes). A zombie has
+    /// an empty command line, so it does not count.
+    fn is_running(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .is_ok_and(|cmdline| cmdline == self.cmdline.as_bytes())
+    }
+
+    /// Waits up to 5 s until the process runs `cmdline`, after its parent forked it.
+    fn wait_running(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.is_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Kills the process with SIGKILL and waits up to 5 s until it has exited.
+    fn kill(&self) {
+        if !self.is_running() {
+            return;
+        }
+        // SAFETY: kill(2) with a valid signal number; the pid runs the expected command line.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The bash command that makes a lock holder start a long-lived child as scripts/run starts
+/// im-logic and im-engine, and the child's command line.
+const START_SLEEPER: &str = "im_start_process sleeper /dev/null /bin/sleep 20";
+const SLEEPER_CMDLINE: &str = "/bin/sleep\x0020\x00";
+
+/// Starts a lock holder that runs `start`, which starts a sleeping child, then kills the holder
+/// with SIGKILL and returns the child, still running.
+fn kill_holder_of_sleeper(lock: &Path, start: &str) -> Orphan {
+    let mut holder = LockHolder::start(lock, start);
+    let sleeper = Orphan {
+        pid: holder
+            .started_pid
+            .expect("the holder printed its child's pid"),
+        cmdline: SLEEPER_CMDLINE,
+    };
+    // Until the child has run exec, a forked copy of the holder's descriptors is still open.
+    assert!(sleeper.wait_running(), "the holder's child runs sleep");
+    holder.kill();
+    assert!(sleeper.is_running(), "the child outlives the holder");
+    sleeper
+}
+
+/// While a run holds the lock, a second `im_lock_checkout` fails at once, names the pid of
+/// the run that holds it, and leaves that pid in the lock file.
+#[test]
+fn lock_held_rejects_second_locker() {
+    let dir = TempDir::new("lock-held");
+    let lock = dir.path().join("run.pid");
+    let holder = LockHolder::start(&lock, "");
+    let lock_contents = std::fs::read_to_string(&lock).expect("lock file");
+    assert_eq!(
+        lock_contents,
+        format!("{}\n", holder.pid()),
+        "the holder writes its pid"
+    );
+
+    let output = lock_once(&lock);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "already running in this checkout (pid {})",
+            holder.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("kill {}", holder.pid())),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "the second locker went on after im_lock_checkout"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        lock_contents,
+        "the lock file keeps the holder's pid"
+    );
+}
+
+/// The kernel releases the lock of a run killed with SIGKILL, so the next run takes it at once.
+#[test]
+fn lock_released_when_holder_killed() {
+    let dir = TempDir::new("lock-killed");
+    let lock = dir.path().join("run.pid");
+    let mut holder = LockHolder::start(&lock, "");
+    holder.kill();
+
+    let output = lock_once(&lock);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    let locker = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file").trim(),
+        locker,
+        "the new locker writes its pid"
+    );
+}
+
+/// A process that a run started with `9>&-`, as scripts/run starts im-logic and im-engine,
+/// does not keep the lock once the run is killed.
+#[test]
+fn lock_free_after_child_closed_fd() {
+    let dir = TempDir::new("lock-closed");
+    let lock = dir.path().join("run.pid");
+    let sleeper = kill_holder_of_sleeper(&lock, &format!("{START_SLEEPER} 9>&-"));
+
+    let output = lock_once(&lock);
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(sleeper.is_running(), "the child still runs");
+}
+
+/// A process started without `9>&-` inherits the lock's descriptor and keeps the lock after the
+/// run is killed, until it exits itself. This is what `9>&-` prevents.
+#[test]
+fn lock_kept_by_child_inheriting_fd() {
+    let dir = TempDir::new("lock-inherited");
+    let lock = dir.path().join("run.pid");
+    let sleeper = kill_holder_of_sleeper(&lock, START_SLEEPER);
+
+    let output = lock_once(&lock);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the child keeps the lock: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    sleeper.kill();
+    let output = lock_once(&lock);
+    assert!(
+        output.status.success(),
+        "the lock is free once the child exits: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `im_note_started` appends one "NAME PID KEY" line per process, and records nothing without a
+/// pid or without a record file.
+#[test]
+fn note_started_appends_records() {
+    let dir = TempDir::new("note-started");
+    let file = dir.path().join("run.pids");
+    let script = r#"
+source "$1"
+im_note_started engine 11 /nowhere/im-engine
+IM_STARTED_PIDS_FILE=$2
+im_note_started logic 12 "/a path/im-logic"
+im_note_started redis "" /nowhere/redis
+im_note_started postgres 14 /nowhere/pg
+"#;
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("note")
+        .arg(repo_file("scripts/lib/checkout.sh"))
+        .arg(&file)
+        .output()
+        .expect("bash runs");
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("record file"),
+        "logic 12 /a path/im-logic\npostgres 14 /nowhere/pg\n"
+    );
+}
+
+/// A child process that a thread reaps as soon as it exits, as init reaps the processes of a
+/// killed run, so that `kill -0` stops finding it. It is killed with SIGKILL when dropped.
+struct Reaped {
+    child: Arc<Mutex<Child>>,
+    pid: i32,
+}
+
+impl Reaped {
+    fn spawn(command: &mut Command) -> Self {
+        let child = spawn_copied_executable(command);
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let child = Arc::new(Mutex::new(child));
+        let reaper = Arc::clone(&child);
+        std::thread::spawn(move || loop {
+            let status = reaper
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_wait();
+            if !matches!(status, Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        });
+        Self { child, pid }
+    }
+
+    /// Returns the exit status once the process has exited, or `None` while it runs.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Spawns `command`, whose executable is a copy that this test has just written. The spawn is
+/// retried while the copy is busy (ETXTBSY), because a child that another test thread forked
+/// during the copy keeps the written file open until that child runs exec.
+fn spawn_copied_executable(command: &mut Command) -> Child {
+    let command = command.stdout(Stdio::null()).stderr(Stdio::null());
+    for _ in 0..100 {
+        match command.spawn() {
+            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.expect("process starts"),
+        }
+    }
+    panic!("the executable stayed busy for 2 s");
+}
+
+/// Copies the executable `from` to `to`, keeping its permissions.
+fn copy_executable(from: &str, to: &Path) -> PathBuf {
+    std::fs::copy(from, to).expect("executable copy");
+    to.to_owned()
+}
+
+/// Builds the command of a stand-in for the PostgreSQL server: a copy of bash named `postgres`,
+/// whose command line contains `-D DATA` as the server's does. It waits for its stdin for up to
+/// 20 s.
+fn postgres_command(exe: &Path, data: &Path) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .args(["-c", "read -r -t 20 _", "postgres", "-D"])
+        .arg(data)
+        .stdin(Stdio::piped());
+    command
+}
+
+/// Records each (NAME, PID, KEY) with `im_note_started` in `file`, then runs
+/// `im_stop_leftovers`, in a bash that is stopped after 10 s.
+fn stop_leftovers(file: &Path, records: &[(&str, i32, &Path)]) -> Output {
+    let script = r#"
+source "$1"
+IM_STARTED_PIDS_FILE=$2
+shift 2
+while (($# >= 3)); do
+    im_note_started "$1" "$2" "$3"
+    shift 3
+done
+im_stop_leftovers
+"#;
+    let mut command = Command::new("timeout");
+    command
+        .arg("10")
+        .arg("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("leftovers")
+        .arg(repo_file("scripts/lib/checkout.sh"))
+        .arg(file);
+    for (name, pid, key) in records {
+        command.arg(name).arg(pid.to_string()).arg(key);
+    }
+    command.output().expect("bash runs")
+}
+
+/// `im_stop_leftovers` stops each recorded process that still runs the recorded program, in
+/// the order engine, Redis, PostgreSQL, and empties the record. It leaves alone a process whose
+/// pid the record names under a key that does not match it, as after the kernel gave the pid
+/// of a stopped process to another program.
+#[test]
+fn stop_leftovers_stops_only_recorded_programs() {
+    let dir = TempDir::new("leftovers");
+    let root = dir.path();
+    let engine_exe = copy_executable("/bin/sleep", &root.join("im-engine"));
+    let redis_exe = copy_executable("/bin/sleep", &root.join("redis-server"));
+    let postgres_exe = copy_executable("/bin/bash", &root.join("postgres"));
+    let redis_dir = root.join("redis");
+    std::fs::create_dir(&redis_dir).expect("Redis directory");
+    let pg_data = root.join("pg");
+    let file = root.join("run.pids");
+
+    let engine = Reaped::spawn(Command::new(&engine_exe).arg("20"));
+    let redis = Reaped::spawn(Command::new(&redis_exe).arg("20").current_dir(&redis_dir));
+    let postgres = Reaped::spawn(&mut postgres_command(&postgres_exe, &pg_data));
+    // The same programs under other keys: another sleep, a Redis in another directory and a
+    // PostgreSQL of another data directory.
+    let other = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    let other_redis = Reaped::spawn(Command::new(&redis_exe).arg("20").current_dir(root));
+    let other_postgres =
+        Reaped::spawn(&mut postgres_command(&postgres_exe, &root.join("other-pg")));
+
+    // The mismatched records come last, so that a key check that wrongly passed would put
+    // their pids in place of the matching ones.
+    let output = stop_leftovers(
+        &file,
+        &[
+            ("engine", engine.pid, &engine_exe),
+            ("redis", redis.pid, &redis_dir),
+            ("postgres", postgres.pid, &pg_data),
+            ("engine", other.pid, &engine_exe),
+            ("logic", other.pid, &root.join("im-logic")),
+            ("redis", other_redis.pid, &redis_dir),
+            ("postgres", other_postgres.pid, &pg_data),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    let signal = |process: &Reaped| process.exit_status().and_then(|status| status.signal());
+    assert_eq!(signal(&engine), Some(libc::SIGTERM), "{stderr}");
+    assert_eq!(signal(&redis), Some(libc::SIGTERM), "{stderr}");
+    assert_eq!(signal(&postgres), Some(libc::SIGINT), "{stderr}");
+    assert!(other.exit_status().is_none(), "{stderr}");
+    assert!(other_redis.exit_status().is_none(), "{stderr}");
+    assert!(other_postgres.exit_status().is_none(), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("record file"),
+        "",
+        "the record is emptied"
+    );
+
+    let position = |text: &str| {
+        stderr
+            .find(text)
+            .unwrap_or_else(|| panic!("{text:?} missing: {stderr}"))
+    };
+    let engine_stop = position(&format!("stopping im-engine (pid {})", engine.pid));
+    let redis_stop = position(&format!("stopping Redis (pid {})", redis.pid));
+    let postgres_stop = position(&format!(
+        "stopping PostgreSQL in {} (pid {})",
+        pg_data.display(),
+        postgres.pid
+    ));
+    assert!(engine_stop < redis_stop, "{stderr}");
+    assert!(redis_stop < postgres_stop, "{stderr}");
+}
+
+/// A leftover that exited but that its parent has not reaped yet, as under an init that never
+/// reaps orphans, counts as stopped, because it has closed its ports and files.
+#[test]
+fn stop_leftovers_counts_zombie_as_stopped() {
+    let dir = TempDir::new("leftover-zombie");
+    let engine_exe = copy_executable("/bin/sleep", &dir.path().join("im-engine"));
+    let file = dir.path().join("run.pids");
+    // Not reaped until the wait below, so it is a zombie once it exits.
+    let mut engine = spawn_copied_executable(Command::new(&engine_exe).arg("20"));
+    let pid = i32::try_from(engine.id()).expect("pid fits");
+
+    let started = Instant::now();
+    let output = stop_leftovers(&file, &[("engine", pid, &engine_exe)]);
+    let elapsed = started.elapsed();
+    let _ = engine.kill();
+    let status = engine.wait().expect("engine exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: {stderr}"
+    );
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("record file"),
+        "",
+        "the record is emptied"
     );
 }

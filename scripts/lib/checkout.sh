@@ -83,6 +83,17 @@ _im_is_started_process() {
     esac
 }
 
+# Succeeds while process PID runs. A zombie counts as exited, because it has closed its files and
+# ports. `kill -0` finds it until its parent reaps it, and the parent of a leftover is init, which
+# may reap late or, in some containers, never.
+_im_process_running() {
+    local stat
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    # The state follows the command name, which is in parentheses and may contain spaces.
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
+}
+
 # Sends SIGNAL to PID and waits up to TIMEOUT_S seconds for it to exit.
 _im_stop_leftover() {
     local name=$1 pid=$2 signal=$3 timeout_s=$4
@@ -90,7 +101,7 @@ _im_stop_leftover() {
     kill "-$signal" "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + timeout_s))
     while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! _im_process_running "$pid"; then
             return 0
         fi
         sleep 0.1
