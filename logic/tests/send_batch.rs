@@ -454,14 +454,19 @@ async fn deadlock_with_previous_version_is_retried() {
 /// Polls PostgreSQL for up to 5 s until a statement that inserts send keys waits for a lock.
 /// Returns whether one did.
 async fn key_insert_waits() -> bool {
+    statement_waits("query LIKE 'INSERT INTO sent_messages%'").await
+}
+
+/// Polls PostgreSQL for up to 5 s until a statement that matches `condition`, a condition on
+/// `pg_stat_activity`, waits for a lock. Returns whether one did.
+async fn statement_waits(condition: &str) -> bool {
     let watcher = postgres().await;
+    let count = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {condition}"
+    );
     for _ in 0..250 {
         let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE 'INSERT INTO sent_messages%'",
-                &[],
-            )
+            .query_one(&count, &[])
             .await
             .expect("read pg_stat_activity")
             .get(0);
@@ -567,21 +572,5 @@ async fn send_rejected_by_database_fails_alone() {
 /// Polls PostgreSQL for up to 5 s until a statement that takes seqs waits for a lock. Returns
 /// whether one did.
 async fn seq_update_waits() -> bool {
-    let watcher = postgres().await;
-    for _ in 0..250 {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'",
-                &[],
-            )
-            .await
-            .expect("read pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
+    statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'").await
 }
