@@ -93,6 +93,11 @@ pub struct Config {
     /// Deadline of a call to an engine node (connecting included), in milliseconds.
     /// Default 2000, range 1 to 600000. A kick past it is logged and dropped.
     pub engine_call_timeout_ms: u64,
+    /// Deadline of each call to `listen_addr`, request body included, in milliseconds.
+    /// Default 60000, range 1000 to 3600000. A caller's shorter `grpc-timeout` applies instead.
+    /// A call past it ends with CANCELLED, so a client that stops sending its request cannot
+    /// hold a call open.
+    pub request_timeout_ms: u64,
     /// Maximum number of queued Redis commands sent in one pipeline. Default 512, range 1 to
     /// 65536. Commands beyond it go in the next pipeline; 1 turns pipelining off.
     pub redis_batch_max: u32,
@@ -166,6 +171,7 @@ impl Default for Config {
             max_password_hashes: 0,
             password_hash_wait_ms: 1_000,
             engine_call_timeout_ms: 2_000,
+            request_timeout_ms: 60_000,
             redis_batch_max: 512,
             send_batch_max: 256,
             startup_retry_ms: 30_000,
@@ -201,6 +207,7 @@ impl std::fmt::Debug for Config {
             .field("max_password_hashes", &self.max_password_hashes)
             .field("password_hash_wait_ms", &self.password_hash_wait_ms)
             .field("engine_call_timeout_ms", &self.engine_call_timeout_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
             .field("redis_batch_max", &self.redis_batch_max)
             .field("send_batch_max", &self.send_batch_max)
             .field("startup_retry_ms", &self.startup_retry_ms)
@@ -326,6 +333,15 @@ pub struct Cli {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_call_timeout_ms: Option<u64>,
+    /// Deadline of each call to listen_addr, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = whole_number::<u64>("request_timeout_ms")
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
     /// Maximum Redis commands per pipeline.
     #[arg(
         long,
@@ -527,6 +543,12 @@ impl Config {
             self.engine_call_timeout_ms,
             1,
             600_000,
+        )?;
+        check_range(
+            "request_timeout_ms",
+            self.request_timeout_ms,
+            1_000,
+            3_600_000,
         )?;
         check_range("redis_batch_max", self.redis_batch_max.into(), 1, 65_536)?;
         check_range("send_batch_max", self.send_batch_max.into(), 1, 65_536)?;
@@ -1429,7 +1451,7 @@ mod tests {
             &Config::default(),
             im_settings::LOGIC_RANGES,
         );
-        assert_eq!(checked.len(), 17, "{checked:?}");
+        assert_eq!(checked.len(), 18, "{checked:?}");
     }
 
     #[test]

@@ -251,7 +251,14 @@ pub async fn start(config: Config) -> Result<LogicServer, StartError> {
     let (stop, stopped) = oneshot::channel();
     let check_secret = CheckSecret::new(&config.internal_secret);
     let (listener, local_addr) = listeners.grpc;
-    let task = tokio::spawn(serve(listener, logic, check_secret, stopped));
+    let request_timeout = Duration::from_millis(config.request_timeout_ms);
+    let task = tokio::spawn(serve(
+        listener,
+        logic,
+        check_secret,
+        request_timeout,
+        stopped,
+    ));
     Ok(LogicServer {
         local_addr,
         stop,
@@ -367,6 +374,7 @@ async fn serve(
     listener: TcpListener,
     logic: Arc<Logic>,
     check_secret: CheckSecret,
+    request_timeout: Duration,
     stopped: oneshot::Receiver<()>,
 ) {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -376,6 +384,7 @@ async fn serve(
     // dropped connection fails every call of the node on it. The callers here are our
     // own engine nodes, so the allowance is sized for a node's bursts.
     let router = Server::builder()
+        .timeout(request_timeout)
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
         .add_service(DeviceIntServiceServer::with_interceptor(
             DeviceService::new(logic.clone()),

@@ -1,21 +1,23 @@
-//! Stopping the logic server while a client keeps a call open, against the test PostgreSQL and
-//! Redis.
+//! Calls whose client stops sending its request body, against the test PostgreSQL and Redis:
+//! the request deadline ends them, and a shutdown does not wait for them past its grace.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TestLogic;
+use common::{test_config, TestLogic};
 use futures::StreamExt;
+use im_logic::Config;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
-/// A gRPC call whose client sent the start of its request body and then nothing more cannot
-/// hold up a shutdown beyond the grace period.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_despite_stalled_call() {
-    let logic = TestLogic::start_default().await;
-    let addr = logic.server.local_addr();
+type CallResult = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>;
+
+/// Starts a FindUser call on `addr` whose body announces a 16-byte message and sends none of
+/// it, and returns the task that waits for the response.
+async fn stalled_call(addr: SocketAddr) -> JoinHandle<CallResult> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -24,7 +26,6 @@ async fn shutdown_ends_despite_stalled_call() {
     .await
     .expect("HTTP/2 handshake");
     tokio::spawn(connection);
-    // A gRPC message prefix that announces 16 bytes, none of which follow.
     let prefix = Bytes::from_static(&[0, 0, 0, 0, 16]);
     let body =
         futures::stream::iter([Ok::<_, std::io::Error>(prefix)]).chain(futures::stream::pending());
@@ -33,7 +34,39 @@ async fn shutdown_ends_despite_stalled_call() {
         .header("te", "trailers")
         .body(axum::body::Body::from_stream(body))
         .expect("a request");
-    let call = tokio::spawn(async move { sender.send_request(request).await });
+    tokio::spawn(async move { sender.send_request(request).await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_call_ends_at_request_timeout() {
+    let logic = TestLogic::start(Config {
+        request_timeout_ms: 1_000,
+        ..test_config()
+    })
+    .await;
+    let started = Instant::now();
+
+    let call = stalled_call(logic.server.local_addr()).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ends within 10 s")
+        .expect("task")
+        .expect("a response");
+
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    logic.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_despite_stalled_call() {
+    let logic = TestLogic::start_default().await;
+    let call = stalled_call(logic.server.local_addr()).await;
     // Gives the server time to start the call before the stop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!call.is_finished(), "the call waits for its body");

@@ -88,6 +88,7 @@ pub const LOGIC_FIELDS: &[&str] = &[
     "max_password_hashes",
     "password_hash_wait_ms",
     "engine_call_timeout_ms",
+    "request_timeout_ms",
     "redis_batch_max",
     "send_batch_max",
     "startup_retry_ms",

@@ -62,6 +62,7 @@ pub const LOGIC_RANGES: &[SettingRange] = &[
     range("max_password_hashes", 0, 1024),
     range("password_hash_wait_ms", 0, 60_000),
     range("engine_call_timeout_ms", 1, 600_000),
+    range("request_timeout_ms", 1_000, 3_600_000),
     range("redis_batch_max", 1, 65_536),
     range("send_batch_max", 1, 65_536),
     range("startup_retry_ms", 0, 3_600_000),
