@@ -574,3 +574,242 @@ async fn send_rejected_by_database_fails_alone() {
 async fn seq_update_waits() -> bool {
     statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'").await
 }
+
+/// Creates a trigger that raises check_violation on every message copy whose content is
+/// `content`, after sleeping `sleep_secs`, and returns its name for [`drop_reject_trigger`].
+/// It matches only the caller's content, because other tests share the table.
+async fn reject_content(content: &str, tag: i64, sleep_secs: f64) -> String {
+    let trigger = format!("reject_message_{tag}");
+    postgres()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM pg_sleep({sleep_secs}); \
+             RAISE EXCEPTION 'rejected by the test trigger' USING ERRCODE = 'check_violation'; \
+             END $$; \
+             CREATE TRIGGER {trigger} BEFORE INSERT ON messages FOR EACH ROW \
+             WHEN (NEW.content = '{content}'::bytea) EXECUTE FUNCTION {trigger}();"
+        ))
+        .await
+        .expect("create the trigger");
+    trigger
+}
+
+async fn drop_reject_trigger(trigger: &str) {
+    postgres()
+        .await
+        .batch_execute(&format!(
+            "DROP TRIGGER {trigger} ON messages; DROP FUNCTION {trigger}();"
+        ))
+        .await
+        .expect("drop the trigger");
+}
+
+/// A send whose data PostgreSQL rejects gets INTERNAL also when it is the only send of its
+/// batch, as on a quiet server, and takes no seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_send_alone_in_batch_is_internal() {
+    let mut logic = TestLogic::start_default().await;
+    let sender = new_device(&mut logic.client, "rejected_one", conn(NODE, 1)).await;
+    let (_, receiver) =
+        new_user_device(&mut logic.client, "rejected_one_to", true, conn(NODE, 2)).await;
+    let receiver_id = i64::try_from(receiver.user_id).unwrap();
+    let rejected_text = format!("rejected-{receiver_id}");
+    let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
+
+    let rejected = send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, &rejected_text),
+    )
+    .await;
+    let after = send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "after"),
+    )
+    .await;
+    drop_reject_trigger(&trigger).await;
+
+    let status = rejected.expect_err("the rejected send fails");
+    assert_eq!(error_code(&status), ErrorCode::Internal, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(after.expect("the next send is stored").seq, 1);
+    let inbox = sync(&mut logic.client, &receiver, 0, 100)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), vec![1]);
+    logic.server.shutdown().await;
+}
+
+/// When a rejected batch is stored again one send at a time, a send whose caller already gave
+/// up (and got TIMEOUT) is not stored, as it would not be in a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_timed_out_before_rerun_are_not_stored() {
+    let mut logic = TestLogic::start(im_logic::Config {
+        db_timeout_ms: 1500,
+        ..common::test_config()
+    })
+    .await;
+    let sender = new_device(&mut logic.client, "rerun_late", conn(NODE, 1)).await;
+    let (_, receiver) =
+        new_user_device(&mut logic.client, "rerun_late_to", true, conn(NODE, 2)).await;
+    let receiver_id = i64::try_from(receiver.user_id).unwrap();
+    send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "first"),
+    )
+    .await
+    .expect("first send creates the seq rows");
+    // The rejected copy takes 0.9 s each time it is inserted: once in the batch, and again when
+    // it is stored alone, so the sends after it are stored alone past their 1.5 s deadline.
+    let rejected_text = format!("slow-rejected-{receiver_id}");
+    let trigger = reject_content(&rejected_text, receiver_id, 0.9).await;
+
+    let mut locker = postgres().await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.execute(
+        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
+        &[&receiver_id],
+    )
+    .await
+    .expect("lock the seq row");
+    let mut client = logic.client.clone();
+    let held_sender = sender.clone();
+    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
+    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
+    assert!(
+        seq_update_waits().await,
+        "the first batch waits for the lock"
+    );
+    let mut client = logic.client.clone();
+    let rejected_sender = sender.clone();
+    let rejected_request = text_to(ConversationType::User, receiver.user_id, &rejected_text);
+    let rejected =
+        tokio::spawn(async move { send(&mut client, &rejected_sender, rejected_request).await });
+    // Queued after the rejected send, so they come after it in the next batch.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let requests: Vec<_> = (0..10usize)
+        .map(|n| {
+            text_to(
+                ConversationType::User,
+                receiver.user_id,
+                &format!("late{n}"),
+            )
+        })
+        .collect();
+    let queued = {
+        let (logic, sender, requests) = (&logic, &sender, &requests);
+        async move { send_all(logic, sender, requests).await }
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        lock.rollback().await.expect("release the lock");
+    };
+    let (replies, ()) = tokio::join!(queued, release);
+    let rejected = rejected.await.expect("task");
+    held.await.expect("task").expect("held send succeeds");
+    // Lets the batching task finish the sends it still stores alone.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    drop_reject_trigger(&trigger).await;
+
+    assert!(rejected.is_err(), "the rejected send fails: {rejected:?}");
+    let inbox = sync(&mut logic.client, &receiver, 0, 100)
+        .await
+        .expect("sync");
+    let stored: Vec<&[u8]> = inbox.messages.iter().map(|m| &m.content[..]).collect();
+    for (n, reply) in replies.iter().enumerate() {
+        let content = format!("late{n}");
+        let is_stored = stored.contains(&content.as_bytes());
+        match reply {
+            Ok(_) => assert!(is_stored, "send {n} got OK but is not stored"),
+            Err(status) => assert!(!is_stored, "send {n} got {status:?} but is stored"),
+        }
+    }
+    let expected: Vec<u64> = (1..=u64::try_from(stored.len()).unwrap()).collect();
+    assert_eq!(seqs(&inbox), expected, "no seq gaps");
+    logic.server.shutdown().await;
+}
+
+/// The sends of a rejected batch that are stored one at a time reach the receiver's engine
+/// node in seq order, without the rejected one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_alone_pushes_in_seq_order() {
+    let mut node = common::EngineRecorder::start().await;
+    let mut logic = common::start_for_notices().await;
+    let sender = new_device(&mut logic.client, "rerun_push", conn(NODE, 1)).await;
+    let (_, receiver) = new_user_device(
+        &mut logic.client,
+        "rerun_push_to",
+        true,
+        conn(&node.node(), 2),
+    )
+    .await;
+    let receiver_id = i64::try_from(receiver.user_id).unwrap();
+    send(
+        &mut logic.client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "first"),
+    )
+    .await
+    .expect("first send creates the seq rows");
+    node.next_delivery().await;
+    let rejected_text = format!("push-rejected-{receiver_id}");
+    let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
+
+    let mut locker = postgres().await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.execute(
+        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
+        &[&receiver_id],
+    )
+    .await
+    .expect("lock the seq row");
+    let mut client = logic.client.clone();
+    let held_sender = sender.clone();
+    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
+    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
+    assert!(
+        seq_update_waits().await,
+        "the first batch waits for the lock"
+    );
+    let requests: Vec<_> = (0..12usize)
+        .map(|n| {
+            let text = if n == 5 {
+                rejected_text.clone()
+            } else {
+                format!("m{n}")
+            };
+            text_to(ConversationType::User, receiver.user_id, &text)
+        })
+        .collect();
+    let queued = {
+        let (logic, sender, requests) = (&logic, &sender, &requests);
+        async move { send_all(logic, sender, requests).await }
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        lock.rollback().await.expect("release the lock");
+    };
+    let (replies, ()) = tokio::join!(queued, release);
+    held.await.expect("task").expect("held send succeeds");
+    drop_reject_trigger(&trigger).await;
+
+    let accepted = replies.iter().filter(|reply| reply.is_ok()).count();
+    assert_eq!(accepted, 11, "every send but the rejected one: {replies:?}");
+    let mut pushed = Vec::new();
+    while pushed.len() < accepted + 1 {
+        let request = node.next_delivery().await;
+        for delivery in &request.deliveries {
+            let message = delivery.message.as_ref().expect("message present");
+            assert_ne!(&message.content[..], rejected_text.as_bytes());
+            for target in &delivery.targets {
+                pushed.push(target.seq);
+            }
+        }
+    }
+    assert_eq!(pushed, (2..=13).collect::<Vec<u64>>());
+    node.assert_no_more_deliveries().await;
+    logic.server.shutdown().await;
+}

@@ -132,8 +132,8 @@ pub(crate) fn engine_spec(
     })
 }
 
-/// The tokio-tungstenite echo server of `bench/peers/rust-tungstenite`, with `threads` tokio
-/// workers when given (`#[tokio::main]` reads TOKIO_WORKER_THREADS).
+/// Returns the spec of the tokio-tungstenite echo server of `bench/peers/rust-tungstenite`,
+/// with `threads` tokio workers when given (`#[tokio::main]` reads TOKIO_WORKER_THREADS).
 pub(crate) fn rust_peer_spec(program: PathBuf, threads: Option<u32>) -> TargetSpec {
     TargetSpec::Spawn {
         name: "rust-tungstenite".to_owned(),
@@ -227,14 +227,7 @@ fn spawn(
 ) -> Result<RunningServer, ServerError> {
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let fill = |text: &str| text.replace("{addr}", &addr.to_string());
-    let mut command = Command::new(program);
-    command
-        .args(args.iter().map(|arg| fill(arg)))
-        .envs(env.iter().map(|(key, value)| (key, fill(value))))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    let mut command = server_command(program, args, env, addr);
     let child = command.spawn().map_err(|source| ServerError::Spawn {
         program: program.display().to_string(),
         source,
@@ -247,6 +240,32 @@ fn spawn(
         pid: Some(child.id()),
         child: Some(child),
     })
+}
+
+/// Variables that set a server's thread count. Only `--server-threads` sets them, so that the
+/// command line recorded with the results shows the thread counts.
+const THREAD_VARIABLES: [&str; 2] = ["IM_ENGINE_SHARDS", "TOKIO_WORKER_THREADS"];
+
+/// Builds the command that starts a server on `addr`, with `{addr}` in `args` and `env` values
+/// filled in. The server inherits the bench's environment except [`THREAD_VARIABLES`].
+fn server_command(
+    program: &PathBuf,
+    args: &[String],
+    env: &[(String, String)],
+    addr: SocketAddr,
+) -> Command {
+    let fill = |text: &str| text.replace("{addr}", &addr.to_string());
+    let mut command = Command::new(program);
+    for variable in THREAD_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+        .args(args.iter().map(|arg| fill(arg)))
+        .envs(env.iter().map(|(key, value)| (key, fill(value))))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
 }
 
 /// Returns a loopback port that was free a moment ago.
@@ -343,6 +362,34 @@ mod tests {
             Some("1")
         );
         assert_eq!(env_of(&peer(None), "TOKIO_WORKER_THREADS"), None);
+    }
+
+    /// Returns the value `command` sets for `key`: `Some(None)` when it removes the variable,
+    /// `None` when the child inherits it.
+    fn command_env(command: &Command, key: &str) -> Option<Option<String>> {
+        command
+            .get_envs()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value.map(|value| value.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn thread_variables_come_from_flag_only() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let inherited = server_command(&PathBuf::from("im-engine"), &[], &[], addr);
+        let set = server_command(
+            &PathBuf::from("im-engine"),
+            &[],
+            &[("IM_ENGINE_SHARDS".to_owned(), "3".to_owned())],
+            addr,
+        );
+
+        assert_eq!(command_env(&inherited, "IM_ENGINE_SHARDS"), Some(None));
+        assert_eq!(command_env(&inherited, "TOKIO_WORKER_THREADS"), Some(None));
+        assert_eq!(
+            command_env(&set, "IM_ENGINE_SHARDS"),
+            Some(Some("3".to_owned()))
+        );
     }
 
     #[test]

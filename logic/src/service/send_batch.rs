@@ -190,8 +190,16 @@ impl Worker {
             }
             Err(err) => {
                 tracing::warn!(sends = jobs.len(), error = %ErrorChain(&err), "send batch failed");
+                // A lone send's rejected data is its own fault, so it gets the same error as
+                // when the batch is stored one send at a time.
+                let rejected = is_rejected_data(&err);
                 for job in jobs {
-                    let _ = job.reply.send(Err(batch_error(&err)));
+                    let reply = if rejected {
+                        rejected_data_error()
+                    } else {
+                        batch_error(&err)
+                    };
+                    let _ = job.reply.send(Err(reply));
                 }
             }
         }
@@ -199,6 +207,11 @@ impl Worker {
 
     /// Stores one send of a rejected batch in its own transaction.
     async fn store_alone(&self, job: Job) {
+        // A caller that timed out while earlier sends were stored alone has its TIMEOUT reply
+        // already, so its send is skipped, as the batching loop skips it.
+        if job.reply.is_closed() {
+            return;
+        }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let alone = std::slice::from_ref(&job);
         match self.pg.with_deadline(store_batch(&self.pg, alone)).await {
@@ -211,10 +224,7 @@ impl Worker {
                     "send failed alone"
                 );
                 let reply = if is_rejected_data(&err) {
-                    LogicError::Internal(
-                        "PostgreSQL rejected the data of this message; sending it again fails \
-                         the same way",
-                    )
+                    rejected_data_error()
                 } else {
                     batch_error(&err)
                 };
@@ -237,6 +247,13 @@ impl Worker {
         // Batches commit one at a time, so they reach the pusher in commit order.
         self.pusher.push_batch(pushes);
     }
+}
+
+/// Returns the error of a send whose data PostgreSQL rejected.
+fn rejected_data_error() -> LogicError {
+    LogicError::Internal(
+        "PostgreSQL rejected the data of this message; sending it again fails the same way",
+    )
 }
 
 /// Tells whether PostgreSQL rejected the data of a statement: a data exception (SQLSTATE class
