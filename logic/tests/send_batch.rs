@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    conn, error_code, make_friends, new_device, new_user_device, postgres, send, sync, text_to,
-    TestLogic, NODE,
+    conn, error_code, make_friends, new_device, new_user_device, postgres, send,
+    sender_and_receiver, statement_waits, sync, text_to, HeldBatch, TestLogic, NODE,
 };
 use im_proto::v1::{ConversationType, ErrorCode, SendReply, SyncReply};
 use tonic::Status;
@@ -209,6 +209,43 @@ async fn send_all(
         .into_iter()
         .map(|reply| reply.expect("task"))
         .collect()
+}
+
+/// Returns `count` direct messages to `receiver_id` with the texts m0, m1 and so on, except
+/// the one at `index`, which has the text `text`.
+fn texts_with(
+    receiver_id: u64,
+    count: usize,
+    index: usize,
+    text: &str,
+) -> Vec<im_proto::v1::SendRequest> {
+    (0..count)
+        .map(|n| {
+            let content = if n == index {
+                text.to_owned()
+            } else {
+                format!("m{n}")
+            };
+            text_to(ConversationType::User, receiver_id, &content)
+        })
+        .collect()
+}
+
+/// Sends `requests` at once while `held` keeps the batching task waiting, so that they share
+/// its next transaction, then releases it after 500 ms. Returns their replies in order.
+async fn send_while_held(
+    logic: &TestLogic,
+    sender: &im_proto::v1::LoginReply,
+    requests: &[im_proto::v1::SendRequest],
+    held: HeldBatch,
+) -> Vec<Result<SendReply, Status>> {
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        held.release().await
+    };
+    let (replies, held) = tokio::join!(send_all(logic, sender, requests), release);
+    held.expect("held send succeeds");
+    replies
 }
 
 #[tokio::test]
@@ -457,102 +494,22 @@ async fn key_insert_waits() -> bool {
     statement_waits("query LIKE 'INSERT INTO sent_messages%'").await
 }
 
-/// Polls PostgreSQL for up to 5 s until a statement that matches `condition`, a condition on
-/// `pg_stat_activity`, waits for a lock. Returns whether one did.
-async fn statement_waits(condition: &str) -> bool {
-    let watcher = postgres().await;
-    let count = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {condition}"
-    );
-    for _ in 0..250 {
-        let waiting: i64 = watcher
-            .query_one(&count, &[])
-            .await
-            .expect("read pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
-}
-
 /// A send whose data PostgreSQL rejects fails alone: the sends that shared its transaction are
 /// stored one at a time, and its device gets INTERNAL, not an UNAVAILABLE that invites a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_rejected_by_database_fails_alone() {
     let mut logic = TestLogic::start_default().await;
-    let sender = new_device(&mut logic.client, "rejected", conn(NODE, 1)).await;
-    let (_, receiver) =
-        new_user_device(&mut logic.client, "rejected_to", true, conn(NODE, 2)).await;
+    let (sender, receiver) = sender_and_receiver(&mut logic.client, "rejected", NODE).await;
     let receiver_id = i64::try_from(receiver.user_id).unwrap();
-    send(
-        &mut logic.client,
-        &sender,
-        text_to(ConversationType::User, receiver.user_id, "first"),
-    )
-    .await
-    .expect("first send creates the seq rows");
 
-    // The trigger plays the part of data that passes the logic tier's checks but not PostgreSQL's.
-    // It matches only this test's content, because other tests share the table.
+    // The trigger plays the part of data that passes the logic tier's checks but not
+    // PostgreSQL's.
     let rejected_text = format!("rejected-{receiver_id}");
-    let trigger = format!("reject_message_{receiver_id}");
-    let db = postgres().await;
-    db.batch_execute(&format!(
-        "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         RAISE EXCEPTION 'rejected by the test trigger' USING ERRCODE = 'check_violation'; \
-         END $$; \
-         CREATE TRIGGER {trigger} BEFORE INSERT ON messages FOR EACH ROW \
-         WHEN (NEW.content = '{rejected_text}'::bytea) EXECUTE FUNCTION {trigger}();"
-    ))
-    .await
-    .expect("create the trigger");
-
-    // A lock on the receiver's seq row stalls the batching task, so the sends queued meanwhile
-    // share the next transaction.
-    let mut locker = postgres().await;
-    let lock = locker.transaction().await.expect("begin");
-    lock.execute(
-        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
-        &[&receiver_id],
-    )
-    .await
-    .expect("lock the seq row");
-    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
-    let mut client = logic.client.clone();
-    let held_sender = sender.clone();
-    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
-    assert!(
-        seq_update_waits().await,
-        "the first batch waits for the lock"
-    );
-    let requests: Vec<_> = (0..20usize)
-        .map(|n| {
-            let text = if n == 7 {
-                rejected_text.clone()
-            } else {
-                format!("m{n}")
-            };
-            text_to(ConversationType::User, receiver.user_id, &text)
-        })
-        .collect();
-    let queued = {
-        let (logic, sender, requests) = (&logic, &sender, &requests);
-        async move { send_all(logic, sender, requests).await }
-    };
-    let release = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        lock.rollback().await.expect("release the lock");
-    };
-    let (replies, ()) = tokio::join!(queued, release);
-    held.await.expect("task").expect("held send succeeds");
-    db.batch_execute(&format!(
-        "DROP TRIGGER {trigger} ON messages; DROP FUNCTION {trigger}();"
-    ))
-    .await
-    .expect("drop the trigger");
+    let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
+    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
+    let requests = texts_with(receiver.user_id, 20, 7, &rejected_text);
+    let replies = send_while_held(&logic, &sender, &requests, held).await;
+    drop_reject_trigger(&trigger).await;
 
     for (n, reply) in replies.iter().enumerate() {
         if n == 7 {
@@ -567,12 +524,6 @@ async fn send_rejected_by_database_fails_alone() {
         .expect("sync");
     assert_eq!(seqs(&inbox), (1..=21).collect::<Vec<u64>>());
     logic.server.shutdown().await;
-}
-
-/// Polls PostgreSQL for up to 5 s until a statement that takes seqs waits for a lock. Returns
-/// whether one did.
-async fn seq_update_waits() -> bool {
-    statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'").await
 }
 
 /// Creates a trigger that raises check_violation on every message copy whose content is
@@ -651,38 +602,14 @@ async fn sends_timed_out_before_rerun_are_not_stored() {
         ..common::test_config()
     })
     .await;
-    let sender = new_device(&mut logic.client, "rerun_late", conn(NODE, 1)).await;
-    let (_, receiver) =
-        new_user_device(&mut logic.client, "rerun_late_to", true, conn(NODE, 2)).await;
+    let (sender, receiver) = sender_and_receiver(&mut logic.client, "rerun_late", NODE).await;
     let receiver_id = i64::try_from(receiver.user_id).unwrap();
-    send(
-        &mut logic.client,
-        &sender,
-        text_to(ConversationType::User, receiver.user_id, "first"),
-    )
-    .await
-    .expect("first send creates the seq rows");
     // The rejected copy takes 0.9 s each time it is inserted: once in the batch, and again when
     // it is stored alone, so the sends after it are stored alone past their 1.5 s deadline.
     let rejected_text = format!("slow-rejected-{receiver_id}");
     let trigger = reject_content(&rejected_text, receiver_id, 0.9).await;
 
-    let mut locker = postgres().await;
-    let lock = locker.transaction().await.expect("begin");
-    lock.execute(
-        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
-        &[&receiver_id],
-    )
-    .await
-    .expect("lock the seq row");
-    let mut client = logic.client.clone();
-    let held_sender = sender.clone();
-    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
-    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
-    assert!(
-        seq_update_waits().await,
-        "the first batch waits for the lock"
-    );
+    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
     let mut client = logic.client.clone();
     let rejected_sender = sender.clone();
     let rejected_request = text_to(ConversationType::User, receiver.user_id, &rejected_text);
@@ -705,11 +632,11 @@ async fn sends_timed_out_before_rerun_are_not_stored() {
     };
     let release = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        lock.rollback().await.expect("release the lock");
+        held.release().await
     };
-    let (replies, ()) = tokio::join!(queued, release);
+    let (replies, held) = tokio::join!(queued, release);
     let rejected = rejected.await.expect("task");
-    held.await.expect("task").expect("held send succeeds");
+    held.expect("held send succeeds");
     // Lets the batching task finish the sends it still stores alone.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     drop_reject_trigger(&trigger).await;
@@ -738,62 +665,16 @@ async fn sends_timed_out_before_rerun_are_not_stored() {
 async fn rerun_alone_pushes_in_seq_order() {
     let mut node = common::EngineRecorder::start().await;
     let mut logic = common::start_for_notices().await;
-    let sender = new_device(&mut logic.client, "rerun_push", conn(NODE, 1)).await;
-    let (_, receiver) = new_user_device(
-        &mut logic.client,
-        "rerun_push_to",
-        true,
-        conn(&node.node(), 2),
-    )
-    .await;
+    let (sender, receiver) =
+        sender_and_receiver(&mut logic.client, "rerun_push", &node.node()).await;
     let receiver_id = i64::try_from(receiver.user_id).unwrap();
-    send(
-        &mut logic.client,
-        &sender,
-        text_to(ConversationType::User, receiver.user_id, "first"),
-    )
-    .await
-    .expect("first send creates the seq rows");
     node.next_delivery().await;
     let rejected_text = format!("push-rejected-{receiver_id}");
     let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
 
-    let mut locker = postgres().await;
-    let lock = locker.transaction().await.expect("begin");
-    lock.execute(
-        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
-        &[&receiver_id],
-    )
-    .await
-    .expect("lock the seq row");
-    let mut client = logic.client.clone();
-    let held_sender = sender.clone();
-    let held_request = text_to(ConversationType::User, receiver.user_id, "held");
-    let held = tokio::spawn(async move { send(&mut client, &held_sender, held_request).await });
-    assert!(
-        seq_update_waits().await,
-        "the first batch waits for the lock"
-    );
-    let requests: Vec<_> = (0..12usize)
-        .map(|n| {
-            let text = if n == 5 {
-                rejected_text.clone()
-            } else {
-                format!("m{n}")
-            };
-            text_to(ConversationType::User, receiver.user_id, &text)
-        })
-        .collect();
-    let queued = {
-        let (logic, sender, requests) = (&logic, &sender, &requests);
-        async move { send_all(logic, sender, requests).await }
-    };
-    let release = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        lock.rollback().await.expect("release the lock");
-    };
-    let (replies, ()) = tokio::join!(queued, release);
-    held.await.expect("task").expect("held send succeeds");
+    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
+    let requests = texts_with(receiver.user_id, 12, 5, &rejected_text);
+    let replies = send_while_held(&logic, &sender, &requests, held).await;
     drop_reject_trigger(&trigger).await;
 
     let accepted = replies.iter().filter(|reply| reply.is_ok()).count();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    conn, new_device, new_user_device, postgres, send, sync, test_config, text_to, TestLogic, NODE,
+    conn, new_device, new_user_device, postgres, send, sender_and_receiver, sync, test_config,
+    text_to, HeldBatch, TestLogic, NODE,
 };
 use futures::StreamExt;
 use im_logic::Config;
@@ -95,39 +96,14 @@ async fn shutdown_ends_despite_stalled_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_slow_send_finish() {
     let mut logic = TestLogic::start_default().await;
-    let sender = new_device(&mut logic.client, "draining", conn(NODE, 1)).await;
-    let (_, receiver) =
-        new_user_device(&mut logic.client, "draining_to", true, conn(NODE, 2)).await;
-    let receiver_id = i64::try_from(receiver.user_id).unwrap();
-    send(
-        &mut logic.client,
-        &sender,
-        text_to(ConversationType::User, receiver.user_id, "first"),
-    )
-    .await
-    .expect("first send creates the seq rows");
-
+    let (sender, receiver) = sender_and_receiver(&mut logic.client, "draining", NODE).await;
     // A lock on the receiver's seq row holds the next send in its transaction.
-    let mut locker = postgres().await;
-    let lock = locker.transaction().await.expect("begin");
-    lock.execute(
-        "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
-        &[&receiver_id],
-    )
-    .await
-    .expect("lock the seq row");
-    let mut client = logic.client.clone();
-    let slow_sender = sender.clone();
-    let slow_request = text_to(ConversationType::User, receiver.user_id, "slow");
-    let slow = tokio::spawn(async move { send(&mut client, &slow_sender, slow_request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!slow.is_finished(), "the send waits for the lock");
+    let slow = HeldBatch::start(&logic.client, &sender, &receiver, "slow").await;
 
     let started = Instant::now();
     let stop = tokio::spawn(logic.server.shutdown());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    lock.rollback().await.expect("release the lock");
-    let reply = slow.await.expect("task");
+    let reply = slow.release().await;
     tokio::time::timeout(Duration::from_secs(20), stop)
         .await
         .expect("shutdown ends")

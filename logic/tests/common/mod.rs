@@ -630,3 +630,91 @@ impl Drop for EngineRecorder {
         }
     }
 }
+
+/// Polls PostgreSQL for up to 5 s until a statement that matches `condition`, a condition on
+/// `pg_stat_activity`, waits for a lock. Returns whether one did.
+pub(crate) async fn statement_waits(condition: &str) -> bool {
+    let watcher = postgres().await;
+    let count = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {condition}"
+    );
+    for _ in 0..250 {
+        let waiting: i64 = watcher
+            .query_one(&count, &[])
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A lock on a receiver's seq row, taken in a transaction of its own, with one send waiting
+/// behind it in the batching task. Sends queued until [`HeldBatch::release`] share the next
+/// transaction. The receiver must have received a message before, so that its row exists.
+pub(crate) struct HeldBatch {
+    locker: tokio_postgres::Client,
+    held: tokio::task::JoinHandle<Result<SendReply, Status>>,
+}
+
+impl HeldBatch {
+    /// Locks the seq row of `receiver` and starts a send of `text` from `sender` to it, which
+    /// waits for the lock.
+    pub(crate) async fn start(
+        client: &Client,
+        sender: &LoginReply,
+        receiver: &LoginReply,
+        text: &str,
+    ) -> HeldBatch {
+        let locker = postgres().await;
+        locker.batch_execute("BEGIN").await.expect("begin");
+        let receiver_id = i64::try_from(receiver.user_id).expect("id fits");
+        locker
+            .execute(
+                "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
+                &[&receiver_id],
+            )
+            .await
+            .expect("lock the seq row");
+        let mut client = client.clone();
+        let sender = sender.clone();
+        let request = text_to(ConversationType::User, receiver.user_id, text);
+        let held = tokio::spawn(async move { send(&mut client, &sender, request).await });
+        let waits = statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'");
+        assert!(waits.await, "the held send waits for the lock");
+        HeldBatch { locker, held }
+    }
+
+    /// Releases the lock and returns the reply of the held send.
+    pub(crate) async fn release(self) -> Result<SendReply, Status> {
+        self.locker
+            .batch_execute("ROLLBACK")
+            .await
+            .expect("rollback");
+        self.held.await.expect("task")
+    }
+}
+
+/// Creates a sender's device and an open receiver's device on `receiver_node`, named after
+/// `name`, and sends the receiver one message, "first", so that its seq row exists (as
+/// [`HeldBatch::start`] needs). Returns the sender and the receiver.
+pub(crate) async fn sender_and_receiver(
+    client: &mut Client,
+    name: &str,
+    receiver_node: &str,
+) -> (LoginReply, LoginReply) {
+    let sender = new_device(client, name, conn(NODE, 1)).await;
+    let receiver_name = format!("{name}_to");
+    let (_, receiver) = new_user_device(client, &receiver_name, true, conn(receiver_node, 2)).await;
+    send(
+        client,
+        &sender,
+        text_to(ConversationType::User, receiver.user_id, "first"),
+    )
+    .await
+    .expect("first send creates the seq rows");
+    (sender, receiver)
+}
