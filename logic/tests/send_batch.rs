@@ -231,20 +231,20 @@ fn texts_with(
         .collect()
 }
 
-/// Sends `requests` at once while `held` keeps the batching task waiting, so that they share
+/// Sends `requests` at once while `batch` keeps the batching task waiting, so that they share
 /// its next transaction, then releases it after 500 ms. Returns their replies in order.
 async fn send_while_held(
     logic: &TestLogic,
     sender: &im_proto::v1::LoginReply,
     requests: &[im_proto::v1::SendRequest],
-    held: HeldBatch,
+    batch: HeldBatch,
 ) -> Vec<Result<SendReply, Status>> {
     let release = async {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        held.release().await
+        batch.release().await
     };
-    let (replies, held) = tokio::join!(send_all(logic, sender, requests), release);
-    held.expect("held send succeeds");
+    let (replies, first_reply) = tokio::join!(send_all(logic, sender, requests), release);
+    first_reply.expect("held send succeeds");
     replies
 }
 
@@ -506,9 +506,9 @@ async fn send_rejected_by_database_fails_alone() {
     // PostgreSQL's.
     let rejected_text = format!("rejected-{receiver_id}");
     let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
-    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
+    let batch = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
     let requests = texts_with(receiver.user_id, 20, 7, &rejected_text);
-    let replies = send_while_held(&logic, &sender, &requests, held).await;
+    let replies = send_while_held(&logic, &sender, &requests, batch).await;
     drop_reject_trigger(&trigger).await;
 
     for (n, reply) in replies.iter().enumerate() {
@@ -609,7 +609,7 @@ async fn sends_timed_out_before_rerun_are_not_stored() {
     let rejected_text = format!("slow-rejected-{receiver_id}");
     let trigger = reject_content(&rejected_text, receiver_id, 0.9).await;
 
-    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
+    let batch = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
     let mut client = logic.client.clone();
     let rejected_sender = sender.clone();
     let rejected_request = text_to(ConversationType::User, receiver.user_id, &rejected_text);
@@ -632,11 +632,11 @@ async fn sends_timed_out_before_rerun_are_not_stored() {
     };
     let release = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        held.release().await
+        batch.release().await
     };
-    let (replies, held) = tokio::join!(queued, release);
+    let (replies, first_reply) = tokio::join!(queued, release);
     let rejected = rejected.await.expect("task");
-    held.expect("held send succeeds");
+    first_reply.expect("held send succeeds");
     // Lets the batching task finish the sends it still stores alone.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     drop_reject_trigger(&trigger).await;
@@ -672,9 +672,9 @@ async fn rerun_alone_pushes_in_seq_order() {
     let rejected_text = format!("push-rejected-{receiver_id}");
     let trigger = reject_content(&rejected_text, receiver_id, 0.0).await;
 
-    let held = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
+    let batch = HeldBatch::start(&logic.client, &sender, &receiver, "held").await;
     let requests = texts_with(receiver.user_id, 12, 5, &rejected_text);
-    let replies = send_while_held(&logic, &sender, &requests, held).await;
+    let replies = send_while_held(&logic, &sender, &requests, batch).await;
     drop_reject_trigger(&trigger).await;
 
     let accepted = replies.iter().filter(|reply| reply.is_ok()).count();

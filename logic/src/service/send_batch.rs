@@ -190,16 +190,8 @@ impl Worker {
             }
             Err(err) => {
                 tracing::warn!(sends = jobs.len(), error = %ErrorChain(&err), "send batch failed");
-                // A lone send's rejected data is its own fault, so it gets the same error as
-                // when the batch is stored one send at a time.
-                let rejected = is_rejected_data(&err);
                 for job in jobs {
-                    let reply = if rejected {
-                        rejected_data_error()
-                    } else {
-                        batch_error(&err)
-                    };
-                    let _ = job.reply.send(Err(reply));
+                    let _ = job.reply.send(Err(send_error(&err)));
                 }
             }
         }
@@ -223,12 +215,7 @@ impl Worker {
                     error = %ErrorChain(&err),
                     "send failed alone"
                 );
-                let reply = if is_rejected_data(&err) {
-                    rejected_data_error()
-                } else {
-                    batch_error(&err)
-                };
-                let _ = job.reply.send(Err(reply));
+                let _ = job.reply.send(Err(send_error(&err)));
             }
         }
     }
@@ -249,11 +236,18 @@ impl Worker {
     }
 }
 
-/// Returns the error of a send whose data PostgreSQL rejected.
-fn rejected_data_error() -> LogicError {
-    LogicError::Internal(
-        "PostgreSQL rejected the data of this message; sending it again fails the same way",
-    )
+/// Returns the error for the caller of a send that failed with `err`. Rejected data is the
+/// send's own fault, so it gets INTERNAL, which a retry cannot mend, whether the send was alone
+/// in its batch or stored alone after the batch failed. Other errors go through
+/// [`batch_error`].
+fn send_error(err: &LogicError) -> LogicError {
+    if is_rejected_data(err) {
+        LogicError::Internal(
+            "PostgreSQL rejected the data of this message; sending it again fails the same way",
+        )
+    } else {
+        batch_error(err)
+    }
 }
 
 /// Tells whether PostgreSQL rejected the data of a statement: a data exception (SQLSTATE class

@@ -657,7 +657,7 @@ pub(crate) async fn statement_waits(condition: &str) -> bool {
 /// transaction. The receiver must have received a message before, so that its row exists.
 pub(crate) struct HeldBatch {
     locker: tokio_postgres::Client,
-    held: tokio::task::JoinHandle<Result<SendReply, Status>>,
+    waiting_send: tokio::task::JoinHandle<Result<SendReply, Status>>,
 }
 
 impl HeldBatch {
@@ -682,10 +682,13 @@ impl HeldBatch {
         let mut client = client.clone();
         let sender = sender.clone();
         let request = text_to(ConversationType::User, receiver.user_id, text);
-        let held = tokio::spawn(async move { send(&mut client, &sender, request).await });
+        let waiting_send = tokio::spawn(async move { send(&mut client, &sender, request).await });
         let waits = statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'");
         assert!(waits.await, "the held send waits for the lock");
-        HeldBatch { locker, held }
+        HeldBatch {
+            locker,
+            waiting_send,
+        }
     }
 
     /// Releases the lock and returns the reply of the held send.
@@ -694,7 +697,7 @@ impl HeldBatch {
             .batch_execute("ROLLBACK")
             .await
             .expect("rollback");
-        self.held.await.expect("task")
+        self.waiting_send.await.expect("task")
     }
 }
 
