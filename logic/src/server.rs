@@ -11,6 +11,7 @@ use im_proto::v1::device_int_service_server::DeviceIntServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
@@ -22,6 +23,7 @@ use crate::migrate::{self, MigrationError};
 use crate::password::PasswordHasher;
 use crate::retention;
 use crate::service::ack_batch::{AckBatcher, AckWrites, ACK_BATCH_MAX};
+use crate::service::bad_request::RejectBadRequests;
 use crate::service::caller::ServerSecret;
 use crate::service::lease::{self, LapsedNodes};
 use crate::service::push::Pusher;
@@ -386,8 +388,11 @@ async fn serve(
     let router = Server::builder()
         .timeout(request_timeout)
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
-        .add_service(DeviceIntServiceServer::with_interceptor(
-            DeviceService::new(logic.clone()),
+        .add_service(InterceptedService::new(
+            RejectBadRequests::new(
+                DeviceIntServiceServer::new(DeviceService::new(logic.clone())),
+                logic.metrics.clone(),
+            ),
             check_secret,
         ))
         .add_service(ExtService::new(logic).into_server());

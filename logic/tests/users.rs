@@ -1,9 +1,11 @@
-//! User look-ups and the authentication of `LogicExtService` calls from request metadata.
+//! User look-ups, the authentication of `LogicExtService` calls from request metadata, and
+//! the answer to requests that do not decode, on both gRPC services.
 
 mod common;
 
 use bytes::{Buf, BufMut};
 use common::{as_device, conn, error_code, new_user_device, TestLogic, NODE};
+use im_logic::Config;
 use im_proto::v1::{ErrorCode, FindUserRequest, GetUserRequest, ListGroupsRequest};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -331,6 +333,97 @@ async fn empty_request_bodies_are_invalid_argument() {
     let text = logic.server.metrics().render();
     assert!(
         text.contains("im_logic_requests_total{method=\"Register\",code=\"INVALID_ARGUMENT\"} 1\n"),
+        "{text}"
+    );
+    logic.server.shutdown().await;
+}
+
+/// Every `DeviceIntService` method, as named in its request path.
+const DEVICE_METHODS: [&str; 14] = [
+    "Register",
+    "ConnLogin",
+    "ConnSignIn",
+    "ConnSignInMany",
+    "Offline",
+    "OfflineMany",
+    "Send",
+    "SendMany",
+    "Sync",
+    "Ack",
+    "AckMany",
+    "Logout",
+    "RenewLease",
+    "RestoreOnline",
+];
+
+#[tokio::test]
+async fn engine_calls_check_the_secret_then_the_body() {
+    let secret = "a-secret-of-the-engine-nodes";
+    let logic = TestLogic::start(Config {
+        internal_secret: secret.to_owned(),
+        ..common::test_config()
+    })
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
+        .expect("valid URI")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let with_secret = |message: Vec<u8>| {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY,
+            secret.parse().expect("ASCII"),
+        );
+        request
+    };
+    let sign_in = PathAndQuery::from_static("/im.v1.DeviceIntService/ConnSignIn");
+    // ConnSignInRequest.client_addr (field 3, length 2) with bytes that are not UTF-8.
+    let not_utf8 = vec![0x1a, 0x02, 0xff, 0xfe];
+
+    // Without the secret the body is never read.
+    grpc.ready().await.expect("channel ready");
+    let status = grpc
+        .unary(
+            tonic::Request::new(not_utf8.clone()),
+            sign_in.clone(),
+            RawCodec,
+        )
+        .await
+        .expect_err("no secret");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    grpc.ready().await.expect("channel ready");
+    let status = grpc
+        .unary(with_secret(not_utf8), sign_in, RawCodec)
+        .await
+        .expect_err("string not UTF-8");
+    common::assert_invalid(&status, "ConnSignInRequest.client_addr", "string not UTF-8");
+
+    for method in DEVICE_METHODS {
+        let path = format!("/im.v1.DeviceIntService/{method}");
+        grpc.ready().await.expect("channel ready");
+        let mut request = tonic::Request::new(futures::stream::empty::<Vec<u8>>());
+        request.metadata_mut().insert(
+            im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY,
+            secret.parse().expect("ASCII"),
+        );
+        let status = grpc
+            .client_streaming(
+                request,
+                PathAndQuery::try_from(path).expect("valid path"),
+                RawCodec,
+            )
+            .await
+            .expect_err(method);
+        common::assert_invalid(&status, "request body is empty", method);
+    }
+    let text = logic.server.metrics().render();
+    assert!(
+        text.contains(
+            "im_logic_requests_total{method=\"ConnSignIn\",code=\"INVALID_ARGUMENT\"} 2\n"
+        ),
         "{text}"
     );
     logic.server.shutdown().await;

@@ -5,6 +5,7 @@
 
 pub mod ack_batch;
 pub mod auth;
+pub mod bad_request;
 pub mod batch;
 pub mod caller;
 pub mod device_rpc;
