@@ -108,17 +108,20 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
 }
 
 /// A SIGTERM while a script waits for a long command, such as the release build, stops the
-/// command and runs the script's trap at once instead of after the command ends.
+/// command and its children, as cargo's rustc processes, and runs the script's trap at once
+/// instead of after the command ends.
 #[test]
 fn sigterm_stops_a_long_command_at_once() {
+    let dir = TempDir::new("long-command");
+    let child_pid_file = dir.path().join("child.pid");
     let script = r#"
 source "$1"
 on_term() {
-    im_stop_process build "${IM_FOREGROUND_PID:-}" 5
+    im_stop_foreground build 5
     exit 0
 }
 trap on_term TERM
-im_run sleep 60
+im_run bash -c 'sleep 61 & echo $! >"$1"; wait' command "$2"
 echo "not interrupted"
 "#;
     let child = Command::new("bash")
@@ -126,12 +129,28 @@ echo "not interrupted"
         .arg(script)
         .arg("run")
         .arg(repo_file("scripts/lib/processes.sh"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .arg(&child_pid_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("bash runs");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let started = std::time::Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let grandchild = loop {
+        let text = std::fs::read_to_string(&child_pid_file).unwrap_or_default();
+        if let Ok(pid) = text.trim().parse() {
+            break Orphan {
+                pid,
+                cmdline: "sleep\x0061\x00",
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never started its child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(grandchild.wait_running(), "the command's child runs sleep");
+    let started = Instant::now();
     let pid = i32::try_from(child.id()).expect("pid fits");
     // SAFETY: kill(2) with a pid of our own child and a valid signal number.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -140,12 +159,107 @@ echo "not interrupted"
 
     assert!(output.status.success(), "{stderr}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(5),
         "the trap waited {:?} for the command",
         started.elapsed()
     );
     assert!(stderr.contains("[build] stopped"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("not interrupted"));
+    assert!(
+        !grandchild.is_running(),
+        "the command's child outlived the stop"
+    );
+}
+
+/// `scripts/run` rejects an argument it does not know, before it builds or locks anything.
+#[test]
+fn run_rejects_unknown_argument() {
+    let dir = TempDir::new("run-argument");
+    let run = copy_scripts(dir.path());
+
+    let output = Command::new("bash")
+        .arg(&run)
+        .arg("--bogus")
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown argument '--bogus'"), "{stderr}");
+    assert!(
+        !dir.path().join(".data").exists(),
+        "the run went on: {stderr}"
+    );
+}
+
+/// Runs `im_stop_run LOCK 10` in a new bash.
+fn stop_run(lock: &Path) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && im_stop_run "$2" 10"#)
+        .arg("stop")
+        .arg(repo_file("scripts/lib/checkout.sh"))
+        .arg(lock)
+        .output()
+        .expect("bash runs")
+}
+
+/// `scripts/run --stop` stops the run that holds the lock and returns once the lock is free.
+#[test]
+fn stop_run_stops_lock_holder() {
+    let dir = TempDir::new("stop-run");
+    let lock = dir.path().join("run.pid");
+    let mut holder = LockHolder::start(&lock, "trap 'exit 0' TERM");
+
+    let output = stop_run(&lock);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("scripts/run (pid {}) stopped", holder.pid())),
+        "{stderr}"
+    );
+    let status = holder.child.try_wait().expect("holder's status");
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+    assert!(lock_once(&lock).status.success(), "the lock is free");
+}
+
+/// The pid that a killed run left in the lock file belongs to no run, and may belong to another
+/// program by now, so `scripts/run --stop` signals nothing.
+#[test]
+fn stop_run_ignores_stale_pid() {
+    let dir = TempDir::new("stop-stale");
+    let lock = dir.path().join("run.pid");
+    let other = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    std::fs::write(&lock, format!("{}\n", other.pid)).expect("lock file");
+
+    let output = stop_run(&lock);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("no scripts/run is running"), "{stderr}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(other.exit_status().is_none(), "the stale pid was signalled");
+}
+
+/// A symbolic link in place of the lock file is rejected, and its target keeps its contents.
+#[test]
+fn lock_rejects_symbolic_link() {
+    let dir = TempDir::new("lock-symlink");
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep me\n").expect("target file");
+    let lock = dir.path().join("run.pid");
+    std::os::unix::fs::symlink(&target, &lock).expect("symlink");
+
+    let output = lock_once(&lock);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("target file"),
+        "keep me\n"
+    );
 }
 
 /// `scripts/run` stops before it starts anything when a port it needs is taken, naming the
@@ -739,5 +853,71 @@ fn stop_leftovers_counts_zombie_as_stopped() {
         std::fs::read_to_string(&file).expect("record file"),
         "",
         "the record is emptied"
+    );
+}
+
+/// A build that a killed run left running is stopped with its whole process group, in which
+/// cargo's rustc processes run, and only when it is cargo in the recorded checkout.
+#[test]
+fn stop_leftovers_stops_build_group() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = TempDir::new("leftover-build");
+    let root = dir.path();
+    let cargo_exe = copy_executable("/bin/bash", &root.join("cargo"));
+    let child_pid_file = root.join("child.pid");
+    let file = root.join("run.pids");
+    let build = Reaped::spawn(
+        Command::new(&cargo_exe)
+            .args(["-c", r#"sleep 62 & echo $! >"$1"; wait"#, "cargo"])
+            .arg(&child_pid_file)
+            .current_dir(root)
+            .process_group(0),
+    );
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("other checkout");
+    let other = Reaped::spawn(
+        Command::new(&cargo_exe)
+            .args(["-c", "read -r -t 20 _"])
+            .stdin(Stdio::piped())
+            .current_dir(&elsewhere),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rustc = loop {
+        let text = std::fs::read_to_string(&child_pid_file).unwrap_or_default();
+        if let Ok(pid) = text.trim().parse() {
+            break Orphan {
+                pid,
+                cmdline: "sleep\x0062\x00",
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never started its child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(rustc.wait_running(), "the build's child runs sleep");
+
+    let output = stop_leftovers(
+        &file,
+        &[("build", build.pid, root), ("build", other.pid, root)],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        build.exit_status().and_then(|status| status.signal()),
+        Some(libc::SIGTERM),
+        "{stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rustc.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!rustc.is_running(), "the build's child outlived the stop");
+    assert!(
+        other.exit_status().is_none(),
+        "cargo of another checkout was stopped: {stderr}"
     );
 }

@@ -3,7 +3,10 @@
 #
 #   im_lock_checkout LOCK_FILE   take the lock that one scripts/run holds for its lifetime, or
 #                                fail naming the pid of the run that holds it
+#   im_stop_run LOCK_FILE TIMEOUT_S
+#                                stop the run that holds the lock, if one does
 #   im_note_started NAME PID KEY record a started process in $IM_STARTED_PIDS_FILE
+#   im_forget_started NAME       drop the records of NAME, which has exited
 #   im_stop_leftovers            stop the recorded processes that an earlier run left behind
 #
 # The lock is a flock(1) on file descriptor 9, which the kernel releases when the script exits
@@ -17,7 +20,7 @@
 # File of started processes, one "NAME PID KEY" line each, or empty to record nothing. KEY
 # distinguishes the process from an unrelated one that later got the same pid: it is the
 # executable of im-logic and im-engine, the data directory of PostgreSQL and the working
-# directory of Redis.
+# directory of Redis and of the build (cargo).
 IM_STARTED_PIDS_FILE=""
 
 _im_checkout_log() {
@@ -28,6 +31,7 @@ _im_checkout_log() {
 # script's pid into it. Fails, naming the pid written there, when another process has it locked.
 im_lock_checkout() {
     local path=$1 holder
+    _im_require_plain_file "$path" || return 1
     # Opened for appending, so that a run that fails to get the lock keeps the holder's pid.
     exec 9>>"$path"
     if ! flock -n 9; then
@@ -43,11 +47,68 @@ im_lock_checkout() {
     printf '%s\n' "$$" >"$path"
 }
 
+# Fails with a message when PATH exists and is not a regular file. The scripts write and
+# truncate their records in .data/, which through a symbolic link would empty its target.
+_im_require_plain_file() {
+    local path=$1
+    if [[ -L $path ]]; then
+        _im_checkout_log "error: $path is a symbolic link, not the file scripts/run writes: remove it"
+        return 1
+    fi
+    if [[ -e $path && ! -f $path ]]; then
+        _im_checkout_log "error: $path is not a regular file: remove it"
+        return 1
+    fi
+}
+
+# Sends SIGTERM to the scripts/run that holds the lock on LOCK_FILE and waits up to TIMEOUT_S
+# seconds for it to release the lock, which it does once it has stopped what it started. A
+# pid left in the file by a run that was killed (kill -9) is never signalled, because no
+# process holds the lock then.
+im_stop_run() {
+    local path=$1 timeout_s=$2 holder
+    _im_require_plain_file "$path" || return 1
+    if [[ ! -e $path ]]; then
+        _im_checkout_log "no scripts/run is running in this checkout"
+        return 0
+    fi
+    exec 9<"$path"
+    if flock -n 9; then
+        exec 9<&-
+        _im_checkout_log "no scripts/run is running in this checkout"
+        return 0
+    fi
+    holder=$(<"$path")
+    if [[ ! $holder =~ ^[0-9]+$ ]]; then
+        exec 9<&-
+        _im_checkout_log "error: $path is locked but holds no pid (\"$holder\"): stop that run with Ctrl-C in its terminal"
+        return 1
+    fi
+    _im_checkout_log "stopping scripts/run (pid $holder)"
+    kill -TERM "$holder" 2>/dev/null || true
+    if ! flock -w "$timeout_s" 9; then
+        exec 9<&-
+        _im_checkout_log "error: scripts/run (pid $holder) is still running $timeout_s s after SIGTERM: stop it with: kill -KILL $holder"
+        return 1
+    fi
+    exec 9<&-
+    _im_checkout_log "scripts/run (pid $holder) stopped"
+}
+
 # Appends "NAME PID KEY" to IM_STARTED_PIDS_FILE when that is set.
 im_note_started() {
     local name=$1 pid=$2 key=$3
     if [[ -n $IM_STARTED_PIDS_FILE && -n $pid ]]; then
         printf '%s %s %s\n' "$name" "$pid" "$key" >>"$IM_STARTED_PIDS_FILE"
+    fi
+}
+
+# Drops the records of NAME from IM_STARTED_PIDS_FILE, for a process that has exited, so that a
+# later process that gets its pid is never taken for it.
+im_forget_started() {
+    local name=$1
+    if [[ -n $IM_STARTED_PIDS_FILE && -f $IM_STARTED_PIDS_FILE ]]; then
+        sed -i "/^$name /d" "$IM_STARTED_PIDS_FILE"
     fi
 }
 
@@ -66,6 +127,10 @@ _im_is_started_process() {
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     exe=$(_im_process_exe "$pid") || return 1
     case $name in
+    build)
+        # cargo, in the checkout it was started in.
+        [[ ${exe##*/} == cargo && $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$key" ]]
+        ;;
     logic | engine)
         [[ $exe == "$key" ]]
         ;;
@@ -94,11 +159,15 @@ _im_process_running() {
     [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
 }
 
-# Sends SIGNAL to PID and waits up to TIMEOUT_S seconds for it to exit.
+# Sends SIGNAL to PID, or to its whole process group when the fifth argument is "group", and
+# waits up to TIMEOUT_S seconds for PID to exit.
 _im_stop_leftover() {
-    local name=$1 pid=$2 signal=$3 timeout_s=$4
+    local name=$1 pid=$2 signal=$3 timeout_s=$4 target=$2
+    if [[ ${5:-} == group ]]; then
+        target=-$pid
+    fi
     _im_checkout_log "stopping $name (pid $pid), left running by an earlier scripts/run of this checkout"
-    kill "-$signal" "$pid" 2>/dev/null || true
+    kill "-$signal" -- "$target" 2>/dev/null || true
     local deadline=$((SECONDS + timeout_s))
     while ((SECONDS < deadline)); do
         if ! _im_process_running "$pid"; then
@@ -129,9 +198,13 @@ im_stop_leftovers() {
 
     # The order of a normal stop: the engine, the logic tier, then the services. PostgreSQL
     # gets SIGINT, its fast shutdown, and the others get SIGTERM.
-    for name in engine logic redis postgres; do
+    for name in build engine logic redis postgres; do
         [[ -n ${pids[$name]:-} ]] || continue
-        if [[ $name == postgres ]]; then
+        if [[ $name == build ]]; then
+            # A build runs in a process group of its own (im_run), which contains its rustc
+            # processes too.
+            _im_stop_leftover "the build (cargo)" "${pids[$name]}" TERM 15 group || status=1
+        elif [[ $name == postgres ]]; then
             _im_stop_leftover "PostgreSQL in ${keys[$name]}" "${pids[$name]}" INT 30 || status=1
         elif [[ $name == redis ]]; then
             _im_stop_leftover Redis "${pids[$name]}" TERM 10 || status=1

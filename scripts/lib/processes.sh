@@ -121,14 +121,44 @@ im_wait_for_addr() {
 
 # Runs COMMAND... in the background and waits for it. Bash runs a trap only once the foreground
 # command ends, so a SIGTERM during a long build would otherwise wait for the build. While the
-# command runs, IM_FOREGROUND_PID is its pid, for the trap to stop it.
+# command runs, IM_FOREGROUND_PID is its pid, for the trap to stop it with im_stop_foreground.
+# The command runs in a session of its own, so that its process group contains it and its
+# children, which the stop signals together: cargo, ended by SIGTERM, leaves its running rustc
+# processes behind.
 im_run() {
-    "$@" &
+    setsid -w "$@" &
     IM_FOREGROUND_PID=$!
+    if declare -F im_note_started >/dev/null; then
+        im_note_started build "$IM_FOREGROUND_PID" "$PWD"
+    fi
     local status=0
     wait "$IM_FOREGROUND_PID" || status=$?
     IM_FOREGROUND_PID=""
+    if declare -F im_forget_started >/dev/null; then
+        im_forget_started build
+    fi
     return "$status"
+}
+
+# Stops the command that im_run is waiting for, with its children: SIGTERM to its process
+# group, then SIGKILL to the group when it still runs after TIMEOUT_S seconds.
+im_stop_foreground() {
+    local name=$1 timeout_s=${2:-10} pid=${IM_FOREGROUND_PID:-}
+    if [[ -z $pid ]]; then
+        return 0
+    fi
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + timeout_s))
+    while kill -0 -- "-$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            _im_proc_log "$name" "warning: still running $timeout_s s after SIGTERM, sending SIGKILL"
+            kill -KILL -- "-$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    wait "$pid" 2>/dev/null || true
+    _im_proc_log "$name" "stopped"
 }
 
 # Sends SIGTERM to PID and waits up to TIMEOUT_S seconds for it to exit, then sends SIGKILL.
