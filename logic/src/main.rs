@@ -30,7 +30,8 @@ async fn main() -> ExitCode {
         Ok(server) => server,
         Err(err) => return fail(&err),
     };
-    tracing::info!(addr = %server.local_addr(), "logic listening");
+    // A target of its own, so that a script can wait for this line whatever RUST_LOG filters.
+    tracing::info!(target: "im_logic::ready", addr = %server.local_addr(), "logic listening");
 
     wait_for_stop_signal().await;
     tracing::info!("stop signal received; draining calls");
