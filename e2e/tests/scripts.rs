@@ -921,3 +921,55 @@ fn stop_leftovers_stops_build_group() {
         "cargo of another checkout was stopped: {stderr}"
     );
 }
+
+/// Runs `_im_web_locked` of scripts/lib/web.sh over a command that appends `start-NAME` to
+/// `log`, sleeps `secs` and appends `end-NAME`.
+fn web_locked(web: &Path, log: &Path, name: &str, secs: &str) -> Command {
+    let script = r#"
+IM_WEB_DIR=$2
+source "$1"
+_im_web_locked bash -c 'echo "start-$1" >>"$2"; sleep "$3"; echo "end-$1" >>"$2"' step "$3" "$4" "$5"
+"#;
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg("web")
+        .arg(repo_file("scripts/lib/web.sh"))
+        .arg(web)
+        .args([name, &log.to_string_lossy(), secs]);
+    command
+}
+
+/// Two scripts of one checkout never install or build the web client at once: the second
+/// waits, saying so, until the first is done.
+#[test]
+fn web_lock_serializes_scripts() {
+    let dir = TempDir::new("web-lock");
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).expect("web directory");
+    let log = dir.path().join("steps");
+    let mut first = web_locked(&web, &log, "first", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash runs");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log).is_ok_and(|steps| steps.contains("start-first")) {
+        assert!(Instant::now() < deadline, "the first script never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let second = web_locked(&web, &log, "second", "0")
+        .output()
+        .expect("bash runs");
+    let first_status = first.wait().expect("first script exits");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+
+    assert!(first_status.success());
+    assert!(second.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting for another script"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("steps"),
+        "start-first\nend-first\nstart-second\nend-second\n"
+    );
+}

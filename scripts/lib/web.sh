@@ -5,7 +5,9 @@
 #   im_web_build     npm run build in web/ (generates the protocol code, type-checks, writes dist/)
 #                    unless dist/ is newer than every source of the build
 #
-# Both need node and npm on PATH and return non-zero with a message on stderr on failure.
+# Both need node and npm on PATH and return non-zero with a message on stderr on failure. Both
+# hold a lock on web/.im-build.lock while they run, so that a scripts/run and a scripts/test of
+# one checkout never run npm ci or the build in web/ at once: the second waits for the first.
 
 IM_WEB_DIR=${IM_WEB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/web}
 
@@ -20,10 +22,34 @@ _im_web_require_node() {
     fi
 }
 
+# Seconds to wait for the web lock, which another script's npm ci and build may hold for minutes
+# on a fresh clone.
+_IM_WEB_LOCK_TIMEOUT_S=900
+
+# Runs COMMAND... in a subshell that holds an exclusive lock on web/.im-build.lock, waiting for
+# it with a message while another script of this checkout holds it.
+_im_web_locked() {
+    (
+        exec 8>>"$IM_WEB_DIR/.im-build.lock"
+        if ! flock -n 8; then
+            _im_web_log "waiting for another script of this checkout to finish its npm ci or build in web/"
+            if ! flock -w "$_IM_WEB_LOCK_TIMEOUT_S" 8; then
+                _im_web_log "error: web/ stayed locked for $_IM_WEB_LOCK_TIMEOUT_S s by another scripts/run or scripts/test of this checkout: wait for it or stop it"
+                exit 1
+            fi
+        fi
+        "$@"
+    )
+}
+
 # Runs npm ci unless node_modules holds exactly the packages of the current package-lock.json,
 # which the stamp file written after the last npm ci records.
 im_web_install() {
     _im_web_require_node || return 1
+    _im_web_locked _im_web_install
+}
+
+_im_web_install() {
     local stamp=$IM_WEB_DIR/node_modules/.im-lock.sha256 wanted
     wanted=$(sha256sum "$IM_WEB_DIR/package-lock.json" | cut -d ' ' -f 1)
     if [[ -f $stamp && $(<"$stamp") == "$wanted" ]]; then
@@ -39,6 +65,10 @@ im_web_install() {
 
 im_web_build() {
     _im_web_require_node || return 1
+    _im_web_locked _im_web_build
+}
+
+_im_web_build() {
     if _im_web_built; then
         _im_web_log "the web client's build in dist/ is newer than its sources; not rebuilding"
         return 0
