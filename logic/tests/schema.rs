@@ -4,8 +4,10 @@ mod common;
 
 use common::log_capture::LogCapture;
 use deadpool_postgres::{Manager, Pool};
+use im_logic::error::LogicError;
 use im_logic::migrate::{self, MigrationError};
 use im_logic::store::pg;
+use im_logic::store::pg::transaction::Pipelined;
 use refinery::{Migration, Runner};
 use tokio_postgres::NoTls;
 
@@ -146,4 +148,109 @@ async fn lost_connection_log_names_its_cause() {
         lines[0]
     );
     drop(pooled);
+}
+
+/// Returns the id of the transaction it runs in, assigning one if needed.
+const TRANSACTION_ID: &str = "SELECT pg_current_xact_id()::text::bigint";
+
+/// Returns the backend process of `db`'s connection.
+async fn backend_pid(db: &impl deadpool_postgres::GenericClient) -> Result<i32, LogicError> {
+    Ok(db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn pipelined_begin_precedes_statements() {
+    let store = pg::PgStore::new(&common::test_config()).expect("pool");
+    let tx = Pipelined::new(store.client().await.expect("pooled connection"));
+    let db = tx.db();
+
+    // Prepared beforehand, so that the statement goes out as soon as it is polled. Outside a
+    // transaction block each statement would get a transaction of its own.
+    let statement = db.prepare_cached(TRANSACTION_ID).await.expect("prepare");
+    let first: i64 = tx
+        .begin_with(async { Ok(db.query_one(&statement, &[]).await?.get(0)) })
+        .await
+        .expect("first statement");
+    let second: i64 = db
+        .query_one(&statement, &[])
+        .await
+        .expect("second statement")
+        .get(0);
+
+    assert_eq!(first, second);
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn pipelined_rollback_and_commit_end_the_transaction() {
+    let store = pg::PgStore::new(&common::test_config()).expect("pool");
+    let (admin, _task) = connect(&common::database_url()).await;
+    let table = format!("pipelined_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE TABLE {table} (n int)"))
+        .await
+        .expect("test table");
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+
+    let tx = Pipelined::new(store.client().await.expect("pooled connection"));
+    let db = tx.db();
+    tx.begin_with(async { Ok(db.execute(insert.as_str(), &[]).await?) })
+        .await
+        .expect("insert");
+    tx.rollback().await;
+    let tx = Pipelined::new(store.client().await.expect("pooled connection"));
+    let db = tx.db();
+    tx.begin_with(async { Ok(db.execute(insert.as_str(), &[]).await?) })
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop test table");
+
+    assert_eq!(
+        rows, 1,
+        "the rolled back row is gone, the committed one stays"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_dropped_transaction_closes_its_connection() {
+    let store = pg::PgStore::new(&common::test_config()).expect("pool");
+    let tx = Pipelined::new(store.client().await.expect("pooled connection"));
+    let db = tx.db();
+    let backend = tx
+        .begin_with(async { backend_pid(db).await })
+        .await
+        .expect("backend pid");
+
+    // As when the task that runs the transaction is cancelled.
+    drop(tx);
+    let next = store.client().await.expect("pooled connection");
+    let next_backend = backend_pid(&next).await.expect("backend pid");
+    let (admin, _task) = connect(&common::database_url()).await;
+    let mut alive = true;
+    for _ in 0..100 {
+        alive = admin
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&backend])
+            .await
+            .expect("activity")
+            .is_some();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    assert_ne!(
+        next_backend, backend,
+        "the pool handed out the dropped connection"
+    );
+    assert!(!alive, "the dropped transaction's backend still runs");
 }

@@ -1,14 +1,14 @@
 //! Group commit of sends: many concurrent sends stored in one PostgreSQL transaction.
 //!
 //! Callers queue checked sends on a channel. One task takes every queued send, up to
-//! `send_batch_max`, and stores them in one transaction of five round trips whatever the batch
-//! size. The first reads every permission and recipient list (pipelined). The second takes
-//! every recipient's seqs in one statement, the new messages' ids, and then reads the stored
-//! reply of every idempotency key (pipelined). The third gives back the seqs of sends whose key
-//! turned out to be stored already, and stores the key of each new send, with its message id and
-//! its sender's seq, and every copy (pipelined). BEGIN and COMMIT are the others. Then the task
-//! replies to each caller and hands each new message to the push path. While one transaction
-//! runs, the next batch fills.
+//! `send_batch_max`, and stores them in one transaction of four round trips whatever the batch
+//! size. The first sends BEGIN and reads every permission and recipient list (pipelined). The
+//! second takes every recipient's seqs in one statement, the new messages' ids, and then reads
+//! the stored reply of every idempotency key (pipelined). The third gives back the seqs of sends
+//! whose key turned out to be stored already, and stores the key of each new send, with its
+//! message id and its sender's seq, and every copy (pipelined). The fourth is COMMIT. Then the
+//! task replies to each caller and hands each new message to the push path. While one
+//! transaction runs, the next batch fills.
 //!
 //! Each key is written once, with its final reply, so no row is updated after its insert. A
 //! key's sender is always among its recipients, so by the time the keys are read, this
@@ -41,6 +41,7 @@ use crate::ids::{GroupId, MessageId, UserId};
 use crate::store::pg::friendships::{self, DirectAccess};
 use crate::store::pg::messages::{self, NewMessage};
 use crate::store::pg::sent_messages::{self, SendKey, SentReply};
+use crate::store::pg::transaction::Pipelined;
 use crate::store::pg::user_seq::{self, Copy};
 use crate::store::pg::{group_members, PgStore};
 
@@ -347,24 +348,46 @@ fn is_lock_conflict(err: &LogicError) -> bool {
 }
 
 /// Stores a batch in one transaction and returns each send's outcome, in order, or `None`
-/// when another transaction stored one of its keys meanwhile. An error or `None` drops the
-/// transaction, which rolls it back.
+/// when another transaction stored one of its keys meanwhile. An error or `None` rolls the
+/// transaction back.
 async fn try_store_batch(
     pg: &PgStore,
     jobs: &[Job],
 ) -> Result<Option<Vec<Result<Stored, LogicError>>>, LogicError> {
-    let mut client = pg.client().await?;
-    let tx = client.transaction().await?;
+    let tx = Pipelined::new(pg.client().await?);
+    match store_in(&tx, jobs).await {
+        Ok(Some(outcomes)) => {
+            tx.commit().await?;
+            Ok(Some(outcomes))
+        }
+        other => {
+            tx.rollback().await;
+            other
+        }
+    }
+}
+
+/// Runs the statements of [`try_store_batch`] in `tx`, which it begins, and leaves the end
+/// of the transaction to the caller.
+async fn store_in(
+    tx: &Pipelined,
+    jobs: &[Job],
+) -> Result<Option<Vec<Result<Stored, LogicError>>>, LogicError> {
     let keys: Vec<SendKey<'_>> = jobs.iter().map(Job::key).collect();
 
     let pairs: Vec<(UserId, UserId)> = jobs.iter().filter_map(direct_pair).collect();
     let mut groups: Vec<GroupId> = jobs.iter().filter_map(group_of).collect();
     groups.sort_unstable();
     groups.dedup();
-    let (access, members) = tokio::try_join!(
-        friendships::direct_access_many(&tx, &pairs),
-        group_members::recipients_many(&tx, &groups)
-    )?;
+    let db = tx.db();
+    let (access, members) = tx
+        .begin_with(async {
+            tokio::try_join!(
+                friendships::direct_access_many(db, &pairs),
+                group_members::recipients_many(db, &groups)
+            )
+        })
+        .await?;
     let checked = check_all(jobs, access, &members);
 
     // Sent in this order on the connection, so the keys are read once the senders' user_seq
@@ -374,9 +397,9 @@ async fn try_store_batch(
     // Joined without stopping at the first error to arrive, so that the error of the statement
     // sent first wins: after it, PostgreSQL only reports the transaction as aborted.
     let (last_seqs, ids, found) = tokio::join!(
-        assign_if_any(&tx, &counts),
-        sent_messages::new_ids(&tx, allowed),
-        sent_messages::find_many(&tx, &keys)
+        assign_if_any(db, &counts),
+        sent_messages::new_ids(db, allowed),
+        sent_messages::find_many(db, &keys)
     );
     let (last_seqs, ids, found) = (last_seqs?, ids?, found?);
     let surplus = seq_counts_of(
@@ -423,9 +446,9 @@ async fn try_store_batch(
         stored_copies.push(Some((message_id, message_copies)));
     }
     let (given_back, stored_keys, inserted) = tokio::join!(
-        user_seq::give_back(&tx, &surplus),
-        sent_messages::insert_many(&tx, &accepted_keys, &message_ids, &sender_seqs),
-        messages::insert_batch(&tx, &new_messages, &copies)
+        user_seq::give_back(db, &surplus),
+        sent_messages::insert_many(db, &accepted_keys, &message_ids, &sender_seqs),
+        messages::insert_batch(db, &new_messages, &copies)
     );
     given_back?;
     let stored_keys = stored_keys?;
@@ -433,7 +456,6 @@ async fn try_store_batch(
     if stored_keys != accepted_keys.len() as u64 {
         return Ok(None);
     }
-    tx.commit().await?;
 
     Ok(Some(outcomes(
         jobs,
@@ -586,13 +608,13 @@ fn seq_counts_of<'a>(
 }
 
 async fn assign_if_any(
-    tx: &deadpool_postgres::Transaction<'_>,
+    db: &impl deadpool_postgres::GenericClient,
     counts: &[(UserId, u64)],
 ) -> Result<Vec<u64>, LogicError> {
     if counts.is_empty() {
         return Ok(Vec::new());
     }
-    user_seq::assign_counts(tx, counts).await
+    user_seq::assign_counts(db, counts).await
 }
 
 /// Gives each recipient the next of the seqs its user took for this batch.

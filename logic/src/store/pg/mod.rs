@@ -13,6 +13,7 @@ pub mod group_members;
 pub mod groups;
 pub mod messages;
 pub mod sent_messages;
+pub mod transaction;
 pub mod user_seq;
 pub mod users;
 
