@@ -107,6 +107,24 @@ fn sweep_removes_only_clusters_of_deleted_checkouts() {
     std::fs::remove_dir_all(&root).expect("clean up");
 }
 
+/// Waits up to 5 s until a script has written the pid of its child to `pid_file`, and returns
+/// that child, which runs `cmdline`.
+fn child_from_pid_file(pid_file: &Path, cmdline: &'static str) -> Orphan {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+        if let Ok(pid) = text.trim().parse() {
+            return Orphan { pid, cmdline };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no child pid in {}",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A SIGTERM while a script waits for a long command, such as the release build, stops the
 /// command and its children, as cargo's rustc processes, and runs the script's trap at once
 /// instead of after the command ends.
@@ -134,21 +152,7 @@ echo "not interrupted"
         .stderr(Stdio::piped())
         .spawn()
         .expect("bash runs");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let grandchild = loop {
-        let text = std::fs::read_to_string(&child_pid_file).unwrap_or_default();
-        if let Ok(pid) = text.trim().parse() {
-            break Orphan {
-                pid,
-                cmdline: "sleep\x0061\x00",
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the command never started its child"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let grandchild = child_from_pid_file(&child_pid_file, "sleep\x0061\x00");
     assert!(grandchild.wait_running(), "the command's child runs sleep");
     let started = Instant::now();
     let pid = i32::try_from(child.id()).expect("pid fits");
@@ -882,21 +886,7 @@ fn stop_leftovers_stops_build_group() {
             .stdin(Stdio::piped())
             .current_dir(&elsewhere),
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let rustc = loop {
-        let text = std::fs::read_to_string(&child_pid_file).unwrap_or_default();
-        if let Ok(pid) = text.trim().parse() {
-            break Orphan {
-                pid,
-                cmdline: "sleep\x0062\x00",
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the build never started its child"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let rustc = child_from_pid_file(&child_pid_file, "sleep\x0062\x00");
     assert!(rustc.wait_running(), "the build's child runs sleep");
 
     let output = stop_leftovers(

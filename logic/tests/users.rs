@@ -249,16 +249,46 @@ impl Codec for RawCodec {
     }
 }
 
-#[tokio::test]
-async fn undecodable_requests_are_invalid_argument() {
-    let mut logic = TestLogic::start_default().await;
-    let (_, caller) = new_user_device(&mut logic.client, "raw", false, conn(NODE, 1)).await;
+/// Connects a gRPC client that sends and receives message bytes as they are.
+async fn raw_client(logic: &TestLogic) -> tonic::client::Grpc<Channel> {
     let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
         .expect("valid URI")
         .connect()
         .await
         .expect("connects");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    tonic::client::Grpc::new(channel)
+}
+
+/// Calls the method at `path` with a request body that holds no message, as a client stream
+/// that ends at once sends it, and returns the error status.
+async fn call_with_empty_body(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    path: String,
+    secret: Option<&str>,
+) -> Status {
+    grpc.ready().await.expect("channel ready");
+    let mut request = tonic::Request::new(futures::stream::empty::<Vec<u8>>());
+    if let Some(secret) = secret {
+        request.metadata_mut().insert(
+            im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY,
+            secret.parse().expect("ASCII"),
+        );
+    }
+    let method = path.clone();
+    grpc.client_streaming(
+        request,
+        PathAndQuery::try_from(path).expect("valid path"),
+        RawCodec,
+    )
+    .await
+    .expect_err(&method)
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    let mut logic = TestLogic::start_default().await;
+    let (_, caller) = new_user_device(&mut logic.client, "raw", false, conn(NODE, 1)).await;
+    let mut grpc = raw_client(&logic).await;
     let cases: [(&[u8], &str); 2] = [
         // FindUserRequest.username (field 1, length 3) with bytes that are not UTF-8.
         (&[0x0a, 0x03, 0xff, 0xfe, b'a'], "string not UTF-8"),
@@ -309,25 +339,11 @@ const EXT_METHODS: [&str; 15] = [
 #[tokio::test]
 async fn empty_request_bodies_are_invalid_argument() {
     let logic = TestLogic::start_default().await;
-    let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
-        .expect("valid URI")
-        .connect()
-        .await
-        .expect("connects");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = raw_client(&logic).await;
 
     for method in EXT_METHODS {
         let path = format!("/im.v1.LogicExtService/{method}");
-        grpc.ready().await.expect("channel ready");
-        // A client stream that ends at once sends a request body without any message.
-        let status = grpc
-            .client_streaming(
-                tonic::Request::new(futures::stream::empty::<Vec<u8>>()),
-                PathAndQuery::try_from(path).expect("valid path"),
-                RawCodec,
-            )
-            .await
-            .expect_err(method);
+        let status = call_with_empty_body(&mut grpc, path, None).await;
         common::assert_invalid(&status, "request body is empty", method);
     }
     let text = logic.server.metrics().render();
@@ -364,12 +380,7 @@ async fn engine_calls_check_the_secret_then_the_body() {
         ..common::test_config()
     })
     .await;
-    let channel = Channel::from_shared(format!("http://{}", logic.server.local_addr()))
-        .expect("valid URI")
-        .connect()
-        .await
-        .expect("connects");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = raw_client(&logic).await;
     let with_secret = |message: Vec<u8>| {
         let mut request = tonic::Request::new(message);
         request.metadata_mut().insert(
@@ -403,20 +414,7 @@ async fn engine_calls_check_the_secret_then_the_body() {
 
     for method in DEVICE_METHODS {
         let path = format!("/im.v1.DeviceIntService/{method}");
-        grpc.ready().await.expect("channel ready");
-        let mut request = tonic::Request::new(futures::stream::empty::<Vec<u8>>());
-        request.metadata_mut().insert(
-            im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY,
-            secret.parse().expect("ASCII"),
-        );
-        let status = grpc
-            .client_streaming(
-                request,
-                PathAndQuery::try_from(path).expect("valid path"),
-                RawCodec,
-            )
-            .await
-            .expect_err(method);
+        let status = call_with_empty_body(&mut grpc, path, Some(secret)).await;
         common::assert_invalid(&status, "request body is empty", method);
     }
     let text = logic.server.metrics().render();
