@@ -963,3 +963,136 @@ fn web_lock_serializes_scripts() {
         "start-first\nend-first\nstart-second\nend-second\n"
     );
 }
+
+/// A run started through a symbolic link to its checkout records the paths as it was given
+/// them, while /proc shows them resolved. The build and im-engine that such a run left running
+/// are stopped all the same.
+#[test]
+fn stop_leftovers_follows_symbolic_links() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = TempDir::new("leftover-link");
+    let checkout = dir.path().join("checkout");
+    std::fs::create_dir(&checkout).expect("checkout directory");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&checkout, &link).expect("symlink");
+    let cargo_exe = copy_executable("/bin/bash", &checkout.join("cargo"));
+    let engine_exe = copy_executable("/bin/sleep", &checkout.join("im-engine"));
+    let build = Reaped::spawn(
+        Command::new(&cargo_exe)
+            .args(["-c", "read -r -t 20 _"])
+            .stdin(Stdio::piped())
+            .current_dir(&checkout)
+            .process_group(0),
+    );
+    let engine = Reaped::spawn(Command::new(&engine_exe).arg("20"));
+
+    let output = stop_leftovers(
+        &dir.path().join("run.pids"),
+        &[
+            ("build", build.pid, &link),
+            ("engine", engine.pid, &link.join("im-engine")),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        build.exit_status().and_then(|status| status.signal()),
+        Some(libc::SIGTERM),
+        "the build was not stopped: {stderr}"
+    );
+    assert_eq!(
+        engine.exit_status().and_then(|status| status.signal()),
+        Some(libc::SIGTERM),
+        "im-engine was not stopped: {stderr}"
+    );
+}
+
+/// Waits up to 20 s until `path` exists.
+fn wait_for_file(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A second SIGTERM while scripts/run stops, as from a second `scripts/run --stop` or from
+/// timeout(1), which also signals its own process group, does not end the stop halfway: the run
+/// still waits for its build and empties its lock file.
+#[test]
+fn run_stop_survives_second_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = TempDir::new("run-second-signal");
+    let run = copy_scripts(root.path());
+    // A cargo that takes 2 s to exit after SIGTERM, so that the second signal arrives while the
+    // run waits for it. It runs in the copy's root, as the build does.
+    let bin = root.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin directory");
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/bash\ntrap 'touch terminated; sleep 2; exit 143' TERM\ntouch started\nsleep 60 &\nwait\n",
+    )
+    .expect("cargo script");
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let free = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg(run)
+        .env("PATH", path)
+        .env("IM_DATA_DIR", root.path().join("data"))
+        .env("IM_LOGIC_LISTEN_ADDR", free())
+        .env("IM_ENGINE_WS_ADDR", free())
+        .env("IM_ENGINE_GRPC_ADDR", free())
+        .env("IM_LOGIC_WEB_ADDR", "")
+        .env("IM_ENGINE_METRICS_ADDR", free())
+        .env("IM_LOGIC_METRICS_ADDR", free())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("scripts/run runs");
+    let lock = root.path().join(".data/run.pid");
+
+    assert!(
+        wait_for_file(&root.path().join("started")),
+        "the build never started"
+    );
+    let run_pid: i32 = std::fs::read_to_string(&lock)
+        .expect("lock file")
+        .trim()
+        .parse()
+        .expect("the run's pid");
+    // SAFETY: kill(2) with the pid of the run, which holds the lock, and a valid signal number.
+    assert_eq!(unsafe { libc::kill(run_pid, libc::SIGTERM) }, 0);
+    assert!(
+        wait_for_file(&root.path().join("terminated")),
+        "the stop never signalled the build"
+    );
+    // SAFETY: as above; the run is still waiting for the build to exit.
+    assert_eq!(unsafe { libc::kill(run_pid, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().expect("scripts/run exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.contains("[build] stopped"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        "",
+        "the lock file keeps the pid of a run that has stopped"
+    );
+}

@@ -94,6 +94,14 @@ pub enum LogicError {
          every field at its default is 5 bytes: the gRPC frame header with length 0)"
     )]
     EmptyRequest,
+    /// The request body is not a sequence of gRPC length-prefixed messages: a message header
+    /// has an invalid compressed-flag, or the body ends inside a header or a message. The text
+    /// is tonic's.
+    #[error(
+        "invalid request body: {0}; send each request message after a 5-byte header: the \
+         compressed-flag 0, then the message length as a big-endian 32-bit integer"
+    )]
+    InvalidFraming(String),
     /// A request field is above the limit that this server is configured with.
     #[error("invalid {field}: {value} is above this server's maximum of {max}")]
     AboveMaximum {
@@ -259,6 +267,7 @@ impl LogicError {
             | LogicError::BidiControl { .. }
             | LogicError::Undecodable(_)
             | LogicError::EmptyRequest
+            | LogicError::InvalidFraming(_)
             | LogicError::AboveMaximum { .. } => ErrorCode::InvalidArgument,
             LogicError::InvalidCredentials => ErrorCode::InvalidCredentials,
             LogicError::TokenInvalid => ErrorCode::TokenInvalid,

@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::net::SocketAddr;
+
 use bytes::{Buf, BufMut};
 use common::{as_device, conn, error_code, new_user_device, TestLogic, NODE};
 use im_logic::Config;
 use im_proto::v1::{ErrorCode, FindUserRequest, GetUserRequest, ListGroupsRequest};
+use tokio::net::TcpStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -422,6 +425,75 @@ async fn engine_calls_check_the_secret_then_the_body() {
         text.contains(
             "im_logic_requests_total{method=\"ConnSignIn\",code=\"INVALID_ARGUMENT\"} 2\n"
         ),
+        "{text}"
+    );
+    logic.server.shutdown().await;
+}
+
+/// Sends `body` as the whole request body of a call to `path`, with `secret` in the internal
+/// secret's metadata, and returns the status of the response, which carries it in its headers.
+async fn raw_call(addr: SocketAddr, path: &str, secret: &str, body: &'static [u8]) -> Status {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(
+            im_proto::internal_secret::INTERNAL_SECRET_METADATA_KEY,
+            secret,
+        )
+        .body(axum::body::Body::from(body))
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("a response");
+    Status::from_header_map(response.headers()).expect("a trailers-only response")
+}
+
+#[tokio::test]
+async fn garbage_bodies_are_invalid_argument() {
+    let secret = "a-secret-of-the-engine-nodes";
+    let logic = TestLogic::start(Config {
+        internal_secret: secret.to_owned(),
+        ..common::test_config()
+    })
+    .await;
+    let addr = logic.server.local_addr();
+    // A gRPC request body is a sequence of messages, each after a 5-byte header: a
+    // compressed-flag byte, then the message length as a big-endian u32.
+    let cases: [(&[u8], &str); 4] = [
+        (b"hello", "text: compressed-flag 'h'"),
+        (
+            &[1, 0, 0, 0, 0],
+            "compressed-flag set without grpc-encoding",
+        ),
+        (&[0, 0, 0], "body ends inside a header"),
+        (&[0, 0, 0, 0, 16, b'a'], "body ends inside a message"),
+    ];
+
+    let status = raw_call(addr, "/im.v1.DeviceIntService/Send", "wrong", b"hello").await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    for (body, case) in cases {
+        let status = raw_call(addr, "/im.v1.DeviceIntService/Send", secret, body).await;
+        common::assert_invalid(&status, "invalid request body", case);
+    }
+    for method in DEVICE_METHODS {
+        let path = format!("/im.v1.DeviceIntService/{method}");
+        let status = raw_call(addr, &path, secret, b"hello").await;
+        common::assert_invalid(&status, "invalid request body", method);
+    }
+    for method in EXT_METHODS {
+        let path = format!("/im.v1.LogicExtService/{method}");
+        let status = raw_call(addr, &path, secret, b"hello").await;
+        common::assert_invalid(&status, "invalid request body", method);
+    }
+    let text = logic.server.metrics().render();
+    assert!(
+        text.contains("im_logic_requests_total{method=\"Send\",code=\"INVALID_ARGUMENT\"} 5\n"),
         "{text}"
     );
     logic.server.shutdown().await;

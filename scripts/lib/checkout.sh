@@ -121,7 +121,9 @@ _im_process_exe() {
 }
 
 # Succeeds when process PID is alive and is the NAME process identified by KEY, so a pid that
-# the kernel has since given to an unrelated process is never signalled.
+# the kernel has since given to an unrelated process is never signalled. KEY may name a path
+# through symbolic links, as when scripts/run was started through a link to its checkout, while
+# /proc shows the resolved path.
 _im_is_started_process() {
     local name=$1 pid=$2 key=$3 exe
     [[ $pid =~ ^[0-9]+$ ]] || return 1
@@ -129,10 +131,11 @@ _im_is_started_process() {
     case $name in
     build)
         # cargo, in the checkout it was started in.
-        [[ ${exe##*/} == cargo && $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$key" ]]
+        [[ ${exe##*/} == cargo && /proc/$pid/cwd -ef $key ]]
         ;;
     logic | engine)
-        [[ $exe == "$key" ]]
+        # Compared as paths, not as files, because a rebuild replaces the file.
+        [[ $exe == "$(readlink -m -- "$key")" ]]
         ;;
     postgres)
         # The postmaster runs as `postgres -D DATA`.
@@ -140,7 +143,7 @@ _im_is_started_process() {
         ;;
     redis)
         # Redis overwrites its command line with its address, but runs in its --dir.
-        [[ ${exe##*/} == redis-* && $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$key" ]]
+        [[ ${exe##*/} == redis-* && /proc/$pid/cwd -ef $key ]]
         ;;
     *)
         return 1

@@ -23,11 +23,21 @@ const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
 /// request body ends before it contains one message.
 const MISSING_MESSAGE: &str = "Missing request message.";
 
+/// Text of the INTERNAL status that tonic 0.14 (`Streaming::poll_frame`) returns when the
+/// request body ends inside a message header or a message.
+const TRUNCATED_BODY: &str = "Unexpected EOF decoding stream.";
+
+/// Start of the text of the INTERNAL statuses that tonic 0.14 (`StreamingInner::decode_chunk`)
+/// returns for a message header whose compressed-flag is neither 0 nor 1, or is 1 in a request
+/// without `grpc-encoding`. For the latter, tonic cites gRPC's compression document, which
+/// requires INTERNAL, but here it is the caller's error like an undecodable message.
+const BAD_COMPRESSED_FLAG_PREFIX: &str = "protocol error: received message with";
+
 /// A generated server that rejects a request with INVALID_ARGUMENT and the `im-error-code` of
-/// every other rejected call when its body is empty or its message does not decode (not
-/// valid protobuf, or a string field that is not UTF-8). tonic returns INTERNAL without an
-/// error code there, citing gRPC's table of status codes. But the caller sent the bad request
-/// and is the one to fix it.
+/// every other rejected call when its body is empty or is not gRPC's length-prefixed messages.
+/// It does the same when the message does not decode (not valid protobuf, or a string field
+/// that is not UTF-8). tonic returns INTERNAL without an error code there, citing gRPC's table
+/// of status codes. But the caller sent the bad request and is the one to fix it.
 #[derive(Clone)]
 pub struct RejectBadRequests<S> {
     inner: S,
@@ -83,10 +93,10 @@ fn method_of(path: &str) -> Option<Method> {
     Method::ALL.into_iter().find(|method| method.name() == name)
 }
 
-/// Returns INVALID_ARGUMENT for a trailers-only response that reports an empty request body or
-/// an undecodable request message, and `None` for every other response, which goes out
-/// unchanged. tonic rejects such a request before the handler runs, so the response carries
-/// its status in the headers.
+/// Returns INVALID_ARGUMENT for a trailers-only response that reports an empty request body,
+/// a body that is not length-prefixed messages, or an undecodable request message, and `None`
+/// for every other response, which goes out unchanged. tonic rejects such a request before the
+/// handler runs, so the response carries its status in the headers.
 fn reject_bad_request(path: &str, response: &http::Response<Body>) -> Option<http::Response<Body>> {
     let headers = response.headers();
     if headers.get("grpc-status").map(|value| value.as_bytes()) != Some(b"13") {
@@ -100,6 +110,10 @@ fn reject_bad_request(path: &str, response: &http::Response<Body>) -> Option<htt
         LogicError::EmptyRequest
     } else if status.message().starts_with(DECODE_ERROR_PREFIX) {
         LogicError::Undecodable(status.message().to_owned())
+    } else if status.message() == TRUNCATED_BODY
+        || status.message().starts_with(BAD_COMPRESSED_FLAG_PREFIX)
+    {
+        LogicError::InvalidFraming(status.message().to_owned())
     } else {
         return None;
     };
