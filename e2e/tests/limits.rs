@@ -660,6 +660,73 @@ async fn huge_declared_payloads_close_before_allocating() {
     stack.stop().await;
 }
 
+/// A 100 MiB message sent as fragments that each stay below `max_frame_bytes` (64 KiB by
+/// default) passes `max_message_bytes` (64 KiB as well) at its third fragment. The engine must
+/// close the connection with 1009 there, so it never buffers more than that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_past_message_limit_close_with_1009() {
+    const FRAGMENT_BYTES: usize = 32 * 1024;
+    const FRAGMENTS: usize = 3200;
+    // One shard, so that the bystander shares it with the offending connection.
+    let stack = Stack::start_with(logic_config(), |engine| engine.shards = 1).await;
+    let (user, bystander) = stack.new_user("fragments").await;
+    let (second_device, _client) = stack.another_device(&user).await;
+    let resident_before = resident_kib();
+
+    let stream = raw_signed_in(&stack, &second_device).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let writes = tokio::spawn(async move {
+        let chunk = vec![0u8; FRAGMENT_BYTES];
+        for index in 0..FRAGMENTS {
+            let opcode = if index == 0 { 0x02 } else { 0x00 };
+            let fin = if index == FRAGMENTS - 1 { 0x80 } else { 0 };
+            if writer
+                .write_all(&masked_frame(opcode | fin, &chunk))
+                .await
+                .is_err()
+            {
+                return index;
+            }
+        }
+        FRAGMENTS
+    });
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut head = [0u8; 2];
+            reader.read_exact(&mut head).await.unwrap();
+            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+            reader.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0f == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    })
+    .await
+    .expect("a close frame within 10 s");
+    assert_eq!(close, 1009);
+    drop(reader);
+    let written = tokio::time::timeout(Duration::from_secs(30), writes)
+        .await
+        .expect("writes end once the engine closed")
+        .unwrap();
+    assert!(
+        written < FRAGMENTS,
+        "the engine read all {FRAGMENTS} fragments"
+    );
+    assert_eq!(metric(&stack, "im_engine_closes_total{code=\"1009\"}"), 1);
+
+    let grown_kib = resident_kib().saturating_sub(resident_before);
+    assert!(
+        grown_kib < 32 * 1024,
+        "resident memory grew {grown_kib} KiB"
+    );
+    bystander
+        .heartbeat()
+        .await
+        .expect("the bystander is served after the fragmented message");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_is_closed_with_4008_then_syncs() {
     const MAX_SENDS: usize = 600;

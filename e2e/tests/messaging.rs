@@ -301,6 +301,18 @@ async fn sync_of_1000_missed_messages_during_live_sends() {
         "the database holds what the inbox delivered"
     );
     assert_eq!(pages as u64, total.div_ceil(100));
+    assert_eq!(last_stored_seq(bob.id()).await, Some(total));
+    assert_eq!(inbox.last_seq(), total, "the device's cursor");
+    // The inbox acks each batch, and the logic tier stores acks in batches of their own.
+    let acked = eventually(PUSH_WAIT, || async {
+        acked_seq(bob.login.device_id).await == Some(total)
+    })
+    .await;
+    assert!(
+        acked,
+        "the device's stored ack is {:?}, not seq {total}",
+        acked_seq(bob.login.device_id).await
+    );
     stack.stop().await;
 }
 
@@ -660,6 +672,153 @@ async fn group_fanout_calls_each_node_per_message() {
     logic.shutdown().await;
 }
 
+/// Group members in `direct_messages_flow_under_group_traffic`: online on each of two nodes,
+/// and without any device.
+const BUSY_GROUP_ONLINE_PER_NODE: usize = 50;
+const BUSY_GROUP_WITHOUT_DEVICE: usize = 399;
+/// Interval between two group messages: 50 a second.
+const BUSY_GROUP_EVERY: Duration = Duration::from_millis(20);
+/// Direct messages sent while the group is busy, and the interval between them: 25 a second.
+const DIRECT_SAMPLES: usize = 100;
+const DIRECT_EVERY: Duration = Duration::from_millis(40);
+
+/// A busy group spread over two nodes does not hold up direct messages between two other users
+/// on those nodes: each is pushed within the push wait, while every online member gets every
+/// group message in order. The latency itself is the bench's to measure (`im-bench group`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_flow_under_group_traffic() {
+    init_tracing();
+    let logic = im_logic::start(logic_config())
+        .await
+        .expect("logic tier starts");
+    let nodes = [
+        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+    ];
+    let urls = nodes
+        .each_ref()
+        .map(|node| format!("ws://{}/ws", node.ws_addr()));
+    let api = LogicApi::connect(
+        &format!("http://{}", logic.local_addr()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("business API reachable");
+
+    let group_sender = connect_to(&urls[0]).await;
+    let group_sender_login = login_open_user(&api, &group_sender, "busy-sender").await;
+    let mut members = Vec::new();
+    for index in 0..2 * BUSY_GROUP_ONLINE_PER_NODE {
+        let client = connect_to(&urls[index % 2]).await;
+        let login = login_open_user(&api, &client, "busy-on").await;
+        members.push((login, client));
+    }
+    let mut member_ids: Vec<u64> = members.iter().map(|(login, _)| login.user_id).collect();
+    for _ in 0..BUSY_GROUP_WITHOUT_DEVICE {
+        let user_id = api
+            .register(&unique_username("busy-none"), PASSWORD, true)
+            .await
+            .expect("register an open user");
+        member_ids.push(user_id);
+    }
+    let group = api
+        .as_user(
+            group_sender_login.user_id,
+            group_sender_login.device_id,
+            &group_sender_login.token,
+        )
+        .expect("token is a valid header value")
+        .create_group("busy", &member_ids)
+        .await
+        .expect("create group");
+    // The direct pair: sender on one node, receiver on the other.
+    let direct_sender = connect_to(&urls[0]).await;
+    login_open_user(&api, &direct_sender, "direct-a").await;
+    let direct_receiver = connect_to(&urls[1]).await;
+    let receiver_login = login_open_user(&api, &direct_receiver, "direct-b").await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let group_traffic = {
+        let stop = Arc::clone(&stop);
+        let group_id = group.group_id;
+        async move {
+            let mut ticker = tokio::time::interval(BUSY_GROUP_EVERY);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ticker.tick().await;
+                group_sender
+                    .send(
+                        ConversationType::Group,
+                        group_id,
+                        format!("busy {sent}"),
+                        TEXT,
+                        &format!("busy-{sent}"),
+                    )
+                    .await
+                    .expect("send to the busy group");
+                sent += 1;
+            }
+            sent
+        }
+    };
+    let measured = async {
+        // Let the group traffic reach its rate first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send_direct_messages(&direct_sender, &direct_receiver, receiver_login.user_id).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (group_sent, ()) = tokio::join!(group_traffic, measured);
+    assert!(group_sent > 0, "no group message went out");
+
+    // Every online member got every group message, in order.
+    for (login, client) in &members {
+        let mut received = Vec::new();
+        while let Some(packet) = client.try_next_push() {
+            if !is_notice(&packet) {
+                received.push(message_of(packet));
+            }
+        }
+        while (received.len() as u64) < group_sent {
+            received.push(next_message(client, PUSH_WAIT).await);
+        }
+        assert_eq!(
+            seqs(&received),
+            (1..=group_sent).collect::<Vec<_>>(),
+            "user {}",
+            login.user_id
+        );
+    }
+
+    drop(members);
+    for node in nodes {
+        tokio::task::spawn_blocking(move || node.shutdown())
+            .await
+            .unwrap();
+    }
+    logic.shutdown().await;
+}
+
+/// Sends [`DIRECT_SAMPLES`] direct messages from `sender` to `receiver`, one every
+/// [`DIRECT_EVERY`], each pushed within [`PUSH_WAIT`].
+async fn send_direct_messages(sender: &Client, receiver: &Client, receiver_id: u64) {
+    let mut ticker = tokio::time::interval(DIRECT_EVERY);
+    for index in 0..DIRECT_SAMPLES {
+        ticker.tick().await;
+        let reply = sender
+            .send(
+                ConversationType::User,
+                receiver_id,
+                format!("direct {index}"),
+                TEXT,
+                &format!("direct-{index}"),
+            )
+            .await
+            .expect("direct send");
+        let pushed = next_message(receiver, PUSH_WAIT).await;
+        assert_eq!(pushed.message_id, reply.message_id);
+    }
+}
+
 async fn connect_to(url: &str) -> Client {
     Client::connect(url, &ConnectOptions::default())
         .await
@@ -686,6 +845,95 @@ fn deliver_calls(node: &im_engine::Engine) -> u64 {
         .find_map(|line| line.strip_prefix("im_engine_deliver_seconds_count "))
         .and_then(|value| value.parse().ok())
         .expect("im_engine_deliver_seconds_count in the engine metrics")
+}
+
+/// Receivers in `large_messages_in_one_batch_all_pushed`, messages each receives, and their
+/// content size: 512 messages of 32 KiB, 16 MiB in all, and 256 KiB for each connection, below
+/// the engine's default `max_outbound_bytes` (1 MiB).
+const LARGE_RECEIVERS: usize = 64;
+const LARGE_EACH: u64 = 8;
+const LARGE_CONTENT_BYTES: usize = 32 * 1024;
+
+/// Many large messages stored in one send batch reach one node together. However many the
+/// logic tier has queued for a node, each Deliver call must stay below the 4 MiB that the
+/// engine's gRPC server decodes, or the whole call fails and every device in it misses its
+/// pushes. A device that gets no later message would then never see the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_in_one_batch_all_pushed() {
+    const SECRET: &str = "e2e-server-secret-0123456789";
+    let config = im_logic::Config {
+        server_secret: SECRET.to_owned(),
+        max_content_bytes: LARGE_CONTENT_BYTES as u32,
+        ..logic_config()
+    };
+    let stack = Stack::start_with(config, |_| {}).await;
+    let api = stack.logic_api().await;
+    // A sender without a device online, so that only the receivers get pushes.
+    let sender_id = api
+        .register(&unique_username("large-s"), PASSWORD, true)
+        .await
+        .expect("register the sender");
+    let mut receivers = Vec::new();
+    for _ in 0..LARGE_RECEIVERS {
+        let client = stack.connect().await;
+        let login = login_open_user(&api, &client, "large-r").await;
+        receivers.push((login, client));
+    }
+
+    // Every send at once, so that the logic tier stores them in few large batches.
+    let content = prost::bytes::Bytes::from(vec![b'x'; LARGE_CONTENT_BYTES]);
+    let mut sends = Vec::new();
+    for index in 0..LARGE_EACH {
+        for (login, _) in &receivers {
+            let send = SendRequest {
+                conversation_type: ConversationType::User as i32,
+                receiver_id: login.user_id,
+                content: content.clone(),
+                content_type: TEXT.into(),
+                client_msg_id: format!("large-{}-{index}", login.user_id),
+            };
+            let api = api.clone();
+            sends.push(async move { api.server_send(SECRET, sender_id, send).await });
+        }
+    }
+    for (index, result) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        result.unwrap_or_else(|error| panic!("send {index} failed: {error}"));
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let received = futures::future::join_all(receivers.iter().map(|(_, client)| async move {
+        let mut pushed = Vec::new();
+        while (pushed.len() as u64) < LARGE_EACH {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match push_within(client, wait).await {
+                Some(packet) => pushed.push(message_of(packet)),
+                None => break,
+            }
+        }
+        pushed
+    }))
+    .await;
+
+    for ((login, _), pushed) in receivers.iter().zip(&received) {
+        assert_eq!(
+            seqs(pushed),
+            (1..=LARGE_EACH).collect::<Vec<_>>(),
+            "pushes to user {}",
+            login.user_id
+        );
+        assert!(
+            pushed
+                .iter()
+                .all(|message| message.content.len() == LARGE_CONTENT_BYTES),
+            "user {} got cut content",
+            login.user_id
+        );
+    }
+    stack.stop().await;
 }
 
 /// How long the logic tier's front holds back each SYNC reply in

@@ -250,23 +250,6 @@ async fn recovered_node_devices_get_what_they_missed() {
     cluster.stop().await;
 }
 
-/// Returns the seq the device's acks reached in PostgreSQL, if it acked any.
-async fn acked_seq(device_id: u64) -> Option<u64> {
-    let (db, connection) =
-        tokio_postgres::connect(&env_url("IM_LOGIC_DATABASE_URL"), tokio_postgres::NoTls)
-            .await
-            .expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    let device = i64::try_from(device_id).expect("device id in bigint range");
-    db.query_opt(
-        "SELECT acked_seq FROM device_acks WHERE device_id = $1",
-        &[&device],
-    )
-    .await
-    .expect("read device_acks")
-    .map(|row| u64::try_from(row.get::<_, i64>(0)).expect("acked seq not negative"))
-}
-
 fn start_engine(logic_addr: std::net::SocketAddr, short_lease: bool) -> Engine {
     let mut config = engine_config(logic_addr);
     if short_lease {

@@ -1,7 +1,8 @@
 //! Bounded soaks with real processes: connection churn, and devices sending and reconnecting
 //! while the logic tier, Redis and PostgreSQL restart at random moments. Each runs for a short time in
 //! the suite; `IM_SOAK_SECS` makes it longer, and `IM_SOAK_SEED` replays the chaos schedule
-//! that a failed run printed.
+//! that a failed run printed. A third run floods a device that has stopped reading, for a fixed
+//! 10 s.
 
 mod procs;
 
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use im_client::{Client, ConversationType};
+use procs::device::sync_from_zero;
 use procs::fleet::Fleet;
 use procs::ledger::verify;
 use procs::process::ProcStats;
-use procs::servers::{Engine, EngineSettings};
+use procs::servers::{scrape, Engine, EngineSettings};
 use procs::system::{connect_options, open_users, Account, System};
 use procs::{env_secs, run, seed, wait_for};
 use rand::rngs::StdRng;
@@ -127,7 +129,9 @@ async fn wait_idle(system: &System) {
 }
 
 /// Runs every client's loop of connect, sign in, send one message, close, pause, until
-/// `duration` has passed (at least one cycle each). Returns cycles and failed cycles.
+/// `duration` has passed (at least one cycle each). Every other round a client drops its
+/// connection without the close handshake, as a client that is killed does. Returns cycles and
+/// failed cycles.
 async fn run_churn(url: &str, accounts: &Arc<Vec<Account>>, duration: Duration) -> (u64, u64) {
     let end = Instant::now() + duration;
     let cycles = Arc::new(AtomicU64::new(0));
@@ -189,6 +193,11 @@ async fn churn_cycle(
         )
         .await
         .map_err(|error| format!("send: {error}"))?;
+    if round % 2 == 1 {
+        // The socket closes without a close frame.
+        drop(client);
+        return Ok(());
+    }
     client
         .close()
         .await
@@ -321,4 +330,233 @@ async fn run_faults(system: &mut System, mut rng: StdRng, duration: Duration) ->
     }
     tokio::time::sleep_until(end).await;
     events
+}
+
+/// Devices that flood the slow reader, the messages each sends a second, and their size:
+/// 500 messages and about 4 MB a second in all, within each sender's default rate limits
+/// (50 packets and 256 KiB a second).
+const FLOOD_SENDERS: usize = 20;
+const FLOOD_RATE: u64 = 25;
+const FLOOD_CONTENT_BYTES: usize = 8 * 1024;
+/// How long the flood lasts.
+const FLOOD_FOR: Duration = Duration::from_secs(10);
+/// Pairs of other devices that message each other meanwhile, each pair every 100 ms.
+const BYSTANDER_PAIRS: usize = 10;
+const BYSTANDER_EVERY: Duration = Duration::from_millis(100);
+/// Growth of the engine's resident memory during the flood that still counts as flat. The slow
+/// reader's queue is capped at `max_outbound_bytes` (1 MiB by default), and allocator caches
+/// keep some memory after a burst.
+const FLOOD_RSS_SLACK_KIB: u64 = 8 * 1024;
+
+#[test]
+fn slow_reader_leaves_engine_flat() {
+    run(
+        "slow reader",
+        FLOOD_FOR + Duration::from_secs(120),
+        slow_reader(),
+    );
+}
+
+/// Floods a device that has stopped reading. The engine must close it with 4008 once its queue
+/// passes the cap, and count the close. The engine's memory stays flat, other devices keep
+/// getting their messages, each within 10 s, and the slow device gets every message by SYNC
+/// after it reconnects.
+async fn slow_reader() {
+    let system = System::start("slow-reader", 1, &EngineSettings::default());
+    let url = system.ws_url(0);
+    let accounts: Vec<Account> = open_users(&url, "sr", 1 + FLOOD_SENDERS + 2 * BYSTANDER_PAIRS, 1)
+        .await
+        .into_iter()
+        .map(|mut devices| devices.remove(0))
+        .collect();
+    let (slow_account, others) = accounts.split_first().expect("accounts");
+    let (sender_accounts, bystander_accounts) = others.split_at(FLOOD_SENDERS);
+    let mut slow = signed_in(&url, slow_account).await;
+    let mut senders = Vec::new();
+    for account in sender_accounts {
+        senders.push(signed_in(&url, account).await);
+    }
+    let mut bystanders = Vec::new();
+    for pair in bystander_accounts.chunks(2) {
+        let sender = signed_in(&url, &pair[0]).await;
+        let receiver = signed_in(&url, &pair[1]).await;
+        bystanders.push((sender, receiver, pair[1].user_id()));
+    }
+    let bystanders = Arc::new(bystanders);
+
+    let engine = &system.engines[0];
+    let rss_before = engine.stats().rss_kib;
+
+    slow.pause_reading();
+    let flood_end = Instant::now() + FLOOD_FOR;
+    let floods: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(index, sender)| {
+            let receiver = slow_account.user_id();
+            tokio::spawn(async move {
+                let content = vec![b'x'; FLOOD_CONTENT_BYTES];
+                let mut ticker =
+                    tokio::time::interval(Duration::from_micros(1_000_000 / FLOOD_RATE));
+                let mut accepted = 0u64;
+                let mut round = 0u64;
+                while Instant::now() < flood_end {
+                    ticker.tick().await;
+                    let result = sender
+                        .send(
+                            ConversationType::User,
+                            receiver,
+                            content.clone(),
+                            "application/octet-stream",
+                            &format!("flood-{index}-{round}"),
+                        )
+                        .await;
+                    round += 1;
+                    match result {
+                        Ok(_) => accepted += 1,
+                        Err(error) => {
+                            println!("slow reader: sender {index} round {round}: {error}")
+                        }
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let sampler = async {
+        let mut rss_max = 0;
+        while Instant::now() < flood_end {
+            rss_max = rss_max.max(engine.stats().rss_kib);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        rss_max
+    };
+    // Once the engine has closed the slow reader, the device reads again, as an app back in
+    // the foreground does. It gets the pushes that reached its socket, then the close frame.
+    // Waiting for the end of the flood could miss that frame, because the engine drops a
+    // connection without one when its socket stays full for write_timeout_ms (10 s).
+    let slow_reader_closed = async {
+        wait_for("the engine closes the slow reader", FLOOD_FOR, || async {
+            let metrics = scrape(engine.metrics_addr).await;
+            metric_value(
+                &metrics,
+                "im_engine_limits_hit_total{kind=\"outbound_queue\"}",
+            ) > 0
+        })
+        .await;
+        slow.resume_reading();
+        let mut pushes = 0u64;
+        while slow.next_push().await.is_some() {
+            pushes += 1;
+        }
+        let (code, _) = slow
+            .wait_closed(Duration::from_secs(5))
+            .await
+            .expect("the slow reader is closed");
+        (pushes, code)
+    };
+    let busy = bystander_latencies(bystanders.clone(), FLOOD_FOR, "b");
+    let (rss_max, busy, (pushed_before_close, code)) =
+        tokio::join!(sampler, busy, slow_reader_closed);
+    let mut accepted = 0;
+    for flood in floods {
+        accepted += flood.await.expect("flood task");
+    }
+
+    let metrics = scrape(engine.metrics_addr).await;
+    let slow_closes = metric_value(&metrics, "im_engine_closes_total{code=\"4008\"}");
+    let queue_limits = metric_value(
+        &metrics,
+        "im_engine_limits_hit_total{kind=\"outbound_queue\"}",
+    );
+    println!(
+        "slow reader: {accepted} messages of {FLOOD_CONTENT_BYTES} bytes accepted in \
+         {FLOOD_FOR:?}, {pushed_before_close} pushed before the close; engine RSS \
+         {rss_before} KiB before, at most {rss_max} KiB during"
+    );
+
+    assert_eq!(code, 4008, "the slow reader's close code");
+    assert_eq!(slow_closes, 1);
+    assert_eq!(queue_limits, 1);
+    assert!(
+        rss_max <= rss_before + FLOOD_RSS_SLACK_KIB,
+        "engine RSS grew from {rss_before} KiB to {rss_max} KiB"
+    );
+    assert!(!busy.is_empty(), "no bystander message went through");
+
+    let again = signed_in(&url, slow_account).await;
+    let messages = sync_from_zero(&again).await.expect("sync");
+    let seqs: Vec<u64> = messages.iter().map(|message| message.seq).collect();
+    assert_eq!(seqs, (1..=accepted).collect::<Vec<_>>());
+    assert!(messages
+        .iter()
+        .all(|message| message.content.len() == FLOOD_CONTENT_BYTES));
+    again.close().await.expect("close");
+}
+
+/// Connects to `url` and signs `account`'s device in.
+async fn signed_in(url: &str, account: &Account) -> Client {
+    let client = procs::system::connect(url).await;
+    client
+        .sign_in(account.user_id(), account.device_id(), &account.login.token)
+        .await
+        .unwrap_or_else(|error| panic!("sign-in of device {}: {error}", account.device_id()));
+    client
+}
+
+/// Has each pair send a direct message every [`BYSTANDER_EVERY`] for `duration`, and returns
+/// the time from each SEND to its push.
+async fn bystander_latencies(
+    pairs: Arc<Vec<(Client, Client, u64)>>,
+    duration: Duration,
+    prefix: &str,
+) -> Vec<Duration> {
+    let end = Instant::now() + duration;
+    let tasks: Vec<_> = (0..pairs.len())
+        .map(|index| {
+            let pairs = pairs.clone();
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                let (sender, receiver, receiver_id) = &pairs[index];
+                let mut ticker = tokio::time::interval(BYSTANDER_EVERY);
+                let mut latencies = Vec::new();
+                let mut round = 0u64;
+                while Instant::now() < end {
+                    ticker.tick().await;
+                    let started = Instant::now();
+                    sender
+                        .send(
+                            ConversationType::User,
+                            *receiver_id,
+                            format!("ping {round}"),
+                            "text/plain",
+                            &format!("ping-{prefix}-{index}-{round}"),
+                        )
+                        .await
+                        .expect("bystander send");
+                    let push = tokio::time::timeout(Duration::from_secs(10), receiver.next_push())
+                        .await
+                        .expect("the bystander's push within 10 s")
+                        .expect("the bystander's connection is open");
+                    latencies.push(started.elapsed());
+                    assert_eq!(push.r#type, im_client::PacketType::Message as i32);
+                    round += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("bystander task"));
+    }
+    latencies
+}
+
+/// Returns the value of `series` in the Prometheus text `metrics`, 0 when it is missing.
+fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -351,6 +351,37 @@ pub async fn online_status(user_id: u64) -> std::collections::HashMap<String, St
         .unwrap()
 }
 
+/// Returns the seq the device's acks reached in PostgreSQL, if it acked any.
+pub async fn acked_seq(device_id: u64) -> Option<u64> {
+    let (db, connection) =
+        tokio_postgres::connect(&env_url("IM_LOGIC_DATABASE_URL"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let device = i64::try_from(device_id).expect("device id in bigint range");
+    db.query_opt(
+        "SELECT acked_seq FROM device_acks WHERE device_id = $1",
+        &[&device],
+    )
+    .await
+    .expect("read device_acks")
+    .map(|row| u64::try_from(row.get::<_, i64>(0)).expect("acked seq not negative"))
+}
+
+/// Returns the highest seq stored for the user in PostgreSQL, if any message was stored.
+pub async fn last_stored_seq(user_id: u64) -> Option<u64> {
+    let (db, connection) =
+        tokio_postgres::connect(&env_url("IM_LOGIC_DATABASE_URL"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let user = i64::try_from(user_id).expect("user id in bigint range");
+    db.query_opt("SELECT last_seq FROM user_seq WHERE user_id = $1", &[&user])
+        .await
+        .expect("read user_seq")
+        .map(|row| u64::try_from(row.get::<_, i64>(0)).expect("last seq not negative"))
+}
+
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

@@ -5,11 +5,12 @@
 //! reads the online status of every recipient user of the batch at once, through the Redis
 //! pipeline, and queues each message's targets on the queue of their engine node. Each node
 //! has one task that takes every queued delivery, up to [`DELIVER_BATCH_MAX`], and sends them
-//! in one `ConnectIntService.Deliver` call, one call at a time. So a node gets one call per
-//! batch of messages instead of one per message, and each device gets its messages in seq
-//! order. A push that fails is logged and dropped: the message is already stored, and the
-//! devices it missed get it by SYNC. `im_logic_push_targets_total` counts the devices of each
-//! Deliver call by its outcome, and `im_logic_pushes_dropped_total` what a full queue dropped.
+//! in `ConnectIntService.Deliver` calls of at most [`DELIVER_BATCH_MAX_BYTES`] each, one call
+//! at a time. So a node gets one call per batch of messages instead of one per message, and
+//! each device gets its messages in seq order. A push that fails is logged and dropped: the
+//! message is already stored, and the devices it missed get it by SYNC.
+//! `im_logic_push_targets_total` counts the devices of each Deliver call by its outcome, and
+//! `im_logic_pushes_dropped_total` what a full queue dropped.
 //!
 //! Notices take the same path: the routing task reads the online status of their users and
 //! queues one delivery per node. A node's task sends them in Deliver calls of their own, never
@@ -23,6 +24,7 @@ use std::time::Instant;
 use im_proto::v1::{
     DeliverReply, DeliverRequest, Delivery, DeliveryTarget, Message, Notice, NoticeKind,
 };
+use prost::Message as _;
 use tokio::sync::mpsc;
 
 use super::lease::LapsedNodes;
@@ -37,6 +39,13 @@ use crate::store::redis::{OnlineDevice, RedisStore};
 
 /// Maximum deliveries (one message or notice with its targets on one node) per Deliver call.
 pub const DELIVER_BATCH_MAX: usize = 512;
+
+/// Maximum encoded bytes of the deliveries of one Deliver call. The engine's gRPC server
+/// (tonic 0.14) decodes at most 4 MiB by default and rejects a larger call as a whole. A
+/// delivery that alone passes this limit goes in a call of its own. Its content is at most
+/// `max_content_bytes` (1 MiB at most) and each target takes at most 35 bytes, so it passes the
+/// engine's limit only with about 90,000 targets on one node.
+pub const DELIVER_BATCH_MAX_BYTES: usize = 3 << 20;
 
 /// Committed batches waiting for the routing task. A batch beyond it is not pushed.
 const ROUTE_QUEUE: usize = 4096;
@@ -451,23 +460,30 @@ fn recovery(kind: PushKind) -> &'static str {
 async fn deliver_to_node(shared: Arc<Shared>, node: String, mut queue: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(DELIVER_BATCH_MAX);
     while queue.recv_many(&mut batch, DELIVER_BATCH_MAX).await > 0 {
-        for (kind, run) in split_runs(std::mem::take(&mut batch)) {
+        for (kind, run) in split_runs(std::mem::take(&mut batch), DELIVER_BATCH_MAX_BYTES) {
             shared.deliver(&node, kind, run).await;
         }
     }
     tracing::debug!(node = %node, "push task of engine node stopped");
 }
 
-/// Cuts `batch` wherever it turns from messages to notices or back, and returns the runs in
-/// queue order. So no Deliver call mixes the two, and devices still get messages and notices
-/// in the order they were queued.
-fn split_runs(mut batch: Vec<Queued>) -> Vec<(PushKind, Vec<Queued>)> {
+/// Cuts `batch` wherever it turns from messages to notices or back, and wherever the next
+/// delivery would take a run past `max_bytes` encoded, and returns the runs in queue order.
+/// So no Deliver call mixes the two kinds or grows past what the engine decodes, and devices
+/// still get messages and notices in the order they were queued. Each run contains at least
+/// one delivery.
+fn split_runs(mut batch: Vec<Queued>, max_bytes: usize) -> Vec<(PushKind, Vec<Queued>)> {
     let mut runs = Vec::new();
     while let Some(first) = batch.first() {
         let kind = kind_of(first);
+        let mut bytes = 0;
         let length = batch
             .iter()
-            .take_while(|queued| kind_of(queued) == kind)
+            .enumerate()
+            .take_while(|(index, queued)| {
+                bytes += queued.delivery.encoded_len();
+                kind_of(queued) == kind && (*index == 0 || bytes <= max_bytes)
+            })
             .count();
         let rest = batch.split_off(length);
         runs.push((kind, batch));
@@ -639,7 +655,7 @@ mod tests {
             queued(6, true),
         ];
 
-        let runs = split_runs(batch);
+        let runs = split_runs(batch, DELIVER_BATCH_MAX_BYTES);
 
         assert_eq!(
             run_ids(&runs),
@@ -654,9 +670,81 @@ mod tests {
 
     #[test]
     fn batch_of_one_kind_is_one_run() {
-        let runs = split_runs(vec![queued(1, false), queued(2, false)]);
+        let runs = split_runs(
+            vec![queued(1, false), queued(2, false)],
+            DELIVER_BATCH_MAX_BYTES,
+        );
         assert_eq!(run_ids(&runs), vec![(PushKind::Message, vec![1, 2])]);
-        assert!(split_runs(Vec::new()).is_empty());
+        assert!(split_runs(Vec::new(), DELIVER_BATCH_MAX_BYTES).is_empty());
+    }
+
+    /// Returns a queued message delivery whose content takes `content_bytes`.
+    fn queued_with_content(message_id: u64, content_bytes: usize) -> Queued {
+        let mut queued = queued(message_id, false);
+        if let Some(message) = queued.delivery.message.as_mut() {
+            message.content = vec![b'x'; content_bytes].into();
+        }
+        queued
+    }
+
+    #[test]
+    fn batch_splits_before_passing_byte_limit() {
+        let size = queued_with_content(1, 1000).delivery.encoded_len();
+        // Room for two deliveries and part of a third.
+        let max_bytes = 2 * size + size / 2;
+        let batch = (1..=5)
+            .map(|message_id| queued_with_content(message_id, 1000))
+            .collect();
+
+        let runs = split_runs(batch, max_bytes);
+
+        assert_eq!(
+            run_ids(&runs),
+            vec![
+                (PushKind::Message, vec![1, 2]),
+                (PushKind::Message, vec![3, 4]),
+                (PushKind::Message, vec![5]),
+            ]
+        );
+    }
+
+    #[test]
+    fn delivery_over_byte_limit_goes_alone() {
+        let batch = vec![
+            queued_with_content(1, 10),
+            queued_with_content(2, 5000),
+            queued_with_content(3, 10),
+        ];
+
+        let runs = split_runs(batch, 1000);
+
+        assert_eq!(
+            run_ids(&runs),
+            vec![
+                (PushKind::Message, vec![1]),
+                (PushKind::Message, vec![2]),
+                (PushKind::Message, vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn full_batch_of_largest_messages_fits_engine_limit() {
+        // The default max_content_bytes; the engine's server decodes 4 MiB.
+        let batch: Vec<Queued> = (1..=DELIVER_BATCH_MAX as u64)
+            .map(|message_id| queued_with_content(message_id, 16_384))
+            .collect();
+
+        let runs = split_runs(batch, DELIVER_BATCH_MAX_BYTES);
+
+        let delivered: usize = runs.iter().map(|(_, run)| run.len()).sum();
+        assert_eq!(delivered, DELIVER_BATCH_MAX);
+        for (_, run) in runs {
+            let request = DeliverRequest {
+                deliveries: run.into_iter().map(|queued| queued.delivery).collect(),
+            };
+            assert!(request.encoded_len() < 4 * 1024 * 1024);
+        }
     }
 
     #[test]
