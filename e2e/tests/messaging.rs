@@ -1373,3 +1373,49 @@ impl DeviceTask {
         self.client = Some(client);
     }
 }
+
+/// A SYNC page above 4 MiB, which `sync_max_page_bytes` allows up to 16 MiB, reaches the
+/// device whole: the engine's client of the logic tier decodes replies of that size.
+#[tokio::test]
+async fn sync_page_above_four_mib_arrives() {
+    const MESSAGES: u64 = 300;
+    const CONTENT_BYTES: usize = 16_384;
+    let logic_config = im_logic::Config {
+        sync_max_page: 1000,
+        sync_max_page_bytes: 8 << 20,
+        ..logic_config()
+    };
+    let stack = Stack::start_with(logic_config, |engine| {
+        engine.max_message_bytes = 9 << 20;
+        engine.max_outbound_bytes = 9 << 20;
+    })
+    .await;
+    let (alice, alice_client) = stack.new_user("page-a").await;
+    let (bob, bob_client) = stack.new_user("page-b").await;
+    make_friends(&alice, &bob).await;
+    bob_client.close().await.expect("bob goes offline");
+    let content = "x".repeat(CONTENT_BYTES);
+    for index in 0..MESSAGES {
+        alice_client
+            .send(
+                ConversationType::User,
+                bob.id(),
+                content.clone(),
+                TEXT,
+                &format!("page-{index}"),
+            )
+            .await
+            .expect("send while bob is offline");
+    }
+
+    let bob_client = stack.sign_in(&bob.login).await;
+    let page = bob_client.sync(0, 1000).await.expect("one SYNC page");
+
+    assert_eq!(page.messages.len() as u64, MESSAGES);
+    assert!(!page.has_more);
+    assert!(
+        page.messages.iter().map(|m| m.content.len()).sum::<usize>() > 4 << 20,
+        "the page holds more than 4 MiB of content"
+    );
+    stack.stop().await;
+}

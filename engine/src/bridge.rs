@@ -65,6 +65,11 @@ const MANY_MAX: usize = 1024;
 /// message, far below it.
 const MANY_MAX_BYTES: usize = 3 << 20;
 
+/// Largest reply accepted from the logic tier. A SYNC reply holds up to the logic tier's
+/// `sync_max_page_bytes` of content (16 MiB at most) and the other fields of up to 10,000
+/// messages; tonic's default of 4 MiB failed larger pages with INTERNAL.
+const LOGIC_REPLY_MAX_BYTES: usize = 32 << 20;
+
 /// The logic tier's client, sending the internal secret with every call.
 pub(crate) type LogicClient = DeviceIntServiceClient<InterceptedService<Channel, AttachSecret>>;
 
@@ -309,7 +314,8 @@ pub(crate) fn logic_client(
     Ok(DeviceIntServiceClient::with_interceptor(
         endpoint.connect_lazy(),
         AttachSecret::new(secret),
-    ))
+    )
+    .max_decoding_message_size(LOGIC_REPLY_MAX_BYTES))
 }
 
 /// Creates the channel and the dispatcher thread. Calls run on `runtime`.
