@@ -522,29 +522,54 @@ const FANOUT_WITHOUT_DEVICE: usize = 100;
 /// Messages the sender posts to the group, at 50 a second.
 const FANOUT_MESSAGES: u64 = 20;
 
+/// A logic tier with two engine nodes, and the business API of the logic tier.
+struct TwoNodes {
+    logic: im_logic::LogicServer,
+    nodes: [im_engine::Engine; 2],
+    urls: [String; 2],
+    api: LogicApi,
+}
+
+impl TwoNodes {
+    async fn start() -> Self {
+        init_tracing();
+        let logic = im_logic::start(logic_config())
+            .await
+            .expect("logic tier starts");
+        let nodes = [
+            im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+            im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
+        ];
+        let urls = nodes
+            .each_ref()
+            .map(|node| format!("ws://{}/ws", node.ws_addr()));
+        let api = LogicApi::connect(
+            &format!("http://{}", logic.local_addr()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("business API reachable");
+        Self {
+            logic,
+            nodes,
+            urls,
+            api,
+        }
+    }
+}
+
 /// A group spread over two engine nodes. The logic tier must send each node one Deliver call
 /// per message that carries all of that node's recipients (or fewer calls, each carrying
 /// several messages), not one call per member. Every online member gets every message once
 /// and in order, and offline members get them by SYNC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_fanout_calls_each_node_per_message() {
-    init_tracing();
-    let logic = im_logic::start(logic_config())
-        .await
-        .expect("logic tier starts");
-    let nodes = [
-        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
-        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
-    ];
-    let urls = nodes
-        .each_ref()
-        .map(|node| format!("ws://{}/ws", node.ws_addr()));
-    let api = LogicApi::connect(
-        &format!("http://{}", logic.local_addr()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("business API reachable");
+    let TwoNodes {
+        logic,
+        nodes,
+        urls,
+        api,
+    } = TwoNodes::start().await;
 
     let sender = connect_to(&urls[0]).await;
     let (_, sender_login) = register_and_login(&sender, "fan-sender").await;
@@ -687,23 +712,12 @@ const DIRECT_EVERY: Duration = Duration::from_millis(40);
 /// group message in order. The latency itself is the bench's to measure (`im-bench group`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_flow_under_group_traffic() {
-    init_tracing();
-    let logic = im_logic::start(logic_config())
-        .await
-        .expect("logic tier starts");
-    let nodes = [
-        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
-        im_engine::Engine::start(engine_config(logic.local_addr())).expect("engine starts"),
-    ];
-    let urls = nodes
-        .each_ref()
-        .map(|node| format!("ws://{}/ws", node.ws_addr()));
-    let api = LogicApi::connect(
-        &format!("http://{}", logic.local_addr()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("business API reachable");
+    let TwoNodes {
+        logic,
+        nodes,
+        urls,
+        api,
+    } = TwoNodes::start().await;
 
     let group_sender = connect_to(&urls[0]).await;
     let group_sender_login = login_open_user(&api, &group_sender, "busy-sender").await;

@@ -311,11 +311,13 @@ pub(crate) fn logic_client(
         .tcp_nodelay(true);
     // The channel's background task needs the runtime's context to be created.
     let _context = runtime.enter();
-    Ok(DeviceIntServiceClient::with_interceptor(
-        endpoint.connect_lazy(),
-        AttachSecret::new(secret),
+    Ok(
+        DeviceIntServiceClient::with_interceptor(
+            endpoint.connect_lazy(),
+            AttachSecret::new(secret),
+        )
+        .max_decoding_message_size(LOGIC_REPLY_MAX_BYTES),
     )
-    .max_decoding_message_size(LOGIC_REPLY_MAX_BYTES))
 }
 
 /// Creates the channel and the dispatcher thread. Calls run on `runtime`.
