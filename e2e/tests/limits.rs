@@ -583,39 +583,11 @@ async fn huge_declared_payloads_close_before_allocating() {
     // A 100 MiB message as a thousand 100 KiB frames: the first frame header is over
     // max_frame_bytes (64 KiB), so the engine closes before the first payload.
     let stream = raw_signed_in(&stack, &second_device).await;
-    let (mut reader, mut writer) = stream.into_split();
-    let chunk = vec![0u8; 100 * 1024];
-    let writes = tokio::spawn(async move {
-        for index in 0..1000 {
-            let first_byte = if index == 0 { 0x02 } else { 0x00 };
-            let last = if index == 999 { 0x80 } else { 0 };
-            let frame = masked_frame(first_byte | last, &chunk);
-            if writer.write_all(&frame).await.is_err() {
-                return index;
-            }
-        }
-        1000
-    });
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut head = [0u8; 4];
-        loop {
-            reader.read_exact(&mut head[..2]).await.unwrap();
-            let length = usize::from(head[1] & 0x7f);
-            let mut payload = vec![0u8; length];
-            reader.read_exact(&mut payload).await.unwrap();
-            if head[0] & 0x0f == 8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    })
-    .await
-    .expect("a close frame within 10 s");
-    assert_eq!(close, 1009);
+    let (mut reader, writer) = stream.into_split();
+    let writes = tokio::spawn(write_fragments(writer, 100 * 1024, 1000));
+    assert_eq!(read_close_code(&mut reader).await, 1009);
     drop(reader);
-    let written = tokio::time::timeout(Duration::from_secs(30), writes)
-        .await
-        .expect("writes end once the engine closed")
-        .unwrap();
+    let written = writes_after_close(writes).await;
     assert!(written < 1000, "the engine read all of 100 MiB");
     bystander
         .heartbeat()
@@ -660,6 +632,53 @@ async fn huge_declared_payloads_close_before_allocating() {
     stack.stop().await;
 }
 
+/// Writes one binary message as `count` masked fragments of `bytes` each, and returns how many
+/// were written before the connection failed.
+async fn write_fragments(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    bytes: usize,
+    count: usize,
+) -> usize {
+    let chunk = vec![0u8; bytes];
+    for index in 0..count {
+        let opcode = if index == 0 { 0x02 } else { 0x00 };
+        let fin = if index == count - 1 { 0x80 } else { 0 };
+        if writer
+            .write_all(&masked_frame(opcode | fin, &chunk))
+            .await
+            .is_err()
+        {
+            return index;
+        }
+    }
+    count
+}
+
+/// Reads frames of up to 125 bytes until a close frame, within 10 s, and returns its code.
+async fn read_close_code(reader: &mut tokio::net::tcp::OwnedReadHalf) -> u16 {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut head = [0u8; 2];
+            reader.read_exact(&mut head).await.unwrap();
+            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+            reader.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0f == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    })
+    .await
+    .expect("a close frame within 10 s")
+}
+
+/// Waits up to 30 s for the writes of [`write_fragments`] to end after the engine closed.
+async fn writes_after_close(writes: tokio::task::JoinHandle<usize>) -> usize {
+    tokio::time::timeout(Duration::from_secs(30), writes)
+        .await
+        .expect("writes end once the engine closed")
+        .unwrap()
+}
+
 /// A 100 MiB message sent as fragments that each stay below `max_frame_bytes` (64 KiB by
 /// default) passes `max_message_bytes` (64 KiB as well) at its third fragment. The engine must
 /// close the connection with 1009 there, so it never buffers more than that limit.
@@ -674,41 +693,11 @@ async fn fragments_past_message_limit_close_with_1009() {
     let resident_before = resident_kib();
 
     let stream = raw_signed_in(&stack, &second_device).await;
-    let (mut reader, mut writer) = stream.into_split();
-    let writes = tokio::spawn(async move {
-        let chunk = vec![0u8; FRAGMENT_BYTES];
-        for index in 0..FRAGMENTS {
-            let opcode = if index == 0 { 0x02 } else { 0x00 };
-            let fin = if index == FRAGMENTS - 1 { 0x80 } else { 0 };
-            if writer
-                .write_all(&masked_frame(opcode | fin, &chunk))
-                .await
-                .is_err()
-            {
-                return index;
-            }
-        }
-        FRAGMENTS
-    });
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut head = [0u8; 2];
-            reader.read_exact(&mut head).await.unwrap();
-            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
-            reader.read_exact(&mut payload).await.unwrap();
-            if head[0] & 0x0f == 8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    })
-    .await
-    .expect("a close frame within 10 s");
-    assert_eq!(close, 1009);
+    let (mut reader, writer) = stream.into_split();
+    let writes = tokio::spawn(write_fragments(writer, FRAGMENT_BYTES, FRAGMENTS));
+    assert_eq!(read_close_code(&mut reader).await, 1009);
     drop(reader);
-    let written = tokio::time::timeout(Duration::from_secs(30), writes)
-        .await
-        .expect("writes end once the engine closed")
-        .unwrap();
+    let written = writes_after_close(writes).await;
     assert!(
         written < FRAGMENTS,
         "the engine read all {FRAGMENTS} fragments"
