@@ -24,7 +24,7 @@ async fn foreign_device_id_is_rejected_and_isolated() {
     let (owner, owner_client) = stack.new_user("reuse-owner").await;
     let (intruder, intruder_client) = stack.new_user("reuse-intruder").await;
     let device = owner.login.device_id;
-    let owner_conn = online_status_in(&redis, owner.id()).await[&device.to_string()].clone();
+    let owner_conn = online_status_at(&redis.url(), owner.id()).await[&device.to_string()].clone();
 
     let attempt = stack.connect().await;
     let code = server_code(
@@ -46,14 +46,14 @@ async fn foreign_device_id_is_rejected_and_isolated() {
         // The owner's connection keeps the device, and the intruder's user never gets it.
         // After FLUSHALL the engine's next lease renewal writes the owner's status again.
         let owner_kept = eventually(Duration::from_secs(5), || async {
-            online_status_in(&redis, owner.id())
+            online_status_at(&redis.url(), owner.id())
                 .await
                 .get(&device.to_string())
                 == Some(&owner_conn)
         })
         .await;
         assert!(owner_kept, "flushed {flushed}: the owner's status changed");
-        let intruder_status = online_status_in(&redis, intruder.id()).await;
+        let intruder_status = online_status_at(&redis.url(), intruder.id()).await;
         assert!(
             !intruder_status.contains_key(&device.to_string()),
             "flushed {flushed}: the intruder's status names the device: {intruder_status:?}"
@@ -101,18 +101,4 @@ async fn flush_all(redis: &OwnRedis) {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
-}
-
-/// Online status of a user's devices in `redis`: device id -> "node|conn_id".
-async fn online_status_in(
-    redis: &OwnRedis,
-    user_id: u64,
-) -> std::collections::HashMap<String, String> {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("HGETALL")
-        .arg(format!("online:{user_id}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap()
 }

@@ -113,7 +113,7 @@ async fn logout_packet_revokes_token() {
     let mut stack = start_stack(&redis).await;
     let mut client = stack.connect().await;
     let (username, login) = register_and_login(&client, "logout").await;
-    assert!(online_status_in(&redis, login.user_id)
+    assert!(online_status_at(&redis.url(), login.user_id)
         .await
         .contains_key(&login.device_id.to_string()));
 
@@ -126,7 +126,9 @@ async fn logout_packet_revokes_token() {
     let (code, _) = client.wait_closed(WAIT).await.expect("closed after LOGOUT");
     assert_eq!(code, 1000);
     assert!(
-        online_status_in(&redis, login.user_id).await.is_empty(),
+        online_status_at(&redis.url(), login.user_id)
+            .await
+            .is_empty(),
         "status removed by the logout"
     );
 
@@ -314,19 +316,6 @@ fn insert_user_metadata<T>(request: &mut tonic::Request<T>, login: &LoginReply) 
     metadata.insert("im-user-id", login.user_id.to_string().parse().unwrap());
     metadata.insert("im-device-id", login.device_id.to_string().parse().unwrap());
     metadata.insert("im-token", login.token.parse().unwrap());
-}
-
-async fn online_status_in(
-    redis: &OwnRedis,
-    user_id: u64,
-) -> std::collections::HashMap<String, String> {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("HGETALL")
-        .arg(format!("online:{user_id}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap()
 }
 
 async fn redis_hget(redis: &OwnRedis, key: &str, field: u64) -> Option<String> {

@@ -342,7 +342,15 @@ pub fn server_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorC
 
 /// Online status of a user's devices, straight from Redis: device id -> "node|conn_id".
 pub async fn online_status(user_id: u64) -> std::collections::HashMap<String, String> {
-    let client = redis::Client::open(env_url("IM_LOGIC_REDIS_URL")).unwrap();
+    online_status_at(&env_url("IM_LOGIC_REDIS_URL"), user_id).await
+}
+
+/// Online status of a user's devices in the Redis at `redis_url`.
+pub async fn online_status_at(
+    redis_url: &str,
+    user_id: u64,
+) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(redis_url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("HGETALL")
         .arg(format!("online:{user_id}"))
