@@ -15,7 +15,6 @@ use common::{
 use futures::StreamExt;
 use im_logic::Config;
 use im_proto::v1::ConversationType;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 type CallResult = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>;
@@ -23,14 +22,7 @@ type CallResult = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>;
 /// Starts a FindUser call on `addr` whose body announces a 16-byte message and sends none of
 /// it, and returns the task that waits for the response.
 async fn stalled_call(addr: SocketAddr) -> JoinHandle<CallResult> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
+    let mut sender = common::http2_sender(addr).await;
     let prefix = Bytes::from_static(&[0, 0, 0, 0, 16]);
     let body =
         futures::stream::iter([Ok::<_, std::io::Error>(prefix)]).chain(futures::stream::pending());

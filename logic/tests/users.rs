@@ -1,5 +1,5 @@
 //! User look-ups, the authentication of `LogicExtService` calls from request metadata, and
-//! the answer to requests that do not decode, on both gRPC services.
+//! the rejection of requests that do not decode, on both gRPC services.
 
 mod common;
 
@@ -9,7 +9,6 @@ use bytes::{Buf, BufMut};
 use common::{as_device, conn, error_code, new_user_device, TestLogic, NODE};
 use im_logic::Config;
 use im_proto::v1::{ErrorCode, FindUserRequest, GetUserRequest, ListGroupsRequest};
-use tokio::net::TcpStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -262,7 +261,7 @@ async fn raw_client(logic: &TestLogic) -> tonic::client::Grpc<Channel> {
     tonic::client::Grpc::new(channel)
 }
 
-/// Calls the method at `path` with a request body that holds no message, as a client stream
+/// Calls the method at `path` with a request body that contains no message, as a client stream
 /// that ends at once sends it, and returns the error status.
 async fn call_with_empty_body(
     grpc: &mut tonic::client::Grpc<Channel>,
@@ -433,14 +432,7 @@ async fn engine_calls_check_the_secret_then_the_body() {
 /// Sends `body` as the whole request body of a call to `path`, with `secret` in the internal
 /// secret's metadata, and returns the status of the response, which carries it in its headers.
 async fn raw_call(addr: SocketAddr, path: &str, secret: &str, body: &'static [u8]) -> Status {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
+    let mut sender = common::http2_sender(addr).await;
     let request = hyper::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")

@@ -721,3 +721,22 @@ pub(crate) async fn sender_and_receiver(
     .expect("first send creates the seq rows");
     (sender, receiver)
 }
+
+/// Opens an HTTP/2 connection to `addr` for requests with bodies of type `B`, and drives it
+/// in a spawned task.
+pub(crate) async fn http2_sender<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
