@@ -65,9 +65,9 @@ const MANY_MAX: usize = 1024;
 /// message, far below it.
 const MANY_MAX_BYTES: usize = 3 << 20;
 
-/// Largest reply accepted from the logic tier. A SYNC reply holds up to the logic tier's
+/// Largest reply accepted from the logic tier. A SYNC reply contains up to the logic tier's
 /// `sync_max_page_bytes` of content (16 MiB at most) and the other fields of up to 10,000
-/// messages; tonic's default of 4 MiB failed larger pages with INTERNAL.
+/// messages. tonic's default limit of 4 MiB failed larger pages with INTERNAL.
 const LOGIC_REPLY_MAX_BYTES: usize = 32 << 20;
 
 /// The logic tier's client, sending the internal secret with every call.

@@ -235,5 +235,5 @@ impl LogicExtService for ExtService {
     }
 }
 
-/// `LogicExtServiceServer` that answers an empty or undecodable request with INVALID_ARGUMENT.
+/// `LogicExtServiceServer` that rejects an empty or undecodable request with INVALID_ARGUMENT.
 pub type ExtServer = RejectBadRequests<LogicExtServiceServer<ExtService>>;

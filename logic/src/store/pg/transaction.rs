@@ -55,7 +55,7 @@ impl Pipelined {
     ///
     /// # Errors
     ///
-    /// [`LogicError::Database`] when COMMIT fails; the transaction is then rolled back.
+    /// [`LogicError::Database`] when COMMIT fails. PostgreSQL then rolls the transaction back.
     pub async fn commit(mut self) -> Result<(), LogicError> {
         let result = self.db().batch_execute("COMMIT").await;
         self.client.take();
