@@ -219,13 +219,18 @@ pub(crate) struct GroupArgs {
     /// Messages per second R from the sender.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: u64,
+    /// Members that sign in, the sender included: the first ones. The others stay offline,
+    /// so the logic tier stores their copies and looks up their status but pushes nothing.
+    /// Default: every member.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    pub(crate) online: Option<u64>,
     /// Recipients K that sign in and then read nothing from their socket until the drain
     /// ends. Their messages fill the kernel's socket buffers and then the engine's outbound
     /// queue, and the engine closes the connection with 4008 once that queue passes its
     /// max_outbound_bytes. They are the last K members, and their messages count neither as
     /// received nor as lost. The run reads engine and kernel memory once per second and
-    /// reports the growth per slow reader. Must be less than --members minus 1, so that at
-    /// least one recipient reads.
+    /// reports the growth per slow reader. Must be less than the online members minus 1, so
+    /// that at least one recipient reads.
     #[arg(long, default_value_t = 0)]
     pub(crate) slow_readers: u64,
     /// Engine process to read resident memory from with --slow-readers, as for `signin`;

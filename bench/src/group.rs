@@ -48,7 +48,8 @@ pub(crate) async fn run(args: GroupArgs) -> ExitCode {
 }
 
 async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
-    check_slow_readers(args.members, args.slow_readers)?;
+    let online = online_members(args)?;
+    check_slow_readers(online, args.slow_readers)?;
     if args.slow_readers == 0 && !(args.engine_metrics_url.is_empty() && args.engine_pid.is_empty())
     {
         return Err(ScenarioError::NeedsSlowReaders);
@@ -63,7 +64,7 @@ async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
     messaging::print_common_parameters(common, &schedule, sources, &file_limit);
     let engine =
         (args.slow_readers > 0).then(|| EngineWatch::find(&args.engine_pid, &common.conn.url));
-    messaging::check_capacity(args.members, &file_limit)?;
+    messaging::check_capacity(online, &file_limit)?;
 
     let targets = messaging::prepare_users(common, "group", args.members).await?;
     let api = messaging::connect_logic(common).await?;
@@ -71,7 +72,8 @@ async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
     let group_id =
         messaging::within_setup(common, ensure_group(common, &api, &targets, &name)).await?;
     eprintln!("setup: group {name} has id {group_id}");
-    let clients = messaging::sign_in_all(common, &targets, sources).await?;
+    let online_count = usize::try_from(online).unwrap_or(usize::MAX);
+    let clients = messaging::sign_in_all(common, &targets[..online_count], sources).await?;
 
     let slow_count = usize::try_from(args.slow_readers).unwrap_or(usize::MAX);
     let roles = split_roles(clients, group_id, slow_count);
@@ -108,15 +110,27 @@ async fn execute(args: &GroupArgs) -> Result<GroupFigures, ScenarioError> {
     })
 }
 
-/// Checks that the slow readers leave at least one recipient that reads.
-fn check_slow_readers(members: u64, slow_readers: u64) -> Result<(), ScenarioError> {
-    let recipients = members.saturating_sub(1);
+/// Returns the members that sign in: `--online`, at most `--members`, else every member.
+fn online_members(args: &GroupArgs) -> Result<u64, ScenarioError> {
+    match args.online {
+        None => Ok(args.members),
+        Some(online) if online <= args.members => Ok(online),
+        Some(online) => Err(ScenarioError::TooManyOnline {
+            online,
+            members: args.members,
+        }),
+    }
+}
+
+/// Checks that the slow readers leave at least one online recipient that reads.
+fn check_slow_readers(online: u64, slow_readers: u64) -> Result<(), ScenarioError> {
+    let recipients = online.saturating_sub(1);
     if slow_readers < recipients {
         return Ok(());
     }
     Err(ScenarioError::TooManySlowReaders {
         slow_readers,
-        members,
+        online,
         max: recipients.saturating_sub(1),
     })
 }
@@ -130,11 +144,12 @@ fn metrics_endpoints(urls: &[String]) -> Result<Vec<MetricsEndpoint>, ScenarioEr
         .collect()
 }
 
-/// Names the slow readers, the last `--slow-readers` members, as `first .. last`.
+/// Names the slow readers, the last `--slow-readers` online members, as `first .. last`.
 fn slow_reader_names(args: &GroupArgs) -> String {
     let prefix = messaging::scenario_prefix(&args.messaging, "group");
-    let first = args.members - args.slow_readers;
-    let last = args.members - 1;
+    let online = args.online.unwrap_or(args.members);
+    let first = online - args.slow_readers;
+    let last = online - 1;
     if first == last {
         format!("{prefix}-{last}")
     } else {
@@ -157,10 +172,18 @@ fn print_parameters(args: &GroupArgs, schedule: &Schedule) {
         "  group                {}",
         group_name(&args.messaging, args.members)
     );
+    let online = args.online.unwrap_or(args.members);
+    if online < args.members {
+        println!(
+            "  online               {online} ({prefix}-0 .. {prefix}-{}; the other {} stay offline)",
+            online - 1,
+            args.members - online
+        );
+    }
     println!(
         "  rate                 {} messages/s, {} deliveries/s",
         schedule.rate,
-        schedule.rate * (args.members - 1)
+        schedule.rate * (online - 1)
     );
     if args.slow_readers > 0 {
         println!(
@@ -347,7 +370,10 @@ fn split_roles(clients: Vec<Client>, group_id: u64, slow_readers: usize) -> Role
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::{Cli, Command};
 
     #[test]
     fn slow_readers_below_recipients_accepted() {
@@ -363,11 +389,57 @@ mod tests {
 
         assert_eq!(
             error.to_string(),
-            "invalid --slow-readers 499: it must be less than --members 500 minus 1 (the \
+            "invalid --slow-readers 499: it must be less than the 500 online members minus 1 (the \
              sender), so that at least one recipient reads; pass at most 498"
         );
         assert!(check_slow_readers(500, 1000).is_err());
         assert!(check_slow_readers(2, 1).is_err());
+    }
+
+    fn group_args(flags: &[&str]) -> GroupArgs {
+        let argv = ["im-bench", "group"].iter().chain(flags);
+        let cli = Cli::try_parse_from(argv).expect("parse");
+        let Some(Command::Group(args)) = cli.command else {
+            panic!("group expected");
+        };
+        args
+    }
+
+    #[test]
+    fn online_defaults_to_every_member() {
+        let args = group_args(&["--members", "2000"]);
+
+        assert_eq!(online_members(&args).unwrap(), 2000);
+    }
+
+    #[test]
+    fn online_members_are_the_first_ones() {
+        let args = group_args(&[
+            "--members",
+            "2000",
+            "--online",
+            "400",
+            "--slow-readers",
+            "3",
+        ]);
+
+        assert_eq!(online_members(&args).unwrap(), 400);
+        assert_eq!(
+            slow_reader_names(&args),
+            "bench-group-397 .. bench-group-399"
+        );
+    }
+
+    #[test]
+    fn online_above_members_rejected() {
+        let args = group_args(&["--members", "20", "--online", "21"]);
+
+        assert_eq!(
+            online_members(&args).unwrap_err().to_string(),
+            "invalid --online 21: the group has only --members 20; pass at most 20, or leave \
+             --online out to sign in every member"
+        );
+        assert!(Cli::try_parse_from(["im-bench", "group", "--online", "1"]).is_err());
     }
 
     #[test]

@@ -81,14 +81,19 @@ pub(crate) enum ScenarioError {
     #[error("the logic tier returned group {group_id} without the {missing} members just added")]
     GroupIncomplete { group_id: u64, missing: usize },
     #[error(
-        "invalid --slow-readers {slow_readers}: it must be less than --members {members} minus 1 \
-         (the sender), so that at least one recipient reads; pass at most {max}"
+        "invalid --slow-readers {slow_readers}: it must be less than the {online} online members \
+         minus 1 (the sender), so that at least one recipient reads; pass at most {max}"
     )]
     TooManySlowReaders {
         slow_readers: u64,
-        members: u64,
+        online: u64,
         max: u64,
     },
+    #[error(
+        "invalid --online {online}: the group has only --members {members}; pass at most {members}, \
+         or leave --online out to sign in every member"
+    )]
+    TooManyOnline { online: u64, members: u64 },
     #[error("--engine-metrics-url and --engine-pid serve only the slow readers; pass --slow-readers K as well, or leave them out")]
     NeedsSlowReaders,
     #[error("invalid --engine-metrics-url {0:?}: expected http://HOST:PORT/PATH, such as http://127.0.0.1:9101/metrics")]

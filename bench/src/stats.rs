@@ -280,6 +280,7 @@ mod tests {
         let error = ClientError::Server {
             code: ErrorCode::TokenExpired,
             message: String::new(),
+            retry_after_ms: 0,
         };
 
         assert_eq!(request_error_kind("sign_in", &error), "TOKEN_EXPIRED");
