@@ -94,3 +94,72 @@ async fn error_reply_fails_only_its_own_command() {
     cleanup.arg(&key);
     batcher.query(cleanup).await.expect("DEL");
 }
+
+#[tokio::test]
+async fn query_many_uses_one_pipeline() {
+    let batcher = batcher(8).await;
+    let key = common::unique_name("many");
+    let mut set = redis::cmd("SET");
+    set.arg(&key).arg("a string");
+    batcher.query(set).await.expect("SET");
+    let pipelines_before = batcher.pipelines_sent();
+
+    // 20 commands, more than batch_max, with an error reply in the middle.
+    let cmds = (0..20)
+        .map(|i| {
+            if i == 10 {
+                let mut wrong = redis::cmd("HGET");
+                wrong.arg(&key).arg("field");
+                wrong
+            } else {
+                let mut echo = redis::cmd("ECHO");
+                echo.arg(i);
+                echo
+            }
+        })
+        .collect();
+    let replies = batcher.query_many(cmds).await;
+
+    assert_eq!(batcher.pipelines_sent() - pipelines_before, 1);
+    assert_eq!(replies.len(), 20);
+    for (i, reply) in replies.into_iter().enumerate() {
+        if i == 10 {
+            assert!(matches!(reply, Err(LogicError::Redis(_))), "{reply:?}");
+        } else {
+            let echoed = reply.expect("ECHO succeeds");
+            assert_eq!(echoed, Value::BulkString(i.to_string().into_bytes()));
+        }
+    }
+    assert!(batcher.query_many(Vec::new()).await.is_empty());
+    let mut cleanup = redis::cmd("DEL");
+    cleanup.arg(&key);
+    batcher.query(cleanup).await.expect("DEL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_commands_and_groups_share_pipelines() {
+    let batcher = batcher(64).await;
+    let mut tasks = Vec::new();
+
+    for i in 0..200usize {
+        let batcher = batcher.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 10 == 0 {
+                let cmds = (0..30).map(|_| redis::cmd("PING")).collect();
+                batcher.query_many(cmds).await
+            } else {
+                vec![batcher.query(redis::cmd("PING")).await]
+            }
+        }));
+    }
+    for task in tasks {
+        for reply in task.await.expect("task finished") {
+            assert_eq!(
+                reply.expect("PING succeeds"),
+                Value::SimpleString("PONG".into())
+            );
+        }
+    }
+
+    assert_eq!(batcher.commands_sent(), 180 + 20 * 30);
+}

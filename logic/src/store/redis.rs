@@ -476,22 +476,32 @@ impl RedisStore {
     }
 
     /// Returns the devices of each of `users` that have an online status, in the order of
-    /// `users`. The HGETALL commands are queued at once, so they travel in shared pipelines.
+    /// `users`. The HGETALL commands are queued at once and travel in one pipeline.
     /// A field or value that does not parse is left out.
     pub async fn online_devices(
         &self,
         users: &[UserId],
     ) -> Vec<Result<Vec<OnlineDevice>, LogicError>> {
-        let queries = users.iter().map(|&user| async move {
-            let mut cmd = redis::cmd("HGETALL");
-            cmd.arg(online_key(user));
-            let fields: Vec<(String, String)> = parse(self.batcher.query(cmd).await?)?;
-            Ok(fields
-                .iter()
-                .filter_map(|(device, status)| OnlineDevice::parse(device, status))
-                .collect())
-        });
-        futures::future::join_all(queries).await
+        let cmds = users
+            .iter()
+            .map(|&user| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(online_key(user));
+                cmd
+            })
+            .collect();
+        self.batcher
+            .query_many(cmds)
+            .await
+            .into_iter()
+            .map(|reply| {
+                let fields: Vec<(String, String)> = parse(reply?)?;
+                Ok(fields
+                    .iter()
+                    .filter_map(|(device, status)| OnlineDevice::parse(device, status))
+                    .collect())
+            })
+            .collect()
     }
 
     /// Returns the online status of `device`, "node|conn_id", or `None`.

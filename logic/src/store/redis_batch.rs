@@ -1,9 +1,11 @@
 //! Pipelining of Redis commands from many concurrent calls.
 //!
-//! Callers queue single commands on a channel. One task takes every queued command, up to
-//! `redis_batch_max`, sends them as one non-atomic pipeline and hands each caller its own reply.
-//! While a pipeline is in flight, new commands queue up for the next one, so the number of round
-//! trips grows with load much more slowly than the number of commands.
+//! Callers queue commands on a channel, alone or many at once. One task takes the queued
+//! commands, up to `redis_batch_max`, sends them as one non-atomic pipeline and hands each caller
+//! its own replies. While a pipeline is in flight, new commands queue up for the next one, so the
+//! number of round trips grows with load much more slowly than the number of commands. A caller's
+//! commands given at once always share one pipeline, even past `redis_batch_max`, and cost one
+//! queue entry, one wakeup and one deadline instead of one per command.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,9 +30,32 @@ pub struct RedisBatcher {
     counters: Arc<PipelineCounters>,
 }
 
-struct Job {
-    cmd: Cmd,
-    reply: oneshot::Sender<RedisResult<Value>>,
+/// Commands of one caller, with the channel for their replies.
+enum Job {
+    One {
+        cmd: Cmd,
+        reply: oneshot::Sender<RedisResult<Value>>,
+    },
+    Many {
+        cmds: Vec<Cmd>,
+        reply: oneshot::Sender<Vec<RedisResult<Value>>>,
+    },
+}
+
+impl Job {
+    fn commands(&self) -> usize {
+        match self {
+            Job::One { .. } => 1,
+            Job::Many { cmds, .. } => cmds.len(),
+        }
+    }
+
+    fn is_abandoned(&self) -> bool {
+        match self {
+            Job::One { reply, .. } => reply.is_closed(),
+            Job::Many { reply, .. } => reply.is_closed(),
+        }
+    }
 }
 
 /// Pipelines and commands sent by one pipelining task, for metrics.
@@ -83,12 +108,27 @@ impl RedisBatcher {
     /// for an error reply or a connection failure, [`LogicError::Unavailable`] when the task
     /// has stopped.
     pub async fn query(&self, cmd: Cmd) -> Result<Value, LogicError> {
-        match tokio::time::timeout(self.timeout, self.queue_and_wait(cmd)).await {
-            Ok(result) => result,
-            Err(_) => Err(LogicError::Timeout {
-                store: Store::Redis,
-                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
+        let (reply, answer) = oneshot::channel();
+        match self.queue_and_wait(Job::One { cmd, reply }, answer).await {
+            Ok(result) => Ok(result?),
+            Err(missed) => Err(self.error(missed)),
+        }
+    }
+
+    /// Queues `cmds` for the next pipeline, all in the same one, and returns their replies in
+    /// order. Each command succeeds or fails alone, with the errors of [`query`](Self::query).
+    pub async fn query_many(&self, cmds: Vec<Cmd>) -> Vec<Result<Value, LogicError>> {
+        let count = cmds.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.queue_and_wait(Job::Many { cmds, reply }, answer).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| result.map_err(LogicError::from))
+                .collect(),
+            Err(missed) => (0..count).map(|_| Err(self.error(missed))).collect(),
         }
     }
 
@@ -107,17 +147,36 @@ impl RedisBatcher {
         self.counters.clone()
     }
 
-    async fn queue_and_wait(&self, cmd: Cmd) -> Result<Value, LogicError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job { cmd, reply })
-            .await
-            .map_err(|_| LogicError::Unavailable(Store::Redis))?;
-        let result = answer
-            .await
-            .map_err(|_| LogicError::Unavailable(Store::Redis))?;
-        Ok(result?)
+    /// Queues `job` and waits for its replies on `answer`, within the deadline.
+    async fn queue_and_wait<T>(&self, job: Job, answer: oneshot::Receiver<T>) -> Result<T, Missed> {
+        let queued = async {
+            self.tx.send(job).await.map_err(|_| Missed::Stopped)?;
+            answer.await.map_err(|_| Missed::Stopped)
+        };
+        match tokio::time::timeout(self.timeout, queued).await {
+            Ok(result) => result,
+            Err(_) => Err(Missed::Deadline),
+        }
     }
+
+    fn error(&self, missed: Missed) -> LogicError {
+        match missed {
+            Missed::Deadline => LogicError::Timeout {
+                store: Store::Redis,
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            Missed::Stopped => LogicError::Unavailable(Store::Redis),
+        }
+    }
+}
+
+/// The reason a caller got no reply from the pipelining task.
+#[derive(Debug, Clone, Copy)]
+enum Missed {
+    /// The deadline passed, in the queue or in the pipeline.
+    Deadline,
+    /// The task has stopped.
+    Stopped,
 }
 
 struct Worker {
@@ -129,12 +188,31 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::with_capacity(self.batch_max);
-        while rx.recv_many(&mut jobs, self.batch_max).await > 0 {
-            // A caller that gave up has dropped its receiver; its command is not sent.
-            jobs.retain(|job| !job.reply.is_closed());
+        // A job taken from the queue that did not fit the last pipeline.
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match rx.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            let mut commands = first.commands();
+            let mut jobs = vec![first];
+            while commands < self.batch_max {
+                let Ok(job) = rx.try_recv() else { break };
+                if commands + job.commands() > self.batch_max {
+                    carried = Some(job);
+                    break;
+                }
+                commands += job.commands();
+                jobs.push(job);
+            }
+            // A caller that gave up has dropped its receiver; its commands are not sent.
+            jobs.retain(|job| !job.is_abandoned());
             if !jobs.is_empty() {
-                self.send(std::mem::take(&mut jobs)).await;
+                self.send(jobs).await;
             }
         }
         tracing::debug!("Redis pipeline task stopped: every handle was dropped");
@@ -146,14 +224,28 @@ impl Worker {
         // command instead of the whole pipeline.
         pipe.ignore_errors();
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut commands = 0;
         for job in jobs {
-            pipe.add_command(job.cmd);
-            replies.push(job.reply);
+            match job {
+                Job::One { cmd, reply } => {
+                    pipe.add_command(cmd);
+                    commands += 1;
+                    replies.push(Reply::One(reply));
+                }
+                Job::Many { cmds, reply } => {
+                    let count = cmds.len();
+                    for cmd in cmds {
+                        pipe.add_command(cmd);
+                    }
+                    commands += count;
+                    replies.push(Reply::Many(reply, count));
+                }
+            }
         }
         self.counters.pipelines.fetch_add(1, Ordering::Relaxed);
         self.counters
             .commands
-            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            .fetch_add(commands as u64, Ordering::Relaxed);
 
         let sent =
             tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut self.conn));
@@ -161,37 +253,67 @@ impl Worker {
             Ok(result) => result,
             Err(_) => Err(pipeline_timed_out()),
         };
-        deliver(replies, outcome);
+        deliver(replies, commands, outcome);
     }
 }
 
-/// Hands each caller its reply, or a copy of the pipeline's error.
-fn deliver(replies: Vec<oneshot::Sender<RedisResult<Value>>>, outcome: RedisResult<Vec<Value>>) {
+/// The channel for the replies of one job.
+enum Reply {
+    One(oneshot::Sender<RedisResult<Value>>),
+    /// The channel and the number of commands.
+    Many(oneshot::Sender<Vec<RedisResult<Value>>>, usize),
+}
+
+impl Reply {
+    fn fail(self, err: &RedisError) {
+        // A caller that timed out meanwhile has dropped its receiver: nothing to do.
+        match self {
+            Reply::One(reply) => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Reply::Many(reply, count) => {
+                let _ = reply.send(vec![Err(err.clone()); count]);
+            }
+        }
+    }
+}
+
+/// Hands each caller its replies, or copies of the pipeline's error.
+fn deliver(replies: Vec<Reply>, commands: usize, outcome: RedisResult<Vec<Value>>) {
     let values = match outcome {
-        Ok(values) if values.len() == replies.len() => values,
+        Ok(values) if values.len() == commands => values,
         Ok(values) => {
             let err = RedisError::from((
                 redis::ErrorKind::Client,
                 "pipeline reply count differs from command count",
-                format!("{} replies for {} commands", values.len(), replies.len()),
+                format!("{} replies for {commands} commands", values.len()),
             ));
             return fail_all(replies, &err);
         }
         Err(err) => return fail_all(replies, &err),
     };
-    for (reply, value) in replies.into_iter().zip(values) {
-        let result = match value {
-            Value::ServerError(err) => Err(RedisError::from(err)),
-            value => Ok(value),
-        };
+    let mut values = values.into_iter().map(|value| match value {
+        Value::ServerError(err) => Err(RedisError::from(err)),
+        value => Ok(value),
+    });
+    for reply in replies {
         // A caller that timed out meanwhile has dropped its receiver: nothing to do.
-        let _ = reply.send(result);
+        match reply {
+            Reply::One(reply) => {
+                if let Some(result) = values.next() {
+                    let _ = reply.send(result);
+                }
+            }
+            Reply::Many(reply, count) => {
+                let _ = reply.send(values.by_ref().take(count).collect());
+            }
+        }
     }
 }
 
-fn fail_all(replies: Vec<oneshot::Sender<RedisResult<Value>>>, err: &RedisError) {
+fn fail_all(replies: Vec<Reply>, err: &RedisError) {
     for reply in replies {
-        let _ = reply.send(Err(err.clone()));
+        reply.fail(err);
     }
 }
 
