@@ -1433,3 +1433,121 @@ async fn sync_page_above_four_mib_arrives() {
     );
     stack.stop().await;
 }
+
+/// Messages of each kind in `inbox_exact_under_mixed_group_and_direct`.
+const MIXED_EACH: u64 = 200;
+
+/// Group sends and direct sends are stored by two batching tasks that take the same user's
+/// seqs in turn. Their pushes are queued in commit order, but should two reach the device the
+/// other way round, its inbox keeps the later one back and fills the hole by SYNC. Either way the
+/// device delivers every message once, with seqs 1, 2, 3, ... and each sender's messages in the
+/// order they were sent. The test prints the SYNC calls that filled holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_exact_under_mixed_group_and_direct() {
+    let stack = Stack::start().await;
+    let (receiver, receiver_client) = stack.new_user("mixed-u").await;
+    let (group_sender, group_client) = stack.new_user("mixed-g").await;
+    let (direct_sender, direct_client) = stack.new_user("mixed-d").await;
+    make_friends(&group_sender, &receiver).await;
+    make_friends(&direct_sender, &receiver).await;
+    let mut member_ids = vec![receiver.id()];
+    for index in 0..2 {
+        let (member, client) = stack.new_user(&format!("mixed-m{index}")).await;
+        make_friends(&group_sender, &member).await;
+        client.close().await.expect("member goes offline");
+        member_ids.push(member.id());
+    }
+    let group = group_sender
+        .api
+        .create_group("mixed", &member_ids)
+        .await
+        .expect("create group");
+
+    let total = 2 * MIXED_EACH;
+    let mut inbox = Inbox::new(receiver.id(), receiver.login.device_id);
+    let (group_ids, direct_ids, delivered) = tokio::join!(
+        send_each(
+            &group_client,
+            ConversationType::Group,
+            group.group_id,
+            "group"
+        ),
+        send_each(
+            &direct_client,
+            ConversationType::User,
+            receiver.id(),
+            "direct"
+        ),
+        recv_until(&mut inbox, &receiver_client, total, Duration::from_secs(60)),
+    );
+    let delivered = delivered.expect("the receiver's connection stays open");
+    let extra = tokio::time::timeout(QUIET, inbox.recv(&receiver_client)).await;
+
+    assert_eq!(seqs(&delivered), (1..=total).collect::<Vec<_>>());
+    assert!(extra.is_err(), "delivered after the last seq: {extra:?}");
+    let delivered_ids: HashSet<u64> = delivered.iter().map(|message| message.message_id).collect();
+    assert_eq!(
+        delivered_ids.len(),
+        delivered.len(),
+        "a message was delivered twice"
+    );
+    let sent_ids: HashSet<u64> = group_ids.iter().chain(&direct_ids).copied().collect();
+    assert_eq!(delivered_ids, sent_ids);
+    for prefix in ["group", "direct"] {
+        let in_seq_order: Vec<String> = texts(&delivered)
+            .into_iter()
+            .filter(|text| text.starts_with(prefix))
+            .collect();
+        let in_send_order: Vec<String> = (0..MIXED_EACH)
+            .map(|index| format!("{prefix} {index}"))
+            .collect();
+        assert_eq!(
+            in_seq_order, in_send_order,
+            "{prefix} messages out of order"
+        );
+    }
+    assert_eq!(last_stored_seq(receiver.id()).await, Some(total));
+    let acked = eventually(PUSH_WAIT, || async {
+        acked_seq(receiver.login.device_id).await == Some(total)
+    })
+    .await;
+    assert!(acked, "the receiver's device did not ack seq {total}");
+
+    // Only the receiver's inbox sends SYNC, to fill holes that out-of-order pushes left.
+    let syncs = stack
+        .logic
+        .as_ref()
+        .expect("logic running")
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"im_logic_requests_total{method="Sync",code="OK"} "#))
+        .map(str::to_owned);
+    println!("inbox_exact_under_mixed_group_and_direct: SYNC calls {syncs:?}");
+    stack.stop().await;
+}
+
+/// Sends [`MIXED_EACH`] messages from `client` to one conversation, each after the previous
+/// reply, and returns their message ids in send order.
+async fn send_each(
+    client: &Client,
+    conversation: ConversationType,
+    receiver_id: u64,
+    prefix: &str,
+) -> Vec<u64> {
+    let mut message_ids = Vec::new();
+    for index in 0..MIXED_EACH {
+        let reply = client
+            .send(
+                conversation,
+                receiver_id,
+                format!("{prefix} {index}"),
+                TEXT,
+                &format!("{prefix}-{index}"),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{prefix} send {index} failed: {error}"));
+        message_ids.push(reply.message_id);
+    }
+    message_ids
+}

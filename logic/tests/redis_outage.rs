@@ -7,21 +7,31 @@ use std::time::{Duration, Instant};
 
 use common::log_capture::LogCapture;
 use common::redis_child::RedisChild;
-use common::{conn, error_code, login, register, sign_in, unique_name, TestLogic, NODE};
+use common::{
+    conn, create_group, error_code, login, new_user_device, register, send, sign_in, sync, text_to,
+    unique_name, EngineRecorder, TestLogic, NODE,
+};
 use im_logic::{start, StartError};
-use im_proto::v1::ErrorCode;
+use im_proto::v1::{ConversationType, ErrorCode, LoginReply};
 use tokio::net::TcpListener;
 
-#[tokio::test]
-async fn redis_outage_fails_fast_and_recovers() {
+/// Starts a Redis of this test's own on a free port and a logic tier on it whose Redis calls
+/// time out after 300 ms. Returns the port, the Redis and the logic tier.
+async fn start_with_own_redis() -> (u16, RedisChild, TestLogic) {
     let port = common::free_port().await;
-    let mut redis = RedisChild::start(port).await;
+    let redis = RedisChild::start(port).await;
     let config = im_logic::Config {
         redis_url: redis.url(),
         redis_timeout_ms: 300,
         ..common::test_config()
     };
-    let mut logic = TestLogic::start(config).await;
+    let logic = TestLogic::start(config).await;
+    (port, redis, logic)
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_and_recovers() {
+    let (port, mut redis, mut logic) = start_with_own_redis().await;
     let username = unique_name("outage");
     register(&mut logic.client, &username).await;
     let device = login(&mut logic.client, &username, 0, conn(NODE, 1))
@@ -56,31 +66,7 @@ async fn redis_outage_fails_fast_and_recovers() {
     // The restarted Redis is empty; the device logs in again here, although its token would
     // still sign in from PostgreSQL. The connection manager reconnects on the next command, so
     // 10 s is ample.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let relogin = loop {
-        match login(
-            &mut logic.client,
-            &username,
-            device.device_id,
-            conn(NODE, 3),
-        )
-        .await
-        {
-            Ok(reply) => break reply,
-            Err(status) => {
-                let code = error_code(&status);
-                assert!(
-                    code == ErrorCode::Unavailable || code == ErrorCode::Timeout,
-                    "{code:?}"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "Redis not usable 10 s after restart"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let relogin = login_until_redis_answers(&mut logic, &username, device.device_id, NODE, 3).await;
     sign_in(
         &mut logic.client,
         relogin.user_id,
@@ -95,14 +81,7 @@ async fn redis_outage_fails_fast_and_recovers() {
 
 #[tokio::test]
 async fn hung_redis_times_out_within_deadline() {
-    let port = common::free_port().await;
-    let redis = RedisChild::start(port).await;
-    let config = im_logic::Config {
-        redis_url: redis.url(),
-        redis_timeout_ms: 300,
-        ..common::test_config()
-    };
-    let mut logic = TestLogic::start(config).await;
+    let (_, redis, mut logic) = start_with_own_redis().await;
     let username = unique_name("hung");
     register(&mut logic.client, &username).await;
     let device = login(&mut logic.client, &username, 0, conn(NODE, 1))
@@ -276,14 +255,7 @@ async fn start_with_port_in_use_touches_no_store() {
 #[tokio::test]
 async fn lease_reaper_warns_once_per_interval_during_outage() {
     let (logs, _guard) = LogCapture::install();
-    let port = common::free_port().await;
-    let mut redis = RedisChild::start(port).await;
-    let config = im_logic::Config {
-        redis_url: redis.url(),
-        redis_timeout_ms: 300,
-        ..common::test_config()
-    };
-    let logic = TestLogic::start(config).await;
+    let (_, mut redis, logic) = start_with_own_redis().await;
 
     redis.stop();
     // The reaper runs a pass every second: about four fail in this time.
@@ -294,4 +266,129 @@ async fn lease_reaper_warns_once_per_interval_during_outage() {
     assert!(failed.len() >= 3, "passes failed: {failed:#?}");
     assert_eq!(warnings.len(), 1, "one warning per interval: {warnings:#?}");
     logic.server.shutdown().await;
+}
+
+/// Group messages sent in the outage of `group_sends_store_during_redis_outage`.
+const OUTAGE_GROUP_SENDS: u64 = 20;
+
+/// Group sends while Redis is down are stored, because they need only PostgreSQL. Their pushes
+/// are dropped with a warning, because the members' online statuses cannot be read. The group's
+/// routing task keeps running, so once Redis is back and the members logged in again, a group
+/// message is pushed again.
+#[tokio::test]
+async fn group_sends_store_during_redis_outage() {
+    let (logs, _guard) = LogCapture::install();
+    let (port, mut redis, mut logic) = start_with_own_redis().await;
+    let mut ext = logic.ext_client().await;
+    let mut node = EngineRecorder::start().await;
+    let (_, sender) =
+        new_user_device(&mut logic.client, "outage_g", false, conn(&node.node(), 1)).await;
+    let mut members: Vec<(String, LoginReply)> = Vec::new();
+    for conn_id in 2..5 {
+        let member = new_user_device(
+            &mut logic.client,
+            "outage_m",
+            false,
+            conn(&node.node(), conn_id),
+        )
+        .await;
+        members.push(member);
+    }
+    let member_logins: Vec<&LoginReply> = members.iter().map(|(_, login)| login).collect();
+    let group = create_group(&mut ext, &sender, &member_logins).await;
+    let group_text = |text: &str| text_to(ConversationType::Group, group.group_id, text);
+    send(&mut logic.client, &sender, group_text("before"))
+        .await
+        .expect("group send with Redis up");
+    let before = node.next_delivery().await;
+    assert_eq!(before.deliveries.len(), 1);
+    assert_eq!(before.deliveries[0].targets.len(), members.len());
+
+    redis.stop();
+    for index in 0..OUTAGE_GROUP_SENDS {
+        send(
+            &mut logic.client,
+            &sender,
+            group_text(&format!("down {index}")),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("group send {index} with Redis down: {status:?}"));
+    }
+    node.assert_no_more_deliveries().await;
+    let warnings = logs.lines_with("cannot read online status");
+    assert!(!warnings.is_empty(), "no dropped push was logged");
+    // Each outage send reads the status of the three members and of the sender, whose other
+    // devices would get the message.
+    let unread = format!(
+        r#"im_logic_push_status_failures_total{{kind="message"}} {}"#,
+        OUTAGE_GROUP_SENDS * (members.len() as u64 + 1)
+    );
+    let metrics = logic.server.metrics().render();
+    assert!(metrics.lines().any(|line| line == unread), "{metrics}");
+    let stored = sync(&mut logic.client, member_logins[0], 0, 100)
+        .await
+        .expect("sync with Redis down");
+    let stored_seqs: Vec<u64> = stored.messages.iter().map(|message| message.seq).collect();
+    assert_eq!(
+        stored_seqs,
+        (1..=OUTAGE_GROUP_SENDS + 1).collect::<Vec<_>>()
+    );
+
+    // The restarted Redis is empty, so each member logs in again to be online.
+    let _redis = RedisChild::start(port).await;
+    for (index, (username, member)) in members.iter().enumerate() {
+        let conn_id = 10 + index as u64;
+        login_until_redis_answers(
+            &mut logic,
+            username,
+            member.device_id,
+            &node.node(),
+            conn_id,
+        )
+        .await;
+    }
+    send(&mut logic.client, &sender, group_text("after"))
+        .await
+        .expect("group send after Redis returned");
+    let after = node.next_delivery().await;
+
+    assert_eq!(after.deliveries.len(), 1);
+    let targets = &after.deliveries[0].targets;
+    assert_eq!(targets.len(), members.len());
+    assert!(
+        targets
+            .iter()
+            .all(|target| target.seq == OUTAGE_GROUP_SENDS + 2),
+        "{targets:?}"
+    );
+    logic.server.shutdown().await;
+}
+
+/// Logs device `device_id` of `username` in on `node`, retrying for up to 10 s while the
+/// connection to a restarted Redis comes back, and returns the reply.
+async fn login_until_redis_answers(
+    logic: &mut TestLogic,
+    username: &str,
+    device_id: u64,
+    node: &str,
+    conn_id: u64,
+) -> LoginReply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = match login(&mut logic.client, username, device_id, conn(node, conn_id)).await
+        {
+            Ok(reply) => return reply,
+            Err(status) => status,
+        };
+        let code = error_code(&status);
+        assert!(
+            code == ErrorCode::Unavailable || code == ErrorCode::Timeout,
+            "{code:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "Redis not usable 10 s after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -694,3 +694,47 @@ async fn rerun_alone_pushes_in_seq_order() {
     node.assert_no_more_deliveries().await;
     logic.server.shutdown().await;
 }
+
+/// Group sends have a batching task of their own: while a group send waits for a member's seq
+/// row, direct sends between other users are stored, and the group send is stored after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_sends_pass_a_waiting_group_send() {
+    let mut logic = TestLogic::start_default().await;
+    let mut ext = logic.ext_client().await;
+    let owner = new_device(&mut logic.client, "lane_owner", conn(NODE, 1)).await;
+    let member = new_device(&mut logic.client, "lane_member", conn(NODE, 2)).await;
+    let group = common::create_group(&mut ext, &owner, &[&member]).await;
+    let first = text_to(ConversationType::Group, group.group_id, "first");
+    send(&mut logic.client, &owner, first)
+        .await
+        .expect("first group send creates the seq rows");
+    let (sender, receiver) = sender_and_receiver(&mut logic.client, "lane_direct", NODE).await;
+
+    let request = text_to(ConversationType::Group, group.group_id, "held");
+    let held = HeldBatch::start_send(&logic.client, &owner, member.user_id, request).await;
+    let direct = (0..5).map(|n| {
+        let mut client = logic.client.clone();
+        let sender = sender.clone();
+        let request = text_to(ConversationType::User, receiver.user_id, &format!("d{n}"));
+        async move { send(&mut client, &sender, request).await }
+    });
+    let direct = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures::future::join_all(direct),
+    )
+    .await
+    .expect("direct sends are stored while the group send waits");
+    let held_reply = held.release().await.expect("held group send succeeds");
+
+    for reply in direct {
+        reply.expect("direct send succeeds");
+    }
+    let inbox = sync(&mut logic.client, &receiver, 0, 10)
+        .await
+        .expect("sync");
+    assert_eq!(seqs(&inbox), (1..=6).collect::<Vec<u64>>());
+    let member_inbox = sync(&mut logic.client, &member, 0, 10).await.expect("sync");
+    assert_eq!(seqs(&member_inbox), [1, 2]);
+    assert_eq!(member_inbox.messages[1].message_id, held_reply.message_id);
+    logic.server.shutdown().await;
+}

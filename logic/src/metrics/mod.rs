@@ -304,6 +304,7 @@ pub struct Recorder {
     deliver_calls: [AtomicU64; DELIVER_RESULTS.len()],
     push_targets: [[AtomicU64; PUSH_TARGET_RESULTS.len()]; PUSH_KINDS.len()],
     pushes_dropped: [AtomicU64; PUSH_KINDS.len()],
+    status_reads_failed: [AtomicU64; PUSH_KINDS.len()],
     logouts: [AtomicU64; LOGOUT_SOURCES.len()],
     kicks: [AtomicU64; KICK_REASONS.len()],
     leases_reaped: AtomicU64,
@@ -349,6 +350,12 @@ impl Recorder {
     /// full: one per message or notice and engine node, or per message of a batch not routed.
     pub fn record_pushes_dropped(&self, kind: PushKind, count: u64) {
         self.pushes_dropped[kind as usize].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts `count` recipients of a message or notice of `kind` whose online status could not
+    /// be read from Redis, so that none of their devices got the push.
+    pub fn record_status_reads_failed(&self, kind: PushKind, count: u64) {
+        self.status_reads_failed[kind as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts one logout that revoked a token.

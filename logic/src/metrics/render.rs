@@ -125,6 +125,15 @@ impl LogicMetrics {
             &PUSH_KINDS,
             &recorder.pushes_dropped,
         );
+        labelled_counter(
+            out,
+            "im_logic_push_status_failures_total",
+            "Recipients of messages and notices whose online status could not be read from \
+             Redis, so none of their devices got the push; they get the messages by SYNC.",
+            "kind",
+            &PUSH_KINDS,
+            &recorder.status_reads_failed,
+        );
     }
 
     fn render_sessions(&self, out: &mut String) {
@@ -386,6 +395,7 @@ mod tests {
         recorder.record_push_targets(PushKind::Message, 0, 0, 4);
         recorder.record_push_targets(PushKind::Notice, 2, 0, 0);
         recorder.record_pushes_dropped(PushKind::Notice, 1);
+        recorder.record_status_reads_failed(PushKind::Message, 5);
 
         let text = metrics.render();
 
@@ -411,6 +421,14 @@ mod tests {
         }
         assert_line(&text, r#"im_logic_pushes_dropped_total{kind="message"} 0"#);
         assert_line(&text, r#"im_logic_pushes_dropped_total{kind="notice"} 1"#);
+        assert_line(
+            &text,
+            r#"im_logic_push_status_failures_total{kind="message"} 5"#,
+        );
+        assert_line(
+            &text,
+            r#"im_logic_push_status_failures_total{kind="notice"} 0"#,
+        );
     }
 
     #[test]
@@ -461,6 +479,6 @@ mod tests {
             };
             assert_eq!(base, family, "sample {line:?} under the wrong family");
         }
-        assert_eq!(declared.len(), 18, "{declared:?}");
+        assert_eq!(declared.len(), 19, "{declared:?}");
     }
 }

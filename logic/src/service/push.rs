@@ -1,16 +1,21 @@
 //! Pushing stored messages, and notices of friend and group changes, to the online devices of
 //! their recipients.
 //!
-//! The send batcher hands each committed batch to one routing task, in commit order. The task
-//! reads the online status of every recipient user of the batch at once, through the Redis
-//! pipeline, and queues each message's targets on the queue of their engine node. Each node
-//! has one task that takes every queued delivery, up to [`DELIVER_BATCH_MAX`], and sends them
-//! in `ConnectIntService.Deliver` calls of at most [`DELIVER_BATCH_MAX_BYTES`] each, one call
-//! at a time. So a node gets one call per batch of messages instead of one per message, and
+//! The send batchers hand each committed batch to one routing task, in commit order. The task
+//! reads the online status of every recipient user of the batch at once, as one Redis pipeline
+//! job, and queues each message's targets on the queue of their engine node. The reads of up to
+//! `ROUTE_READS_IN_FLIGHT` batches run at once, and their targets are queued in the order the
+//! batches came. So the status read of a large group delays the batches behind it only by what
+//! is left of that read.
+//!
+//! Each node has one task that takes every queued delivery, up to [`DELIVER_BATCH_MAX`], and
+//! sends them in `ConnectIntService.Deliver` calls of at most [`DELIVER_BATCH_MAX_BYTES`] each,
+//! one call at a time. So a node gets one call per batch of messages instead of one per message, and
 //! each device gets its messages in seq order. A push that fails is logged and dropped: the
 //! message is already stored, and the devices it missed get it by SYNC.
 //! `im_logic_push_targets_total` counts the devices of each Deliver call by its outcome, and
-//! `im_logic_pushes_dropped_total` what a full queue dropped.
+//! `im_logic_pushes_dropped_total` what a full queue dropped, and
+//! `im_logic_push_status_failures_total` the recipients whose status could not be read.
 //!
 //! Notices take the same path: the routing task reads the online status of their users and
 //! queues one delivery per node. A node's task sends them in Deliver calls of their own, never
@@ -21,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use im_proto::v1::{
     DeliverReply, DeliverRequest, Delivery, DeliveryTarget, Message, Notice, NoticeKind,
 };
@@ -49,6 +55,9 @@ pub const DELIVER_BATCH_MAX_BYTES: usize = 3 << 20;
 
 /// Committed batches waiting for the routing task. A batch beyond it is not pushed.
 const ROUTE_QUEUE: usize = 4096;
+
+/// Batches and notices whose online statuses the routing task reads at once.
+const ROUTE_READS_IN_FLIGHT: usize = 8;
 
 /// Deliveries waiting for one node's Deliver call. A delivery beyond it is not pushed.
 const NODE_QUEUE: usize = 65_536;
@@ -187,29 +196,83 @@ impl Pusher {
     }
 }
 
-/// Routes each committed batch and each notice, in order, to the queues of the nodes of its
-/// targets.
+/// A route with the online statuses of its users.
+enum Read {
+    Messages {
+        pushes: Vec<Push>,
+        online: HashMap<UserId, Result<Vec<OnlineDevice>, LogicError>>,
+    },
+    Notice {
+        notice: Notice,
+        users: Vec<UserId>,
+        statuses: Vec<Result<Vec<OnlineDevice>, LogicError>>,
+    },
+}
+
+/// Routes each committed batch and each notice to the queues of the nodes of its targets, in
+/// the order they came, reading the statuses of up to [`ROUTE_READS_IN_FLIGHT`] at once.
 async fn route(shared: Arc<Shared>, mut queued: mpsc::Receiver<Route>) {
-    while let Some(route) = queued.recv().await {
-        match route {
-            Route::Messages(pushes) => shared.route_batch(pushes).await,
-            Route::Notice { notice, users } => shared.route_notice(notice, &users).await,
+    let mut reading = FuturesOrdered::new();
+    let mut open = true;
+    while open || !reading.is_empty() {
+        tokio::select! {
+            // Queue what was read before taking more, so the reads in flight stay bounded.
+            biased;
+            Some(read) = reading.next(), if !reading.is_empty() => shared.queue_read(read),
+            route = queued.recv(), if open && reading.len() < ROUTE_READS_IN_FLIGHT => {
+                match route {
+                    Some(route) => reading.push_back(shared.clone().read(route)),
+                    None => open = false,
+                }
+            }
         }
     }
     tracing::debug!("push routing task stopped: every pusher was dropped");
 }
 
 impl Shared {
-    async fn route_batch(self: &Arc<Self>, pushes: Vec<Push>) {
-        let mut users: Vec<UserId> = pushes
-            .iter()
-            .flat_map(|push| push.copies.iter().map(|copy| copy.user))
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        let statuses = self.redis.online_devices(&users).await;
-        let mut online: HashMap<UserId, Result<Vec<OnlineDevice>, LogicError>> =
-            users.into_iter().zip(statuses).collect();
+    /// Reads the online status of every user of `route`.
+    async fn read(self: Arc<Self>, route: Route) -> Read {
+        match route {
+            Route::Messages(pushes) => {
+                let mut users: Vec<UserId> = pushes
+                    .iter()
+                    .flat_map(|push| push.copies.iter().map(|copy| copy.user))
+                    .collect();
+                users.sort_unstable();
+                users.dedup();
+                let statuses = self.redis.online_devices(&users).await;
+                let online = users.into_iter().zip(statuses).collect();
+                Read::Messages { pushes, online }
+            }
+            Route::Notice { notice, users } => {
+                let statuses = self.redis.online_devices(&users).await;
+                Read::Notice {
+                    notice,
+                    users,
+                    statuses,
+                }
+            }
+        }
+    }
+
+    /// Queues the deliveries of a route whose statuses were read.
+    fn queue_read(self: &Arc<Self>, read: Read) {
+        match read {
+            Read::Messages { pushes, online } => self.queue_batch(pushes, online),
+            Read::Notice {
+                notice,
+                users,
+                statuses,
+            } => self.queue_notice(&notice, &users, statuses),
+        }
+    }
+
+    fn queue_batch(
+        self: &Arc<Self>,
+        pushes: Vec<Push>,
+        mut online: HashMap<UserId, Result<Vec<OnlineDevice>, LogicError>>,
+    ) {
         for push in pushes {
             let copies = self.readable_copies(&push, &mut online);
             let mut by_node = group_by_node(copies, push.sender);
@@ -227,14 +290,18 @@ impl Shared {
 
     /// Queues one notice-only delivery per node for the online devices of `users`, the device
     /// whose call made the change included.
-    async fn route_notice(self: &Arc<Self>, notice: Notice, users: &[UserId]) {
-        let statuses = self.redis.online_devices(users).await;
+    fn queue_notice(
+        self: &Arc<Self>,
+        notice: &Notice,
+        users: &[UserId],
+        statuses: Vec<Result<Vec<OnlineDevice>, LogicError>>,
+    ) {
         let mut by_node = TargetsByNode::new();
         for (user, status) in users.iter().zip(statuses) {
             let devices = match status {
                 Ok(devices) => devices,
                 Err(err) => {
-                    self.warn_notice_status_failed(*user, &notice, &err);
+                    self.warn_notice_status_failed(*user, notice, &err);
                     continue;
                 }
             };
@@ -388,6 +455,7 @@ impl Shared {
     }
 
     fn warn_notice_status_failed(&self, user: UserId, notice: &Notice, err: &LogicError) {
+        self.metrics.record_status_reads_failed(PushKind::Notice, 1);
         let error = ErrorChain(err);
         let kind = notice_kind(notice);
         match self.warnings.admit() {
@@ -408,6 +476,8 @@ impl Shared {
     }
 
     fn warn_status_failed(&self, copy: &Copy, message_id: u64, err: &LogicError) {
+        self.metrics
+            .record_status_reads_failed(PushKind::Message, 1);
         let error = ErrorChain(err);
         match self.warnings.admit() {
             Some(suppressed) => tracing::warn!(

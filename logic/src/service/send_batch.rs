@@ -2,7 +2,8 @@
 //!
 //! Callers queue checked sends on a channel. One task takes every queued send, up to
 //! `send_batch_max`, and stores them in one transaction of four round trips whatever the batch
-//! size. The first sends BEGIN and reads every permission and recipient list (pipelined). The
+//! size. Direct sends and group sends have a task each, so that a batch of group sends, which
+//! writes one copy per member, never holds up the direct sends queued behind it. The first sends BEGIN and reads every permission and recipient list (pipelined). The
 //! second takes every recipient's seqs in one statement, the new messages' ids, and then reads
 //! the stored reply of every idempotency key (pipelined). The third gives back the seqs of sends
 //! whose key turned out to be stored already, and stores the key of each new send, with its
@@ -18,9 +19,14 @@
 //! stored meanwhile (the reads were not sent in order), the insert stores fewer keys than
 //! expected, and the batch rolls back and runs again.
 //!
-//! Batches run one at a time, so a user who receives k messages of a batch gets k consecutive
-//! seqs in the order of the sends, and the user_seq row lock orders batches of other logic
-//! processes. A send rejected by a check gets its own error. A store error fails the whole batch
+//! A task runs its batches one at a time, so a user who receives k messages of a batch gets k
+//! consecutive seqs in the order of the sends. The user_seq row lock orders the batches of the
+//! other task and of other logic processes, and locking rows in user order keeps them free of
+//! deadlocks. The engine waits for the reply of a device's SEND before it passes on the next,
+//! so a device's sends are stored in the order it sent them, whichever task stores them. The
+//! exception is a send that timed out at the engine while its transaction still ran: a later
+//! send of the other kind can then take the sender's seq first. The device got TIMEOUT for
+//! it, and a retry with the same `client_msg_id` returns what was stored. A send rejected by a check gets its own error. A store error fails the whole batch
 //! and stores nothing, unless PostgreSQL rejected the data (SQLSTATE class 22 or 23): then each
 //! send of the batch is stored alone, so only the one at fault fails. A send whose key is
 //! already in the batch waits for the next batch, where it finds the first send's reply.
@@ -52,16 +58,19 @@ const STORE_ATTEMPTS: u32 = 3;
 /// their own deadline.
 const QUEUE_FACTOR: usize = 8;
 
-/// Handle for queueing sends on the batching task. Cheap to clone; the task stops once every
+/// Handle for queueing sends on the batching tasks. Cheap to clone; the tasks stop once every
 /// handle is dropped.
 #[derive(Clone)]
 pub struct SendBatcher {
-    tx: mpsc::Sender<Job>,
+    /// Queue of the task that stores direct sends.
+    direct: mpsc::Sender<Job>,
+    /// Queue of the task that stores group sends.
+    group: mpsc::Sender<Job>,
     timeout: Duration,
     counters: Arc<SendBatchCounters>,
 }
 
-/// Transactions and sends of one batching task, for metrics and tests.
+/// Transactions and sends of the batching tasks together, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct SendBatchCounters {
     batches: AtomicU64,
@@ -97,23 +106,30 @@ impl Job {
 }
 
 impl SendBatcher {
-    /// Spawns the batching task on the current tokio runtime.
+    /// Spawns the batching tasks, one for direct sends and one for group sends, on the current
+    /// tokio runtime.
     ///
     /// `batch_max` caps the sends per transaction (at least 1); `timeout` is the deadline of one
     /// send, queueing included, and of one transaction.
     pub fn spawn(pg: PgStore, pusher: Pusher, batch_max: usize, timeout: Duration) -> SendBatcher {
         let batch_max = batch_max.max(1);
-        let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
         let counters = Arc::new(SendBatchCounters::default());
-        let worker = Worker {
-            pg,
-            pusher,
-            batch_max,
-            counters: counters.clone(),
+        let spawn_lane = |pusher: Pusher| {
+            let (tx, rx) = mpsc::channel(batch_max.saturating_mul(QUEUE_FACTOR));
+            let worker = Worker {
+                pg: pg.clone(),
+                pusher,
+                batch_max,
+                counters: counters.clone(),
+            };
+            tokio::spawn(worker.run(rx));
+            tx
         };
-        tokio::spawn(worker.run(rx));
+        let group = spawn_lane(pusher.clone());
+        let direct = spawn_lane(pusher);
         SendBatcher {
-            tx,
+            direct,
+            group,
             timeout,
             counters,
         }
@@ -124,9 +140,14 @@ impl SendBatcher {
         self.counters.clone()
     }
 
-    /// Queues a checked send for the next batch and returns what its transaction stored.
+    /// Queues a checked send for the next batch of its kind and returns what its transaction
+    /// stored.
     pub(super) async fn store(&self, sender: Sender, draft: Draft) -> Result<Stored, LogicError> {
-        super::batch::queue_for_batch(&self.tx, self.timeout, |reply| Job {
+        let queue = match draft.conversation {
+            ConversationType::Group => &self.group,
+            _ => &self.direct,
+        };
+        super::batch::queue_for_batch(queue, self.timeout, |reply| Job {
             sender,
             draft,
             reply,
@@ -232,7 +253,11 @@ impl Worker {
             // A caller that timed out meanwhile has dropped its receiver: nothing to do.
             let _ = job.reply.send(outcome);
         }
-        // Batches commit one at a time, so they reach the pusher in commit order.
+        // The task commits its batches one at a time, so they reach the pusher in commit order.
+        // A batch of the other task that shares a user waits for this commit on the user's
+        // user_seq row and then for two more round trips, so it comes after this one unless
+        // this task is not scheduled meanwhile. A device that gets them the other way round
+        // finds a seq gap and SYNCs.
         self.pusher.push_batch(pushes);
     }
 }

@@ -669,19 +669,30 @@ impl HeldBatch {
         receiver: &LoginReply,
         text: &str,
     ) -> HeldBatch {
+        let request = text_to(ConversationType::User, receiver.user_id, text);
+        HeldBatch::start_send(client, sender, receiver.user_id, request).await
+    }
+
+    /// Locks the seq row of user `locked`, a recipient of `request`, and starts `request`
+    /// from `sender`, which waits for the lock.
+    pub(crate) async fn start_send(
+        client: &Client,
+        sender: &LoginReply,
+        locked: u64,
+        request: SendRequest,
+    ) -> HeldBatch {
         let locker = postgres().await;
         locker.batch_execute("BEGIN").await.expect("begin");
-        let receiver_id = i64::try_from(receiver.user_id).expect("id fits");
+        let locked = i64::try_from(locked).expect("id fits");
         locker
             .execute(
                 "SELECT 1 FROM user_seq WHERE user_id = $1 FOR UPDATE",
-                &[&receiver_id],
+                &[&locked],
             )
             .await
             .expect("lock the seq row");
         let mut client = client.clone();
         let sender = sender.clone();
-        let request = text_to(ConversationType::User, receiver.user_id, text);
         let waiting_send = tokio::spawn(async move { send(&mut client, &sender, request).await });
         let waits = statement_waits("query LIKE '%user_seq%' AND query NOT LIKE '%FOR UPDATE%'");
         assert!(waits.await, "the held send waits for the lock");
