@@ -398,6 +398,7 @@ fn check_reply(request: PacketType, reply: Packet) -> Result<Packet, ClientError
             return Err(ClientError::Server {
                 code,
                 message: reply.message,
+                retry_after_ms: reply.retry_after_ms,
             })
         }
         Err(_) => {

@@ -1,7 +1,12 @@
 //! Errors of the client.
 
+use std::time::Duration;
+
 use im_proto::v1::{ErrorCode, PacketType};
 use tokio_tungstenite::tungstenite;
+
+/// Wait before sending a rejected request again when the server gave no `retry_after_ms`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Error of a client call.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +18,9 @@ pub enum ClientError {
         code: ErrorCode,
         /// The reply's error text.
         message: String,
+        /// The reply's `retry_after_ms`: with RATE_LIMITED, BUSY, UNAVAILABLE or TIMEOUT, the
+        /// milliseconds to wait before sending the request again; 0 without a hint.
+        retry_after_ms: u32,
     },
     /// The server replied with a code that this version of the protocol does not define.
     #[error("server replied with unknown error code {code}: {message}")]
@@ -52,6 +60,27 @@ pub enum ClientError {
     /// The TCP socket could not be created, bound or connected, or the host did not resolve.
     #[error("socket failed")]
     Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// Returns the wait before sending the request again when the server rejected it unhandled
+    /// (RATE_LIMITED or BUSY): the reply's `retry_after_ms`, or [`DEFAULT_RETRY_AFTER`] without
+    /// one. `None` for every other error, after which the request may or may not have been
+    /// handled.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let Self::Server {
+            code: ErrorCode::RateLimited | ErrorCode::Busy,
+            retry_after_ms,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        match retry_after_ms {
+            0 => Some(DEFAULT_RETRY_AFTER),
+            ms => Some(Duration::from_millis(u64::from(*ms))),
+        }
+    }
 }
 
 impl From<tungstenite::Error> for ClientError {
@@ -147,5 +176,38 @@ impl From<tonic::Status> for LogicApiError {
                 message: status.message().to_owned(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: ErrorCode, retry_after_ms: u32) -> ClientError {
+        ClientError::Server {
+            code,
+            message: String::new(),
+            retry_after_ms,
+        }
+    }
+
+    #[test]
+    fn rejections_give_retry_wait() {
+        let limited = server_error(ErrorCode::RateLimited, 250);
+        let busy = server_error(ErrorCode::Busy, 0);
+
+        assert_eq!(limited.retry_after(), Some(Duration::from_millis(250)));
+        assert_eq!(busy.retry_after(), Some(DEFAULT_RETRY_AFTER));
+    }
+
+    #[test]
+    fn other_errors_have_no_retry_wait() {
+        assert_eq!(
+            server_error(ErrorCode::Unavailable, 500).retry_after(),
+            None
+        );
+        assert_eq!(server_error(ErrorCode::Timeout, 500).retry_after(), None);
+        assert_eq!(server_error(ErrorCode::ContentEmpty, 0).retry_after(), None);
+        assert_eq!(ClientError::Timeout.retry_after(), None);
     }
 }

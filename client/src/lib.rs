@@ -22,7 +22,7 @@ mod push;
 mod reader;
 
 pub use client::Client;
-pub use error::{ClientError, InboxError, LogicApiError};
+pub use error::{ClientError, InboxError, LogicApiError, DEFAULT_RETRY_AFTER};
 pub use im_proto::v1::{
     ConversationType, DeviceInfo, ErrorCode, LoginReply, Message, Packet, PacketType,
     RegisterReply, SendReply, SignInReply, SyncReply,

@@ -79,7 +79,7 @@ async fn register_taken_name_is_server_error() {
 
     let error = client.register("taken", "secret").await.unwrap_err();
 
-    let ClientError::Server { code, message } = error else {
+    let ClientError::Server { code, message, .. } = error else {
         panic!("expected a server error, got {error:?}");
     };
     assert_eq!(code, ErrorCode::UsernameTaken);

@@ -187,3 +187,90 @@ async fn closed_connection_is_client_error() {
         "got {error:?}"
     );
 }
+
+#[tokio::test]
+async fn rejected_sync_retried_after_wait() {
+    let server = TestServer::start().await;
+    server.store_messages(25);
+    server.reject_syncs(3, 30);
+    let client = connect(&server).await;
+    let mut inbox = Inbox::new(7, 99).with_page_limit(10);
+
+    let started = tokio::time::Instant::now();
+    let batch = tokio::time::timeout(TIMEOUT, inbox.resync(&client))
+        .await
+        .expect("resync in time")
+        .expect("resync");
+    let waited = started.elapsed();
+    round_trip(&client).await;
+
+    assert_eq!(seqs(&batch), (1..=25).collect::<Vec<_>>());
+    let syncs = server.observed().syncs.clone();
+    assert_eq!(
+        syncs.iter().map(|(after, _)| *after).collect::<Vec<_>>(),
+        [0, 0, 0, 0, 10, 20],
+        "three rejections of the first page, then three pages"
+    );
+    assert!(
+        waited >= Duration::from_millis(90),
+        "asked again before the named wait: {waited:?}"
+    );
+    assert_eq!(server.observed().acks, [25]);
+}
+
+#[tokio::test]
+async fn endless_sync_rejections_fail() {
+    let server = TestServer::start().await;
+    server.store_messages(5);
+    server.reject_syncs(u32::MAX, 1);
+    let client = connect(&server).await;
+    let mut inbox = Inbox::new(7, 99);
+
+    let error = tokio::time::timeout(TIMEOUT, inbox.resync(&client))
+        .await
+        .expect("gives up in time")
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            &error,
+            InboxError::Client(ClientError::Server {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: 1,
+                ..
+            })
+        ),
+        "got {error:?}"
+    );
+    assert_eq!(server.observed().syncs.len(), 21, "the first and 20 more");
+    assert_eq!(inbox.last_seq(), 0);
+}
+
+#[tokio::test]
+async fn rejected_ack_resent_next_batch() {
+    let server = TestServer::start().await;
+    server.store_messages(3);
+    server.reject_acks(1);
+    let client = connect(&server).await;
+    let mut inbox = Inbox::new(7, 99);
+
+    let first = tokio::time::timeout(TIMEOUT, inbox.resync(&client))
+        .await
+        .expect("resync in time")
+        .expect("resync");
+    server.store_messages(1);
+    push(&client, 4).await;
+    let second = tokio::time::timeout(TIMEOUT, inbox.recv(&client))
+        .await
+        .expect("batch in time")
+        .expect("a rejected ack is no error");
+    round_trip(&client).await;
+
+    assert_eq!(seqs(&first), [1, 2, 3]);
+    assert_eq!(seqs(&second), [4]);
+    assert_eq!(
+        server.observed().acks,
+        [4],
+        "the rejected ack of 3 is covered by 4"
+    );
+}

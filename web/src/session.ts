@@ -31,6 +31,13 @@ const SYNC_PAGE = 200;
 /** Max SEND attempts for a message whose reply code requests a retry (UNAVAILABLE, TIMEOUT, BUSY, RATE_LIMITED). */
 const SEND_ATTEMPTS = 5;
 const SEND_RETRY_DELAY_MS = 2_000;
+/**
+ * SYNC pages in a row that the server may reject unhandled (RATE_LIMITED, BUSY) before a sync
+ * stops until the next sign-in. The engine allows 50 packets a second with a burst of 100 by
+ * default, and each page costs a SYNC and a MESSAGE_ACK, so a long backlog passes the burst.
+ */
+const SYNC_REJECTIONS = 20;
+const SYNC_RETRY_DELAY_MS = 100;
 const LOGOUT_TIMEOUT_MS = 3_000;
 /** Most content bytes of one message, the logic tier's default `max_content_bytes`. */
 export const MAX_CONTENT_BYTES = 16 * 1024;
@@ -97,6 +104,11 @@ function isRetryable(code: ErrorCode): boolean {
     code === ErrorCode.BUSY ||
     code === ErrorCode.RATE_LIMITED
   );
+}
+
+/** Tells whether the server rejected a request unhandled, so that sending it again is safe. */
+function isRejectedUnhandled(code: ErrorCode): boolean {
+  return code === ErrorCode.BUSY || code === ErrorCode.RATE_LIMITED;
 }
 
 export class Session {
@@ -505,6 +517,7 @@ export class Session {
   }
 
   private async syncPages(): Promise<void> {
+    let rejected = 0;
     for (;;) {
       const afterSeq = this.store.heldSeq;
       let reply;
@@ -514,10 +527,18 @@ export class Session {
           limit: SYNC_PAGE,
         });
       } catch (error) {
+        if (error instanceof ProtocolError && isRejectedUnhandled(error.code) && rejected < SYNC_REJECTIONS) {
+          // Nothing was done: ask for the same page again after the wait the reply names.
+          rejected += 1;
+          const delay = error.retryAfterMs || SYNC_RETRY_DELAY_MS;
+          await new Promise((resolve) => setTimeout(resolve, delay));
+          continue;
+        }
         // The next sign-in syncs again.
         console.warn(`SYNC failed: ${failureText(error)}`);
         return;
       }
+      rejected = 0;
       this.store.addSyncPage(afterSeq, reply.messages);
       this.acknowledge();
       if (!reply.hasMore || reply.messages.length === 0) {

@@ -17,7 +17,7 @@ mod tracker;
 use std::future::Future;
 use std::time::Duration;
 
-use im_proto::v1::{ConversationType, Message, Notice, SendReply};
+use im_proto::v1::{ConversationType, ErrorCode, Message, Notice, SendReply};
 use prost::bytes::Bytes;
 use tokio::time::Instant;
 
@@ -29,6 +29,11 @@ use crate::{Client, ClientError, InboxError};
 /// SYNC page size of an inbox unless [`Inbox::with_page_limit`] sets another. The server's
 /// default maximum is 500.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// SYNC requests in a row that the server may reject (RATE_LIMITED or BUSY) before the inbox
+/// gives up with the rejection. At the engine's default of 50 packets a second, a device that
+/// waits the named time gets a page every 20 ms, so a second rejection in a row is rare.
+const MAX_REJECTED_SYNCS: u32 = 20;
 
 /// Wait before the first repeated SYNC when a hole is still open after a complete SYNC.
 const FIRST_HOLE_RETRY: Duration = Duration::from_millis(50);
@@ -201,11 +206,37 @@ impl Inbox {
             .is_none_or(|retry| Instant::now() >= retry.at)
     }
 
+    /// Pages SYNC from the cursor. The server may reject a page unhandled, because of the
+    /// connection's rate limit or a full engine. The page is then asked for again after the
+    /// wait the reply names, while pushes are still read, so a device catching up on a long
+    /// backlog gets all of it.
     async fn sync_all(&mut self, client: &Client) -> Result<(), InboxError> {
         let mut after_seq = self.tracker.last_seq();
+        let mut rejected = 0;
         loop {
             let request = client.sync(after_seq, self.page_limit);
-            let page = self.reading_pushes(client, request).await?;
+            let result = self.reading_pushes(client, request).await;
+            let wait = match &result {
+                Err(InboxError::Client(err)) if rejected < MAX_REJECTED_SYNCS => err.retry_after(),
+                _ => None,
+            };
+            if let Some(wait) = wait {
+                rejected += 1;
+                tracing::debug!(
+                    user_id = self.user_id,
+                    after_seq,
+                    wait_ms = wait.as_millis(),
+                    "SYNC rejected; retrying after the wait"
+                );
+                let pause = async {
+                    tokio::time::sleep(wait).await;
+                    Ok::<_, ClientError>(())
+                };
+                self.reading_pushes(client, pause).await?;
+                continue;
+            }
+            let page = result?;
+            rejected = 0;
             match self.tracker.accept_page(after_seq, page, &mut self.ready) {
                 Some(next) => after_seq = next,
                 None => break,
@@ -306,6 +337,16 @@ impl Inbox {
                 reason: kicked.reason,
                 message: kicked.message,
             }),
+            Push::Error { code, .. } if code == ErrorCode::RateLimited as i32 => {
+                // MESSAGE_ACK is the only request of the inbox that gets no reply, so the
+                // connection's rate limit dropped an ack. The next batch acks the cursor again.
+                tracing::debug!(
+                    user_id = self.user_id,
+                    "MESSAGE_ACK rejected by the rate limit; acking again with the next batch"
+                );
+                self.tracker.ack_rejected();
+                Ok(())
+            }
             Push::Error { code, message } => Err(InboxError::ErrorPush { code, message }),
             Push::Other(packet) => {
                 tracing::debug!(

@@ -120,6 +120,14 @@ impl SeqTracker {
         self.acked_seq = self.acked_seq.max(seq);
     }
 
+    /// Records that the server rejected a MESSAGE_ACK unhandled, so that [`ack_due`] names the
+    /// cursor again. Acks are cumulative: acknowledging the cursor covers every rejected one.
+    ///
+    /// [`ack_due`]: Self::ack_due
+    pub fn ack_rejected(&mut self) {
+        self.acked_seq = 0;
+    }
+
     /// Moves the cursor to `seq - 1` because the seqs between it and `seq` were deleted.
     /// Held messages below `seq` were stored before the deletion and are delivered first.
     /// Held messages from `seq` on that are now contiguous are delivered too, because

@@ -57,6 +57,12 @@ pub(crate) struct Observed {
     pub(crate) syncs: Vec<(u64, u32)>,
     /// Seq of each MESSAGE_ACK.
     pub(crate) acks: Vec<u64>,
+    /// SYNCs still to reject with RATE_LIMITED, one after the other, as a rate limit would.
+    pub(crate) syncs_to_reject: u32,
+    /// `retry_after_ms` of those rejections.
+    pub(crate) rejection_retry_after_ms: u32,
+    /// MESSAGE_ACKs still to reject with an ERROR push, as a rate limit would.
+    pub(crate) acks_to_reject: u32,
 }
 
 /// A running test server.
@@ -80,6 +86,18 @@ impl TestServer {
 
     pub(crate) fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
         self.observed.lock().expect("observed lock")
+    }
+
+    /// Rejects the next `count` MESSAGE_ACKs with an ERROR push carrying RATE_LIMITED.
+    pub(crate) fn reject_acks(&self, count: u32) {
+        self.observed().acks_to_reject = count;
+    }
+
+    /// Rejects the next `count` SYNCs with RATE_LIMITED and `retry_after_ms`.
+    pub(crate) fn reject_syncs(&self, count: u32, retry_after_ms: u32) {
+        let mut observed = self.observed();
+        observed.syncs_to_reject = count;
+        observed.rejection_retry_after_ms = retry_after_ms;
     }
 
     /// Appends `count` messages from user 8 to the message sequence.
@@ -204,7 +222,20 @@ fn handle_packet(
         Ok(PacketType::Sync) => sync(packet, tx, observed),
         Ok(PacketType::MessageAck) => {
             let ack = MessageAck::decode(packet.data.as_ref()).expect("MessageAck");
-            lock(observed).acks.push(ack.seq);
+            let mut observed = lock(observed);
+            if observed.acks_to_reject > 0 {
+                observed.acks_to_reject -= 1;
+                let rejection = Packet {
+                    r#type: PacketType::Error as i32,
+                    code: ErrorCode::RateLimited as i32,
+                    message: "rate limit exceeded".into(),
+                    retry_after_ms: 20,
+                    ..Packet::default()
+                };
+                send(tx, rejection);
+            } else {
+                observed.acks.push(ack.seq);
+            }
         }
         _ => {}
     }
@@ -315,6 +346,13 @@ fn sync(packet: Packet, tx: &mpsc::UnboundedSender<Message>, observed: &Mutex<Ob
     let request = SyncRequest::decode(packet.data.as_ref()).expect("SyncRequest");
     let mut observed = lock(observed);
     observed.syncs.push((request.after_seq, request.limit));
+    if observed.syncs_to_reject > 0 {
+        observed.syncs_to_reject -= 1;
+        let mut reply = error_reply(&packet, ErrorCode::RateLimited);
+        reply.retry_after_ms = observed.rejection_retry_after_ms;
+        send(tx, reply);
+        return;
+    }
     let limit = match request.limit {
         0 => 100,
         limit => limit as usize,

@@ -479,12 +479,22 @@ fn token_rejected(code: ErrorCode) -> bool {
     )
 }
 
-/// Every message of the user from seq 1, paging SYNC until the server has no more.
+/// Every message of the user from seq 1, paging SYNC until the server has no more. A page
+/// rejected by the connection's rate limit is asked for again after the wait the reply names,
+/// as a device does when it catches up on a long backlog.
 pub async fn sync_from_zero(client: &Client) -> Result<Vec<Message>, ClientError> {
     let mut messages: Vec<Message> = Vec::new();
     loop {
         let after = messages.last().map_or(0, |message| message.seq);
-        let page = client.sync(after, CHECK_PAGE).await?;
+        let page = loop {
+            match client.sync(after, CHECK_PAGE).await {
+                Err(err) => match err.retry_after() {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(err),
+                },
+                Ok(page) => break page,
+            }
+        };
         let more = page.has_more && !page.messages.is_empty();
         messages.extend(page.messages);
         if !more {

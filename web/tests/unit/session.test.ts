@@ -5,6 +5,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { DevicePool, NoDeviceLocks } from "../../src/devices";
 import { GroupInfoSchema, type GroupInfo } from "../../src/gen/im/v1/logic_pb";
 import {
+  ConversationType,
+  ErrorCode,
   NoticeKind,
   NoticeSchema,
   PacketType,
@@ -12,6 +14,7 @@ import {
   SendRequestSchema,
   SignInReplySchema,
   SyncReplySchema,
+  SyncRequestSchema,
 } from "../../src/gen/im/v1/packet_pb";
 import { decodePacket, encodePacket } from "../../src/protocol";
 import { Session } from "../../src/session";
@@ -145,6 +148,60 @@ describe("session sends", () => {
     await vi.advanceTimersByTimeAsync(10_001);
     session.remove(clientMsgId);
     expect(session.store.messagesOf(PEER_CHAT)).toEqual([]);
+    await logOut(session);
+  });
+});
+
+describe("session sync", () => {
+  it("asks again for a SYNC page rejected by the rate limit", async () => {
+    const shared = new MemoryStorage();
+    const pool = new DevicePool(shared, new MemoryStorage(), new NoDeviceLocks());
+    await pool.save({ userId: "1", deviceId: "10", token: "token", username: "alice" });
+    const session = new Session("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", shared, pool);
+    await session.start();
+    const ws = FakeWebSocket.last as FakeWebSocket;
+    ws.serverOpen();
+    reply(ws, PacketType.SIGN_IN, SignInReplySchema, { heartbeatIntervalMs: 30_000 });
+    await vi.advanceTimersByTimeAsync(0);
+
+    const rejected = lastRequest(ws);
+    expect(PacketType[rejected.type]).toBe("SYNC");
+    ws.serverSend(
+      encodePacket({
+        type: PacketType.SYNC,
+        requestId: rejected.requestId,
+        code: ErrorCode.RATE_LIMITED,
+        message: "rate limit exceeded",
+        retryAfterMs: 250,
+      }),
+    );
+    await vi.advanceTimersByTimeAsync(249);
+    expect(lastRequest(ws).requestId).toBe(rejected.requestId);
+    await vi.advanceTimersByTimeAsync(1);
+    const again = lastRequest(ws);
+    expect(PacketType[again.type]).toBe("SYNC");
+    expect(again.requestId).not.toBe(rejected.requestId);
+    expect(fromBinary(SyncRequestSchema, again.data).afterSeq).toBe(0n);
+
+    reply(ws, PacketType.SYNC, SyncReplySchema, {
+      hasMore: false,
+      messages: [
+        {
+          seq: 1n,
+          messageId: 7n,
+          senderUserId: 2n,
+          senderDeviceId: 20n,
+          conversationType: ConversationType.USER,
+          receiverId: 1n,
+          content: new TextEncoder().encode("caught up"),
+          contentType: "text/plain",
+          clientMsgId: "m-1",
+          sentAtMs: 1n,
+        },
+      ],
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(session.store.heldSeq).toBe(1);
     await logOut(session);
   });
 });
