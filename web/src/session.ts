@@ -38,6 +38,8 @@ const SEND_RETRY_DELAY_MS = 2_000;
  */
 const SYNC_REJECTIONS = 20;
 const SYNC_RETRY_DELAY_MS = 100;
+/** Wait before acking again after a rejected MESSAGE_ACK whose reply names no wait. */
+const ACK_RETRY_DELAY_MS = 100;
 const LOGOUT_TIMEOUT_MS = 3_000;
 /** Most content bytes of one message, the logic tier's default `max_content_bytes`. */
 export const MAX_CONTENT_BYTES = 16 * 1024;
@@ -119,6 +121,8 @@ export class Session {
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
   private ackedSeq = 0;
+  /** Timer of the ack that replaces one the rate limit rejected, while it waits. */
+  private ackRetry: ReturnType<typeof setTimeout> | null = null;
   private kicked = false;
   private loggingOut = false;
   /** Counts resets, so that a group list asked for before one is dropped. */
@@ -403,6 +407,7 @@ export class Session {
     this.groupsGeneration += 1;
     this.store.reset(credentials?.userId ?? "0");
     this.ackedSeq = 0;
+    this.cancelAckRetry();
     this.kicked = false;
   }
 
@@ -449,6 +454,8 @@ export class Session {
     this.state.friendListVersion += 1;
     this.state.groupListVersion += 1;
     void this.refreshGroups().catch(() => undefined);
+    // An ack sent just before the connection closed may be lost, so the sync acks again.
+    this.ackedSeq = 0;
     await this.sync();
     this.resendPending();
   }
@@ -456,6 +463,7 @@ export class Session {
   private onClose(code: number, reconnectInMs: number | null): void {
     const wasSignedIn = this.state.signedIn;
     this.state.signedIn = false;
+    this.cancelAckRetry();
     if (this.kicked || code === 1000 || !this.state.credentials) {
       return;
     }
@@ -479,8 +487,34 @@ export class Session {
       this.state.notice = kickText(kicked.reason);
     } else if (packet.type === PacketType.NOTICE) {
       this.applyNotice(decodePush(PacketType.NOTICE, packet));
+    } else if (packet.type === PacketType.ERROR && packet.code === ErrorCode.RATE_LIMITED) {
+      // MESSAGE_ACK is the only packet the page sends without a request id, so the rate
+      // limit dropped an ack.
+      this.retryAck(packet.retryAfterMs || ACK_RETRY_DELAY_MS);
     } else if (packet.type === PacketType.ERROR) {
       console.warn(`server reported ${ErrorCode[packet.code]}: ${packet.message}`);
+    }
+  }
+
+  /**
+   * Acks the held seq again after `delayMs`. Acks are cumulative, so one ack of the held seq
+   * replaces every rejected one. Rejections that arrive while it waits share its timer.
+   */
+  private retryAck(delayMs: number): void {
+    if (this.ackRetry !== null) {
+      return;
+    }
+    this.ackRetry = setTimeout(() => {
+      this.ackRetry = null;
+      this.ackedSeq = 0;
+      this.acknowledge();
+    }, delayMs);
+  }
+
+  private cancelAckRetry(): void {
+    if (this.ackRetry !== null) {
+      clearTimeout(this.ackRetry);
+      this.ackRetry = null;
     }
   }
 
@@ -549,9 +583,8 @@ export class Session {
 
   private acknowledge(): void {
     const held = this.store.heldSeq;
-    if (held > this.ackedSeq) {
+    if (held > this.ackedSeq && this.socket.acknowledge(BigInt(held))) {
       this.ackedSeq = held;
-      this.socket.acknowledge(BigInt(held));
     }
   }
 

@@ -136,11 +136,16 @@ export class Socket {
     return decodeReply(type, await reply);
   }
 
-  /** Sends MESSAGE_ACK with the highest seq held, which has no reply. */
-  acknowledge(seq: bigint): void {
-    if (this.isOpen) {
-      this.ws?.send(encodeAck(seq));
+  /**
+   * Sends MESSAGE_ACK with the highest seq held, which has no reply. Returns false, sending
+   * nothing, when the socket is not open.
+   */
+  acknowledge(seq: bigint): boolean {
+    if (!this.isOpen || !this.ws) {
+      return false;
     }
+    this.ws.send(encodeAck(seq));
+    return true;
   }
 
   /** Sends HEARTBEAT every `intervalMs`; an unanswered one closes the socket to reconnect. */

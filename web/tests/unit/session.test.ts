@@ -7,6 +7,8 @@ import { GroupInfoSchema, type GroupInfo } from "../../src/gen/im/v1/logic_pb";
 import {
   ConversationType,
   ErrorCode,
+  MessageAckSchema,
+  MessageSchema,
   NoticeKind,
   NoticeSchema,
   PacketType,
@@ -202,6 +204,54 @@ describe("session sync", () => {
     });
     await vi.advanceTimersByTimeAsync(0);
     expect(session.store.heldSeq).toBe(1);
+    await logOut(session);
+  });
+});
+
+describe("session acks", () => {
+  it("acks again after the rate limit rejects an ack", async () => {
+    const { session, ws } = await signedInSession();
+    const pushed = create(MessageSchema, {
+      seq: 1n,
+      messageId: 7n,
+      senderUserId: 2n,
+      senderDeviceId: 20n,
+      conversationType: ConversationType.USER,
+      receiverId: 1n,
+      content: new TextEncoder().encode("hello"),
+      contentType: "text/plain",
+      clientMsgId: "m-1",
+      sentAtMs: 1n,
+    });
+    ws.serverSend(encodePacket({ type: PacketType.MESSAGE, data: toBinary(MessageSchema, pushed) }));
+    await vi.advanceTimersByTimeAsync(0);
+    const ack = lastRequest(ws);
+    expect(PacketType[ack.type]).toBe("MESSAGE_ACK");
+    expect(fromBinary(MessageAckSchema, ack.data).seq).toBe(1n);
+    const sentBefore = ws.sent.length;
+
+    // The engine's reply to a dropped MESSAGE_ACK: ERROR with request id 0. Two of them share
+    // one retry.
+    for (let i = 0; i < 2; i++) {
+      ws.serverSend(
+        encodePacket({
+          type: PacketType.ERROR,
+          code: ErrorCode.RATE_LIMITED,
+          message: "rate limit exceeded",
+          retryAfterMs: 300,
+        }),
+      );
+    }
+    await vi.advanceTimersByTimeAsync(299);
+    expect(ws.sent.length).toBe(sentBefore);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(ws.sent.length).toBe(sentBefore + 1);
+    const again = lastRequest(ws);
+    expect(PacketType[again.type]).toBe("MESSAGE_ACK");
+    expect(fromBinary(MessageAckSchema, again.data).seq).toBe(1n);
+
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(ws.sent.length).toBe(sentBefore + 1);
     await logOut(session);
   });
 });
