@@ -89,13 +89,18 @@ impl Outbox {
     /// Appends encoded frames and wakes the connection's task. Returns the bytes now
     /// queued, so the caller can enforce the outbound limit.
     pub(crate) fn push(&self, encode: impl FnOnce(&mut BytesMut)) -> usize {
-        let queued = {
-            let mut pending = self.pending.borrow_mut();
-            encode(&mut pending);
-            pending.len()
-        };
+        let queued = self.append(encode);
         self.notify();
         queued
+    }
+
+    /// Appends encoded frames without waking the connection's task, and returns the bytes
+    /// now queued. Meant for the connection's own task only: its loop writes the queue
+    /// before it waits again, so a wake would only poll the task once more for nothing.
+    pub(crate) fn append(&self, encode: impl FnOnce(&mut BytesMut)) -> usize {
+        let mut pending = self.pending.borrow_mut();
+        encode(&mut pending);
+        pending.len()
     }
 
     /// Writes what the socket takes now from the front of the queue. Returns true when

@@ -417,9 +417,11 @@ impl Connection {
         )
     }
 
-    /// Queues encoded frames; past the outbound limit the connection must close.
+    /// Queues encoded frames; past the outbound limit the connection must close. The
+    /// connection's loop writes them before it waits again, so the queue does not wake the
+    /// task.
     fn queue(&self, encode: impl FnOnce(&mut BytesMut)) -> Option<Ending> {
-        let queued = self.outbox.push(encode);
+        let queued = self.outbox.append(encode);
         (queued > self.ctx.config.max_outbound_bytes).then(|| {
             self.ctx.metrics.count_limit("outbound_queue");
             // As for a push past the limit: the close need not wait behind the queue.
