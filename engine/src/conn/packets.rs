@@ -3,15 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use im_proto::{
     ConnAckRequest, ConnLoginRequest, ConnLogoutRequest, ConnSendRequest, ConnSignInRequest,
     ConnSyncRequest, DeviceRef, ErrorCode, KickReason, Kicked, LoginRequest, MessageAck, Packet,
     PacketType, RegisterRequest, SendRequest, SignInReply, SignInRequest, SyncRequest,
 };
-use im_ws::Message;
-use prost::encoding::{encode_key, encode_varint, WireType};
+use im_ws::{Message, OpCode};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message as _;
 use tracing::debug;
 
@@ -28,9 +28,6 @@ const BRIDGE_GRACE: Duration = Duration::from_millis(500);
 
 const RATE_LIMITED_TEXT: &str =
     "rate limit exceeded: the packet was dropped; wait retry_after_ms before sending again";
-
-/// Room for a reply without data: five varint fields and `RATE_LIMITED_TEXT`.
-const BODYLESS_REPLY_BYTES: usize = 160;
 
 impl Connection {
     pub(super) async fn handle_packet(&mut self, data: Bytes) -> Option<Ending> {
@@ -95,7 +92,7 @@ impl Connection {
 
     /// Drops a message over the rate limit. A packet gets a RATE_LIMITED reply with its own
     /// type and request id, or type ERROR when its type has no reply. Pings and pongs are
-    /// dropped without a reply. The reply is encoded in a stack buffer, not a new allocation.
+    /// dropped without a reply. The reply is encoded straight into the outbound queue.
     pub(super) fn reject_limited(
         &self,
         message: &Message,
@@ -110,16 +107,16 @@ impl Connection {
             Ok(packet) => (limited_reply_type(&packet), packet.request_id),
             Err(_) => (PacketType::Error, 0),
         };
-        let mut stack = [0u8; BODYLESS_REPLY_BYTES];
-        let length = encode_bodyless_reply(
-            &mut stack,
-            reply_type,
-            request_id,
-            ErrorCode::RateLimited,
-            RATE_LIMITED_TEXT,
-            retry_after_ms,
-        );
-        self.queue(|buf| im_ws::encode_binary(&stack[..length], buf))
+        self.queue(|buf| {
+            encode_bodyless_reply(
+                buf,
+                reply_type,
+                request_id,
+                ErrorCode::RateLimited,
+                RATE_LIMITED_TEXT,
+                retry_after_ms,
+            )
+        })
     }
 
     async fn register(&mut self, packet: Packet) -> Option<Ending> {
@@ -394,7 +391,7 @@ impl Connection {
             Ok(message) => self.reply(kind, request.request_id, message.encode_to_vec()),
             Err(err) => {
                 debug!(code = ?err.code, request_id = request.request_id, "request failed");
-                self.reply_error(kind, request.request_id, err.code, err.message)
+                self.reply_error(kind, request.request_id, err.code, &err.message)
             }
         }
     }
@@ -414,17 +411,19 @@ impl Connection {
         kind: PacketType,
         request_id: u64,
         code: ErrorCode,
-        message: impl Into<String>,
+        message: impl AsRef<str>,
     ) -> Option<Ending> {
-        let packet = Packet {
-            r#type: kind as i32,
-            request_id,
-            code: code as i32,
-            message: message.into(),
-            data: Bytes::new(),
-            retry_after_ms: self.retry_hint(code),
-        };
-        self.queue_packet(&packet)
+        let retry_after_ms = self.retry_hint(code);
+        self.queue(|buf| {
+            encode_bodyless_reply(
+                buf,
+                kind,
+                request_id,
+                code,
+                message.as_ref(),
+                retry_after_ms,
+            )
+        })
     }
 
     /// Returns the `retry_after_ms` of a reply with `code`: for BUSY, UNAVAILABLE and
@@ -441,9 +440,17 @@ impl Connection {
         rand::random_range(base.div_ceil(2)..=base.saturating_add(base / 2))
     }
 
+    /// Queues `packet` as one binary frame, encoded straight into the outbound queue.
     fn queue_packet(&self, packet: &Packet) -> Option<Ending> {
-        let encoded = packet.encode_to_vec();
-        self.queue(|buf| im_ws::encode_binary(&encoded, buf))
+        let length = packet.encoded_len();
+        self.queue(|buf| {
+            buf.reserve(im_ws::frame_header_len(length) + length);
+            im_ws::encode_header(OpCode::Binary, length, buf);
+            // A BytesMut grows to any length, so `encode` finds room and cannot fail.
+            packet
+                .encode(buf)
+                .expect("a BytesMut has room for any packet");
+        })
     }
 }
 
@@ -478,69 +485,117 @@ fn limited_reply_type(packet: &Packet) -> PacketType {
     }
 }
 
-/// Encodes a `Packet` without data into `out`, as prost would, and returns its length.
-///
-/// # Panics
-/// When `out` is too small. `BODYLESS_REPLY_BYTES` has room for every field at its
-/// largest and a message of up to 100 bytes.
+/// Appends a binary frame with a `Packet` that has no data to `out`, encoded as prost
+/// would encode it: fields in number order, and fields at their proto3 default (zero or
+/// empty) left out.
 fn encode_bodyless_reply(
-    out: &mut [u8],
+    out: &mut BytesMut,
     kind: PacketType,
     request_id: u64,
     code: ErrorCode,
-    message: &'static str,
+    message: &str,
     retry_after_ms: u32,
-) -> usize {
-    let capacity = out.len();
-    let mut buf = &mut out[..];
-    // Field numbers of `Packet` in packet.proto; proto3 leaves zero values out.
+) {
+    // Field numbers of `Packet` in packet.proto.
     let varints = [
         (1, kind as i32 as u64),
         (2, request_id),
         (3, code as i32 as u64),
     ];
+    let retry_after_ms = u64::from(retry_after_ms);
+    let mut length = 0;
     for (field, value) in varints {
         if value != 0 {
-            encode_key(field, WireType::Varint, &mut buf);
-            encode_varint(value, &mut buf);
+            length += key_len(field) + encoded_len_varint(value);
         }
     }
-    encode_key(4, WireType::LengthDelimited, &mut buf);
-    encode_varint(message.len() as u64, &mut buf);
-    buf.put_slice(message.as_bytes());
-    if retry_after_ms != 0 {
-        encode_key(6, WireType::Varint, &mut buf);
-        encode_varint(u64::from(retry_after_ms), &mut buf);
+    if !message.is_empty() {
+        length += key_len(4) + encoded_len_varint(message.len() as u64) + message.len();
     }
-    capacity - buf.len()
+    if retry_after_ms != 0 {
+        length += key_len(6) + encoded_len_varint(retry_after_ms);
+    }
+    out.reserve(im_ws::frame_header_len(length) + length);
+    im_ws::encode_header(OpCode::Binary, length, out);
+    for (field, value) in varints {
+        if value != 0 {
+            encode_key(field, WireType::Varint, out);
+            encode_varint(value, out);
+        }
+    }
+    if !message.is_empty() {
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(message.len() as u64, out);
+        out.put_slice(message.as_bytes());
+    }
+    if retry_after_ms != 0 {
+        encode_key(6, WireType::Varint, out);
+        encode_varint(retry_after_ms, out);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn bodyless_reply_decodes_as_packet() {
-        let mut out = [0u8; BODYLESS_REPLY_BYTES];
-        let length = encode_bodyless_reply(
-            &mut out,
-            PacketType::Send,
-            u64::MAX,
-            ErrorCode::RateLimited,
-            RATE_LIMITED_TEXT,
-            u32::MAX,
-        );
-        assert!(RATE_LIMITED_TEXT.len() <= 100);
-        let packet = Packet::decode(&out[..length]).unwrap();
-        let expected = Packet {
-            r#type: PacketType::Send as i32,
-            request_id: u64::MAX,
-            code: ErrorCode::RateLimited as i32,
-            message: RATE_LIMITED_TEXT.to_owned(),
-            data: Bytes::new(),
-            retry_after_ms: u32::MAX,
+    /// Returns the payload of the one unmasked binary frame in `frame`.
+    fn frame_payload(frame: &[u8]) -> &[u8] {
+        let header_len = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
         };
-        assert_eq!(packet, expected);
-        assert_eq!(&out[..length], expected.encode_to_vec().as_slice());
+        assert_eq!(frame[0], 0x82, "a final binary frame");
+        assert_eq!(im_ws::encoded_frame_len(frame), Some(frame.len()));
+        &frame[header_len..]
+    }
+
+    #[test]
+    fn bodyless_reply_matches_prost() {
+        let long_text = "x".repeat(300);
+        let cases = [
+            (
+                PacketType::Send,
+                u64::MAX,
+                ErrorCode::RateLimited,
+                RATE_LIMITED_TEXT,
+                u32::MAX,
+            ),
+            (
+                PacketType::Heartbeat,
+                1,
+                ErrorCode::NotSignedIn,
+                "sign in first",
+                0,
+            ),
+            (PacketType::Heartbeat, 7, ErrorCode::Ok, "", 0),
+            (
+                PacketType::Error,
+                0,
+                ErrorCode::UnknownType,
+                long_text.as_str(),
+                0,
+            ),
+            (PacketType::Login, 0, ErrorCode::Busy, "", 1500),
+        ];
+        for (kind, request_id, code, message, retry_after_ms) in cases {
+            let mut out = BytesMut::new();
+            encode_bodyless_reply(&mut out, kind, request_id, code, message, retry_after_ms);
+            let expected = Packet {
+                r#type: kind as i32,
+                request_id,
+                code: code as i32,
+                message: message.to_owned(),
+                data: Bytes::new(),
+                retry_after_ms,
+            };
+            let payload = frame_payload(&out);
+            assert_eq!(
+                payload,
+                expected.encode_to_vec().as_slice(),
+                "{kind:?} {code:?}"
+            );
+            assert_eq!(Packet::decode(payload).unwrap(), expected);
+        }
     }
 }
