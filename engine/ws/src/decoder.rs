@@ -162,15 +162,15 @@ impl Decoder {
         buf: &mut BytesMut,
     ) -> Result<Option<Message>, ProtocolError> {
         let message = match header.opcode {
-            OpCode::Ping => Message::Ping(buf.split_to(payload_len).freeze()),
-            OpCode::Pong => Message::Pong(buf.split_to(payload_len).freeze()),
+            OpCode::Ping => Message::Ping(split_payload(buf, payload_len)),
+            OpCode::Pong => Message::Pong(split_payload(buf, payload_len)),
             OpCode::Close => {
                 let close = close::parse_close_payload(&buf[..payload_len])?;
                 buf.advance(payload_len);
                 Message::Close(close)
             }
             OpCode::Text | OpCode::Binary if header.fin => {
-                let payload = buf.split_to(payload_len).freeze();
+                let payload = split_payload(buf, payload_len);
                 whole_message(header.opcode, payload)?
             }
             OpCode::Text | OpCode::Binary => {
@@ -251,6 +251,17 @@ impl Fragmented {
     }
 }
 
+/// Splits the first `len` bytes off `buf`. When they are all of `buf`, as for a lone frame
+/// read on its own, it takes the buffer whole, because `split_to` would allocate a shared
+/// owner for the two halves.
+fn split_payload(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len == buf.len() {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(len).freeze()
+    }
+}
+
 /// Builds the message for an unfragmented text or binary frame.
 fn whole_message(opcode: OpCode, payload: Bytes) -> Result<Message, ProtocolError> {
     if opcode == OpCode::Binary {
@@ -320,6 +331,25 @@ mod tests {
             ]
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn lone_frame_takes_whole_buffer() {
+        for (opcode, payload) in [(BINARY, &b"\x08\x04\x10\x01"[..]), (PING, &b"hi"[..])] {
+            let mut buf = input(&[client_frame(true, opcode, payload)]);
+            let message = decoder().decode(&mut buf).unwrap();
+            let expected = match opcode {
+                BINARY => Message::Binary(Bytes::copy_from_slice(payload)),
+                _ => Message::Ping(Bytes::copy_from_slice(payload)),
+            };
+            assert_eq!(message, Some(expected));
+            assert!(buf.is_empty());
+            assert_eq!(
+                buf.capacity(),
+                0,
+                "the buffer's allocation moved to the message"
+            );
+        }
     }
 
     #[test]
