@@ -30,6 +30,7 @@ use crate::close;
 use crate::registry::{CloseRequest, ConnId, Outbox};
 use crate::shard::ShardContext;
 use io::ReadOutcome;
+use packets::LogicCall;
 use rate::{Deadline, RateState, Verdict};
 use step::Step;
 use transport::Transport;
@@ -210,7 +211,7 @@ impl Connection {
 
     async fn run(&mut self) -> Ending {
         if !self.read_buf.is_empty() {
-            if let Some(ending) = Step::new(self.handle_input()).await {
+            if let Some(ending) = self.handle_buffered().await {
                 return ending;
             }
         }
@@ -229,11 +230,15 @@ impl Connection {
                     debug!(error = %err, "wait for readability failed");
                     return Ending::Gone("socket error");
                 }
-                Event::Readable(Ok(())) => {
-                    if let Some(ending) = Step::new(self.read_and_handle()).await {
-                        return ending;
+                Event::Readable(Ok(())) => match self.read_input() {
+                    Ok(true) => {
+                        if let Some(ending) = self.handle_buffered().await {
+                            return ending;
+                        }
                     }
-                }
+                    Ok(false) => {}
+                    Err(ending) => return ending,
+                },
             }
         }
     }
@@ -325,7 +330,9 @@ impl Connection {
         })
     }
 
-    async fn read_and_handle(&mut self) -> Option<Ending> {
+    /// Reads the bytes waiting in the socket into the read buffer. Returns true when bytes arrived,
+    /// or the ending when the socket is closed or failed.
+    fn read_input(&mut self) -> Result<bool, Ending> {
         let outcome = {
             let mut scratch = self.ctx.scratch.borrow_mut();
             self.transport
@@ -333,24 +340,43 @@ impl Connection {
         };
         self.ctx.clock.tick();
         match outcome {
-            Ok(ReadOutcome::Data) => self.handle_input().await,
-            Ok(ReadOutcome::WouldBlock) => None,
-            Ok(ReadOutcome::Eof) => Some(Ending::Gone("peer closed the socket")),
+            Ok(ReadOutcome::Data) => Ok(true),
+            Ok(ReadOutcome::WouldBlock) => Ok(false),
+            Ok(ReadOutcome::Eof) => Err(Ending::Gone("peer closed the socket")),
             Err(err) => {
                 debug!(error = %err, "read failed");
-                Some(Ending::Gone("read error"))
+                Err(Ending::Gone("read error"))
             }
         }
     }
 
-    /// Decodes and handles every whole message in the read buffer.
-    async fn handle_input(&mut self) -> Option<Ending> {
+    /// Handles every whole message in the read buffer. Most packets are handled without
+    /// waiting. A packet that calls the logic tier runs in a recycled step (see `step`), so
+    /// its state does not enlarge the connection's task.
+    async fn handle_buffered(&mut self) -> Option<Ending> {
+        loop {
+            // A `let`, not a `match` around the await: a match scrutinee would live across
+            // the await and enlarge every idle task by a packet.
+            let call = match self.handle_input() {
+                Ok(ending) => return ending,
+                Err(call) => call,
+            };
+            if let Some(ending) = Step::new(self.handle_call(call)).await {
+                return Some(ending);
+            }
+        }
+    }
+
+    /// Decodes and handles the whole messages in the read buffer until it has no more, a
+    /// message ends the connection, or a packet must call the logic tier. That packet is
+    /// returned, and the messages after it stay in the buffer.
+    fn handle_input(&mut self) -> Result<Option<Ending>, LogicCall> {
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.touch();
                     let ending = match self.check_rate(&message) {
-                        Verdict::Pass => self.handle_message(message).await,
+                        Verdict::Pass => self.handle_message(message)?,
                         Verdict::Limited {
                             kind,
                             retry_after_ms,
@@ -358,23 +384,27 @@ impl Connection {
                         Verdict::Close => Some(self.close_rate_exceeded()),
                     };
                     if let Some(ending) = ending {
-                        return Some(ending);
+                        return Ok(Some(ending));
                     }
                 }
                 Ok(None) => break,
                 Err(err) => {
                     debug!(error = %err, "websocket protocol error");
-                    return Some(Ending::Close(err.close_code(), err.to_string().into()));
+                    return Ok(Some(Ending::Close(
+                        err.close_code(),
+                        err.to_string().into(),
+                    )));
                 }
             }
         }
         io::release_if_empty(&mut self.read_buf);
-        None
+        Ok(None)
     }
 
-    async fn handle_message(&mut self, message: Message) -> Option<Ending> {
-        match message {
-            Message::Binary(data) => self.handle_packet(data).await,
+    /// Handles one message, or returns the packet that must call the logic tier.
+    fn handle_message(&mut self, message: Message) -> Result<Option<Ending>, LogicCall> {
+        let ending = match message {
+            Message::Binary(data) => return self.handle_packet(data),
             Message::Text(_) => Some(Ending::Close(
                 close::UNSUPPORTED_DATA,
                 "text frames are not supported: send each Packet as a binary message".into(),
@@ -384,7 +414,8 @@ impl Connection {
             Message::Close(frame) => Some(Ending::PeerClosed(
                 frame.map_or(close::NORMAL, |frame| frame.code),
             )),
-        }
+        };
+        Ok(ending)
     }
 
     /// Pushes the idle deadline forward after any frame from a signed-in device.
@@ -662,6 +693,13 @@ mod tests {
         Layout::new::<R>()
     }
 
+    fn call_step_layout<'a, F, R>(_: F) -> Layout
+    where
+        F: FnOnce(&'a mut Connection, LogicCall) -> R,
+    {
+        Layout::new::<R>()
+    }
+
     /// Every idle connection keeps its task allocated, so a new field or a local kept across
     /// the idle wait shows up here first.
     #[test]
@@ -680,8 +718,7 @@ mod tests {
     fn steps_fit_their_recycled_blocks() {
         for (name, layout) in [
             ("open", step_layout(Connection::open)),
-            ("read_and_handle", step_layout(Connection::read_and_handle)),
-            ("handle_input", step_layout(Connection::handle_input)),
+            ("handle_call", call_step_layout(Connection::handle_call)),
         ] {
             assert!(
                 layout.size() <= step::BLOCK_BYTES && layout.align() <= step::BLOCK_ALIGN,

@@ -29,23 +29,53 @@ const BRIDGE_GRACE: Duration = Duration::from_millis(500);
 const RATE_LIMITED_TEXT: &str =
     "rate limit exceeded: the packet was dropped; wait retry_after_ms before sending again";
 
+/// A packet whose handling waits for the logic tier, checked against the connection's state
+/// and ready for [`Connection::handle_call`].
+pub(super) struct LogicCall {
+    kind: CallKind,
+    packet: Packet,
+}
+
+/// The packet types that call the logic tier.
+#[derive(Debug, Clone, Copy)]
+enum CallKind {
+    Register,
+    Login,
+    SignIn,
+    Send,
+    Logout,
+    Sync,
+}
+
 impl Connection {
-    pub(super) async fn handle_packet(&mut self, data: Bytes) -> Option<Ending> {
+    /// Handles a packet that needs no call to the logic tier, or returns it as the
+    /// [`LogicCall`] that [`Connection::handle_call`] carries out.
+    pub(super) fn handle_packet(&mut self, data: Bytes) -> Result<Option<Ending>, LogicCall> {
         let packet = match Packet::decode(data) {
             Ok(packet) => packet,
             Err(err) => {
                 debug!(error = %err, "undecodable packet");
                 let message = format!("invalid packet: {err}");
-                return self.reply_error(PacketType::Error, 0, ErrorCode::InvalidPacket, message);
+                return Ok(self.reply_error(
+                    PacketType::Error,
+                    0,
+                    ErrorCode::InvalidPacket,
+                    message,
+                ));
             }
         };
         let request_id = packet.request_id;
         ShardMetrics::add(&self.ctx.metrics.packets_in, 1);
-        match PacketType::try_from(packet.r#type) {
+        let ending = match PacketType::try_from(packet.r#type) {
             Ok(PacketType::Heartbeat) if self.session().is_some() => {
                 self.reply(PacketType::Heartbeat, request_id, Vec::new())
             }
-            Ok(PacketType::Register) => self.register(packet).await,
+            Ok(PacketType::Register) => {
+                return Err(LogicCall {
+                    kind: CallKind::Register,
+                    packet,
+                })
+            }
             Ok(PacketType::Login | PacketType::SignIn) if self.session().is_some() => self
                 .reply_error(
                     packet_type(&packet),
@@ -53,8 +83,18 @@ impl Connection {
                     ErrorCode::AlreadySignedIn,
                     "this connection is already signed in",
                 ),
-            Ok(PacketType::Login) => self.login(packet).await,
-            Ok(PacketType::SignIn) => self.sign_in(packet).await,
+            Ok(PacketType::Login) => {
+                return Err(LogicCall {
+                    kind: CallKind::Login,
+                    packet,
+                })
+            }
+            Ok(PacketType::SignIn) => {
+                return Err(LogicCall {
+                    kind: CallKind::SignIn,
+                    packet,
+                })
+            }
             Ok(
                 kind @ (PacketType::Send
                 | PacketType::Sync
@@ -66,9 +106,24 @@ impl Connection {
                 ErrorCode::NotSignedIn,
                 "sign in first: send SIGN_IN or LOGIN",
             ),
-            Ok(PacketType::Send) => self.send(packet).await,
-            Ok(PacketType::Logout) => self.logout(packet).await,
-            Ok(PacketType::Sync) => self.sync(packet).await,
+            Ok(PacketType::Send) => {
+                return Err(LogicCall {
+                    kind: CallKind::Send,
+                    packet,
+                })
+            }
+            Ok(PacketType::Logout) => {
+                return Err(LogicCall {
+                    kind: CallKind::Logout,
+                    packet,
+                })
+            }
+            Ok(PacketType::Sync) => {
+                return Err(LogicCall {
+                    kind: CallKind::Sync,
+                    packet,
+                })
+            }
             Ok(PacketType::MessageAck) => self.ack(packet),
             Ok(PacketType::Heartbeat) => self.reply_error(
                 PacketType::Heartbeat,
@@ -87,6 +142,20 @@ impl Connection {
                     message,
                 )
             }
+        };
+        Ok(ending)
+    }
+
+    /// Carries out a packet that calls the logic tier and queues its reply.
+    pub(super) async fn handle_call(&mut self, call: LogicCall) -> Option<Ending> {
+        let LogicCall { kind, packet } = call;
+        match kind {
+            CallKind::Register => self.register(packet).await,
+            CallKind::Login => self.login(packet).await,
+            CallKind::SignIn => self.sign_in(packet).await,
+            CallKind::Send => self.send(packet).await,
+            CallKind::Logout => self.logout(packet).await,
+            CallKind::Sync => self.sync(packet).await,
         }
     }
 
