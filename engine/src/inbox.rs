@@ -7,7 +7,8 @@ use std::task::Poll;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use futures::channel::oneshot;
 use futures::task::AtomicWaker;
-use im_proto::{DeliveryTarget, KickReason, Message};
+use im_proto::{DeliveryTarget, KickReason, PacketType};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
 use crate::registry::ConnId;
 
@@ -36,10 +37,39 @@ pub(crate) enum ShardMessage {
 /// The content of one delivery, written to each of its targets.
 #[derive(Debug)]
 pub(crate) enum PushPayload {
-    /// A message; the shard sets each target's seq when encoding its MESSAGE packet.
-    Message(Message),
+    /// A message encoded with seq 0, so without its seq field. The shard adds each target's
+    /// seq when it writes the MESSAGE packet, with [`message_packet`].
+    Message(Vec<u8>),
     /// An encoded NOTICE packet, the same bytes for every target.
     Notice(Vec<u8>),
+}
+
+/// Encodes the MESSAGE packet of a message with `seq`, given the message encoded with seq 0.
+/// The bytes equal prost's encoding of `Packet { type: MESSAGE, data }`, where `data` is the
+/// message with `seq` encoded by prost. prost-derive 0.14 sorts fields by tag when it encodes,
+/// and seq is field 1 of `Message`, so it comes first.
+pub(crate) fn message_packet(without_seq: &[u8], seq: u64) -> Vec<u8> {
+    // Field numbers of `Packet` (type 1, data 5) and `Message` (seq 1) in packet.proto.
+    let seq_len = if seq == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(seq)
+    };
+    let data_len = seq_len + without_seq.len();
+    let mut packet = Vec::with_capacity(2 + 1 + encoded_len_varint(data_len as u64) + data_len);
+    encode_key(1, WireType::Varint, &mut packet);
+    encode_varint(PacketType::Message as u64, &mut packet);
+    // proto3 leaves empty bytes out, as prost does.
+    if data_len > 0 {
+        encode_key(5, WireType::LengthDelimited, &mut packet);
+        encode_varint(data_len as u64, &mut packet);
+    }
+    if seq != 0 {
+        encode_key(1, WireType::Varint, &mut packet);
+        encode_varint(seq, &mut packet);
+    }
+    packet.extend_from_slice(without_seq);
+    packet
 }
 
 /// One message or notice for one device; for a message, with the seq of its user's copy.
@@ -111,4 +141,51 @@ pub(crate) fn inbox() -> (InboxSender, InboxReceiver) {
         },
         InboxReceiver { receiver, waker },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use im_proto::{Message, Packet};
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Encodes the packet with prost, from a copy of the message with `seq`.
+    fn prost_packet(message: &Message, seq: u64) -> Vec<u8> {
+        let mut message = message.clone();
+        message.seq = seq;
+        let packet = Packet {
+            r#type: PacketType::Message as i32,
+            data: message.encode_to_vec().into(),
+            ..Packet::default()
+        };
+        packet.encode_to_vec()
+    }
+
+    #[test]
+    fn message_packet_matches_prost() {
+        let full = Message {
+            seq: 0,
+            message_id: u64::MAX,
+            sender_user_id: 7,
+            sender_device_id: 300,
+            conversation_type: 1,
+            receiver_id: 1 << 40,
+            content: Bytes::from(vec![0xab; 200]),
+            content_type: "text/plain".to_owned(),
+            client_msg_id: "c-1".to_owned(),
+            sent_at_ms: -1,
+        };
+        for message in [Message::default(), full] {
+            let without_seq = message.encode_to_vec();
+            for seq in [0, 1, 127, 128, u64::MAX] {
+                assert_eq!(
+                    message_packet(&without_seq, seq),
+                    prost_packet(&message, seq),
+                    "seq {seq}"
+                );
+            }
+        }
+    }
 }

@@ -112,7 +112,11 @@ impl ConnectIntService for PushService {
 /// neither. The call is then rejected as a whole, before any target is written to.
 fn take_payload(index: usize, delivery: &mut Delivery) -> Result<PushPayload, Status> {
     match (delivery.message.take(), delivery.notice.take()) {
-        (Some(message), None) => Ok(PushPayload::Message(message)),
+        (Some(mut message), None) => {
+            // Each target gets its own seq, added by the shard.
+            message.seq = 0;
+            Ok(PushPayload::Message(message.encode_to_vec()))
+        }
         (None, Some(notice)) => {
             let packet = Packet {
                 r#type: PacketType::Notice as i32,

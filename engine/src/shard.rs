@@ -8,19 +8,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use im_proto::{Message, Packet, PacketType};
 use im_ws::{DecoderLimits, HandshakeLimits};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use monoio::time::Instant;
-use prost::Message as _;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::Admission;
 use crate::bridge::BridgeHandle;
 use crate::config::Config;
 use crate::conn::rate::{RateLimits, ShardClock};
-use crate::inbox::{InboxReceiver, PushPayload, ShardMessage, TargetedPush};
+use crate::inbox::{message_packet, InboxReceiver, PushPayload, ShardMessage, TargetedPush};
 use crate::metrics::ShardMetrics;
 use crate::registry::{CloseRequest, ConnId, DeviceMap, ShardRegistry};
 use crate::tls::TlsCertificate;
@@ -329,15 +327,8 @@ fn deliver_one(ctx: &ShardContext, item: &TargetedPush) -> bool {
         return false;
     };
     let queued = match &*item.payload {
-        PushPayload::Message(message) => {
-            let mut message = Message::clone(message);
-            message.seq = item.target.seq;
-            let packet = Packet {
-                r#type: PacketType::Message as i32,
-                data: message.encode_to_vec().into(),
-                ..Packet::default()
-            };
-            let encoded = packet.encode_to_vec();
+        PushPayload::Message(without_seq) => {
+            let encoded = message_packet(without_seq, item.target.seq);
             outbox.push(|buf| im_ws::encode_binary(&encoded, buf))
         }
         PushPayload::Notice(encoded) => outbox.push(|buf| im_ws::encode_binary(encoded, buf)),
