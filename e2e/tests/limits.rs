@@ -15,7 +15,7 @@ use im_proto::connect_int_service_client::ConnectIntServiceClient;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ErrorCode, KickRequest, LoginReply, LoginRequest, Packet, PacketType, RegisterRequest,
-    SignInRequest,
+    SignInRequest, SyncReply, SyncRequest,
 };
 use prost::Message as _;
 use support::*;
@@ -782,6 +782,74 @@ async fn slow_reader_is_closed_with_4008_then_syncs() {
     assert!(from_alice
         .iter()
         .all(|message| message.content == content.as_slice()));
+    stack.stop().await;
+}
+
+/// SYNC requests sent in one write are handled one after another, each waiting for the logic
+/// tier. Their replies together pass `max_outbound_bytes`, but the device reads all the time,
+/// so the engine must write each reply before it waits for the next call rather than queue
+/// them all and close the connection with 4008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_syncs_reach_a_reading_device() {
+    const SYNCS: u64 = 4;
+    let stack = Stack::start_with(logic_config(), |engine| {
+        engine.max_outbound_bytes = 128 * 1024;
+    })
+    .await;
+    let (alice, alice_client) = stack.new_user("pipe-a").await;
+    let (bob, bob_client) = stack.new_user("pipe-b").await;
+    make_friends(&alice, &bob).await;
+    bob_client.close().await.unwrap();
+    let content = vec![b'x'; 16 * 1024];
+    for n in 0..4 {
+        alice_client
+            .send(
+                im_proto::ConversationType::User,
+                bob.id(),
+                content.clone(),
+                "text/plain",
+                &format!("pipe-{n}"),
+            )
+            .await
+            .expect("send to bob");
+    }
+
+    // Each reply contains the 4 messages, about 64 KiB, and together they pass the 128 KiB limit.
+    let mut bob_stream = raw_signed_in(&stack, &bob.login).await;
+    let sync = SyncRequest {
+        after_seq: 0,
+        limit: 4,
+    };
+    let mut write = Vec::new();
+    for request_id in 1..=SYNCS {
+        let request = Packet {
+            r#type: PacketType::Sync as i32,
+            request_id: RAW_REQUEST_IDS + request_id,
+            data: sync.encode_to_vec().into(),
+            ..Packet::default()
+        };
+        write.extend(masked_frame(0x82, &request.encode_to_vec()));
+    }
+    bob_stream.write_all(&write).await.unwrap();
+
+    for request_id in 1..=SYNCS {
+        let (opcode, payload) =
+            tokio::time::timeout(Duration::from_secs(10), read_frame(&mut bob_stream))
+                .await
+                .expect("a frame within 10 s");
+        assert_eq!(
+            opcode,
+            2,
+            "reply {request_id} of {SYNCS}: opcode {opcode}, payload {:?}",
+            &payload[..payload.len().min(2)]
+        );
+        let reply = Packet::decode(payload.as_slice()).unwrap();
+        assert_eq!(reply.request_id, RAW_REQUEST_IDS + request_id);
+        assert_eq!(reply.code, ErrorCode::Ok as i32, "{}", reply.message);
+        let page = SyncReply::decode(reply.data).unwrap();
+        assert_eq!(page.messages.len(), 4);
+    }
+    assert_eq!(metric(&stack, "im_engine_closes_total{code=\"4008\"}"), 0);
     stack.stop().await;
 }
 

@@ -361,6 +361,11 @@ impl Connection {
                 Ok(ending) => return ending,
                 Err(call) => call,
             };
+            // Write the replies queued so far before the wait, so that the replies of packets
+            // sent in one write do not add up in the queue past `max_outbound_bytes`.
+            if let Some(ending) = self.flush() {
+                return Some(ending);
+            }
             if let Some(ending) = Step::new(self.handle_call(call)).await {
                 return Some(ending);
             }
