@@ -15,9 +15,10 @@ use im_proto::connect_int_service_client::ConnectIntServiceClient;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
     ErrorCode, KickRequest, LoginReply, LoginRequest, Packet, PacketType, RegisterRequest,
-    SignInRequest, SyncReply, SyncRequest,
+    SendReply, SendRequest, SignInRequest, SyncReply, SyncRequest,
 };
 use prost::Message as _;
+use support::front::{self, Play};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -899,4 +900,109 @@ async fn mid_frame_close_keeps_frames_whole() {
     );
     assert_binary_frames_then_4008(&received);
     stack.stop().await;
+}
+
+/// How long the logic tier's front holds back the replies to SEND calls.
+const SEND_HOLD: Duration = Duration::from_millis(600);
+
+/// Alice's SEND is stored at once, but its reply comes late, as from a slow network between
+/// the engine and the logic tier. Bob's message to Alice, stored after it with the next seq,
+/// is pushed meanwhile. The push must not reach Alice before her own SEND's reply: she would
+/// take the seq between for a hole and SYNC for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_wait_behind_own_send_replies() {
+    let logic_config = logic_config();
+    let logic = im_logic::start(logic_config.clone())
+        .await
+        .expect("logic tier starts");
+    let script = Arc::new(|method: &str| {
+        if method == "SendMany" || method == "Send" {
+            Play::ReplyAfter(SEND_HOLD)
+        } else {
+            Play::Forward
+        }
+    });
+    let (front, seen) = front::start(logic.local_addr(), script).await;
+    let engine = im_engine::Engine::start(engine_config(front)).expect("engine starts");
+    let stack = Stack {
+        logic: Some(logic),
+        logic_config,
+        engine: Some(engine),
+    };
+    let (alice, alice_client) = stack.new_user("order-a").await;
+    let (bob, bob_client) = stack.new_user("order-b").await;
+    make_friends(&alice, &bob).await;
+    alice_client.close().await.unwrap();
+    let mut alice_stream = raw_signed_in(&stack, &alice.login).await;
+
+    let send = SendRequest {
+        conversation_type: im_proto::ConversationType::User as i32,
+        receiver_id: bob.id(),
+        content: b"from alice".to_vec().into(),
+        content_type: "text/plain".to_owned(),
+        client_msg_id: "order-alice".to_owned(),
+    };
+    let request = Packet {
+        r#type: PacketType::Send as i32,
+        request_id: RAW_REQUEST_IDS,
+        data: send.encode_to_vec().into(),
+        ..Packet::default()
+    };
+    alice_stream
+        .write_all(&masked_frame(0x82, &request.encode_to_vec()))
+        .await
+        .unwrap();
+    let passed_on = eventually(Duration::from_secs(5), || async {
+        seen.count("SendMany") + seen.count("Send") == 1
+    })
+    .await;
+    assert!(
+        passed_on,
+        "alice's SEND did not reach the logic tier's front"
+    );
+    // The front passed the call on at once; give the logic tier time to store it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bob_send = bob_client.send(
+        im_proto::ConversationType::User,
+        alice.id(),
+        b"from bob".to_vec(),
+        "text/plain",
+        "order-bob",
+    );
+
+    let read_two = async {
+        let mut order = Vec::new();
+        while order.len() < 2 {
+            let (opcode, payload) =
+                tokio::time::timeout(Duration::from_secs(10), read_frame(&mut alice_stream))
+                    .await
+                    .expect("a frame within 10 s");
+            assert_eq!(opcode, 2, "a binary frame, got opcode {opcode}");
+            let packet = Packet::decode(payload.as_slice()).unwrap();
+            match PacketType::try_from(packet.r#type) {
+                Ok(PacketType::Send) => {
+                    assert_eq!(packet.code, ErrorCode::Ok as i32, "{}", packet.message);
+                    order.push(Arrival::Reply(SendReply::decode(packet.data).unwrap().seq));
+                }
+                Ok(PacketType::Message) => {
+                    let message = im_proto::Message::decode(packet.data).unwrap();
+                    order.push(Arrival::Push(message.seq));
+                }
+                Ok(PacketType::Notice) => {}
+                other => panic!("unexpected packet {other:?}: {}", packet.message),
+            }
+        }
+        order
+    };
+    let (bob_reply, order) = tokio::join!(bob_send, read_two);
+    bob_reply.expect("bob's send");
+    assert_eq!(order, [Arrival::Reply(1), Arrival::Push(2)]);
+    stack.stop().await;
+}
+
+/// A SEND reply or a MESSAGE push, with the seq it carries in the receiving user's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    Reply(u64),
+    Push(u64),
 }

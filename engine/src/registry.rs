@@ -103,6 +103,31 @@ impl Outbox {
         pending.len()
     }
 
+    /// Returns the bytes queued now.
+    pub(crate) fn queued(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Inserts encoded frames at byte `at` of the queue, ahead of the frames queued after
+    /// that point, without waking the connection's task. `at` must be a frame boundary, such
+    /// as the queue's length at an earlier moment with no write since. Past the end it
+    /// appends. Returns the bytes now queued and the end of the inserted frames.
+    pub(crate) fn insert(&self, at: usize, encode: impl FnOnce(&mut BytesMut)) -> (usize, usize) {
+        let mut pending = self.pending.borrow_mut();
+        // Never inside the rest of a frame already partly written.
+        let at = at.max(self.front_rest.get() as usize);
+        if at >= pending.len() {
+            encode(&mut pending);
+            return (pending.len(), pending.len());
+        }
+        let later = pending.split_off(at);
+        encode(&mut pending);
+        let end = pending.len();
+        // Copies `later` back behind the new frames, which took its place.
+        pending.unsplit(later);
+        (pending.len(), end)
+    }
+
     /// Writes what the socket takes now from the front of the queue. Returns true when
     /// the queue is empty, which then has no allocation.
     pub(crate) fn write_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
@@ -353,6 +378,46 @@ mod tests {
         assert!(registry.get(second).is_some());
         registry.remove(first);
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn insert_goes_ahead_of_later_frames() {
+        let outbox = Outbox::default();
+        outbox.append(|buf| buf.extend_from_slice(b"first"));
+        let at = outbox.queued();
+        outbox.append(|buf| buf.extend_from_slice(b"push"));
+
+        let (queued, end) = outbox.insert(at, |buf| buf.extend_from_slice(b"reply"));
+        assert_eq!(queued, 14);
+        assert_eq!(end, 10);
+        let (queued, end) = outbox.insert(end, |buf| buf.extend_from_slice(b"+"));
+        assert_eq!(queued, 15);
+        assert_eq!(end, 11);
+        assert_eq!(&outbox.take()[..], b"firstreply+push");
+    }
+
+    #[test]
+    fn insert_past_end_appends() {
+        let outbox = Outbox::default();
+        outbox.append(|buf| buf.extend_from_slice(b"ab"));
+        let (queued, end) = outbox.insert(10, |buf| buf.extend_from_slice(b"c"));
+        assert_eq!(queued, 3);
+        assert_eq!(end, 3);
+        assert_eq!(&outbox.take()[..], b"abc");
+    }
+
+    #[test]
+    fn insert_keeps_partly_written_frame_whole() {
+        let outbox = Outbox::default();
+        outbox.push(|buf| im_ws::encode_binary(&[7; 10], buf));
+        outbox.push(|buf| im_ws::encode_binary(&[8; 10], buf));
+        // 3 bytes of the first 12-byte frame are written; its rest is 9 bytes.
+        outbox.write_with(|_| Ok((3, false))).unwrap();
+        outbox.insert(0, |buf| im_ws::encode_binary(&[9; 4], buf));
+        let rest = outbox.take();
+        assert_eq!(&rest[..9], &[7; 9]);
+        assert_eq!(opcodes(&rest[9..]), Some(vec![0x2, 0x2]));
+        assert_eq!(&rest[11..15], &[9; 4]);
     }
 
     /// Every idle connection keeps its outbox in an `Rc` of its own.

@@ -10,6 +10,7 @@ mod step;
 mod transport;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -41,6 +42,9 @@ const MAX_READ_PER_WAKE: usize = 256 * 1024;
 
 /// Time allowed for the close handshake after the engine sent or echoed a close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// `Connection::reply_at` while no SEND waits for the logic tier.
+const NO_CALL: u32 = u32::MAX;
 
 /// The signed-in identity of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +137,9 @@ pub(crate) struct Connection {
     write_deadline: Option<Deadline>,
     /// Token buckets of the packet and byte rate limits.
     rate: RateState,
+    /// While a SEND waits for the logic tier, the byte of the outbound queue where its reply
+    /// goes, so that pushes queued meanwhile stay behind the reply. `NO_CALL` otherwise.
+    reply_at: Cell<u32>,
 }
 
 impl Connection {
@@ -154,6 +161,7 @@ impl Connection {
             read_buf: BytesMut::new(),
             session: SessionState::None,
             write_deadline: None,
+            reply_at: Cell::new(NO_CALL),
         }
     }
 
@@ -457,7 +465,14 @@ impl Connection {
     /// connection's loop writes them before it waits again, so the queue does not wake the
     /// task.
     fn queue(&self, encode: impl FnOnce(&mut BytesMut)) -> Option<Ending> {
-        let queued = self.outbox.append(encode);
+        let queued = match self.reply_at.get() {
+            NO_CALL => self.outbox.append(encode),
+            at => {
+                let (queued, end) = self.outbox.insert(at as usize, encode);
+                self.reply_at.set(u32::try_from(end).unwrap_or(NO_CALL));
+                queued
+            }
+        };
         (queued > self.ctx.config.max_outbound_bytes).then(|| {
             self.ctx.metrics.count_limit("outbound_queue");
             // As for a push past the limit: the close need not wait behind the queue.

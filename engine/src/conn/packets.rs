@@ -279,9 +279,16 @@ impl Connection {
             send: Some(send),
         };
         let started = Instant::now();
+        // Pushes queued while the SEND waits go behind its reply, so that no push overtakes the
+        // reply of the device's own SEND with a higher seq. Pushes queued during a SYNC go
+        // ahead of its page, as they come: the client keeps its cursor below the hole.
+        self.reply_at
+            .set(u32::try_from(self.outbox.queued()).unwrap_or(super::NO_CALL));
         let result = self.call(|reply| Call::Send { request, reply }).await;
         self.ctx.metrics.send_seconds.observe(started.elapsed());
-        self.reply_result(&packet, result)
+        let ending = self.reply_result(&packet, result);
+        self.reply_at.set(super::NO_CALL);
+        ending
     }
 
     async fn sync(&mut self, packet: Packet) -> Option<Ending> {
