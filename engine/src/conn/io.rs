@@ -40,6 +40,9 @@ pub(crate) fn read_available(
             )
         };
         match read {
+            // The end of the stream stays, so the next read reports it, once the bytes read
+            // before it in this call are handled.
+            0 if total > 0 => break,
             0 => return Ok(ReadOutcome::Eof),
             n if n > 0 => {
                 let n = n as usize;
@@ -128,6 +131,27 @@ mod tests {
         );
         release_if_empty(&mut buf);
         assert!(message.is_unique());
+    }
+
+    /// A peer that sends exactly one scratch buffer of bytes and then closes: the bytes come
+    /// first, and the end of the stream with the next read.
+    #[test]
+    fn bytes_before_end_of_stream_are_kept() {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sent: Vec<u8> = (0..64u8).collect();
+        peer.write_all(&sent).unwrap();
+        drop(peer);
+        let mut scratch = [0u8; 64];
+        let mut out = BytesMut::new();
+
+        let first = read_available(ours.as_raw_fd(), &mut scratch, &mut out, 1024).unwrap();
+        assert_eq!(first, ReadOutcome::Data);
+        assert_eq!(&out[..], &sent[..]);
+        let second = read_available(ours.as_raw_fd(), &mut scratch, &mut out, 1024).unwrap();
+        assert_eq!(second, ReadOutcome::Eof);
     }
 
     #[test]
