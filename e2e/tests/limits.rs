@@ -18,7 +18,7 @@ use im_proto::{
     SendReply, SendRequest, SignInRequest, SyncReply, SyncRequest,
 };
 use prost::Message as _;
-use support::front::{self, Play};
+use support::front::Play;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -911,10 +911,6 @@ const SEND_HOLD: Duration = Duration::from_millis(600);
 /// take the seq between for a hole and SYNC for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_wait_behind_own_send_replies() {
-    let logic_config = logic_config();
-    let logic = im_logic::start(logic_config.clone())
-        .await
-        .expect("logic tier starts");
     let script = Arc::new(|method: &str| {
         if method == "SendMany" || method == "Send" {
             Play::ReplyAfter(SEND_HOLD)
@@ -922,13 +918,7 @@ async fn pushes_wait_behind_own_send_replies() {
             Play::Forward
         }
     });
-    let (front, seen) = front::start(logic.local_addr(), script).await;
-    let engine = im_engine::Engine::start(engine_config(front)).expect("engine starts");
-    let stack = Stack {
-        logic: Some(logic),
-        logic_config,
-        engine: Some(engine),
-    };
+    let (stack, seen) = Stack::start_behind_front(script, |_| {}).await;
     let (alice, alice_client) = stack.new_user("order-a").await;
     let (bob, bob_client) = stack.new_user("order-b").await;
     make_friends(&alice, &bob).await;

@@ -17,7 +17,7 @@ use im_proto::{
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use support::front::{self, Play};
+use support::front::Play;
 use support::*;
 use tokio::sync::{mpsc, oneshot};
 
@@ -959,11 +959,6 @@ const SYNC_HOLD: Duration = Duration::from_secs(2);
 /// until the page fills it, and then every message is delivered once and in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_during_held_sync_wait_behind_hole() {
-    init_tracing();
-    let logic_config = logic_config();
-    let logic = im_logic::start(logic_config.clone())
-        .await
-        .expect("logic tier starts");
     let script = Arc::new(|method: &str| {
         if method == "Sync" {
             Play::ReplyAfter(SYNC_HOLD)
@@ -971,16 +966,11 @@ async fn pushes_during_held_sync_wait_behind_hole() {
             Play::Forward
         }
     });
-    let (front, seen) = front::start(logic.local_addr(), script).await;
-    let mut config = engine_config(front);
-    // Longer than the hold, so that the engine waits for the late reply.
-    config.logic_call_timeout_ms = 10_000;
-    let engine = im_engine::Engine::start(config).expect("engine starts");
-    let stack = Stack {
-        logic: Some(logic),
-        logic_config,
-        engine: Some(engine),
-    };
+    let (stack, seen) = Stack::start_behind_front(script, |engine| {
+        // Longer than the hold, so that the engine waits for the late reply.
+        engine.logic_call_timeout_ms = 10_000;
+    })
+    .await;
     let (alice, alice_client) = stack.new_user("held-a").await;
     let (bob, bob_client) = stack.new_user("held-b").await;
     make_friends(&alice, &bob).await;

@@ -9,9 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use im_engine::Engine;
 use im_proto::ConversationType;
-use support::front::{self, Play};
+use support::front::Play;
 use support::*;
 
 /// The methods a logic tier of the older version does not serve.
@@ -36,9 +35,6 @@ async fn acked_seq(device_id: u64) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_logic_gets_single_calls() {
-    init_tracing();
-    let logic_config = logic_config();
-    let logic = im_logic::start(logic_config.clone()).await.unwrap();
     let script = Arc::new(|method: &str| {
         if NEWER_METHODS.contains(&method) {
             Play::Unimplemented
@@ -46,13 +42,7 @@ async fn older_logic_gets_single_calls() {
             Play::Forward
         }
     });
-    let (front, seen) = front::start(logic.local_addr(), script).await;
-    let engine = Engine::start(engine_config(front)).expect("engine starts");
-    let stack = Stack {
-        logic: Some(logic),
-        logic_config,
-        engine: Some(engine),
-    };
+    let (stack, seen) = Stack::start_behind_front(script, |_| {}).await;
 
     let (sender, sender_client) = stack.new_user("older-sender").await;
     let (receiver, receiver_client) = stack.new_user("older-receiver").await;

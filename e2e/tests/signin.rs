@@ -412,11 +412,8 @@ async fn kick_naming_another_device_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_sign_in_is_undone_at_close() {
     use std::sync::Arc;
-    use support::front::{self, Play};
+    use support::front::Play;
 
-    init_tracing();
-    let logic_config = logic_config();
-    let logic = im_logic::start(logic_config.clone()).await.unwrap();
     // The engine gives up on each call after 1 s (engine_config).
     let script = Arc::new(|method: &str| {
         if method.starts_with("ConnSignIn") {
@@ -425,13 +422,7 @@ async fn timed_out_sign_in_is_undone_at_close() {
             Play::Forward
         }
     });
-    let (front, seen) = front::start(logic.local_addr(), script).await;
-    let engine = im_engine::Engine::start(engine_config(front)).expect("engine starts");
-    let stack = Stack {
-        logic: Some(logic),
-        logic_config,
-        engine: Some(engine),
-    };
+    let (stack, seen) = Stack::start_behind_front(script, |_| {}).await;
 
     let (user, first) = stack.new_user("late-sign-in").await;
     first.close().await.unwrap();

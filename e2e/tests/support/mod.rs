@@ -99,6 +99,29 @@ impl Stack {
         }
     }
 
+    /// Starts a stack whose engine calls the logic tier through a front that plays `script`,
+    /// and returns it with the front's count of the calls it has seen.
+    pub async fn start_behind_front(
+        script: front::Script,
+        adjust_engine: impl FnOnce(&mut im_engine::Config),
+    ) -> (Self, front::Seen) {
+        init_tracing();
+        let logic_config = logic_config();
+        let logic = im_logic::start(logic_config.clone())
+            .await
+            .expect("logic tier starts");
+        let (front, seen) = front::start(logic.local_addr(), script).await;
+        let mut engine_config = engine_config(front);
+        adjust_engine(&mut engine_config);
+        let engine = Engine::start(engine_config).expect("engine starts");
+        let stack = Self {
+            logic: Some(logic),
+            logic_config,
+            engine: Some(engine),
+        };
+        (stack, seen)
+    }
+
     pub fn engine(&self) -> &Engine {
         self.engine.as_ref().expect("engine running")
     }
