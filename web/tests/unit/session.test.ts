@@ -58,6 +58,22 @@ function reply<T extends DescMessage>(
   ws.serverSend(encodePacket({ type, requestId: request.requestId, data }));
 }
 
+/** Returns user 2's first message to user 1, the session's user: seq 1 in user 1's inbox. */
+function firstFromPeer(text: string): MessageInitShape<typeof MessageSchema> {
+  return {
+    seq: 1n,
+    messageId: 7n,
+    senderUserId: 2n,
+    senderDeviceId: 20n,
+    conversationType: ConversationType.USER,
+    receiverId: 1n,
+    content: new TextEncoder().encode(text),
+    contentType: "text/plain",
+    clientMsgId: "m-1",
+    sentAtMs: 1n,
+  };
+}
+
 /** Starts a session with one stored device and answers its SIGN_IN and first SYNC. */
 async function signedInSession(): Promise<{ session: Session; ws: FakeWebSocket }> {
   const shared = new MemoryStorage();
@@ -187,20 +203,7 @@ describe("session sync", () => {
 
     reply(ws, PacketType.SYNC, SyncReplySchema, {
       hasMore: false,
-      messages: [
-        {
-          seq: 1n,
-          messageId: 7n,
-          senderUserId: 2n,
-          senderDeviceId: 20n,
-          conversationType: ConversationType.USER,
-          receiverId: 1n,
-          content: new TextEncoder().encode("caught up"),
-          contentType: "text/plain",
-          clientMsgId: "m-1",
-          sentAtMs: 1n,
-        },
-      ],
+      messages: [firstFromPeer("caught up")],
     });
     await vi.advanceTimersByTimeAsync(0);
     expect(session.store.heldSeq).toBe(1);
@@ -211,18 +214,7 @@ describe("session sync", () => {
 describe("session acks", () => {
   it("acks again after the rate limit rejects an ack", async () => {
     const { session, ws } = await signedInSession();
-    const pushed = create(MessageSchema, {
-      seq: 1n,
-      messageId: 7n,
-      senderUserId: 2n,
-      senderDeviceId: 20n,
-      conversationType: ConversationType.USER,
-      receiverId: 1n,
-      content: new TextEncoder().encode("hello"),
-      contentType: "text/plain",
-      clientMsgId: "m-1",
-      sentAtMs: 1n,
-    });
+    const pushed = create(MessageSchema, firstFromPeer("hello"));
     ws.serverSend(encodePacket({ type: PacketType.MESSAGE, data: toBinary(MessageSchema, pushed) }));
     await vi.advanceTimersByTimeAsync(0);
     const ack = lastRequest(ws);
