@@ -24,7 +24,7 @@ use tokio::time::Instant;
 pub use tracker::{Arrival, SeqTracker};
 
 use crate::push::Push;
-use crate::{Client, ClientError, InboxError};
+use crate::{Client, ClientError, InboxError, DEFAULT_RETRY_AFTER};
 
 /// SYNC page size of an inbox unless [`Inbox::with_page_limit`] sets another. The server's
 /// default maximum is 500.
@@ -56,6 +56,9 @@ pub struct Inbox {
     page_limit: u32,
     /// Set while a hole stays open after a complete SYNC: repeated SYNCs back off.
     hole_retry: Option<HoleRetry>,
+    /// When to ack the cursor again after the rate limit rejected a MESSAGE_ACK, if no batch
+    /// acks it first.
+    ack_retry_at: Option<Instant>,
     /// NOTICE pushes read but not yet taken, oldest first, at most [`MAX_KEPT_NOTICES`].
     notices: Vec<Notice>,
 }
@@ -81,6 +84,7 @@ impl Inbox {
             device_id,
             page_limit: DEFAULT_PAGE_LIMIT,
             hole_retry: None,
+            ack_retry_at: None,
             notices: Vec::new(),
         }
     }
@@ -178,6 +182,9 @@ impl Inbox {
             if !self.ready.is_empty() {
                 return self.finish_batch(client).await;
             }
+            if self.ack_retry_at.is_some_and(|at| Instant::now() >= at) {
+                self.ack_cursor(client).await?;
+            }
             self.wait_for_pushes(client).await?;
         }
     }
@@ -271,17 +278,30 @@ impl Inbox {
     }
 
     async fn finish_batch(&mut self, client: &Client) -> Result<Vec<Message>, InboxError> {
+        self.ack_cursor(client).await?;
+        Ok(std::mem::take(&mut self.ready))
+    }
+
+    /// Acks the cursor when deliveries have moved past the last ack, or a rejected ack left it
+    /// unacknowledged.
+    async fn ack_cursor(&mut self, client: &Client) -> Result<(), InboxError> {
+        self.ack_retry_at = None;
         if let Some(seq) = self.tracker.ack_due() {
             client.ack(seq).await?;
             self.tracker.mark_acked(seq);
         }
-        Ok(std::mem::take(&mut self.ready))
+        Ok(())
     }
 
     /// Waits for at least one push and takes in every push already queued. Returns early
-    /// without a push when a held-back hole is due for another SYNC.
+    /// without a push when a held-back hole is due for another SYNC or a rejected ack is due
+    /// again.
     async fn wait_for_pushes(&mut self, client: &Client) -> Result<(), InboxError> {
-        let retry_at = self.hole_retry.map(|retry| retry.at);
+        let hole_retry_at = self.hole_retry.map(|retry| retry.at);
+        let retry_at = match (hole_retry_at, self.ack_retry_at) {
+            (Some(hole), Some(ack)) => Some(hole.min(ack)),
+            (hole, ack) => hole.or(ack),
+        };
         let push = match retry_at {
             Some(at) => tokio::select! {
                 push = client.next_push() => push,
@@ -321,6 +341,10 @@ impl Inbox {
         let Some(packet) = packet else {
             return Err(client.closed_error().into());
         };
+        let retry_after = match packet.retry_after_ms {
+            0 => DEFAULT_RETRY_AFTER,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
         match Push::decode(packet).map_err(InboxError::Decode)? {
             Push::Message(message) => {
                 self.tracker.accept(message, &mut self.ready);
@@ -339,12 +363,16 @@ impl Inbox {
             }),
             Push::Error { code, .. } if code == ErrorCode::RateLimited as i32 => {
                 // MESSAGE_ACK is the only request of the inbox that gets no reply, so the
-                // connection's rate limit dropped an ack. The next batch acks the cursor again.
+                // connection's rate limit dropped an ack. The next batch acks the cursor again,
+                // or, without one, the inbox after the wait the reply names.
                 tracing::debug!(
                     user_id = self.user_id,
-                    "MESSAGE_ACK rejected by the rate limit; acking again with the next batch"
+                    retry_after_ms = retry_after.as_millis(),
+                    "MESSAGE_ACK rejected by the rate limit; acking again"
                 );
                 self.tracker.ack_rejected();
+                self.ack_retry_at
+                    .get_or_insert_with(|| Instant::now() + retry_after);
                 Ok(())
             }
             Push::Error { code, message } => Err(InboxError::ErrorPush { code, message }),
