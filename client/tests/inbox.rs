@@ -246,18 +246,24 @@ async fn endless_sync_rejections_fail() {
     assert_eq!(inbox.last_seq(), 0);
 }
 
-#[tokio::test]
-async fn rejected_ack_resent_next_batch() {
+/// Resyncs messages 1 to 3 from a test server that rejects the ack of 3 for rate, and returns
+/// the server, the connection, the inbox and the resynced messages.
+async fn resync_with_rejected_ack() -> (TestServer, Client, Inbox, Vec<Message>) {
     let server = TestServer::start().await;
     server.store_messages(3);
     server.reject_acks(1);
     let client = connect(&server).await;
     let mut inbox = Inbox::new(7, 99);
-
     let first = tokio::time::timeout(TIMEOUT, inbox.resync(&client))
         .await
         .expect("resync in time")
         .expect("resync");
+    (server, client, inbox, first)
+}
+
+#[tokio::test]
+async fn rejected_ack_resent_next_batch() {
+    let (server, client, mut inbox, first) = resync_with_rejected_ack().await;
     server.store_messages(1);
     push(&client, 4).await;
     let second = tokio::time::timeout(TIMEOUT, inbox.recv(&client))
@@ -278,17 +284,9 @@ async fn rejected_ack_resent_next_batch() {
 
 #[tokio::test]
 async fn rejected_ack_resent_after_wait() {
-    let server = TestServer::start().await;
-    server.store_messages(3);
-    server.reject_acks(1);
-    let client = connect(&server).await;
-    let mut inbox = Inbox::new(7, 99);
-
-    let first = tokio::time::timeout(TIMEOUT, inbox.resync(&client))
-        .await
-        .expect("resync in time")
-        .expect("resync");
-    // No message follows, so only the retry acks 3; the test server's rejection asks for 20 ms.
+    let (server, client, mut inbox, first) = resync_with_rejected_ack().await;
+    // No message follows, so only the retry acks 3, after the 20 ms that the test server's
+    // rejection names.
     let waiting = tokio::time::timeout(Duration::from_millis(500), inbox.recv(&client)).await;
     round_trip(&client).await;
 
