@@ -14,8 +14,9 @@ use im_client::Client;
 use im_proto::connect_int_service_client::ConnectIntServiceClient;
 use im_proto::device_int_service_client::DeviceIntServiceClient;
 use im_proto::{
-    ErrorCode, KickRequest, LoginReply, LoginRequest, Packet, PacketType, RegisterRequest,
-    SendReply, SendRequest, SignInRequest, SyncReply, SyncRequest,
+    DeliverRequest, Delivery, DeliveryTarget, ErrorCode, KickRequest, LoginReply, LoginRequest,
+    Packet, PacketType, RegisterRequest, SendReply, SendRequest, SignInRequest, SyncReply,
+    SyncRequest,
 };
 use prost::Message as _;
 use support::front::Play;
@@ -851,6 +852,64 @@ async fn pipelined_syncs_reach_a_reading_device() {
         assert_eq!(page.messages.len(), 4);
     }
     assert_eq!(metric(&stack, "im_engine_closes_total{code=\"4008\"}"), 0);
+    stack.stop().await;
+}
+
+/// One Deliver call queues more than `max_outbound_bytes` for a device before the device's
+/// task runs to write it. The device reads all the time, so it must get every message,
+/// because only bytes its socket rejects count against the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_delivery_reaches_reading_device() {
+    const PUSHES: u64 = 24;
+    let stack = Stack::start_with(logic_config(), |engine| {
+        engine.max_outbound_bytes = 256 * 1024;
+    })
+    .await;
+    let (bob, bob_client) = stack.new_user("burst-b").await;
+    let conn_id = conn_id_of(bob.id(), bob.login.device_id).await;
+    let mut engine = ConnectIntServiceClient::connect(format!("http://{}", stack.engine().node()))
+        .await
+        .expect("engine gRPC reachable");
+    // 24 messages of 32 KiB: three times the limit in one call.
+    let content = vec![b'x'; 32 * 1024];
+    let deliveries = (1..=PUSHES)
+        .map(|seq| Delivery {
+            message: Some(im_proto::Message {
+                message_id: seq,
+                sender_user_id: bob.id(),
+                conversation_type: im_proto::ConversationType::User as i32,
+                receiver_id: bob.id(),
+                content: content.clone().into(),
+                content_type: "text/plain".into(),
+                client_msg_id: format!("burst-{seq}"),
+                ..im_proto::Message::default()
+            }),
+            targets: vec![DeliveryTarget {
+                device_id: bob.login.device_id,
+                conn_id,
+                seq,
+            }],
+            notice: None,
+        })
+        .collect();
+
+    let reply = engine
+        .deliver(DeliverRequest { deliveries })
+        .await
+        .expect("the delivery is accepted")
+        .into_inner();
+
+    assert_eq!((reply.delivered, reply.missed), (PUSHES as u32, 0));
+    for seq in 1..=PUSHES {
+        let message = next_message(&bob_client, Duration::from_secs(10)).await;
+        assert_eq!(message.seq, seq);
+        assert_eq!(message.content.len(), content.len());
+    }
+    assert_eq!(metric(&stack, "im_engine_closes_total{code=\"4008\"}"), 0);
+    bob_client
+        .heartbeat()
+        .await
+        .expect("the device stays connected");
     stack.stop().await;
 }
 

@@ -132,15 +132,6 @@ async fn inbox_keeps_notices_apart_from_messages() {
     stack.stop().await;
 }
 
-/// Returns the connection id of a user's device on the stack's engine, from its online status
-/// in Redis.
-async fn conn_id_of(user_id: u64, device_id: u64) -> u64 {
-    let status = online_status(user_id).await;
-    let value = &status[&device_id.to_string()];
-    let (_, conn_id) = value.rsplit_once('|').expect("status is node|conn_id");
-    conn_id.parse().expect("a numeric conn id")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_writes_notice_packet() {
     let stack = Stack::start().await;

@@ -92,8 +92,8 @@ pub struct Config {
     /// Calls waiting for the bridge to the logic tier; a call beyond it is rejected
     /// with UNAVAILABLE at once instead of queueing.
     pub bridge_queue: usize,
-    /// Bytes queued for one connection's socket; past it the connection is closed with
-    /// 4008 (slow consumer). At least `max_message_bytes`.
+    /// Bytes queued for one connection that its socket does not take; past it the
+    /// connection is closed with 4008 (slow consumer). At least `max_message_bytes`.
     pub max_outbound_bytes: usize,
     /// Time a write may wait for the socket to drain before the connection is closed.
     pub write_timeout_ms: u64,

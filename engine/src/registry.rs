@@ -2,6 +2,7 @@
 //! node-wide map from device id to connection.
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -130,7 +131,7 @@ impl Outbox {
 
     /// Writes what the socket takes now from the front of the queue. Returns true when
     /// the queue is empty, which then has no allocation.
-    pub(crate) fn write_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
+    pub(crate) fn write_to(&self, fd: RawFd) -> std::io::Result<bool> {
         if self.pending.borrow().is_empty() {
             return Ok(true);
         }
@@ -242,6 +243,11 @@ impl Outbox {
 
 struct Entry {
     generation: u32,
+    /// The plain socket the shard may write the queue to when a push passes the outbound
+    /// limit. It is -1 while only the connection's task may write: over TLS, while a SEND
+    /// waits for its reply's place in the queue, and once the connection ends. It fills the
+    /// padding beside `generation`, so it costs no memory.
+    direct_fd: RawFd,
     outbox: Option<Rc<Outbox>>,
 }
 
@@ -277,6 +283,7 @@ impl ShardRegistry {
             None if entries.len() <= MAX_SLOT => {
                 entries.push(Entry {
                     generation: self.first_generation,
+                    direct_fd: -1,
                     outbox: None,
                 });
                 entries.len() - 1
@@ -285,6 +292,7 @@ impl ShardRegistry {
         };
         let entry = &mut entries[slot];
         entry.generation = entry.generation.wrapping_add(1);
+        entry.direct_fd = -1;
         entry.outbox = Some(outbox);
         self.live.set(self.live.get() + 1);
         Some(ConnId::new(self.shard, entry.generation, slot))
@@ -295,6 +303,7 @@ impl ShardRegistry {
         let mut entries = self.entries.borrow_mut();
         if let Some(entry) = entries.get_mut(id.slot()) {
             if entry.generation == id.generation() && entry.outbox.take().is_some() {
+                entry.direct_fd = -1;
                 self.free.borrow_mut().push(id.slot());
                 self.live.set(self.live.get() - 1);
             }
@@ -309,6 +318,37 @@ impl ShardRegistry {
             return None;
         }
         entry.outbox.clone()
+    }
+
+    /// Lets the shard write the queue of connection `id` to `fd` (see
+    /// [`ShardRegistry::write_direct`]), or, with None, stops it.
+    pub(crate) fn set_direct_fd(&self, id: ConnId, fd: Option<RawFd>) {
+        let mut entries = self.entries.borrow_mut();
+        if let Some(entry) = entries.get_mut(id.slot()) {
+            if entry.generation == id.generation() && entry.outbox.is_some() {
+                entry.direct_fd = fd.unwrap_or(-1);
+            }
+        }
+    }
+
+    /// Writes what the socket of connection `id` takes now from its queue, when the
+    /// connection allows it, and returns the bytes still queued. The shard calls it when a
+    /// push passes the outbound limit, so the limit counts only bytes the socket rejected and
+    /// one large delivery does not close a device that reads promptly. A write error leaves
+    /// the queue as it is, and the connection's task meets the error itself.
+    pub(crate) fn write_direct(&self, id: ConnId, outbox: &Outbox) -> usize {
+        let fd = self
+            .entries
+            .borrow()
+            .get(id.slot())
+            .filter(|entry| entry.generation == id.generation())
+            .map_or(-1, |entry| entry.direct_fd);
+        if fd >= 0 {
+            if let Err(err) = outbox.write_to(fd) {
+                tracing::debug!(conn_id = id.0, error = %err, "direct write of queued pushes failed");
+            }
+        }
+        outbox.queued()
     }
 
     /// Wakes every connection whose deadline is at or before `now_ms`.
@@ -425,6 +465,7 @@ mod tests {
     fn outbox_stays_small() {
         let size = std::mem::size_of::<Outbox>();
         assert!(size <= 80, "outbox is {size} bytes");
+        assert_eq!(std::mem::size_of::<Entry>(), 16, "a slab entry grew");
     }
 
     /// Splits `bytes` into whole frames and returns each frame's opcode, or None when the
@@ -496,5 +537,46 @@ mod tests {
         assert_eq!(queued, 3);
         assert_eq!(&outbox.take()[..], b"abc");
         assert_eq!(outbox.pending.borrow().capacity(), 0);
+    }
+
+    #[test]
+    fn direct_write_needs_allowed_socket() {
+        use std::io::Read as _;
+        use std::os::fd::AsRawFd as _;
+
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let registry = ShardRegistry::new(0);
+        let outbox = Rc::new(Outbox::default());
+        let id = registry.insert(Rc::clone(&outbox)).unwrap();
+        outbox.push(|buf| im_ws::encode_binary(&[1; 100], buf));
+        assert_eq!(
+            registry.write_direct(id, &outbox),
+            102,
+            "no socket allowed yet"
+        );
+
+        registry.set_direct_fd(id, Some(ours.as_raw_fd()));
+        assert_eq!(registry.write_direct(id, &outbox), 0);
+        let mut written = [0; 102];
+        theirs.read_exact(&mut written).unwrap();
+        assert_eq!(opcodes(&written), Some(vec![0x2]));
+
+        outbox.push(|buf| im_ws::encode_binary(&[2; 10], buf));
+        registry.set_direct_fd(id, None);
+        assert_eq!(
+            registry.write_direct(id, &outbox),
+            12,
+            "the socket is no longer allowed"
+        );
+        registry.set_direct_fd(id, Some(ours.as_raw_fd()));
+        registry.remove(id);
+        let reused = registry.insert(Rc::clone(&outbox)).unwrap();
+        assert_eq!(reused.slot(), id.slot());
+        assert_eq!(
+            registry.write_direct(reused, &outbox),
+            12,
+            "a new connection starts without"
+        );
     }
 }

@@ -333,10 +333,18 @@ fn deliver_one(ctx: &ShardContext, item: &TargetedPush) -> bool {
         }
         PushPayload::Notice(encoded) => outbox.push(|buf| im_ws::encode_binary(encoded, buf)),
     };
-    if queued > ctx.config.max_outbound_bytes {
+    let limit = ctx.config.max_outbound_bytes;
+    // Past the limit, only the bytes the socket rejects count against the device.
+    if queued > limit
+        && ctx
+            .registry
+            .write_direct(ConnId(item.target.conn_id), &outbox)
+            > limit
+    {
         debug!(
             conn_id = item.target.conn_id,
-            queued, "outbound queue full; closing"
+            queued = outbox.queued(),
+            "outbound queue full; closing"
         );
         outbox.request_close(CloseRequest::SlowConsumer);
         ctx.metrics.count_limit("outbound_queue");

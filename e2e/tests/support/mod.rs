@@ -382,6 +382,15 @@ pub async fn online_status_at(
         .unwrap()
 }
 
+/// Returns the connection id of a user's device on the stack's engine, from its online status
+/// in Redis.
+pub async fn conn_id_of(user_id: u64, device_id: u64) -> u64 {
+    let status = online_status(user_id).await;
+    let value = &status[&device_id.to_string()];
+    let (_, conn_id) = value.rsplit_once('|').expect("status is node|conn_id");
+    conn_id.parse().expect("a numeric conn id")
+}
+
 /// Returns the seq the device's acks reached in PostgreSQL, if it acked any.
 pub async fn acked_seq(device_id: u64) -> Option<u64> {
     let (db, connection) =

@@ -208,6 +208,7 @@ impl Connection {
         };
         self.id = id;
         self.registered = true;
+        self.ctx.registry.set_direct_fd(self.id, self.direct_fd());
         ctx.metrics.connections.fetch_add(1, Ordering::Relaxed);
         tracing::Span::current().record("conn_id", id.0);
         debug!("websocket open");
@@ -570,8 +571,16 @@ impl Connection {
         }
     }
 
+    /// The socket the shard may write queued pushes to: the plain socket, none over TLS,
+    /// whose records only the connection's task may write.
+    fn direct_fd(&self) -> Option<RawFd> {
+        matches!(self.transport, Transport::Plain).then_some(self.fd)
+    }
+
     /// Runs the closing handshake for `ending`; the socket closes when the connection drops.
     async fn finish(&mut self, ending: Ending) {
+        // From here only this task writes, and the close frame comes last.
+        self.ctx.registry.set_direct_fd(self.id, None);
         let (code, await_answer) = match ending {
             Ending::Gone(why) => {
                 debug!(why, "socket gone");

@@ -282,12 +282,16 @@ impl Connection {
         // Pushes queued while the SEND waits go behind its reply, so that no push overtakes the
         // reply of the device's own SEND with a higher seq. Pushes queued during a SYNC go
         // ahead of its page, as they come: the client keeps its cursor below the hole.
+        // The reply's place is a byte offset into the queue, so only this task writes
+        // meanwhile.
+        self.ctx.registry.set_direct_fd(self.id, None);
         self.reply_at
             .set(u32::try_from(self.outbox.queued()).unwrap_or(super::NO_CALL));
         let result = self.call(|reply| Call::Send { request, reply }).await;
         self.ctx.metrics.send_seconds.observe(started.elapsed());
         let ending = self.reply_result(&packet, result);
         self.reply_at.set(super::NO_CALL);
+        self.ctx.registry.set_direct_fd(self.id, self.direct_fd());
         ending
     }
 
