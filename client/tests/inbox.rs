@@ -65,6 +65,32 @@ async fn push_ahead_syncs_hole_in_pages() {
     assert_eq!(observed.acks, vec![25]);
 }
 
+/// A push that comes after a later one, within the grace, fills the hole without a SYNC.
+#[tokio::test]
+async fn late_push_within_grace_needs_no_sync() {
+    let server = TestServer::start().await;
+    server.store_messages(2);
+    let client = connect(&server).await;
+    let mut inbox = Inbox::new(7, 99).with_hole_grace(TIMEOUT);
+
+    push(&client, 2).await;
+    let late_push = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        push(&client, 1).await;
+    };
+    let (batch, ()) = tokio::join!(
+        tokio::time::timeout(TIMEOUT, inbox.recv(&client)),
+        late_push
+    );
+    let batch = batch.expect("batch in time").expect("batch");
+    round_trip(&client).await;
+
+    assert_eq!(seqs(&batch), vec![1, 2]);
+    let observed = server.observed();
+    assert_eq!(observed.syncs, vec![], "the push filled the hole");
+    assert_eq!(observed.acks, vec![2]);
+}
+
 #[tokio::test]
 async fn own_send_delivered_at_reply_seq() {
     let server = TestServer::start().await;

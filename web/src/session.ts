@@ -38,6 +38,12 @@ const SEND_RETRY_DELAY_MS = 2_000;
  */
 const SYNC_REJECTIONS = 20;
 const SYNC_RETRY_DELAY_MS = 100;
+/**
+ * How long a gap waits for the push that fills it before a SYNC. Pushes of messages stored
+ * close together may arrive out of order, and a SEND reply may come before the push of a
+ * message stored just ahead of it. Such a gap closes within milliseconds.
+ */
+const GAP_WAIT_MS = 250;
 /** Wait before acking again after a rejected MESSAGE_ACK whose reply names no wait. */
 const ACK_RETRY_DELAY_MS = 100;
 const LOGOUT_TIMEOUT_MS = 3_000;
@@ -123,6 +129,8 @@ export class Session {
   private ackedSeq = 0;
   /** Timer of the ack that replaces one the rate limit rejected, while it waits. */
   private ackRetry: ReturnType<typeof setTimeout> | null = null;
+  /** Timer of the SYNC that fills a gap unless its push comes first. */
+  private gapSync: ReturnType<typeof setTimeout> | null = null;
   private kicked = false;
   private loggingOut = false;
   /** Counts resets, so that a group list asked for before one is dropped. */
@@ -408,6 +416,7 @@ export class Session {
     this.store.reset(credentials?.userId ?? "0");
     this.ackedSeq = 0;
     this.cancelAckRetry();
+    this.cancelGapSync();
     this.kicked = false;
   }
 
@@ -464,6 +473,7 @@ export class Session {
     const wasSignedIn = this.state.signedIn;
     this.state.signedIn = false;
     this.cancelAckRetry();
+    this.cancelGapSync();
     if (this.kicked || code === 1000 || !this.state.credentials) {
       return;
     }
@@ -475,12 +485,7 @@ export class Session {
   private onPacket(packet: Packet): void {
     if (packet.type === PacketType.MESSAGE) {
       const message = decodePush(PacketType.MESSAGE, packet);
-      const result = this.store.add([message]);
-      if (result.gap) {
-        void this.sync();
-      } else {
-        this.acknowledge();
-      }
+      this.afterArrival(this.store.add([message]).gap);
     } else if (packet.type === PacketType.KICKED) {
       const kicked = decodePush(PacketType.KICKED, packet);
       this.kicked = true;
@@ -509,6 +514,34 @@ export class Session {
       this.ackedSeq = 0;
       this.acknowledge();
     }, delayMs);
+  }
+
+  /**
+   * Acks what a push or SEND reply added, and when it left a gap, syncs unless the gap closes
+   * within {@link GAP_WAIT_MS}.
+   */
+  private afterArrival(gap: boolean): void {
+    this.acknowledge();
+    if (!gap) {
+      this.cancelGapSync();
+      return;
+    }
+    if (this.gapSync !== null) {
+      return;
+    }
+    this.gapSync = setTimeout(() => {
+      this.gapSync = null;
+      if (this.store.hasGap) {
+        void this.sync();
+      }
+    }, GAP_WAIT_MS);
+  }
+
+  private cancelGapSync(): void {
+    if (this.gapSync !== null) {
+      clearTimeout(this.gapSync);
+      this.gapSync = null;
+    }
   }
 
   private cancelAckRetry(): void {
@@ -638,11 +671,7 @@ export class Session {
         reply.messageId.toString(),
         Number(reply.sentAtMs),
       );
-      if (result.gap) {
-        void this.sync();
-      } else {
-        this.acknowledge();
-      }
+      this.afterArrival(result.gap);
     } catch (error) {
       if (error instanceof ProtocolError && isRetryable(error.code) && attempt < SEND_ATTEMPTS) {
         const delay = error.retryAfterMs || SEND_RETRY_DELAY_MS;

@@ -2,8 +2,10 @@
 //!
 //! It combines the three ways a message reaches a device: MESSAGE pushes, SYNC pages and the
 //! device's own SEND replies (the engine pushes a device's own messages only to the user's
-//! other devices). A push that skips ahead of the cursor is held back, and a SYNC from the
-//! cursor fills the hole. After each batch the inbox acknowledges the highest contiguous seq
+//! other devices). A push that skips ahead of the cursor is held back. Pushes of messages
+//! stored close together may arrive out of order, and a device's own SEND reply may come
+//! before the push of a message stored just ahead of it. So a new hole first waits a short
+//! grace for its push, and a SYNC from the cursor fills a hole still open after it. After each batch the inbox acknowledges the highest contiguous seq
 //! with MESSAGE_ACK.
 //!
 //! NOTICE pushes that the inbox reads are kept apart, for [`Inbox::take_notices`].
@@ -35,6 +37,11 @@ pub const DEFAULT_PAGE_LIMIT: u32 = 100;
 /// waits the named time gets a page every 20 ms, so a second rejection in a row is rare.
 const MAX_REJECTED_SYNCS: u32 = 20;
 
+/// How long a new hole waits for the push that fills it before a SYNC, unless
+/// [`Inbox::with_hole_grace`] sets another. Pushes that arrive out of order close a hole
+/// within milliseconds, and a message that was never pushed waits this much longer.
+pub const DEFAULT_HOLE_GRACE: Duration = Duration::from_millis(250);
+
 /// Wait before the first repeated SYNC when a hole is still open after a complete SYNC.
 const FIRST_HOLE_RETRY: Duration = Duration::from_millis(50);
 /// Maximum wait between repeated SYNCs for a hole that stays open.
@@ -54,6 +61,9 @@ pub struct Inbox {
     user_id: u64,
     device_id: u64,
     page_limit: u32,
+    hole_grace: Duration,
+    /// When the open hole was first seen, while it waits out the grace.
+    hole_opened: Option<Instant>,
     /// Set while a hole stays open after a complete SYNC: repeated SYNCs back off.
     hole_retry: Option<HoleRetry>,
     /// When to ack the cursor again after the rate limit rejected a MESSAGE_ACK, if no batch
@@ -83,6 +93,8 @@ impl Inbox {
             user_id,
             device_id,
             page_limit: DEFAULT_PAGE_LIMIT,
+            hole_grace: DEFAULT_HOLE_GRACE,
+            hole_opened: None,
             hole_retry: None,
             ack_retry_at: None,
             notices: Vec::new(),
@@ -93,6 +105,13 @@ impl Inbox {
     /// above its `sync_max_page` setting (500 by default) with INVALID_ARGUMENT.
     pub fn with_page_limit(mut self, page_limit: u32) -> Inbox {
         self.page_limit = page_limit;
+        self
+    }
+
+    /// Sets how long a new hole waits for its push before a SYNC ([`DEFAULT_HOLE_GRACE`] by
+    /// default). Zero syncs every hole at once.
+    pub fn with_hole_grace(mut self, grace: Duration) -> Inbox {
+        self.hole_grace = grace;
         self
     }
 
@@ -202,15 +221,23 @@ impl Inbox {
         self.finish_batch(client).await
     }
 
-    /// Tells whether a hole should be synced now: at once when it is new, and after the
-    /// back-off delay when a complete SYNC left it open.
+    /// Tells whether a hole should be synced now: once a new hole has waited out the grace,
+    /// and after the back-off delay when a complete SYNC left it open.
     fn sync_due(&mut self) -> bool {
+        self.hole_sync_at().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Returns when the open hole is due for a SYNC, or None without a hole.
+    fn hole_sync_at(&mut self) -> Option<Instant> {
         if !self.tracker.has_hole() {
+            self.hole_opened = None;
             self.hole_retry = None;
-            return false;
+            return None;
         }
-        self.hole_retry
-            .is_none_or(|retry| Instant::now() >= retry.at)
+        Some(match self.hole_retry {
+            Some(retry) => retry.at,
+            None => *self.hole_opened.get_or_insert_with(Instant::now) + self.hole_grace,
+        })
     }
 
     /// Pages SYNC from the cursor. The server may reject a page unhandled, because of the
@@ -257,6 +284,7 @@ impl Inbox {
     /// pushes it, so a hole should close with the next SYNC; one that does not points at a
     /// message stored after the SYNC began or at a server fault.
     fn schedule_hole_retry(&mut self) {
+        self.hole_opened = None;
         if !self.tracker.has_hole() {
             self.hole_retry = None;
             return;
@@ -294,11 +322,10 @@ impl Inbox {
     }
 
     /// Waits for at least one push and takes in every push already queued. Returns early
-    /// without a push when a held-back hole is due for another SYNC or a rejected ack is due
-    /// again.
+    /// without a push when a hole is due for a SYNC or a rejected ack is due again.
     async fn wait_for_pushes(&mut self, client: &Client) -> Result<(), InboxError> {
-        let hole_retry_at = self.hole_retry.map(|retry| retry.at);
-        let retry_at = match (hole_retry_at, self.ack_retry_at) {
+        let hole_sync_at = self.hole_sync_at();
+        let retry_at = match (hole_sync_at, self.ack_retry_at) {
             (Some(hole), Some(ack)) => Some(hole.min(ack)),
             (hole, ack) => hole.or(ack),
         };

@@ -211,6 +211,55 @@ describe("session sync", () => {
   });
 });
 
+/** Pushes a MESSAGE to the page, as the engine does: request id 0. */
+async function pushMessage(ws: FakeWebSocket, init: MessageInitShape<typeof MessageSchema>): Promise<void> {
+  const data = toBinary(MessageSchema, create(MessageSchema, init));
+  ws.serverSend(encodePacket({ type: PacketType.MESSAGE, data }));
+  await vi.advanceTimersByTimeAsync(0);
+}
+
+function sentTypes(ws: FakeWebSocket, from: number): string[] {
+  return ws.sent.slice(from).map((frame) => PacketType[decodePacket(frame).type]);
+}
+
+describe("session gaps", () => {
+  const second = { ...firstFromPeer("second"), seq: 2n, messageId: 8n, clientMsgId: "m-2" };
+
+  it("fills a gap from a late push without a SYNC", async () => {
+    const { session, ws } = await signedInSession();
+    const sentBefore = ws.sent.length;
+    await pushMessage(ws, second);
+    await vi.advanceTimersByTimeAsync(100);
+    await pushMessage(ws, firstFromPeer("first"));
+    await vi.advanceTimersByTimeAsync(1_000);
+
+    expect(session.store.heldSeq).toBe(2);
+    expect(sentTypes(ws, sentBefore)).toEqual(["MESSAGE_ACK"]);
+    expect(fromBinary(MessageAckSchema, lastRequest(ws).data).seq).toBe(2n);
+    await logOut(session);
+  });
+
+  it("syncs a gap that its push does not fill in time", async () => {
+    const { session, ws } = await signedInSession();
+    const sentBefore = ws.sent.length;
+    await pushMessage(ws, second);
+    await vi.advanceTimersByTimeAsync(249);
+    expect(sentTypes(ws, sentBefore)).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(sentTypes(ws, sentBefore)).toEqual(["SYNC"]);
+    expect(fromBinary(SyncRequestSchema, lastRequest(ws).data).afterSeq).toBe(0n);
+
+    reply(ws, PacketType.SYNC, SyncReplySchema, {
+      hasMore: false,
+      messages: [firstFromPeer("first"), second],
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(session.store.heldSeq).toBe(2);
+    expect(fromBinary(MessageAckSchema, lastRequest(ws).data).seq).toBe(2n);
+    await logOut(session);
+  });
+});
+
 describe("session acks", () => {
   it("acks again after the rate limit rejects an ack", async () => {
     const { session, ws } = await signedInSession();
