@@ -285,8 +285,9 @@ pub struct Cli {
     #[arg(long, env = "IM_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Check the settings (file, environment and flags) and exit: status 0 when they are
-    /// valid, 2 with the error otherwise. Nothing is bound or connected.
+    /// Check the settings (file, environment and flags) and the TLS certificate and key files
+    /// they name, then exit: status 0 when they are valid, 2 with the error otherwise. Nothing
+    /// is bound or connected.
     #[arg(long)]
     #[serde(skip)]
     pub check_config: bool,

@@ -366,6 +366,17 @@ impl Engine {
     }
 }
 
+/// Loads and checks the wss:// certificate and key as [`Engine::start`] does, without binding
+/// or connecting anything, so that `im-engine --check-config` rejects the files that would stop
+/// the start. Does nothing when `tls_cert_file` is empty.
+///
+/// # Errors
+/// [`TlsError`] for a file that cannot be read or parsed, or a key that does not belong to
+/// the certificate.
+pub fn check_certificate(config: &Config) -> Result<(), TlsError> {
+    load_certificate(config).map(|_| ())
+}
+
 /// Loads the wss:// certificate when `tls_cert_file` is set.
 fn load_certificate(config: &Config) -> Result<Option<Arc<tls::TlsCertificate>>, TlsError> {
     if config.tls_cert_file.is_empty() {

@@ -24,6 +24,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     if cli.check_config {
+        // The certificate files are read as the start reads them, so that a bad file fails
+        // here rather than after the other services have started.
+        if let Err(err) = im_engine::check_certificate(&config) {
+            tracing::error!(error = %err, "configuration rejected");
+            return std::process::ExitCode::from(2);
+        }
         tracing::info!("engine configuration is valid");
         return std::process::ExitCode::SUCCESS;
     }

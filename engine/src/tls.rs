@@ -10,31 +10,87 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A certificate or key that cannot be used.
+/// A certificate or key that cannot be used. Each error names the file and the setting that
+/// points to it, `tls_cert_file` or `tls_key_file`.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate file is missing, unreadable or not PEM.
-    #[error("cannot read TLS certificate file {path}: {source}")]
+    #[error(
+        "cannot read the TLS certificate file {} (tls_cert_file): {}; set tls_cert_file to a \
+         PEM file with the certificate chain, leaf first",
+        .path.display(),
+        pem_reason(.source)
+    )]
     Certificate {
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
     /// The certificate file contains no CERTIFICATE section.
-    #[error("TLS certificate file {path} contains no PEM certificate")]
+    #[error(
+        "the TLS certificate file {} (tls_cert_file) contains no PEM certificate: set \
+         tls_cert_file to a PEM file with \"-----BEGIN CERTIFICATE-----\" sections, leaf \
+         first (convert a DER certificate with `openssl x509 -inform der -in FILE`)",
+        .path.display()
+    )]
     NoCertificate { path: PathBuf },
     /// The key file is missing, unreadable, not PEM or contains no private key.
-    #[error("cannot read TLS key file {path}: {source}")]
+    #[error(
+        "cannot read the TLS key file {} (tls_key_file): {}; set tls_key_file to a PEM file \
+         with the certificate's private key (PKCS#8, PKCS#1 or SEC1)",
+        .path.display(),
+        key_reason(.source)
+    )]
     Key {
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
-    /// rustls rejected the pair, for example a key that does not match the certificate.
-    #[error("TLS certificate {cert} with key {key} rejected: {source}")]
+    /// The private key does not match the public key of the certificate.
+    #[error(
+        "the TLS key file {} (tls_key_file) does not belong to the certificate in {} \
+         (tls_cert_file): set tls_key_file to the private key the certificate was issued for, \
+         or tls_cert_file to the certificate of this key",
+        .key.display(),
+        .cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// rustls rejected the pair for another reason, for example a key type it does not
+    /// support.
+    #[error(
+        "the TLS certificate {} (tls_cert_file) with the key {} (tls_key_file) was rejected: \
+         {source}; use an RSA, ECDSA or Ed25519 key and its certificate",
+        .cert.display(),
+        .key.display()
+    )]
     Rejected {
         cert: PathBuf,
         key: PathBuf,
         source: rustls::Error,
     },
+}
+
+/// Describes why a PEM file could not be read, in words for the operator: a missing file as
+/// "no such file" rather than the I/O error's text.
+fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
+    match error {
+        rustls_pki_types::pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            "no such file".to_owned()
+        }
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("invalid PEM: {other}"),
+    }
+}
+
+/// Describes why a key file could not be used, as [`pem_reason`] does, and names a file without
+/// a private key section as such.
+fn key_reason(error: &rustls_pki_types::pem::Error) -> String {
+    match error {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            let reason = "it contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\" or \
+                          its RSA or EC form)";
+            reason.to_owned()
+        }
+        other => pem_reason(other),
+    }
 }
 
 /// The certificate and key files and the rustls configuration built from them.
@@ -87,10 +143,18 @@ fn server_config(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, TlsE
         path: key_file.to_owned(),
         source,
     })?;
-    let rejected = |source| TlsError::Rejected {
-        cert: cert_file.to_owned(),
-        key: key_file.to_owned(),
-        source,
+    let rejected = |source| match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                cert: cert_file.to_owned(),
+                key: key_file.to_owned(),
+            }
+        }
+        source => TlsError::Rejected {
+            cert: cert_file.to_owned(),
+            key: key_file.to_owned(),
+            source,
+        },
     };
     // An explicit provider, so the process needs no default provider installed.
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -353,7 +353,66 @@ fn start_fails_on_unusable_certificate_files() {
     // A key that belongs to another certificate.
     std::fs::write(dir.cert(), ca.leaf().cert_pem).unwrap();
     let err = start_error(tls_config(&dir));
-    assert!(err.contains(&dir.key().display().to_string()), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "the TLS key file {} (tls_key_file) does not belong to the certificate in {} \
+             (tls_cert_file): set tls_key_file to the private key the certificate was issued \
+             for, or tls_cert_file to the certificate of this key",
+            dir.key().display(),
+            dir.cert().display()
+        )
+    );
+}
+
+/// Runs `im-engine --check-config` with the certificate files of `dir` and no settings file,
+/// and returns its exit status and standard error.
+fn check_config(dir: &TempDir) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_im-engine"))
+        .args(["--check-config", "--config", "/dev/null"])
+        .env("IM_ENGINE_TLS_CERT_FILE", dir.cert())
+        .env("IM_ENGINE_TLS_KEY_FILE", dir.key())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("im-engine runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn check_config_loads_certificate_files() {
+    let ca = TestCa::new("check CA");
+    let dir = TempDir::new("check");
+    let leaf = ca.leaf();
+    dir.install(&leaf);
+    let (status, stderr) = check_config(&dir);
+    assert_eq!(status, Some(0), "{stderr}");
+
+    std::fs::remove_file(dir.key()).unwrap();
+    let (status, stderr) = check_config(&dir);
+    assert_eq!(status, Some(2), "a missing key file: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the TLS key file {} (tls_key_file): no such file",
+            dir.key().display()
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.cert(), "no PEM here").unwrap();
+    std::fs::write(dir.key(), &leaf.key_pem).unwrap();
+    let (status, stderr) = check_config(&dir);
+    assert_eq!(status, Some(2), "a certificate that is not PEM: {stderr}");
+    assert!(stderr.contains("contains no PEM certificate"), "{stderr}");
+    assert!(stderr.contains("(tls_cert_file)"), "{stderr}");
+
+    std::fs::write(dir.cert(), ca.leaf().cert_pem).unwrap();
+    let (status, stderr) = check_config(&dir);
+    assert_eq!(status, Some(2), "a key of another certificate: {stderr}");
+    assert!(
+        stderr.contains("does not belong to the certificate"),
+        "{stderr}"
+    );
 }
 
 fn start_error(config: Config) -> String {
