@@ -204,6 +204,31 @@ async fn partial_upgrade_gets_408_at_handshake_deadline() {
 }
 
 #[tokio::test]
+async fn disallowed_origin_gets_403_with_fix() {
+    let engine = start_engine(|config| {
+        config.allowed_origins = vec!["https://chat.example.com".to_owned()];
+    });
+    let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://other.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("the engine answers and closes");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    assert!(body.contains("\"https://other.example\""), "{body}");
+    assert!(body.contains("allowed_origins"), "{body}");
+    assert!(body.contains("IM_ENGINE_ALLOWED_ORIGINS"), "{body}");
+    engine.shutdown();
+}
+
+#[tokio::test]
 async fn shutdown_closes_connections_with_1001() {
     let engine = start_engine(|_| {});
     let mut socket = connect(&engine).await;

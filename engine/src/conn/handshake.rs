@@ -140,7 +140,9 @@ fn check_origin(ctx: &ShardContext, request: &UpgradeRequest) -> Result<(), Hand
     match &request.origin {
         Some(origin) if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) => {
             debug!(%origin, "origin not allowed");
-            Err(HandshakeError::OriginRejected)
+            Err(HandshakeError::OriginRejected {
+                origin: origin.clone(),
+            })
         }
         _ => Ok(()),
     }

@@ -60,8 +60,33 @@ pub enum HandshakeError {
     #[error("upgrade request must not have a body")]
     BodyNotAllowed,
     /// The engine rejected the `Origin` header. The codec never returns this variant itself.
-    #[error("origin not allowed")]
-    OriginRejected,
+    #[error(
+        "origin \"{}\" is not allowed: add it to the engine's allowed_origins (under [engine] in \
+         im.toml, or the list in IM_ENGINE_ALLOWED_ORIGINS)",
+        shown_origin(.origin)
+    )]
+    OriginRejected {
+        /// The `Origin` header as the request sent it.
+        origin: String,
+    },
+}
+
+/// Characters of a rejected origin that the error repeats. A longer origin is cut, followed
+/// by "...", so that a large header cannot inflate the reply.
+const MAX_SHOWN_ORIGIN_CHARS: usize = 256;
+
+/// Returns `origin` for the error text: cut to [`MAX_SHOWN_ORIGIN_CHARS`] characters, with
+/// control characters such as a tab written as escapes, so the text stays one line.
+fn shown_origin(origin: &str) -> String {
+    let mut shown: String = origin
+        .chars()
+        .take(MAX_SHOWN_ORIGIN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if origin.chars().nth(MAX_SHOWN_ORIGIN_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    shown
 }
 
 impl HandshakeError {
@@ -74,7 +99,7 @@ impl HandshakeError {
             | Self::MissingConnectionUpgrade
             | Self::InvalidKey
             | Self::BodyNotAllowed => 400,
-            Self::OriginRejected => 403,
+            Self::OriginRejected { .. } => 403,
             Self::WrongPath { .. } => 404,
             Self::MethodNotAllowed => 405,
             Self::NotWebSocketUpgrade | Self::UnsupportedVersion => 426,
@@ -183,7 +208,12 @@ mod tests {
             (HandshakeError::UnsupportedVersion, 426),
             (HandshakeError::InvalidKey, 400),
             (HandshakeError::BodyNotAllowed, 400),
-            (HandshakeError::OriginRejected, 403),
+            (
+                HandshakeError::OriginRejected {
+                    origin: "https://a.example".into(),
+                },
+                403,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status(), status, "{error:?}");

@@ -714,6 +714,39 @@ mod tests {
     }
 
     #[test]
+    fn reject_response_403_names_origin() {
+        let error = HandshakeError::OriginRejected {
+            origin: "https://chat.example.com".into(),
+        };
+        let response = String::from_utf8(reject_response(&error)).unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            body,
+            "origin \"https://chat.example.com\" is not allowed: add it to the engine's \
+             allowed_origins (under [engine] in im.toml, or the list in \
+             IM_ENGINE_ALLOWED_ORIGINS)\n"
+        );
+    }
+
+    #[test]
+    fn rejected_origin_is_cut_and_escaped() {
+        let long = format!("https://{}.example\tx", "a".repeat(300));
+        let text = HandshakeError::OriginRejected { origin: long }.to_string();
+        assert!(
+            text.starts_with(&format!("origin \"https://{}...\"", "a".repeat(248))),
+            "{text}"
+        );
+        let tab = HandshakeError::OriginRejected {
+            origin: "https://a.example\tx".into(),
+        };
+        assert!(
+            tab.to_string()
+                .starts_with("origin \"https://a.example\\tx\""),
+            "{tab}"
+        );
+    }
+
+    #[test]
     fn reject_response_426_names_version_13() {
         let response = reject_response(&HandshakeError::UnsupportedVersion);
         let response = String::from_utf8(response).unwrap();
@@ -726,7 +759,12 @@ mod tests {
     #[test]
     fn reject_response_status_lines() {
         let cases = [
-            (HandshakeError::OriginRejected, "403 Forbidden"),
+            (
+                HandshakeError::OriginRejected {
+                    origin: "https://a.example".into(),
+                },
+                "403 Forbidden",
+            ),
             (
                 HandshakeError::WrongPath {
                     expected: "/ws".into(),
