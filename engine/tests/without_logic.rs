@@ -65,6 +65,29 @@ async fn undecodable_packet_gets_error_and_connection_stays() {
     engine.shutdown();
 }
 
+#[tokio::test]
+async fn undecodable_login_names_type() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    // Field 1 (username) as a varint, where LoginRequest has a string.
+    socket
+        .send(packet(PacketType::Login, 5, vec![0x08, 0x01]))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(reply.r#type, PacketType::Login as i32);
+    assert_eq!(reply.request_id, 5);
+    assert_eq!(reply.code, ErrorCode::InvalidPacket as i32);
+    assert!(
+        reply
+            .message
+            .contains("the data of a LOGIN packet does not decode as a LoginRequest"),
+        "{}",
+        reply.message
+    );
+    engine.shutdown();
+}
+
 /// Checks that a bystander connection on the same engine still gets replies.
 async fn assert_still_serving(bystander: &mut Socket) {
     bystander
@@ -171,6 +194,31 @@ async fn bad_upgrade_gets_http_error() {
 }
 
 #[tokio::test]
+async fn disallowed_origin_gets_403_with_fix() {
+    let engine = start_engine(|config| {
+        config.allowed_origins = vec!["https://chat.example.com".to_owned()];
+    });
+    let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://other.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("the engine answers and closes");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    assert!(body.contains("\"https://other.example\""), "{body}");
+    assert!(body.contains("allowed_origins"), "{body}");
+    assert!(body.contains("IM_ENGINE_ALLOWED_ORIGINS"), "{body}");
+    engine.shutdown();
+}
+
+#[tokio::test]
 async fn partial_upgrade_gets_408_at_handshake_deadline() {
     let engine = start_engine(|config| config.handshake_timeout_ms = 300);
     let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
@@ -200,31 +248,6 @@ async fn partial_upgrade_gets_408_at_handshake_deadline() {
         metrics.contains("im_engine_limits_hit_total{kind=\"handshake_timeout\"} 1"),
         "{metrics}"
     );
-    engine.shutdown();
-}
-
-#[tokio::test]
-async fn disallowed_origin_gets_403_with_fix() {
-    let engine = start_engine(|config| {
-        config.allowed_origins = vec!["https://chat.example.com".to_owned()];
-    });
-    let mut stream = tokio::net::TcpStream::connect(engine.ws_addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://other.example\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .expect("the engine answers and closes");
-    let text = String::from_utf8_lossy(&response);
-    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    assert!(body.contains("\"https://other.example\""), "{body}");
-    assert!(body.contains("allowed_origins"), "{body}");
-    assert!(body.contains("IM_ENGINE_ALLOWED_ORIGINS"), "{body}");
     engine.shutdown();
 }
 

@@ -449,15 +449,12 @@ impl Connection {
     }
 
     fn invalid_data(&self, packet: &Packet) -> Option<Ending> {
-        let message = format!(
-            "invalid packet: data does not decode as the request of type {}",
-            packet.r#type
-        );
+        let kind = packet_type(packet);
         self.reply_error(
-            packet_type(packet),
+            kind,
             packet.request_id,
             ErrorCode::InvalidPacket,
-            message,
+            invalid_data_message(kind),
         )
     }
 
@@ -544,6 +541,26 @@ pub(super) fn kick_text(reason: KickReason) -> &'static str {
     }
 }
 
+/// Describes a request of type `kind` whose `data` does not decode, naming the type and its
+/// request message as docs/protocol.md and proto/im/v1/packet.proto name them.
+fn invalid_data_message(kind: PacketType) -> String {
+    let request = match kind {
+        PacketType::Register => "RegisterRequest",
+        PacketType::Login => "LoginRequest",
+        PacketType::SignIn => "SignInRequest",
+        PacketType::Send => "SendRequest",
+        PacketType::MessageAck => "MessageAck",
+        PacketType::Sync => "SyncRequest",
+        // Only the types above carry data that the engine decodes.
+        _ => "the message of its type",
+    };
+    format!(
+        "invalid packet: the data of a {} packet does not decode as a {request}; encode a \
+         {request} as proto/im/v1/packet.proto defines it",
+        kind.as_str_name()
+    )
+}
+
 /// Returns the packet's type, or ERROR when the number is not a known type.
 fn packet_type(packet: &Packet) -> PacketType {
     PacketType::try_from(packet.r#type).unwrap_or(PacketType::Error)
@@ -617,6 +634,20 @@ fn encode_bodyless_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_data_names_type() {
+        assert_eq!(
+            invalid_data_message(PacketType::Login),
+            "invalid packet: the data of a LOGIN packet does not decode as a LoginRequest; \
+             encode a LoginRequest as proto/im/v1/packet.proto defines it"
+        );
+        let ack = invalid_data_message(PacketType::MessageAck);
+        assert!(
+            ack.contains("a MESSAGE_ACK packet does not decode as a MessageAck;"),
+            "{ack}"
+        );
+    }
 
     /// Returns the payload of the one unmasked binary frame in `frame`.
     fn frame_payload(frame: &[u8]) -> &[u8] {
