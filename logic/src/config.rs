@@ -31,6 +31,10 @@ const RAW_TEXT_FIELDS: &[&str] = &["server_secret", "internal_secret"];
 /// ListFriends reply of 3,840,000 bytes, below gRPC's 4 MiB message limit.
 const MAX_FRIENDS_PER_USER_LIMIT: u64 = 80_000;
 
+/// Largest accepted `max_group_members`. A group message is stored once per member in one
+/// transaction, so this bounds the work of one send.
+pub const MAX_GROUP_MEMBERS_LIMIT: u32 = 10_000;
+
 /// Shortest and longest accepted `server_secret`, in bytes, when it is set.
 const SERVER_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
 
@@ -688,7 +692,7 @@ impl Config {
             "max_group_members",
             self.max_group_members.into(),
             1,
-            10_000,
+            MAX_GROUP_MEMBERS_LIMIT.into(),
         )?;
         check_range(
             "max_groups_per_user",

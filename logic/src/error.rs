@@ -179,7 +179,7 @@ pub enum LogicError {
     #[error("not a member of group {0}")]
     NotGroupMember(u64),
     /// The group would have more than `max_group_members` members.
-    #[error("a group has at most {max} members, but this request would give it {members}")]
+    #[error("{}", group_full_message(*max, *members))]
     GroupFull {
         /// `max_group_members`.
         max: u32,
@@ -398,6 +398,25 @@ fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::Timeout => Code::DeadlineExceeded,
         _ => Code::Internal,
     }
+}
+
+/// Describes [`LogicError::GroupFull`] with what the caller or the operator can do about it:
+/// send fewer members, or raise `max_group_members` while it is below the highest value the
+/// setting accepts.
+fn group_full_message(max: u32, members: usize) -> String {
+    let limit = crate::config::MAX_GROUP_MEMBERS_LIMIT;
+    let fix = if max < limit {
+        format!(
+            "send fewer members, or raise the logic tier's max_group_members (under [logic] in \
+             im.toml or IM_LOGIC_MAX_GROUP_MEMBERS, at most {limit})"
+        )
+    } else {
+        "send fewer members: max_group_members is already at its highest accepted value".to_owned()
+    };
+    format!(
+        "a group has at most {max} members (max_group_members), but this request would give it \
+         {members}: {fix}"
+    )
 }
 
 impl From<LogicError> for tonic::Status {
@@ -629,6 +648,41 @@ mod tests {
                 code.as_str_name()
             );
         }
+    }
+
+    #[test]
+    fn group_full_names_setting_that_raises_cap() {
+        let text = LogicError::GroupFull {
+            max: 500,
+            members: 501,
+        }
+        .to_string();
+
+        assert!(
+            text.starts_with(
+                "a group has at most 500 members (max_group_members), but this request would \
+                 give it 501: "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("max_group_members (under [logic]"), "{text}");
+        assert!(text.contains("IM_LOGIC_MAX_GROUP_MEMBERS"), "{text}");
+        assert!(text.contains("at most 10000"), "{text}");
+    }
+
+    #[test]
+    fn group_full_at_highest_cap() {
+        let text = LogicError::GroupFull {
+            max: 10_000,
+            members: 10_001,
+        }
+        .to_string();
+
+        assert!(
+            text.contains("already at its highest accepted value"),
+            "{text}"
+        );
+        assert!(!text.contains("raise"), "{text}");
     }
 
     #[test]
