@@ -41,8 +41,8 @@ pub(crate) enum Command {
 /// Flags of every scenario that opens signed-in connections.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ConnectArgs {
-    /// WebSocket URL of the engine.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    /// WebSocket URL of the engine, ws:// only: the bench's client has no TLS.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_parser = parse_ws_url)]
     pub(crate) url: String,
     /// Prefix of the bench users' names: `<prefix>-<i>` for `signin`, `<prefix>-chat-<i>` and
     /// `<prefix>-group-<i>` for the messaging scenarios.
@@ -73,6 +73,22 @@ pub(crate) struct ConnectArgs {
     /// `<prefix>-group-tokens.tsv`) and the group cache (`<prefix>-groups.tsv`).
     #[arg(long, default_value = DEFAULT_CACHE_DIR)]
     pub(crate) cache_dir: PathBuf,
+}
+
+/// Accepts a `ws://` URL for `--url`. The client (im-client) opens plain TCP only, so any other
+/// scheme would fail every connection later with the same error.
+fn parse_ws_url(text: &str) -> Result<String, String> {
+    // clap's error repeats the value, so these texts leave it out.
+    match text.split_once("://") {
+        Some(("ws", _)) => Ok(text.to_owned()),
+        Some(("wss", _)) => Err(
+            "im-bench speaks plain ws:// only, because its client has no \
+                                 TLS: pass the ws:// URL of an engine without tls_cert_file, \
+                                 such as ws://127.0.0.1:8080/ws"
+                .to_owned(),
+        ),
+        _ => Err("expected the engine's ws:// URL, such as ws://127.0.0.1:8080/ws".to_owned()),
+    }
 }
 
 /// Flags that the parent passes on to its worker processes unchanged.
@@ -370,6 +386,36 @@ mod tests {
         assert_eq!(args.connections, 15_000);
         assert_eq!(args.workers, 2);
         assert_eq!(args.sources, Some(3));
+    }
+
+    #[test]
+    fn wss_url_rejected_at_parse() {
+        for args in [
+            vec!["im-bench", "--url", "wss://127.0.0.1:8080/ws"],
+            vec!["im-bench", "chat", "--url", "wss://127.0.0.1:8080/ws"],
+        ] {
+            let error = Cli::try_parse_from(&args).expect_err("wss:// is rejected");
+            let text = error.to_string();
+
+            assert!(text.contains("--url"), "{text}");
+            assert!(text.contains("speaks plain ws:// only"), "{text}");
+        }
+    }
+
+    #[test]
+    fn url_without_ws_scheme_rejected() {
+        for url in ["http://127.0.0.1:8080/ws", "127.0.0.1:8080"] {
+            let error = Cli::try_parse_from(["im-bench", "--url", url]).expect_err(url);
+
+            assert!(
+                error
+                    .to_string()
+                    .contains("expected the engine's ws:// URL"),
+                "{error}"
+            );
+        }
+        let cli = Cli::try_parse_from(["im-bench", "--url", "ws://[::1]:9/ws"]).expect("ws://");
+        assert_eq!(cli.signin.run.conn.url, "ws://[::1]:9/ws");
     }
 
     #[test]

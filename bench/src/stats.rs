@@ -117,11 +117,25 @@ pub(crate) fn connect_error_kind(error: &ClientError) -> String {
 }
 
 /// Describes a failed connect to `url`: its kind as [`connect_error_kind`] names it, and a text
-/// with the URL and the error, the OS error included.
+/// with the URL and the error, the OS error included. A refused connection means that nothing
+/// listens at the URL, so its text names the fix: start the system, or point the bench elsewhere.
 pub(crate) fn connect_failure(url: &str, error: &ClientError) -> Failure {
+    let refused = matches!(
+        error,
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    let text = if refused {
+        format!(
+            "connect to {url} failed: {}. No engine listens there: start the system with \
+             scripts/run, or pass --url with the WebSocket URL of a running engine",
+            error_chain(error)
+        )
+    } else {
+        format!("connect to {url}: {}", error_chain(error))
+    };
     Failure {
         kind: connect_error_kind(error),
-        text: format!("connect to {url}: {}", error_chain(error)),
+        text,
     }
 }
 
@@ -211,6 +225,37 @@ pub(crate) fn merge_histogram(target: &mut Histogram<u64>, source: &Histogram<u6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refused_connect_names_url_and_fix() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let failure = connect_failure("ws://127.0.0.1:9/ws", &ClientError::Io(refused));
+
+        assert_eq!(failure.kind, "connect_failed");
+        assert!(
+            failure
+                .text
+                .starts_with("connect to ws://127.0.0.1:9/ws failed: "),
+            "{}",
+            failure.text
+        );
+        assert!(
+            failure.text.ends_with(
+                "No engine listens there: start the system with scripts/run, or pass --url \
+                 with the WebSocket URL of a running engine"
+            ),
+            "{}",
+            failure.text
+        );
+    }
+
+    #[test]
+    fn other_connect_failure_has_no_start_hint() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let failure = connect_failure("ws://127.0.0.1:9/ws", &ClientError::Io(reset));
+
+        assert!(!failure.text.contains("scripts/run"), "{}", failure.text);
+    }
+
     #[test]
     fn samples_merge_into_histogram_saturating() {
         let mut samples = LatencySamples::default();
