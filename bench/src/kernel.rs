@@ -75,6 +75,32 @@ pub(crate) fn per_connection(
     Some((after as f64 - before as f64) / connections as f64)
 }
 
+/// Describes the growth from `before` to `after` per connection for a report, as bytes or as
+/// the reason why there is no figure. The readings are system-wide, so other sockets and
+/// processes of the host move them too. A total that fell while the connections opened
+/// would give a negative figure per connection, which no connection can cost, so it is
+/// reported as not measurable with the size of the fall.
+pub(crate) fn describe_per_connection(
+    before: Option<u64>,
+    after: Option<u64>,
+    connections: u64,
+) -> String {
+    let (Some(before), Some(after)) = (before, after) else {
+        return "unknown (not readable)".to_owned();
+    };
+    if connections == 0 {
+        return "unknown (no connection)".to_owned();
+    }
+    if after < before {
+        return format!(
+            "not measurable (the system-wide total fell by {:.1} KiB, because other sockets \
+             or processes on this host freed more than these connections took)",
+            (before - after) as f64 / 1024.0
+        );
+    }
+    format!("{:.0} B", (after - before) as f64 / connections as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +151,35 @@ mod tests {
         assert_eq!(per_connection(Some(5000), Some(1000), 4), Some(-1000.0));
         assert_eq!(per_connection(None, Some(1), 1), None);
         assert_eq!(per_connection(Some(1), Some(2), 0), None);
+    }
+
+    #[test]
+    fn described_growth_is_bytes_per_connection() {
+        assert_eq!(describe_per_connection(Some(1000), Some(5000), 2), "2000 B");
+        assert_eq!(describe_per_connection(Some(1000), Some(1000), 2), "0 B");
+    }
+
+    #[test]
+    fn described_fall_is_not_measurable() {
+        let text = describe_per_connection(Some(5_000_000), Some(4_616_000), 1024);
+
+        assert!(
+            text.starts_with("not measurable (the system-wide total fell by 375.0 KiB"),
+            "{text}"
+        );
+        assert!(!text.contains(" -"), "no negative figure: {text}");
+    }
+
+    #[test]
+    fn described_growth_without_readings_is_unknown() {
+        assert_eq!(
+            describe_per_connection(None, Some(1), 1),
+            "unknown (not readable)"
+        );
+        assert_eq!(
+            describe_per_connection(Some(1), Some(2), 0),
+            "unknown (no connection)"
+        );
     }
 
     #[test]

@@ -136,10 +136,7 @@ impl Report {
             return "unknown".into();
         };
         let before = self.engine.before.kernel;
-        let figure = |before, after| {
-            kernel::per_connection(before, after, self.signed_in)
-                .map_or_else(|| "unknown".to_owned(), |bytes| format!("{bytes:.0} B"))
-        };
+        let figure = |before, after| kernel::describe_per_connection(before, after, self.signed_in);
         format!(
             "slab {}, TCP buffers {} (both ends of each loopback connection; system-wide)",
             figure(before.slab, during.kernel.slab),
@@ -277,6 +274,52 @@ mod tests {
             errors(&counts),
             "connect_failed: 2 (first: connect to ws://127.0.0.1:1/ws: refused), worker_no_report: 1"
         );
+    }
+
+    /// Returns a report of `signed_in` connections whose kernel readings go from `before` to
+    /// `during`.
+    fn report_with_kernel(signed_in: u64, before: KernelMemory, during: KernelMemory) -> Report {
+        let sample = |kernel| MemorySample {
+            engine: Some(1 << 20),
+            kernel,
+        };
+        Report {
+            connections: signed_in,
+            signed_in,
+            connect_elapsed: Duration::from_secs(1),
+            opened: None,
+            signin_latency: stats::latency_histogram(),
+            signin_errors: ErrorCounts::default(),
+            hold: HoldFigures::default(),
+            engine: EngineMemory {
+                processes: 1,
+                before: sample(before),
+                during: Some(sample(during)),
+            },
+        }
+    }
+
+    #[test]
+    fn kernel_line_has_no_negative_figure() {
+        let report = report_with_kernel(
+            1000,
+            KernelMemory {
+                slab: Some(10_000_000),
+                tcp_buffers: Some(1_000_000),
+            },
+            KernelMemory {
+                slab: Some(15_120_000),
+                tcp_buffers: Some(625_000),
+            },
+        );
+
+        let line = report.kernel_line();
+
+        assert!(
+            line.starts_with("slab 5120 B, TCP buffers not measurable ("),
+            "{line}"
+        );
+        assert!(!line.contains(" -"), "no negative figure: {line}");
     }
 
     #[test]

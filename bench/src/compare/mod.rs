@@ -29,8 +29,9 @@ const TARGET_SLACK: Duration = Duration::from_secs(60);
 const KERNEL_SOURCE: &str = "kernel memory: growth of Slab in /proc/meminfo and of TCP mem \
     pages in /proc/net/sockstat from before the connects to the end of the idle hold, divided \
     by N; system-wide and counting the client and the server socket of each connection. \
-    Other processes allocate and free kernel memory meanwhile, so a small or negative figure \
-    means the change was within that noise; compare medians of several runs";
+    Other processes allocate and free kernel memory meanwhile, so a small figure means the \
+    change was within that noise, and a figure below zero (the total fell) is not measurable \
+    and shown as -; compare medians of several runs";
 
 /// Errors that end a run before it measures anything.
 #[derive(Debug, thiserror::Error)]

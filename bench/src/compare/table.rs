@@ -85,6 +85,9 @@ struct Metric {
     label: &'static str,
     value: fn(&Figures) -> Option<f64>,
     decimals: usize,
+    /// True for a system-wide kernel reading, which other processes move as well. Its value
+    /// is shown as "-" when it is below zero, since no connection frees kernel memory.
+    system_wide: bool,
 }
 
 const METRICS: [Metric; 10] = [
@@ -92,51 +95,61 @@ const METRICS: [Metric; 10] = [
         label: "server RSS bytes per idle connection",
         value: |figures| figures.rss_bytes_per_idle_connection,
         decimals: 0,
+        system_wide: false,
     },
     Metric {
         label: "kernel Slab bytes per connection (both ends)",
         value: |figures| figures.kernel_slab_bytes_per_connection,
         decimals: 0,
+        system_wide: true,
     },
     Metric {
         label: "kernel TCP buffer bytes per connection (both ends)",
         value: |figures| figures.kernel_tcp_buffer_bytes_per_connection,
         decimals: 0,
+        system_wide: true,
     },
     Metric {
         label: "connections per second",
         value: |figures| figures.connections_per_second,
         decimals: 0,
+        system_wide: false,
     },
     Metric {
         label: "round trip p50 (ms)",
         value: |figures| figures.round_trip_p50_ms,
         decimals: 3,
+        system_wide: false,
     },
     Metric {
         label: "round trip p99 (ms)",
         value: |figures| figures.round_trip_p99_ms,
         decimals: 3,
+        system_wide: false,
     },
     Metric {
         label: "round trip p99.9 (ms)",
         value: |figures| figures.round_trip_p999_ms,
         decimals: 3,
+        system_wide: false,
     },
     Metric {
         label: "messages per second at saturation",
         value: |figures| figures.messages_per_second,
         decimals: 0,
+        system_wide: false,
     },
     Metric {
         label: "server CPU seconds per million messages",
         value: |figures| figures.cpu_seconds_per_million_messages,
         decimals: 2,
+        system_wide: false,
     },
     Metric {
         label: "bench CPU seconds per million messages",
         value: |figures| figures.bench_cpu_seconds_per_million_messages,
         decimals: 2,
+        system_wide: false,
     },
 ];
 
@@ -264,11 +277,11 @@ fn rows_with(
     let mut table = vec![header];
     for metric in &METRICS {
         let mut row = vec![metric.label.to_owned()];
-        row.extend(
-            results
-                .iter()
-                .map(|figures| format_value((metric.value)(figures), metric.decimals)),
-        );
+        row.extend(results.iter().map(|figures| {
+            let value = (metric.value)(figures);
+            let value = value.filter(|value| !(metric.system_wide && *value < 0.0));
+            format_value(value, metric.decimals)
+        }));
         row.extend((1..results.len()).map(|other| format_value(ratio_of(metric, other), 2)));
         table.push(row);
     }
@@ -460,6 +473,29 @@ mod tests {
             .find(|row| row[0] == "round trip p50 (ms)")
             .expect("p50 row");
         assert_eq!(&p50[1..], ["-", "-", "-", "-", "-"]);
+    }
+
+    #[test]
+    fn negative_kernel_figures_are_not_shown() {
+        let results = [Figures {
+            kernel_slab_bytes_per_connection: Some(-120.0),
+            kernel_tcp_buffer_bytes_per_connection: Some(82.0),
+            rss_bytes_per_idle_connection: Some(-3.0),
+            ..figures("engine", 0.0, 1.0)
+        }];
+
+        let table = rows(&results);
+
+        let cell = |label: &str| {
+            let row = table.iter().find(|row| row[0] == label).expect(label);
+            row[1].clone()
+        };
+        assert_eq!(cell("kernel Slab bytes per connection (both ends)"), "-");
+        assert_eq!(
+            cell("kernel TCP buffer bytes per connection (both ends)"),
+            "82"
+        );
+        assert_eq!(cell("server RSS bytes per idle connection"), "-3");
     }
 
     #[test]
