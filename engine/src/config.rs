@@ -259,18 +259,9 @@ pub enum ConfigError {
     /// An `IM_ENGINE_` variable names no setting, such as `IM_ENGINE_` itself.
     #[error(transparent)]
     Env(#[from] im_settings::EnvError),
-    /// A value parsed but is out of range.
-    #[error(
-        "invalid engine setting {field} = {}: {fix} (set by `{field}` under [engine] or \
-         IM_ENGINE_{})",
-        im_settings::escape_control(.value),
-        .field.to_uppercase()
-    )]
-    Invalid {
-        field: &'static str,
-        value: String,
-        fix: &'static str,
-    },
+    /// A value parsed but is out of range or does not fit the other settings.
+    #[error(transparent)]
+    Invalid(#[from] im_settings::InvalidSetting),
 }
 
 /// Command-line flags of `im-engine`. Each one overrides the setting of the same name.
@@ -353,6 +344,23 @@ fn whole_number<T: im_settings::WholeNumber>(
     im_settings::whole_number_flag(im_settings::ENGINE_RANGES, setting)
 }
 
+/// Returns [`ConfigError::Invalid`] for `value` of `field` with `fix`.
+fn invalid(field: &'static str, value: &dyn ToString, fix: &str) -> Result<(), ConfigError> {
+    Err(im_settings::InvalidSetting::new("engine", field, value.to_string(), fix).into())
+}
+
+/// Returns [`ConfigError::Invalid`] when `value` of `field` is outside `min..=max`.
+fn check_range<T: TryInto<u64>>(
+    field: &'static str,
+    value: T,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
+    // A value beyond u64 is out of every range, so u64::MAX takes its place.
+    let value = value.try_into().unwrap_or(u64::MAX);
+    Ok(im_settings::check_range("engine", field, value, min, max)?)
+}
+
 impl Config {
     /// Loads the settings from `cli.config` (or ./im.toml), `IM_ENGINE_*` variables and
     /// the flags, in rising precedence, and checks them.
@@ -361,11 +369,7 @@ impl Config {
     /// A file that does not parse, an unknown key or variable, or a value out of range.
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let path = cli.config.clone().or_else(|| {
-            let local = PathBuf::from("im.toml");
-            local.exists().then_some(local)
-        });
-        if let Some(path) = path {
+        if let Some(path) = im_settings::settings_file_path(cli.config.as_deref()) {
             let file = im_settings::read_file(&path)?;
             figment = figment.merge(Figment::from(file).focus("engine"));
         }
@@ -377,20 +381,23 @@ impl Config {
             );
         }
         // Taken as raw text: figment would parse a secret of digits as a number.
-        figment = figment.merge(im_settings::prefixed_env(
-            "IM_ENGINE_",
-            im_settings::ENGINE_SECRETS,
-        ));
-        for setting in im_settings::ENGINE_SECRETS {
-            if let Some(secret) = im_settings::raw_env_value("IM_ENGINE_", setting) {
-                figment = figment.merge((*setting, secret));
+        let figment = figment
+            .merge(im_settings::prefixed_env(
+                "IM_ENGINE_",
+                im_settings::ENGINE_SECRETS,
+            ))
+            .merge(im_settings::raw_env(
+                "IM_ENGINE_",
+                im_settings::ENGINE_SECRETS,
+            ))
+            .merge(im_settings::flags(cli));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate().map_err(|err| match err {
+            ConfigError::Invalid(invalid) => {
+                ConfigError::Invalid(invalid.located(&figment, "IM_ENGINE_"))
             }
-        }
-        let config: Config = figment
-            .merge(Serialized::defaults(cli))
-            .extract()
-            .map_err(Box::new)?;
-        config.validate()?;
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -399,13 +406,6 @@ impl Config {
     /// # Errors
     /// The first setting out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, value: &dyn ToString, fix| {
-            Err(ConfigError::Invalid {
-                field,
-                value: value.to_string(),
-                fix,
-            })
-        };
         if !self.ws_path.starts_with('/') {
             return invalid("ws_path", &self.ws_path, "start the path with '/'");
         }
@@ -428,9 +428,7 @@ impl Config {
                 "write it as ip:port, for example 127.0.0.1:9101, or empty to turn metrics off",
             );
         }
-        if self.shards > 255 {
-            return invalid("shards", &self.shards, "use at most 255 shards");
-        }
+        check_range("shards", self.shards, 0, 255)?;
         if self.max_frame_bytes < 126 || self.max_message_bytes < self.max_frame_bytes {
             return invalid(
                 "max_message_bytes",
@@ -457,7 +455,7 @@ impl Config {
             return invalid(
                 "lease_interval_ms",
                 &self.lease_interval_ms,
-                "use at least 1",
+                "use a value of 1 or more",
             );
         }
         if self.lease_ttl_ms <= self.lease_interval_ms || self.lease_ttl_ms > 600_000 {
@@ -467,38 +465,27 @@ impl Config {
                 "set it above lease_interval_ms (typically 3 intervals) and at most 600000",
             );
         }
-        if !(1..=65_536).contains(&self.logic_max_password_calls) {
-            return invalid(
-                "logic_max_password_calls",
-                &self.logic_max_password_calls,
-                "use 1 to 65536",
-            );
-        }
-        if !(1..=1_048_576).contains(&self.logic_max_in_flight) {
-            return invalid(
-                "logic_max_in_flight",
-                &self.logic_max_in_flight,
-                "use 1 to 1048576",
-            );
-        }
-        if !(1..=64).contains(&self.logic_gather_calls) {
-            return invalid(
-                "logic_gather_calls",
-                &self.logic_gather_calls,
-                "use 1 to 64",
-            );
-        }
-        if self.logic_gather_window_ms > 1_000 {
-            return invalid(
-                "logic_gather_window_ms",
-                &self.logic_gather_window_ms,
-                "use 0 to 1000",
-            );
-        }
+        check_range(
+            "logic_max_password_calls",
+            self.logic_max_password_calls,
+            1,
+            65_536,
+        )?;
+        check_range(
+            "logic_max_in_flight",
+            self.logic_max_in_flight,
+            1,
+            1_048_576,
+        )?;
+        check_range("logic_gather_calls", self.logic_gather_calls, 1, 64)?;
+        check_range(
+            "logic_gather_window_ms",
+            self.logic_gather_window_ms,
+            0,
+            1_000,
+        )?;
         // The bridge's channel allocates all of its slots at start, about 230 bytes each.
-        if !(1..=1_048_576).contains(&self.bridge_queue) {
-            return invalid("bridge_queue", &self.bridge_queue, "use 1 to 1048576");
-        }
+        check_range("bridge_queue", self.bridge_queue, 1, 1_048_576)?;
         if !self.logic_url.starts_with("http://") && !self.logic_url.starts_with("https://") {
             return invalid(
                 "logic_url",
@@ -511,36 +498,23 @@ impl Config {
     }
 
     fn validate_rate_limits(&self) -> Result<(), ConfigError> {
-        let invalid = |field, value: u32, fix| {
-            Err(ConfigError::Invalid {
-                field,
-                value: value.to_string(),
-                fix,
-            })
-        };
         if self.rate_packets_per_sec > 0 && !(1..=1_000_000).contains(&self.rate_packet_burst) {
             return invalid(
                 "rate_packet_burst",
-                self.rate_packet_burst,
-                "use 1 to 1000000, or set rate_packets_per_sec = 0 to turn the limit off",
+                &self.rate_packet_burst,
+                "use a value from 1 to 1000000, or set rate_packets_per_sec = 0 to turn the \
+                 limit off",
             );
         }
         let largest_message = u32::try_from(self.max_message_bytes).unwrap_or(u32::MAX);
         if self.rate_bytes_per_sec > 0 && self.rate_byte_burst < largest_message {
             return invalid(
                 "rate_byte_burst",
-                self.rate_byte_burst,
+                &self.rate_byte_burst,
                 "use at least max_message_bytes, or set rate_bytes_per_sec = 0 to turn the limit off",
             );
         }
-        if !(1..=600_000).contains(&self.busy_retry_after_ms) {
-            return invalid(
-                "busy_retry_after_ms",
-                self.busy_retry_after_ms,
-                "use 1 to 600000 milliseconds",
-            );
-        }
-        Ok(())
+        check_range("busy_retry_after_ms", self.busy_retry_after_ms, 1, 600_000)
     }
 
     /// Rejects an empty `internal_secret` while `grpc_addr` is reachable from other hosts,
@@ -551,12 +525,12 @@ impl Config {
     pub fn validate_internal_secret(&self) -> Result<(), ConfigError> {
         let length = self.internal_secret.expose().len();
         if length == 0 && !self.grpc_addr.ip().is_loopback() {
-            return Err(ConfigError::Invalid {
-                field: "internal_secret",
-                value: format!("\"\" with grpc_addr = {}", self.grpc_addr),
-                fix: "set IM_ENGINE_INTERNAL_SECRET (and the same IM_LOGIC_INTERNAL_SECRET) to \
-                      16 or more random bytes, or bind grpc_addr to a loopback address",
-            });
+            return invalid(
+                "internal_secret",
+                &format!("\"\" with grpc_addr = {}", self.grpc_addr),
+                "set IM_ENGINE_INTERNAL_SECRET (and the same IM_LOGIC_INTERNAL_SECRET) to 16 or \
+                 more random bytes, or bind grpc_addr to a loopback address",
+            );
         }
         if !self
             .internal_secret
@@ -564,18 +538,18 @@ impl Config {
             .bytes()
             .all(|byte| byte.is_ascii_graphic())
         {
-            return Err(ConfigError::Invalid {
-                field: "internal_secret",
-                value: format!("<{length} bytes>"),
-                fix: "use visible ASCII characters only (it travels in gRPC metadata)",
-            });
+            return invalid(
+                "internal_secret",
+                &format!("<{length} bytes>"),
+                "use visible ASCII characters only (it travels in gRPC metadata)",
+            );
         }
         if length > 0 && !(16..=1024).contains(&length) {
-            return Err(ConfigError::Invalid {
-                field: "internal_secret",
-                value: format!("<{length} bytes>"),
-                fix: "use 16 to 1024 bytes, the same as the logic tier's internal_secret",
-            });
+            return invalid(
+                "internal_secret",
+                &format!("<{length} bytes>"),
+                "use 16 to 1024 bytes, the same as the logic tier's internal_secret",
+            );
         }
         Ok(())
     }
@@ -771,6 +745,61 @@ mod tests {
             ..config
         };
         assert!(off.validate().is_ok());
+    }
+
+    #[test]
+    fn range_error_names_source_of_value() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IM_ENGINE_LOGIC_MAX_IN_FLIGHT", "0");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                "invalid engine setting logic_max_in_flight = 0 (from \
+                 IM_ENGINE_LOGIC_MAX_IN_FLIGHT): use a value from 1 to 1048576"
+            );
+
+            jail.clear_env();
+            jail.create_file("im.toml", "[engine]\nbridge_queue = 0\n")?;
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                "invalid engine setting bridge_queue = 0 (in im.toml): use a value from 1 to \
+                 1048576"
+            );
+
+            jail.create_file("im.toml", "")?;
+            let cli = Cli::parse_from(["im-engine", "--ws-path", "chat"]);
+            let message = Config::load(&cli).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                "invalid engine setting ws_path = chat (from --ws-path): start the path with '/'"
+            );
+
+            // The default lease_ttl_ms does not exceed a longer lease_interval_ms.
+            jail.set_env("IM_ENGINE_LEASE_INTERVAL_MS", "10000");
+            let message = Config::load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                message.starts_with("invalid engine setting lease_ttl_ms = 6000 (the default): "),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_settings_file_is_not_found() {
+        Jail::expect_with(|_| {
+            let cli = Cli::parse_from(["im-engine", "--config", "/nonexistent/im.toml"]);
+            let message = Config::load(&cli).unwrap_err().to_string();
+            assert!(
+                message.starts_with(
+                    "settings file /nonexistent/im.toml not found: pass an existing file with \
+                     --config or IM_CONFIG"
+                ),
+                "{message}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

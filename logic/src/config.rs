@@ -13,10 +13,6 @@ use serde::{Deserialize, Serialize};
 
 pub use im_settings::redact_url;
 
-/// File read when neither `--config` nor `IM_CONFIG` names one, if it exists in the working
-/// directory.
-pub const DEFAULT_CONFIG_FILE: &str = "im.toml";
-
 /// Prefix of the environment variables that override single fields.
 pub const ENV_PREFIX: &str = "IM_LOGIC_";
 
@@ -442,41 +438,21 @@ fn whole_number<T: im_settings::WholeNumber>(
 /// Error from loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--config` or `IM_CONFIG` names a file that does not exist.
-    #[error(
-        "config file {} not found: pass an existing file with --config or IM_CONFIG, \
-         or set neither to use im.toml in the working directory if there is one, else the \
-         defaults",
-        im_settings::escape_control(&.0.display().to_string())
-    )]
-    FileNotFound(PathBuf),
     /// The file does not parse, or a value has the wrong type or an unknown field name.
     #[error(
         "invalid logic configuration: {}; im.toml gives each setting's type and default",
         im_settings::describe(.0, ENV_PREFIX)
     )]
     Parse(Box<figment::Error>),
-    /// The settings file is unreadable or contains an unknown table.
+    /// The settings file is missing, unreadable, not TOML or contains an unknown table.
     #[error(transparent)]
     File(#[from] im_settings::FileError),
     /// An `IM_LOGIC_` variable names no setting, such as `IM_LOGIC_` itself.
     #[error(transparent)]
     Env(#[from] im_settings::EnvError),
-    /// A value has the right type but is out of range.
-    #[error(
-        "invalid logic.{field} = {}: {fix} (set by `{field}` under [logic] or \
-         IM_LOGIC_{})",
-        im_settings::escape_control(.value),
-        .field.to_uppercase()
-    )]
-    Invalid {
-        /// Field name in the `[logic]` table.
-        field: &'static str,
-        /// The rejected value, with any password hidden.
-        value: String,
-        /// A description of accepted values.
-        fix: String,
-    },
+    /// A value has the right type but is out of range or does not fit the other settings.
+    #[error(transparent)]
+    Invalid(#[from] im_settings::InvalidSetting),
 }
 
 impl Config {
@@ -487,7 +463,7 @@ impl Config {
     ///
     /// [`ConfigError`] names the file, or the field, the value and an accepted range.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let file = config_file(cli.config.as_deref())?;
+        let file = im_settings::settings_file_path(cli.config.as_deref());
         Config::load_from(file.as_deref(), cli)
     }
 
@@ -512,17 +488,19 @@ impl Config {
                 "ignored: the name looks like a misspelt IM_LOGIC_ setting; fix it or unset it"
             );
         }
-        figment = figment.merge(im_settings::prefixed_env(ENV_PREFIX, RAW_TEXT_FIELDS));
-        for field in RAW_TEXT_FIELDS {
-            if let Some(value) = im_settings::raw_env_value(ENV_PREFIX, field) {
-                figment = figment.merge((*field, value));
-            }
-        }
+        let figment = figment
+            .merge(im_settings::prefixed_env(ENV_PREFIX, RAW_TEXT_FIELDS))
+            .merge(im_settings::raw_env(ENV_PREFIX, RAW_TEXT_FIELDS))
+            .merge(im_settings::flags(cli));
         let config: Config = figment
-            .merge(Serialized::defaults(cli))
             .extract()
             .map_err(|err| ConfigError::Parse(Box::new(err)))?;
-        config.validate()?;
+        config.validate().map_err(|err| match err {
+            ConfigError::Invalid(invalid) => {
+                ConfigError::Invalid(invalid.located(&figment, ENV_PREFIX))
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -571,15 +549,9 @@ impl Config {
     pub fn validate_internal_secret(&self) -> Result<(), ConfigError> {
         let listen_addr = self.listen_socket_addr()?;
         let length = self.internal_secret.len();
-        let invalid = |value: String, fix: &str| {
-            Err(ConfigError::Invalid {
-                field: "internal_secret",
-                value,
-                fix: fix.to_owned(),
-            })
-        };
+        let reject = |value: String, fix: &str| Err(invalid("internal_secret", value, fix));
         if length == 0 && !listen_addr.ip().is_loopback() {
-            return invalid(
+            return reject(
                 format!("\"\" with listen_addr = {listen_addr}"),
                 "set IM_LOGIC_INTERNAL_SECRET (and the same IM_ENGINE_INTERNAL_SECRET on every \
                  engine node) to 16 or more random bytes, or bind listen_addr to a loopback address",
@@ -590,13 +562,13 @@ impl Config {
             .bytes()
             .all(|byte| byte.is_ascii_graphic())
         {
-            return invalid(
+            return reject(
                 format!("<{length} bytes>"),
                 "use visible ASCII characters only (it travels in gRPC metadata)",
             );
         }
         if length > 0 && !SERVER_SECRET_LEN.contains(&length) {
-            return invalid(
+            return reject(
                 format!("<{length} bytes>"),
                 "use 16 to 1024 bytes, the same as the engine's internal_secret",
             );
@@ -610,10 +582,12 @@ impl Config {
     ///
     /// [`ConfigError::Invalid`] when it is not "ip:port".
     pub fn listen_socket_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen_addr.parse().map_err(|_| ConfigError::Invalid {
-            field: "listen_addr",
-            value: self.listen_addr.clone(),
-            fix: "use IP:PORT, for example 127.0.0.1:50051 (port 0 picks a free port)".to_owned(),
+        self.listen_addr.parse().map_err(|_| {
+            invalid(
+                "listen_addr",
+                self.listen_addr.clone(),
+                "use IP:PORT, for example 127.0.0.1:50051 (port 0 picks a free port)",
+            )
         })
     }
 
@@ -626,16 +600,14 @@ impl Config {
         if self.metrics_addr.is_empty() {
             return Ok(None);
         }
-        self.metrics_addr
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid {
-                field: "metrics_addr",
-                value: self.metrics_addr.clone(),
-                fix: "use IP:PORT, for example 127.0.0.1:9102 (port 0 picks a free port), or \
-                      empty to turn metrics off"
-                    .to_owned(),
-            })
+        self.metrics_addr.parse().map(Some).map_err(|_| {
+            invalid(
+                "metrics_addr",
+                self.metrics_addr.clone(),
+                "use IP:PORT, for example 127.0.0.1:9102 (port 0 picks a free port), or \
+                 empty to turn metrics off",
+            )
+        })
     }
 
     /// Returns `web_addr` as a socket address, or `None` when it is empty (web client off).
@@ -647,16 +619,14 @@ impl Config {
         if self.web_addr.is_empty() {
             return Ok(None);
         }
-        self.web_addr
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid {
-                field: "web_addr",
-                value: self.web_addr.clone(),
-                fix: "use IP:PORT, for example 127.0.0.1:8081 (port 0 picks a free port), or \
-                      empty to turn the web client off"
-                    .to_owned(),
-            })
+        self.web_addr.parse().map(Some).map_err(|_| {
+            invalid(
+                "web_addr",
+                self.web_addr.clone(),
+                "use IP:PORT, for example 127.0.0.1:8081 (port 0 picks a free port), or \
+                 empty to turn the web client off",
+            )
+        })
     }
 
     /// Returns the Argon2id parameters for new password hashes.
@@ -671,13 +641,15 @@ impl Config {
             self.argon2_parallelism,
             None,
         )
-        .map_err(|err| ConfigError::Invalid {
-            field: "argon2_memory_kib",
-            value: format!(
-                "{} (iterations {}, parallelism {})",
-                self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism
-            ),
-            fix: format!("the argon2 crate rejects these parameters: {err}"),
+        .map_err(|err| {
+            invalid(
+                "argon2_memory_kib",
+                format!(
+                    "{} (iterations {}, parallelism {})",
+                    self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism
+                ),
+                format!("the argon2 crate rejects these parameters: {err}"),
+            )
         })
     }
 
@@ -714,21 +686,21 @@ impl Config {
             16 * 1024 * 1024,
         )?;
         if self.message_retention_days > 36_500 {
-            return Err(ConfigError::Invalid {
-                field: "message_retention_days",
-                value: self.message_retention_days.to_string(),
-                fix: "use 0 to keep every message, or a number of days from 1 to 36500".to_owned(),
-            });
+            return Err(invalid(
+                "message_retention_days",
+                self.message_retention_days.to_string(),
+                "use 0 to keep every message, or a number of days from 1 to 36500",
+            ));
         }
         let secret_len = self.server_secret.len();
         if secret_len == 0 || SERVER_SECRET_LEN.contains(&secret_len) {
             return Ok(());
         }
-        Err(ConfigError::Invalid {
-            field: "server_secret",
-            value: format!("<{secret_len} bytes>"),
-            fix: "use 16 to 1024 bytes, or leave it empty to disable ServerSend".to_owned(),
-        })
+        Err(invalid(
+            "server_secret",
+            format!("<{secret_len} bytes>"),
+            "use 16 to 1024 bytes, or leave it empty to disable ServerSend",
+        ))
     }
 
     fn validate_argon2(&self) -> Result<(), ConfigError> {
@@ -757,50 +729,35 @@ impl Config {
     }
 }
 
-/// Returns the file to read: `explicit` if given (it must exist), else [`DEFAULT_CONFIG_FILE`] if
-/// it exists in the working directory, else none.
-fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
-    match explicit {
-        // Not `is_file`: /dev/null must pass as an empty file, and the table check reports a
-        // directory as unreadable.
-        Some(path) if path.exists() => Ok(Some(path.to_path_buf())),
-        Some(path) => Err(ConfigError::FileNotFound(path.to_path_buf())),
-        None => {
-            let default = Path::new(DEFAULT_CONFIG_FILE);
-            Ok(default.is_file().then(|| default.to_path_buf()))
-        }
-    }
+/// Returns [`ConfigError::Invalid`] for `value` of `field` with `fix`.
+fn invalid(field: &'static str, value: impl ToString, fix: impl Into<String>) -> ConfigError {
+    im_settings::InvalidSetting::new("logic", field, value, fix).into()
 }
 
 fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid {
-        field,
-        value: value.to_string(),
-        fix: format!("use a value from {min} to {max}"),
-    })
+    Ok(im_settings::check_range("logic", field, value, min, max)?)
 }
 
 fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     url.parse::<tokio_postgres::Config>()
         .map(|_| ())
-        .map_err(|err| ConfigError::Invalid {
-            field: "database_url",
-            value: redact_url(url),
-            fix: format!("use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE ({err})"),
+        .map_err(|err| {
+            invalid(
+                "database_url",
+                redact_url(url),
+                format!("use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE ({err})"),
+            )
         })
 }
 
 fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|err| ConfigError::Invalid {
-            field: "redis_url",
-            value: redact_url(url),
-            fix: format!("use redis://[:PASSWORD@]HOST:PORT/[DB] ({err})"),
-        })
+    redis::Client::open(url).map(|_| ()).map_err(|err| {
+        invalid(
+            "redis_url",
+            redact_url(url),
+            format!("use redis://[:PASSWORD@]HOST:PORT/[DB] ({err})"),
+        )
+    })
 }
 
 /// Returns "***" for a set secret and "" for an empty one, so logs show whether it is set.
@@ -972,8 +929,8 @@ mod tests {
             let err = load_in_jail(None, &Cli::default()).expect_err("0 rejected");
             assert_eq!(
                 err.to_string(),
-                "invalid logic.db_pool_size = 0: use a value from 1 to 1024 (set by \
-                 `db_pool_size` under [logic] or IM_LOGIC_DB_POOL_SIZE)"
+                "invalid logic setting db_pool_size = 0 (from IM_LOGIC_DB_POOL_SIZE): use a \
+                 value from 1 to 1024"
             );
             Ok(())
         });
@@ -990,9 +947,9 @@ mod tests {
             let err = load_in_jail(None, &Cli::default()).expect_err("too long");
             assert_eq!(
                 err.to_string(),
-                "invalid logic.message_retention_days = 36501: use 0 to keep every message, \
-                 or a number of days from 1 to 36500 (set by `message_retention_days` under \
-                 [logic] or IM_LOGIC_MESSAGE_RETENTION_DAYS)"
+                "invalid logic setting message_retention_days = 36501 (from \
+                 IM_LOGIC_MESSAGE_RETENTION_DAYS): use 0 to keep every message, or a number of \
+                 days from 1 to 36500"
             );
             Ok(())
         });
@@ -1011,9 +968,8 @@ mod tests {
                 assert_eq!(
                     err.to_string(),
                     format!(
-                        "invalid logic.max_groups_per_user = {rejected}: use a value from 1 to \
-                         100000 (set by `max_groups_per_user` under [logic] or \
-                         IM_LOGIC_MAX_GROUPS_PER_USER)"
+                        "invalid logic setting max_groups_per_user = {rejected} (from \
+                         IM_LOGIC_MAX_GROUPS_PER_USER): use a value from 1 to 100000"
                     )
                 );
             }
@@ -1034,9 +990,8 @@ mod tests {
                 assert_eq!(
                     err.to_string(),
                     format!(
-                        "invalid logic.max_friends_per_user = {rejected}: use a value from 1 to \
-                         80000 (set by `max_friends_per_user` under [logic] or \
-                         IM_LOGIC_MAX_FRIENDS_PER_USER)"
+                        "invalid logic setting max_friends_per_user = {rejected} (from \
+                         IM_LOGIC_MAX_FRIENDS_PER_USER): use a value from 1 to 80000"
                     )
                 );
             }
@@ -1059,7 +1014,8 @@ mod tests {
             let err = load_in_jail(None, &Cli::default()).expect_err("too many");
             assert!(
                 err.to_string().starts_with(
-                    "invalid logic.max_password_hashes = 1025: use a value from 0 to 1024"
+                    "invalid logic setting max_password_hashes = 1025 (from \
+                     IM_LOGIC_MAX_PASSWORD_HASHES): use a value from 0 to 1024"
                 ),
                 "{err}"
             );
@@ -1068,7 +1024,8 @@ mod tests {
             let err = load_in_jail(None, &Cli::default()).expect_err("too long");
             assert!(
                 err.to_string().starts_with(
-                    "invalid logic.password_hash_wait_ms = 60001: use a value from 0 to 60000"
+                    "invalid logic setting password_hash_wait_ms = 60001 (from \
+                     IM_LOGIC_PASSWORD_HASH_WAIT_MS): use a value from 0 to 60000"
                 ),
                 "{err}"
             );
@@ -1102,7 +1059,7 @@ mod tests {
         let err = config.validate().expect_err("no port");
         assert!(err
             .to_string()
-            .starts_with("invalid logic.listen_addr = localhost: use IP:PORT"));
+            .starts_with("invalid logic setting listen_addr = localhost: use IP:PORT"));
     }
 
     #[test]
@@ -1123,7 +1080,7 @@ mod tests {
         let err = malformed.validate().expect_err("host name rejected");
         assert!(err
             .to_string()
-            .starts_with("invalid logic.metrics_addr = localhost:9102: use IP:PORT"));
+            .starts_with("invalid logic setting metrics_addr = localhost:9102: use IP:PORT"));
     }
 
     #[test]
@@ -1161,7 +1118,7 @@ mod tests {
         let err = malformed.validate().expect_err("host name rejected");
         assert!(err
             .to_string()
-            .starts_with("invalid logic.web_addr = localhost:8081: use IP:PORT"));
+            .starts_with("invalid logic setting web_addr = localhost:8081: use IP:PORT"));
     }
 
     #[test]
@@ -1193,15 +1150,25 @@ mod tests {
         let err = config.validate().expect_err("8 KiB for 2 lanes");
         assert_eq!(
             err.to_string(),
-            "invalid logic.argon2_memory_kib = 8: use a value from 16 to 4194304 (set by \
-             `argon2_memory_kib` under [logic] or IM_LOGIC_ARGON2_MEMORY_KIB)"
+            "invalid logic setting argon2_memory_kib = 8: use a value from 16 to 4194304"
         );
     }
 
     #[test]
     fn missing_explicit_file_is_an_error() {
-        let err = config_file(Some(Path::new("/nonexistent/im.toml"))).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/im.toml not found"));
+        Jail::expect_with(|_| {
+            let cli = Cli {
+                config: Some(PathBuf::from("/nonexistent/im.toml")),
+                ..Cli::default()
+            };
+            let err = Config::load(&cli).expect_err("missing");
+            assert!(
+                err.to_string()
+                    .starts_with("settings file /nonexistent/im.toml not found: pass an existing"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
@@ -1209,13 +1176,62 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_dir("settings")?;
             let cli = Cli::default();
-            let file = config_file(Some(Path::new("/dev/null"))).expect("/dev/null exists");
-            let config = Config::load_from(file.as_deref(), &cli);
+            let config = Config::load_from(Some(Path::new("/dev/null")), &cli);
             assert!(config.is_ok(), "{config:?}");
-            let file = config_file(Some(Path::new("settings"))).expect("the directory exists");
-            let err = Config::load_from(file.as_deref(), &cli).expect_err("a directory");
+            let err =
+                Config::load_from(Some(Path::new("settings")), &cli).expect_err("a directory");
             assert!(
-                err.to_string().contains("cannot read the settings file"),
+                err.to_string()
+                    .contains("cannot read the settings file settings: "),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn range_error_names_source_of_value() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[logic]\ndb_pool_size = 0\n")?;
+            let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("from the file");
+            assert_eq!(
+                err.to_string(),
+                "invalid logic setting db_pool_size = 0 (in im.toml): use a value from 1 to 1024"
+            );
+
+            let cli = Cli {
+                db_timeout_ms: Some(600_001),
+                ..Cli::default()
+            };
+            let err = load_in_jail(None, &cli).expect_err("from a flag");
+            assert_eq!(
+                err.to_string(),
+                "invalid logic setting db_timeout_ms = 600001 (from --db-timeout-ms): use a value \
+                 from 1 to 600000"
+            );
+
+            // The empty default secret does not fit a public listen_addr.
+            jail.set_env("IM_LOGIC_LISTEN_ADDR", "0.0.0.0:50051");
+            let err = load_in_jail(None, &Cli::default()).expect_err("a default");
+            assert!(
+                err.to_string().starts_with(
+                    "invalid logic setting internal_secret = \"\" with listen_addr = \
+                                  0.0.0.0:50051 (the default): "
+                ),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn duplicate_key_in_file_is_parse_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[logic]\ndb_pool_size = 3\ndb_pool_size = 4\n")?;
+            let err = load_in_jail(Some("im.toml"), &Cli::default()).expect_err("a key twice");
+            assert!(
+                err.to_string()
+                    .starts_with("parse error in the settings file im.toml at line 3, column 1: "),
                 "{err}"
             );
             Ok(())
@@ -1378,7 +1394,10 @@ mod tests {
                 let err = load_in_jail(None, &Cli::default()).expect_err("5 bytes");
                 let text = err.to_string();
                 assert!(
-                    text.starts_with(&format!("invalid logic.{field} = <5 bytes>")),
+                    text.starts_with(&format!(
+                        "invalid logic setting {field} = <5 bytes> (from {}",
+                        name.trim()
+                    )),
                     "{name:?}: {text}"
                 );
                 assert!(!text.contains("short"), "{name:?}: {text}");

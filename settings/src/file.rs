@@ -25,12 +25,36 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// A settings file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    /// The file is missing, unreadable or not TOML.
+    /// The file named by `--config` or `IM_CONFIG` does not exist.
+    #[error(
+        "settings file {} not found: pass an existing file with --config or IM_CONFIG, or set \
+         neither to use im.toml in the working directory if there is one, else the defaults",
+        shown_path(.path)
+    )]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file cannot be read, or is a kind of file that is never read, such as a FIFO.
     #[error("cannot read the settings file {}: {reason}", shown_path(.path))]
     Unreadable {
         /// The file.
         path: PathBuf,
-        /// The reason, such as the I/O or TOML error.
+        /// The reason, such as the I/O error.
+        reason: String,
+    },
+    /// The file is not valid TOML, such as a key given twice or a value missing after `=`.
+    #[error(
+        "parse error in the settings file {}{}: {reason}",
+        shown_path(.path),
+        location_text(*.location)
+    )]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Line and column of the error, both from 1, when the parser gives them.
+        location: Option<(usize, usize)>,
+        /// The parser's message in one line, with a fix where the message lacks one.
         reason: String,
     },
     /// A decimal integer that does not fit the 64-bit signed integer of TOML, which the TOML
@@ -120,6 +144,18 @@ impl Provider for SettingsFile {
     }
 }
 
+/// Returns the settings file to read: `explicit` (from `--config` or `IM_CONFIG`) when given,
+/// else `im.toml` when it exists in the working directory, else none. An explicit file that
+/// does not exist is returned too, so that [`read_file`] reports it as not found.
+pub fn settings_file_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    let local = Path::new("im.toml");
+    // Not `is_file`: a directory or a FIFO of that name is reported rather than skipped.
+    local.exists().then(|| local.to_path_buf())
+}
+
 /// Reads `path` once and checks that it is a TOML file whose top level holds only
 /// [`TABLES`], each of them a table. A misspelt table or an array of tables is then reported
 /// instead of being skipped with all its settings.
@@ -189,11 +225,9 @@ fn read_settings_file(path: &Path) -> Result<String, FileError> {
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(unreadable(
-                "no such file: pass an existing file with --config or IM_CONFIG, or set neither \
-                 to use im.toml in the working directory if there is one, else the defaults"
-                    .to_owned(),
-            ));
+            return Err(FileError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         Err(err) => return Err(unreadable(err.to_string())),
     };
@@ -381,7 +415,15 @@ fn read_to_limit(file: std::fs::File) -> Result<String, String> {
             "it is larger than the maximum of {MAX_FILE_BYTES} bytes (1 MiB) for a settings file"
         ));
     }
-    String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_owned())
+    String::from_utf8(bytes)
+        .map_err(|_| "it is not UTF-8 text, which TOML requires: save it as UTF-8".to_owned())
+}
+
+/// Returns " at line L, column C" for a syntax error's location, or nothing without one.
+fn location_text(location: Option<(usize, usize)>) -> String {
+    location
+        .map(|(line, column)| format!(" at line {line}, column {column}"))
+        .unwrap_or_default()
 }
 
 /// Returns `path` for an error message, with control characters escaped.
@@ -393,10 +435,11 @@ fn shown_path(path: &Path) -> String {
 /// the error reads `key = <decimal integer beyond i64>`, else the parser's message with its line
 /// and column, without the parser's multi-line excerpt of the file.
 fn describe_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> FileError {
-    let message = parser_message(err.message());
+    let message = with_fix(parser_message(err.message()));
     let Some(offset) = err.span().map(|span| span.start) else {
-        return FileError::Unreadable {
+        return FileError::Syntax {
             path: path.to_path_buf(),
+            location: None,
             reason: message,
         };
     };
@@ -423,10 +466,20 @@ fn describe_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> File
     } else {
         message
     };
-    FileError::Unreadable {
+    FileError::Syntax {
         path: path.to_path_buf(),
-        reason: format!("line {line_number}, column {column}: {reason}"),
+        location: Some((line_number, column)),
+        reason,
     }
+}
+
+/// Appends what to do to a parser message that does not say it, such as "duplicate key
+/// `shards` in table `engine`".
+fn with_fix(message: String) -> String {
+    if message.starts_with("duplicate key") {
+        return format!("{message}: keep one of them");
+    }
+    message
 }
 
 /// Joins the lines of the TOML parser's message into one, such as "invalid table header:

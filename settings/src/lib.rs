@@ -3,11 +3,13 @@
 //! `[engine]` and `[logic]` tables, and a check for prefixed variables that name no setting.
 //! It also reads secret variables as raw text, hides passwords in connection strings
 //! ([`redact_url`]), and parses whole-number flags within the ranges that errors about the file
-//! and the environment give ([`whole_number_flag`]). Its errors never repeat the value of a
-//! secret setting ([`is_secret`]).
+//! and the environment give ([`whole_number_flag`]). Both tiers word an out-of-range value
+//! with [`InvalidSetting`], which names the source of the value ([`origin_of`]). Its errors
+//! never repeat the value of a secret setting ([`is_secret`]).
 
 mod env;
 mod file;
+mod invalid;
 mod ranges;
 mod redact;
 #[cfg(feature = "testing")]
@@ -18,7 +20,8 @@ use figment::error::{Actual, Kind};
 use figment::Source;
 
 pub use env::{check_env, misspelt_prefix_vars, prefixed_env, raw_env_value, EnvError};
-pub use file::{read_file, FileError, SettingsFile, MAX_FILE_BYTES, TABLES};
+pub use file::{read_file, settings_file_path, FileError, SettingsFile, MAX_FILE_BYTES, TABLES};
+pub use invalid::{check_range, flags, origin_of, raw_env, Flags, InvalidSetting, RawEnv};
 pub use ranges::{whole_number_flag, SettingRange, WholeNumber, ENGINE_RANGES, LOGIC_RANGES};
 pub use redact::redact_url;
 pub use text::{escape_control, is_secret, is_url_setting, shown_name, MAX_SHOWN_CHARS};
@@ -233,7 +236,7 @@ fn redacted(actual: &Actual) -> Actual {
 /// joined by " and ", such as `im_engine_shards` or `IM_ENGINE_SHARDS.X`. figment matches the
 /// prefix in any case, trims the name, and takes a dotted name as a key inside the setting.
 /// When no such variable is found, returns `env_prefix` followed by `setting` in capitals.
-fn variable_name(env_prefix: &str, setting: &str) -> String {
+pub(crate) fn variable_name(env_prefix: &str, setting: &str) -> String {
     let mut names: Vec<String> = std::env::vars_os()
         .map(|(name, _)| name.to_string_lossy().into_owned())
         .filter(|name| {
@@ -962,10 +965,26 @@ mod tests {
             let err = read_file(Path::new("im.toml")).expect_err("two equals signs");
             let text = err.to_string();
             assert!(
-                text.starts_with("cannot read the settings file im.toml: line 2, column 10: "),
+                text.starts_with("parse error in the settings file im.toml at line 2, column 10: "),
                 "{text}"
             );
             assert!(!text.contains('\n'), "one line: {text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn duplicate_key_is_parse_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("im.toml", "[engine]\nshards = 2\nshards = 3\n")?;
+            let err = read_file(Path::new("im.toml")).expect_err("a key given twice");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("parse error in the settings file im.toml at line 3, column 1: "),
+                "{text}"
+            );
+            assert!(text.contains("duplicate key `shards`"), "{text}");
+            assert!(text.ends_with(": keep one of them"), "{text}");
             Ok(())
         });
     }
@@ -1107,7 +1126,8 @@ mod tests {
             );
             let err = read_file(Path::new("missing.toml")).expect_err("missing");
             assert!(
-                err.to_string().contains("missing.toml: no such file"),
+                err.to_string()
+                    .starts_with("settings file missing.toml not found: pass an existing file"),
                 "{err}"
             );
             Ok(())
@@ -1252,8 +1272,8 @@ mod tests {
                 assert_eq!(
                     err.to_string(),
                     format!(
-                        "cannot read the settings file im.toml: line 2, column {column}: a value \
-                         is missing after `=`"
+                        "parse error in the settings file im.toml at line 2, column {column}: a \
+                         value is missing after `=`"
                     ),
                     "{text:?}"
                 );
@@ -1262,8 +1282,8 @@ mod tests {
             let err = read_file(Path::new("im.toml")).expect_err("no closing bracket");
             assert_eq!(
                 err.to_string(),
-                "cannot read the settings file im.toml: line 1, column 8: invalid table header: \
-                 expected `.`, `]`"
+                "parse error in the settings file im.toml at line 1, column 8: invalid table \
+                 header: expected `.`, `]`"
             );
             Ok(())
         });
