@@ -757,10 +757,13 @@ impl Config {
 /// it exists in the working directory, else none.
 fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     match explicit {
-        // Not `is_file`: /dev/null must pass as an empty file, and the table check reports a
-        // directory as unreadable.
+        // Not `is_file`: /dev/null must pass as an empty file, and `im_settings::read_file`
+        // rejects a directory with a message of its own.
         Some(path) if path.exists() => Ok(Some(path.to_path_buf())),
-        Some(path) => Err(ConfigError::FileNotFound(path.to_path_buf())),
+        // Named absolute, so that a relative path shows the directory it was looked for in.
+        Some(path) => Err(ConfigError::FileNotFound(
+            std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        )),
         None => {
             let default = Path::new(DEFAULT_CONFIG_FILE);
             Ok(default.is_file().then(|| default.to_path_buf()))
@@ -1201,6 +1204,22 @@ mod tests {
     }
 
     #[test]
+    fn missing_relative_file_named_absolute() {
+        Jail::expect_with(|_jail| {
+            let err = config_file(Some(Path::new("typo.toml"))).expect_err("missing");
+            let looked_at = std::env::current_dir()
+                .expect("working directory")
+                .join("typo.toml");
+            assert!(
+                err.to_string()
+                    .contains(&format!("config file {} not found", looked_at.display())),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn dev_null_and_directory_as_config() {
         Jail::expect_with(|jail| {
             jail.create_dir("settings")?;
@@ -1212,6 +1231,10 @@ mod tests {
             let err = Config::load_from(file.as_deref(), &cli).expect_err("a directory");
             assert!(
                 err.to_string().contains("cannot read the settings file"),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("it is a directory, not a file"),
                 "{err}"
             );
             Ok(())

@@ -1106,9 +1106,13 @@ mod tests {
                 "{err}"
             );
             let err = read_file(Path::new("missing.toml")).expect_err("missing");
+            let looked_at = std::env::current_dir()
+                .expect("working directory")
+                .join("missing.toml");
             assert!(
-                err.to_string().contains("missing.toml: no such file"),
-                "{err}"
+                err.to_string()
+                    .contains(&format!("{}: no such file", looked_at.display())),
+                "the error names the absolute path: {err}"
             );
             Ok(())
         });
@@ -1337,6 +1341,21 @@ mod tests {
             );
             assert!(text.ends_with("pass a regular file"), "{text}");
         }
+    }
+
+    #[test]
+    fn directory_is_rejected_by_name() {
+        Jail::expect_with(|jail| {
+            let dir = jail.directory().join("im.toml");
+            std::fs::create_dir(&dir).expect("directory");
+            let text = read_file(&dir).expect_err("a directory").to_string();
+            assert!(
+                text.contains("im.toml: it is a directory, not a file"),
+                "{text}"
+            );
+            assert!(!text.contains("os error"), "{text}");
+            Ok(())
+        });
     }
 
     #[test]
