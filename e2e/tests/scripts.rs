@@ -544,6 +544,7 @@ fn lock_held_rejects_second_locker() {
         stderr.contains(&format!("kill {}", holder.pid())),
         "{stderr}"
     );
+    assert!(stderr.contains("scripts/run --stop"), "{stderr}");
     assert!(
         output.stdout.is_empty(),
         "the second locker went on after im_lock_checkout"

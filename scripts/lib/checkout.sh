@@ -38,7 +38,7 @@ im_lock_checkout() {
         holder=$(<"$path")
         exec 9>&-
         if [[ $holder =~ ^[0-9]+$ ]]; then
-            _im_checkout_log "error: scripts/run is already running in this checkout (pid $holder): stop it with Ctrl-C in its terminal or with: kill $holder"
+            _im_checkout_log "error: scripts/run is already running in this checkout (pid $holder): stop it with scripts/run --stop, with Ctrl-C in its terminal, or with: kill $holder"
         else
             _im_checkout_log "error: scripts/run is already running in this checkout (lock $path held): stop that run first"
         fi
