@@ -1,5 +1,7 @@
 //! Shell functions of scripts/lib that need no running service.
 
+mod procs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -1096,4 +1098,116 @@ fn run_stop_survives_second_sigterm() {
         "",
         "the lock file keeps the pid of a run that has stopped"
     );
+}
+
+/// Writes a `cargo` into `root`/bin that appends the IM_CONFIG of its environment to
+/// `root`/cargo-env and fails, which ends a run of the copied scripts/run at its build. Returns a PATH that finds it
+/// first.
+fn install_recording_cargo(root: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin directory");
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$IM_CONFIG\" >>'{}'\nexit 1\n",
+            root.join("cargo-env").display()
+        ),
+    )
+    .expect("cargo script");
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Runs the copied scripts/run `run` from the directory `cwd` with IM_CONFIG set to `config`,
+/// free ports and the PATH `path`, and stops it after 60 s.
+fn run_with_config(run: &Path, cwd: &Path, config: &str, path: &str) -> Output {
+    let free = || procs::free_addr().to_string();
+    Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg(run)
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env("IM_CONFIG", config)
+        .env("IM_DATA_DIR", cwd.join("data"))
+        .env("IM_LOGIC_LISTEN_ADDR", free())
+        .env("IM_ENGINE_WS_ADDR", free())
+        .env("IM_ENGINE_GRPC_ADDR", free())
+        .env("IM_LOGIC_WEB_ADDR", "")
+        .env("IM_ENGINE_METRICS_ADDR", free())
+        .env("IM_LOGIC_METRICS_ADDR", free())
+        .output()
+        .expect("scripts/run runs")
+}
+
+/// A relative IM_CONFIG names a file in the directory that scripts/run was started from, not
+/// in the repository root where the binaries run, so the build and both binaries get its
+/// absolute path.
+#[test]
+fn run_takes_relative_config_from_caller() {
+    let root = TempDir::new("run-config");
+    let run = copy_scripts(root.path());
+    let path = install_recording_cargo(root.path());
+    let caller = root.path().join("caller");
+    std::fs::create_dir(&caller).expect("caller directory");
+    std::fs::write(caller.join("typo.toml"), "[engine]\n").expect("settings file");
+
+    let output = run_with_config(&run, &caller, "typo.toml", &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!stderr.contains("not found"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("cargo-env")).expect("the build ran"),
+        format!("{}\n", caller.join("typo.toml").display()),
+        "{stderr}"
+    );
+}
+
+/// An IM_CONFIG that names nothing or a directory stops scripts/run before it builds or
+/// creates anything, with an error that names the absolute path it looked at.
+#[test]
+fn run_rejects_missing_or_directory_config() {
+    let root = TempDir::new("run-bad-config");
+    let run = copy_scripts(root.path());
+    let path = install_recording_cargo(root.path());
+    let caller = root.path().join("caller");
+    std::fs::create_dir_all(caller.join("settings")).expect("caller directories");
+
+    for (config, expected) in [
+        (
+            "missing.toml",
+            format!(
+                "error: settings file {} (IM_CONFIG) not found",
+                caller.join("missing.toml").display()
+            ),
+        ),
+        (
+            "settings",
+            format!(
+                "error: IM_CONFIG names a directory, {}:",
+                caller.join("settings").display()
+            ),
+        ),
+    ] {
+        let output = run_with_config(&run, &caller, config, &path);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert_eq!(output.status.code(), Some(1), "{config}: {stderr}");
+        assert!(stderr.contains(&expected), "{config}: {stderr}");
+        assert!(
+            !root.path().join("cargo-env").exists(),
+            "{config}: the build ran: {stderr}"
+        );
+        assert!(
+            !root.path().join(".data").exists(),
+            "{config}: the run went on: {stderr}"
+        );
+    }
 }
