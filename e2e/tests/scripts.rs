@@ -1100,6 +1100,102 @@ fn run_stop_survives_second_sigterm() {
     );
 }
 
+/// `scripts/run --stop` with no run in the checkout stops the processes that a killed run left
+/// running, as the next run would, with a line for each: those that still run the recorded
+/// program. It signals neither the stale pid in the lock file nor a process whose pid the record
+/// names under another program, and empties both files.
+#[test]
+fn stop_without_run_stops_leftovers() {
+    let root = TempDir::new("stop-leftovers");
+    let run = copy_scripts(root.path());
+    let data = root.path().join(".data");
+    std::fs::create_dir(&data).expect(".data directory");
+    let engine_exe = copy_executable("/bin/sleep", &root.path().join("im-engine"));
+    let postgres_exe = copy_executable("/bin/bash", &root.path().join("postgres"));
+    let pg_data = root.path().join("pg");
+    let engine = Reaped::spawn(Command::new(&engine_exe).arg("20"));
+    let postgres = Reaped::spawn(&mut postgres_command(&postgres_exe, &pg_data));
+    // The pid that the killed run left in the lock file, and a process that the record names
+    // as im-logic although it runs another program.
+    let stale = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    let other = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    let lock = data.join("run.pid");
+    let records = data.join("run.pids");
+    std::fs::write(&lock, format!("{}\n", stale.pid)).expect("lock file");
+    let record_lines = [
+        format!("engine {} {}", engine.pid, engine_exe.display()),
+        format!(
+            "logic {} {}",
+            other.pid,
+            root.path().join("im-logic").display()
+        ),
+        format!("postgres {} {}", postgres.pid, pg_data.display()),
+    ];
+    std::fs::write(&records, record_lines.join("\n") + "\n").expect("record file");
+
+    let output = Command::new("timeout")
+        .arg("30")
+        .arg("bash")
+        .arg(&run)
+        .arg("--stop")
+        .output()
+        .expect("scripts/run runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    let signal = |process: &Reaped| process.exit_status().and_then(|status| status.signal());
+    assert_eq!(signal(&engine), Some(libc::SIGTERM), "{stderr}");
+    assert_eq!(signal(&postgres), Some(libc::SIGINT), "{stderr}");
+    assert!(other.exit_status().is_none(), "{stderr}");
+    assert!(stale.exit_status().is_none(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopping im-engine (pid {})", engine.pid)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "stopping PostgreSQL in {} (pid {})",
+            pg_data.display(),
+            postgres.pid
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopped the 2 processes that a killed scripts/run"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no scripts/run is running"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&records).expect("record file"),
+        "",
+        "the record is emptied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        "",
+        "the stale pid is dropped"
+    );
+}
+
+/// `scripts/run --stop` in a checkout that never ran reports that nothing runs and creates
+/// nothing.
+#[test]
+fn stop_in_fresh_checkout_creates_nothing() {
+    let root = TempDir::new("stop-fresh");
+    let run = copy_scripts(root.path());
+
+    let output = Command::new("bash")
+        .arg(&run)
+        .arg("--stop")
+        .output()
+        .expect("scripts/run runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("no scripts/run is running"), "{stderr}");
+    assert!(!root.path().join(".data").exists(), "{stderr}");
+}
+
 /// Writes a `cargo` into `root`/bin that appends the IM_CONFIG of its environment to
 /// `root`/cargo-env and fails, which ends a run of the copied scripts/run at its build. Returns a PATH that finds it
 /// first.
