@@ -1,4 +1,5 @@
-//! Shell functions of scripts/lib that need no running service.
+//! Shell functions of scripts/lib and scripts/run that need no running service, apart from an
+//! engine that runs alone to show its start-up line.
 
 mod procs;
 
@@ -1304,6 +1305,123 @@ fn run_rejects_missing_or_directory_config() {
         assert!(
             !root.path().join(".data").exists(),
             "{config}: the run went on: {stderr}"
+        );
+    }
+}
+
+/// Runs `im_engine_ws_scheme` of scripts/lib/processes.sh on a log file that contains `log`.
+fn engine_ws_scheme(dir: &Path, log: &str) -> Output {
+    let file = dir.join("engine.log");
+    std::fs::write(&file, log).expect("log file");
+    engine_ws_scheme_of(&file)
+}
+
+/// Runs `im_engine_ws_scheme` of scripts/lib/processes.sh on the log file `file`.
+fn engine_ws_scheme_of(file: &Path) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && im_engine_ws_scheme "$2""#)
+        .arg("scheme")
+        .arg(repo_file("scripts/lib/processes.sh"))
+        .arg(file)
+        .output()
+        .expect("bash runs")
+}
+
+/// The scheme comes from the engine's start-up line only, not from another line that
+/// contains the same words.
+#[test]
+fn engine_scheme_read_from_start_line() {
+    let dir = TempDir::new("engine-scheme-lines");
+    let started = |scheme: &str| {
+        format!(
+            "2026-01-01T00:00:00.000000Z  INFO im_engine::ready: engine started \
+             ws_addr=127.0.0.1:8080 scheme=\"{scheme}\" path=/ws grpc_addr=127.0.0.1:50052\n"
+        )
+    };
+    let forged = "2026-01-01T00:00:00.000000Z  WARN im_engine::config: ignored: \
+                  engine started scheme=\"wss\" variable=IM_ENGINE_X\n";
+
+    for (log, expected) in [
+        (started("wss"), "wss\n"),
+        (started("ws"), "ws\n"),
+        (format!("{forged}{}", started("ws")), "ws\n"),
+    ] {
+        let output = engine_ws_scheme(dir.path(), &log);
+
+        assert!(output.status.success(), "{log}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{log}");
+    }
+    let output = engine_ws_scheme(dir.path(), forged);
+    assert!(!output.status.success(), "a log without the start-up line");
+    assert!(output.stdout.is_empty());
+}
+
+/// The start-up line of the built im-engine, which scripts/run reads, names wss when its TLS
+/// files are set and ws otherwise, also under a RUST_LOG of warn with the directive that
+/// scripts/run adds.
+#[test]
+fn engine_start_line_names_scheme() {
+    let dir = TempDir::new("engine-scheme");
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("certificate parameters")
+        .self_signed(&key)
+        .expect("certificate");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, cert.pem()).expect("certificate file");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key file");
+
+    for (tls, expected) in [(true, "wss\n"), (false, "ws\n")] {
+        let log = dir.path().join(format!("engine-tls-{tls}.log"));
+        let mut command = Command::new(procs::binary("im-engine"));
+        command.args(["--config", "/dev/null"]);
+        // Settings of the environment the test runs in would apply too.
+        procs::process::clean_env(&mut command);
+        command
+            .env("RUST_LOG", "warn,im_engine::ready=info")
+            .env("NO_COLOR", "1")
+            .env("IM_ENGINE_WS_ADDR", procs::free_addr().to_string())
+            .env("IM_ENGINE_GRPC_ADDR", procs::free_addr().to_string())
+            .env("IM_ENGINE_METRICS_ADDR", "")
+            .env(
+                "IM_ENGINE_LOGIC_URL",
+                format!("http://{}", procs::free_addr()),
+            );
+        if tls {
+            command
+                .env("IM_ENGINE_TLS_CERT_FILE", &cert_file)
+                .env("IM_ENGINE_TLS_KEY_FILE", &key_file);
+        }
+        // Killed when dropped, also when an assert below fails.
+        let mut engine = procs::process::ChildGuard::spawn("im-engine", &mut command, &log);
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let output = loop {
+            let output = engine_ws_scheme_of(&log);
+            if output.status.success() {
+                break output;
+            }
+            assert!(
+                engine.is_running(),
+                "im-engine exited: {}",
+                engine.log_tail(20)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no start-up line: {}",
+                engine.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        engine.kill();
+
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 }
