@@ -1,4 +1,7 @@
-//! Shell functions of scripts/lib that need no running service.
+//! Shell functions of scripts/lib and scripts/run that need no running service, apart from an
+//! engine that runs alone to show its start-up line.
+
+mod procs;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -544,6 +547,7 @@ fn lock_held_rejects_second_locker() {
         stderr.contains(&format!("kill {}", holder.pid())),
         "{stderr}"
     );
+    assert!(stderr.contains("scripts/run --stop"), "{stderr}");
     assert!(
         output.stdout.is_empty(),
         "the second locker went on after im_lock_checkout"
@@ -1095,4 +1099,329 @@ fn run_stop_survives_second_sigterm() {
         "",
         "the lock file keeps the pid of a run that has stopped"
     );
+}
+
+/// `scripts/run --stop` with no run in the checkout stops the processes that a killed run left
+/// running, as the next run would, with a line for each: those that still run the recorded
+/// program. It signals neither the stale pid in the lock file nor a process whose pid the record
+/// names under another program, and empties both files.
+#[test]
+fn stop_without_run_stops_leftovers() {
+    let root = TempDir::new("stop-leftovers");
+    let run = copy_scripts(root.path());
+    let data = root.path().join(".data");
+    std::fs::create_dir(&data).expect(".data directory");
+    let engine_exe = copy_executable("/bin/sleep", &root.path().join("im-engine"));
+    let postgres_exe = copy_executable("/bin/bash", &root.path().join("postgres"));
+    let pg_data = root.path().join("pg");
+    let engine = Reaped::spawn(Command::new(&engine_exe).arg("20"));
+    let postgres = Reaped::spawn(&mut postgres_command(&postgres_exe, &pg_data));
+    // The pid that the killed run left in the lock file, and a process that the record names
+    // as im-logic although it runs another program.
+    let stale = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    let other = Reaped::spawn(Command::new("/bin/sleep").arg("20"));
+    let lock = data.join("run.pid");
+    let records = data.join("run.pids");
+    std::fs::write(&lock, format!("{}\n", stale.pid)).expect("lock file");
+    let record_lines = [
+        format!("engine {} {}", engine.pid, engine_exe.display()),
+        format!(
+            "logic {} {}",
+            other.pid,
+            root.path().join("im-logic").display()
+        ),
+        format!("postgres {} {}", postgres.pid, pg_data.display()),
+    ];
+    std::fs::write(&records, record_lines.join("\n") + "\n").expect("record file");
+
+    let output = Command::new("timeout")
+        .arg("30")
+        .arg("bash")
+        .arg(&run)
+        .arg("--stop")
+        .output()
+        .expect("scripts/run runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    let signal = |process: &Reaped| process.exit_status().and_then(|status| status.signal());
+    assert_eq!(signal(&engine), Some(libc::SIGTERM), "{stderr}");
+    assert_eq!(signal(&postgres), Some(libc::SIGINT), "{stderr}");
+    assert!(other.exit_status().is_none(), "{stderr}");
+    assert!(stale.exit_status().is_none(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopping im-engine (pid {})", engine.pid)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "stopping PostgreSQL in {} (pid {})",
+            pg_data.display(),
+            postgres.pid
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopped the 2 processes that a killed scripts/run"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no scripts/run is running"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&records).expect("record file"),
+        "",
+        "the record is emptied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        "",
+        "the stale pid is dropped"
+    );
+}
+
+/// `scripts/run --stop` in a checkout that never ran reports that nothing runs and creates
+/// nothing.
+#[test]
+fn stop_in_fresh_checkout_creates_nothing() {
+    let root = TempDir::new("stop-fresh");
+    let run = copy_scripts(root.path());
+
+    let output = Command::new("bash")
+        .arg(&run)
+        .arg("--stop")
+        .output()
+        .expect("scripts/run runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("no scripts/run is running"), "{stderr}");
+    assert!(!root.path().join(".data").exists(), "{stderr}");
+}
+
+/// Writes a `cargo` into `root`/bin that appends the IM_CONFIG of its environment to
+/// `root`/cargo-env and fails, which ends a run of the copied scripts/run at its build. Returns a PATH that finds it
+/// first.
+fn install_recording_cargo(root: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin directory");
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$IM_CONFIG\" >>'{}'\nexit 1\n",
+            root.join("cargo-env").display()
+        ),
+    )
+    .expect("cargo script");
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Runs the copied scripts/run `run` from the directory `cwd` with IM_CONFIG set to `config`,
+/// free ports and the PATH `path`, and stops it after 60 s.
+fn run_with_config(run: &Path, cwd: &Path, config: &str, path: &str) -> Output {
+    let free = || procs::free_addr().to_string();
+    Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg(run)
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env("IM_CONFIG", config)
+        .env("IM_DATA_DIR", cwd.join("data"))
+        .env("IM_LOGIC_LISTEN_ADDR", free())
+        .env("IM_ENGINE_WS_ADDR", free())
+        .env("IM_ENGINE_GRPC_ADDR", free())
+        .env("IM_LOGIC_WEB_ADDR", "")
+        .env("IM_ENGINE_METRICS_ADDR", free())
+        .env("IM_LOGIC_METRICS_ADDR", free())
+        .output()
+        .expect("scripts/run runs")
+}
+
+/// A relative IM_CONFIG names a file in the directory that scripts/run was started from, not
+/// in the repository root where the binaries run, so the build and both binaries get its
+/// absolute path.
+#[test]
+fn run_takes_relative_config_from_caller() {
+    let root = TempDir::new("run-config");
+    let run = copy_scripts(root.path());
+    let path = install_recording_cargo(root.path());
+    let caller = root.path().join("caller");
+    std::fs::create_dir(&caller).expect("caller directory");
+    std::fs::write(caller.join("typo.toml"), "[engine]\n").expect("settings file");
+
+    let output = run_with_config(&run, &caller, "typo.toml", &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!stderr.contains("not found"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("cargo-env")).expect("the build ran"),
+        format!("{}\n", caller.join("typo.toml").display()),
+        "{stderr}"
+    );
+}
+
+/// An IM_CONFIG that names nothing or a directory stops scripts/run before it builds or
+/// creates anything, with an error that names the absolute path it looked at.
+#[test]
+fn run_rejects_missing_or_directory_config() {
+    let root = TempDir::new("run-bad-config");
+    let run = copy_scripts(root.path());
+    let path = install_recording_cargo(root.path());
+    let caller = root.path().join("caller");
+    std::fs::create_dir_all(caller.join("settings")).expect("caller directories");
+
+    for (config, expected) in [
+        (
+            "missing.toml",
+            format!(
+                "error: settings file {} (IM_CONFIG) not found",
+                caller.join("missing.toml").display()
+            ),
+        ),
+        (
+            "settings",
+            format!(
+                "error: IM_CONFIG names a directory, {}:",
+                caller.join("settings").display()
+            ),
+        ),
+    ] {
+        let output = run_with_config(&run, &caller, config, &path);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert_eq!(output.status.code(), Some(1), "{config}: {stderr}");
+        assert!(stderr.contains(&expected), "{config}: {stderr}");
+        assert!(
+            !root.path().join("cargo-env").exists(),
+            "{config}: the build ran: {stderr}"
+        );
+        assert!(
+            !root.path().join(".data").exists(),
+            "{config}: the run went on: {stderr}"
+        );
+    }
+}
+
+/// Runs `im_engine_ws_scheme` of scripts/lib/processes.sh on a log file that contains `log`.
+fn engine_ws_scheme(dir: &Path, log: &str) -> Output {
+    let file = dir.join("engine.log");
+    std::fs::write(&file, log).expect("log file");
+    engine_ws_scheme_of(&file)
+}
+
+/// Runs `im_engine_ws_scheme` of scripts/lib/processes.sh on the log file `file`.
+fn engine_ws_scheme_of(file: &Path) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && im_engine_ws_scheme "$2""#)
+        .arg("scheme")
+        .arg(repo_file("scripts/lib/processes.sh"))
+        .arg(file)
+        .output()
+        .expect("bash runs")
+}
+
+/// The scheme comes from the engine's start-up line only, not from another line that
+/// contains the same words.
+#[test]
+fn engine_scheme_read_from_start_line() {
+    let dir = TempDir::new("engine-scheme-lines");
+    let started = |scheme: &str| {
+        format!(
+            "2026-01-01T00:00:00.000000Z  INFO im_engine::ready: engine started \
+             ws_addr=127.0.0.1:8080 scheme=\"{scheme}\" path=/ws grpc_addr=127.0.0.1:50052\n"
+        )
+    };
+    let forged = "2026-01-01T00:00:00.000000Z  WARN im_engine::config: ignored: \
+                  engine started scheme=\"wss\" variable=IM_ENGINE_X\n";
+
+    for (log, expected) in [
+        (started("wss"), "wss\n"),
+        (started("ws"), "ws\n"),
+        (format!("{forged}{}", started("ws")), "ws\n"),
+    ] {
+        let output = engine_ws_scheme(dir.path(), &log);
+
+        assert!(output.status.success(), "{log}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{log}");
+    }
+    let output = engine_ws_scheme(dir.path(), forged);
+    assert!(!output.status.success(), "a log without the start-up line");
+    assert!(output.stdout.is_empty());
+}
+
+/// The start-up line of the built im-engine, which scripts/run reads, names wss when its TLS
+/// files are set and ws otherwise, also under a RUST_LOG of warn with the directive that
+/// scripts/run adds.
+#[test]
+fn engine_start_line_names_scheme() {
+    let dir = TempDir::new("engine-scheme");
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("certificate parameters")
+        .self_signed(&key)
+        .expect("certificate");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, cert.pem()).expect("certificate file");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key file");
+
+    for (tls, expected) in [(true, "wss\n"), (false, "ws\n")] {
+        let log = dir.path().join(format!("engine-tls-{tls}.log"));
+        let mut command = Command::new(procs::binary("im-engine"));
+        command.args(["--config", "/dev/null"]);
+        // Settings of the environment the test runs in would apply too.
+        procs::process::clean_env(&mut command);
+        command
+            .env("RUST_LOG", "warn,im_engine::ready=info")
+            .env("NO_COLOR", "1")
+            .env("IM_ENGINE_WS_ADDR", procs::free_addr().to_string())
+            .env("IM_ENGINE_GRPC_ADDR", procs::free_addr().to_string())
+            .env("IM_ENGINE_METRICS_ADDR", "")
+            .env(
+                "IM_ENGINE_LOGIC_URL",
+                format!("http://{}", procs::free_addr()),
+            );
+        if tls {
+            command
+                .env("IM_ENGINE_TLS_CERT_FILE", &cert_file)
+                .env("IM_ENGINE_TLS_KEY_FILE", &key_file);
+        }
+        // Killed when dropped, also when an assert below fails.
+        let mut engine = procs::process::ChildGuard::spawn("im-engine", &mut command, &log);
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let output = loop {
+            let output = engine_ws_scheme_of(&log);
+            if output.status.success() {
+                break output;
+            }
+            assert!(
+                engine.is_running(),
+                "im-engine exited: {}",
+                engine.log_tail(20)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no start-up line: {}",
+                engine.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        engine.kill();
+
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
 }

@@ -230,7 +230,10 @@ impl Engine {
         });
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         let metrics_at = metrics_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        // Under a target of its own, which scripts/run adds to RUST_LOG at info level, because it
+        // waits for this line and prints the WebSocket URL with the scheme named here.
         info!(
+            target: "im_engine::ready",
             %ws_addr,
             scheme,
             path = %config.ws_path,

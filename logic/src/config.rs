@@ -1172,6 +1172,26 @@ mod tests {
     }
 
     #[test]
+    fn missing_relative_file_named_absolute() {
+        Jail::expect_with(|_jail| {
+            let cli = Cli {
+                config: Some(PathBuf::from("typo.toml")),
+                ..Cli::default()
+            };
+            let err = Config::load(&cli).expect_err("missing");
+            let looked_at = std::env::current_dir()
+                .expect("working directory")
+                .join("typo.toml");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("settings file {} not found", looked_at.display())),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn dev_null_and_directory_as_config() {
         Jail::expect_with(|jail| {
             jail.create_dir("settings")?;
@@ -1183,6 +1203,10 @@ mod tests {
             assert!(
                 err.to_string()
                     .contains("cannot read the settings file settings: "),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("it is a directory, not a file"),
                 "{err}"
             );
             Ok(())

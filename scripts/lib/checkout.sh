@@ -3,8 +3,9 @@
 #
 #   im_lock_checkout LOCK_FILE   take the lock that one scripts/run holds for its lifetime, or
 #                                fail naming the pid of the run that holds it
-#   im_stop_run LOCK_FILE TIMEOUT_S
-#                                stop the run that holds the lock, if one does
+#   im_stop_run LOCK_FILE TIMEOUT_S [RECORDS_FILE]
+#                                stop the run that holds the lock, if one does, else the
+#                                processes in RECORDS_FILE that a killed run left running
 #   im_note_started NAME PID KEY record a started process in $IM_STARTED_PIDS_FILE
 #   im_forget_started NAME       drop the records of NAME, which has exited
 #   im_stop_leftovers            stop the recorded processes that an earlier run left behind
@@ -22,6 +23,8 @@
 # executable of im-logic and im-engine, the data directory of PostgreSQL and the working
 # directory of Redis and of the build (cargo).
 IM_STARTED_PIDS_FILE=""
+# Number of recorded processes that the last im_stop_leftovers found running.
+IM_LEFTOVERS_FOUND=0
 
 _im_checkout_log() {
     printf '[run] %s\n' "$*" >&2
@@ -38,7 +41,7 @@ im_lock_checkout() {
         holder=$(<"$path")
         exec 9>&-
         if [[ $holder =~ ^[0-9]+$ ]]; then
-            _im_checkout_log "error: scripts/run is already running in this checkout (pid $holder): stop it with Ctrl-C in its terminal or with: kill $holder"
+            _im_checkout_log "error: scripts/run is already running in this checkout (pid $holder): stop it with scripts/run --stop, with Ctrl-C in its terminal, or with: kill $holder"
         else
             _im_checkout_log "error: scripts/run is already running in this checkout (lock $path held): stop that run first"
         fi
@@ -64,35 +67,71 @@ _im_require_plain_file() {
 # Sends SIGTERM to the scripts/run that holds the lock on LOCK_FILE and waits up to TIMEOUT_S
 # seconds for it to release the lock, which it does once it has stopped what it started. A
 # pid left in the file by a run that was killed (kill -9) is never signalled, because no
-# process holds the lock then.
+# process holds the lock then. When no run holds the lock, takes it and stops the processes in
+# RECORDS_FILE that such a killed run left running, as the next run would (im_stop_leftovers).
 im_stop_run() {
-    local path=$1 timeout_s=$2 holder
+    local path=$1 timeout_s=$2 records=${3:-} holder status
     _im_require_plain_file "$path" || return 1
-    if [[ ! -e $path ]]; then
+    if [[ -n $records ]]; then
+        _im_require_plain_file "$records" || return 1
+    fi
+    if [[ ! -e $path && ! -s $records ]]; then
         _im_checkout_log "no scripts/run is running in this checkout"
         return 0
     fi
-    exec 9<"$path"
+    # Opened for appending, as by im_lock_checkout, because a free lock is kept for the stop
+    # of the leftovers and this script's pid is written into it.
+    exec 9>>"$path"
     if flock -n 9; then
-        exec 9<&-
-        _im_checkout_log "no scripts/run is running in this checkout"
-        return 0
+        status=0
+        _im_stop_run_leftovers "$path" "$records" || status=1
+        exec 9>&-
+        return "$status"
     fi
     holder=$(<"$path")
     if [[ ! $holder =~ ^[0-9]+$ ]]; then
-        exec 9<&-
+        exec 9>&-
         _im_checkout_log "error: $path is locked but holds no pid (\"$holder\"): stop that run with Ctrl-C in its terminal"
         return 1
     fi
     _im_checkout_log "stopping scripts/run (pid $holder)"
     kill -TERM "$holder" 2>/dev/null || true
     if ! flock -w "$timeout_s" 9; then
-        exec 9<&-
+        exec 9>&-
         _im_checkout_log "error: scripts/run (pid $holder) is still running $timeout_s s after SIGTERM: stop it with: kill -KILL $holder"
         return 1
     fi
-    exec 9<&-
+    exec 9>&-
     _im_checkout_log "scripts/run (pid $holder) stopped"
+}
+
+# Stops the processes in RECORDS_FILE that a killed run left running, while this script holds
+# the lock on LOCK_FILE (descriptor 9), so that no run starts meanwhile. This script's pid
+# replaces the killed run's in LOCK_FILE until the end, because the stale pid may belong to
+# another program by now. A second `scripts/run --stop` therefore signals this script, which
+# ignores the signal as a stopping run does.
+_im_stop_run_leftovers() {
+    local path=$1 records=$2 status=0 saved_traps
+    printf '%s\n' "$$" >"$path"
+    saved_traps=$(trap -p INT TERM)
+    trap '' INT TERM
+    IM_LEFTOVERS_FOUND=0
+    if [[ -n $records ]]; then
+        IM_STARTED_PIDS_FILE=$records im_stop_leftovers || status=1
+    fi
+    : >"$path"
+    trap - INT TERM
+    eval "$saved_traps"
+    if [[ $status -ne 0 ]]; then
+        return 1
+    fi
+    if [[ $IM_LEFTOVERS_FOUND -eq 0 ]]; then
+        _im_checkout_log "no scripts/run is running in this checkout"
+    elif [[ $IM_LEFTOVERS_FOUND -eq 1 ]]; then
+        _im_checkout_log "stopped the process that a killed scripts/run of this checkout left running"
+    else
+        _im_checkout_log "stopped the $IM_LEFTOVERS_FOUND processes that a killed scripts/run of this checkout left running"
+    fi
 }
 
 # Appends "NAME PID KEY" to IM_STARTED_PIDS_FILE when that is set.
@@ -182,13 +221,15 @@ _im_stop_leftover() {
     return 1
 }
 
-# Stops the processes listed in IM_STARTED_PIDS_FILE that still run, then empties the file.
-# They were started by a run of this checkout that ended without stopping them, as after
-# kill -9 or an out-of-memory kill. The caller holds the lock, so no live run owns them any more.
-# They are stopped rather than reported, because a user who starts scripts/run again wants a
-# running system, and their ports and data directories would block the new run anyway.
+# Stops the processes listed in IM_STARTED_PIDS_FILE that still run, then empties the file,
+# and sets IM_LEFTOVERS_FOUND to the number of them. They were started by a run of this
+# checkout that ended without stopping them, as after kill -9 or an out-of-memory kill. The
+# caller holds the lock, so no live run owns them any more. They are stopped rather than
+# reported, because a user who starts scripts/run again wants a running system, and their ports
+# and data directories would block the new run anyway.
 im_stop_leftovers() {
     local file=$IM_STARTED_PIDS_FILE
+    IM_LEFTOVERS_FOUND=0
     [[ -n $file && -f $file ]] || return 0
     local -A pids=() keys=()
     local name pid key status=0
@@ -198,6 +239,7 @@ im_stop_leftovers() {
             keys[$name]=$key
         fi
     done <"$file"
+    IM_LEFTOVERS_FOUND=${#pids[@]}
 
     # The order of a normal stop: the engine, the logic tier, then the services. PostgreSQL
     # gets SIGINT, its fast shutdown, and the others get SIGTERM.

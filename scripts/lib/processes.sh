@@ -78,6 +78,24 @@ im_require_free_addr() {
     return 1
 }
 
+# Text that starts the engine's start-up line. The engine logs that line under the target
+# im_engine::ready once it serves, and the line names the scheme of its WebSocket listener.
+IM_ENGINE_READY_LINE="INFO im_engine::ready: engine started "
+
+# Prints the scheme of the engine's WebSocket listener, ws or wss, from the start-up line in the
+# engine's LOG ("... engine started ws_addr=127.0.0.1:8080 scheme=\"wss\" path=/ws ..."). Fails
+# when LOG has no such line.
+im_engine_ws_scheme() {
+    local log=$1 line
+    line=$(grep -m 1 -F -- "$IM_ENGINE_READY_LINE" "$log") || return 1
+    # Only the message and ws_addr precede scheme, and neither of them contains " scheme=".
+    if [[ $line =~ \ scheme=\"?(wss|ws)\"?(\ |$) ]]; then
+        printf '%s\n' "${BASH_REMATCH[1]}"
+        return 0
+    fi
+    return 1
+}
+
 # Starts COMMAND... in the background with stdout and stderr written to LOG (truncated first),
 # and stores its process id in IM_STARTED_PID. NO_COLOR=1 keeps ANSI colour codes out of the
 # log of programs that honour it, such as tracing-subscriber's fmt layer.

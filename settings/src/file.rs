@@ -163,9 +163,9 @@ pub fn settings_file_path(explicit: Option<&Path>) -> Option<PathBuf> {
 /// # Errors
 ///
 /// [`FileError`] naming the file and, for an unknown key, that key. A TOML syntax error is
-/// reported with its line and column, and an integer beyond 64 bits with its key. A FIFO, a
-/// socket, a device other than /dev/null and a file of /proc, /sys or another kernel file
-/// system are rejected unread. A file whose read would wait for input fails at once, and a
+/// reported with its line and column, and an integer beyond 64 bits with its key. A directory,
+/// a FIFO, a socket, a device other than /dev/null and a file of /proc, /sys or another kernel
+/// file system are rejected unread. A file whose read would wait for input fails at once, and a
 /// file larger than [`MAX_FILE_BYTES`] fails once one byte past the limit has been read.
 pub fn read_file(path: &Path) -> Result<SettingsFile, FileError> {
     let text = read_settings_file(path)?;
@@ -207,8 +207,8 @@ fn check_tables(path: &Path, text: &str) -> Result<(), FileError> {
 }
 
 /// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`], without ever waiting for input.
-/// Of the devices only /dev/null is allowed, and reads as an empty file. A FIFO, a socket or
-/// another device is rejected before it is opened: opening a FIFO waits for a writer, a socket
+/// Of the devices only /dev/null is allowed, and reads as an empty file. A directory, a FIFO, a
+/// socket or another device is rejected before it is opened: opening a FIFO waits for a writer, a socket
 /// cannot be opened as a file, and a device such as a terminal may wait for input forever. A
 /// file of a kernel file system such as /proc is rejected before it is opened too (see
 /// [`KERNEL_FILE_SYSTEMS`]). The file is opened with `O_NONBLOCK`, which changes nothing for a
@@ -226,7 +226,8 @@ fn read_settings_file(path: &Path) -> Result<String, FileError> {
         Ok(metadata) => metadata,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(FileError::NotFound {
-                path: path.to_path_buf(),
+                // Named absolute, so that a relative path shows the directory it was looked for in.
+                path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             });
         }
         Err(err) => return Err(unreadable(err.to_string())),
@@ -245,9 +246,15 @@ fn read_settings_file(path: &Path) -> Result<String, FileError> {
     read_to_limit(file).map_err(unreadable)
 }
 
-/// Rejects a FIFO, a socket, and a device other than /dev/null, with the reason.
+/// Rejects a directory, a FIFO, a socket, and a device other than /dev/null, with the reason.
 fn check_file_type(metadata: &std::fs::Metadata) -> Result<(), String> {
     let file_type = metadata.file_type();
+    if file_type.is_dir() {
+        return Err(
+            "it is a directory, not a file: pass the path of a TOML file, such as im.toml"
+                .to_owned(),
+        );
+    }
     if file_type.is_fifo() {
         let reason = "it is a FIFO (named pipe), which would block start-up until another \
                       process writes to it: pass a regular file";

@@ -1125,10 +1125,15 @@ mod tests {
                 "{err}"
             );
             let err = read_file(Path::new("missing.toml")).expect_err("missing");
+            let looked_at = std::env::current_dir()
+                .expect("working directory")
+                .join("missing.toml");
             assert!(
-                err.to_string()
-                    .starts_with("settings file missing.toml not found: pass an existing file"),
-                "{err}"
+                err.to_string().starts_with(&format!(
+                    "settings file {} not found: pass an existing file",
+                    looked_at.display()
+                )),
+                "the error names the absolute path: {err}"
             );
             Ok(())
         });
@@ -1357,6 +1362,21 @@ mod tests {
             );
             assert!(text.ends_with("pass a regular file"), "{text}");
         }
+    }
+
+    #[test]
+    fn directory_is_rejected_by_name() {
+        Jail::expect_with(|jail| {
+            let dir = jail.directory().join("im.toml");
+            std::fs::create_dir(&dir).expect("directory");
+            let text = read_file(&dir).expect_err("a directory").to_string();
+            assert!(
+                text.contains("im.toml: it is a directory, not a file"),
+                "{text}"
+            );
+            assert!(!text.contains("os error"), "{text}");
+            Ok(())
+        });
     }
 
     #[test]
