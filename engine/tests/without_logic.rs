@@ -382,6 +382,36 @@ async fn notice_sent_by_device_gets_unknown_type() {
     );
     assert_eq!(reply.request_id, 9);
     assert_eq!(reply.code, ErrorCode::UnknownType as i32);
+    assert!(
+        reply
+            .message
+            .starts_with("packet type 12 (NOTICE) is not accepted from devices: send "),
+        "{}",
+        reply.message
+    );
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn unknown_type_number_names_the_accepted_types() {
+    let engine = start_engine(|_| {});
+    let mut socket = connect(&engine).await;
+    let unknown = im_proto::Packet {
+        r#type: 99,
+        request_id: 4,
+        ..im_proto::Packet::default()
+    };
+    socket
+        .send(Message::Binary(unknown.encode_to_vec().into()))
+        .await
+        .unwrap();
+    let reply = next_packet(&mut socket).await;
+    assert_eq!(reply.code, ErrorCode::UnknownType as i32);
+    assert_eq!(
+        reply.message,
+        "packet type 99 is not accepted from devices: send REGISTER, LOGIN, SIGN_IN, HEARTBEAT, \
+         SEND, MESSAGE_ACK, SYNC or LOGOUT"
+    );
     engine.shutdown();
 }
 

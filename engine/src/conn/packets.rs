@@ -134,7 +134,7 @@ impl Connection {
             _ => {
                 // Typed ERROR, never the request's own type: a KICKED, MESSAGE or NOTICE sent
                 // up must not come back looking like a push.
-                let message = format!("packet type {} is not accepted from devices", packet.r#type);
+                let message = unknown_type_text(packet.r#type);
                 self.reply_error(
                     PacketType::Error,
                     request_id,
@@ -558,6 +558,19 @@ fn invalid_data_message(kind: PacketType) -> String {
         "invalid packet: the data of a {} packet does not decode as a {request}; encode a \
          {request} as proto/im/v1/packet.proto defines it",
         kind.as_str_name()
+    )
+}
+
+/// Returns the UNKNOWN_TYPE text for a packet of type number `number`: its name when the type
+/// exists but only the server sends it, and the types a device may send.
+fn unknown_type_text(number: i32) -> String {
+    let named = match PacketType::try_from(number) {
+        Ok(kind) => format!("packet type {number} ({})", kind.as_str_name()),
+        Err(_) => format!("packet type {number}"),
+    };
+    format!(
+        "{named} is not accepted from devices: send REGISTER, LOGIN, SIGN_IN, HEARTBEAT, SEND, \
+         MESSAGE_ACK, SYNC or LOGOUT"
     )
 }
 
