@@ -1357,6 +1357,40 @@ fn engine_scheme_read_from_start_line() {
     assert!(output.stdout.is_empty());
 }
 
+/// The WebSocket path comes from the start-up line, so that a moved `ws_path` shows in the
+/// printed addresses.
+#[test]
+fn engine_path_read_from_start_line() {
+    let dir = TempDir::new("engine-path-lines");
+    let file = dir.path().join("engine.log");
+    let path_of = |log: &str| {
+        std::fs::write(&file, log).expect("log file");
+        Command::new("bash")
+            .arg("-c")
+            .arg(r#"source "$1" && im_engine_ws_path "$2""#)
+            .arg("path")
+            .arg(repo_file("scripts/lib/processes.sh"))
+            .arg(&file)
+            .output()
+            .expect("bash runs")
+    };
+    let started = |path: &str| {
+        format!(
+            "2026-01-01T00:00:00.000000Z  INFO im_engine::ready: engine started \
+             ws_addr=127.0.0.1:8080 scheme=\"ws\" path={path} grpc_addr=127.0.0.1:50052\n"
+        )
+    };
+
+    for path in ["/ws", "/chat/v1"] {
+        let output = path_of(&started(path));
+
+        assert!(output.status.success(), "{path}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{path}\n"));
+    }
+    let output = path_of("2026-01-01T00:00:00.000000Z  INFO im_engine: other line path=/x\n");
+    assert!(!output.status.success(), "a log without the start-up line");
+}
+
 /// The start-up line of the built im-engine, which scripts/run reads, names wss when its TLS
 /// files are set and ws otherwise, also under a RUST_LOG of warn with the directive that
 /// scripts/run adds.

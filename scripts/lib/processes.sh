@@ -96,6 +96,19 @@ im_engine_ws_scheme() {
     return 1
 }
 
+# Prints the path of the engine's WebSocket endpoint (its ws_path, such as /ws) from the
+# start-up line in the engine's LOG, where it stands between " path=" and " grpc_addr=". Fails
+# when LOG has no such line.
+im_engine_ws_path() {
+    local log=$1 line
+    line=$(grep -m 1 -F -- "$IM_ENGINE_READY_LINE" "$log") || return 1
+    if [[ $line =~ \ path=(/.*)\ grpc_addr= ]]; then
+        printf '%s\n' "${BASH_REMATCH[1]}"
+        return 0
+    fi
+    return 1
+}
+
 # Starts COMMAND... in the background with stdout and stderr written to LOG (truncated first),
 # and stores its process id in IM_STARTED_PID. NO_COLOR=1 keeps ANSI colour codes out of the
 # log of programs that honour it, such as tracing-subscriber's fmt layer.
