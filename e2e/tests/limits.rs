@@ -913,6 +913,124 @@ async fn large_delivery_reaches_reading_device() {
     stack.stop().await;
 }
 
+/// How long the logic tier's front holds back the replies to SYNC calls.
+const SYNC_HOLD: Duration = Duration::from_millis(1500);
+
+/// Pushes queued while a SYNC waits for the logic tier stay under `max_outbound_bytes`, and
+/// the SYNC's page then takes the queue past it. The device reads all the time, so its socket
+/// takes the whole queue. Only bytes the socket rejects count against the limit, for a reply
+/// as for a push, so the device gets the pushes and the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_page_after_pushes_reaches_reading_device() {
+    const PUSHES: u64 = 3;
+    let script = Arc::new(|method: &str| {
+        if method == "Sync" {
+            Play::ReplyAfter(SYNC_HOLD)
+        } else {
+            Play::Forward
+        }
+    });
+    let (stack, seen) = Stack::start_behind_front(script, |engine| {
+        engine.max_outbound_bytes = 128 * 1024;
+        engine.logic_call_timeout_ms = 5_000;
+    })
+    .await;
+    let (alice, alice_client) = stack.new_user("page-a").await;
+    let (bob, bob_client) = stack.new_user("page-b").await;
+    make_friends(&alice, &bob).await;
+    bob_client.close().await.unwrap();
+    // Two stored messages of 16 KiB make a page of about 33 KiB.
+    for n in 0..2 {
+        alice_client
+            .send(
+                im_proto::ConversationType::User,
+                bob.id(),
+                vec![b'p'; 16 * 1024],
+                "text/plain",
+                &format!("page-{n}"),
+            )
+            .await
+            .expect("send to bob");
+    }
+    let mut bob_stream = raw_signed_in(&stack, &bob.login).await;
+    let conn_id = conn_id_of(bob.id(), bob.login.device_id).await;
+    let mut engine = ConnectIntServiceClient::connect(format!("http://{}", stack.engine().node()))
+        .await
+        .expect("engine gRPC reachable");
+
+    let sync = SyncRequest {
+        after_seq: 0,
+        limit: 10,
+    };
+    let request = Packet {
+        r#type: PacketType::Sync as i32,
+        request_id: RAW_REQUEST_IDS,
+        data: sync.encode_to_vec().into(),
+        ..Packet::default()
+    };
+    bob_stream
+        .write_all(&masked_frame(0x82, &request.encode_to_vec()))
+        .await
+        .unwrap();
+    let passed_on = eventually(Duration::from_secs(5), || async { seen.count("Sync") == 1 }).await;
+    assert!(passed_on, "bob's SYNC did not reach the logic tier's front");
+    // Three pushes of 36 KiB (about 108 KiB) queue under the 128 KiB limit while the SYNC
+    // waits; the page passes it.
+    let content = vec![b'q'; 36 * 1024];
+    let deliveries = (1..=PUSHES)
+        .map(|n| Delivery {
+            message: Some(im_proto::Message {
+                message_id: 1_000 + n,
+                sender_user_id: alice.id(),
+                conversation_type: im_proto::ConversationType::User as i32,
+                receiver_id: bob.id(),
+                content: content.clone().into(),
+                content_type: "text/plain".into(),
+                client_msg_id: format!("during-sync-{n}"),
+                ..im_proto::Message::default()
+            }),
+            targets: vec![DeliveryTarget {
+                device_id: bob.login.device_id,
+                conn_id,
+                seq: 2 + n,
+            }],
+            notice: None,
+        })
+        .collect();
+    let reply = engine
+        .deliver(DeliverRequest { deliveries })
+        .await
+        .expect("the delivery is accepted")
+        .into_inner();
+    assert_eq!((reply.delivered, reply.missed), (PUSHES as u32, 0));
+
+    let mut pushes = 0;
+    let reply = loop {
+        let (opcode, payload) =
+            tokio::time::timeout(Duration::from_secs(10), read_frame(&mut bob_stream))
+                .await
+                .expect("a frame within 10 s");
+        let close_code = (opcode == 8).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        assert_eq!(
+            close_code, None,
+            "closed after {pushes} pushes, before the SYNC reply"
+        );
+        let packet = Packet::decode(payload.as_slice()).unwrap();
+        if packet.request_id == RAW_REQUEST_IDS {
+            break packet;
+        }
+        assert_eq!(packet.r#type, PacketType::Message as i32, "a push before the reply");
+        pushes += 1;
+    };
+    // Pushes queued while a SYNC waits go ahead of its page.
+    assert_eq!(pushes, PUSHES);
+    assert_eq!(reply.request_id, RAW_REQUEST_IDS);
+    assert_eq!(reply.code, ErrorCode::Ok as i32, "{}", reply.message);
+    assert_eq!(SyncReply::decode(reply.data).unwrap().messages.len(), 2);
+    assert_eq!(metric(&stack, "im_engine_closes_total{code=\"4008\"}"), 0);
+    stack.stop().await;
+}
+
 /// A device that reads slowly keeps taking part of its queue, so the engine's writes end
 /// inside frames. When the queue passes the limit, the frame the engine has begun must still
 /// reach the device whole, and the close frame after it.

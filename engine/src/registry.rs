@@ -333,9 +333,10 @@ impl ShardRegistry {
 
     /// Writes what the socket of connection `id` takes now from its queue, when the
     /// connection allows it, and returns the bytes still queued. The shard calls it when a
-    /// push passes the outbound limit, so the limit counts only bytes the socket rejected and
-    /// one large delivery does not close a device that reads promptly. A write error leaves
-    /// the queue as it is, and the connection's task meets the error itself.
+    /// push passes the outbound limit, and the connection when one of its replies does. So the
+    /// limit counts only bytes the socket rejected, and one large delivery does not close a
+    /// device that reads promptly. A write error leaves the queue as it is, and the
+    /// connection's task meets the error itself.
     pub(crate) fn write_direct(&self, id: ConnId, outbox: &Outbox) -> usize {
         let fd = self
             .entries

@@ -474,7 +474,13 @@ impl Connection {
                 queued
             }
         };
-        (queued > self.ctx.config.max_outbound_bytes).then(|| {
+        let limit = self.ctx.config.max_outbound_bytes;
+        // As for a push, only bytes the socket rejects count. Pushes queued while a call
+        // waited can pass the limit together with its reply, so the queue is first written as
+        // far as the socket takes it, when the connection allows the shard to write it too.
+        let rejected =
+            queued > limit && self.ctx.registry.write_direct(self.id, &self.outbox) > limit;
+        rejected.then(|| {
             self.ctx.metrics.count_limit("outbound_queue");
             // As for a push past the limit: the close need not wait behind the queue.
             self.outbox.drop_unsent();

@@ -106,26 +106,46 @@ pub(crate) fn masked_ping() -> Vec<u8> {
     frame
 }
 
-/// Sends pings on an upgraded `stream` and never reads their pongs, then checks that the
-/// engine closed the connection with 4008 and counted the outbound queue limit once. The
-/// engine must run with a small `max_outbound_bytes` and its rate limits off.
+/// Sends pings on an upgraded `stream` and reads none of their pongs until the engine counts
+/// the outbound queue limit. Then checks that the engine closed the connection with 4008 and
+/// counted the limit once. The engine must run with a small `max_outbound_bytes` and its rate
+/// limits off.
 pub(crate) async fn assert_unread_pongs_close_with_4008<S>(stream: &mut S, engine: &Engine)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    // 20,000 pings carry 2.6 MB of pongs, far past a 64 KiB queue limit.
+    const LIMIT_HIT: &str = "im_engine_limits_hit_total{kind=\"outbound_queue\"} 1";
+    // Up to 200,000 pings carry 26 MB of pongs. On a plain connection only pongs the socket
+    // rejects count against the 64 KiB queue limit, and on loopback, Linux lets the engine's
+    // send buffer grow to net.ipv4.tcp_wmem's maximum (4 MiB on the Linux 6.18 test machine).
     let pings: Vec<u8> = (0..100).flat_map(|_| masked_ping()).collect();
-    for _ in 0..200 {
-        let sent = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&pings)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            break;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let send_pings = async {
+        for _ in 0..2_000 {
+            let sent = tokio::time::timeout(Duration::from_secs(5), writer.write_all(&pings)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
         }
-    }
+    };
+    // The close frame waits behind the pongs in the full socket, and the engine closes the
+    // socket 2 s after it queued the close frame. So reading starts as soon as the limit is hit.
+    let read_after_limit = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !engine.metrics().render().contains(LIMIT_HIT)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut received = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await;
+        received
+    };
+    let ((), received) = tokio::join!(send_pings, read_after_limit);
 
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
     let close_4008 = [0x88u8, 2 + 60, 0x0f, 0xa8];
     let found = received
         .windows(4)
@@ -136,8 +156,5 @@ where
         received.len()
     );
     let metrics = engine.metrics().render();
-    assert!(
-        metrics.contains("im_engine_limits_hit_total{kind=\"outbound_queue\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains(LIMIT_HIT), "{metrics}");
 }
