@@ -19,7 +19,7 @@ use im_proto::{
     SyncRequest,
 };
 use prost::Message as _;
-use support::front::Play;
+use support::front;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -855,37 +855,35 @@ async fn pipelined_syncs_reach_a_reading_device() {
     stack.stop().await;
 }
 
-/// One Deliver call queues more than `max_outbound_bytes` for a device before the device's
-/// task runs to write it. The device reads all the time, so it must get every message,
-/// because only bytes its socket rejects count against the limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_delivery_reaches_reading_device() {
-    const PUSHES: u64 = 24;
-    let stack = Stack::start_with(logic_config(), |engine| {
-        engine.max_outbound_bytes = 256 * 1024;
-    })
-    .await;
-    let (bob, bob_client) = stack.new_user("burst-b").await;
-    let conn_id = conn_id_of(bob.id(), bob.login.device_id).await;
+/// Pushes `count` messages of `content` from `sender_id` to `receiver`'s signed-in device
+/// through the engine's Deliver call, at seqs from `first_seq`, and checks that the engine
+/// queued every one.
+async fn deliver_to_device(
+    stack: &Stack,
+    sender_id: u64,
+    receiver: &TestUser,
+    first_seq: u64,
+    count: u64,
+    content: &[u8],
+) {
+    let conn_id = conn_id_of(receiver.id(), receiver.login.device_id).await;
     let mut engine = ConnectIntServiceClient::connect(format!("http://{}", stack.engine().node()))
         .await
         .expect("engine gRPC reachable");
-    // 24 messages of 32 KiB: three times the limit in one call.
-    let content = vec![b'x'; 32 * 1024];
-    let deliveries = (1..=PUSHES)
+    let deliveries = (first_seq..first_seq + count)
         .map(|seq| Delivery {
             message: Some(im_proto::Message {
-                message_id: seq,
-                sender_user_id: bob.id(),
+                message_id: 1_000 + seq,
+                sender_user_id: sender_id,
                 conversation_type: im_proto::ConversationType::User as i32,
-                receiver_id: bob.id(),
-                content: content.clone().into(),
+                receiver_id: receiver.id(),
+                content: content.to_vec().into(),
                 content_type: "text/plain".into(),
-                client_msg_id: format!("burst-{seq}"),
+                client_msg_id: format!("delivered-{seq}"),
                 ..im_proto::Message::default()
             }),
             targets: vec![DeliveryTarget {
-                device_id: bob.login.device_id,
+                device_id: receiver.login.device_id,
                 conn_id,
                 seq,
             }],
@@ -899,7 +897,25 @@ async fn large_delivery_reaches_reading_device() {
         .expect("the delivery is accepted")
         .into_inner();
 
-    assert_eq!((reply.delivered, reply.missed), (PUSHES as u32, 0));
+    assert_eq!((reply.delivered, reply.missed), (count as u32, 0));
+}
+
+/// One Deliver call queues more than `max_outbound_bytes` for a device before the device's
+/// task runs to write it. The device reads all the time, so it must get every message,
+/// because only bytes its socket rejects count against the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_delivery_reaches_reading_device() {
+    const PUSHES: u64 = 24;
+    let stack = Stack::start_with(logic_config(), |engine| {
+        engine.max_outbound_bytes = 256 * 1024;
+    })
+    .await;
+    let (bob, bob_client) = stack.new_user("burst-b").await;
+    // 24 messages of 32 KiB: three times the limit in one call.
+    let content = vec![b'x'; 32 * 1024];
+
+    deliver_to_device(&stack, bob.id(), &bob, 1, PUSHES, &content).await;
+
     for seq in 1..=PUSHES {
         let message = next_message(&bob_client, Duration::from_secs(10)).await;
         assert_eq!(message.seq, seq);
@@ -923,13 +939,7 @@ const SYNC_HOLD: Duration = Duration::from_millis(1500);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_page_after_pushes_reaches_reading_device() {
     const PUSHES: u64 = 3;
-    let script = Arc::new(|method: &str| {
-        if method == "Sync" {
-            Play::ReplyAfter(SYNC_HOLD)
-        } else {
-            Play::Forward
-        }
-    });
+    let script = front::hold_replies(&["Sync"], SYNC_HOLD);
     let (stack, seen) = Stack::start_behind_front(script, |engine| {
         engine.max_outbound_bytes = 128 * 1024;
         engine.logic_call_timeout_ms = 5_000;
@@ -953,10 +963,6 @@ async fn sync_page_after_pushes_reaches_reading_device() {
             .expect("send to bob");
     }
     let mut bob_stream = raw_signed_in(&stack, &bob.login).await;
-    let conn_id = conn_id_of(bob.id(), bob.login.device_id).await;
-    let mut engine = ConnectIntServiceClient::connect(format!("http://{}", stack.engine().node()))
-        .await
-        .expect("engine gRPC reachable");
 
     let sync = SyncRequest {
         after_seq: 0,
@@ -977,32 +983,7 @@ async fn sync_page_after_pushes_reaches_reading_device() {
     // Three pushes of 36 KiB (about 108 KiB) queue under the 128 KiB limit while the SYNC
     // waits; the page passes it.
     let content = vec![b'q'; 36 * 1024];
-    let deliveries = (1..=PUSHES)
-        .map(|n| Delivery {
-            message: Some(im_proto::Message {
-                message_id: 1_000 + n,
-                sender_user_id: alice.id(),
-                conversation_type: im_proto::ConversationType::User as i32,
-                receiver_id: bob.id(),
-                content: content.clone().into(),
-                content_type: "text/plain".into(),
-                client_msg_id: format!("during-sync-{n}"),
-                ..im_proto::Message::default()
-            }),
-            targets: vec![DeliveryTarget {
-                device_id: bob.login.device_id,
-                conn_id,
-                seq: 2 + n,
-            }],
-            notice: None,
-        })
-        .collect();
-    let reply = engine
-        .deliver(DeliverRequest { deliveries })
-        .await
-        .expect("the delivery is accepted")
-        .into_inner();
-    assert_eq!((reply.delivered, reply.missed), (PUSHES as u32, 0));
+    deliver_to_device(&stack, alice.id(), &bob, 3, PUSHES, &content).await;
 
     let mut pushes = 0;
     let reply = loop {
@@ -1019,7 +1000,11 @@ async fn sync_page_after_pushes_reaches_reading_device() {
         if packet.request_id == RAW_REQUEST_IDS {
             break packet;
         }
-        assert_eq!(packet.r#type, PacketType::Message as i32, "a push before the reply");
+        assert_eq!(
+            packet.r#type,
+            PacketType::Message as i32,
+            "a push before the reply"
+        );
         pushes += 1;
     };
     // Pushes queued while a SYNC waits go ahead of its page.
@@ -1088,13 +1073,7 @@ const SEND_HOLD: Duration = Duration::from_millis(600);
 /// take the seq between for a hole and SYNC for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_wait_behind_own_send_replies() {
-    let script = Arc::new(|method: &str| {
-        if method == "SendMany" || method == "Send" {
-            Play::ReplyAfter(SEND_HOLD)
-        } else {
-            Play::Forward
-        }
-    });
+    let script = front::hold_replies(&["SendMany", "Send"], SEND_HOLD);
     let (stack, seen) = Stack::start_behind_front(script, |_| {}).await;
     let (alice, alice_client) = stack.new_user("order-a").await;
     let (bob, bob_client) = stack.new_user("order-b").await;

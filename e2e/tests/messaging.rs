@@ -17,7 +17,7 @@ use im_proto::{
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use support::front::Play;
+use support::front;
 use support::*;
 use tokio::sync::{mpsc, oneshot};
 
@@ -959,13 +959,7 @@ const SYNC_HOLD: Duration = Duration::from_secs(2);
 /// until the page fills it, and then every message is delivered once and in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_during_held_sync_wait_behind_hole() {
-    let script = Arc::new(|method: &str| {
-        if method == "Sync" {
-            Play::ReplyAfter(SYNC_HOLD)
-        } else {
-            Play::Forward
-        }
-    });
+    let script = front::hold_replies(&["Sync"], SYNC_HOLD);
     let (stack, seen) = Stack::start_behind_front(script, |engine| {
         // Longer than the hold, so that the engine waits for the late reply.
         engine.logic_call_timeout_ms = 10_000;

@@ -28,6 +28,18 @@ pub enum Play {
 /// The function that picks the play for each method name.
 pub type Script = Arc<dyn Fn(&str) -> Play + Send + Sync>;
 
+/// Returns a script that holds back the replies to the methods in `held` for `hold` and
+/// forwards every other call.
+pub fn hold_replies(held: &'static [&'static str], hold: Duration) -> Script {
+    Arc::new(move |method: &str| {
+        if held.contains(&method) {
+            Play::ReplyAfter(hold)
+        } else {
+            Play::Forward
+        }
+    })
+}
+
 /// The engine calls a running front has seen.
 #[derive(Clone, Default)]
 pub struct Seen(Arc<Mutex<HashMap<String, usize>>>);
