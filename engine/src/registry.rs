@@ -332,11 +332,12 @@ impl ShardRegistry {
     }
 
     /// Writes what the socket of connection `id` takes now from its queue, when the
-    /// connection allows it, and returns the bytes still queued. The shard calls it when a
-    /// push passes the outbound limit, and the connection when one of its replies does. So the
-    /// limit counts only bytes the socket rejected, and one large delivery does not close a
-    /// device that reads promptly. A write error leaves the queue as it is, and the
-    /// connection's task meets the error itself.
+    /// connection allows it, and returns the queued bytes that count against the outbound
+    /// limit. The shard calls it when a push passes the limit, and the connection when one of
+    /// its replies does. So the limit counts only bytes the socket rejected, and one large
+    /// delivery does not close a device that reads promptly. After a write error it returns 0
+    /// and leaves the queue as it is: a failed socket is no slow reader, and the connection's
+    /// task meets the error and ends without a 4008.
     pub(crate) fn write_direct(&self, id: ConnId, outbox: &Outbox) -> usize {
         let fd = self
             .entries
@@ -347,6 +348,7 @@ impl ShardRegistry {
         if fd >= 0 {
             if let Err(err) = outbox.write_to(fd) {
                 tracing::debug!(conn_id = id.0, error = %err, "direct write of queued pushes failed");
+                return 0;
             }
         }
         outbox.queued()
@@ -578,6 +580,31 @@ mod tests {
             registry.write_direct(reused, &outbox),
             12,
             "a new connection starts without"
+        );
+    }
+
+    #[test]
+    fn failed_direct_write_counts_nothing() {
+        use std::os::fd::AsRawFd as _;
+
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        drop(theirs);
+        let registry = ShardRegistry::new(0);
+        let outbox = Rc::new(Outbox::default());
+        let id = registry.insert(Rc::clone(&outbox)).unwrap();
+        registry.set_direct_fd(id, Some(ours.as_raw_fd()));
+        outbox.push(|buf| im_ws::encode_binary(&[1; 100], buf));
+
+        assert_eq!(
+            registry.write_direct(id, &outbox),
+            0,
+            "a failed socket is no slow reader"
+        );
+        assert_eq!(
+            outbox.queued(),
+            102,
+            "the queue stays for the connection's task"
         );
     }
 }
