@@ -446,10 +446,22 @@ fn signal_child(child: &ChildEngine, signal: libc::c_int) {
     assert_eq!(sent, 0, "{}", std::io::Error::last_os_error());
 }
 
-/// Returns a loopback address with a port that was free a moment ago.
+/// Returns a loopback address with a port that was free a moment ago, below Linux's ephemeral
+/// range (32768 to 60999). A port the kernel handed out could be taken by the outgoing
+/// connection of a test running beside this one before the engine binds it.
 fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = rand::random::<u32>() % 10_000;
+    for _ in 0..10_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let port = u16::try_from(20_000 + (start + offset * 37) % 10_000).expect("a port");
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port found in 20000 to 29999");
 }
 
 #[tokio::test]
