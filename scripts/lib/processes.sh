@@ -82,31 +82,28 @@ im_require_free_addr() {
 # im_engine::ready once it serves, and the line names the scheme of its WebSocket listener.
 IM_ENGINE_READY_LINE="INFO im_engine::ready: engine started "
 
+# Prints the first group of the extended regular expression PATTERN matched in the start-up
+# line of the engine's LOG. Fails when LOG has no such line or the line does not match.
+_im_engine_ready_field() {
+    local log=$1 pattern=$2 line
+    line=$(grep -m 1 -F -- "$IM_ENGINE_READY_LINE" "$log") || return 1
+    [[ $line =~ $pattern ]] || return 1
+    printf '%s\n' "${BASH_REMATCH[1]}"
+}
+
 # Prints the scheme of the engine's WebSocket listener, ws or wss, from the start-up line in the
 # engine's LOG ("... engine started ws_addr=127.0.0.1:8080 scheme=\"wss\" path=/ws ..."). Fails
-# when LOG has no such line.
+# when LOG has no such line. Only the message and ws_addr precede scheme, and neither of them
+# contains " scheme=".
 im_engine_ws_scheme() {
-    local log=$1 line
-    line=$(grep -m 1 -F -- "$IM_ENGINE_READY_LINE" "$log") || return 1
-    # Only the message and ws_addr precede scheme, and neither of them contains " scheme=".
-    if [[ $line =~ \ scheme=\"?(wss|ws)\"?(\ |$) ]]; then
-        printf '%s\n' "${BASH_REMATCH[1]}"
-        return 0
-    fi
-    return 1
+    _im_engine_ready_field "$1" ' scheme="?(wss|ws)"?( |$)'
 }
 
 # Prints the path of the engine's WebSocket endpoint (its ws_path, such as /ws) from the
-# start-up line in the engine's LOG, where it stands between " path=" and " grpc_addr=". Fails
-# when LOG has no such line.
+# start-up line in the engine's LOG, where it is the text between " path=" and " grpc_addr=".
+# Fails when LOG has no such line.
 im_engine_ws_path() {
-    local log=$1 line
-    line=$(grep -m 1 -F -- "$IM_ENGINE_READY_LINE" "$log") || return 1
-    if [[ $line =~ \ path=(/.*)\ grpc_addr= ]]; then
-        printf '%s\n' "${BASH_REMATCH[1]}"
-        return 0
-    fi
-    return 1
+    _im_engine_ready_field "$1" ' path=(/.*) grpc_addr='
 }
 
 # Starts COMMAND... in the background with stdout and stderr written to LOG (truncated first),

@@ -28,11 +28,11 @@ pub enum Play {
 /// The function that picks the play for each method name.
 pub type Script = Arc<dyn Fn(&str) -> Play + Send + Sync>;
 
-/// Returns a script that holds back the replies to the methods in `held` for `hold` and
-/// forwards every other call.
-pub fn hold_replies(held: &'static [&'static str], hold: Duration) -> Script {
+/// Returns a script that holds back the replies to `methods` for `hold` and forwards every
+/// other call.
+pub fn hold_replies(methods: &'static [&'static str], hold: Duration) -> Script {
     Arc::new(move |method: &str| {
-        if held.contains(&method) {
+        if methods.contains(&method) {
             Play::ReplyAfter(hold)
         } else {
             Play::Forward

@@ -577,8 +577,8 @@ impl Connection {
         }
     }
 
-    /// The socket the shard may write queued pushes to: the plain socket, none over TLS,
-    /// whose records only the connection's task may write.
+    /// Returns the socket the shard may write queued pushes to: the plain socket, or none
+    /// over TLS, whose records only the connection's task may write.
     fn direct_fd(&self) -> Option<RawFd> {
         matches!(self.transport, Transport::Plain).then_some(self.fd)
     }

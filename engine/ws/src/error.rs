@@ -78,15 +78,15 @@ const MAX_SHOWN_ORIGIN_CHARS: usize = 256;
 /// Returns `origin` for the error text: cut to [`MAX_SHOWN_ORIGIN_CHARS`] characters, with
 /// control characters such as a tab written as escapes, so the text stays one line.
 fn shown_origin(origin: &str) -> String {
-    let mut shown: String = origin
+    let mut text: String = origin
         .chars()
         .take(MAX_SHOWN_ORIGIN_CHARS)
         .flat_map(char::escape_debug)
         .collect();
     if origin.chars().nth(MAX_SHOWN_ORIGIN_CHARS).is_some() {
-        shown.push_str("...");
+        text.push_str("...");
     }
-    shown
+    text
 }
 
 impl HandshakeError {
